@@ -1,1 +1,110 @@
-//! placeholder
+//! The in-sandbox agent: PID 1 of every sandbox.
+//!
+//! It serves the envd API (`process.Process`, `filesystem.Filesystem`,
+//! `/files`, `/health`) over HTTP/1.1 on a unix socket that the host reaches,
+//! runs commands as sandbox users, keeps the table of processes it started
+//! with bounded output buffers so clients can reattach, and reaps orphans.
+//!
+//! It never sets up isolation (that is `airlock-runtime`'s job, done before
+//! this crate's code runs) and never loads code from the sandbox's template:
+//! it is the statically-mapped `airlock` binary, reading the sandbox's
+//! `/etc/passwd` itself rather than through NSS.
+
+pub mod files;
+pub mod fs;
+pub mod http;
+pub mod paths;
+pub mod process;
+mod reaper;
+mod router;
+pub mod rpc;
+pub mod users;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+
+/// What the agent needs to know about its sandbox, handed over by the
+/// runtime at start.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// User for requests that name none (E2B: `user`).
+    pub default_user: String,
+    /// Working directory for requests with an empty path or no `cwd`; the
+    /// user's home when unset.
+    pub default_workdir: Option<PathBuf>,
+    /// Sandbox-wide environment variables given at create time.
+    pub env: BTreeMap<String, String>,
+    /// When set, every request except `/health` and signed `/files` URLs must
+    /// carry it in `X-Access-Token`.
+    pub access_token: Option<String>,
+    /// `PATH` given to commands.
+    pub path: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            default_user: "user".into(),
+            default_workdir: None,
+            env: BTreeMap::new(),
+            access_token: None,
+            path: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        }
+    }
+}
+
+/// Shared state of a running agent.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub processes: process::Table,
+    pub watchers: fs::Watchers,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Arc<Self> {
+        Arc::new(Self { config, processes: process::Table::default(), watchers: fs::Watchers::default() })
+    }
+}
+
+/// How often streaming RPCs send keepalives when idle, unless the client
+/// asks otherwise with `Keepalive-Ping-Interval`.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
+
+/// Serves the agent on `listener` until the process ends. Must run inside a
+/// tokio runtime; the agent uses a current-thread runtime to stay small.
+pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
+    let agent = Agent::new(config);
+    reaper::start(agent.clone());
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends are transient; back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let agent = agent.clone();
+                async move { Ok::<_, std::convert::Infallible>(router::handle(agent, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+        });
+    }
+}

@@ -1,0 +1,2 @@
+use std::sync::Arc;
+pub fn start(_agent: Arc<crate::Agent>) {}
