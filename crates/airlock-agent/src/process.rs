@@ -640,7 +640,9 @@ async fn pump(p: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataOutput, mut ex
     if set_nonblocking(&fd).is_err() {
         return;
     }
-    let Ok(afd) = AsyncFd::register_with_interest(fd, Interest::READABLE) else { return };
+    // SAFETY: `fd` is owned by the AsyncFd for its whole registration and is
+    // not closed or duplicated into another registration while it lives.
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else { return };
     let mut buf = vec![0u8; CHUNK];
     let mut draining = false;
     loop {
