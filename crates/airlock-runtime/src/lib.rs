@@ -1,1 +1,140 @@
-//! placeholder
+//! Sandbox isolation for Airlock.
+//!
+//! This crate turns a `SandboxSpec` into a running sandbox and back into
+//! nothing: the namespace backend (`namespace`) creates user, pid, mount,
+//! uts, ipc, net and cgroup namespaces in a freshly executed `airlock`
+//! process (`init`), builds the root filesystem from read-only template
+//! layers and a per-sandbox writable layer (`rootfs`, `template`), applies
+//! cgroup limits on v1 or v2 (`cgroup`), capabilities, `no_new_privs` and a
+//! seccomp filter (`seccomp`), wires the network (`network`, `netlink`) and
+//! then hands PID 1 to the agent.
+//!
+//! It never speaks HTTP and never decides policy (timeouts, who may create
+//! what): that belongs to the server. Everything a backend needs is behind
+//! the `Backend` trait so a microVM backend can sit beside this one.
+
+pub mod cgroup;
+pub mod init;
+pub mod namespace;
+pub mod netlink;
+pub mod network;
+pub mod rootfs;
+pub mod seccomp;
+pub mod state;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use namespace::NamespaceBackend;
+
+/// Resources a sandbox may use.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    /// CPU bandwidth, in cores (fractions allowed).
+    pub cpus: f64,
+    pub memory_mb: u64,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { cpus: 2.0, memory_mb: 512, pids: 1024 }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SandboxSpec {
+    /// Lowercase alphanumeric, as E2B ids are (no `-` or `.`: they appear in host names).
+    pub id: String,
+    pub template: String,
+    pub resources: Resources,
+    pub internet: bool,
+    /// Sandbox-wide environment for commands.
+    pub env: BTreeMap<String, String>,
+    /// When set, the agent requires it in `X-Access-Token`.
+    pub access_token: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl SandboxSpec {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            template: "base".into(),
+            resources: Resources::default(),
+            internet: true,
+            env: BTreeMap::new(),
+            access_token: None,
+            hostname: None,
+        }
+    }
+}
+
+/// What a caller needs to reach a running sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxInfo {
+    pub id: String,
+    /// Host pid of the sandbox's PID 1 (the agent).
+    pub pid: u32,
+    /// The agent's unix socket on the host.
+    pub socket: PathBuf,
+    pub frozen: bool,
+    /// The sandbox's address on its veth, when it has network access.
+    pub ip: Option<std::net::Ipv4Addr>,
+}
+
+/// Resource usage read from the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids: u64,
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    #[error("sandbox {0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid sandbox spec: {0}")]
+    InvalidSpec(String),
+    #[error("template {0} not found")]
+    TemplateNotFound(String),
+    #[error("sandbox failed to start at stage '{stage}': {message}")]
+    Boot { stage: String, message: String, errno: Option<i32> },
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error("network: {0}")]
+    Network(#[from] network::NetworkError),
+    #[error("{what}")]
+    Io { what: String, #[source] source: std::io::Error },
+    #[error("this host cannot run sandboxes: {0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), source }
+    }
+}
+
+/// A way of running sandboxes. Calls block (they do system calls and wait
+/// for processes); async callers use `spawn_blocking`.
+pub trait Backend: Send + Sync {
+    fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, Error>;
+    /// Finds a sandbox by id, re-reading liveness from the kernel.
+    fn get(&self, id: &str) -> Result<SandboxInfo, Error>;
+    /// Every sandbox whose state is on disk and whose PID 1 is alive.
+    fn list(&self) -> Result<Vec<SandboxInfo>, Error>;
+    fn freeze(&self, id: &str) -> Result<(), Error>;
+    fn thaw(&self, id: &str) -> Result<(), Error>;
+    /// Kills every process and removes every trace: mounts, cgroups, veth, directories.
+    fn destroy(&self, id: &str) -> Result<(), Error>;
+    fn usage(&self, id: &str) -> Result<Usage, Error>;
+}

@@ -1,0 +1,380 @@
+//! The sandbox's birth, in a freshly executed `airlock __init` process.
+//!
+//! The server never forks inside its async runtime; it executes the
+//! `airlock` binary again, which runs `launch` single-threaded:
+//!
+//! 1. the launcher joins the sandbox's cgroups, makes the sandbox's user
+//!    namespace (through a short-lived helper, so the namespace can be used
+//!    for idmapped mounts before anyone lives in it), unshares a pid
+//!    namespace and forks;
+//! 2. the child, PID 1 of the new pid namespace and still host root,
+//!    unshares mount, uts, ipc, net and cgroup namespaces, builds the root
+//!    filesystem, binds the agent's socket on the host path, configures
+//!    loopback (and `eth0`, once the launcher has moved the veth peer in),
+//!    pivots into the new root, enters the user namespace as its root, drops
+//!    capabilities, sets `no_new_privs` and installs the seccomp filter;
+//! 3. the child reports readiness and becomes the agent; the launcher
+//!    records the child's pid and start time and exits, so the sandbox is
+//!    nobody's child but init's and outlives whoever asked for it.
+//!
+//! Every namespace except the user namespace is created by host root, so it
+//! is owned by the host's user namespace: root inside the sandbox can't
+//! mount, configure the network or change the hostname even without the
+//! seccomp filter. A failure at any stage is sent to the launcher with its
+//! stage and errno and written to `boot-error.json`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::Cgroups;
+use crate::state::{self, BootError, LaunchConfig, RunState};
+
+/// Environment variable carrying the path of `launch.json` to `__init`.
+pub const CONFIG_ENV: &str = "AIRLOCK_LAUNCH";
+
+const MSG_NS_READY: u8 = b'N';
+const MSG_READY: u8 = b'R';
+const MSG_ERROR: u8 = b'E';
+const MSG_GO: u8 = b'G';
+
+struct Stage {
+    stage: &'static str,
+    errno: Option<i32>,
+    message: String,
+}
+
+impl Stage {
+    fn new(stage: &'static str, e: impl std::fmt::Display, errno: Option<i32>) -> Self {
+        Self { stage, errno, message: e.to_string() }
+    }
+    fn io(stage: &'static str, e: std::io::Error) -> Self {
+        let errno = e.raw_os_error();
+        Self { stage, errno, message: e.to_string() }
+    }
+    fn to_boot(&self) -> BootError {
+        BootError { stage: self.stage.into(), errno: self.errno, message: self.message.clone() }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn errno_of<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(n) = io.raw_os_error() {
+                return Some(n);
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+fn staged<E: std::error::Error + 'static>(stage: &'static str) -> impl FnOnce(E) -> Stage {
+    move |e| Stage { stage, errno: errno_of(&e), message: chain(&e) }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Stage> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Stage::io("pipe", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn send(fd: &OwnedFd, kind: u8, payload: &[u8]) {
+    let mut msg = Vec::with_capacity(5 + payload.len());
+    msg.push(kind);
+    msg.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    msg.extend_from_slice(payload);
+    let mut f = std::fs::File::from(fd.try_clone().unwrap_or_else(|_| std::process::abort()));
+    let _ = f.write_all(&msg);
+}
+
+fn recv(fd: &OwnedFd) -> Option<(u8, Vec<u8>)> {
+    let mut f = std::fs::File::from(fd.try_clone().ok()?);
+    let mut hdr = [0u8; 5];
+    f.read_exact(&mut hdr).ok()?;
+    let len = u32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
+    if len > 1 << 20 {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    f.read_exact(&mut payload).ok()?;
+    Some((hdr[0], payload))
+}
+
+/// The agent, as the binary provides it: takes the bound socket and the
+/// configuration, runs until the sandbox ends, returns an exit code.
+pub type AgentMain = fn(UnixListener, &LaunchConfig) -> i32;
+
+/// Entry point of `airlock __init <launch.json>`. Returns the launcher's exit
+/// code; never returns in the child (it becomes the agent and exits).
+pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
+    let cfg: LaunchConfig = match state::read_json(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("airlock init: reading {}: {e}", config_path.display());
+            return 2;
+        }
+    };
+    let dir = cfg.dir.clone();
+    match launcher(&cfg, agent) {
+        Ok(()) => 0,
+        Err(s) => {
+            let _ = state::write_json(&dir.join(state::BOOT_ERROR_FILE), &s.to_boot());
+            eprintln!("airlock init: {}: {}", s.stage, s.message);
+            1
+        }
+    }
+}
+
+fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
+    let cgroups = Cgroups::detect().map_err(staged("cgroup"))?;
+    let cg = cgroups.open(&cfg.id);
+    cg.add_pid(std::process::id()).map_err(staged("cgroup"))?;
+
+    let userns = make_userns(cfg.id_base)?;
+
+    // SAFETY: unshare with flags only; the launcher is single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return Err(Stage::io("unshare pid namespace", std::io::Error::last_os_error()));
+    }
+    let (c2p_r, c2p_w) = pipe()?;
+    let (p2c_r, p2c_w) = pipe()?;
+
+    // SAFETY: the launcher is single-threaded, so the child may run
+    // arbitrary code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Stage::io("fork", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(c2p_r);
+        drop(p2c_w);
+        let code = match child(cfg, &userns, &c2p_w, &p2c_r) {
+            Ok(listener) => {
+                drop(userns);
+                send(&c2p_w, MSG_READY, b"");
+                drop(c2p_w);
+                drop(p2c_r);
+                agent(listener, cfg)
+            }
+            Err(s) => {
+                let payload = serde_json::to_vec(&s.to_boot()).unwrap_or_default();
+                send(&c2p_w, MSG_ERROR, &payload);
+                1
+            }
+        };
+        // SAFETY: terminating the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    drop(c2p_w);
+    drop(p2c_r);
+    drop(userns);
+    let pid = pid as u32;
+    let kill_child = || {
+        // SAFETY: killing the child we forked.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        }
+    };
+    let fail_from_child = |payload: Vec<u8>| -> Stage {
+        match serde_json::from_slice::<BootError>(&payload) {
+            Ok(b) => Stage { stage: leak(b.stage), errno: b.errno, message: b.message },
+            Err(_) => Stage::new("init", "sandbox init failed without a reason", None),
+        }
+    };
+    match recv(&c2p_r) {
+        Some((MSG_NS_READY, _)) => {}
+        Some((MSG_ERROR, p)) => {
+            kill_child();
+            return Err(fail_from_child(p));
+        }
+        _ => {
+            kill_child();
+            return Err(Stage::new("init", "sandbox init exited before creating its namespaces", None));
+        }
+    }
+    if let Some(net) = &cfg.net {
+        if let Err(e) = crate::network::create_veth(net, pid) {
+            kill_child();
+            return Err(staged("network")(e));
+        }
+    }
+    send(&p2c_w, MSG_GO, b"");
+    match recv(&c2p_r) {
+        Some((MSG_READY, _)) => {}
+        Some((MSG_ERROR, p)) => {
+            kill_child();
+            return Err(fail_from_child(p));
+        }
+        _ => {
+            kill_child();
+            return Err(Stage::new("init", "sandbox init exited before it was ready", None));
+        }
+    }
+    let start_time = state::process_start_time(pid).ok_or_else(|| Stage::new("init", "sandbox exited right after start", None))?;
+    state::write_json(&cfg.dir.join(state::STATE_FILE), &RunState { pid, start_time }).map_err(|e| Stage::io("writing state", e))?;
+    Ok(())
+}
+
+fn leak(s: String) -> &'static str {
+    // Stage names are a handful of short literals; a leak per failed boot
+    // in a process that exits right after is harmless.
+    Box::leak(s.into_boxed_str())
+}
+
+/// Creates a user namespace mapping 0..65536 inside to `base..` outside,
+/// and returns an fd that keeps it alive.
+fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
+    let (ready_r, ready_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    // SAFETY: single-threaded process; the helper only makes raw syscalls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Stage::io("fork userns helper", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls on fds we own; _exit never returns.
+        unsafe {
+            // Close our copies of the parent's ends, or the read below
+            // would never see end-of-file.
+            libc::close(done_w.as_raw_fd());
+            libc::close(ready_r.as_raw_fd());
+            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            let b = [if ok { 1u8 } else { 0u8 }];
+            libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
+            let mut x = [0u8; 1];
+            libc::read(done_r.as_raw_fd(), x.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(ready_w);
+    drop(done_r);
+    let reap = || {
+        // SAFETY: waiting for the helper we forked.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    };
+    let mut b = [0u8; 1];
+    let ok = std::fs::File::from(ready_r).read_exact(&mut b).is_ok() && b[0] == 1;
+    if !ok {
+        drop(done_w);
+        reap();
+        return Err(Stage::new("user namespace", "cannot create a user namespace (is user.max_user_namespaces 0?)", None));
+    }
+    let map = format!("0 {base} 65536\n");
+    let r = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
+        .and_then(|_| std::fs::write(format!("/proc/{pid}/gid_map"), &map))
+        .and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/user")));
+    drop(done_w);
+    reap();
+    r.map(OwnedFd::from).map_err(|e| Stage::io("user namespace mapping", e))
+}
+
+/// Everything PID 1 does before it becomes the agent.
+fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<UnixListener, Stage> {
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+    // SAFETY: unshare with flags only, single-threaded.
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(Stage::io("unshare namespaces", std::io::Error::last_os_error()));
+    }
+    send(to_parent, MSG_NS_READY, b"");
+
+    // Mounts run while the launcher wires the veth in parallel.
+    let rootfs = cfg.dir.join("rootfs");
+    crate::rootfs::make_private().map_err(staged("mount"))?;
+    let mut root_lowers = Vec::new();
+    for (i, layer) in cfg.root_layers.iter().enumerate() {
+        let at = cfg.dir.join("lower").join(format!("root{i}"));
+        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
+        root_lowers.push(at);
+    }
+    let mut usr_lowers = Vec::new();
+    for (i, layer) in cfg.usr_layers.iter().enumerate() {
+        let at = cfg.dir.join("lower").join(format!("usr{i}"));
+        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
+        usr_lowers.push(at);
+    }
+    let up = cfg.dir.join("upper");
+    crate::rootfs::overlay(&rootfs, &root_lowers, &up.join("root"), &up.join("root-work")).map_err(staged("root filesystem"))?;
+    if !usr_lowers.is_empty() {
+        crate::rootfs::overlay(&rootfs.join("usr"), &usr_lowers, &up.join("usr"), &up.join("usr-work")).map_err(staged("usr filesystem"))?;
+    }
+    crate::rootfs::mount_dev(&rootfs, cfg.id_base).map_err(staged("mount /dev"))?;
+    crate::rootfs::mount_proc(&rootfs).map_err(staged("mount /proc"))?;
+    crate::rootfs::mount_sys(&rootfs).map_err(staged("mount /sys"))?;
+    crate::rootfs::mount_tmp(&rootfs, cfg.id_base).map_err(staged("mount /tmp"))?;
+    nix::unistd::sethostname(&cfg.hostname).map_err(|e| Stage::new("hostname", e, Some(e as i32)))?;
+
+    // The socket lives on the host, outside the sandbox's tree: bound now,
+    // it stays reachable from the host and invisible from inside.
+    let sock = cfg.dir.join(state::SOCKET_FILE);
+    let _ = std::fs::remove_file(&sock);
+    // SAFETY: umask is process-wide and we are single-threaded.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = UnixListener::bind(&sock).map_err(|e| Stage::io("binding agent socket", e))?;
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+
+    match recv(from_parent) {
+        Some((MSG_GO, _)) => {}
+        _ => return Err(Stage::new("network", "launcher gave up", None)),
+    }
+    // No IPv6 inside: the firewall only speaks IPv4.
+    for f in ["all", "default", "lo"] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
+    }
+    crate::network::configure_inside(cfg.net.as_ref()).map_err(staged("network"))?;
+
+    crate::rootfs::pivot(&rootfs).map_err(staged("pivot_root"))?;
+
+    // SAFETY: setns on a user-namespace fd; the process is single-threaded
+    // and shares no fs state, as the kernel requires.
+    if unsafe { libc::setns(userns.as_raw_fd(), libc::CLONE_NEWUSER) } != 0 {
+        return Err(Stage::io("entering user namespace", std::io::Error::last_os_error()));
+    }
+    // SAFETY: credential syscalls with plain integers.
+    unsafe {
+        let groups = [0 as libc::gid_t];
+        if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            return Err(Stage::io("becoming sandbox root", std::io::Error::last_os_error()));
+        }
+        // Non-dumpable: processes inside, root included, cannot ptrace the
+        // agent or open its /proc fds (which include host-side ones).
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    crate::seccomp::drop_capabilities().map_err(staged("capabilities"))?;
+    crate::seccomp::install().map_err(staged("seccomp"))?;
+    Ok(listener)
+}
+
+/// Paths inside a sandbox directory that `init` needs to exist.
+pub fn prepare_dirs(dir: &Path, layers: usize, usr_layers: usize) -> std::io::Result<Vec<PathBuf>> {
+    let mut v = vec![dir.join("rootfs"), dir.join("upper/root"), dir.join("upper/root-work"), dir.join("upper/usr"), dir.join("upper/usr-work")];
+    for i in 0..layers {
+        v.push(dir.join("lower").join(format!("root{i}")));
+    }
+    for i in 0..usr_layers {
+        v.push(dir.join("lower").join(format!("usr{i}")));
+    }
+    for p in &v {
+        std::fs::create_dir_all(p)?;
+    }
+    Ok(v)
+}

@@ -1,0 +1,368 @@
+//! The namespace backend: sandboxes as Linux namespaces + cgroups + an
+//! overlay root, one directory each under `<root>/sandboxes/<id>/`.
+//!
+//! Creation writes `launch.json` and executes `airlock __init` (see `init`);
+//! the returned sandbox is found again later from its `state.json` and the
+//! kernel (the pid and its start time), so a restarted server loses nothing.
+//! Each sandbox holds a slot, reserved by creating `<root>/slots/<n>`
+//! exclusively; the slot fixes its host id range and its /30 subnet.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::Cgroups;
+use crate::state::{self, BootError, LaunchConfig, RunState};
+use crate::template::{Store, TemplateError};
+use crate::{Backend, Error, SandboxInfo, SandboxSpec, Usage};
+
+/// Number of slots; bounded by the /16 of sandbox subnets (4 addresses each).
+pub const MAX_SLOTS: u32 = 16384;
+/// First host id used for sandboxes: far above any real user's uid.
+pub const ID_BASE: u32 = 1 << 20;
+pub const IDS_PER_SANDBOX: u32 = 65536;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where sandboxes and templates live.
+    pub root: PathBuf,
+    /// The `airlock` binary to execute as `__init`.
+    pub binary: PathBuf,
+    /// Whether to install the host firewall and NAT (needed for sandboxes with internet).
+    pub network: bool,
+}
+
+pub struct NamespaceBackend {
+    opts: Options,
+    cgroups: Cgroups,
+    templates: Store,
+    network_ready: bool,
+}
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+impl NamespaceBackend {
+    /// Probes the host (root, cgroups, user namespaces), prepares the data
+    /// directory and the `base` template, and installs the host firewall.
+    pub fn new(opts: Options) -> Result<Self, Error> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Unsupported("the namespace backend must run as root".into()));
+        }
+        if !opts.binary.exists() {
+            return Err(Error::Unsupported(format!("agent binary {} does not exist", opts.binary.display())));
+        }
+        let cgroups = Cgroups::detect()?;
+        for d in ["sandboxes", "slots", "templates"] {
+            fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
+        }
+        let templates = Store::new(opts.root.join("templates"));
+        templates.ensure_base().map_err(template_err)?;
+        let network_ready = if opts.network {
+            match crate::network::install_host_rules() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "host firewall unavailable: sandboxes will be created without internet access");
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        tracing::info!(root = %opts.root.display(), cgroup = ?cgroups.flavor(), network = network_ready, "namespace backend ready");
+        Ok(Self { opts, cgroups, templates, network_ready })
+    }
+
+    pub fn templates(&self) -> &Store {
+        &self.templates
+    }
+
+    pub fn network_available(&self) -> bool {
+        self.network_ready
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.opts.root.join("sandboxes").join(id)
+    }
+
+    fn reserve_slot(&self, id: &str) -> Result<u32, Error> {
+        // Start where the id hashes to, so concurrent creators rarely race
+        // for the same file; `create_new` settles the races that remain.
+        let start = id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % MAX_SLOTS;
+        for i in 0..MAX_SLOTS {
+            let n = (start + i) % MAX_SLOTS;
+            let p = self.opts.root.join("slots").join(n.to_string());
+            match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+                Ok(_) => {
+                    fs::write(&p, id).map_err(|e| Error::io("writing slot", e))?;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("reserving slot", e)),
+            }
+        }
+        Err(Error::Unsupported(format!("all {MAX_SLOTS} sandbox slots are in use")))
+    }
+
+    fn release_slot(&self, id: &str) {
+        if let Ok(cfg) = state::read_json::<LaunchConfig>(&self.dir(id).join(state::LAUNCH_FILE)) {
+            let n = (cfg.id_base - ID_BASE) / IDS_PER_SANDBOX;
+            let p = self.opts.root.join("slots").join(n.to_string());
+            if fs::read_to_string(&p).map(|s| s == id).unwrap_or(false) {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    fn run_state(&self, id: &str) -> Option<RunState> {
+        state::read_json(&self.dir(id).join(state::STATE_FILE)).ok()
+    }
+
+    fn info(&self, id: &str, rs: &RunState) -> SandboxInfo {
+        let net = state::read_json::<LaunchConfig>(&self.dir(id).join(state::LAUNCH_FILE)).ok().and_then(|c| c.net);
+        SandboxInfo {
+            id: id.to_string(),
+            pid: rs.pid,
+            socket: self.dir(id).join(state::SOCKET_FILE),
+            frozen: self.cgroups.open(id).is_frozen(),
+            ip: net.map(|n| n.sandbox_ip),
+        }
+    }
+
+    fn write_identity_files(&self, upper_etc: &Path, hostname: &str, internet: bool, id_base: u32) -> Result<(), Error> {
+        fs::create_dir_all(upper_etc).map_err(|e| Error::io("creating etc", e))?;
+        let ns = if internet {
+            crate::network::nameservers().iter().map(|n| format!("nameserver {n}\n")).collect::<String>()
+        } else {
+            String::new()
+        };
+        let files = [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")),
+            ("resolv.conf", ns),
+        ];
+        for (name, content) in files {
+            let p = upper_etc.join(name);
+            fs::write(&p, content).map_err(|e| Error::io(format!("writing /etc/{name}"), e))?;
+            std::os::unix::fs::lchown(&p, Some(id_base), Some(id_base)).map_err(|e| Error::io("chown", e))?;
+        }
+        std::os::unix::fs::lchown(upper_etc, Some(id_base), Some(id_base)).map_err(|e| Error::io("chown", e))?;
+        Ok(())
+    }
+
+    fn try_create(&self, spec: &SandboxSpec, dir: &Path) -> Result<SandboxInfo, Error> {
+        let tpl = self.templates.get(&spec.template).map_err(template_err)?;
+        let slot = self.reserve_slot(&spec.id)?;
+        let id_base = ID_BASE + slot * IDS_PER_SANDBOX;
+        let internet = spec.internet && self.network_ready;
+        let net = internet.then(|| crate::network::assign(slot));
+        init_dirs(dir, tpl.root_layers.len(), tpl.usr_layers.len(), id_base)?;
+        let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".to_string());
+        self.write_identity_files(&dir.join("upper/root/etc"), &hostname, internet, id_base)?;
+        let cfg = LaunchConfig {
+            id: spec.id.clone(),
+            dir: dir.to_path_buf(),
+            root_layers: tpl.root_layers.clone(),
+            usr_layers: tpl.usr_layers.clone(),
+            id_base,
+            hostname,
+            net,
+            resources: spec.resources,
+            default_user: tpl.default_user.clone(),
+            env: spec.env.clone(),
+            access_token: spec.access_token.clone(),
+        };
+        state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
+        self.cgroups.create(&spec.id, &spec.resources)?;
+        let log = fs::File::create(dir.join(state::LOG_FILE)).map_err(|e| Error::io("creating agent log", e))?;
+        let log2 = log.try_clone().map_err(|e| Error::io("creating agent log", e))?;
+        // The launch path goes through the environment, not argv: PID 1's
+        // command line is readable inside the sandbox and must not show host
+        // paths, while its environment is not (the agent is non-dumpable).
+        let status = Command::new(&self.opts.binary)
+            .arg0("/sbin/airlock-agent")
+            .arg("__init")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .env_clear()
+            .env(crate::init::CONFIG_ENV, dir.join(state::LAUNCH_FILE))
+            .env("RUST_LOG", std::env::var("AIRLOCK_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .status()
+            .map_err(|e| Error::io(format!("executing {}", self.opts.binary.display()), e))?;
+        if !status.success() {
+            let b: Option<BootError> = state::read_json(&dir.join(state::BOOT_ERROR_FILE)).ok();
+            return Err(match b {
+                Some(b) => Error::Boot { stage: b.stage, message: b.message, errno: b.errno },
+                None => Error::Boot {
+                    stage: "init".into(),
+                    message: format!("init exited with {status}; see {}", dir.join(state::LOG_FILE).display()),
+                    errno: None,
+                },
+            });
+        }
+        let rs = self.run_state(&spec.id).ok_or_else(|| Error::Boot { stage: "init".into(), message: "no state written".into(), errno: None })?;
+        Ok(self.info(&spec.id, &rs))
+    }
+
+    /// Waits until PID 1 is gone (its pid namespace with it).
+    fn wait_gone(rs: &RunState, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while state::is_alive(rs) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
+
+fn init_dirs(dir: &Path, layers: usize, usr_layers: usize, id_base: u32) -> Result<(), Error> {
+    crate::init::prepare_dirs(dir, layers, usr_layers).map_err(|e| Error::io("creating sandbox directories", e))?;
+    // The overlay's root directories take their owner from the upper
+    // directory: make it the sandbox's root so `/` and `/usr` are writable inside.
+    for d in ["upper/root", "upper/usr"] {
+        std::os::unix::fs::lchown(dir.join(d), Some(id_base), Some(id_base)).map_err(|e| Error::io("chown upper", e))?;
+    }
+    Ok(())
+}
+
+fn template_err(e: TemplateError) -> Error {
+    match e {
+        TemplateError::NotFound(n) => Error::TemplateNotFound(n),
+        TemplateError::Io { what, source } => Error::Io { what, source },
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, Error> {
+        if !valid_id(&spec.id) {
+            return Err(Error::InvalidSpec(format!("id {:?} must be 1-64 lowercase letters and digits", spec.id)));
+        }
+        let r = &spec.resources;
+        if !(r.cpus > 0.0 && r.cpus <= 1024.0) || r.memory_mb < 16 || r.pids < 8 {
+            return Err(Error::InvalidSpec("resources: cpus must be > 0, memory_mb >= 16, pids >= 8".into()));
+        }
+        let dir = self.dir(&spec.id);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(spec.id.clone())),
+            Err(e) => return Err(Error::io("creating sandbox directory", e)),
+        }
+        let t0 = Instant::now();
+        match self.try_create(spec, &dir) {
+            Ok(info) => {
+                tracing::debug!(sandbox_id = %spec.id, pid = info.pid, elapsed_us = t0.elapsed().as_micros() as u64, "sandbox created");
+                Ok(info)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %spec.id, error = %e, "sandbox creation failed");
+                let _ = self.destroy(&spec.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<SandboxInfo, Error> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        match self.run_state(id) {
+            Some(rs) if state::is_alive(&rs) => Ok(self.info(id, &rs)),
+            _ => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<SandboxInfo>, Error> {
+        let rd = fs::read_dir(self.opts.root.join("sandboxes")).map_err(|e| Error::io("listing sandboxes", e))?;
+        let mut v = Vec::new();
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            if let Ok(info) = self.get(&id) {
+                v.push(info);
+            }
+        }
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    fn freeze(&self, id: &str) -> Result<(), Error> {
+        self.get(id)?;
+        Ok(self.cgroups.open(id).freeze()?)
+    }
+
+    fn thaw(&self, id: &str) -> Result<(), Error> {
+        self.get(id)?;
+        Ok(self.cgroups.open(id).thaw()?)
+    }
+
+    fn destroy(&self, id: &str) -> Result<(), Error> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let cg = self.cgroups.open(id);
+        let rs = self.run_state(id);
+        if let Some(rs) = &rs {
+            if state::is_alive(rs) {
+                // Killing PID 1 tears down the whole pid namespace.
+                // SAFETY: kill(2) of the sandbox's PID 1, verified by start time.
+                unsafe { libc::kill(rs.pid as i32, libc::SIGKILL) };
+            }
+        }
+        cg.kill_all()?;
+        if let Some(rs) = &rs {
+            // A frozen sandbox only dies once thawed; kill_all thawed it.
+            Self::wait_gone(rs, Duration::from_secs(10));
+        }
+        cg.remove()?;
+        if let Ok(cfg) = state::read_json::<LaunchConfig>(&dir.join(state::LAUNCH_FILE)) {
+            if let Some(net) = cfg.net {
+                // The veth normally dies with the netns; a half-made one may not.
+                crate::network::delete_veth(&net.host_if);
+            }
+        }
+        self.release_slot(id);
+        fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        tracing::debug!(sandbox_id = %id, "sandbox destroyed");
+        Ok(())
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage, Error> {
+        self.get(id)?;
+        let mut u = self.cgroups.open(id).usage();
+        u.disk_bytes = dir_size(&self.dir(id).join("upper"));
+        Ok(u)
+    }
+}
+
+/// Bytes used by a directory tree (allocated blocks, hard links counted once).
+pub fn dir_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(md) = e.path().symlink_metadata() else { continue };
+            if md.nlink() > 1 && !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            total += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,225 @@
+//! Mount work done inside a new sandbox's mount namespace, by PID 1 while it
+//! is still host root: idmapped template layers, the overlay root and
+//! `/usr`, `/proc` with the sensitive entries masked, a minimal `/dev`, a
+//! read-only `/sys`, tmpfs `/tmp`, and `pivot_root`.
+//!
+//! Template layers store canonical ids (root is 0, `user` is 1000). Each is
+//! attached through an idmapped mount that shifts them into the sandbox's
+//! own host id range, so files look right inside and `/usr` from the host
+//! is owned by the sandbox's root, not by an unmapped host root.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct MountError {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl MountError {
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+fn err(what: impl Into<String>, e: impl Into<std::io::Error>) -> MountError {
+    MountError { what: what.into(), source: e.into() }
+}
+
+fn nix_err(what: impl Into<String>) -> impl FnOnce(nix::Error) -> MountError {
+    let what = what.into();
+    move |e| MountError { what, source: std::io::Error::from_raw_os_error(e as i32) }
+}
+
+fn cpath(p: &Path) -> Result<CString, MountError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|e| err(format!("path {}", p.display()), std::io::Error::other(e)))
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Attaches an idmapped, read-only copy of `src` at `dst`, mapping ids
+/// through `userns` (the sandbox's user namespace).
+pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
+    let csrc = cpath(src)?;
+    let cdst = cpath(dst)?;
+    let ctx = || format!("idmapped mount of {} at {}", src.display(), dst.display());
+    // SAFETY: raw mount-API syscalls with valid NUL-terminated paths and a
+    // properly laid out, fully initialised `mount_attr`.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            csrc.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        );
+        if fd < 0 {
+            return Err(err(ctx(), std::io::Error::last_os_error()));
+        }
+        let tree = OwnedFd::from_raw_fd(fd as i32);
+        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+        let empty = c"";
+        if libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | AT_RECURSIVE as libc::c_int,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) < 0
+        {
+            return Err(err(ctx(), std::io::Error::last_os_error()));
+        }
+        if libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, cdst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) < 0 {
+            return Err(err(ctx(), std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+pub fn make_private() -> Result<(), MountError> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(nix_err("making / private"))
+}
+
+pub fn overlay(target: &Path, lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<(), MountError> {
+    let lower = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let opts = format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display());
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+        .map_err(nix_err(format!("mounting overlay at {}", target.display())))
+}
+
+fn mkdir(p: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(p).map_err(|e| err(format!("creating {}", p.display()), e))
+}
+
+/// `/proc`: a new instance for the sandbox's pid namespace, with the
+/// entries OCI runtimes hide masked and the ones they protect read-only.
+pub fn mount_proc(root: &Path) -> Result<(), MountError> {
+    let p = root.join("proc");
+    mkdir(&p)?;
+    let nosx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), &p, Some("proc"), nosx, None::<&str>).map_err(nix_err("mounting /proc"))?;
+    for f in ["kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "kallsyms", "kpagecount", "kpageflags", "kpagecgroup", "config.gz", "vmallocinfo", "pagetypeinfo"] {
+        let t = p.join(f);
+        if t.exists() {
+            mount(Some(&root.join("dev/null")), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(nix_err(format!("masking /proc/{f}")))?;
+        }
+    }
+    for d in ["acpi", "asound", "scsi", "firmware", "driver"] {
+        let t = p.join(d);
+        if t.is_dir() {
+            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY | nosx, Some("size=0"))
+                .map_err(nix_err(format!("masking /proc/{d}")))?;
+        }
+    }
+    for r in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
+        let t = p.join(r);
+        if t.exists() {
+            read_only_bind(&t)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_only_bind(t: &Path) -> Result<(), MountError> {
+    mount(Some(t), t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(nix_err(format!("binding {}", t.display())))?;
+    mount(
+        None::<&str>,
+        t,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(nix_err(format!("making {} read-only", t.display())))
+}
+
+/// A minimal `/dev` on tmpfs: the usual character devices, a private
+/// devpts instance, `/dev/shm`, and the fd symlinks. Nodes are owned by the
+/// sandbox's root (`id_base`); the tty group is `id_base + 5`.
+pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
+    let d = root.join("dev");
+    mkdir(&d)?;
+    let opts = format!("mode=755,size=65536k,uid={id_base},gid={id_base}");
+    mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(opts.as_str()))
+        .map_err(nix_err("mounting /dev"))?;
+    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+        let p = d.join(name);
+        let c = cpath(&p)?;
+        // SAFETY: mknod/chown/chmod on a NUL-terminated path we built.
+        unsafe {
+            if libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) != 0 {
+                return Err(err(format!("creating /dev/{name}"), std::io::Error::last_os_error()));
+            }
+            libc::chmod(c.as_ptr(), 0o666);
+            libc::chown(c.as_ptr(), id_base, id_base);
+        }
+    }
+    let pts = d.join("pts");
+    mkdir(&pts)?;
+    let opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={}", id_base + 5);
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(opts.as_str()))
+        .map_err(nix_err("mounting /dev/pts"))?;
+    let shm = d.join("shm");
+    mkdir(&shm)?;
+    mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k"))
+        .map_err(nix_err("mounting /dev/shm"))?;
+    for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        std::os::unix::fs::symlink(target, d.join(link)).map_err(|e| err(format!("linking /dev/{link}"), e))?;
+    }
+    Ok(())
+}
+
+/// A read-only `/sys` (the sandbox's own network devices, nothing
+/// writable), with firmware tables hidden.
+pub fn mount_sys(root: &Path) -> Result<(), MountError> {
+    let s = root.join("sys");
+    mkdir(&s)?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("sysfs"), &s, Some("sysfs"), flags, None::<&str>).map_err(nix_err("mounting /sys"))?;
+    for d in ["firmware", "kernel/security", "kernel/debug"] {
+        let t = s.join(d);
+        if t.is_dir() {
+            mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("size=0")).map_err(nix_err(format!("masking /sys/{d}")))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn mount_tmp(root: &Path, id_base: u32) -> Result<(), MountError> {
+    let t = root.join("tmp");
+    mkdir(&t)?;
+    let opts = format!("mode=1777,uid={id_base},gid={id_base}");
+    mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str())).map_err(nix_err("mounting /tmp"))
+}
+
+/// Makes `root` the root of the mount namespace and detaches the old one,
+/// so nothing of the host's tree stays reachable.
+pub fn pivot(root: &Path) -> Result<(), MountError> {
+    nix::unistd::chdir(root).map_err(nix_err("chdir to new root"))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; the
+    // detach below then removes it without needing a directory for it.
+    nix::unistd::pivot_root(".", ".").map_err(nix_err("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(nix_err("detaching old root"))?;
+    nix::unistd::chdir("/").map_err(nix_err("chdir to /"))?;
+    Ok(())
+}

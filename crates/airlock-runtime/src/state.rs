@@ -1,0 +1,95 @@
+//! What the namespace backend keeps on disk per sandbox, so a new process
+//! (a restarted server) can find running sandboxes again: the launch
+//! configuration handed to `init`, and the state written once PID 1 is up.
+//! Files are replaced atomically (write to a temporary file, then rename).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Resources;
+
+/// One sandbox's veth addressing (a /30 per sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetAssign {
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub sandbox_ip: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// Everything `init` needs; written by the backend before it starts `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchConfig {
+    pub id: String,
+    /// The sandbox's directory on the host.
+    pub dir: PathBuf,
+    /// Read-only root layers, topmost first.
+    pub root_layers: Vec<PathBuf>,
+    /// Read-only `/usr` layers, topmost first.
+    pub usr_layers: Vec<PathBuf>,
+    /// Host uid/gid that root inside the sandbox maps to; 65536 ids follow.
+    pub id_base: u32,
+    pub hostname: String,
+    pub net: Option<NetAssign>,
+    pub resources: Resources,
+    pub default_user: String,
+    pub env: BTreeMap<String, String>,
+    pub access_token: Option<String>,
+}
+
+/// Written by the launcher once the agent listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub pid: u32,
+    /// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`
+    /// field 22): tells a live sandbox from an unrelated process that
+    /// reused its pid after a reboot.
+    pub start_time: u64,
+}
+
+/// Why a sandbox failed before its agent was ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootError {
+    pub stage: String,
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+pub const LAUNCH_FILE: &str = "launch.json";
+pub const STATE_FILE: &str = "state.json";
+pub const BOOT_ERROR_FILE: &str = "boot-error.json";
+pub const SOCKET_FILE: &str = "agent.sock";
+pub const LOG_FILE: &str = "agent.log";
+
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
+    let data = std::fs::read(path)?;
+    serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Field 22 of `/proc/<pid>/stat`, or None if the process does not exist.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the
+    // fields after the last ')' are fixed.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when `state` still describes a live process.
+pub fn is_alive(state: &RunState) -> bool {
+    process_start_time(state.pid) == Some(state.start_time)
+}

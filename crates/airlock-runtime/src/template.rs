@@ -1,0 +1,194 @@
+//! Templates on disk: read-only root-filesystem layers plus `/usr` layers.
+//!
+//! The built-in `base` template is made from the host: its root layer is a
+//! small tree with a fresh `/etc` (generated users, hosts and resolver files
+//! plus an allow-list of harmless host configuration such as CA
+//! certificates and the dynamic-linker cache: never secrets such as
+//! `shadow`, private keys or package-manager credentials), an empty home
+//! for `user` (uid 1000), and merged-`/usr` symlinks; its `/usr` layer is the
+//! host's own `/usr`, shared read-only. Layers store canonical ids (root 0,
+//! `user` 1000); sandboxes see them through idmapped mounts.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the generated base layer changes, so old data
+/// directories get a fresh one.
+const BASE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Template {
+    pub name: String,
+    /// Root layers, topmost first.
+    pub root_layers: Vec<PathBuf>,
+    /// `/usr` layers, topmost first.
+    pub usr_layers: Vec<PathBuf>,
+    pub default_user: String,
+    #[serde(default)]
+    pub version: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template {0} not found")]
+    NotFound(String),
+    #[error("{what}")]
+    Io { what: String, #[source] source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
+    let what = what.into();
+    move |source| TemplateError::Io { what, source }
+}
+
+/// Templates kept under `<data>/templates/<name>/`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub fn get(&self, name: &str) -> Result<Template, TemplateError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+            return Err(TemplateError::NotFound(name.to_string()));
+        }
+        let meta = self.dir.join(name).join("template.json");
+        crate::state::read_json(&meta).map_err(|_| TemplateError::NotFound(name.to_string()))
+    }
+
+    /// Makes sure `base` exists and is current; cheap when it does.
+    pub fn ensure_base(&self) -> Result<Template, TemplateError> {
+        if let Ok(t) = self.get("base") {
+            if t.version == BASE_VERSION && t.root_layers.iter().all(|p| p.exists()) {
+                return Ok(t);
+            }
+        }
+        fs::create_dir_all(&self.dir).map_err(io("creating template directory"))?;
+        let final_dir = self.dir.join("base");
+        let tmp = self.dir.join(format!(".base-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        build_base_layer(&tmp.join("root"))?;
+        let t = Template {
+            name: "base".into(),
+            root_layers: vec![final_dir.join("root")],
+            usr_layers: vec![PathBuf::from("/usr")],
+            default_user: "user".into(),
+            version: BASE_VERSION,
+        };
+        crate::state::write_json(&tmp.join("template.json"), &t).map_err(io("writing template.json"))?;
+        let _ = fs::remove_dir_all(&final_dir);
+        fs::rename(&tmp, &final_dir).map_err(io("installing base template"))?;
+        Ok(t)
+    }
+}
+
+/// Host `/etc` entries copied into `base`: configuration that programs
+/// from the host's `/usr` expect and that carries no secrets.
+const ETC_ALLOW: &[&str] = &[
+    "alternatives", "bash.bashrc", "bash_completion", "bash_completion.d", "ca-certificates", "ca-certificates.conf",
+    "debian_version", "environment", "gai.conf", "host.conf", "inputrc", "issue", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "locale.alias", "localtime", "login.defs", "lsb-release", "magic", "magic.mime", "mime.types",
+    "networks", "os-release", "perl", "profile", "profile.d", "protocols", "python3", "rpc", "services", "skel",
+    "terminfo", "timezone", "xdg", "fonts", "ethertypes", "mailcap",
+];
+
+fn build_base_layer(root: &Path) -> Result<(), TemplateError> {
+    for d in ["etc", "home", "root", "tmp", "proc", "sys", "dev", "run", "usr", "opt", "mnt", "srv", "media", "var/tmp", "var/log", "var/cache", "var/lib", "var/spool"] {
+        fs::create_dir_all(root.join(d)).map_err(io(format!("creating base/{d}")))?;
+    }
+    for (d, mode) in [("root", 0o700), ("tmp", 0o1777), ("var/tmp", 0o1777)] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(mode)).map_err(io(format!("chmod base/{d}")))?;
+    }
+    for l in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        if Path::new("/usr").join(l).exists() {
+            symlink(format!("usr/{l}"), root.join(l)).map_err(io(format!("linking base/{l}")))?;
+        }
+    }
+    let etc = root.join("etc");
+    for name in ETC_ALLOW {
+        let src = Path::new("/etc").join(name);
+        if src.symlink_metadata().is_ok() {
+            copy_tree(&src, &etc.join(name))?;
+        }
+    }
+    // Python's versioned config directories (python3.11, ...).
+    if let Ok(rd) = fs::read_dir("/etc") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with("python3.") {
+                copy_tree(&e.path(), &etc.join(&n))?;
+            }
+        }
+    }
+    // Only public certificates of /etc/ssl, never /etc/ssl/private.
+    for sub in ["certs", "openssl.cnf"] {
+        let src = Path::new("/etc/ssl").join(sub);
+        if src.symlink_metadata().is_ok() {
+            fs::create_dir_all(etc.join("ssl")).map_err(io("creating base/etc/ssl"))?;
+            copy_tree(&src, &etc.join("ssl").join(sub))?;
+        }
+    }
+    let files: &[(&str, &str, u32)] = &[
+        ("passwd", "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home/user:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644),
+        ("group", "root:x:0:\ntty:x:5:user\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n", 0o644),
+        ("shadow", "root:*:19000:0:99999:7:::\nuser:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n", 0o640),
+        ("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n", 0o644),
+        ("hostname", "sandbox\n", 0o644),
+        ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n", 0o644),
+        ("resolv.conf", "nameserver 1.1.1.1\n", 0o644),
+    ];
+    for (name, content, mode) in files {
+        let p = etc.join(name);
+        let _ = fs::remove_file(&p);
+        fs::write(&p, content).map_err(io(format!("writing base/etc/{name}")))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).map_err(io(format!("chmod base/etc/{name}")))?;
+    }
+    let home = root.join("home/user");
+    fs::create_dir_all(&home).map_err(io("creating base/home/user"))?;
+    for f in [".bashrc", ".profile", ".bash_logout"] {
+        let src = Path::new("/etc/skel").join(f);
+        if src.is_file() {
+            fs::copy(&src, home.join(f)).map_err(io(format!("copying skel {f}")))?;
+        }
+    }
+    chown_tree(&home, 1000, 1000)?;
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).map_err(io("chmod base/home/user"))?;
+    Ok(())
+}
+
+/// Copies a file, directory or symlink, preserving links and modes;
+/// skips sockets, devices and fifos. Ownership becomes root's.
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), TemplateError> {
+    let md = fs::symlink_metadata(src).map_err(io(format!("reading {}", src.display())))?;
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(io(format!("reading link {}", src.display())))?;
+        symlink(&target, dst).map_err(io(format!("linking {}", dst.display())))?;
+    } else if ft.is_dir() {
+        fs::create_dir_all(dst).map_err(io(format!("creating {}", dst.display())))?;
+        for e in fs::read_dir(src).map_err(io(format!("listing {}", src.display())))?.flatten() {
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        fs::set_permissions(dst, fs::Permissions::from_mode(md.permissions().mode() & 0o7777)).map_err(io(format!("chmod {}", dst.display())))?;
+    } else if ft.is_file() {
+        fs::copy(src, dst).map_err(io(format!("copying {}", src.display())))?;
+    }
+    Ok(())
+}
+
+pub fn chown_tree(p: &Path, uid: u32, gid: u32) -> Result<(), TemplateError> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(io(format!("chown {}", p.display())))?;
+    if fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false) {
+        for e in fs::read_dir(p).map_err(io(format!("listing {}", p.display())))?.flatten() {
+            chown_tree(&e.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
