@@ -1,0 +1,99 @@
+//! Creating, finding, freezing and destroying sandboxes.
+
+use airlock_runtime::Backend;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn create_run_and_destroy_leaves_nothing_behind() {
+    let h = harness();
+    let sbx = Sandbox::new();
+    let r = sbx.sh("echo hello; echo oops >&2; exit 3").await;
+    assert_eq!(r.stdout, "hello\n");
+    assert_eq!(r.stderr, "oops\n");
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(r.end["status"], "exit status 3");
+    let id = sbx.id().to_string();
+    let info = h.backend.get(&id).expect("found");
+    let veth = format!("/sys/class/net/alk{}", std::fs::read_dir(h.root.join("slots")).expect("slots").flatten().find(|e| std::fs::read_to_string(e.path()).ok().as_deref() == Some(id.as_str())).expect("slot").file_name().to_string_lossy());
+    assert!(std::path::Path::new(&veth).exists(), "veth {veth} exists while running");
+    drop(sbx);
+    assert!(h.backend.get(&id).is_err(), "gone after destroy");
+    assert!(!h.root.join("sandboxes").join(&id).exists(), "directory removed");
+    assert!(!std::path::Path::new(&veth).exists(), "veth removed");
+    assert!(std::fs::read_to_string(format!("/proc/{}/stat", info.pid)).map(|s| !s.contains("airlock")).unwrap_or(true), "PID 1 is dead");
+    for c in ["memory", "pids", "freezer", "cpu"] {
+        let v1 = format!("/sys/fs/cgroup/{c}/airlock/{id}");
+        assert!(!std::path::Path::new(&v1).exists(), "cgroup {v1} removed");
+    }
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/airlock/{id}")).exists());
+}
+
+#[tokio::test]
+async fn health_answers_204() {
+    let sbx = Sandbox::new();
+    let r = sbx.envd.request("GET", "/health", &[], "").await;
+    assert_eq!(r.status, 204);
+}
+
+#[tokio::test]
+async fn sandbox_outlives_its_creator_and_is_found_again() {
+    // Create with the CLI in a separate process that then exits: the
+    // sandbox must keep running and be found by this process.
+    let h = harness();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["runtime", "create", "--data-dir"])
+        .arg(&h.root)
+        .output()
+        .expect("run cli");
+    assert!(out.status.success(), "cli create: {}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).split('\t').next().expect("id").to_string();
+    let info = h.backend.get(&id).expect("found after creator exited");
+    assert!(h.backend.list().expect("list").iter().any(|s| s.id == id));
+    let envd = Envd { socket: info.socket.clone(), token: None, user: None };
+    assert_eq!(envd.run("echo alive").await.stdout, "alive\n");
+    h.backend.destroy(&id).expect("destroy");
+}
+
+#[tokio::test]
+async fn freeze_stops_the_clock_and_thaw_resumes() {
+    let h = harness();
+    let sbx = Sandbox::new();
+    let mut s = sbx
+        .envd
+        .stream("process.Process", "Start", serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-c", "while true; do date +%s%N; sleep 0.05; done"]}, "stdin": false}))
+        .await;
+    s.next_event().await.expect("start");
+    s.next_event().await.expect("first output");
+    h.backend.freeze(sbx.id()).expect("freeze");
+    assert!(h.backend.get(sbx.id()).expect("get").frozen);
+    // While frozen, no output arrives (keepalives may).
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(600), async {
+        loop {
+            let m = s.next().await.expect("stream open");
+            if m["event"].get("data").is_some() {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "no output while frozen: {quiet:?}");
+    h.backend.thaw(sbx.id()).expect("thaw");
+    assert!(!h.backend.get(sbx.id()).expect("get").frozen);
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), s.next_event()).await.expect("output resumes");
+    assert!(m.expect("event")["event"].get("data").is_some());
+}
+
+#[tokio::test]
+async fn unknown_ids_and_bad_specs_are_errors() {
+    let h = harness();
+    assert!(matches!(h.backend.get("nosuchsandbox"), Err(airlock_runtime::Error::NotFound(_))));
+    assert!(matches!(h.backend.get("../etc"), Err(airlock_runtime::Error::NotFound(_))));
+    assert!(matches!(h.backend.destroy("nosuchsandbox"), Err(airlock_runtime::Error::NotFound(_))));
+    let mut spec = airlock_runtime::SandboxSpec::new("Bad-Id");
+    assert!(matches!(h.backend.create(&spec), Err(airlock_runtime::Error::InvalidSpec(_))));
+    spec.id = new_id();
+    spec.template = "no-such-template".into();
+    assert!(matches!(h.backend.create(&spec), Err(airlock_runtime::Error::TemplateNotFound(_))));
+    assert!(!h.root.join("sandboxes").join(&spec.id).exists(), "failed create cleans up");
+}

@@ -1,0 +1,6 @@
+//! Integration tests: real sandboxes on this host, driven through the
+//! agent's socket. They need root (CI runs them as root).
+
+mod support;
+
+mod lifecycle;
