@@ -28,7 +28,7 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::http::{self as h, Resp};
@@ -697,19 +697,19 @@ fn read_nb(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
     }
 }
 
+/// Writes client input to the process's stdin pipe or PTY master, one
+/// request at a time, in order. Works for any fd type (tokio's pipe sender
+/// refuses PTY masters), using readiness-driven non-blocking writes.
 async fn input_writer(fd: OwnedFd, mut rx: mpsc::Receiver<InputCmd>) {
     if set_nonblocking(&fd).is_err() {
         return;
     }
-    let Ok(mut w) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) else {
-        return;
-    };
+    // SAFETY: the AsyncFd owns `fd` for its whole registration.
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }) else { return };
     while let Some(cmd) = rx.recv().await {
         match cmd {
             InputCmd::Write(data, ack) => {
-                let r = w.write_all(&data).await.map_err(|e| {
-                    ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}"))
-                });
+                let r = write_all(&afd, &data).await.map_err(|e| ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}")));
                 let _ = ack.send(r);
             }
             InputCmd::Close(ack) => {
@@ -718,6 +718,25 @@ async fn input_writer(fd: OwnedFd, mut rx: mpsc::Receiver<InputCmd>) {
             }
         }
     }
+}
+
+async fn write_all(afd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = afd.writable().await?;
+        // SAFETY: writing from a live slice of its own length.
+        let n = unsafe { libc::write(afd.get_ref().as_raw_fd(), data.as_ptr().cast(), data.len()) };
+        if n >= 0 {
+            data = &data[n as usize..];
+        } else {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => guard.clear_ready(),
+                Some(libc::EINTR) => {}
+                _ => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Go's `ProcessState.String()` and envd's exit code convention (-1 when
