@@ -18,10 +18,16 @@ enum Route {
     FilesPost,
     Process(process::Method),
     Fs(fs::Method),
+    /// `CONNECT 127.0.0.1:<port>`: a raw tunnel to a TCP port inside the
+    /// sandbox, used by the host proxy for port forwarding (WebSockets too).
+    Tunnel(u16),
 }
 
-fn route(method: &Method, path: &str) -> Option<Route> {
-    match (method, path) {
+fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
+    if method == Method::CONNECT {
+        return uri.port_u16().filter(|p| *p != 0).map(Route::Tunnel);
+    }
+    match (method, uri.path()) {
         (&Method::GET, "/health") | (&Method::HEAD, "/health") => Some(Route::Health),
         (&Method::GET, "/files") => Some(Route::FilesGet),
         (&Method::POST, "/files") => Some(Route::FilesPost),
@@ -57,7 +63,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
-    let Some(r) = route(req.method(), req.uri().path()) else {
+    let Some(r) = route(req.method(), req.uri()) else {
         return h::json_err(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()));
     };
     match r {
@@ -67,6 +73,7 @@ pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
             resp
         }
         // `/files` checks the token itself: a valid signature replaces it.
+        Route::Tunnel(port) => tunnel(req, port).await,
         Route::FilesGet => files::download(&agent, req).await,
         Route::FilesPost => files::upload(&agent, req).await,
         Route::Process(m) => {
@@ -102,4 +109,29 @@ fn unauthenticated(stream: bool) -> Resp {
     } else {
         h::unary_err(&e)
     }
+}
+
+/// Connects to `127.0.0.1:port` in the sandbox's network namespace and,
+/// once the client has the 200, copies bytes both ways until either side
+/// closes. A closed port answers 502 with "port is not open", which the
+/// E2B SDKs map to `SandboxUnreachableException`.
+async fn tunnel(req: Request<Incoming>, port: u16) -> Resp {
+    let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(t) => t,
+        Err(e) => {
+            return h::json_err(StatusCode::BAD_GATEWAY, format!("The sandbox is running but port is not open: {port} ({e})"));
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    tokio::spawn(async move {
+        let mut tcp = tcp;
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let mut up = hyper_util::rt::TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut up, &mut tcp).await;
+            }
+            Err(e) => tracing::debug!(error = %e, port, "tunnel upgrade failed"),
+        }
+    });
+    hyper::Response::new(h::empty())
 }

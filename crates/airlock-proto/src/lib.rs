@@ -7,6 +7,7 @@
 //! (`json`). It deliberately holds no I/O and no behaviour: a type here changes
 //! only when the protocol does.
 
+pub mod api;
 pub mod connect;
 pub mod envd;
 pub mod json;

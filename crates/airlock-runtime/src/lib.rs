@@ -137,4 +137,12 @@ pub trait Backend: Send + Sync {
     /// Kills every process and removes every trace: mounts, cgroups, veth, directories.
     fn destroy(&self, id: &str) -> Result<(), Error>;
     fn usage(&self, id: &str) -> Result<Usage, Error>;
+    /// Starts a fresh PID 1 over a sandbox's existing writable layer, for a
+    /// sandbox whose processes are gone (the host rebooted). Its files
+    /// survive; its processes and memory do not.
+    fn restart(&self, id: &str) -> Result<SandboxInfo, Error>;
+    /// Whether a template of that name exists.
+    fn has_template(&self, name: &str) -> bool;
+    /// Whether sandboxes can be given internet access on this host.
+    fn network_available(&self) -> bool;
 }

@@ -82,10 +82,6 @@ impl NamespaceBackend {
         &self.templates
     }
 
-    pub fn network_available(&self) -> bool {
-        self.network_ready
-    }
-
     fn dir(&self, id: &str) -> PathBuf {
         self.opts.root.join("sandboxes").join(id)
     }
@@ -178,7 +174,15 @@ impl NamespaceBackend {
             access_token: spec.access_token.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
-        self.cgroups.create(&spec.id, &spec.resources)?;
+        self.launch(&cfg)
+    }
+
+    /// Creates the cgroups and executes `__init` for a prepared directory.
+    fn launch(&self, cfg: &LaunchConfig) -> Result<SandboxInfo, Error> {
+        let dir = cfg.dir.as_path();
+        let _ = fs::remove_file(dir.join(state::STATE_FILE));
+        let _ = fs::remove_file(dir.join(state::BOOT_ERROR_FILE));
+        self.cgroups.create(&cfg.id, &cfg.resources)?;
         let log = fs::File::create(dir.join(state::LOG_FILE)).map_err(|e| Error::io("creating agent log", e))?;
         let log2 = log.try_clone().map_err(|e| Error::io("creating agent log", e))?;
         // The launch path goes through the environment, not argv: PID 1's
@@ -206,8 +210,8 @@ impl NamespaceBackend {
                 },
             });
         }
-        let rs = self.run_state(&spec.id).ok_or_else(|| Error::Boot { stage: "init".into(), message: "no state written".into(), errno: None })?;
-        Ok(self.info(&spec.id, &rs))
+        let rs = self.run_state(&cfg.id).ok_or_else(|| Error::Boot { stage: "init".into(), message: "no state written".into(), errno: None })?;
+        Ok(self.info(&cfg.id, &rs))
     }
 
     /// Waits until PID 1 is gone (its pid namespace with it).
@@ -335,6 +339,38 @@ impl Backend for NamespaceBackend {
         fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         tracing::debug!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
+    }
+
+    fn restart(&self, id: &str) -> Result<SandboxInfo, Error> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        if let Ok(info) = self.get(id) {
+            return Ok(info);
+        }
+        let dir = self.dir(id);
+        let cfg: LaunchConfig = state::read_json(&dir.join(state::LAUNCH_FILE)).map_err(|_| Error::NotFound(id.to_string()))?;
+        // Leftovers of the previous life: a stale cgroup (no processes) and
+        // overlay work directories that must be empty for a new mount.
+        let cg = self.cgroups.open(id);
+        let _ = cg.kill_all();
+        let _ = cg.remove();
+        for w in ["upper/root-work", "upper/usr-work"] {
+            let _ = fs::remove_dir_all(dir.join(w));
+        }
+        crate::init::prepare_dirs(&dir, cfg.root_layers.len(), cfg.usr_layers.len()).map_err(|e| Error::io("preparing sandbox directories", e))?;
+        if let Some(net) = &cfg.net {
+            crate::network::delete_veth(&net.host_if);
+        }
+        self.launch(&cfg)
+    }
+
+    fn has_template(&self, name: &str) -> bool {
+        self.templates.get(name).is_ok()
+    }
+
+    fn network_available(&self) -> bool {
+        self.network_ready
     }
 
     fn usage(&self, id: &str) -> Result<Usage, Error> {

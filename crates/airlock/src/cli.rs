@@ -14,10 +14,84 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the server: the E2B-compatible API and sandbox proxy on one port.
+    ///
+    /// Example: `airlock serve --listen 127.0.0.1:3000 --data-dir /var/lib/airlock`
+    Serve(ServeArgs),
+    /// Manage API keys in the data directory's store (works while the server runs).
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Low-level sandbox operations on this host (no server needed).
     #[command(subcommand)]
     Runtime(RuntimeCmd),
 }
+
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:3000].
+    #[arg(long, env = "AIRLOCK_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Where the store, templates and sandboxes live [default: /var/lib/airlock].
+    #[arg(long, env = "AIRLOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (flat `key = value` TOML) [default: <data-dir>/airlock.toml if it exists].
+    #[arg(long, env = "AIRLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Accept this API key (repeatable); also `AIRLOCK_API_KEY`.
+    #[arg(long = "api-key", env = "AIRLOCK_API_KEY", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// Wildcard domain for `{port}-{id}.<domain>` host routing.
+    #[arg(long, env = "AIRLOCK_DOMAIN")]
+    domain: Option<String>,
+    /// Most sandboxes at once [default: 1000].
+    #[arg(long, env = "AIRLOCK_MAX_SANDBOXES")]
+    max_sandboxes: Option<usize>,
+    /// Most creations in flight at once [default: 64].
+    #[arg(long, env = "AIRLOCK_MAX_CONCURRENT_CREATES")]
+    max_concurrent_creates: Option<usize>,
+    /// Control-API requests per second per key; 0 = unlimited [default: 0].
+    #[arg(long, env = "AIRLOCK_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Default sandbox timeout in seconds [default: 300].
+    #[arg(long, env = "AIRLOCK_DEFAULT_TIMEOUT")]
+    default_timeout: Option<i64>,
+    /// Default CPU cores per sandbox [default: 2].
+    #[arg(long, env = "AIRLOCK_DEFAULT_CPUS")]
+    default_cpus: Option<f64>,
+    /// Default memory per sandbox in MiB [default: 512].
+    #[arg(long, env = "AIRLOCK_DEFAULT_MEMORY_MB")]
+    default_memory_mb: Option<u64>,
+    /// Do not install the host firewall/NAT (sandboxes get loopback only).
+    #[arg(long, env = "AIRLOCK_NO_NETWORK")]
+    no_network: bool,
+    /// Log format: text or json.
+    #[arg(long, env = "AIRLOCK_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key and print it (shown once).
+    Create {
+        #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (ids and visible prefixes only).
+    List {
+        #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key by id or prefix.
+    Revoke {
+        #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        id: String,
+    },
+}
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/airlock";
 
 #[derive(Subcommand)]
 enum RuntimeCmd {
@@ -44,11 +118,14 @@ enum RuntimeCmd {
 }
 
 pub fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
     let cli = Cli::parse();
+    let json_logs = matches!(&cli.command, Cmd::Serve(a) if a.log_format == "json");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json_logs {
+        let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    } else {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,6 +143,8 @@ fn backend(data_dir: PathBuf) -> anyhow::Result<airlock_runtime::NamespaceBacken
 fn run(cli: Cli) -> anyhow::Result<()> {
     use airlock_runtime::Backend;
     match cli.command {
+        Cmd::Serve(args) => serve(args)?,
+        Cmd::Keys(k) => keys(k)?,
         Cmd::Runtime(RuntimeCmd::Create { data_dir, template, no_internet }) => {
             let b = backend(data_dir)?;
             let mut spec = airlock_runtime::SandboxSpec::new(new_id());
@@ -91,4 +170,114 @@ pub fn new_id() -> String {
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     buf.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+}
+
+/// Reads a flat `key = value` config file (TOML strings, numbers, booleans).
+fn read_config_file(path: &std::path::Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
+    let mut m = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('[') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| anyhow::anyhow!("{}:{}: expected key = value", path.display(), n + 1))?;
+        m.insert(k.trim().replace('-', "_"), v.trim().trim_matches('"').to_string());
+    }
+    Ok(m)
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let file_path = a.config.clone().or_else(|| Some(data_dir.join("airlock.toml")).filter(|p| p.exists()));
+    let file = match &file_path {
+        Some(p) => read_config_file(p)?,
+        None => Default::default(),
+    };
+    let from_file = |k: &str| file.get(k).cloned();
+    let parse = |k: &str| -> anyhow::Result<Option<String>> { Ok(from_file(k)) };
+    let mut cfg = airlock_server::Config::new(data_dir, std::env::current_exe()?);
+    cfg.listen = match a.listen {
+        Some(l) => l,
+        None => match parse("listen")? {
+            Some(s) => s.parse().map_err(|e| anyhow::anyhow!("config listen {s:?}: {e}"))?,
+            None => cfg.listen,
+        },
+    };
+    macro_rules! pick {
+        ($field:ident, $flag:expr, $key:literal) => {
+            if let Some(v) = $flag {
+                cfg.$field = v;
+            } else if let Some(s) = from_file($key) {
+                cfg.$field = s.parse().map_err(|e| anyhow::anyhow!("config {} {s:?}: {e}", $key))?;
+            }
+        };
+    }
+    pick!(max_sandboxes, a.max_sandboxes, "max_sandboxes");
+    pick!(max_concurrent_creates, a.max_concurrent_creates, "max_concurrent_creates");
+    pick!(rate_limit, a.rate_limit, "rate_limit");
+    pick!(default_timeout_s, a.default_timeout, "default_timeout");
+    pick!(default_cpus, a.default_cpus, "default_cpus");
+    pick!(default_memory_mb, a.default_memory_mb, "default_memory_mb");
+    cfg.domain = a.domain.clone().or_else(|| from_file("domain"));
+    cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+    if let Some(k) = from_file("api_key") {
+        cfg.api_keys.push(k);
+    }
+    cfg.network = !(a.no_network || from_file("no_network").as_deref() == Some("true"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = airlock_server::Server::bind(cfg).await?;
+        let addr = server.local_addr()?;
+        if let Some(key) = &server.new_key {
+            println!("Created an API key (shown once; manage keys with `airlock keys`):\n");
+            println!("  export E2B_API_URL=http://{addr}");
+            println!("  export E2B_SANDBOX_URL=http://{addr}");
+            println!("  export E2B_API_KEY={key}\n");
+        }
+        tracing::info!(%addr, "airlock serve ready");
+        eprintln!("listening on http://{addr}");
+        server.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn keys(k: KeysCmd) -> anyhow::Result<()> {
+    match k {
+        KeysCmd::Create { data_dir, name } => {
+            let store = airlock_server::server::open_store(&data_dir)?;
+            let key = airlock_server::service::new_api_key();
+            let id = airlock_server::service::new_sandbox_id()[..8].to_string();
+            store.add_key(&id, &key, &name, airlock_server::service::now_ms())?;
+            println!("{key}");
+            eprintln!("key id {id}; it is not shown again");
+        }
+        KeysCmd::List { data_dir } => {
+            let store = airlock_server::server::open_store(&data_dir)?;
+            println!("{:<10} {:<12} {:<25} NAME", "ID", "PREFIX", "CREATED");
+            for k in store.keys()? {
+                println!("{:<10} {:<12} {:<25} {}", k.id, format!("{}…", k.prefix), airlock_server::service::rfc3339_ms(k.created_at), k.name);
+            }
+        }
+        KeysCmd::Revoke { data_dir, id } => {
+            let store = airlock_server::server::open_store(&data_dir)?;
+            match store.revoke_key(&id)? {
+                0 => anyhow::bail!("no key with id or prefix {id:?}"),
+                n => eprintln!("revoked {n} key(s)"),
+            }
+        }
+    }
+    Ok(())
 }

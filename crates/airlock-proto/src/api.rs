@@ -1,0 +1,181 @@
+//! Control-plane REST types (E2B's `api` surface, plus Airlock extensions),
+//! with the exact JSON names the official SDKs send and require.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `NewSandbox` (`POST /sandboxes`) and `NewSandboxV2` (`POST /v2/sandboxes`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    #[serde(rename = "templateID", default)]
+    pub template_id: String,
+    /// Seconds to live from now.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// v1 only; v2 sandboxes are always secured.
+    #[serde(default)]
+    pub secure: Option<bool>,
+    /// snake_case on the wire, as E2B's spec has it.
+    #[serde(rename = "allow_internet_access", alias = "allowInternetAccess", default)]
+    pub allow_internet_access: Option<bool>,
+    /// Airlock extension: CPU cores.
+    #[serde(default, alias = "cpu_count")]
+    pub cpu_count: Option<f64>,
+    /// Airlock extension: memory limit in MiB.
+    #[serde(rename = "memoryMB", alias = "memory_mb", default)]
+    pub memory_mb: Option<u64>,
+    /// Fields the SDKs may send that Airlock accepts and ignores
+    /// (`mcp`, `network`, `autoResume`, `volumeMounts`, ...).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Response of create and connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    pub envd_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    pub traffic_access_token: Option<String>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub auto_resume: bool,
+    /// `kill` or `pause`.
+    pub on_timeout: String,
+}
+
+/// `SandboxDetail` (GET one) and `ListedSandbox` (list) share these fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxDetail {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    pub end_at: String,
+    pub envd_version: String,
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    pub disk_size_mb: u64,
+    /// `running` or `paused`.
+    pub state: String,
+    pub metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envd_access_token: Option<String>,
+    pub allow_internet_access: Option<bool>,
+    pub lifecycle: Lifecycle,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxMetric {
+    /// RFC 3339 (deprecated by E2B but required by older SDKs).
+    pub timestamp: String,
+    pub timestamp_unix: i64,
+    pub cpu_count: u32,
+    pub cpu_used_pct: f64,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    pub mem_cache: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
+/// `{"timeout": seconds}` of set-timeout, and the optional bodies of
+/// connect and resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TimeoutBody {
+    #[serde(default)]
+    pub timeout: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RefreshBody {
+    #[serde(default)]
+    pub duration: Option<i64>,
+}
+
+/// The error body of every control-plane failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+/// Body of a 502 for sandbox traffic to an unknown or stopped sandbox; the
+/// SDKs look for "was not found" in the message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNotFound {
+    #[serde(rename = "sandboxId")]
+    pub sandbox_id: String,
+    pub message: String,
+    pub code: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_sandbox_from_python_sdk_body() {
+        let b: NewSandbox = serde_json::from_str(
+            r#"{"templateID":"base","timeout":120,"metadata":{"a":"b"},"envVars":{"X":"1"},"allow_internet_access":false,"mcp":null,"autoPause":true}"#,
+        )
+        .expect("parse");
+        assert_eq!(b.template_id, "base");
+        assert_eq!(b.timeout, Some(120));
+        assert_eq!(b.allow_internet_access, Some(false));
+        assert_eq!(b.auto_pause, Some(true));
+        assert_eq!(b.env_vars.expect("env")["X"], "1");
+        assert!(b.other.contains_key("mcp"));
+    }
+
+    #[test]
+    fn sandbox_has_required_names() {
+        let s = Sandbox {
+            template_id: "base".into(),
+            sandbox_id: "abc".into(),
+            client_id: "airlock".into(),
+            envd_version: "0.6.13".into(),
+            alias: None,
+            envd_access_token: Some("t".into()),
+            traffic_access_token: None,
+            domain: None,
+        };
+        let v = serde_json::to_value(&s).expect("ser");
+        for k in ["templateID", "sandboxID", "clientID", "envdVersion", "envdAccessToken"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Airlock control plane behind `airlock serve`.
+//!
+//! One HTTP listener (`server`): requests carrying `E2b-Sandbox-Id` (or a
+//! `{port}-{id}.{domain}` host) are sandbox traffic, streamed to the
+//! sandbox's agent (`proxy`); everything else is the E2B-compatible REST API
+//! (`api`), authenticated by `X-API-KEY`, parsed into typed routes and
+//! served by the service layer (`service`), which owns the lifecycle rules
+//! and persists sandboxes and keys in SQLite (`store`). The runtime backend
+//! does the isolation; this crate never touches namespaces itself.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod proxy;
+pub mod server;
+pub mod service;
+pub mod store;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,176 @@
+//! Sandbox traffic: requests that carry `E2b-Sandbox-Id` (or a
+//! `{port}-{id}.{domain}` host, or a signed `/files` URL) are forwarded,
+//! streaming in both directions, to the sandbox's agent over its unix
+//! socket. Port 49983 is the agent's envd API itself; any other port is
+//! reached through a `CONNECT` tunnel the agent opens to that port inside
+//! the sandbox, with HTTP upgrades (WebSockets) carried through.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, HeaderName, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use crate::http::{self as h, Resp};
+use crate::service::{ApiError, Service};
+
+pub const ENVD_PORT: u16 = 49983;
+
+/// Where sandbox traffic should go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub id: String,
+    pub port: u16,
+}
+
+/// Routing exactly as E2B's edge: headers first, then the host name.
+pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
+    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+        let port = headers.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.trim().parse().ok()).unwrap_or(ENVD_PORT);
+        return Some(Target { id: id.trim().to_string(), port });
+    }
+    let domain = domain?;
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let host = host.split(':').next()?;
+    let sub = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let (port, rest) = sub.split_once('-')?;
+    let id = rest.split('.').next()?;
+    Some(Target { id: id.to_string(), port: port.parse().ok()? })
+}
+
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "proxy-authorization", "proxy-authenticate"];
+
+fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+    if !keep_upgrade {
+        h.remove(header::UPGRADE);
+    }
+    h.remove(HeaderName::from_static("e2b-sandbox-id"));
+    h.remove(HeaderName::from_static("e2b-sandbox-port"));
+}
+
+pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
+    let info = match svc.route(&t.id).await {
+        Ok(i) => i,
+        Err(ApiError::Conflict(m)) => return h::sandbox_not_found(&t.id, Some(format!("The sandbox was not found: {m}"))),
+        Err(ApiError::NotFound(_)) => return h::sandbox_not_found(&t.id, None),
+        Err(e) => {
+            tracing::error!(sandbox_id = %t.id, error = %e, "routing failed");
+            return h::error(502, "sandbox unreachable");
+        }
+    };
+    let stream = match UnixStream::connect(&info.socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(sandbox_id = %t.id, error = %e, "agent socket unreachable");
+            return h::sandbox_not_found(&t.id, None);
+        }
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(x) => x,
+        Err(e) => return h::error(502, format!("agent handshake failed: {e}")),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "agent connection ended");
+        }
+    });
+
+    let wants_upgrade = req.headers().contains_key(header::UPGRADE);
+    if t.port != ENVD_PORT {
+        // Ask the agent for a tunnel to the port, then speak HTTP through it.
+        let connect = match Request::builder().method("CONNECT").uri(format!("127.0.0.1:{}", t.port)).body(h::full(bytes::Bytes::new())) {
+            Ok(r) => r,
+            Err(e) => return h::error(500, format!("building tunnel request: {e}")),
+        };
+        let resp = match sender.send_request(connect).await {
+            Ok(r) => r,
+            Err(e) => return h::error(502, format!("agent tunnel failed: {e}")),
+        };
+        if resp.status() != StatusCode::OK {
+            // The agent's "port is not open" error, passed through as is.
+            let (parts, body) = resp.into_parts();
+            return Resp::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        }
+        let upgraded = match hyper::upgrade::on(resp).await {
+            Ok(u) => u,
+            Err(e) => return h::error(502, format!("agent tunnel failed: {e}")),
+        };
+        let (s2, conn2) = match hyper::client::conn::http1::handshake(upgraded).await {
+            Ok(x) => x,
+            Err(e) => return h::error(502, format!("tunnel handshake failed: {e}")),
+        };
+        tokio::spawn(async move {
+            let _ = conn2.with_upgrades().await;
+        });
+        sender = s2;
+    }
+
+    let server_upgrade = if wants_upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let (mut parts, body) = req.into_parts();
+    let upgrade_header = parts.headers.get(header::UPGRADE).cloned();
+    let connection_header = parts.headers.get(header::CONNECTION).cloned();
+    strip_hop_headers(&mut parts.headers, false);
+    if wants_upgrade {
+        if let (Some(u), Some(c)) = (upgrade_header, connection_header) {
+            parts.headers.insert(header::UPGRADE, u);
+            parts.headers.insert(header::CONNECTION, c);
+        }
+    }
+    // Origin-form URI for the agent; the host header stays as sent.
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    parts.uri = match pq.parse() {
+        Ok(u) => u,
+        Err(_) => return h::error(400, "invalid request path"),
+    };
+    let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let mut resp = match sender.send_request(out).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(sandbox_id = %t.id, error = %e, "forwarding failed");
+            return h::error(502, format!("sandbox connection failed: {e}"));
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(server_upgrade) = server_upgrade {
+            let client_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(a), Ok(b)) = (server_upgrade.await, client_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                }
+            });
+        }
+        let (parts, _) = resp.into_parts();
+        return Resp::from_parts(parts, h::full(bytes::Bytes::new()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_headers(&mut parts.headers, false);
+    Resp::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).expect("name"), v.parse().expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn routes_by_header_then_host() {
+        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc")]), None), Some(Target { id: "abc".into(), port: 49983 }));
+        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), None), Some(Target { id: "abc".into(), port: 49999 }));
+        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com")]), Some("sbx.example.com")), Some(Target { id: "abc".into(), port: 8080 }));
+        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com:443")]), Some("sbx.example.com")), Some(Target { id: "abc".into(), port: 8080 }));
+        assert_eq!(target(&hm(&[("host", "api.example.org")]), Some("sbx.example.com")), None);
+        assert_eq!(target(&hm(&[("host", "127.0.0.1:3000")]), None), None);
+    }
+}

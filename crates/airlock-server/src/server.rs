@@ -1,0 +1,158 @@
+//! `airlock serve`: one HTTP listener for the control API and sandbox
+//! traffic, the lifecycle loop (deadlines, metrics), and clean shutdown.
+//! Sandboxes are not children of the server: stopping it, even with
+//! SIGKILL, leaves them running, and the next start finds them again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::api::{self, RateLimiter};
+use crate::config::Config;
+use crate::http::Resp;
+use crate::proxy;
+use crate::service::{self, Service};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("creating data directory {path}")]
+    DataDir { path: std::path::PathBuf, #[source] source: std::io::Error },
+    #[error("opening the store")]
+    Store(#[from] crate::store::StoreError),
+    #[error("starting the sandbox runtime")]
+    Runtime(#[from] airlock_runtime::Error),
+    #[error("listening on {addr}")]
+    Listen { addr: std::net::SocketAddr, #[source] source: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Server {
+    pub service: Arc<Service>,
+    listener: TcpListener,
+    limiter: Arc<RateLimiter>,
+    /// Set when the server created a key on first start: show it once.
+    pub new_key: Option<String>,
+}
+
+pub fn open_store(data_dir: &std::path::Path) -> Result<Store, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.to_path_buf(), source })?;
+    Ok(Store::open(&data_dir.join("airlock.db"))?)
+}
+
+impl Server {
+    /// Opens the store and runtime, reconciles sandboxes, binds the listener.
+    pub async fn bind(cfg: Config) -> Result<Self, ServeError> {
+        let store = Arc::new(open_store(&cfg.data_dir)?);
+        let opts = airlock_runtime::namespace::Options { root: cfg.data_dir.clone(), binary: cfg.binary.clone(), network: cfg.network };
+        let backend = tokio::task::spawn_blocking(move || airlock_runtime::NamespaceBackend::new(opts))
+            .await
+            .map_err(|e| ServeError::Other(e.to_string()))??;
+        let mut new_key = None;
+        if cfg.api_keys.is_empty() && store.key_count()? == 0 {
+            let key = service::new_api_key();
+            store.add_key("default", &key, "created on first start", service::now_ms())?;
+            new_key = Some(key);
+        }
+        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
+        let service = Service::new(cfg, store, Arc::new(backend));
+        service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
+        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves. In-flight requests are abandoned;
+    /// sandboxes keep running.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let svc = self.service.clone();
+        let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = svc.clone();
+            let limiter = self.limiter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let svc = svc.clone();
+                    let limiter = limiter.clone();
+                    async move { Ok::<_, std::convert::Infallible>(dispatch(svc, limiter, req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await {
+                    tracing::debug!(%peer, error = %e, "connection ended with error");
+                }
+            });
+        }
+        lifecycle.abort();
+        tracing::info!("server stopped; sandboxes keep running");
+    }
+}
+
+async fn dispatch(svc: Arc<Service>, limiter: Arc<RateLimiter>, req: hyper::Request<Incoming>) -> Resp {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let target = proxy::target(req.headers(), svc.cfg.domain.as_deref());
+    let resp = if let Some(t) = target {
+        let id = t.id.clone();
+        let r = proxy::forward(&svc, req, t).await;
+        tracing::debug!(sandbox_id = %id, %method, %path, status = r.status().as_u16(), "sandbox request");
+        return r;
+    } else if path == "/files" && req.uri().query().is_some_and(|q| q.contains("signature=")) {
+        signed_files(&svc, req).await
+    } else {
+        api::handle(&svc, &limiter, req).await
+    };
+    tracing::info!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "api request");
+    resp
+}
+
+/// A signed `/files` URL fetched without SDK headers: the signature names
+/// the sandbox (only its token produces it).
+async fn signed_files(svc: &Arc<Service>, req: hyper::Request<Incoming>) -> Resp {
+    let q = api::query_pairs(req.uri().query().unwrap_or(""));
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (Some(path), Some(sig)) = (get("path"), get("signature")) else {
+        return crate::http::error(400, "signed URLs need path and signature");
+    };
+    let op = if req.method() == hyper::Method::GET { "read" } else { "write" };
+    let user = get("username").unwrap_or_default();
+    let exp = get("signature_expiration").and_then(|e| e.parse().ok());
+    match svc.find_by_signature(&path, op, &user, &sig, exp).await {
+        Some(id) => proxy::forward(svc, req, proxy::Target { id, port: proxy::ENVD_PORT }).await,
+        None => crate::http::error(401, "invalid signature"),
+    }
+}
+
+async fn lifecycle_loop(svc: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        if let Err(e) = svc.expire_due().await {
+            tracing::warn!(error = %e, "deadline check failed");
+        }
+        n += 1;
+        if n % 20 == 0 {
+            svc.sample_all().await;
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! The service layer: every control-plane action as a typed method, over
+//! the store and the runtime backend. HTTP handlers parse requests into
+//! these calls; tests and the lifecycle manager call them directly.
+//!
+//! Lifecycle rules (E2B's): a sandbox's timeout is a deadline persisted in
+//! the store; at the deadline it is killed, or paused when `autoPause` was
+//! set. Set-timeout moves the deadline to now + timeout; connect never
+//! shortens it. Pause freezes the cgroup (memory kept while the host runs)
+//! and stops the clock; connect or resume thaws it. A sandbox whose
+//! processes are gone (host reboot) is restarted over its writable layer.
+//!
+//! Operations on one sandbox are serialised by a per-sandbox async mutex,
+//! so a pause racing a kill or a deadline sees a consistent state.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use airlock_proto::api::{self, NewSandbox, SandboxDetail, SandboxMetric};
+use airlock_proto::envd::ENVD_VERSION;
+use airlock_runtime::{Backend, Resources, SandboxInfo, SandboxSpec};
+
+use crate::config::Config;
+use crate::store::{SandboxRow, State, Store, StoreError};
+
+/// A failed action, mapped to an HTTP status by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Details are logged, not sent: the client sees a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::TooManyRequests(_) => 429,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(format!("store: {e:?}"))
+    }
+}
+
+fn runtime_err(id: &str, e: airlock_runtime::Error) -> ApiError {
+    match e {
+        airlock_runtime::Error::NotFound(_) => ApiError::NotFound(format!("sandbox {id} not found")),
+        airlock_runtime::Error::TemplateNotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
+        airlock_runtime::Error::InvalidSpec(m) => ApiError::BadRequest(m),
+        airlock_runtime::Error::AlreadyExists(_) => ApiError::Conflict(format!("sandbox {id} already exists")),
+        other => ApiError::Internal(format!("sandbox {id}: {other}")),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    airlock_proto::time::rfc3339_parts(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 20 lowercase alphanumerics, like E2B's ids (no `-` or `.`: ids appear in host names).
+pub fn new_sandbox_id() -> String {
+    let mut buf = [0u8; 20];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut buf);
+    }
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    // 256 % 36 = 4: the bias is small and ids need uniqueness, not uniformity.
+    buf.iter().map(|b| A[*b as usize % A.len()] as char).collect()
+}
+
+/// A new API key: `e2b_` + 40 hex characters, the format SDKs accept.
+pub fn new_api_key() -> String {
+    format!("e2b_{}", random_hex(20))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_ms: i64,
+    cpu_ns: u64,
+    cpu_pct: f64,
+    mem: u64,
+    mem_limit: u64,
+    disk: u64,
+}
+
+/// What list requests filter on.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Option<Vec<State>>,
+    pub metadata: BTreeMap<String, String>,
+    pub descending: bool,
+    pub limit: usize,
+    /// Opaque token from a previous page (the last seen sequence number).
+    pub next_token: Option<String>,
+    pub template: Option<String>,
+}
+
+pub struct Page {
+    pub items: Vec<SandboxDetail>,
+    pub next_token: Option<String>,
+    pub running: usize,
+}
+
+pub struct Service {
+    pub cfg: Config,
+    store: Arc<Store>,
+    backend: Arc<dyn Backend>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    samples: Mutex<HashMap<String, VecDeque<Sample>>>,
+    creating: AtomicUsize,
+}
+
+/// Samples kept per sandbox: an hour at the 5 s sampling interval.
+const MAX_SAMPLES: usize = 720;
+
+struct CreateSlot<'a>(&'a AtomicUsize);
+impl Drop for CreateSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Service {
+    pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
+        Arc::new(Self { cfg, store, backend, locks: Mutex::new(HashMap::new()), samples: Mutex::new(HashMap::new()), creating: AtomicUsize::new(0) })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Runs a blocking store or backend call on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    async fn row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.sandbox(&id2)).await??.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    fn check_timeout(&self, t: i64) -> Result<i64, ApiError> {
+        if t < 0 || t > self.cfg.max_timeout_s {
+            return Err(ApiError::BadRequest(format!("timeout must be between 0 and {} seconds, got {t}", self.cfg.max_timeout_s)));
+        }
+        Ok(t)
+    }
+
+    pub async fn key_valid(&self, key: &str) -> Result<bool, ApiError> {
+        if self.cfg.api_keys.iter().any(|k| k == key) {
+            return Ok(true);
+        }
+        let store = self.store.clone();
+        let key = key.to_string();
+        Ok(self.blocking(move || store.key_valid(&key)).await??)
+    }
+
+    // -------------------------------------------------------------- create
+
+    pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
+        let template = if req.template_id.trim().is_empty() { "base".to_string() } else { req.template_id.trim().to_string() };
+        let timeout = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
+        if !(cpus > 0.0 && cpus <= 256.0) {
+            return Err(ApiError::BadRequest(format!("cpuCount must be between 0 and 256, got {cpus}")));
+        }
+        let memory_mb = req.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
+            return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
+        }
+        let metadata = req.metadata.unwrap_or_default();
+        let env = req.env_vars.unwrap_or_default();
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ApiError::BadRequest(format!("invalid environment variable name {k:?}")));
+            }
+        }
+        let internet = req.allow_internet_access.unwrap_or(true);
+        if internet && !self.backend.network_available() {
+            return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
+        }
+        let secure = v2 || req.secure.unwrap_or(true);
+        {
+            let backend = self.backend.clone();
+            let t = template.clone();
+            if !self.blocking(move || backend.has_template(&t)).await? {
+                return Err(ApiError::NotFound(format!("template '{template}' not found")));
+            }
+        }
+        let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        let _slot = CreateSlot(&self.creating);
+        if in_flight > self.cfg.max_concurrent_creates {
+            return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once (limit {})", self.cfg.max_concurrent_creates)));
+        }
+        let existing = {
+            let store = self.store.clone();
+            self.blocking(move || store.sandboxes().map(|v| v.len())).await??
+        };
+        if existing + in_flight > self.cfg.max_sandboxes {
+            return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
+        }
+
+        let id = new_sandbox_id();
+        let token = secure.then(|| random_hex(20));
+        let mut spec = SandboxSpec::new(id.clone());
+        spec.template = template.clone();
+        spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit };
+        spec.internet = internet;
+        spec.env = env.clone();
+        spec.access_token = token.clone();
+        let t0 = Instant::now();
+        let backend = self.backend.clone();
+        let s2 = spec.clone();
+        self.blocking(move || backend.create(&s2)).await?.map_err(|e| {
+            tracing::error!(sandbox_id = %id, error = %chain(&e), "sandbox creation failed");
+            match e {
+                airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
+                other => runtime_err(&id, other),
+            }
+        })?;
+        let now = now_ms();
+        let row = SandboxRow {
+            id: id.clone(),
+            template,
+            state: State::Running,
+            started_at: now,
+            end_at: now + timeout * 1000,
+            auto_pause: req.auto_pause.unwrap_or(false),
+            metadata,
+            env,
+            access_token: token,
+            internet,
+            cpus,
+            memory_mb,
+            seq: 0,
+        };
+        let store = self.store.clone();
+        let r2 = row.clone();
+        if let Err(e) = self.blocking(move || store.insert_sandbox(&r2)).await? {
+            // Without a row nobody could ever reach or kill it.
+            let backend = self.backend.clone();
+            let id2 = id.clone();
+            let _ = self.blocking(move || backend.destroy(&id2)).await;
+            return Err(e.into());
+        }
+        tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
+        Ok(row)
+    }
+
+    // ---------------------------------------------------- connect / resume
+
+    /// Makes sure the sandbox runs (thawing or restarting it) and extends
+    /// its deadline to at least now + timeout. Returns whether it was
+    /// resumed from pause (201) or already running (200).
+    pub async fn connect(&self, id: &str, timeout: Option<i64>) -> Result<(SandboxRow, bool), ApiError> {
+        let timeout = self.check_timeout(timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        let resumed = row.state == State::Paused;
+        self.ensure_running(&row).await?;
+        let now = now_ms();
+        let end = if resumed { now + timeout * 1000 } else { row.end_at.max(now + timeout * 1000) };
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
+        row.state = State::Running;
+        row.end_at = end;
+        Ok((row, resumed))
+    }
+
+    /// Legacy `POST /sandboxes/{id}/resume`: only for paused sandboxes.
+    pub async fn resume(&self, id: &str, timeout: Option<i64>) -> Result<SandboxRow, ApiError> {
+        {
+            let row = self.row(id).await?;
+            if row.state == State::Running {
+                return Err(ApiError::Conflict(format!("sandbox {id} is already running")));
+            }
+        }
+        self.connect(id, timeout).await.map(|(r, _)| r)
+    }
+
+    /// Thaws a frozen sandbox, or restarts one whose processes are gone.
+    async fn ensure_running(&self, row: &SandboxRow) -> Result<SandboxInfo, ApiError> {
+        let backend = self.backend.clone();
+        let id = row.id.clone();
+        let r = self
+            .blocking(move || match backend.get(&id) {
+                Ok(info) if info.frozen => backend.thaw(&id).and_then(|_| backend.get(&id)),
+                Ok(info) => Ok(info),
+                Err(airlock_runtime::Error::NotFound(_)) => {
+                    tracing::info!(sandbox_id = %id, "sandbox processes are gone; restarting it over its files");
+                    backend.restart(&id)
+                }
+                Err(e) => Err(e),
+            })
+            .await?;
+        r.map_err(|e| runtime_err(&row.id, e))
+    }
+
+    // ---------------------------------------------------------------- read
+
+    pub fn detail(&self, row: &SandboxRow) -> SandboxDetail {
+        SandboxDetail {
+            template_id: row.template.clone(),
+            sandbox_id: row.id.clone(),
+            client_id: "airlock".into(),
+            alias: Some(row.template.clone()),
+            started_at: rfc3339_ms(row.started_at),
+            end_at: rfc3339_ms(row.end_at),
+            envd_version: ENVD_VERSION.into(),
+            cpu_count: row.cpus.ceil().max(1.0) as u32,
+            memory_mb: row.memory_mb,
+            disk_size_mb: 0,
+            state: row.state.as_str().into(),
+            metadata: row.metadata.clone(),
+            envd_access_token: row.access_token.clone(),
+            allow_internet_access: Some(row.internet),
+            lifecycle: api::Lifecycle { auto_resume: false, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
+            domain: None,
+        }
+    }
+
+    pub fn sandbox_body(&self, row: &SandboxRow) -> api::Sandbox {
+        api::Sandbox {
+            template_id: row.template.clone(),
+            sandbox_id: row.id.clone(),
+            client_id: "airlock".into(),
+            envd_version: ENVD_VERSION.into(),
+            alias: Some(row.template.clone()),
+            envd_access_token: row.access_token.clone(),
+            traffic_access_token: None,
+            domain: None,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<SandboxDetail, ApiError> {
+        Ok(self.detail(&self.row(id).await?))
+    }
+
+    pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let running = rows.iter().filter(|r| r.state == State::Running).count();
+        let after: Option<i64> = match &f.next_token {
+            Some(t) if !t.is_empty() => Some(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?),
+            _ => None,
+        };
+        let mut matching: Vec<&SandboxRow> = rows
+            .iter()
+            .filter(|r| f.states.as_ref().is_none_or(|s| s.contains(&r.state)))
+            .filter(|r| f.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+            .filter(|r| f.template.as_ref().is_none_or(|t| &r.template == t))
+            .collect();
+        if f.descending {
+            matching.reverse();
+        }
+        if let Some(after) = after {
+            matching.retain(|r| if f.descending { r.seq < after } else { r.seq > after });
+        }
+        let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+        let more = matching.len() > limit;
+        matching.truncate(limit);
+        let next_token = if more { matching.last().map(|r| r.seq.to_string()) } else { None };
+        Ok(Page { items: matching.into_iter().map(|r| self.detail(r)).collect(), next_token, running })
+    }
+
+    // --------------------------------------------------------------- write
+
+    pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.row(id).await?;
+        self.destroy_locked(id).await
+    }
+
+    async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.destroy(&id2)).await? {
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(id, e)),
+        }
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.delete_sandbox(&id2)).await??;
+        self.forget(id);
+        tracing::info!(sandbox_id = %id, "sandbox killed");
+        Ok(())
+    }
+
+    pub async fn set_timeout(&self, id: &str, timeout: i64) -> Result<(), ApiError> {
+        let timeout = self.check_timeout(timeout)?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.row(id).await?;
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let end = now_ms() + timeout * 1000;
+        self.blocking(move || store.set_end(&id2, end)).await??;
+        Ok(())
+    }
+
+    /// `POST /sandboxes/{id}/refreshes`: extends, never shortens.
+    pub async fn refresh(&self, id: &str, duration: i64) -> Result<(), ApiError> {
+        let duration = self.check_timeout(duration)?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.row(id).await?;
+        let end = row.end_at.max(now_ms() + duration * 1000);
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_end(&id2, end)).await??;
+        Ok(())
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.pause_locked(id).await
+    }
+
+    async fn pause_locked(&self, id: &str) -> Result<(), ApiError> {
+        let row = self.row(id).await?;
+        if row.state == State::Paused {
+            return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.freeze(&id2)).await? {
+            // Processes already gone (crash, reboot): it is paused in all
+            // but name; resume restarts it over its files.
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(id, e)),
+        }
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let end = row.end_at;
+        self.blocking(move || store.set_state(&id2, State::Paused, end)).await??;
+        tracing::info!(sandbox_id = %id, "sandbox paused");
+        Ok(())
+    }
+
+    pub async fn metrics(&self, id: &str, start: Option<i64>, end: Option<i64>) -> Result<Vec<SandboxMetric>, ApiError> {
+        let row = self.row(id).await?;
+        let has = self.samples.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|v| !v.is_empty());
+        if !has && row.state == State::Running {
+            self.sample(&row).await;
+        }
+        let start_ms = start.map(|s| s * 1000).unwrap_or(i64::MIN);
+        let end_ms = end.map(|e| e * 1000 + 999).unwrap_or(i64::MAX);
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let cpu_count = row.cpus.ceil().max(1.0) as u32;
+        Ok(samples
+            .get(id)
+            .map(|v| {
+                v.iter()
+                    .filter(|s| s.at_ms >= start_ms && s.at_ms <= end_ms)
+                    .map(|s| SandboxMetric {
+                        timestamp: rfc3339_ms(s.at_ms),
+                        timestamp_unix: s.at_ms / 1000,
+                        cpu_count,
+                        cpu_used_pct: (s.cpu_pct * 100.0).round() / 100.0,
+                        mem_used: s.mem,
+                        mem_total: s.mem_limit,
+                        mem_cache: 0,
+                        disk_used: s.disk,
+                        disk_total: 0,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn sample(&self, row: &SandboxRow) {
+        let backend = self.backend.clone();
+        let id = row.id.clone();
+        let Ok(Ok(u)) = self.blocking(move || backend.usage(&id)).await else { return };
+        let now = now_ms();
+        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let v = all.entry(row.id.clone()).or_default();
+        let cpu_pct = match v.back() {
+            Some(prev) if now > prev.at_ms && u.cpu_usage_ns >= prev.cpu_ns => {
+                let used = (u.cpu_usage_ns - prev.cpu_ns) as f64;
+                let avail = (now - prev.at_ms) as f64 * 1e6 * row.cpus.max(0.01);
+                (used / avail * 100.0).clamp(0.0, 100.0)
+            }
+            _ => 0.0,
+        };
+        v.push_back(Sample { at_ms: now, cpu_ns: u.cpu_usage_ns, cpu_pct, mem: u.memory_bytes, mem_limit: u.memory_limit_bytes, disk: u.disk_bytes });
+        while v.len() > MAX_SAMPLES {
+            v.pop_front();
+        }
+    }
+
+    // ----------------------------------------------------------- lifecycle
+
+    /// Kills or pauses every running sandbox whose deadline has passed.
+    pub async fn expire_due(&self) -> Result<usize, ApiError> {
+        let store = self.store.clone();
+        let now = now_ms();
+        let due = self.blocking(move || store.due(now)).await??;
+        let mut n = 0;
+        for row in due {
+            let lock = self.lock_for(&row.id);
+            let _g = lock.lock().await;
+            // Re-read under the lock: set_timeout may have just moved it.
+            let Ok(cur) = self.row(&row.id).await else { continue };
+            if cur.state != State::Running || cur.end_at > now_ms() {
+                continue;
+            }
+            let r = if cur.auto_pause { self.pause_locked(&cur.id).await } else { self.destroy_locked(&cur.id).await };
+            match r {
+                Ok(()) => {
+                    n += 1;
+                    tracing::info!(sandbox_id = %cur.id, action = if cur.auto_pause { "pause" } else { "kill" }, "sandbox timed out");
+                }
+                Err(e) => tracing::warn!(sandbox_id = %cur.id, error = %e, "acting on timeout failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Samples usage of running sandboxes and notices ones whose PID 1
+    /// died while the server was up (OOM of the agent, a crash): those are
+    /// cleaned up like a kill.
+    pub async fn sample_all(&self) {
+        let store = self.store.clone();
+        let Ok(Ok(rows)) = self.blocking(move || store.sandboxes()).await else { return };
+        for row in rows.into_iter().filter(|r| r.state == State::Running) {
+            let backend = self.backend.clone();
+            let id = row.id.clone();
+            let alive = self.blocking(move || backend.get(&id).is_ok()).await.unwrap_or(true);
+            if !alive {
+                let lock = self.lock_for(&row.id);
+                let _g = lock.lock().await;
+                tracing::warn!(sandbox_id = %row.id, "sandbox died unexpectedly; cleaning up");
+                let _ = self.destroy_locked(&row.id).await;
+                continue;
+            }
+            self.sample(&row).await;
+        }
+    }
+
+    /// At start-up: sandboxes in the store whose processes are gone (the
+    /// host rebooted) are marked paused so connect restarts them over their
+    /// files; sandboxes the runtime has but the store does not (a crash
+    /// between create and insert) are destroyed.
+    pub async fn reconcile(&self) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let backend = self.backend.clone();
+        let live = self.blocking(move || backend.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        for row in &rows {
+            let alive = live.iter().any(|s| s.id == row.id);
+            if !alive && row.state == State::Running {
+                tracing::warn!(sandbox_id = %row.id, "sandbox processes are gone (host restarted?); marking it paused");
+                let store = self.store.clone();
+                let (id, end) = (row.id.clone(), row.end_at);
+                self.blocking(move || store.set_state(&id, State::Paused, end)).await??;
+            }
+        }
+        for s in live {
+            if !rows.iter().any(|r| r.id == s.id) {
+                tracing::warn!(sandbox_id = %s.id, "sandbox unknown to the store; destroying it");
+                let backend = self.backend.clone();
+                let _ = self.blocking(move || backend.destroy(&s.id)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the running sandbox whose access token validates a signed
+    /// `/files` URL that carries no sandbox id.
+    pub async fn find_by_signature(&self, path: &str, operation: &str, username: &str, signature: &str, expiration: Option<i64>) -> Option<String> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await.ok()?.ok()?;
+        rows.into_iter()
+            .filter(|r| r.state == State::Running)
+            .find(|r| {
+                r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature)
+            })
+            .map(|r| r.id)
+    }
+
+    /// The agent socket of a running sandbox, for the proxy.
+    pub async fn route(&self, id: &str) -> Result<SandboxInfo, ApiError> {
+        let row = self.row(id).await?;
+        if row.state == State::Paused {
+            return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        if info.frozen {
+            return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
+        }
+        Ok(info)
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

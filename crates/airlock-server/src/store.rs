@@ -1,0 +1,306 @@
+//! The embedded SQLite store: API keys and sandboxes (their template,
+//! metadata, deadlines and state). Everything the server must remember
+//! across restarts lives here; liveness comes from the runtime.
+//!
+//! Calls are synchronous and short; async callers run them on the blocking
+//! pool (`Service::db`). WAL mode lets `airlock keys` edit keys while a
+//! server runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt row for sandbox {id}: {what}")]
+    Corrupt { id: String, what: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Paused,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(State::Running),
+            "paused" => Some(State::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// One sandbox as the server knows it. Times are unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRow {
+    pub id: String,
+    pub template: String,
+    pub state: State,
+    pub started_at: i64,
+    /// When the sandbox's timeout fires (running) or would have (paused).
+    pub end_at: i64,
+    pub auto_pause: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub access_token: Option<String>,
+    pub internet: bool,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    /// Insertion order, for stable listing and paging.
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub id: String,
+    pub prefix: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+pub fn hash_key(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=NORMAL;
+             PRAGMA foreign_keys=ON;
+             CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY,
+                 hash TEXT NOT NULL UNIQUE,
+                 prefix TEXT NOT NULL,
+                 name TEXT NOT NULL DEFAULT '',
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS sandboxes (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id TEXT NOT NULL UNIQUE,
+                 template TEXT NOT NULL,
+                 state TEXT NOT NULL,
+                 started_at INTEGER NOT NULL,
+                 end_at INTEGER NOT NULL,
+                 auto_pause INTEGER NOT NULL,
+                 metadata TEXT NOT NULL,
+                 env TEXT NOT NULL,
+                 access_token TEXT,
+                 internet INTEGER NOT NULL,
+                 cpus REAL NOT NULL,
+                 memory_mb INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS sandboxes_end_at ON sandboxes(state, end_at);",
+        )?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn c(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---------------------------------------------------------------- keys
+
+    pub fn add_key(&self, id: &str, key: &str, name: &str, now: i64) -> Result<(), StoreError> {
+        let prefix: String = key.chars().take(10).collect();
+        self.c().execute(
+            "INSERT INTO api_keys (id, hash, prefix, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(hash) DO NOTHING",
+            params![id, hash_key(key), prefix, name, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn key_valid(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.c().query_row("SELECT 1 FROM api_keys WHERE hash = ?1", params![hash_key(key)], |_| Ok(())).optional()?.is_some())
+    }
+
+    pub fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT id, prefix, name, created_at FROM api_keys ORDER BY created_at, id")?;
+        let rows = st.query_map([], |r| Ok(KeyRow { id: r.get(0)?, prefix: r.get(1)?, name: r.get(2)?, created_at: r.get(3)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes by id or by the key's visible prefix; returns how many went.
+    pub fn revoke_key(&self, id_or_prefix: &str) -> Result<usize, StoreError> {
+        Ok(self.c().execute("DELETE FROM api_keys WHERE id = ?1 OR prefix = ?1", params![id_or_prefix])?)
+    }
+
+    pub fn key_count(&self) -> Result<i64, StoreError> {
+        Ok(self.c().query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?)
+    }
+
+    // ----------------------------------------------------------- sandboxes
+
+    pub fn insert_sandbox(&self, s: &SandboxRow) -> Result<i64, StoreError> {
+        let c = self.c();
+        c.execute(
+            "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                s.id,
+                s.template,
+                s.state.as_str(),
+                s.started_at,
+                s.end_at,
+                s.auto_pause,
+                serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&s.env).unwrap_or_else(|_| "{}".into()),
+                s.access_token,
+                s.internet,
+                s.cpus,
+                s.memory_mb as i64,
+            ],
+        )?;
+        Ok(c.last_insert_rowid())
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SandboxRow, String, String, String)> {
+        let state: String = r.get(2)?;
+        let metadata: String = r.get(6)?;
+        let env: String = r.get(7)?;
+        Ok((
+            SandboxRow {
+                id: r.get(0)?,
+                template: r.get(1)?,
+                state: State::Running,
+                started_at: r.get(3)?,
+                end_at: r.get(4)?,
+                auto_pause: r.get(5)?,
+                metadata: BTreeMap::new(),
+                env: BTreeMap::new(),
+                access_token: r.get(8)?,
+                internet: r.get(9)?,
+                cpus: r.get(10)?,
+                memory_mb: r.get::<_, i64>(11)? as u64,
+                seq: r.get(12)?,
+            },
+            state,
+            metadata,
+            env,
+        ))
+    }
+
+    fn finish(raw: (SandboxRow, String, String, String)) -> Result<SandboxRow, StoreError> {
+        let (mut s, state, metadata, env) = raw;
+        s.state = State::parse(&state).ok_or_else(|| StoreError::Corrupt { id: s.id.clone(), what: format!("state {state:?}") })?;
+        s.metadata = serde_json::from_str(&metadata).map_err(|e| StoreError::Corrupt { id: s.id.clone(), what: e.to_string() })?;
+        s.env = serde_json::from_str(&env).map_err(|e| StoreError::Corrupt { id: s.id.clone(), what: e.to_string() })?;
+        Ok(s)
+    }
+
+    const COLS: &'static str = "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq";
+
+    pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
+        let c = self.c();
+        let raw = c.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row).optional()?;
+        raw.map(Self::finish).transpose()
+    }
+
+    /// All sandboxes, in creation order.
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRow>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(&format!("SELECT {} FROM sandboxes ORDER BY seq", Self::COLS))?;
+        let raws = st.query_map([], Self::row)?.collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(Self::finish).collect()
+    }
+
+    /// Running sandboxes whose deadline has passed.
+    pub fn due(&self, now: i64) -> Result<Vec<SandboxRow>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare(&format!("SELECT {} FROM sandboxes WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at", Self::COLS))?;
+        let raws = st.query_map(params![now], Self::row)?.collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(Self::finish).collect()
+    }
+
+    pub fn set_state(&self, id: &str, state: State, end_at: i64) -> Result<bool, StoreError> {
+        Ok(self.c().execute("UPDATE sandboxes SET state = ?2, end_at = ?3 WHERE id = ?1", params![id, state.as_str(), end_at])? > 0)
+    }
+
+    pub fn set_end(&self, id: &str, end_at: i64) -> Result<bool, StoreError> {
+        Ok(self.c().execute("UPDATE sandboxes SET end_at = ?2 WHERE id = ?1", params![id, end_at])? > 0)
+    }
+
+    pub fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.c().execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, end: i64) -> SandboxRow {
+        SandboxRow {
+            id: id.into(),
+            template: "base".into(),
+            state: State::Running,
+            started_at: 1,
+            end_at: end,
+            auto_pause: false,
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            env: BTreeMap::new(),
+            access_token: Some("tok".into()),
+            internet: true,
+            cpus: 1.5,
+            memory_mb: 256,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn sandboxes_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("db.sqlite");
+        {
+            let s = Store::open(&p).expect("open");
+            s.insert_sandbox(&row("a", 100)).expect("insert a");
+            s.insert_sandbox(&row("b", 300)).expect("insert b");
+            assert!(s.insert_sandbox(&row("a", 1)).is_err(), "ids are unique");
+            s.set_state("b", State::Paused, 500).expect("pause");
+        }
+        let s = Store::open(&p).expect("reopen");
+        let a = s.sandbox("a").expect("get").expect("present");
+        assert_eq!((a.metadata["k"].as_str(), a.cpus, a.access_token.as_deref()), ("v", 1.5, Some("tok")));
+        assert_eq!(s.due(200).expect("due").iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(s.sandbox("b").expect("get").expect("b").state, State::Paused);
+        assert!(s.delete_sandbox("a").expect("delete"));
+        assert!(s.sandbox("a").expect("get").is_none());
+    }
+
+    #[test]
+    fn keys_are_stored_hashed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&dir.path().join("db")).expect("open");
+        s.add_key("k1", "e2b_0123456789abcdef", "ci", 5).expect("add");
+        assert!(s.key_valid("e2b_0123456789abcdef").expect("check"));
+        assert!(!s.key_valid("e2b_wrong").expect("check"));
+        for f in ["db", "db-wal"] {
+            let raw = std::fs::read(dir.path().join(f)).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&raw).contains("0123456789abcdef"), "key not stored in clear in {f}");
+        }
+        assert_eq!(s.revoke_key("e2b_012345").expect("revoke by prefix"), 1);
+        assert!(!s.key_valid("e2b_0123456789abcdef").expect("check"));
+    }
+}
