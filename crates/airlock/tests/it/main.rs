@@ -5,3 +5,6 @@ mod support;
 
 mod lifecycle;
 mod process;
+mod server;
+mod files;
+mod security;

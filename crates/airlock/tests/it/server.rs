@@ -1,0 +1,351 @@
+//! `airlock serve` as a real process, driven over HTTP: the control API,
+//! the proxy, deadlines, pause/resume, and surviving a SIGKILL of the server.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+const KEY: &str = "e2b_00000000000000000000000000000000000000aa";
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn spawn(data: &Path, port: u16, extra: &[String]) -> Child {
+    let log = std::fs::File::create(data.with_extension("log")).expect("log");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(["--api-key", KEY])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    c.spawn().expect("spawn airlock serve")
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Self {
+        let _ = crate::support::harness();
+        let tmp = tempfile::Builder::new().prefix("airlock-srv-").tempdir().expect("tmp");
+        let data = tmp.path().join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let port = free_port();
+        let child = spawn(&data, port, &extra);
+        let s = Self { child, port, data, _tmp: Some(tmp), extra };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.req("GET", "/health", &[], Bytes::new()).await {
+                if r.0 == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not start: {}", std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server with SIGKILL (no clean-up) and starts a new one on the same data.
+    pub async fn crash_and_restart(&mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+        self.port = free_port();
+        self.child = spawn(&self.data, self.port, &self.extra);
+        self.wait_ready().await;
+    }
+
+    pub async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<(u16, http::HeaderMap, Bytes), String> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut b = http::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", format!("127.0.0.1:{}", self.port));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = tx.send_request(b.body(Full::new(body)).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, bytes))
+    }
+
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let b = body.map(|v| Bytes::from(serde_json::to_vec(&v).expect("json"))).unwrap_or_default();
+        let (s, _, bytes) = self.req(method, path, &[("x-api-key", KEY), ("content-type", "application/json")], b).await.expect("request");
+        (s, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn create(&self, body: Value) -> Value {
+        let (s, v) = self.api("POST", "/v2/sandboxes", Some(body)).await;
+        assert_eq!(s, 201, "create: {v}");
+        v
+    }
+
+    /// Runs a command through the proxy with the sandbox's token.
+    pub async fn run(&self, sbx: &Value, cmd: &str) -> (u16, String) {
+        let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})).expect("json");
+        let mut env = vec![0u8];
+        env.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        env.extend_from_slice(&payload);
+        let id = sbx["sandboxID"].as_str().expect("id");
+        let tok = sbx["envdAccessToken"].as_str().unwrap_or("");
+        let (s, _, bytes) = self
+            .req("POST", "/process.Process/Start", &[("e2b-sandbox-id", id), ("x-access-token", tok), ("content-type", "application/connect+json")], Bytes::from(env))
+            .await
+            .expect("run");
+        let mut out = String::new();
+        if s != 200 {
+            return (s, String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let mut d = &bytes[..];
+        while d.len() >= 5 {
+            let len = u32::from_be_bytes([d[1], d[2], d[3], d[4]]) as usize;
+            assert!(d.len() >= 5 + len, "truncated envelope");
+            let v: Value = serde_json::from_slice(&d[5..5 + len]).unwrap_or(Value::Null);
+            if let Some(o) = v["event"]["data"]["stdout"].as_str() {
+                out.push_str(&String::from_utf8_lossy(&crate::support::b64(o)));
+            }
+            d = &d[5 + len..];
+        }
+        (s, out)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Sandboxes outlive the server by design; the test cleans them up.
+        let _ = Command::new(env!("CARGO_BIN_EXE_airlock")).args(["runtime", "list", "--data-dir"]).arg(&self.data).output().map(|o| {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                if let Some(id) = line.split('\t').next() {
+                    let _ = Command::new(env!("CARGO_BIN_EXE_airlock")).args(["runtime", "destroy", "--data-dir"]).arg(&self.data).arg(id).output();
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn sandboxes_and_deadlines_survive_a_server_crash() {
+    let mut srv = Server::start(&[]).await;
+    let long = srv.create(json!({"templateID": "base", "timeout": 600, "metadata": {"name": "long"}})).await;
+    let short = srv.create(json!({"templateID": "base", "timeout": 3})).await;
+    let (_, out) = srv.run(&long, "echo state > /tmp/f; cat /tmp/f").await;
+    assert_eq!(out, "state\n");
+    srv.crash_and_restart().await;
+    // The long one is still there, with its processes and files.
+    let (s, v) = srv.api("GET", &format!("/sandboxes/{}", long["sandboxID"].as_str().expect("id")), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(v["metadata"]["name"], "long");
+    let (_, out) = srv.run(&long, "cat /tmp/f").await;
+    assert_eq!(out, "state\n");
+    // The short one's deadline still fires after the restart.
+    let sid = short["sandboxID"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, _) = srv.api("GET", &format!("/sandboxes/{sid}"), None).await;
+        if s == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "short sandbox was not killed at its deadline");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = srv.run(&short, "true").await;
+    assert_eq!(s, 502, "traffic to a timed-out sandbox is refused");
+}
+
+#[tokio::test]
+async fn pause_resume_and_auto_pause() {
+    let srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 600})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    srv.run(&sbx, "echo kept > /home/user/f; (sleep 1000 &)").await;
+    assert_eq!(srv.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({}))).await.0, 204);
+    assert_eq!(srv.api("POST", &format!("/sandboxes/{id}/pause"), Some(json!({}))).await.0, 409, "second pause conflicts");
+    let (_, v) = srv.api("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "paused");
+    let (s, _) = srv.run(&sbx, "true").await;
+    assert_eq!(s, 502, "no traffic while paused");
+    let (_, list) = srv.api("GET", "/v2/sandboxes?state=paused", None).await;
+    assert!(list.as_array().expect("array").iter().any(|s| s["sandboxID"] == id));
+    let (s, v) = srv.api("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
+    assert_eq!(s, 201, "connect resumes: {v}");
+    let (_, out) = srv.run(&sbx, "cat /home/user/f; pgrep -c sleep").await;
+    assert_eq!(out, "kept\n1\n", "files and processes survive pause");
+    let (s, _) = srv.api("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 1}))).await;
+    assert_eq!(s, 200, "connect to a running sandbox");
+    let (_, v) = srv.api("GET", &format!("/sandboxes/{id}"), None).await;
+    let end = airlock_proto::time::parse_rfc3339(v["endAt"].as_str().expect("endAt")).expect("rfc3339");
+    assert!(end > std::time::SystemTime::now() + Duration::from_secs(30), "connect must not shorten the deadline");
+
+    // autoPause: at the deadline the sandbox is paused, not killed.
+    let ap = srv.create(json!({"templateID": "base", "timeout": 1, "autoPause": true})).await;
+    let apid = ap["sandboxID"].as_str().expect("id");
+    srv.run(&ap, "echo x > /home/user/x").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = srv.api("GET", &format!("/sandboxes/{apid}"), None).await;
+        if v["state"] == "paused" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not auto-paused: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = srv.api("POST", &format!("/sandboxes/{apid}/resume"), Some(json!({"timeout": 60}))).await;
+    assert_eq!(s, 201);
+    assert_eq!(srv.run(&ap, "cat /home/user/x").await.1, "x\n");
+}
+
+#[tokio::test]
+async fn api_errors_are_json_with_the_right_status() {
+    let srv = Server::start(&["--max-sandboxes", "2"]).await;
+    let (s, _, b) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", "e2b_wrong")], Bytes::new()).await.expect("req");
+    assert_eq!(s, 401);
+    assert_eq!(serde_json::from_slice::<Value>(&b).expect("json")["code"], 401);
+    let (s, _, _) = srv.req("GET", "/v2/sandboxes", &[], Bytes::new()).await.expect("req");
+    assert_eq!(s, 401, "missing key");
+    let (s, v) = srv.api("GET", "/sandboxes/doesnotexist", None).await;
+    assert_eq!((s, v["code"].as_i64()), (404, Some(404)));
+    assert!(v["message"].as_str().expect("message").contains("doesnotexist"));
+    assert_eq!(srv.api("DELETE", "/sandboxes/doesnotexist", None).await.0, 404);
+    assert_eq!(srv.api("POST", "/sandboxes/doesnotexist/timeout", Some(json!({"timeout": 5}))).await.0, 404);
+    let (s, _, b) = srv.req("POST", "/v2/sandboxes", &[("x-api-key", KEY)], Bytes::from_static(b"{\"templateID\": ")).await.expect("req");
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).contains("invalid JSON"));
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "timeout": -1}))).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "nope"}))).await;
+    assert_eq!(s, 404);
+    let (s, _) = srv.api("GET", "/v2/sandboxes?limit=1000", None).await;
+    assert_eq!(s, 400);
+    // The sandbox limit answers 429.
+    srv.create(json!({"templateID": "base"})).await;
+    srv.create(json!({"templateID": "base"})).await;
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+    assert_eq!(s, 429, "{v}");
+    let (s, _, b) = srv.req("GET", "/", &[("e2b-sandbox-id", "nosuchsandbox")], Bytes::new()).await.expect("req");
+    assert_eq!(s, 502);
+    let v: Value = serde_json::from_slice(&b).expect("json");
+    assert_eq!(v["sandboxId"], "nosuchsandbox");
+    assert!(v["message"].as_str().expect("msg").contains("was not found"));
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429() {
+    let srv = Server::start(&["--rate-limit", "3"]).await;
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(srv.api("GET", "/v2/sandboxes", None).await.0);
+    }
+    assert!(codes.contains(&200) && codes.contains(&429), "{codes:?}");
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let srv = Server::start(&[]).await;
+    for i in 0..3 {
+        srv.create(json!({"templateID": "base", "metadata": {"group": "g1", "i": i.to_string()}})).await;
+    }
+    srv.create(json!({"templateID": "base", "metadata": {"group": "g2"}})).await;
+    let (_, all) = srv.api("GET", "/v2/sandboxes?metadata=group%3Dg1", None).await;
+    assert_eq!(all.as_array().expect("array").len(), 3);
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let path = format!("/v2/sandboxes?metadata=group%3Dg1&limit=1{}", if token.is_empty() { String::new() } else { format!("&nextToken={token}") });
+        let (s, h, b) = srv.req("GET", &path, &[("x-api-key", KEY)], Bytes::new()).await.expect("req");
+        assert_eq!(s, 200);
+        let page: Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(page.as_array().expect("array").len(), 1);
+        seen.push(page[0]["metadata"]["i"].as_str().expect("i").to_string());
+        match h.get("x-next-token").and_then(|v| v.to_str().ok()) {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, vec!["0", "1", "2"]);
+    let (_, v1) = srv.api("GET", "/sandboxes?metadata=group%3Dg2", None).await;
+    assert_eq!(v1.as_array().expect("array").len(), 1);
+}
+
+#[tokio::test]
+async fn ports_inside_are_reachable_through_the_proxy() {
+    let srv = Server::start(&["--domain", "sbx.test"]).await;
+    let sbx = srv.create(json!({"templateID": "base", "allow_internet_access": false})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    srv.run(&sbx, "mkdir -p /tmp/www && echo served-from-inside > /tmp/www/index.html && (cd /tmp/www && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &)").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (s, _, b) = srv.req("GET", "/index.html", &[("e2b-sandbox-id", id), ("e2b-sandbox-port", "8000")], Bytes::new()).await.expect("req");
+        if s == 200 {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "port 8000 never answered (last status {s})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(&body[..], b"served-from-inside\n");
+    // Host-name routing for browsers.
+    let host = format!("8000-{id}.sbx.test");
+    let (s, _, b) = srv.req("GET", "/index.html", &[("host", &host)], Bytes::new()).await.expect("req");
+    assert_eq!((s, &b[..]), (200, &b"served-from-inside\n"[..]));
+    // A closed port says so.
+    let (s, _, b) = srv.req("GET", "/", &[("e2b-sandbox-id", id), ("e2b-sandbox-port", "9")], Bytes::new()).await.expect("req");
+    assert_eq!(s, 502);
+    assert!(String::from_utf8_lossy(&b).contains("port is not open"));
+}
+
+#[tokio::test]
+async fn signed_file_urls_work_without_sandbox_headers() {
+    let srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base"})).await;
+    let tok = sbx["envdAccessToken"].as_str().expect("token");
+    srv.run(&sbx, "echo signed-content > /home/user/s.txt").await;
+    let sig = airlock_proto::envd::file_signature("/home/user/s.txt", "read", "user", tok, None);
+    let enc: String = sig.bytes().map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    let (s, _, b) = srv.req("GET", &format!("/files?path=%2Fhome%2Fuser%2Fs.txt&username=user&signature={enc}"), &[], Bytes::new()).await.expect("req");
+    assert_eq!((s, &b[..]), (200, &b"signed-content\n"[..]));
+    let (s, _, _) = srv.req("GET", "/files?path=%2Fhome%2Fuser%2Fs.txt&username=user&signature=v1_forged", &[], Bytes::new()).await.expect("req");
+    assert_eq!(s, 401);
+}
+
+#[tokio::test]
+async fn keys_cli_creates_lists_and_revokes() {
+    let srv = Server::start(&[]).await;
+    let bin = env!("CARGO_BIN_EXE_airlock");
+    let out = Command::new(bin).args(["keys", "create", "--name", "ci", "--data-dir"]).arg(&srv.data).output().expect("keys create");
+    assert!(out.status.success());
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(key.starts_with("e2b_") && key.len() == 44, "{key}");
+    let (s, _, _) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", &key)], Bytes::new()).await.expect("req");
+    assert_eq!(s, 200, "a key created while the server runs works at once");
+    let list = Command::new(bin).args(["keys", "list", "--data-dir"]).arg(&srv.data).output().expect("list");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("ci"));
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&key), "full keys are never listed");
+    let rev = Command::new(bin).args(["keys", "revoke", "--data-dir"]).arg(&srv.data).arg(&key[..10]).output().expect("revoke");
+    assert!(rev.status.success());
+    let (s, _, _) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", &key)], Bytes::new()).await.expect("req");
+    assert_eq!(s, 401);
+}
