@@ -349,3 +349,42 @@ async fn keys_cli_creates_lists_and_revokes() {
     let (s, _, _) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", &key)], Bytes::new()).await.expect("req");
     assert_eq!(s, 401);
 }
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_reboot_resumes_over_the_same_files() {
+    let mut srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 600})).await;
+    let id = sbx["sandboxID"].as_str().expect("id").to_string();
+    srv.run(&sbx, "echo survives-reboot > /home/user/keep").await;
+    // SIGTERM: exit 0, sandbox untouched.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    let status = srv.child.wait().expect("wait");
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let info = {
+        use airlock_runtime::Backend;
+        let b = airlock_runtime::NamespaceBackend::new(airlock_runtime::namespace::Options {
+            root: srv.data.clone(),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")),
+            network: true,
+        })
+        .expect("backend");
+        b.get(&id).expect("still running after the server stopped")
+    };
+    // Simulate a host reboot: every process of the sandbox is gone, its files stay.
+    // SAFETY: killing the sandbox's PID 1, which takes its pid namespace down.
+    unsafe { libc::kill(info.pid as i32, libc::SIGKILL) };
+    let gone = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{}", info.pid)).exists() && Instant::now() < gone {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.port = free_port();
+    srv.child = spawn(&srv.data, srv.port, &[]);
+    srv.wait_ready().await;
+    let (_, v) = srv.api("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "paused", "a sandbox whose processes died is shown paused: {v}");
+    let (s, _) = srv.api("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
+    assert_eq!(s, 201, "connect resumes it");
+    let (s, out) = srv.run(&sbx, "cat /home/user/keep").await;
+    assert_eq!((s, out.as_str()), (200, "survives-reboot\n"), "files survive, a fresh agent serves them");
+}
