@@ -13,6 +13,7 @@
 pub mod files;
 pub mod fs;
 pub mod http;
+pub mod interp;
 pub mod paths;
 pub mod process;
 mod reaper;
@@ -63,13 +64,23 @@ pub struct Agent {
     pub config: AgentConfig,
     pub processes: process::Table,
     pub watchers: fs::Watchers,
+    pub interpreter: interp::Interpreter,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
-        Arc::new(Self { config, processes: process::Table::default(), watchers: fs::Watchers::default() })
+        Arc::new(Self { config, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+    }
+
+    /// The default user's home, the working directory of new code contexts.
+    pub fn default_home(&self) -> String {
+        users::lookup(&self.config.default_user).map(|u| u.home.display().to_string()).unwrap_or_else(|_| "/".into())
     }
 }
+
+/// Header the host proxy sets on code-interpreter traffic (E2B's port
+/// 49999), which the agent serves itself.
+pub const PORT_HEADER: &str = "x-airlock-port";
 
 /// How often streaming RPCs send keepalives when idle, unless the client
 /// asks otherwise with `Keepalive-Ping-Interval`.

@@ -443,7 +443,7 @@ fn attach(p: Arc<Proc>, ctx: &RequestCtx, fresh: bool) -> Resp {
 
 /// Environment of a command, in envd's order: PATH, HOME, USER, LOGNAME,
 /// then sandbox-wide variables, then the request's (last wins).
-fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
+pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), agent.config.path.clone());
     env.insert("HOME".to_string(), user.home.display().to_string());
@@ -673,14 +673,14 @@ async fn pump(p: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataOutput, mut ex
     }
 }
 
-enum ReadResult {
+pub(crate) enum ReadResult {
     Data(usize),
     WouldBlock,
     Eof,
     Err,
 }
 
-fn read_nb(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
+pub(crate) fn read_nb(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
     // SAFETY: reading into a buffer we own, of its length.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     if n > 0 {
@@ -778,7 +778,7 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     // SAFETY: fcntl on an fd we own.
     unsafe {
         let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);

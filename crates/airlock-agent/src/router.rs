@@ -63,6 +63,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
+    if req.headers().get(crate::PORT_HEADER).and_then(|v| v.to_str().ok()) == Some("49999") {
+        return crate::interp::handle(&agent, req).await;
+    }
     let Some(r) = route(req.method(), req.uri()) else {
         return h::json_err(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()));
     };

@@ -17,6 +17,9 @@ use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
 pub const ENVD_PORT: u16 = 49983;
+/// E2B's code-interpreter port: served by the agent itself, marked with a header.
+pub const INTERPRETER_PORT: u16 = 49999;
+const PORT_HEADER: &str = "x-airlock-port";
 
 /// Where sandbox traffic should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +84,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     });
 
     let wants_upgrade = req.headers().contains_key(header::UPGRADE);
-    if t.port != ENVD_PORT {
+    if t.port != ENVD_PORT && t.port != INTERPRETER_PORT {
         // Ask the agent for a tunnel to the port, then speak HTTP through it.
         let connect = match Request::builder().method("CONNECT").uri(format!("127.0.0.1:{}", t.port)).body(h::full(bytes::Bytes::new())) {
             Ok(r) => r,
@@ -115,6 +118,11 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     let upgrade_header = parts.headers.get(header::UPGRADE).cloned();
     let connection_header = parts.headers.get(header::CONNECTION).cloned();
     strip_hop_headers(&mut parts.headers, false);
+    // Only the proxy decides which agent service a request is for.
+    parts.headers.remove(PORT_HEADER);
+    if t.port == INTERPRETER_PORT {
+        parts.headers.insert(PORT_HEADER, http::HeaderValue::from_static("49999"));
+    }
     if wants_upgrade {
         if let (Some(u), Some(c)) = (upgrade_header, connection_header) {
             parts.headers.insert(header::UPGRADE, u);

@@ -1,0 +1,578 @@
+//! The code interpreter (E2B's port 49999 API), served by the agent:
+//! stateful contexts for Python, JavaScript/TypeScript and Bash.
+//!
+//! Each context owns at most one kernel process, started on first use and
+//! running as the sandbox's default user. A kernel is a small driver script
+//! (`kernel.py`, `kernel.js`, `kernel.sh`, compiled into the agent) that
+//! reads requests as JSON lines on fd 4 and reports results, errors and
+//! completion as JSON lines on fd 3; the cell's own output, and that of any
+//! subprocess it starts, arrives on ordinary stdout/stderr pipes, which the
+//! agent streams as `stdout`/`stderr` events. One execution runs per context
+//! at a time. A client that disconnects interrupts its execution (SIGINT,
+//! state kept); a kernel that does not stop, or dies, is reported and
+//! restarted on the next execution.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::sync::mpsc;
+
+use crate::http::{self as h, Resp};
+use crate::process::{read_nb, set_nonblocking, ReadResult};
+use crate::Agent;
+
+const PY_DRIVER: &str = include_str!("kernel.py");
+const JS_DRIVER: &str = include_str!("kernel.js");
+const SH_DRIVER: &str = include_str!("kernel.sh");
+
+/// How long a kernel may take to start (IPython with matplotlib imports
+/// take a second or two on a small machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an interrupted execution may take to stop before its kernel is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Python,
+    JavaScript,
+    Bash,
+}
+
+/// E2B's language normalisation: trimmed, lowercased, `js`→`javascript`,
+/// `ts`→`typescript` (run by the JavaScript kernel), default `python`.
+pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), String> {
+    let l = lang.unwrap_or("").trim().to_lowercase();
+    Ok(match l.as_str() {
+        "" | "python" | "python3" | "py" => (Kind::Python, "python".into()),
+        "js" | "javascript" | "node" => (Kind::JavaScript, "javascript".into()),
+        "ts" | "typescript" => (Kind::JavaScript, "typescript".into()),
+        "bash" | "sh" | "shell" => (Kind::Bash, "bash".into()),
+        other => return Err(format!("language '{other}' is not supported (python, javascript, typescript, bash)")),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+}
+
+struct Kernel {
+    pid: i32,
+    requests: tokio::net::unix::pipe::Sender,
+    events: tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>,
+    stdout: AsyncFd<OwnedFd>,
+    stderr: AsyncFd<OwnedFd>,
+    cells: u64,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        // SAFETY: killing the kernel's own process group.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+    }
+}
+
+pub struct Context {
+    info: ContextInfo,
+    kind: Kind,
+    kernel: tokio::sync::Mutex<Option<Kernel>>,
+    /// Pid of the running kernel, readable without waiting for an execution.
+    pid: AtomicI32,
+}
+
+#[derive(Default)]
+pub struct Interpreter {
+    contexts: Mutex<HashMap<String, Arc<Context>>>,
+    defaults: Mutex<HashMap<Kind, String>>,
+}
+
+impl Interpreter {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn create(&self, kind: Kind, language: String, cwd: String) -> Arc<Context> {
+        let id = random_id();
+        let c = Arc::new(Context { info: ContextInfo { id: id.clone(), language, cwd }, kind, kernel: tokio::sync::Mutex::new(None), pid: AtomicI32::new(0) });
+        self.map().insert(id, c.clone());
+        c
+    }
+
+    fn default_for(&self, kind: Kind, language: String, cwd: &str) -> Arc<Context> {
+        let mut d = self.defaults.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = d.get(&kind) {
+            if let Some(c) = self.map().get(id) {
+                return c.clone();
+            }
+        }
+        let c = self.create(kind, language, cwd.to_string());
+        d.insert(kind, c.info.id.clone());
+        c
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ExecuteRequest {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    context_id: Option<String>,
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CreateContext {
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
+    let mut r = hyper::Response::new(h::full(msg.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+async fn json_body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Resp> {
+    let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024).await.map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&b).map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+
+/// Routes of the port-49999 API.
+pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let interp = &agent.interpreter;
+    let home = agent.default_home();
+    match (req.method().clone(), segs.as_slice()) {
+        (Method::GET, ["health"]) => h::json_ok(StatusCode::OK, &"OK"),
+        (Method::POST, ["execute"]) => {
+            let r: ExecuteRequest = match json_body(req).await {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            let Some(code) = r.code else { return text(StatusCode::BAD_REQUEST, "code is required") };
+            let ctx = match (&r.context_id, &r.language) {
+                (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "context_id and language cannot be provided at the same time"),
+                (Some(id), None) => match interp.map().get(id) {
+                    Some(c) => c.clone(),
+                    None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+                },
+                (None, lang) => match normalise(lang.as_deref()) {
+                    Ok((kind, name)) => interp.default_for(kind, name, &home),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                },
+            };
+            let env: BTreeMap<String, String> = r
+                .env_vars
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                }))
+                .collect();
+            let (tx, rx) = mpsc::channel::<Bytes>(64);
+            let agent = agent.clone();
+            tokio::spawn(async move { execute(&agent, ctx, code, env, tx).await });
+            let mut resp = hyper::Response::new(h::channel_body(rx));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+            resp
+        }
+        (Method::POST, ["contexts"]) => {
+            let r: CreateContext = match json_body(req).await {
+                Ok(r) => r,
+                Err(e) => return e,
+            };
+            let (kind, name) = match normalise(r.language.as_deref()) {
+                Ok(x) => x,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            };
+            let cwd = r.cwd.filter(|c| !c.is_empty()).unwrap_or(home);
+            let c = interp.create(kind, name, cwd);
+            h::json_ok(StatusCode::OK, &c.info)
+        }
+        (Method::GET, ["contexts"]) => {
+            let mut v: Vec<ContextInfo> = interp.map().values().map(|c| c.info.clone()).collect();
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            h::json_ok(StatusCode::OK, &v)
+        }
+        (Method::DELETE, ["contexts", id]) => {
+            let removed = interp.map().remove(*id);
+            match removed {
+                Some(c) => {
+                    stop_kernel(&c).await;
+                    interp.defaults.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
+                    h::json_ok(StatusCode::OK, &Value::Null)
+                }
+                None => text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+            }
+        }
+        (Method::POST, ["contexts", id, "restart"]) => {
+            let c = interp.map().get(*id).cloned();
+            match c {
+                Some(c) => {
+                    stop_kernel(&c).await;
+                    h::json_ok(StatusCode::OK, &Value::Null)
+                }
+                None => text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("no route for {path}")),
+    }
+}
+
+/// Kills a context's kernel (even mid-execution); the next execution starts a new one.
+async fn stop_kernel(c: &Context) {
+    let pid = c.pid.swap(0, Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: killing the kernel's process group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    *c.kernel.lock().await = None;
+}
+
+fn now() -> String {
+    airlock_proto::time::rfc3339(std::time::SystemTime::now())
+}
+
+fn line(v: Value) -> Bytes {
+    let mut b = serde_json::to_vec(&v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// Keeps incomplete UTF-8 sequences for the next chunk, so a character
+/// split across reads is not turned into replacement characters.
+#[derive(Default)]
+struct Utf8Carry(Vec<u8>);
+
+impl Utf8Carry {
+    fn push(&mut self, chunk: &[u8]) -> String {
+        self.0.extend_from_slice(chunk);
+        let valid = match std::str::from_utf8(&self.0) {
+            Ok(_) => self.0.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.0.len(),
+        };
+        let rest = self.0.split_off(valid);
+        let s = String::from_utf8_lossy(&self.0).into_owned();
+        self.0 = rest;
+        s
+    }
+}
+
+async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTreeMap<String, String>, tx: mpsc::Sender<Bytes>) {
+    let mut guard = ctx.kernel.lock().await;
+    if guard.is_none() {
+        match start_kernel(agent, &ctx).await {
+            Ok(k) => {
+                ctx.pid.store(k.pid, Ordering::SeqCst);
+                *guard = Some(k);
+            }
+            Err(e) => {
+                let _ = tx.send(line(json!({"type": "error", "name": "KernelStartError", "value": e, "traceback": e}))).await;
+                let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
+                return;
+            }
+        }
+    }
+    let Some(k) = guard.as_mut() else { return };
+    let request = match prepare_request(agent, ctx.kind, k, &code, &env) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(line(json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}))).await;
+            let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
+            return;
+        }
+    };
+    let mut dead = k.requests.write_all(request.as_bytes()).await.is_err();
+    let mut interrupted_at: Option<tokio::time::Instant> = None;
+    let mut out_carry = Utf8Carry::default();
+    let mut err_carry = Utf8Carry::default();
+    let mut count: Option<u64> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    while !dead {
+        let grace = async {
+            match interrupted_at {
+                Some(t) => tokio::time::sleep_until(t + INTERRUPT_GRACE).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            l = k.events.next_line() => match l {
+                Ok(Some(l)) => {
+                    let Ok(v) = serde_json::from_str::<Value>(&l) else { continue };
+                    match v["type"].as_str() {
+                        Some("done") => {
+                            count = v["execution_count"].as_u64();
+                            break;
+                        }
+                        Some("result") | Some("error") => {
+                            let _ = tx.send(line(v)).await;
+                        }
+                        _ => {}
+                    }
+                }
+                _ => dead = true,
+            },
+            g = k.stdout.readable() => {
+                if let Ok(mut g) = g {
+                    match read_nb(k.stdout.get_ref(), &mut buf) {
+                        ReadResult::Data(n) => {
+                            let t = out_carry.push(&buf[..n]);
+                            if !t.is_empty() { let _ = tx.send(line(json!({"type": "stdout", "text": t, "timestamp": now()}))).await; }
+                        }
+                        ReadResult::WouldBlock => g.clear_ready(),
+                        _ => dead = true,
+                    }
+                }
+            },
+            g = k.stderr.readable() => {
+                if let Ok(mut g) = g {
+                    match read_nb(k.stderr.get_ref(), &mut buf) {
+                        ReadResult::Data(n) => {
+                            let t = err_carry.push(&buf[..n]);
+                            if !t.is_empty() { let _ = tx.send(line(json!({"type": "stderr", "text": t, "timestamp": now()}))).await; }
+                        }
+                        ReadResult::WouldBlock => g.clear_ready(),
+                        _ => dead = true,
+                    }
+                }
+            },
+            _ = tx.closed(), if interrupted_at.is_none() => {
+                // The client went away (or timed out): interrupt, keep state.
+                // SAFETY: signalling the kernel's process group.
+                unsafe { libc::kill(-k.pid, libc::SIGINT) };
+                interrupted_at = Some(tokio::time::Instant::now());
+            },
+            _ = grace => {
+                tracing::warn!(pid = k.pid, "kernel ignored interrupt; killing it");
+                dead = true;
+            },
+            _ = tokio::time::sleep(KEEPALIVE) => {
+                let _ = tx.try_send(line(json!({"type": "keepalive"})));
+            },
+        }
+    }
+    // Output written before the kernel said "done" is already in the pipes.
+    for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
+        while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
+            let t = carry.push(&buf[..n]);
+            if !t.is_empty() {
+                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
+            }
+        }
+    }
+    if dead {
+        let _ = tx
+            .send(line(json!({"type": "error", "name": "UnexpectedEndOfExecution", "value": "the kernel stopped during execution; its state was lost and it will be restarted", "traceback": ""})))
+            .await;
+        ctx.pid.store(0, Ordering::SeqCst);
+        *guard = None;
+    } else if let Some(c) = count {
+        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": c}))).await;
+    }
+    let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
+}
+
+/// The request line for the kernel. Bash gets files (its own code is read
+/// by `source`); the others get the code inline.
+fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+    k.cells += 1;
+    match kind {
+        Kind::Python | Kind::JavaScript => {
+            let mut s = serde_json::to_string(&json!({"code": code, "env": env})).map_err(|e| e.to_string())?;
+            s.push('\n');
+            Ok(s)
+        }
+        Kind::Bash => {
+            let dir = std::path::PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
+            let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
+            }
+            let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+            let mut cell = String::new();
+            let mut restore = String::new();
+            for (key, v) in env {
+                if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || key.is_empty() {
+                    return Err(format!("invalid environment variable name {key:?}"));
+                }
+                restore.push_str(&format!("if [ -n \"${{__airlock_set_{key}+x}}\" ]; then export {key}=\"$__airlock_old_{key}\"; else unset {key}; fi; unset __airlock_set_{key} __airlock_old_{key}\n"));
+                cell.push_str(&format!("if [ -n \"${{{key}+x}}\" ]; then __airlock_set_{key}=1; __airlock_old_{key}=\"${key}\"; fi; export {key}={}\n", q(v)));
+            }
+            cell.push_str(code);
+            cell.push('\n');
+            let cp = dir.join(format!("cell-{}.sh", k.cells));
+            let rp = dir.join(format!("restore-{}.sh", k.cells));
+            for (p, c) in [(&cp, &cell), (&rp, &restore)] {
+                std::fs::write(p, c).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                let _ = std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid));
+            }
+            Ok(format!("{}|{}\n", cp.display(), rp.display()))
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both fds were just created.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, String> {
+    let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
+    let (ev_r, ev_w) = pipe()?;
+    let (rq_r, rq_w) = pipe()?;
+    let mut cmd = match ctx.kind {
+        Kind::Python => {
+            let mut c = std::process::Command::new("python3");
+            c.args(["-c", PY_DRIVER]);
+            c
+        }
+        Kind::JavaScript => {
+            let mut c = std::process::Command::new("node");
+            c.args(["-e", JS_DRIVER]);
+            c
+        }
+        Kind::Bash => {
+            let mut c = std::process::Command::new("bash");
+            c.args(["--noprofile", "--norc", "-c", SH_DRIVER]);
+            c
+        }
+    };
+    let mut env = crate::process::command_env(agent, &user, &BTreeMap::new(), false);
+    env.insert("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into());
+    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() { ctx.info.cwd.clone() } else { user.home.display().to_string() };
+    cmd.env_clear().envs(env).current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (uid, gid) = (user.uid, user.gid);
+    let mut groups = user.groups.clone();
+    groups.push(gid);
+    let (ev_fd, rq_fd) = (ev_w.as_raw_fd(), rq_r.as_raw_fd());
+    // SAFETY: only async-signal-safe calls between fork and exec, on fds
+    // and values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move the protocol pipes out of the way first, then onto 3 and 4.
+            let e = libc::fcntl(ev_fd, libc::F_DUPFD, 10);
+            let r = libc::fcntl(rq_fd, libc::F_DUPFD, 10);
+            if e < 0 || r < 0 || libc::dup2(e, 3) < 0 || libc::dup2(r, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(e);
+            libc::close(r);
+            if libc::setpgid(0, 0) < 0
+                || libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
+    drop(ev_w);
+    drop(rq_r);
+    let pid = child.id() as i32;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("kernel pipes missing".into());
+    };
+    // The agent's reaper collects the exit status; the std handle is not used.
+    drop(child);
+    let afd = |fd: OwnedFd| -> Result<AsyncFd<OwnedFd>, String> {
+        set_nonblocking(&fd).map_err(|e| e.to_string())?;
+        // SAFETY: the AsyncFd owns `fd` for its whole registration.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.to_string())
+    };
+    let stdout = afd(OwnedFd::from(out))?;
+    let stderr = afd(OwnedFd::from(err))?;
+    set_nonblocking(&ev_r).map_err(|e| e.to_string())?;
+    set_nonblocking(&rq_w).map_err(|e| e.to_string())?;
+    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(|e| e.to_string())?;
+    let requests = tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(|e| e.to_string())?;
+    let mut k = Kernel { pid, requests, events: BufReader::new(events).lines(), stdout, stderr, cells: 0 };
+    // Wait for the driver's "ready", showing what it printed if it fails.
+    let ready = tokio::time::timeout(START_TIMEOUT, async {
+        loop {
+            match k.events.next_line().await {
+                Ok(Some(l)) if l.contains("\"ready\"") => return Ok(()),
+                Ok(Some(_)) => continue,
+                _ => return Err(()),
+            }
+        }
+    })
+    .await;
+    if !matches!(ready, Ok(Ok(()))) {
+        let mut buf = vec![0u8; 8192];
+        let mut msg = String::new();
+        if let ReadResult::Data(n) = read_nb(k.stderr.get_ref(), &mut buf) {
+            msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        return Err(format!("the {:?} kernel failed to start: {}", ctx.kind, msg.trim()));
+    }
+    tracing::debug!(pid, kind = ?ctx.kind, "kernel started");
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_normalise_like_e2b() {
+        assert_eq!(normalise(None).expect("default").1, "python");
+        assert_eq!(normalise(Some(" JS ")).expect("js").0, Kind::JavaScript);
+        assert_eq!(normalise(Some("ts")).expect("ts").1, "typescript");
+        assert_eq!(normalise(Some("bash")).expect("bash").0, Kind::Bash);
+        assert!(normalise(Some("cobol")).is_err());
+    }
+
+    #[test]
+    fn utf8_split_across_chunks_is_kept_whole() {
+        let mut c = Utf8Carry::default();
+        let s = "héllo".as_bytes();
+        assert_eq!(c.push(&s[..2]), "h");
+        assert_eq!(c.push(&s[2..]), "éllo");
+        assert_eq!(c.push(&[0xff, b'a']), "\u{fffd}a");
+    }
+}
