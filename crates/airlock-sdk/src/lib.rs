@@ -1,0 +1,41 @@
+//! The Rust SDK for Airlock, and for any server that speaks the E2B
+//! protocol: create sandboxes, run commands in them, move files in and out,
+//! pause and resume them, and throw them away.
+//!
+//! ```no_run
+//! use airlock_sdk::Sandbox;
+//!
+//! # async fn demo() -> airlock_sdk::Result<()> {
+//! // AIRLOCK_URL / AIRLOCK_API_KEY (or E2B_API_URL / E2B_API_KEY) say where.
+//! let sbx = Sandbox::builder().template("base").create().await?;
+//! let out = sbx.commands().run("echo hello").await?;
+//! assert_eq!(out.stdout, "hello\n");
+//! sbx.files().write("/tmp/a.txt", "data").await?;
+//! sbx.kill().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The wire types are airlock-proto's, re-exported here where they appear
+//! in the API ([`SandboxDetail`], [`EntryInfo`], ...). The SDK talks
+//! HTTP/1.1 over plain `http://` with one pooled client per [`Client`];
+//! every handle is cheap to clone and dropping one never blocks. It does
+//! not manage templates or API keys, and has no TLS of its own.
+
+mod client;
+pub mod commands;
+mod config;
+mod error;
+pub mod files;
+mod sandbox;
+mod stream;
+
+pub use client::Client;
+pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, CommandStream, Commands, Process, Pty};
+pub use config::{Config, DEFAULT_URL};
+pub use error::{Error, Result};
+pub use files::{FileStream, Files, WatchBuilder, WatchStream};
+pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
+
+pub use airlock_proto::api::{SandboxDetail, SandboxMetric};
+pub use airlock_proto::connect::{Code, ConnectError};
+pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
