@@ -141,6 +141,10 @@ pub trait Backend: Send + Sync {
     /// sandbox whose processes are gone (the host rebooted). Its files
     /// survive; its processes and memory do not.
     fn restart(&self, id: &str) -> Result<SandboxInfo, Error>;
+    /// Stops a sandbox and turns its writable layer into a read-only
+    /// template layer at `dest` (`dest/root`, `dest/usr`) with canonical
+    /// ownership, then removes the sandbox. Used by the template builder.
+    fn capture(&self, id: &str, dest: &std::path::Path) -> Result<(), Error>;
     /// Whether a template of that name exists.
     fn has_template(&self, name: &str) -> bool;
     /// Whether sandboxes can be given internet access on this host.

@@ -152,7 +152,11 @@ impl NamespaceBackend {
     }
 
     fn try_create(&self, spec: &SandboxSpec, dir: &Path) -> Result<SandboxInfo, Error> {
-        let tpl = self.templates.get(&spec.template).map_err(template_err)?;
+        // Names starting with '.' are the builder's temporary templates.
+        let tpl = if spec.template.starts_with('.') { self.templates.get_internal(&spec.template) } else { self.templates.get(&spec.template) }
+            .map_err(template_err)?;
+        let mut env = tpl.env.clone();
+        env.extend(spec.env.clone());
         let slot = self.reserve_slot(&spec.id)?;
         let id_base = ID_BASE + slot * IDS_PER_SANDBOX;
         let internet = spec.internet && self.network_ready;
@@ -170,7 +174,8 @@ impl NamespaceBackend {
             net,
             resources: spec.resources,
             default_user: tpl.default_user.clone(),
-            env: spec.env.clone(),
+            workdir: tpl.workdir.clone(),
+            env,
             access_token: spec.access_token.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
@@ -369,6 +374,44 @@ impl Backend for NamespaceBackend {
         self.templates.get(name).is_ok()
     }
 
+    fn capture(&self, id: &str, dest: &Path) -> Result<(), Error> {
+        let dir = self.dir(id);
+        let cfg: LaunchConfig = state::read_json(&dir.join(state::LAUNCH_FILE)).map_err(|_| Error::NotFound(id.to_string()))?;
+        // Stop everything first: the writable layer must be quiescent.
+        if let Some(rs) = self.run_state(id) {
+            if state::is_alive(&rs) {
+                // SAFETY: kill(2) of the sandbox's PID 1, verified by start time.
+                unsafe { libc::kill(rs.pid as i32, libc::SIGKILL) };
+            }
+            self.cgroups.open(id).kill_all()?;
+            Self::wait_gone(&rs, Duration::from_secs(10));
+        }
+        let parent = dest.parent().ok_or_else(|| Error::InvalidSpec("layer destination has no parent".into()))?;
+        fs::create_dir_all(parent).map_err(|e| Error::io("creating layer directory", e))?;
+        let tmp = parent.join(format!(".tmp-{id}"));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| Error::io("creating layer directory", e))?;
+        for part in ["root", "usr"] {
+            fs::rename(dir.join("upper").join(part), tmp.join(part)).map_err(|e| Error::io(format!("moving the {part} layer"), e))?;
+        }
+        // The per-sandbox identity files are written into every sandbox's
+        // own layer; they do not belong to the template.
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            let _ = fs::remove_file(tmp.join("root/etc").join(f));
+        }
+        let _ = fs::remove_dir(tmp.join("root/etc"));
+        shift_ids(&tmp, cfg.id_base).map_err(|e| Error::io("shifting layer ownership to canonical ids", e))?;
+        match fs::rename(&tmp, dest) {
+            Ok(()) => {}
+            // A concurrent identical build got there first: theirs is as good.
+            Err(_) if dest.exists() => {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Err(e) => return Err(Error::io("installing layer", e)),
+        }
+        self.destroy(id)
+    }
+
     fn network_available(&self) -> bool {
         self.network_ready
     }
@@ -401,4 +444,26 @@ pub fn dir_size(p: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Rewrites ownership in a captured layer from the sandbox's host id range
+/// to canonical ids (root 0, `user` 1000), so any sandbox can map it into
+/// its own range. chown clears set-id bits, so they are put back.
+fn shift_ids(root: &Path, base: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let map = |id: u32| if id >= base && id < base + IDS_PER_SANDBOX { id - base } else { 65534 };
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = fs::symlink_metadata(&p)?;
+        std::os::unix::fs::lchown(&p, Some(map(md.uid())), Some(map(md.gid())))?;
+        if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
+            fs::set_permissions(&p, fs::Permissions::from_mode(md.mode() & 0o7777))?;
+        }
+        if md.is_dir() {
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -37,6 +37,9 @@ pub struct LaunchConfig {
     pub net: Option<NetAssign>,
     pub resources: Resources,
     pub default_user: String,
+    /// Default working directory (the template's `WORKDIR`).
+    #[serde(default)]
+    pub workdir: Option<String>,
     pub env: BTreeMap<String, String>,
     pub access_token: Option<String>,
 }

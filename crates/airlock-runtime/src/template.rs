@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// directories get a fresh one.
 const BASE_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Template {
     pub name: String,
     /// Root layers, topmost first.
@@ -29,6 +29,30 @@ pub struct Template {
     pub default_user: String,
     #[serde(default)]
     pub version: u32,
+    /// Default working directory of commands (`WORKDIR`).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Environment every command gets (`ENV`).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Started in the background when a sandbox starts (services).
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    /// Polled until it succeeds before a sandbox counts as ready.
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    /// Cache key of the last layer: identifies the template's content.
+    #[serde(default)]
+    pub digest: String,
+    /// Other names this template answers to.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Unix milliseconds.
+    #[serde(default)]
+    pub created_at: i64,
+    /// Bytes in the template's own layers (host `/usr` not counted).
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +79,104 @@ impl Store {
         Self { dir }
     }
 
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) && !name.starts_with('.')
+    }
+
+    /// A template by name or alias. Names starting with `.` are the
+    /// builder's temporary templates, reachable only through `get_internal`.
     pub fn get(&self, name: &str) -> Result<Template, TemplateError> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || name.starts_with('.') {
+        if !Self::valid_name(name) {
             return Err(TemplateError::NotFound(name.to_string()));
         }
-        let meta = self.dir.join(name).join("template.json");
-        crate::state::read_json(&meta).map_err(|_| TemplateError::NotFound(name.to_string()))
+        if let Ok(t) = self.get_internal(name) {
+            return Ok(t);
+        }
+        self.list()?.into_iter().find(|t| t.aliases.iter().any(|a| a == name)).ok_or_else(|| TemplateError::NotFound(name.to_string()))
+    }
+
+    pub fn get_internal(&self, name: &str) -> Result<Template, TemplateError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(TemplateError::NotFound(name.to_string()));
+        }
+        crate::state::read_json(&self.dir.join(name).join("template.json")).map_err(|_| TemplateError::NotFound(name.to_string()))
+    }
+
+    /// Every template (not the builder's temporary ones), by name.
+    pub fn list(&self) -> Result<Vec<Template>, TemplateError> {
+        let mut v = Vec::new();
+        let rd = match fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+            Err(e) => return Err(io("listing templates")(e)),
+        };
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with('.') || n == "layers" {
+                continue;
+            }
+            if let Ok(t) = crate::state::read_json::<Template>(&e.path().join("template.json")) {
+                v.push(t);
+            }
+        }
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    /// Writes a template's metadata atomically (replacing one of the same name).
+    pub fn save(&self, t: &Template) -> Result<(), TemplateError> {
+        let d = self.dir.join(&t.name);
+        fs::create_dir_all(&d).map_err(io(format!("creating template {}", t.name)))?;
+        crate::state::write_json(&d.join("template.json"), t).map_err(io(format!("writing template {}", t.name)))
+    }
+
+    /// Removes a template's metadata. Layers stay (shared, cached) until `gc_layers`.
+    pub fn remove(&self, name: &str) -> Result<(), TemplateError> {
+        if name == "base" {
+            return Err(TemplateError::Io { what: "the base template cannot be removed".into(), source: std::io::Error::from(std::io::ErrorKind::PermissionDenied) });
+        }
+        let d = self.dir.join(name);
+        if !d.join("template.json").exists() {
+            return Err(TemplateError::NotFound(name.to_string()));
+        }
+        fs::remove_dir_all(&d).map_err(io(format!("removing template {name}")))
+    }
+
+    /// Where cached layers live: `<templates>/layers/<key>/{root,usr}`.
+    pub fn layers_dir(&self) -> PathBuf {
+        self.dir.join("layers")
+    }
+
+    /// Deletes cached layers no template refers to.
+    pub fn gc_layers(&self) -> Result<usize, TemplateError> {
+        let mut used = std::collections::HashSet::new();
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if let Ok(t) = crate::state::read_json::<Template>(&e.path().join("template.json")) {
+                    for p in t.root_layers.iter().chain(&t.usr_layers) {
+                        if let Some(parent) = p.parent() {
+                            used.insert(parent.to_path_buf());
+                        }
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        if let Ok(rd) = fs::read_dir(self.layers_dir()) {
+            for e in rd.flatten() {
+                if !used.contains(&e.path()) && !e.file_name().to_string_lossy().starts_with('.') {
+                    let _ = fs::remove_dir_all(e.path());
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Makes sure `base` exists and is current; cheap when it does.
     pub fn ensure_base(&self) -> Result<Template, TemplateError> {
-        if let Ok(t) = self.get("base") {
-            if t.version == BASE_VERSION && t.root_layers.iter().all(|p| p.exists()) {
+        if let Ok(t) = self.get_internal("base") {
+            if t.version == BASE_VERSION && t.digest == base_digest() && t.root_layers.iter().all(|p| p.exists()) {
                 return Ok(t);
             }
         }
@@ -81,12 +191,32 @@ impl Store {
             usr_layers: vec![PathBuf::from("/usr")],
             default_user: "user".into(),
             version: BASE_VERSION,
+            digest: base_digest(),
+            created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            size_bytes: crate::namespace::dir_size(&tmp.join("root")),
+            ..Default::default()
         };
         crate::state::write_json(&tmp.join("template.json"), &t).map_err(io("writing template.json"))?;
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&tmp, &final_dir).map_err(io("installing base template"))?;
         Ok(t)
     }
+}
+
+/// Identifies the content of `base`: its layer version and the host's
+/// installed packages (dpkg's status file changes whenever they do), so
+/// layers built on `base` are rebuilt after the host's `/usr` changes.
+pub fn base_digest() -> String {
+    let stamp = ["/var/lib/dpkg/status", "/usr/lib/os-release"]
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}.{}:{}", m.mtime(), m.mtime_nsec(), m.size())
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    format!("base-v{BASE_VERSION}-{stamp}")
 }
 
 /// Host `/etc` entries copied into `base`: configuration that programs

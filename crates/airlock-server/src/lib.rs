@@ -8,7 +8,9 @@
 //! and persists sandboxes and keys in SQLite (`store`). The runtime backend
 //! does the isolation; this crate never touches namespaces itself.
 
+pub mod agent_client;
 pub mod api;
+pub mod builder;
 pub mod config;
 pub mod http;
 pub mod proxy;

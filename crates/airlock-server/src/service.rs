@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc;
+
 use airlock_proto::api::{self, NewSandbox, SandboxDetail, SandboxMetric};
 use airlock_proto::envd::ENVD_VERSION;
 use airlock_runtime::{Backend, Resources, SandboxInfo, SandboxSpec};
@@ -138,6 +140,9 @@ pub struct Service {
     pub cfg: Config,
     store: Arc<Store>,
     backend: Arc<dyn Backend>,
+    pub builder: crate::builder::Builder,
+    /// One build at a time per template name.
+    build_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     samples: Mutex<HashMap<String, VecDeque<Sample>>>,
     creating: AtomicUsize,
@@ -155,7 +160,17 @@ impl Drop for CreateSlot<'_> {
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
-        Arc::new(Self { cfg, store, backend, locks: Mutex::new(HashMap::new()), samples: Mutex::new(HashMap::new()), creating: AtomicUsize::new(0) })
+        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_runtime::template::Store::new(cfg.data_dir.join("templates")) };
+        Arc::new(Self {
+            cfg,
+            store,
+            backend,
+            builder,
+            build_locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            samples: Mutex::new(HashMap::new()),
+            creating: AtomicUsize::new(0),
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -228,13 +243,7 @@ impl Service {
             return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
         }
         let secure = v2 || req.secure.unwrap_or(true);
-        {
-            let backend = self.backend.clone();
-            let t = template.clone();
-            if !self.blocking(move || backend.has_template(&t)).await? {
-                return Err(ApiError::NotFound(format!("template '{template}' not found")));
-            }
-        }
+        self.ensure_template(&template).await?;
         let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = CreateSlot(&self.creating);
         if in_flight > self.cfg.max_concurrent_creates {
@@ -293,6 +302,45 @@ impl Service {
         }
         tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
         Ok(row)
+    }
+
+    async fn template_exists(&self, name: &str) -> Result<bool, ApiError> {
+        let backend = self.backend.clone();
+        let t = name.to_string();
+        self.blocking(move || backend.has_template(&t)).await
+    }
+
+    /// Makes sure a template exists, building a built-in one on first use.
+    pub async fn ensure_template(&self, name: &str) -> Result<(), ApiError> {
+        if self.template_exists(name).await? {
+            return Ok(());
+        }
+        let Some(recipe) = crate::builder::builtin(name) else {
+            return Err(ApiError::NotFound(format!("template '{name}' not found")));
+        };
+        let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
+        let _g = lock.lock().await;
+        if self.template_exists(name).await? {
+            return Ok(());
+        }
+        tracing::info!(template = %name, "building built-in template on first use");
+        let (tx, mut rx) = mpsc::channel(256);
+        let logger = tokio::spawn({
+            let name = name.to_string();
+            async move {
+                while let Some(ev) = rx.recv().await {
+                    match ev {
+                        crate::builder::BuildEvent::Step { step, total, text, cached } => tracing::info!(template = %name, step, total, cached, "{text}"),
+                        crate::builder::BuildEvent::Log { text, .. } => tracing::debug!(template = %name, "{}", text.trim_end()),
+                        other => tracing::info!(template = %name, event = ?other, "build"),
+                    }
+                }
+            }
+        });
+        let r = self.builder.build(name, recipe, &BTreeMap::new(), None, &tx).await;
+        drop(tx);
+        let _ = logger.await;
+        r.map(|_| ()).map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
     }
 
     // ---------------------------------------------------- connect / resume

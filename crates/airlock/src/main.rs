@@ -43,6 +43,7 @@ fn agent_main(listener: UnixListener, cfg: &LaunchConfig) -> i32 {
         default_user: cfg.default_user.clone(),
         env: cfg.env.clone(),
         access_token: cfg.access_token.clone(),
+        default_workdir: cfg.workdir.clone().map(Into::into),
         ..Default::default()
     };
     match rt.block_on(airlock_agent::serve(listener, config)) {

@@ -1,0 +1,92 @@
+//! A small client for a sandbox agent's envd API over its unix socket,
+//! used by the server itself: template build steps and create-time set-up
+//! run commands this way and stream their output.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use airlock_proto::connect::{self, EnvelopeDecoder};
+use airlock_proto::envd::{DataOutput, ProcessConfig, ProcessEvent, ProcessEventKind, StartRequest};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connecting to the sandbox agent")]
+    Connect(#[source] std::io::Error),
+    #[error("talking to the sandbox agent: {0}")]
+    Http(String),
+    #[error("the sandbox agent refused the command: {0}")]
+    Rpc(String),
+}
+
+/// Output of a finished command.
+#[derive(Debug, Clone, Default)]
+pub struct Finished {
+    pub exit_code: i32,
+    pub status: String,
+}
+
+/// Runs `bash -c script` in the sandbox as `user`, calling `on_output`
+/// with each chunk (`true` for stderr), and returns its exit status.
+pub async fn run(
+    socket: &Path,
+    token: Option<&str>,
+    user: &str,
+    script: &str,
+    env: &BTreeMap<String, String>,
+    cwd: Option<&str>,
+    mut on_output: impl FnMut(&[u8], bool),
+) -> Result<Finished, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = StartRequest {
+        process: ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-c".into(), script.into()], envs: env.clone(), cwd: cwd.map(Into::into) },
+        pty: None,
+        tag: None,
+        stdin: Some(false),
+    };
+    let body = connect::json_envelope(&req);
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/process.Process/Start")
+        .header("host", "sandbox")
+        .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
+        .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))));
+    if let Some(t) = token {
+        b = b.header("x-access-token", t);
+    }
+    let resp = tx.send_request(b.body(Full::new(body)).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    if !resp.status().is_success() {
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        return Err(AgentError::Rpc(String::from_utf8_lossy(&bytes).into_owned()));
+    }
+    let mut body = resp.into_body();
+    let mut dec = EnvelopeDecoder::new();
+    let mut done: Option<Finished> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| AgentError::Http(e.to_string()))?;
+        let Ok(data): Result<Bytes, _> = frame.into_data() else { continue };
+        dec.push(&data);
+        while let Some(env) = dec.next().map_err(|e| AgentError::Http(e.to_string()))? {
+            if env.is_end_stream() {
+                let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
+                if let Some(e) = end.error {
+                    return Err(AgentError::Rpc(e.message));
+                }
+                continue;
+            }
+            let Ok(ev) = serde_json::from_slice::<ProcessEvent>(&env.payload) else { continue };
+            match ev.event {
+                ProcessEventKind::Data(DataOutput::Stdout(b)) | ProcessEventKind::Data(DataOutput::Pty(b)) => on_output(&b, false),
+                ProcessEventKind::Data(DataOutput::Stderr(b)) => on_output(&b, true),
+                ProcessEventKind::End(e) => done = Some(Finished { exit_code: e.exit_code, status: e.status }),
+                _ => {}
+            }
+        }
+    }
+    done.ok_or_else(|| AgentError::Http("the command's stream ended without an exit status".into()))
+}
