@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use airlock_proto::envd::{
     CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse, ProcessConfig, ProcessEvent,
@@ -310,8 +310,10 @@ impl CommandBuilder {
     }
 
     async fn start(self) -> Result<(CommandStream, Callbacks)> {
+        let t0 = Instant::now();
         let inner = self.sbx.client().server_stream(self.sbx.target(), "process.Process/Start", &self.req, self.user.as_deref(), self.timeout).await?;
-        let s = CommandStream::started(&self.sbx, inner).await?;
+        let mut s = CommandStream::started(&self.sbx, inner).await?;
+        s.deadline = self.timeout.filter(|t| !t.is_zero()).map(|t| (t0 + t, t));
         Ok((s, self.callbacks))
     }
 
@@ -336,6 +338,8 @@ pub struct CommandStream {
     process: Process,
     inner: ConnectStream<ProcessEvent>,
     ended: bool,
+    /// When the agent kills the process for exceeding its lifetime.
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl std::fmt::Debug for CommandStream {
@@ -355,7 +359,7 @@ impl CommandStream {
         loop {
             match inner.next().await {
                 Some(Ok(ProcessEvent { event: ProcessEventKind::Start { pid } })) => {
-                    return Ok(Self { process: Process { sbx: sbx.clone(), pid }, inner, ended: false })
+                    return Ok(Self { process: Process { sbx: sbx.clone(), pid }, inner, ended: false, deadline: None })
                 }
                 Some(Ok(ProcessEvent { event: ProcessEventKind::Keepalive {} })) => continue,
                 Some(Ok(other)) => return Err(Error::protocol(format!("expected a start event, got {other:?}"))),
@@ -412,6 +416,12 @@ impl CommandStream {
                     if let (Some(f), rest) = (cb.stderr.as_mut(), derr.finish()) {
                         if !rest.is_empty() {
                             f(&rest);
+                        }
+                    }
+                    if let Some((at, t)) = self.deadline {
+                        // The agent kills a command that outlives its timeout.
+                        if !end.exited && Instant::now() + Duration::from_millis(50) >= at {
+                            return Err(Error::Timeout(format!("command {} was killed after its timeout of {t:?}", self.process.pid)));
                         }
                     }
                     return Ok(CommandResult {
