@@ -125,6 +125,11 @@ pub type AgentMain = fn(UnixListener, &LaunchConfig) -> i32;
 /// Entry point of `airlock __init <launch.json>`. Returns the launcher's exit
 /// code; never returns in the child (it becomes the agent and exits).
 pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
+    // Whatever descriptors the caller leaked to us (anything it held without
+    // close-on-exec) must never reach the sandbox: PID 1 is forked from this
+    // process and would inherit them, and a directory fd is a way out of any
+    // root (the CVE-2024-21626 pattern). Close everything but stdio first.
+    close_inherited_fds();
     let cfg: LaunchConfig = match state::read_json(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -139,6 +144,22 @@ pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
             let _ = state::write_json(&dir.join(state::BOOT_ERROR_FILE), &s.to_boot());
             eprintln!("airlock init: {}: {}", s.stage, s.message);
             1
+        }
+    }
+}
+
+fn close_inherited_fds() {
+    // SAFETY: close_range on fd numbers only; nothing in this process holds
+    // descriptors above 2 yet.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        // Kernels before 5.9: close what /proc says is open.
+        if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<i32> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).filter(|fd| *fd > 2).collect();
+            for fd in fds {
+                // SAFETY: closing descriptors this process does not use.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }
@@ -311,10 +332,16 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
         crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
         usr_lowers.push(at);
     }
-    let up = cfg.dir.join("upper");
-    crate::rootfs::overlay(&rootfs, &root_lowers, &up.join("root"), &up.join("root-work")).map_err(staged("root filesystem"))?;
+    // Overlay options are visible in /proc/self/mountinfo inside the
+    // sandbox: give them paths relative to the sandbox directory so no host
+    // path shows.
+    nix::unistd::chdir(&cfg.dir).map_err(|e| Stage::new("mount", e, Some(e as i32)))?;
+    let rel = |p: &Path| p.strip_prefix(&cfg.dir).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    let root_rel: Vec<PathBuf> = root_lowers.iter().map(|p| rel(p)).collect();
+    let usr_rel: Vec<PathBuf> = usr_lowers.iter().map(|p| rel(p)).collect();
+    crate::rootfs::overlay(&rootfs, &root_rel, Path::new("upper/root"), Path::new("upper/root-work")).map_err(staged("root filesystem"))?;
     if !usr_lowers.is_empty() {
-        crate::rootfs::overlay(&rootfs.join("usr"), &usr_lowers, &up.join("usr"), &up.join("usr-work")).map_err(staged("usr filesystem"))?;
+        crate::rootfs::overlay(&rootfs.join("usr"), &usr_rel, Path::new("upper/usr"), Path::new("upper/usr-work")).map_err(staged("usr filesystem"))?;
     }
     crate::rootfs::mount_dev(&rootfs, cfg.id_base).map_err(staged("mount /dev"))?;
     crate::rootfs::mount_proc(&rootfs).map_err(staged("mount /proc"))?;

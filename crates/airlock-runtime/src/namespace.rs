@@ -160,6 +160,9 @@ impl NamespaceBackend {
         let slot = self.reserve_slot(&spec.id)?;
         let id_base = ID_BASE + slot * IDS_PER_SANDBOX;
         let internet = spec.internet && self.network_ready;
+        if internet {
+            crate::network::refresh_host_rules()?;
+        }
         let net = internet.then(|| crate::network::assign(slot));
         init_dirs(dir, tpl.root_layers.len(), tpl.usr_layers.len(), id_base)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".to_string());

@@ -109,26 +109,50 @@ pub fn nameservers() -> Vec<Ipv4Addr> {
 ///   allowed back;
 /// - POSTROUTING masquerades the sandbox subnet towards anything that is
 ///   not a sandbox interface.
+/// The connected subnets the installed rules cover.
+static INSTALLED_FOR: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// Re-installs the rules when the host's directly connected networks have
+/// changed since they were installed (an interface came up); cheap otherwise.
+pub fn refresh_host_rules() -> Result<(), NetworkError> {
+    let now = connected_subnets();
+    let stale = INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&now);
+    if stale {
+        install_host_rules()?;
+    }
+    Ok(())
+}
+
 pub fn install_host_rules() -> Result<(), NetworkError> {
+    let subnets = connected_subnets();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::Forwarding)?;
     let wildcard = format!("{IF_PREFIX}+");
     let sub = subnet();
-    for chain in [CHAIN_IN, CHAIN_FWD] {
-        // -N fails when the chain exists; that is fine.
-        let _ = iptables(&["-t", "filter", "-N", chain]);
-        iptables(&["-t", "filter", "-F", chain])?;
-    }
-    ensure_first("filter", "INPUT", &["-i", &wildcard, "-j", CHAIN_IN])?;
-    ensure_first("filter", "FORWARD", &["-i", &wildcard, "-j", CHAIN_FWD])?;
-    ensure_first("filter", "FORWARD", &["-o", &wildcard, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])?;
-    iptables(&["-t", "filter", "-A", CHAIN_IN, "-j", "DROP"])?;
+    // Our chains are replaced in one iptables-restore transaction: flushing
+    // and refilling them rule by rule would leave a moment with no rules at
+    // all while another process (a second server, a test) re-installs them.
+    let mut script = String::from("*filter\n");
+    script.push_str(&format!(":{CHAIN_IN} - [0:0]\n:{CHAIN_FWD} - [0:0]\n"));
+    script.push_str(&format!("-A {CHAIN_IN} -j DROP\n"));
     for ns in nameservers() {
-        let ns = ns.to_string();
         for proto in ["udp", "tcp"] {
-            iptables(&["-t", "filter", "-A", CHAIN_FWD, "-d", &ns, "-p", proto, "--dport", "53", "-j", "ACCEPT"])?;
+            script.push_str(&format!("-A {CHAIN_FWD} -d {ns}/32 -p {proto} -m {proto} --dport 53 -j ACCEPT\n"));
         }
     }
+    // Packets from a sandbox must carry a sandbox address: root inside has
+    // CAP_NET_RAW and could otherwise forge sources (rp_filter on each veth
+    // narrows this to the sandbox's own address).
+    script.push_str(&format!("-A {CHAIN_FWD} ! -s {sub} -j DROP\n"));
+    // Networks the host is directly attached to (its LAN, whatever its
+    // range) are the host's business, never the sandboxes'.
+    for net in &subnets {
+        script.push_str(&format!("-A {CHAIN_FWD} -d {net} -j DROP\n"));
+    }
     for blocked in [
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "198.18.0.0/15",
         "10.0.0.0/8",
         "172.16.0.0/12",
         "192.168.0.0/16",
@@ -139,12 +163,60 @@ pub fn install_host_rules() -> Result<(), NetworkError> {
         "224.0.0.0/4",
         "240.0.0.0/4",
     ] {
-        iptables(&["-t", "filter", "-A", CHAIN_FWD, "-d", blocked, "-j", "DROP"])?;
+        script.push_str(&format!("-A {CHAIN_FWD} -d {blocked} -j DROP\n"));
     }
-    iptables(&["-t", "filter", "-A", CHAIN_FWD, "-o", &wildcard, "-j", "DROP"])?;
-    iptables(&["-t", "filter", "-A", CHAIN_FWD, "-j", "ACCEPT"])?;
+    script.push_str(&format!("-A {CHAIN_FWD} -o {wildcard} -j DROP\n-A {CHAIN_FWD} -j ACCEPT\nCOMMIT\n"));
+    restore(&script)?;
+    ensure_first("filter", "INPUT", &["-i", &wildcard, "-j", CHAIN_IN])?;
+    ensure_first("filter", "FORWARD", &["-i", &wildcard, "-j", CHAIN_FWD])?;
+    ensure_first("filter", "FORWARD", &["-o", &wildcard, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])?;
     ensure_rule("nat", "POSTROUTING", &["-s", &sub, "!", "-o", &wildcard, "-j", "MASQUERADE"])?;
+    *INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()) = Some(subnets);
     Ok(())
+}
+
+fn restore(script: &str) -> Result<(), NetworkError> {
+    use std::io::Write;
+    let err = |m: String| NetworkError::Command { cmd: "iptables-restore --noflush".into(), message: m };
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "5", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("{e} (is iptables installed?)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| err(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// IPv4 subnets with a direct (gateway-less) route on the host, other than
+/// the sandboxes' own: `/proc/net/route` lists them with gateway 0.
+pub fn connected_subnets() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let mut v = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 || f[0].starts_with(IF_PREFIX) || f[0] == "lo" {
+            continue;
+        }
+        let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|n| Ipv4Addr::from(u32::from_be(n)));
+        let (Some(dest), Some(gw), Some(mask)) = (hex(f[1]), hex(f[2]), hex(f[7])) else { continue };
+        if gw != Ipv4Addr::UNSPECIFIED || dest == Ipv4Addr::UNSPECIFIED {
+            continue;
+        }
+        let prefix = u32::from(mask).count_ones();
+        v.push(format!("{dest}/{prefix}"));
+    }
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Creates the sandbox's veth pair from the host side: the host end gets
@@ -155,6 +227,9 @@ pub fn create_veth(net: &NetAssign, pid: u32) -> Result<(), NetworkError> {
     let _ = nl.delete_link(&net.host_if);
     nl.create_veth(&net.host_if, "eth0", pid)?;
     nl.add_ipv4(&net.host_if, net.host_ip, net.prefix)?;
+    // Strict reverse-path filtering: the host drops packets whose source is
+    // not the sandbox's own address.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/rp_filter", net.host_if), "1");
     nl.set_up(&net.host_if)?;
     Ok(())
 }

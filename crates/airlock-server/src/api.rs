@@ -33,6 +33,11 @@ pub enum Route {
     Resume(String),
     Connect(String),
     Metrics(String),
+    ListTemplates,
+    GetTemplate(String),
+    BuildTemplate,
+    AliasTemplate(String),
+    DeleteTemplate(String),
 }
 
 pub fn route(method: &Method, path: &str) -> Option<Route> {
@@ -51,6 +56,11 @@ pub fn route(method: &Method, path: &str) -> Option<Route> {
         ("POST", ["sandboxes", id, "resume"]) => Route::Resume(id.to_string()),
         ("POST", ["sandboxes", id, "connect"]) | ("POST", ["v2", "sandboxes", id, "connect"]) => Route::Connect(id.to_string()),
         ("GET", ["sandboxes", id, "metrics"]) => Route::Metrics(id.to_string()),
+        ("GET", ["templates"]) => Route::ListTemplates,
+        ("POST", ["templates"]) => Route::BuildTemplate,
+        ("GET", ["templates", name]) => Route::GetTemplate(name.to_string()),
+        ("DELETE", ["templates", name]) => Route::DeleteTemplate(name.to_string()),
+        ("POST", ["templates", name, "aliases"]) => Route::AliasTemplate(name.to_string()),
         _ => return None,
     };
     Some(r)
@@ -132,6 +142,75 @@ async fn body<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T
         return Ok(T::default());
     }
     serde_json::from_slice(&buf).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct AliasBody {
+    #[serde(default)]
+    alias: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BuildBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    recipe: String,
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+}
+
+/// Streams a build's events as NDJSON; the last line is `done` or `error`.
+fn build_stream(svc: Arc<Service>, b: BuildBody) -> Resp {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::builder::BuildEvent>(256);
+    let (btx, brx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>(256);
+    tokio::spawn(async move {
+        let forward = {
+            let btx = btx.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    if btx.send(Ok(http_body::Frame::data(line.into()))).await.is_err() {
+                        // The client left; the build goes on and is cached.
+                        while rx.recv().await.is_some() {}
+                        return;
+                    }
+                }
+            })
+        };
+        let r = svc.build_template(&b.name, &b.recipe, &b.build_args, &tx).await;
+        if let Err(e) = r {
+            let _ = tx.send(crate::builder::BuildEvent::Error { message: e.to_string() }).await;
+        }
+        drop(tx);
+        let _ = forward.await;
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream_from(brx));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    r
+}
+
+/// A receiver as a `Stream` without pulling in tokio-stream.
+fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core_stream::Stream<Item = T> {
+    futures_core_stream::ReceiverStream(rx)
+}
+
+mod futures_core_stream {
+    pub use futures_util::Stream;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+    impl<T> Stream for ReceiverStream<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
 }
 
 fn err(e: ApiError) -> Resp {
@@ -273,6 +352,22 @@ pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Inco
             Route::Metrics(id) => {
                 let (start, end) = (int_param(&query, "start")?, int_param(&query, "end")?);
                 h::json(200, &svc.metrics(&id, start, end).await?)
+            }
+            Route::ListTemplates => h::json(200, &svc.templates().await?),
+            Route::GetTemplate(name) => h::json(200, &svc.template(&name).await?),
+            Route::DeleteTemplate(name) => {
+                let force = query_pairs(&query).iter().any(|(k, v)| k == "force" && (v == "true" || v == "1"));
+                svc.delete_template(&name, force).await?;
+                h::empty(204)
+            }
+            Route::AliasTemplate(name) => {
+                let b: AliasBody = body(req).await?;
+                svc.alias_template(&name, &b.alias).await?;
+                h::empty(204)
+            }
+            Route::BuildTemplate => {
+                let b: BuildBody = body(req).await?;
+                build_stream(svc.clone(), b)
             }
         })
     }

@@ -118,6 +118,44 @@ struct Sample {
     disk: u64,
 }
 
+/// A template as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub layers: usize,
+    pub created_at: String,
+    pub default_user: String,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub start_cmd: Option<String>,
+    pub ready_cmd: Option<String>,
+}
+
+impl From<&airlock_runtime::template::Template> for TemplateInfo {
+    fn from(t: &airlock_runtime::template::Template) -> Self {
+        Self {
+            template_id: t.name.clone(),
+            name: t.name.clone(),
+            aliases: t.aliases.clone(),
+            digest: t.digest.clone(),
+            size_bytes: t.size_bytes,
+            layers: t.root_layers.len() + t.usr_layers.len(),
+            created_at: rfc3339_ms(t.created_at),
+            default_user: t.default_user.clone(),
+            workdir: t.workdir.clone(),
+            env: t.env.clone(),
+            start_cmd: t.start_cmd.clone(),
+            ready_cmd: t.ready_cmd.clone(),
+        }
+    }
+}
+
 /// What list requests filter on.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -341,6 +379,75 @@ impl Service {
         drop(tx);
         let _ = logger.await;
         r.map(|_| ()).map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
+    }
+
+    // ----------------------------------------------------------- templates
+
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
+        let store = self.builder.store.clone();
+        let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(list.iter().map(TemplateInfo::from).collect())
+    }
+
+    pub async fn template(&self, name: &str) -> Result<TemplateInfo, ApiError> {
+        let store = self.builder.store.clone();
+        let n = name.to_string();
+        let t = self.blocking(move || store.get(&n)).await?.map_err(|_| ApiError::NotFound(format!("template '{name}' not found")))?;
+        Ok(TemplateInfo::from(&t))
+    }
+
+    pub async fn build_template(&self, name: &str, recipe: &str, args: &BTreeMap<String, String>, events: &mpsc::Sender<crate::builder::BuildEvent>) -> Result<(), ApiError> {
+        if recipe.trim().is_empty() {
+            return Err(ApiError::BadRequest("recipe is required".into()));
+        }
+        let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
+        let _g = lock.lock().await;
+        self.builder.build(name, recipe, args, None, events).await.map(|_| ()).map_err(|e| match e {
+            crate::builder::BuildError::Internal(m) => ApiError::Internal(m),
+            crate::builder::BuildError::NotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
+            other => ApiError::BadRequest(other.to_string()),
+        })
+    }
+
+    pub async fn alias_template(&self, name: &str, alias: &str) -> Result<(), ApiError> {
+        if !airlock_runtime::template::Store::valid_name(alias) {
+            return Err(ApiError::BadRequest(format!("invalid alias {alias:?}")));
+        }
+        let store = self.builder.store.clone();
+        let (n, a) = (name.to_string(), alias.to_string());
+        self.blocking(move || -> Result<(), ApiError> {
+            if store.get(&a).is_ok() {
+                return Err(ApiError::Conflict(format!("a template named '{a}' already exists")));
+            }
+            let mut t = store.get(&n).map_err(|_| ApiError::NotFound(format!("template '{n}' not found")))?;
+            t.aliases.push(a);
+            store.save(&t).map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .await?
+    }
+
+    /// Deletes a template; refused while sandboxes use it unless forced
+    /// (their mounted layers keep working; unused layers are collected).
+    pub async fn delete_template(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let t = self.template(name).await?;
+        let store = self.store.clone();
+        let users: Vec<String> = self.blocking(move || store.sandboxes()).await??.into_iter().filter(|r| r.template == t.name || t.aliases.contains(&r.template)).map(|r| r.id).collect();
+        if !users.is_empty() && !force {
+            return Err(ApiError::Conflict(format!("template '{name}' is used by {} sandbox(es): {}; kill them or delete with force=true", users.len(), users.join(", "))));
+        }
+        let tstore = self.builder.store.clone();
+        let n = t.name.clone();
+        self.blocking(move || -> Result<(), ApiError> {
+            tstore.remove(&n).map_err(|e| match e {
+                airlock_runtime::template::TemplateError::NotFound(_) => ApiError::NotFound(format!("template '{n}' not found")),
+                other => ApiError::BadRequest(other.to_string()),
+            })?;
+            if users.is_empty() {
+                let _ = tstore.gc_layers();
+            }
+            Ok(())
+        })
+        .await?
     }
 
     // ---------------------------------------------------- connect / resume
