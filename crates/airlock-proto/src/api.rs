@@ -32,10 +32,40 @@ pub struct NewSandbox {
     /// Airlock extension: memory limit in MiB.
     #[serde(rename = "memoryMB", alias = "memory_mb", default)]
     pub memory_mb: Option<u64>,
+    /// Airlock extension: packages installed before create returns.
+    #[serde(default, alias = "install_packages")]
+    pub install_packages: Option<InstallPackages>,
+    /// Airlock extension: a shell script run as root before create returns.
+    #[serde(default, alias = "startup_script")]
+    pub startup_script: Option<String>,
     /// Fields the SDKs may send that Airlock accepts and ignores
     /// (`mcp`, `network`, `autoResume`, `volumeMounts`, ...).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Packages to install at create time, by package manager.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstallPackages {
+    #[serde(default)]
+    pub pip: Vec<String>,
+    #[serde(default)]
+    pub npm: Vec<String>,
+    #[serde(default)]
+    pub apt: Vec<String>,
+}
+
+/// One line of a sandbox's set-up log (`GET /sandboxes/{id}/logs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339.
+    pub timestamp: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxLogs {
+    pub logs: Vec<LogLine>,
 }
 
 /// Response of create and connect.

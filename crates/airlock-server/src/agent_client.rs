@@ -90,3 +90,44 @@ pub async fn run(
     }
     done.ok_or_else(|| AgentError::Http("the command's stream ended without an exit status".into()))
 }
+
+/// Starts `bash -c script` in the background (tagged), returning its pid
+/// once the agent has started it; the process outlives this call.
+pub async fn spawn(socket: &Path, token: Option<&str>, user: &str, script: &str, env: &BTreeMap<String, String>, cwd: Option<&str>, tag: &str) -> Result<u32, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = StartRequest {
+        process: ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-c".into(), script.into()], envs: env.clone(), cwd: cwd.map(Into::into) },
+        pty: None,
+        tag: Some(tag.to_string()),
+        stdin: Some(false),
+    };
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/process.Process/Start")
+        .header("host", "sandbox")
+        .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
+        .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))));
+    if let Some(t) = token {
+        b = b.header("x-access-token", t);
+    }
+    let resp = tx.send_request(b.body(Full::new(connect::json_envelope(&req))).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let mut body = resp.into_body();
+    let mut dec = EnvelopeDecoder::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data): Result<Bytes, _> = frame.map_err(|e| AgentError::Http(e.to_string()))?.into_data() else { continue };
+        dec.push(&data);
+        while let Some(env) = dec.next().map_err(|e| AgentError::Http(e.to_string()))? {
+            if env.is_end_stream() {
+                let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
+                return Err(AgentError::Rpc(end.error.map(|e| e.message).unwrap_or_else(|| "process ended before starting".into())));
+            }
+            if let Ok(ProcessEvent { event: ProcessEventKind::Start { pid } }) = serde_json::from_slice::<ProcessEvent>(&env.payload) {
+                // Dropping the stream detaches; the agent keeps the process.
+                return Ok(pid);
+            }
+        }
+    }
+    Err(AgentError::Http("stream ended before the start event".into()))
+}

@@ -33,6 +33,7 @@ pub enum Route {
     Resume(String),
     Connect(String),
     Metrics(String),
+    Logs(String),
     ListTemplates,
     GetTemplate(String),
     BuildTemplate,
@@ -56,6 +57,7 @@ pub fn route(method: &Method, path: &str) -> Option<Route> {
         ("POST", ["sandboxes", id, "resume"]) => Route::Resume(id.to_string()),
         ("POST", ["sandboxes", id, "connect"]) | ("POST", ["v2", "sandboxes", id, "connect"]) => Route::Connect(id.to_string()),
         ("GET", ["sandboxes", id, "metrics"]) => Route::Metrics(id.to_string()),
+        ("GET", ["sandboxes", id, "logs"]) | ("GET", ["v2", "sandboxes", id, "logs"]) => Route::Logs(id.to_string()),
         ("GET", ["templates"]) => Route::ListTemplates,
         ("POST", ["templates"]) => Route::BuildTemplate,
         ("GET", ["templates", name]) => Route::GetTemplate(name.to_string()),
@@ -353,6 +355,7 @@ pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Inco
                 let (start, end) = (int_param(&query, "start")?, int_param(&query, "end")?);
                 h::json(200, &svc.metrics(&id, start, end).await?)
             }
+            Route::Logs(id) => h::json(200, &svc.logs(&id).await?),
             Route::ListTemplates => h::json(200, &svc.templates().await?),
             Route::GetTemplate(name) => h::json(200, &svc.template(&name).await?),
             Route::DeleteTemplate(name) => {

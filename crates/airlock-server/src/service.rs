@@ -282,6 +282,7 @@ impl Service {
         }
         let secure = v2 || req.secure.unwrap_or(true);
         self.ensure_template(&template).await?;
+        let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
         let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = CreateSlot(&self.creating);
         if in_flight > self.cfg.max_concurrent_creates {
@@ -313,6 +314,13 @@ impl Service {
                 other => runtime_err(&id, other),
             }
         })?;
+        if let Err(e) = self.after_start(&id, &template, token.as_deref(), &env, setup.as_deref()).await {
+            let backend = self.backend.clone();
+            let id2 = id.clone();
+            let _ = self.blocking(move || backend.destroy(&id2)).await;
+            self.remove_log(&id);
+            return Err(e);
+        }
         let now = now_ms();
         let row = SandboxRow {
             id: id.clone(),
@@ -577,6 +585,96 @@ impl Service {
         self.destroy_locked(id).await
     }
 
+    fn log_path(&self, id: &str) -> std::path::PathBuf {
+        self.cfg.data_dir.join("logs").join(format!("{id}.log"))
+    }
+
+    fn remove_log(&self, id: &str) {
+        let _ = std::fs::remove_file(self.log_path(id));
+    }
+
+    /// Appends lines to a sandbox's set-up log (timestamped).
+    fn append_log(&self, id: &str, text: &str) {
+        use std::io::Write;
+        let p = self.log_path(id);
+        if let Some(d) = p.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&p) {
+            let ts = rfc3339_ms(now_ms());
+            for l in text.lines() {
+                let _ = writeln!(f, "{ts}\t{l}");
+            }
+        }
+    }
+
+    /// The set-up log: start command, ready check, package installs, startup script.
+    pub async fn logs(&self, id: &str) -> Result<api::SandboxLogs, ApiError> {
+        self.row(id).await?;
+        let p = self.log_path(id);
+        let text = self.blocking(move || std::fs::read_to_string(p).unwrap_or_default()).await?;
+        Ok(api::SandboxLogs {
+            logs: text
+                .lines()
+                .map(|l| {
+                    let (ts, line) = l.split_once('\t').unwrap_or(("", l));
+                    api::LogLine { timestamp: ts.to_string(), line: line.to_string() }
+                })
+                .collect(),
+        })
+    }
+
+    /// After the sandbox starts: the template's start command and ready
+    /// check, then create-time package installs and startup script. Any
+    /// failure fails the create with the command's output.
+    async fn after_start(&self, id: &str, template: &str, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
+        let store = self.builder.store.clone();
+        let t = template.to_string();
+        let tpl = self.blocking(move || store.get(&t).ok()).await?;
+        if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
+            return Ok(());
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        let user = tpl.as_ref().map(|t| t.default_user.clone()).unwrap_or_else(|| "user".into());
+        let workdir = tpl.as_ref().and_then(|t| t.workdir.clone());
+        if let Some(cmd) = tpl.as_ref().and_then(|t| t.start_cmd.clone()) {
+            self.append_log(id, &format!("$ {cmd}   # start command, tag 'start'"));
+            crate::agent_client::spawn(&info.socket, token, &user, &cmd, env, workdir.as_deref(), "start")
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("the template's start command failed to start: {e}")))?;
+        }
+        if let Some(check) = tpl.as_ref().and_then(|t| t.ready_cmd.clone()) {
+            let deadline = Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let r = crate::agent_client::run(&info.socket, token, &user, &check, env, workdir.as_deref(), |_, _| {}).await;
+                if matches!(r, Ok(ref f) if f.exit_code == 0) {
+                    self.append_log(id, &format!("ready: {check}"));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ApiError::BadRequest(format!("the template's ready check `{check}` did not succeed within 120 s")));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        if let Some(script) = setup {
+            let mut out = String::new();
+            let r = crate::agent_client::run(&info.socket, token, "root", script, env, None, |b, _| out.push_str(&String::from_utf8_lossy(b))).await;
+            self.append_log(id, &out);
+            match r {
+                Ok(f) if f.exit_code == 0 => {}
+                Ok(f) => {
+                    let tail: String = out.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Err(ApiError::BadRequest(format!("sandbox set-up failed with exit code {}:\n{tail}", f.exit_code)));
+                }
+                Err(e) => return Err(ApiError::BadRequest(format!("sandbox set-up failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
         let backend = self.backend.clone();
         let id2 = id.to_string();
@@ -588,6 +686,7 @@ impl Service {
         let id2 = id.to_string();
         self.blocking(move || store.delete_sandbox(&id2)).await??;
         self.forget(id);
+        self.remove_log(id);
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }
@@ -800,6 +899,41 @@ impl Service {
         }
         Ok(info)
     }
+}
+
+/// The shell script for create-time `installPackages` and `startupScript`,
+/// with every package name checked so nothing can inject shell syntax.
+pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut s = String::new();
+    if let Some(pk) = pk {
+        let check = |names: &[String], kind: &str| -> Result<String, ApiError> {
+            for n in names {
+                let ok = !n.is_empty() && !n.starts_with('-') && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+=<>!~@/:[],".contains(c));
+                if !ok {
+                    return Err(ApiError::BadRequest(format!("invalid {kind} package name {n:?}")));
+                }
+            }
+            Ok(names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(" "))
+        };
+        if !pk.pip.is_empty() {
+            s.push_str(&format!("echo '# pip install'; python3 -m pip install --break-system-packages --root-user-action=ignore --no-cache-dir --progress-bar off {} || exit $?\n", check(&pk.pip, "pip")?));
+        }
+        if !pk.npm.is_empty() {
+            s.push_str(&format!("echo '# npm install -g'; npm install -g --no-fund --no-audit {} || exit $?\n", check(&pk.npm, "npm")?));
+        }
+        if !pk.apt.is_empty() {
+            s.push_str(&format!(
+                "echo '# apt-get install'; if [ ! -d /var/lib/dpkg ]; then echo 'apt packages need a Debian-based template (this one has no dpkg database)' >&2; exit 100; fi; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {} || exit $?\n",
+                check(&pk.apt, "apt")?
+            ));
+        }
+    }
+    if let Some(script) = startup.filter(|s| !s.trim().is_empty()) {
+        s.push_str("echo '# startup script'\n");
+        s.push_str(script);
+        s.push('\n');
+    }
+    Ok((!s.is_empty()).then_some(s))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
