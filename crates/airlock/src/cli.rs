@@ -1,12 +1,30 @@
-//! Command-line interface.
+//! Command-line interface: the server (`serve`), host-side administration
+//! (`keys`, `runtime`), and the client commands (`sandbox`, `exec`,
+//! `shell`, `cp`, `run`, `logs`) that talk to a server through the Rust
+//! SDK, configured like the SDK (`AIRLOCK_URL`/`AIRLOCK_API_KEY`, falling
+//! back to the E2B variables) plus `--url` and `--api-key`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod client;
+mod progress;
+mod shell;
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  airlock serve                                  # the server on 127.0.0.1:3000
+  export AIRLOCK_API_KEY=e2b_...                 # the key `serve` printed
+  airlock sandbox create --template base         # prints the new sandbox's id
+  airlock exec <id> -- python3 -c 'print(1)'     # streams output, exits with its code
+  airlock shell <id>                             # interactive terminal, like ssh
+  airlock cp ./data.csv <id>:/home/user/         # files both ways
+  airlock run base -- uname -a                   # create, run, kill in one";
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Self-hosted sandboxes for untrusted code, E2B-compatible")]
+#[command(name = "airlock", version, about = "Self-hosted sandboxes for untrusted code, E2B-compatible", after_help = MAIN_EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -15,15 +33,43 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server: the E2B-compatible API and sandbox proxy on one port.
-    ///
-    /// Example: `airlock serve --listen 127.0.0.1:3000 --data-dir /var/lib/airlock`
+    #[command(after_help = "Example:\n  airlock serve --listen 127.0.0.1:3000 --data-dir /var/lib/airlock")]
     Serve(ServeArgs),
     /// Manage API keys in the data directory's store (works while the server runs).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  airlock keys create --name ci\n  airlock keys list\n  airlock keys revoke <id>")]
     Keys(KeysCmd),
     /// Low-level sandbox operations on this host (no server needed).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  airlock runtime create --template base\n  airlock runtime list\n  airlock runtime destroy <id>")]
     Runtime(RuntimeCmd),
+    /// Create, list, inspect, pause, resume and kill sandboxes on a server.
+    #[command(alias = "sbx", after_help = client::SANDBOX_EXAMPLES)]
+    Sandbox(client::SandboxArgs),
+    /// Run a command in a sandbox, streaming its output; exits with its exit code.
+    #[command(after_help = client::EXEC_EXAMPLES)]
+    Exec(client::ExecArgs),
+    /// Open an interactive terminal in a sandbox (like ssh; Ctrl-D or `exit` leaves).
+    #[command(after_help = client::SHELL_EXAMPLES)]
+    Shell(client::ShellArgs),
+    /// Copy a file between this machine and a sandbox (`<id>:/path` names a sandbox file).
+    #[command(after_help = client::CP_EXAMPLES)]
+    Cp(client::CpArgs),
+    /// Create a sandbox, run one command in it, and kill it.
+    #[command(after_help = client::RUN_EXAMPLES)]
+    Run(client::RunArgs),
+    /// Show what a sandbox's agent has: its processes, or one process's output.
+    ///
+    /// The server has no log endpoint yet, so this shows what the agent
+    /// keeps: without a process, the processes it runs (pid, tag, command);
+    /// with a pid or tag, that process's kept output (up to 1 MiB) followed
+    /// live until it exits.
+    #[command(after_help = client::LOGS_EXAMPLES)]
+    Logs(client::LogsArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  airlock completions bash > /etc/bash_completion.d/airlock\n  airlock completions zsh > \"${fpath[1]}/_airlock\"\n  airlock completions fish > ~/.config/fish/completions/airlock.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -127,9 +173,10 @@ pub fn main() -> ExitCode {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One line, whatever the cause chain holds.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }
@@ -140,11 +187,18 @@ fn backend(data_dir: PathBuf) -> anyhow::Result<airlock_runtime::NamespaceBacken
     Ok(airlock_runtime::NamespaceBackend::new(airlock_runtime::namespace::Options { root: data_dir, binary, network: true })?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<u8> {
     use airlock_runtime::Backend;
     match cli.command {
         Cmd::Serve(args) => serve(args)?,
         Cmd::Keys(k) => keys(k)?,
+        Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
+        Cmd::Exec(a) => return client::run(client::Command::Exec(a)),
+        Cmd::Shell(a) => return client::run(client::Command::Shell(a)),
+        Cmd::Cp(a) => return client::run(client::Command::Cp(a)),
+        Cmd::Run(a) => return client::run(client::Command::Run(a)),
+        Cmd::Logs(a) => return client::run(client::Command::Logs(a)),
+        Cmd::Completions { shell } => clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout()),
         Cmd::Runtime(RuntimeCmd::Create { data_dir, template, no_internet }) => {
             let b = backend(data_dir)?;
             let mut spec = airlock_runtime::SandboxSpec::new(new_id());
@@ -161,7 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Runtime(RuntimeCmd::Destroy { data_dir, id }) => backend(data_dir)?.destroy(&id)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 /// A 20-character lowercase alphanumeric id, as E2B's are.
