@@ -3,6 +3,8 @@
 
 mod support;
 
+mod cli;
+
 mod lifecycle;
 mod process;
 mod server;

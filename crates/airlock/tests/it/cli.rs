@@ -1,0 +1,382 @@
+//! The `airlock` client commands as a user runs them: the real binary
+//! against a real server (`server::Server`), configured through the
+//! environment like a shell session would be.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::server::Server;
+
+const BIN: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// A server and a key for it, made with `airlock keys create` as an
+/// operator would.
+struct Cli {
+    srv: Server,
+    key: String,
+}
+
+impl Cli {
+    async fn start() -> Self {
+        let srv = Server::start(&[]).await;
+        let out = Command::new(BIN).args(["keys", "create", "--name", "cli-tests", "--data-dir"]).arg(&srv.data).output().expect("keys create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(key.starts_with("e2b_"), "{key}");
+        Self { srv, key }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.srv.port)
+    }
+
+    /// The CLI with AIRLOCK_URL and AIRLOCK_API_KEY set, nothing else.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("AIRLOCK_URL", self.url())
+            .env("AIRLOCK_API_KEY", &self.key)
+            .env_remove("E2B_API_URL")
+            .env_remove("E2B_SANDBOX_URL")
+            .env_remove("E2B_API_KEY")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run airlock")
+    }
+
+    /// Stdout of a command that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "airlock {args:?} failed ({:?}): {}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `--json` output of a command that must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        let (code, v) = self.json_any(args);
+        assert_eq!(code, Some(0), "airlock {args:?}: {v}");
+        v
+    }
+
+    /// Exit code and `--json` output (the flag goes right after the
+    /// subcommand, before any `--`).
+    fn json_any(&self, args: &[&str]) -> (Option<i32>, Value) {
+        let mut a = args.to_vec();
+        a.insert(1, "--json");
+        let o = self.run(&a);
+        let out = String::from_utf8_lossy(&o.stdout);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("airlock {a:?} printed invalid JSON ({e}): {out} {}", stderr_line(&o)));
+        (o.status.code(), v)
+    }
+
+    /// A sandbox without internet (no veth to set up), by id.
+    fn sandbox(&self) -> String {
+        let v = self.json(&["sandbox", "create", "--no-internet", "--timeout", "300"]);
+        v["sandboxID"].as_str().expect("sandboxID").to_string()
+    }
+}
+
+fn stderr_line(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn exec_passes_exit_codes_and_streams_through() {
+    let cli = Cli::start().await;
+    let id = cli.sandbox();
+
+    let o = cli.run(&["exec", &id, "--", "sh", "-c", "exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr_line(&o));
+    let o = cli.run(&["exec", &id, "--", "sh", "-c", "echo to-out; echo to-err >&2"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "to-out\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "to-err\n");
+    // Killed by a signal: 128 + the signal, as a shell reports it.
+    let o = cli.run(&["exec", &id, "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(137));
+    // Options: working directory, environment, user, and stdin.
+    let out = cli.ok(&["exec", "-w", "/tmp", "-e", "X=1 2", "-u", "root", &id, "--", "sh", "-c", "pwd; echo $X; id -un"]);
+    assert_eq!(out, "/tmp\n1 2\nroot\n");
+    let mut child = cli.cmd(&["exec", "-i", &id, "--", "wc", "-c"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(&[b'x'; 100_000]).expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "100000");
+
+    // Errors: one line on stderr and exit code 1.
+    let o = cli.run(&["exec", "nosuchsandbox", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr_line(&o);
+    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1 && err.contains("nosuchsandbox"), "{err}");
+    let o = cli.run(&["exec", &id, "--", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("not found"), "{}", stderr_line(&o));
+    let o = cli.cmd(&["sandbox", "list"]).env("AIRLOCK_API_KEY", "e2b_0000000000000000000000000000000000000bad").output().expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("authentication failed"), "{}", stderr_line(&o));
+    let o = cli.cmd(&["sandbox", "list"]).env_remove("AIRLOCK_API_KEY").output().expect("run");
+    assert!(stderr_line(&o).contains("AIRLOCK_API_KEY"), "{}", stderr_line(&o));
+}
+
+#[tokio::test]
+async fn json_output_parses_for_every_command() {
+    let cli = Cli::start().await;
+    let created = cli.json(&["sandbox", "create", "--no-internet", "-m", "team=cli", "-e", "GREETING=hi", "--cpus", "1", "--memory-mb", "256"]);
+    let id = created["sandboxID"].as_str().expect("id").to_string();
+    assert_eq!((created["cpuCount"].as_u64(), created["memoryMB"].as_u64()), (Some(1), Some(256)));
+    let other = cli.sandbox();
+
+    let list = cli.json(&["sandbox", "list"]);
+    assert_eq!(list.as_array().expect("array").len(), 2);
+    let mine = cli.json(&["sbx", "list", "--metadata", "team=cli"]);
+    assert_eq!(mine.as_array().expect("array").len(), 1);
+    assert_eq!(mine[0]["sandboxID"], id.as_str());
+    let info = cli.json(&["sbx", "info", &id]);
+    assert_eq!((info["state"].as_str(), info["metadata"]["team"].as_str()), (Some("running"), Some("cli")));
+
+    let (code, ran) = cli.json_any(&["exec", &id, "--", "sh", "-c", "echo $GREETING; exit 2"]);
+    assert_eq!((code, ran["exitCode"].as_i64(), ran["stdout"].as_str()), (Some(2), Some(2), Some("hi\n")));
+
+    let bg = cli.json(&["exec", "-d", "--tag", "sleeper", &id, "--", "sleep", "600"]);
+    let pid = bg["pid"].as_u64().expect("pid");
+    let procs = cli.json(&["logs", &id]);
+    assert!(procs.as_array().expect("array").iter().any(|p| p["pid"].as_u64() == Some(pid) && p["tag"] == "sleeper"), "{procs}");
+
+    let t = cli.json(&["sbx", "timeout", &id, "1200"]);
+    assert!(t["endAt"].is_string(), "{t}");
+    let m = cli.json(&["sbx", "metrics", &id]);
+    assert!(m.as_array().is_some_and(|a| !a.is_empty()), "{m}");
+
+    let p = cli.json(&["sbx", "pause", &id]);
+    assert_eq!(p["paused"], true);
+    assert_eq!(cli.json(&["sbx", "pause", &id])["paused"], false, "already paused");
+    let paused = cli.json(&["sbx", "list", "--state", "paused"]);
+    assert_eq!(paused.as_array().expect("array").len(), 1);
+    let r = cli.json(&["sbx", "resume", &id, "--timeout", "300"]);
+    assert_eq!(r["state"], "running");
+
+    let k = cli.json(&["sbx", "kill", &id, &other]);
+    assert_eq!(k["killed"].as_array().expect("array").len(), 2);
+    assert_eq!(cli.json(&["sbx", "list"]), Value::Array(vec![]));
+    let o = cli.run(&["sbx", "kill", &id]);
+    assert_eq!(o.status.code(), Some(1), "killing twice is an error");
+}
+
+#[tokio::test]
+async fn human_output_flags_env_fallback_help_and_completions() {
+    let cli = Cli::start().await;
+    let id = cli.ok(&["sandbox", "create", "--no-internet", "-m", "who=me"]).trim().to_string();
+    assert_eq!(id.len(), 20, "create prints just the id: {id:?}");
+    let table = cli.ok(&["sbx", "ls"]);
+    let mut lines = table.lines();
+    assert!(lines.next().is_some_and(|h| h.starts_with("SANDBOX ID") && h.contains("STATE")), "{table}");
+    assert!(lines.next().is_some_and(|l| l.starts_with(&id) && l.contains("running") && l.contains("who=me")), "{table}");
+    let info = cli.ok(&["sandbox", "info", &id]);
+    assert!(info.contains("State        running"), "{info}");
+
+    // --url/--api-key win over the environment; the E2B variables are the fallback.
+    let o = Command::new(BIN).args(["sbx", "list", "--json", "--url", &cli.url(), "--api-key", &cli.key]).env("AIRLOCK_URL", "http://127.0.0.1:9").output().expect("run");
+    assert!(o.status.success(), "{}", stderr_line(&o));
+    let o = Command::new(BIN)
+        .args(["sbx", "list", "--json"])
+        .env_remove("AIRLOCK_URL")
+        .env_remove("AIRLOCK_API_KEY")
+        .env("E2B_API_URL", cli.url())
+        .env("E2B_API_KEY", &cli.key)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", stderr_line(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&id));
+
+    // Every command's help shows an example.
+    for cmd in [
+        vec!["serve"],
+        vec!["keys"],
+        vec!["runtime"],
+        vec!["sandbox"],
+        vec!["sandbox", "create"],
+        vec!["sandbox", "list"],
+        vec!["sandbox", "info"],
+        vec!["sandbox", "kill"],
+        vec!["sandbox", "pause"],
+        vec!["sandbox", "resume"],
+        vec!["sandbox", "timeout"],
+        vec!["sandbox", "metrics"],
+        vec!["exec"],
+        vec!["shell"],
+        vec!["cp"],
+        vec!["run"],
+        vec!["logs"],
+        vec!["completions"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let help = cli.ok(&args);
+        assert!(help.contains("Example"), "`airlock {}` help has no example:\n{help}", cmd.join(" "));
+    }
+    let bash = cli.ok(&["completions", "bash"]);
+    assert!(bash.contains("_airlock()") && bash.contains("sandbox"), "bash completion script");
+    assert!(cli.ok(&["completions", "zsh"]).contains("#compdef airlock"));
+    // The server-side commands are unchanged.
+    assert!(cli.ok(&["keys", "list", "--data-dir", cli.srv.data.to_str().expect("utf-8")]).contains("cli-tests"));
+}
+
+#[tokio::test]
+async fn cp_round_trips_a_50_mib_binary_file() {
+    let cli = Cli::start().await;
+    let id = cli.sandbox();
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("blob.bin");
+    // 50 MiB of bytes without structure (a xorshift stream).
+    let mut data = vec![0u8; 50 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&src, &data).expect("write");
+    let want = format!("{:x}", Sha256::digest(&data));
+
+    let out = cli.json(&["cp", src.to_str().expect("utf-8"), &format!("{id}:/home/user/")]);
+    assert_eq!(out["destination"], format!("{id}:/home/user/blob.bin"));
+    assert_eq!(out["bytes"].as_u64(), Some(50 << 20));
+    let inside = cli.ok(&["exec", &id, "--", "sha256sum", "/home/user/blob.bin"]);
+    assert!(inside.starts_with(&want), "{inside} vs {want}");
+
+    let back = dir.path().join("back.bin");
+    cli.ok(&["cp", &format!("{id}:blob.bin"), back.to_str().expect("utf-8")]);
+    let got = std::fs::read(&back).expect("read back");
+    assert_eq!(got.len(), data.len());
+    assert_eq!(format!("{:x}", Sha256::digest(&got)), want, "byte for byte");
+
+    // Into a local directory keeps the name; stdin and stdout work too.
+    cli.ok(&["cp", &format!("{id}:/home/user/blob.bin"), &format!("{}/", dir.path().display())]);
+    assert_eq!(std::fs::metadata(dir.path().join("blob.bin")).expect("stat").len(), 50 << 20);
+    let mut child = cli.cmd(&["cp", "-", &format!("{id}:/tmp/piped.txt")]).stdin(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"through a pipe").expect("write");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(cli.ok(&["cp", &format!("{id}:/tmp/piped.txt"), "-"]), "through a pipe");
+
+    let o = cli.run(&["cp", &format!("{id}:/no/such/file"), back.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("not found"), "{}", stderr_line(&o));
+    assert_eq!(std::fs::read(&back).expect("still there").len(), 50 << 20, "a failed copy leaves the old file alone");
+}
+
+#[tokio::test]
+async fn run_creates_executes_and_kills() {
+    let cli = Cli::start().await;
+    let o = cli.run(&["run", "--no-internet", "-e", "N=3", "base", "--", "sh", "-c", "seq $N; exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr_line(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1\n2\n3\n");
+    assert_eq!(cli.json(&["sbx", "list"]), Value::Array(vec![]), "the sandbox is gone");
+
+    // logs: a tagged background process's output, followed to its end.
+    let id = cli.sandbox();
+    cli.ok(&["exec", "-d", "--tag", "job", &id, "--", "sh", "-c", "echo first; sleep 1; echo second"]);
+    let table = cli.ok(&["logs", &id]);
+    assert!(table.starts_with("PID") && table.contains("job"), "{table}");
+    assert_eq!(cli.ok(&["logs", &id, "job"]), "first\nsecond\n");
+}
+
+/// Reads a PTY master on a thread into a shared buffer.
+fn pump(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a buffer we own, of its length.
+            let n = unsafe { libc::read(master.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n <= 0 {
+                return;
+            }
+            b.lock().expect("lock").extend_from_slice(&chunk[..n as usize]);
+        }
+    });
+    buf
+}
+
+fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if String::from_utf8_lossy(&buf.lock().expect("lock")).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn lflag(fd: i32) -> libc::tcflag_t {
+    // SAFETY: tcgetattr fills the struct we pass.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t.c_lflag
+}
+
+#[tokio::test]
+async fn shell_works_under_a_pseudo_terminal() {
+    let cli = Cli::start().await;
+    let id = cli.sandbox();
+    let (mut m, mut s) = (-1, -1);
+    let ws = libc::winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: openpty writes two fds into the ints we pass.
+    assert_eq!(unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) }, 0);
+    // SAFETY: both fds were just opened and are owned from here on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    let cooked = lflag(slave.as_raw_fd());
+    assert!(cooked & libc::ICANON != 0 && cooked & libc::ECHO != 0);
+
+    let mut cmd = cli.cmd(&["shell", &id]);
+    cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(slave.try_clone().expect("dup")));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Its own session with the PTY as controlling terminal, as a login would.
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn shell");
+    let out = pump(master.try_clone().expect("dup"));
+    let write = |s: &str| {
+        // SAFETY: writing a buffer we own, of its length.
+        let n = unsafe { libc::write(master.as_raw_fd(), s.as_ptr().cast(), s.len()) };
+        assert_eq!(n, s.len() as isize);
+    };
+
+    assert!(wait_for(&out, "$ ", 20), "no prompt: {}", String::from_utf8_lossy(&out.lock().expect("lock")));
+    let raw = lflag(slave.as_raw_fd());
+    assert!(raw & libc::ICANON == 0 && raw & libc::ECHO == 0, "the local terminal is in raw mode while the shell runs");
+    write("echo hi-$((6*7))\n");
+    assert!(wait_for(&out, "hi-42", 20), "{}", String::from_utf8_lossy(&out.lock().expect("lock")));
+    write("stty size\n");
+    assert!(wait_for(&out, "33 101", 10), "the remote terminal has the local size: {}", String::from_utf8_lossy(&out.lock().expect("lock")));
+    write("exit\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "shell did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(lflag(slave.as_raw_fd()), cooked, "the terminal is restored on exit");
+}
