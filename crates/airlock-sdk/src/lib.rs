@@ -39,3 +39,9 @@ pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, 
 pub use airlock_proto::api::{SandboxDetail, SandboxMetric};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
+
+/// The examples in `docs/rust-sdk.md`, compiled as doctests so the guide
+/// cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/rust-sdk.md")]
+pub struct RustSdkGuide;
