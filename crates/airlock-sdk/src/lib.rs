@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 
-pub use airlock_proto::api::{SandboxDetail, SandboxMetric};
+pub use airlock_proto::api::{InstallPackages, LogLine, SandboxDetail, SandboxMetric};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
 

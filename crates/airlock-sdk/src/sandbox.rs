@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use airlock_proto::api::{self, NewSandbox, SandboxDetail, SandboxMetric};
+use airlock_proto::api::{self, InstallPackages, LogLine, NewSandbox, SandboxDetail, SandboxLogs, SandboxMetric};
 use futures_util::{Stream, StreamExt};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -165,6 +165,13 @@ impl Sandbox {
         self.inner.client.metrics(self.id(), Some(start), Some(end)).await
     }
 
+    /// The server's log of the sandbox's set-up: the template's start
+    /// command and ready check, package installs, the startup script's
+    /// output. (What commands print is theirs: see [`Commands`].)
+    pub async fn logs(&self) -> Result<Vec<LogLine>> {
+        self.inner.client.logs(self.id()).await
+    }
+
     /// Whether the sandbox's agent answers (false once killed or paused).
     pub async fn is_running(&self) -> Result<bool> {
         let c = &self.inner.client;
@@ -265,6 +272,12 @@ impl Client {
         Ok(self.api_json(Method::GET, &format!("/sandboxes/{}/metrics{qs}", encode(id)), None).await?.2)
     }
 
+    /// The sandbox's set-up log; see [`Sandbox::logs`].
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>> {
+        let (_, _, l): (_, _, SandboxLogs) = self.api_json(Method::GET, &format!("/sandboxes/{}/logs", encode(id)), None).await?;
+        Ok(l.logs)
+    }
+
     /// Lists sandboxes through this client; see [`SandboxList`].
     pub fn list(&self) -> SandboxList {
         SandboxList { client: Some(self.clone()), ..Default::default() }
@@ -339,6 +352,20 @@ impl SandboxBuilder {
     /// Pause instead of kill when the timeout expires.
     pub fn auto_pause(mut self, on: bool) -> Self {
         self.req.auto_pause = Some(on);
+        self
+    }
+
+    /// A shell script run as root in the sandbox before create returns; a
+    /// failing script fails the create. An Airlock extension.
+    pub fn startup_script(mut self, script: impl Into<String>) -> Self {
+        self.req.startup_script = Some(script.into());
+        self
+    }
+
+    /// Packages installed (pip, npm, apt) before create returns. An
+    /// Airlock extension.
+    pub fn install_packages(mut self, packages: InstallPackages) -> Self {
+        self.req.install_packages = Some(packages);
         self
     }
 

@@ -56,12 +56,14 @@ enum Cmd {
     /// Create a sandbox, run one command in it, and kill it.
     #[command(after_help = client::RUN_EXAMPLES)]
     Run(client::RunArgs),
-    /// Show what a sandbox's agent has: its processes, or one process's output.
+    /// Show a sandbox's set-up log and processes, or one process's output.
     ///
-    /// The server has no log endpoint yet, so this shows what the agent
-    /// keeps: without a process, the processes it runs (pid, tag, command);
-    /// with a pid or tag, that process's kept output (up to 1 MiB) followed
-    /// live until it exits.
+    /// Without a process: the server's set-up log (start command, package
+    /// installs, startup script output) and the processes the sandbox's
+    /// agent runs (pid, tag, command). The server keeps no log of what
+    /// commands print; the agent keeps each process's recent output, so
+    /// with a pid or tag this shows that output (up to 1 MiB) and follows
+    /// it live until the process exits.
     #[command(after_help = client::LOGS_EXAMPLES)]
     Logs(client::LogsArgs),
     /// Print a shell completion script.

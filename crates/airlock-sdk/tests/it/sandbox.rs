@@ -296,3 +296,22 @@ async fn bad_requests_and_unreachable_servers_are_typed() {
     assert!(matches!(e, Error::Connection { .. }), "{e:?}");
     assert!(e.to_line().contains(&port.to_string()), "{}", e.to_line());
 }
+
+#[tokio::test]
+async fn startup_script_runs_before_create_returns_and_is_logged() {
+    let srv = Server::start();
+    let sbx = Sandbox::builder()
+        .client(&srv.client())
+        .allow_internet_access(false)
+        .startup_script("echo set-up-$((2+3)); id -un > /tmp/set-up-by")
+        .create()
+        .await
+        .expect("create");
+    assert_eq!(sbx.files().read_to_string("/tmp/set-up-by").await.expect("read"), "root\n", "ran as root, before create returned");
+    let logs = sbx.logs().await.expect("logs");
+    assert!(logs.iter().any(|l| l.line.contains("set-up-5")), "{logs:?}");
+
+    let e = Sandbox::builder().client(&srv.client()).allow_internet_access(false).startup_script("echo broken >&2; exit 7").create().await.expect_err("failing script");
+    assert!(matches!(e, Error::Http { status: 400, ref message } if message.contains("exit code 7")), "{e:?}");
+    assert!(matches!(srv.client().logs("nosuchsandbox").await, Err(Error::NotFound(_))));
+}

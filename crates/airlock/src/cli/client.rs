@@ -47,7 +47,7 @@ Examples:
   airlock run --no-internet --memory-mb 256 base -- python3 -c 'print(2**64)'";
 pub const LOGS_EXAMPLES: &str = "\
 Examples:
-  airlock logs <id>                                     # processes the agent runs
+  airlock logs <id>                                     # set-up log and the agent's processes
   airlock logs <id> 42                                  # output of pid 42, followed
   airlock logs <id> web                                 # output of the process tagged `web`";
 
@@ -725,10 +725,25 @@ async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
     let client = a.client.client()?;
     let sbx = client.get(&a.id).await?;
     let Some(sel) = a.process else {
+        let setup = match sbx.logs().await {
+            Ok(l) => l,
+            // A server without the set-up log endpoint: show what the agent has.
+            Err(Error::NotFound(m)) if m.contains("no such endpoint") => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         let procs = sbx.commands().list().await?;
         if a.client.json {
-            print_json(&procs)?;
-        } else if procs.is_empty() {
+            print_json(&serde_json::json!({ "setup": setup, "processes": procs }))?;
+            return Ok(0);
+        }
+        if !setup.is_empty() {
+            println!("Set-up log:");
+            for l in &setup {
+                println!("{} {}", l.timestamp, l.line);
+            }
+            println!();
+        }
+        if procs.is_empty() {
             eprintln!("no processes");
         } else {
             let rows: Vec<Vec<String>> = procs

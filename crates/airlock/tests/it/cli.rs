@@ -148,7 +148,9 @@ async fn json_output_parses_for_every_command() {
 
     let bg = cli.json(&["exec", "-d", "--tag", "sleeper", &id, "--", "sleep", "600"]);
     let pid = bg["pid"].as_u64().expect("pid");
-    let procs = cli.json(&["logs", &id]);
+    let logs = cli.json(&["logs", &id]);
+    assert!(logs["setup"].is_array(), "{logs}");
+    let procs = &logs["processes"];
     assert!(procs.as_array().expect("array").iter().any(|p| p["pid"].as_u64() == Some(pid) && p["tag"] == "sleeper"), "{procs}");
 
     let t = cli.json(&["sbx", "timeout", &id, "1200"]);
