@@ -23,6 +23,16 @@ const server = repl.start({
 let count = 0;
 const queue = [];
 let busy = false;
+// The REPL's evaluator runs inside a domain: a thrown error (or a rejected
+// top-level await) is emitted on that domain instead of reaching the eval
+// callback, so the running cell is finished from here in that case.
+let finishCurrent = null;
+
+function reportError(err) {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const name = err instanceof repl.Recoverable ? 'SyntaxError' : (e.name || 'Error');
+  emit({ type: 'error', name, value: e.message, traceback: e.stack || String(e) });
+}
 
 function next() {
   if (busy || queue.length === 0) return;
@@ -35,7 +45,11 @@ function next() {
     process.env[k] = String(env[k]);
   }
   count += 1;
+  let finished = false;
   const finish = () => {
+    if (finished) return;
+    finished = true;
+    finishCurrent = null;
     for (const k of Object.keys(saved)) {
       if (saved[k] === undefined) delete process.env[k];
       else process.env[k] = saved[k];
@@ -47,22 +61,34 @@ function next() {
       next();
     });
   };
+  finishCurrent = (err) => {
+    reportError(err);
+    finish();
+  };
   try {
     server.eval(req.code || '', server.context, 'cell', (err, result) => {
+      if (finished) return;
       if (err) {
-        const e = err instanceof Error ? err : new Error(String(err));
-        const name = err instanceof repl.Recoverable ? 'SyntaxError' : (e.name || 'Error');
-        emit({ type: 'error', name, value: e.message, traceback: e.stack || String(e) });
+        reportError(err);
       } else if (result !== undefined) {
         emit({ type: 'result', is_main_result: true, text: typeof result === 'string' ? result : util.inspect(result) });
       }
       finish();
     });
   } catch (e) {
-    emit({ type: 'error', name: e.name || 'Error', value: e.message, traceback: e.stack || String(e) });
+    reportError(e);
     finish();
   }
 }
+
+if (server._domain) {
+  server._domain.on('error', (err) => {
+    if (finishCurrent) finishCurrent(err);
+  });
+}
+process.on('uncaughtException', (err) => {
+  if (finishCurrent) finishCurrent(err);
+});
 
 process.on('SIGINT', () => {
   // Interrupts land here; the evaluation itself cannot be stopped from JS,

@@ -550,6 +550,14 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         }
         return Err(format!("the {:?} kernel failed to start: {}", ctx.kind, msg.trim()));
     }
+    // Whatever the kernel printed while starting (library warnings) belongs
+    // to no cell: log it instead of showing it in the first execution.
+    let mut buf = vec![0u8; 8192];
+    for fd in [&k.stdout, &k.stderr] {
+        while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
+            tracing::debug!(pid, output = %String::from_utf8_lossy(&buf[..n]), "kernel start-up output");
+        }
+    }
     tracing::debug!(pid, kind = ?ctx.kind, "kernel started");
     Ok(k)
 }

@@ -1,0 +1,174 @@
+"""The official `e2b-code-interpreter` SDK, unmodified, against `airlock serve`.
+
+The SDK's default template, `code-interpreter-v1`, is built by the server from
+its built-in recipe the first time it is asked for (IPython, numpy, pandas,
+matplotlib installed from PyPI into a template layer); the module fixture
+creates the first sandbox with a long request timeout to allow for that.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from e2b_code_interpreter import Sandbox
+
+from _support import kill_later, run_metadata
+
+# Building code-interpreter-v1 on first use downloads ~100 MB of wheels.
+FIRST_CREATE_TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="module")
+def ci():
+    sbx = Sandbox.create(metadata=run_metadata(suite="code-interpreter"), request_timeout=FIRST_CREATE_TIMEOUT_S)
+    try:
+        yield sbx
+    finally:
+        kill_later(sbx)
+
+
+def test_default_template_is_code_interpreter_v1(ci):
+    assert ci.get_info().template_id == "code-interpreter-v1"
+
+
+def test_state_persists_between_cells_and_last_expression_is_the_result(ci):
+    ci.run_code("counter = 40")
+    ex = ci.run_code("counter += 2\ncounter")
+    assert ex.error is None
+    assert ex.text == "42"
+    assert ex.results[0].is_main_result
+
+
+def test_stdout_and_stderr_stream_to_callbacks(ci):
+    out, err = [], []
+    ex = ci.run_code(
+        "import sys, time\nprint('one')\ntime.sleep(0.2)\nprint('two', file=sys.stderr)\nprint('three')",
+        on_stdout=lambda m: out.append(m.line),
+        on_stderr=lambda m: err.append(m.line),
+    )
+    assert ex.error is None
+    assert "".join(out) == "one\nthree\n"
+    assert "".join(err) == "two\n"
+    assert ex.logs.stdout == ["one\n", "three\n"]
+    assert ex.logs.stderr == ["two\n"]
+
+
+def test_errors_carry_name_value_and_traceback(ci):
+    ci.run_code("counter = 42")
+    ex = ci.run_code("def f():\n    return 1 / 0\nf()")
+    assert ex.error is not None
+    assert ex.error.name == "ZeroDivisionError"
+    assert "division by zero" in ex.error.value
+    assert "f()" in ex.error.traceback
+    # The context survives an error.
+    assert ci.run_code("counter").text == "42"
+
+
+def test_dataframe_comes_back_as_html(ci):
+    ex = ci.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': [3, 4]})")
+    assert ex.error is None
+    r = ex.results[0]
+    assert r.html is not None and "<table" in r.html
+    assert r.text is not None and "a" in r.text
+
+
+def test_matplotlib_chart_comes_back_as_png(ci):
+    ex = ci.run_code(
+        "import matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots()\n"
+        "ax.plot([1, 2, 3], [1, 4, 9])\n"
+        "plt.show()"
+    )
+    assert ex.error is None, ex.error
+    pngs = [r.png for r in ex.results if r.png]
+    assert pngs, ex.results
+    assert base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rich_display_formats(ci):
+    ex = ci.run_code(
+        "from IPython.display import display, Markdown, HTML, JSON\n"
+        "display(Markdown('**bold**'))\n"
+        "display(JSON({'k': 1}))\n"
+        "HTML('<b>x</b>')"
+    )
+    assert ex.error is None
+    assert any(r.markdown == "**bold**" and not r.is_main_result for r in ex.results)
+    assert any(r.json == {"k": 1} for r in ex.results)
+    main = [r for r in ex.results if r.is_main_result]
+    assert len(main) == 1 and main[0].html == "<b>x</b>"
+
+
+def test_env_vars_apply_to_one_execution_only(ci):
+    ex = ci.run_code("import os\nos.environ.get('AIRLOCK_CI_VAR')", envs={"AIRLOCK_CI_VAR": "set"})
+    assert ex.text == "set"
+    assert ci.run_code("import os\nos.environ.get('AIRLOCK_CI_VAR')").results == []
+
+
+def test_execution_count_increases(ci):
+    a = ci.run_code("1").execution_count
+    b = ci.run_code("2").execution_count
+    assert b == a + 1
+
+
+def test_first_cell_output_is_only_the_cells(ci):
+    # A fresh context: library warnings printed while its kernel starts are
+    # not part of the cell's output.
+    ctx = ci.create_code_context(language="python")
+    ex = ci.run_code("print('only this')", context=ctx)
+    assert ex.logs.stdout == ["only this\n"]
+    assert ex.logs.stderr == []
+
+
+def test_timeout_interrupts_but_keeps_state(ci):
+    ci.run_code("kept = 'yes'")
+    t = time.monotonic()
+    with pytest.raises(Exception) as e:
+        ci.run_code("import time\ntime.sleep(30)", timeout=2)
+    assert time.monotonic() - t < 20
+    assert "timeout" in type(e.value).__name__.lower() or "timed out" in str(e.value).lower()
+    # The kernel was interrupted, not restarted: state is still there.
+    ex = ci.run_code("kept")
+    assert ex.text == "yes"
+
+
+def test_contexts_per_language_have_their_own_state(ci):
+    ci.run_code("counter = 42")
+    py = ci.create_code_context(language="python", cwd="/tmp")
+    js = ci.create_code_context(language="js")
+    sh = ci.create_code_context(language="bash")
+    assert ci.run_code("import os\nos.getcwd()", context=py).text == "/tmp"
+    assert ci.run_code("counter = 1\ncounter", context=py).text == "1"
+    assert ci.run_code("counter").text == "42", "the default context is separate"
+    ex = ci.run_code("const x = 20; console.log('js says hi'); x * 2", context=js)
+    assert ex.error is None, ex.error
+    assert ex.text == "40"
+    assert ex.logs.stdout == ["js says hi\n"]
+    assert ci.run_code("await Promise.resolve(x + 1)", context=js).text == "21"
+    js_err = ci.run_code("undefinedThing()", context=js)
+    assert js_err.error is not None and js_err.error.name == "ReferenceError"
+    ci.run_code("FOO=bar; cd /tmp; greet() { echo \"hi $1\"; }", context=sh)
+    ex = ci.run_code("echo $FOO; pwd; greet you", context=sh)
+    assert ex.logs.stdout == ["bar\n/tmp\nhi you\n"]
+    ids = {c.id for c in ci.list_code_contexts()}
+    assert {py.id, js.id, sh.id} <= ids
+    ci.restart_code_context(py)
+    assert ci.run_code("'counter' in globals()", context=py).text == "False"
+    ci.remove_code_context(js)
+    assert js.id not in {c.id for c in ci.list_code_contexts()}
+
+
+def test_language_shortcut_without_a_context(ci):
+    assert ci.run_code("echo $((6 * 7))", language="bash").logs.stdout == ["42\n"]
+    assert ci.run_code("[1, 2, 3].map(n => n * 2)", language="javascript").text == "[ 2, 4, 6 ]"
+
+
+def test_unknown_context_is_an_error(ci):
+    from e2b_code_interpreter.models import Context
+
+    with pytest.raises(Exception) as e:
+        ci.run_code("1", context=Context(context_id="nope", language="python", cwd="/"))
+    assert "not found" in str(e.value).lower()
