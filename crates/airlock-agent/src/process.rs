@@ -364,12 +364,12 @@ async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, Conne
     let mut target: Option<Arc<Proc>> = None;
     while let Some(m) = msgs.next::<StreamInputRequest>().await? {
         match m.event {
-            Some(StreamInputEvent::Start { process }) => target = Some(agent.processes.find(&process)?),
-            Some(StreamInputEvent::Data { input }) => {
+            StreamInputEvent::Start { process } => target = Some(agent.processes.find(&process)?),
+            StreamInputEvent::Data { input } => {
                 let p = target.as_ref().ok_or_else(|| ConnectError::invalid_argument("data before start"))?;
                 write_input(p, input).await?;
             }
-            Some(StreamInputEvent::Keepalive {}) | None => {}
+            StreamInputEvent::Keepalive {} => {}
         }
     }
     Ok(Empty {})

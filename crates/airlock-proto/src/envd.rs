@@ -139,11 +139,13 @@ pub struct CloseStdinRequest {
     pub process: ProcessSelector,
 }
 
-/// Client-stream message of `StreamInput`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Client-stream message of `StreamInput`. Its oneof sits directly in the
+/// message, so on the wire it is `{"start":{...}}`, `{"data":{...}}` or
+/// `{"keepalive":{}}` (unlike `ProcessEvent`, which is a field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamInputRequest {
-    #[serde(default)]
-    pub event: Option<StreamInputEvent>,
+    #[serde(flatten)]
+    pub event: StreamInputEvent,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,8 +315,11 @@ pub enum WatchEventKind {
     Keepalive {},
 }
 
+/// Its oneof sits directly in the message: `{"start":{}}`,
+/// `{"filesystem":{...}}`, `{"keepalive":{}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchDirResponse {
+    #[serde(flatten)]
     pub event: WatchEventKind,
 }
 
@@ -404,11 +409,21 @@ mod tests {
     }
 
     #[test]
-    fn stream_input_oneof() {
-        let s: StreamInputRequest = serde_json::from_value(json!({"event":{"start":{"process":{"pid":9}}}})).expect("start");
-        assert!(matches!(s.event, Some(StreamInputEvent::Start { process: ProcessSelector::Pid(9) })));
-        let d: StreamInputRequest = serde_json::from_value(json!({"event":{"data":{"input":{"stdin":"aGk="}}}})).expect("data");
-        assert!(matches!(d.event, Some(StreamInputEvent::Data { input: ProcessInput::Stdin(ref b) }) if b == b"hi"));
+    fn stream_input_oneof_sits_in_the_message() {
+        let s: StreamInputRequest = serde_json::from_value(json!({"start":{"process":{"pid":9}}})).expect("start");
+        assert!(matches!(s.event, StreamInputEvent::Start { process: ProcessSelector::Pid(9) }));
+        let d: StreamInputRequest = serde_json::from_value(json!({"data":{"input":{"stdin":"aGk="}}})).expect("data");
+        assert!(matches!(d.event, StreamInputEvent::Data { input: ProcessInput::Stdin(ref b) } if b == b"hi"));
+        let k: StreamInputRequest = serde_json::from_value(json!({"keepalive":{}})).expect("keepalive");
+        assert!(matches!(k.event, StreamInputEvent::Keepalive {}));
+    }
+
+    #[test]
+    fn watch_responses_have_the_oneof_at_top_level() {
+        let w = WatchDirResponse { event: WatchEventKind::Start {} };
+        assert_eq!(serde_json::to_value(&w).expect("ser"), json!({"start":{}}));
+        let f = WatchDirResponse { event: WatchEventKind::Filesystem(FilesystemEvent { name: "a".into(), event_type: EventType::Create, entry: None }) };
+        assert_eq!(serde_json::to_value(&f).expect("ser"), json!({"filesystem":{"name":"a","type":"EVENT_TYPE_CREATE"}}));
     }
 }
 

@@ -148,7 +148,7 @@ async fn wait_for_events(s: &mut Stream, want: &[(&str, &str)]) -> Vec<(String, 
                 return;
             }
             let m = s.next_event().await.unwrap_or_else(|| panic!("watch stream ended: {:?}; seen {seen:?}", s.end));
-            let ev = &m["event"]["filesystem"];
+            let ev = &m["filesystem"];
             assert!(ev.is_object(), "a filesystem event: {m}");
             seen.push((ev["name"].as_str().expect("name").to_string(), ev["type"].as_str().expect("type").to_string()));
         }
@@ -395,10 +395,10 @@ async fn watch_dir_streams_events_recursively() {
     let mut s =
         sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "/home/user/w", "recursive": true})).await;
     let first = s.next().await.expect("first message");
-    assert_eq!(first, json!({"event": {"start": {}}}), "first message is start");
+    assert_eq!(first, json!({"start": {}}), "first message is start, the oneof at top level as envd sends it");
     // Quiet for longer than the requested 1 s keepalive interval.
     let m = tokio::time::timeout(Duration::from_secs(5), s.next()).await.expect("keepalive in time");
-    assert_eq!(m, Some(json!({"event": {"keepalive": {}}})));
+    assert_eq!(m, Some(json!({"keepalive": {}})), "watch messages carry the oneof at top level");
 
     ok(&sbx, "echo hi > ~/w/f.txt").await;
     wait_for_events(&mut s, &[("f.txt", "EVENT_TYPE_CREATE"), ("f.txt", "EVENT_TYPE_WRITE")]).await;
@@ -432,7 +432,7 @@ async fn flat_watch_ignores_subdirectories() {
     let sbx = Sandbox::new();
     ok(&sbx, "mkdir -p ~/fw/sub").await;
     let mut s = sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "fw"})).await;
-    assert!(s.next().await.expect("start")["event"].get("start").is_some());
+    assert!(s.next().await.expect("start").get("start").is_some());
     ok(&sbx, "echo x > ~/fw/sub/inner && echo y > ~/fw/top").await;
     let seen = wait_for_events(&mut s, &[("top", "EVENT_TYPE_CREATE"), ("top", "EVENT_TYPE_WRITE")]).await;
     // A change inside a child directory is nothing the parent's watch reports.
@@ -479,7 +479,7 @@ async fn watches_release_their_inotify_instances() {
     for _ in 0..3 {
         let mut s =
             sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "rel", "recursive": true})).await;
-        assert!(s.next().await.expect("start")["event"].get("start").is_some());
+        assert!(s.next().await.expect("start").get("start").is_some());
         streams.push(s);
     }
     let id = fs(&sbx, "CreateWatcher", json!({"path": "rel", "recursive": true})).await.expect("create")["watcherId"]

@@ -139,10 +139,10 @@ async fn stdin_close_and_stream_input() {
     // Client-streaming input: start, two data messages, end of body.
     let mut body = Vec::new();
     for m in [
-        json!({"event": {"start": {"process": {"pid": pid}}}}),
-        json!({"event": {"data": {"input": {"stdin": enc(b"12345")}}}}),
-        json!({"event": {"keepalive": {}}}),
-        json!({"event": {"data": {"input": {"stdin": enc(b"678")}}}}),
+        json!({"start": {"process": {"pid": pid}}}),
+        json!({"data": {"input": {"stdin": enc(b"12345")}}}),
+        json!({"keepalive": {}}),
+        json!({"data": {"input": {"stdin": enc(b"678")}}}),
     ] {
         let p = serde_json::to_vec(&m).expect("json");
         body.push(0u8);

@@ -274,7 +274,8 @@ impl Stream {
     pub async fn next_event(&mut self) -> Option<Value> {
         loop {
             let m = self.next().await?;
-            if m["event"].get("keepalive").is_none() {
+            // Process streams nest the oneof in `event`; watch streams do not.
+            if m["event"].get("keepalive").is_none() && m.get("keepalive").is_none() {
                 return Some(m);
             }
         }
