@@ -22,6 +22,11 @@ fi
 
 which="${1:-all}"
 [ $# -gt 0 ] && shift
+case "$which" in
+    all) [ $# -eq 0 ] || { echo "compat/run.sh: extra arguments need 'python' or 'js'" >&2; exit 2; } ;;
+    python|js) ;;
+    *) echo "usage: compat/run.sh [all|python|js] [runner args...]" >&2; exit 2 ;;
+esac
 
 status=0
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from e2b import AsyncSandbox, Sandbox, SandboxQuery
+from e2b import AsyncSandbox, Sandbox
 
-from _support import RUN_ID, RUN_META_KEY, kill_later, run_metadata, wait_for_background_kills
+from _support import kill_later, run_metadata, wait_for_background_kills
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30
@@ -66,8 +66,8 @@ def _host_mounts_under(path: Path) -> list[str]:
 class AirlockServer:
     def __init__(self) -> None:
         self.bin = Path(os.environ.get("AIRLOCK_BIN", REPO / "target" / "debug" / "airlock"))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.url = ""
         self.api_key = "e2b_" + secrets.token_hex(20)
         self.data_dir = Path(tempfile.mkdtemp(prefix="airlock-compat-py-"))
         fd, log = tempfile.mkstemp(prefix="airlock-compat-py-", suffix=".log")
@@ -88,7 +88,9 @@ class AirlockServer:
             )
         if os.geteuid() != 0:
             raise RuntimeError("airlock serve must run as root; run the suite as root")
-        log = open(self.log_path, "wb")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 str(self.bin),
@@ -131,9 +133,14 @@ class AirlockServer:
         )
 
     def kill_leftover_sandboxes(self) -> None:
-        """Kill every sandbox this run created (best effort)."""
+        """Kill every sandbox left in this server (best effort).
+
+        The data dir is private to this run, so everything in it is ours. Sandboxes
+        outlive `airlock serve` (it stops without killing them), so this must run
+        before the server is stopped.
+        """
         try:
-            paginator = Sandbox.list(query=SandboxQuery(metadata={RUN_META_KEY: RUN_ID}))
+            paginator = Sandbox.list(api_key=self.api_key, api_url=self.url)
             ids = []
             for _ in range(100):
                 if not paginator.has_next:
@@ -141,7 +148,7 @@ class AirlockServer:
                 ids += [s.sandbox_id for s in paginator.next_items()]
             for sid in ids:
                 try:
-                    Sandbox.kill(sid)
+                    Sandbox.kill(sid, api_key=self.api_key, api_url=self.url)
                 except Exception:
                     pass
         except Exception:
@@ -178,6 +185,8 @@ def airlock_server():
     try:
         server.start()
     except Exception as e:
+        server.stop()
+        server.cleanup_dirs()
         pytest.fail(f"could not start airlock serve: {e}", pytrace=False)
     os.environ["E2B_API_URL"] = server.url
     os.environ["E2B_SANDBOX_URL"] = server.url
@@ -189,6 +198,14 @@ def airlock_server():
     finally:
         if not server.died():
             wait_for_background_kills()
+        else:
+            # Sandboxes outlive the server: bring it back on the same data dir
+            # just to kill what is left.
+            try:
+                server.start()
+            except Exception:
+                pass
+        if not server.died():
             server.kill_leftover_sandboxes()
         server.stop()
         server.cleanup_dirs()

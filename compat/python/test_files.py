@@ -82,9 +82,10 @@ def test_write_as_root(sandbox: Sandbox):
     assert sandbox.files.read("/root/secret.txt", user="root") == "root only"
     info = sandbox.files.get_info("/root/secret.txt", user="root")
     assert info.owner == "root"
-    # the default user cannot read it
-    with pytest.raises(SandboxException):
-        sandbox.files.read("/root/secret.txt")
+    assert info.permissions == "-rw-r--r--"
+    # (envd opens /files downloads as root whatever the user, so a read as
+    # `user` is not refused there either; nothing to assert about that.)
+    assert sandbox.commands.run("stat -c %U:%G /root/secret.txt", user="root").stdout == "root:root\n"
 
 
 def test_large_file_roundtrip(sandbox: Sandbox):

@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url'
 
 import { Sandbox } from 'e2b'
 
-const here = path.dirname(fileURLToPath(import.meta.url))
+const here = path.dirname(fileURLToPath(import.meta.url)) // compat/js/lib
 export const REPO = path.resolve(here, '..', '..', '..')
 export const RUN_ID = crypto.randomBytes(6).toString('hex')
 export const RUN_META_KEY = 'airlock_compat_run'
@@ -38,6 +38,8 @@ export function unique(prefix = 't') {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+// a sleep that does not keep the process alive on its own
+const unrefSleep = (ms) => new Promise((r) => setTimeout(r, ms).unref())
 
 export async function waitUntil(fn, { timeoutMs = 10_000, intervalMs = 100, what = 'condition' } = {}) {
   const deadline = Date.now() + timeoutMs
@@ -112,7 +114,7 @@ export class AirlockServer {
     }
     this.port = await freePort()
     this.url = `http://127.0.0.1:${this.port}`
-    const log = fs.openSync(this.logPath, 'w')
+    const log = fs.openSync(this.logPath, 'a')
     this.proc = spawn(
       this.bin,
       ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir, '--api-key', this.apiKey],
@@ -153,14 +155,20 @@ export class AirlockServer {
     throw new Error(`airlock serve not ready after ${READY_TIMEOUT_MS} ms (last: ${lastErr}); log tail:\n${this.logTail()}`)
   }
 
+  /**
+   * Kills every sandbox left in this server. The data dir is private to this
+   * file's run, so everything in it is ours; sandboxes outlive `airlock serve`
+   * (it stops without killing them), so this runs before the server stops.
+   */
   async killLeftoverSandboxes() {
+    const opts = { apiKey: this.apiKey, apiUrl: this.url }
     try {
-      const paginator = Sandbox.list({ query: { metadata: { [RUN_META_KEY]: RUN_ID } } })
+      const paginator = Sandbox.list(opts)
       const ids = []
       for (let i = 0; i < 100 && paginator.hasNext; i++) {
         ids.push(...(await paginator.nextItems()).map((s) => s.sandboxId))
       }
-      await Promise.all(ids.map((id) => Sandbox.kill(id).catch(() => {})))
+      await Promise.all(ids.map((id) => Sandbox.kill(id, opts).catch(() => {})))
     } catch {
       // best effort
     }
@@ -173,14 +181,14 @@ export class AirlockServer {
     } catch {
       return
     }
-    const timedOut = await Promise.race([this.exited.then(() => false), sleep(10_000).then(() => true)])
+    const timedOut = await Promise.race([this.exited.then(() => false), unrefSleep(10_000).then(() => true)])
     if (timedOut && !this.died) {
       try {
         process.kill(this.proc.pid, 'SIGKILL')
       } catch {
         // already gone
       }
-      await Promise.race([this.exited, sleep(10_000)])
+      await Promise.race([this.exited, unrefSleep(10_000)])
     }
   }
 
@@ -226,8 +234,14 @@ export function useAirlockServer() {
         `--- airlock serve ${server.died ? `DIED (${server.exitCode})` : 'log'}; tail of ${server.logPath}:\n${server.logTail()}`,
       )
     }
-    await Promise.all(pendingKills)
-    if (!server.died) await server.killLeftoverSandboxes()
+    if (!server.died) {
+      await Promise.all(pendingKills)
+    } else if (server.proc) {
+      // sandboxes outlive the server: bring it back on the same data dir to kill them
+      server.exitCode = undefined
+      await server.start().catch(() => {})
+    }
+    if (server.proc && !server.died) await server.killLeftoverSandboxes()
     await server.stop()
     server.cleanup()
   })

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 
 import { CommandExitError, NotFoundError, SandboxError, TimeoutError } from 'e2b'
 
-import { sbxTest, sleep, useAirlockServer, waitUntil } from './helpers.mjs'
+import { sbxTest, sleep, useAirlockServer, waitUntil } from '../lib/helpers.mjs'
 
 useAirlockServer()
 

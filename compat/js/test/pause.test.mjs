@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 
 import { Sandbox, SandboxNotFoundError } from 'e2b'
 
-import { plainTest, sbxTest, useAirlockServer, waitUntil } from './helpers.mjs'
+import { plainTest, sbxTest, useAirlockServer, waitUntil } from '../lib/helpers.mjs'
 
 useAirlockServer()
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 
 import { CommandExitError } from 'e2b'
 
-import { Collector, sbxTest, useAirlockServer, waitUntil } from './helpers.mjs'
+import { Collector, sbxTest, useAirlockServer, waitUntil } from '../lib/helpers.mjs'
 
 useAirlockServer()
 
