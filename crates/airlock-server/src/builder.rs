@@ -156,7 +156,8 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Vec<In
                 if let Some(v) = build_args.get(&k).cloned().or_else(|| d.clone()) {
                     vars.insert(k.clone(), v);
                 }
-                Instr::Arg(k, build_args.get(rest).cloned().or(d))
+                let v = build_args.get(&k).cloned().or(d);
+                Instr::Arg(k, v)
             }
             "WORKDIR" => {
                 let w = substitute(rest, &vars);
@@ -252,6 +253,7 @@ pub fn builtin(name: &str) -> Option<&'static str> {
         "code-interpreter-v1" => Some(include_str!("../../../templates/code-interpreter-v1.Airlockfile")),
         "python" => Some(include_str!("../../../templates/python.Airlockfile")),
         "node" => Some(include_str!("../../../templates/node.Airlockfile")),
+        "debian" => Some(include_str!("../../../templates/debian.Airlockfile")),
         _ => None,
     }
 }
@@ -272,6 +274,8 @@ struct BuildState {
     ready: Option<String>,
     key: String,
     has_usr: bool,
+    /// `ARG` values: in the environment of later `RUN` steps, not the template's.
+    args: BTreeMap<String, String>,
 }
 
 impl Builder {
@@ -285,10 +289,44 @@ impl Builder {
         let instrs = parse(recipe, build_args)?;
         let total = instrs.len();
         let mut st: Option<BuildState> = None;
+        let mut pre_from_args: BTreeMap<String, String> = BTreeMap::new();
         for (i, instr) in instrs.iter().enumerate() {
             let step = i + 1;
             let text = describe(instr);
             if let Instr::From(parent) = instr {
+                let src = crate::rootfs_source::classify(parent);
+                if !matches!(src, crate::rootfs_source::Source::Template(_)) {
+                    let k = crate::rootfs_source::key(&src).map_err(|e| BuildError::Invalid(format!("step {step}: {e}")))?;
+                    let layer = self.store.layers_dir().join(&k);
+                    let cached = layer.exists();
+                    let _ = events.send(BuildEvent::Step { step, total, text, cached }).await;
+                    if !cached {
+                        let ev = events.clone();
+                        let (src2, layer2) = (src.clone(), layer.clone());
+                        tokio::task::spawn_blocking(move || {
+                            crate::rootfs_source::materialise(&src2, &layer2, &mut |m| {
+                                let _ = ev.try_send(BuildEvent::Log { text: format!("{m}\n"), stderr: false });
+                            })
+                        })
+                        .await
+                        .map_err(|e| BuildError::Internal(e.to_string()))?
+                        .map_err(|e| BuildError::Invalid(format!("step {step} (FROM {parent}): {e}")))?;
+                    }
+                    st = Some(BuildState {
+                        root_layers: vec![layer.join("root")],
+                        usr_layers: Vec::new(),
+                        env: BTreeMap::new(),
+                        user: "root".into(),
+                        default_user: "user".into(),
+                        workdir: None,
+                        start: None,
+                        ready: None,
+                        key: k,
+                        has_usr: false,
+                        args: pre_from_args.clone(),
+                    });
+                    continue;
+                }
                 let p = self.store.get(parent).map_err(|_| BuildError::NotFound(parent.clone()))?;
                 let _ = events.send(BuildEvent::Step { step, total, text, cached: true }).await;
                 st = Some(BuildState {
@@ -302,18 +340,26 @@ impl Builder {
                     ready: p.ready_cmd.clone(),
                     key: if p.digest.is_empty() { key(&["template", &p.name]) } else { p.digest.clone() },
                     has_usr: !p.usr_layers.is_empty(),
+                    args: pre_from_args.clone(),
                 });
                 continue;
             }
             let Some(s) = st.as_mut() else {
-                if matches!(instr, Instr::Arg(..)) {
+                if let Instr::Arg(k, v) = instr {
+                    if let Some(v) = v {
+                        pre_from_args.insert(k.clone(), v.clone());
+                    }
+                    let _ = events.send(BuildEvent::Step { step, total, text, cached: true }).await;
                     continue;
                 }
                 return Err(BuildError::Invalid("a recipe starts with FROM".into()));
             };
             match instr {
                 Instr::From(_) => {}
-                Instr::Arg(..) => {
+                Instr::Arg(k, v) => {
+                    if let Some(v) = v {
+                        s.args.insert(k.clone(), v.clone());
+                    }
                     let _ = events.send(BuildEvent::Step { step, total, text, cached: true }).await;
                 }
                 Instr::Env(pairs) => {
@@ -344,7 +390,8 @@ impl Builder {
                 }
                 Instr::Run(cmd) => {
                     let env = serde_json::to_string(&s.env).unwrap_or_default();
-                    let k = key(&[&s.key, "RUN", cmd, &env, &s.user, s.workdir.as_deref().unwrap_or("")]);
+                    let args = serde_json::to_string(&s.args).unwrap_or_default();
+                    let k = key(&[&s.key, "RUN", cmd, &env, &args, &s.user, s.workdir.as_deref().unwrap_or("")]);
                     let user = s.user.clone();
                     self.run_step(s, step, total, &text, &k, cmd, &user, events).await?;
                 }
@@ -422,7 +469,8 @@ impl Builder {
         let created = tokio::task::spawn_blocking(move || backend.create(&spec)).await.map_err(|e| BuildError::Internal(e.to_string()))?;
         let _ = self.store.remove(&tmp_name);
         let info = created.map_err(|e| BuildError::Internal(format!("step {step}: starting the build sandbox: {e}")))?;
-        let mut env = s.env.clone();
+        let mut env = s.args.clone();
+        env.extend(s.env.clone());
         env.insert("AIRLOCK_BUILD_USER".into(), s.user.clone());
         let mut tail = String::new();
         let ev = events.clone();
@@ -554,8 +602,10 @@ fn copy_layer(ctx: &Path, srcs: &[String], dest: &str, chown: Option<&str>, has_
     let dest_is_dir = dest.ends_with('/') || srcs.len() > 1;
     for src in srcs {
         let from = context_path(ctx, src)?;
+        // Docker's rules: a directory's contents go into the destination;
+        // a file goes to the destination, or into it when it is a directory.
         let mut target = dest.trim_end_matches('/').to_string();
-        if dest_is_dir || from.is_dir() && !dest_is_dir && srcs.len() > 1 {
+        if !from.is_dir() && dest_is_dir {
             target = format!("{target}/{}", from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         }
         // Paths under /usr belong to the /usr layer when the template has one.

@@ -8,5 +8,6 @@ mod cli;
 mod lifecycle;
 mod process;
 mod server;
+mod templates;
 mod files;
 mod security;

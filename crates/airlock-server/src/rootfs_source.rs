@@ -1,0 +1,373 @@
+//! Roots for `FROM` that are not Airlock templates: a root-filesystem
+//! directory, an OCI image archive (what `docker save` or
+//! `skopeo copy ... oci-archive:` write), or a minimal Debian/Ubuntu made
+//! with debootstrap. Each becomes one read-only layer with canonical
+//! ownership, plus the `user` account (uid 1000) Airlock's agent expects.
+//!
+//! Package archives are never named here: debootstrap uses the mirror
+//! configured for Airlock (`AIRLOCK_DEBIAN_MIRROR`, `AIRLOCK_UBUNTU_MIRROR`)
+//! or, for Debian, the one the host's own apt uses.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Where a `FROM` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Template(String),
+    Debian { flavor: &'static str, suite: String },
+    Archive(PathBuf),
+    Directory(PathBuf),
+}
+
+pub fn classify(from: &str) -> Source {
+    if let Some(s) = from.strip_prefix("debian:") {
+        return Source::Debian { flavor: "debian", suite: s.to_string() };
+    }
+    if let Some(s) = from.strip_prefix("ubuntu:") {
+        return Source::Debian { flavor: "ubuntu", suite: s.to_string() };
+    }
+    if from.starts_with('/') {
+        let p = PathBuf::from(from);
+        return if p.is_dir() { Source::Directory(p) } else { Source::Archive(p) };
+    }
+    Source::Template(from.to_string())
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cache key of a source's layer.
+pub fn key(src: &Source) -> Result<String, String> {
+    let mut h = Sha256::new();
+    match src {
+        Source::Template(t) => h.update(format!("template:{t}")),
+        Source::Debian { flavor, suite } => {
+            h.update(format!("debootstrap:{flavor}:{suite}:{}:{}", mirror(flavor).unwrap_or_default(), std::env::consts::ARCH));
+        }
+        Source::Archive(p) => {
+            let mut f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+        }
+        Source::Directory(p) => {
+            use std::os::unix::fs::MetadataExt;
+            let mut stack = vec![p.clone()];
+            let mut entries = Vec::new();
+            while let Some(q) = stack.pop() {
+                let md = fs::symlink_metadata(&q).map_err(|e| format!("{}: {e}", q.display()))?;
+                entries.push(format!("{}:{}:{}:{}:{}", q.display(), md.len(), md.mtime(), md.mtime_nsec(), md.mode()));
+                if md.is_dir() {
+                    for e in fs::read_dir(&q).map_err(|e| format!("{}: {e}", q.display()))?.flatten() {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            entries.sort();
+            for e in entries {
+                h.update(e.as_bytes());
+            }
+        }
+    }
+    Ok(format!("src-{}", &hex(h.finalize())[..32]))
+}
+
+/// The package mirror for a flavour: configured, or the host's own (Debian).
+fn mirror(flavor: &str) -> Option<String> {
+    let var = if flavor == "ubuntu" { "AIRLOCK_UBUNTU_MIRROR" } else { "AIRLOCK_DEBIAN_MIRROR" };
+    if let Ok(m) = std::env::var(var) {
+        if !m.is_empty() {
+            return Some(m);
+        }
+    }
+    if flavor != "debian" {
+        return None;
+    }
+    let mut texts = Vec::new();
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "sources" || x == "list") {
+                texts.push(fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    texts.push(fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    for t in texts {
+        let mut suites_ok = false;
+        let mut uri = None;
+        for l in t.lines().map(str::trim) {
+            if l.starts_with('#') {
+                continue;
+            }
+            if let Some(u) = l.strip_prefix("URIs:") {
+                uri = u.split_whitespace().next().map(str::to_string);
+            }
+            if let Some(s) = l.strip_prefix("Suites:") {
+                suites_ok = s.split_whitespace().any(|x| !x.contains('-'));
+            }
+            if l.is_empty() {
+                if let (true, Some(u)) = (suites_ok, uri.take()) {
+                    return Some(u);
+                }
+                suites_ok = false;
+            }
+            if let Some(rest) = l.strip_prefix("deb ") {
+                let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with('[')).collect();
+                if words.len() >= 2 && !words[1].contains('-') && !words[1].contains('/') {
+                    return Some(words[0].to_string());
+                }
+            }
+        }
+        if let (true, Some(u)) = (suites_ok, uri) {
+            return Some(u);
+        }
+    }
+    None
+}
+
+/// Produces `layer/root` for a source (not for templates).
+pub fn materialise(src: &Source, layer: &Path, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+    let tmp = layer.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let root = tmp.join("root");
+    fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let r = match src {
+        Source::Template(_) => Err("not a root-filesystem source".to_string()),
+        Source::Directory(p) => {
+            log(&format!("copying root filesystem from {}", p.display()));
+            let out = Command::new("cp").args(["-a", "--reflink=auto"]).arg(format!("{}/.", p.display())).arg(&root).output().map_err(|e| format!("cp: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("copying {}: {}", p.display(), String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        }
+        Source::Archive(p) => {
+            log(&format!("unpacking image archive {}", p.display()));
+            unpack_image(p, &root, &tmp.join("blobs"))
+        }
+        Source::Debian { flavor, suite } => debootstrap(flavor, suite, &root, log),
+    };
+    if let Err(e) = r {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let _ = fs::remove_dir_all(tmp.join("blobs"));
+    add_user(&root).map_err(|e| format!("adding the sandbox user: {e}"))?;
+    fs::rename(&tmp, layer).or_else(|e| if layer.exists() { let _ = fs::remove_dir_all(&tmp); Ok(()) } else { Err(e.to_string()) })
+}
+
+fn debootstrap(flavor: &str, suite: &str, root: &Path, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+    if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(format!("invalid suite {suite:?}"));
+    }
+    let mirror = mirror(flavor).ok_or_else(|| {
+        format!("no {flavor} package mirror configured: set AIRLOCK_{}_MIRROR", flavor.to_uppercase())
+    })?;
+    if Command::new("debootstrap").arg("--version").output().is_err() {
+        return Err("debootstrap is not installed (apt-get install debootstrap)".into());
+    }
+    log(&format!("debootstrap --variant=minbase {suite} (this takes a few minutes the first time)"));
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", "--include=ca-certificates"]);
+    if flavor == "ubuntu" && !Path::new("/usr/share/keyrings/ubuntu-archive-keyring.gpg").exists() {
+        log("warning: ubuntu-archive-keyring is not installed; packages are not signature-checked");
+        cmd.arg("--no-check-gpg");
+    }
+    let out = cmd.arg(suite).arg(root).arg(&mirror).output().map_err(|e| format!("debootstrap: {e}"))?;
+    if !out.status.success() {
+        let tail: String = String::from_utf8_lossy(&out.stderr).lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        return Err(format!("debootstrap failed: {tail}"));
+    }
+    // Caches and logs of the bootstrap are not part of the template.
+    let _ = fs::remove_dir_all(root.join("var/cache/apt/archives"));
+    let _ = fs::remove_dir_all(root.join("debootstrap"));
+    Ok(())
+}
+
+/// Adds `user` (uid/gid 1000, home /home/user) if the root lacks it.
+fn add_user(root: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let etc = root.join("etc");
+    fs::create_dir_all(&etc)?;
+    let passwd = fs::read_to_string(etc.join("passwd")).unwrap_or_default();
+    if !passwd.lines().any(|l| l.starts_with("root:")) {
+        fs::OpenOptions::new().create(true).append(true).open(etc.join("passwd"))?.write_all(b"root:x:0:0:root:/root:/bin/sh\n")?;
+    }
+    if !passwd.lines().any(|l| l.split(':').nth(2) == Some("1000") || l.starts_with("user:")) {
+        let shell = if root.join("bin/bash").exists() || root.join("usr/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+        fs::OpenOptions::new().create(true).append(true).open(etc.join("passwd"))?.write_all(format!("user:x:1000:1000:user:/home/user:{shell}\n").as_bytes())?;
+        let group = fs::read_to_string(etc.join("group")).unwrap_or_default();
+        if !group.lines().any(|l| l.starts_with("user:")) {
+            fs::OpenOptions::new().create(true).append(true).open(etc.join("group"))?.write_all(b"user:x:1000:\n")?;
+        }
+        if etc.join("shadow").exists() {
+            fs::OpenOptions::new().append(true).open(etc.join("shadow"))?.write_all(b"user:*:19000:0:99999:7:::\n")?;
+        }
+    }
+    let home = root.join("home/user");
+    if !home.exists() {
+        fs::create_dir_all(&home)?;
+        std::os::unix::fs::lchown(&home, Some(1000), Some(1000))?;
+    }
+    for d in ["proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    Ok(())
+}
+
+fn safe_rel(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::RootDir => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn open_maybe_gz(p: &Path) -> std::io::Result<Box<dyn Read>> {
+    let mut f = fs::File::open(p)?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic)?;
+    let f = fs::File::open(p)?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::GzDecoder::new(f)))
+    } else {
+        Ok(Box::new(f))
+    }
+}
+
+/// Unpacks an OCI layout or `docker save` archive, applying its layers in
+/// order with whiteouts (`.wh.<name>` deletes, `.wh..wh..opq` empties a
+/// directory of what lower layers put there).
+pub fn unpack_image(archive: &Path, root: &Path, scratch: &Path) -> Result<(), String> {
+    fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+    let mut outer = tar::Archive::new(open_maybe_gz(archive).map_err(|e| format!("{}: {e}", archive.display()))?);
+    for entry in outer.entries().map_err(|e| format!("reading {}: {e}", archive.display()))? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        entry.unpack_in(scratch).map_err(|e| format!("unpacking archive: {e}"))?;
+    }
+    let layers = image_layers(scratch)?;
+    if layers.is_empty() {
+        return Err("the image archive has no layers".into());
+    }
+    for layer in layers {
+        apply_layer(&layer, root)?;
+    }
+    Ok(())
+}
+
+/// Layer blob paths, bottom first, from `index.json` (OCI) or `manifest.json` (docker save).
+fn image_layers(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let blob = |digest: &str| -> Result<PathBuf, String> {
+        let (alg, hex) = digest.split_once(':').ok_or_else(|| format!("bad digest {digest:?}"))?;
+        if !alg.chars().all(|c| c.is_ascii_alphanumeric()) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("bad digest {digest:?}"));
+        }
+        Ok(dir.join("blobs").join(alg).join(hex))
+    };
+    let read_json = |p: &Path| -> Result<serde_json::Value, String> {
+        serde_json::from_slice(&fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if dir.join("index.json").exists() {
+        let mut v = read_json(&dir.join("index.json"))?;
+        // An index may point at another index (multi-platform); follow to a manifest.
+        for _ in 0..4 {
+            let m = v["manifests"].as_array().and_then(|a| a.first()).cloned().ok_or("index.json lists no manifests")?;
+            let d = m["digest"].as_str().ok_or("manifest without digest")?;
+            v = read_json(&blob(d)?)?;
+            if v.get("layers").is_some() {
+                return v["layers"].as_array().ok_or("manifest without layers")?.iter().map(|l| blob(l["digest"].as_str().unwrap_or(""))).collect();
+            }
+        }
+        return Err("no image manifest found in index.json".into());
+    }
+    if dir.join("manifest.json").exists() {
+        let v = read_json(&dir.join("manifest.json"))?;
+        let layers = v.as_array().and_then(|a| a.first()).and_then(|m| m["Layers"].as_array()).ok_or("manifest.json lists no layers")?;
+        return layers
+            .iter()
+            .map(|l| {
+                let rel = safe_rel(Path::new(l.as_str().unwrap_or(""))).ok_or("bad layer path")?;
+                Ok(dir.join(rel))
+            })
+            .collect();
+    }
+    Err("not an image archive: no index.json or manifest.json".into())
+}
+
+fn apply_layer(blob: &Path, root: &Path) -> Result<(), String> {
+    let mut a = tar::Archive::new(open_maybe_gz(blob).map_err(|e| format!("{}: {e}", blob.display()))?);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_unpack_xattrs(false);
+    a.set_overwrite(true);
+    for entry in a.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let Some(rel) = safe_rel(&path) else { return Err(format!("layer entry {} leaves the root", path.display())) };
+        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+        if name == ".wh..wh..opq" {
+            let d = root.join(&parent);
+            if let Ok(rd) = fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    let _ = if e.path().is_dir() && !e.path().is_symlink() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
+                }
+            }
+            continue;
+        }
+        if let Some(target) = name.strip_prefix(".wh.") {
+            let t = root.join(&parent).join(target);
+            if let Ok(md) = fs::symlink_metadata(&t) {
+                let _ = if md.is_dir() { fs::remove_dir_all(&t) } else { fs::remove_file(&t) };
+            }
+            continue;
+        }
+        // A file replacing a directory (or the reverse) from a lower layer.
+        let dest = root.join(&rel);
+        if let Ok(md) = fs::symlink_metadata(&dest) {
+            let is_dir_entry = entry.header().entry_type().is_dir();
+            if md.is_dir() && !is_dir_entry {
+                let _ = fs::remove_dir_all(&dest);
+            } else if !md.is_dir() && is_dir_entry {
+                let _ = fs::remove_file(&dest);
+            }
+        }
+        entry.unpack_in(root).map_err(|e| format!("unpacking {}: {e} ({:?})", rel.display(), std::error::Error::source(&e)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_forms_are_classified() {
+        assert_eq!(classify("base"), Source::Template("base".into()));
+        assert_eq!(classify("debian:bookworm"), Source::Debian { flavor: "debian", suite: "bookworm".into() });
+        assert!(matches!(classify("/nonexistent/image.tar"), Source::Archive(_)));
+        assert!(matches!(classify("/tmp"), Source::Directory(_)));
+    }
+
+    #[test]
+    fn layer_paths_cannot_escape() {
+        assert!(safe_rel(Path::new("a/../../etc")).is_none());
+        assert_eq!(safe_rel(Path::new("./usr/bin")), Some(PathBuf::from("usr/bin")));
+    }
+}
