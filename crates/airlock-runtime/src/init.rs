@@ -3,14 +3,16 @@
 //! The server never forks inside its async runtime; it executes the
 //! `airlock` binary again, which runs `launch` single-threaded:
 //!
-//! 1. the launcher joins the sandbox's cgroups, makes the sandbox's user
+//! 1. the launcher makes the sandbox's user
 //!    namespace (through a short-lived helper, so the namespace can be used
 //!    for idmapped mounts before anyone lives in it), unshares a pid
 //!    namespace and forks;
 //! 2. the child, PID 1 of the new pid namespace and still host root,
-//!    unshares mount, uts, ipc, net and cgroup namespaces, builds the root
+//!    unshares mount, uts, ipc and net namespaces, builds the root
 //!    filesystem, binds the agent's socket on the host path, configures
-//!    loopback (and `eth0`, once the launcher has moved the veth peer in),
+//!    loopback (and `eth0`, once the launcher has moved it into the
+//!    sandbox's cgroups and moved the veth peer in), unshares its cgroup
+//!    namespace,
 //!    pivots into the new root, enters the user namespace as its root, drops
 //!    capabilities, sets `no_new_privs` and installs the seccomp filter;
 //! 3. the child reports readiness and becomes the agent; the launcher
@@ -167,7 +169,6 @@ fn close_inherited_fds() {
 fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
     let cgroups = Cgroups::detect().map_err(staged("cgroup"))?;
     let cg = cgroups.open(&cfg.id);
-    cg.add_pid(std::process::id()).map_err(staged("cgroup"))?;
 
     let userns = make_userns(cfg.id_base)?;
 
@@ -231,6 +232,14 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
             kill_child();
             return Err(Stage::new("init", "sandbox init exited before creating its namespaces", None));
         }
+    }
+    // Joining a cgroup (on v1 above all) waits for an RCU grace period,
+    // milliseconds on a busy host: PID 1 is moved in from here while it
+    // builds its root filesystem, instead of before it starts. It runs no
+    // untrusted code until GO, so nothing escapes the limits meanwhile.
+    if let Err(e) = cg.add_pid(pid) {
+        kill_child();
+        return Err(staged("cgroup")(e));
     }
     if let Some(net) = &cfg.net {
         if let Err(e) = crate::network::create_veth(net, pid) {
@@ -310,7 +319,9 @@ fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
 
 /// Everything PID 1 does before it becomes the agent.
 fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<UnixListener, Stage> {
-    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+    // The cgroup namespace comes after GO, once the launcher has moved us
+    // into the sandbox's cgroup, so that cgroup is its root.
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
     // SAFETY: unshare with flags only, single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
         return Err(Stage::io("unshare namespaces", std::io::Error::last_os_error()));
@@ -362,6 +373,10 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     match recv(from_parent) {
         Some((MSG_GO, _)) => {}
         _ => return Err(Stage::new("network", "launcher gave up", None)),
+    }
+    // SAFETY: unshare with a flag only, single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(Stage::io("unshare cgroup namespace", std::io::Error::last_os_error()));
     }
     // No IPv6 inside: the firewall only speaks IPv4.
     for f in ["all", "default", "lo"] {

@@ -72,8 +72,9 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
+        // No fsync: the rename makes the replacement atomic, and a crash
+        // that loses the newest write also lost the processes it describes.
         f.write_all(&serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }
@@ -89,7 +90,13 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses; the
     // fields after the last ')' are fixed.
     let rest = &s[s.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut f = rest.split_whitespace();
+    // A zombie has exited: only its parent has not collected it yet (the
+    // host's init may reap orphans late), so it counts as gone.
+    if matches!(f.next(), Some("Z") | Some("X")) {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
 }
 
 /// True when `state` still describes a live process.
