@@ -32,6 +32,9 @@ pub struct NewSandbox {
     /// Airlock extension: memory limit in MiB.
     #[serde(rename = "memoryMB", alias = "memory_mb", default)]
     pub memory_mb: Option<u64>,
+    /// Airlock extension: size limit of the writable layer in MiB.
+    #[serde(rename = "diskMB", alias = "disk_mb", default)]
+    pub disk_mb: Option<u64>,
     /// Airlock extension: packages installed before create returns.
     #[serde(default, alias = "install_packages")]
     pub install_packages: Option<InstallPackages>,

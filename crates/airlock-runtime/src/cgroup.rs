@@ -323,6 +323,7 @@ impl SandboxCgroup {
                     memory_limit_bytes: num(p.join("memory.max")),
                     pids: num(p.join("pids.current")),
                     disk_bytes: 0,
+                    disk_limit_bytes: 0,
                 }
             }
             Flavor::V1 { .. } => Usage {
@@ -331,6 +332,7 @@ impl SandboxCgroup {
                 memory_limit_bytes: num(self.v1("memory").join("memory.limit_in_bytes")),
                 pids: num(self.v1("pids").join("pids.current")),
                 disk_bytes: 0,
+                    disk_limit_bytes: 0,
             },
         }
     }

@@ -14,6 +14,7 @@
 //! the `Backend` trait so a microVM backend can sit beside this one.
 
 pub mod cgroup;
+pub mod disk;
 pub mod init;
 pub mod namespace;
 pub mod netlink;
@@ -57,6 +58,9 @@ pub struct SandboxSpec {
     /// When set, the agent requires it in `X-Access-Token`.
     pub access_token: Option<String>,
     pub hostname: Option<String>,
+    /// Size of the writable layer in MiB; `None` = bounded only by the host disk.
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
 }
 
 impl SandboxSpec {
@@ -69,6 +73,7 @@ impl SandboxSpec {
             env: BTreeMap::new(),
             access_token: None,
             hostname: None,
+            disk_mb: None,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Usage {
     pub memory_limit_bytes: u64,
     pub pids: u64,
     pub disk_bytes: u64,
+    /// The writable layer's size limit, 0 when unlimited.
+    pub disk_limit_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

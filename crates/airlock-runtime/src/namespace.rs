@@ -164,6 +164,9 @@ impl NamespaceBackend {
             crate::network::refresh_host_rules()?;
         }
         let net = internet.then(|| crate::network::assign(slot));
+        if let Some(mb) = spec.disk_mb {
+            crate::disk::create_and_mount(dir, mb)?;
+        }
         init_dirs(dir, tpl.root_layers.len(), tpl.usr_layers.len(), id_base)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".to_string());
         self.write_identity_files(&dir.join("upper/root/etc"), &hostname, internet, id_base)?;
@@ -344,6 +347,7 @@ impl Backend for NamespaceBackend {
             }
         }
         self.release_slot(id);
+        crate::disk::unmount(&dir);
         fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
         tracing::debug!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
@@ -363,6 +367,7 @@ impl Backend for NamespaceBackend {
         let cg = self.cgroups.open(id);
         let _ = cg.kill_all();
         let _ = cg.remove();
+        crate::disk::mount_existing(&dir)?;
         for w in ["upper/root-work", "upper/usr-work"] {
             let _ = fs::remove_dir_all(dir.join(w));
         }
@@ -422,7 +427,14 @@ impl Backend for NamespaceBackend {
     fn usage(&self, id: &str) -> Result<Usage, Error> {
         self.get(id)?;
         let mut u = self.cgroups.open(id).usage();
-        u.disk_bytes = dir_size(&self.dir(id).join("upper"));
+        let upper = self.dir(id).join("upper");
+        match crate::disk::limit(&self.dir(id)) {
+            Some((used, total)) => {
+                u.disk_bytes = used;
+                u.disk_limit_bytes = total;
+            }
+            None => u.disk_bytes = dir_size(&upper),
+        }
         Ok(u)
     }
 }

@@ -26,6 +26,9 @@ pub struct Config {
     pub default_memory_mb: u64,
     pub max_memory_mb: u64,
     pub pids_limit: u64,
+    /// Default writable-layer limit in MiB; 0 = none (bounded by the host disk).
+    pub default_disk_mb: u64,
+    pub max_disk_mb: u64,
     /// The `airlock` binary, executed as `airlock __init` for each sandbox.
     pub binary: PathBuf,
     /// Install the host firewall/NAT so sandboxes can have internet access.
@@ -48,6 +51,8 @@ impl Config {
             default_memory_mb: 512,
             max_memory_mb: 16 * 1024,
             pids_limit: 1024,
+            default_disk_mb: 0,
+            max_disk_mb: 1024 * 1024,
             binary,
             network: true,
         }

@@ -116,6 +116,7 @@ struct Sample {
     mem: u64,
     mem_limit: u64,
     disk: u64,
+    disk_limit: u64,
 }
 
 /// A template as the API shows it.
@@ -269,6 +270,11 @@ impl Service {
         if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
             return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
         }
+        let disk_mb = match req.disk_mb.unwrap_or(self.cfg.default_disk_mb) {
+            0 => None,
+            mb if (16..=self.cfg.max_disk_mb).contains(&mb) => Some(mb),
+            mb => return Err(ApiError::BadRequest(format!("diskMB must be between 16 and {}, got {mb}", self.cfg.max_disk_mb))),
+        };
         let metadata = req.metadata.unwrap_or_default();
         let env = req.env_vars.unwrap_or_default();
         for k in env.keys() {
@@ -304,6 +310,7 @@ impl Service {
         spec.internet = internet;
         spec.env = env.clone();
         spec.access_token = token.clone();
+        spec.disk_mb = disk_mb;
         let t0 = Instant::now();
         let backend = self.backend.clone();
         let s2 = spec.clone();
@@ -767,7 +774,7 @@ impl Service {
                         mem_total: s.mem_limit,
                         mem_cache: 0,
                         disk_used: s.disk,
-                        disk_total: 0,
+                        disk_total: s.disk_limit,
                     })
                     .collect()
             })
@@ -789,7 +796,7 @@ impl Service {
             }
             _ => 0.0,
         };
-        v.push_back(Sample { at_ms: now, cpu_ns: u.cpu_usage_ns, cpu_pct, mem: u.memory_bytes, mem_limit: u.memory_limit_bytes, disk: u.disk_bytes });
+        v.push_back(Sample { at_ms: now, cpu_ns: u.cpu_usage_ns, cpu_pct, mem: u.memory_bytes, mem_limit: u.memory_limit_bytes, disk: u.disk_bytes, disk_limit: u.disk_limit_bytes });
         while v.len() > MAX_SAMPLES {
             v.pop_front();
         }

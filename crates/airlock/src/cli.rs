@@ -109,6 +109,9 @@ struct ServeArgs {
     /// Default memory per sandbox in MiB [default: 512].
     #[arg(long, env = "AIRLOCK_DEFAULT_MEMORY_MB")]
     default_memory_mb: Option<u64>,
+    /// Default size limit of a sandbox's writable layer in MiB; 0 = none [default: 0].
+    #[arg(long, env = "AIRLOCK_DEFAULT_DISK_MB")]
+    default_disk_mb: Option<u64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -275,6 +278,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     pick!(default_timeout_s, a.default_timeout, "default_timeout");
     pick!(default_cpus, a.default_cpus, "default_cpus");
     pick!(default_memory_mb, a.default_memory_mb, "default_memory_mb");
+    pick!(default_disk_mb, a.default_disk_mb, "default_disk_mb");
     cfg.domain = a.domain.clone().or_else(|| from_file("domain"));
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     if let Some(k) = from_file("api_key") {

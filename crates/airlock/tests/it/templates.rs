@@ -256,3 +256,31 @@ async fn from_debootstrapped_debian_owes_nothing_to_the_host() {
     assert!(lines.first().is_some_and(|v| v.starts_with("12")), "{r:#?}");
     assert_eq!(&lines[1..], ["built-on-debian", "no-gcc", "user"], "{r:#?}");
 }
+
+#[tokio::test]
+async fn a_full_disk_limit_is_enospc_inside_and_nothing_outside() {
+    use airlock_runtime::Backend;
+    let h = harness();
+    let limited = Sandbox::with(|s| s.disk_mb = Some(64));
+    let neighbour = Sandbox::new();
+    let host_free_before = nix::sys::statvfs::statvfs(&h.root).map(|s| s.blocks_available() * s.fragment_size()).expect("statvfs");
+    let r = limited.sh("dd if=/dev/zero of=/home/user/fill bs=1M count=200 2>&1; echo dd=$?; df -m / | tail -1").await;
+    assert!(r.stdout.contains("No space left on device"), "{r:#?}");
+    assert!(r.stdout.contains("dd=1"), "{r:#?}");
+    let u = h.backend.usage(limited.id()).expect("usage");
+    assert!(u.disk_limit_bytes >= 50 << 20 && u.disk_limit_bytes <= 64 << 20, "limit reported: {u:?}");
+    assert!(u.disk_bytes >= 40 << 20, "usage reported: {u:?}");
+    // The neighbour writes happily; the host lost at most the image's size.
+    let n = neighbour.sh("dd if=/dev/zero of=/home/user/ok bs=1M count=100 2>&1 >/dev/null; echo dd=$?; rm /home/user/ok").await;
+    assert!(n.stdout.contains("dd=0"), "{n:#?}");
+    let host_free_after = nix::sys::statvfs::statvfs(&h.root).map(|s| s.blocks_available() * s.fragment_size()).expect("statvfs");
+    assert!(host_free_before.saturating_sub(host_free_after) < 100 << 20, "the host did not fill up");
+    // After deleting, the sandbox can write again, and destroy leaves no mount.
+    let r = limited.sh("rm /home/user/fill && echo more > /home/user/x && cat /home/user/x").await;
+    assert_eq!(r.stdout, "more\n");
+    let dir = h.root.join("sandboxes").join(limited.id());
+    drop(limited);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&dir.display().to_string()), "no mount left behind");
+    assert!(!dir.exists());
+}
