@@ -180,6 +180,13 @@ def airlock_server():
     global _SERVER
     server = AirlockServer()
     _SERVER = server
+
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the teardown below
+    # still kills the sandboxes and the server (both outlive pytest otherwise).
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     saved = {k: os.environ.get(k) for k in
              ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DEBUG", "E2B_DOMAIN")}
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -113,5 +114,37 @@ def test_pause_resume_many_times(airlock_server):
             assert sbx.pause() is True
             sbx = Sandbox.connect(sbx.sandbox_id)
         assert sbx.files.read("/tmp/log") == "0\n1\n2\n"
+    finally:
+        kill_later(sbx)
+
+
+def test_connect_after_pause_applies_new_timeout(airlock_server):
+    sbx = Sandbox.create(timeout=60, metadata=run_metadata(case=unique()))
+    try:
+        sbx.pause()
+        Sandbox.connect(sbx.sandbox_id, timeout=900)
+        info = sbx.get_info()
+        assert info.state == SandboxState.RUNNING
+        remaining = (info.end_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        assert 800 < remaining <= 910, remaining
+    finally:
+        kill_later(sbx)
+
+
+def test_auto_pause_on_timeout(airlock_server):
+    """lifecycle on_timeout="pause": the sandbox is paused, not killed, at its timeout."""
+    sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"},
+                         metadata=run_metadata(case=unique()))
+    try:
+        sbx.files.write("/home/user/auto.txt", "kept across auto-pause")
+        info = sbx.get_info()
+        if info.lifecycle is not None:
+            assert info.lifecycle.get("on_timeout") == "pause", info.lifecycle
+        wait_until(lambda: sbx.get_info().state == SandboxState.PAUSED, timeout=20,
+                   interval=0.25, what="auto-pause at timeout")
+        assert sbx.is_running() is False
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=120)
+        assert resumed.get_info().state == SandboxState.RUNNING
+        assert resumed.files.read("/home/user/auto.txt") == "kept across auto-pause"
     finally:
         kill_later(sbx)

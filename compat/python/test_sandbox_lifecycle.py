@@ -315,3 +315,20 @@ def test_create_is_fast(airlock_server):
         assert time.monotonic() - t0 < 5
     finally:
         kill_later(sbx)
+
+
+def test_parallel_creates(airlock_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(i):
+        s = Sandbox.create(metadata=run_metadata(par=str(i)))
+        return s, s.commands.run(f"echo {i}").stdout
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(make, range(6)))
+    try:
+        assert [out for _, out in results] == [f"{i}\n" for i in range(6)]
+        assert len({s.sandbox_id for s, _ in results}) == 6
+    finally:
+        for s, _ in results:
+            kill_later(s)

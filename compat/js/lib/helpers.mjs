@@ -120,7 +120,9 @@ export class AirlockServer {
       ['serve', '--listen', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir, '--api-key', this.apiKey],
       {
         stdio: ['ignore', log, log],
-        detached: true,
+        // same process group: a signal to the whole group (Ctrl-C, `timeout`)
+        // stops the server too even if this process dies before its cleanup
+        detached: false,
         // hermetic: no AIRLOCK_* settings (config file, extra keys...) leak in
         env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AIRLOCK_'))),
       },
@@ -227,6 +229,27 @@ export function useAirlockServer() {
     process.env.E2B_SANDBOX_URL = server.url
     process.env.E2B_API_KEY = server.apiKey
     markReady.resolve(server)
+  })
+  // If this process is told to stop, still try to kill the sandboxes and the
+  // server (sandboxes outlive the server; the server outlives this process).
+  const onSignal = async (sig) => {
+    try {
+      if (server.proc && !server.died) await server.killLeftoverSandboxes()
+      await server.stop()
+    } finally {
+      process.exit(sig === 'SIGINT' ? 130 : 143)
+    }
+  }
+  process.once('SIGTERM', onSignal)
+  process.once('SIGINT', onSignal)
+  process.once('exit', () => {
+    if (server.proc && !server.died) {
+      try {
+        process.kill(server.proc.pid, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
   })
   after(async () => {
     if (server.died || process.env.AIRLOCK_COMPAT_SHOW_LOG === '1') {
