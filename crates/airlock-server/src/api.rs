@@ -129,13 +129,20 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 async fn body<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
+    body_limited(req, MAX_BODY).await
+}
+
+/// Template builds carry their build context (a tar.gz) in the body.
+const MAX_BUILD_BODY: usize = 256 * 1024 * 1024;
+
+async fn body_limited<T: DeserializeOwned + Default>(req: Request<Incoming>, max: usize) -> Result<T, ApiError> {
     let mut b = req.into_body();
     let mut buf = Vec::new();
     while let Some(frame) = b.frame().await {
         let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
         if let Ok(d) = frame.into_data() {
-            if buf.len() + d.len() > MAX_BODY {
-                return Err(ApiError::BadRequest(format!("request body exceeds {MAX_BODY} bytes")));
+            if buf.len() + d.len() > max {
+                return Err(ApiError::BadRequest(format!("request body exceeds {max} bytes")));
             }
             buf.extend_from_slice(&d);
         }
@@ -161,6 +168,9 @@ struct BuildBody {
     recipe: String,
     #[serde(default)]
     build_args: BTreeMap<String, String>,
+    /// The build context for COPY: a base64 tar.gz.
+    #[serde(default)]
+    context: Option<String>,
 }
 
 /// Streams a build's events as NDJSON; the last line is `done` or `error`.
@@ -182,7 +192,10 @@ fn build_stream(svc: Arc<Service>, b: BuildBody) -> Resp {
                 }
             })
         };
-        let r = svc.build_template(&b.name, &b.recipe, &b.build_args, &tx).await;
+        let r = match unpack_context(b.context.as_deref()).await {
+            Ok(ctx) => svc.build_template(&b.name, &b.recipe, &b.build_args, ctx.as_ref().map(|d| d.path()), &tx).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = r {
             let _ = tx.send(crate::builder::BuildEvent::Error { message: e.to_string() }).await;
         }
@@ -193,6 +206,26 @@ fn build_stream(svc: Arc<Service>, b: BuildBody) -> Resp {
     let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
     r
+}
+
+/// Unpacks a base64 tar.gz build context into a temporary directory
+/// (entries that would land outside it are refused by the tar reader).
+async fn unpack_context(b64: Option<&str>) -> Result<Option<tempfile::TempDir>, ApiError> {
+    let Some(b64) = b64.filter(|s| !s.is_empty()) else { return Ok(None) };
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| ApiError::BadRequest(format!("context is not base64: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::Builder::new().prefix("airlock-context-").tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&raw[..]));
+        a.set_preserve_ownerships(false);
+        for entry in a.entries().map_err(|e| ApiError::BadRequest(format!("context is not a tar.gz: {e}")))? {
+            let mut entry = entry.map_err(|e| ApiError::BadRequest(format!("context: {e}")))?;
+            entry.unpack_in(dir.path()).map_err(|e| ApiError::BadRequest(format!("context: {e}")))?;
+        }
+        Ok(Some(dir))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 /// A receiver as a `Stream` without pulling in tokio-stream.
@@ -369,7 +402,7 @@ pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Inco
                 h::empty(204)
             }
             Route::BuildTemplate => {
-                let b: BuildBody = body(req).await?;
+                let b: BuildBody = body_limited(req, MAX_BUILD_BODY).await?;
                 build_stream(svc.clone(), b)
             }
         })

@@ -411,13 +411,13 @@ impl Service {
         Ok(TemplateInfo::from(&t))
     }
 
-    pub async fn build_template(&self, name: &str, recipe: &str, args: &BTreeMap<String, String>, events: &mpsc::Sender<crate::builder::BuildEvent>) -> Result<(), ApiError> {
+    pub async fn build_template(&self, name: &str, recipe: &str, args: &BTreeMap<String, String>, context: Option<&std::path::Path>, events: &mpsc::Sender<crate::builder::BuildEvent>) -> Result<(), ApiError> {
         if recipe.trim().is_empty() {
             return Err(ApiError::BadRequest("recipe is required".into()));
         }
         let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         let _g = lock.lock().await;
-        self.builder.build(name, recipe, args, None, events).await.map(|_| ()).map_err(|e| match e {
+        self.builder.build(name, recipe, args, context, events).await.map(|_| ()).map_err(|e| match e {
             crate::builder::BuildError::Internal(m) => ApiError::Internal(m),
             crate::builder::BuildError::NotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
             other => ApiError::BadRequest(other.to_string()),

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod client;
 mod progress;
 mod shell;
+mod template;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -38,6 +39,9 @@ enum Cmd {
     /// Manage API keys in the data directory's store (works while the server runs).
     #[command(subcommand, after_help = "Examples:\n  airlock keys create --name ci\n  airlock keys list\n  airlock keys revoke <id>")]
     Keys(KeysCmd),
+    /// Build, list, show, alias and delete templates on a server.
+    #[command(after_help = template::EXAMPLES)]
+    Template(template::TemplateArgs),
     /// Low-level sandbox operations on this host (no server needed).
     #[command(subcommand, after_help = "Examples:\n  airlock runtime create --template base\n  airlock runtime list\n  airlock runtime destroy <id>")]
     Runtime(RuntimeCmd),
@@ -197,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Cmd::Serve(args) => serve(args)?,
         Cmd::Keys(k) => keys(k)?,
+        Cmd::Template(a) => return template::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Exec(a) => return client::run(client::Command::Exec(a)),
         Cmd::Shell(a) => return client::run(client::Command::Shell(a)),

@@ -388,3 +388,64 @@ async fn sigterm_stops_cleanly_and_a_reboot_resumes_over_the_same_files() {
     let (s, out) = srv.run(&sbx, "cat /home/user/keep").await;
     assert_eq!((s, out.as_str()), (200, "survives-reboot\n"), "files survive, a fresh agent serves them");
 }
+
+#[tokio::test]
+async fn template_cli_builds_with_context_start_and_ready_and_guards_delete() {
+    let srv = Server::start(&[]).await;
+    let ctx = tempfile::tempdir().expect("ctx");
+    std::fs::create_dir_all(ctx.path().join("site")).expect("mkdir");
+    std::fs::write(ctx.path().join("site/index.html"), "<h1>from the context</h1>\n").expect("write");
+    std::fs::write(
+        ctx.path().join("Airlockfile"),
+        "FROM base\nCOPY --chown=user:user site/ /srv/site/\nWORKDIR /srv/site\nSTART python3 -m http.server 8080 --bind 127.0.0.1\nREADY bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080'\n",
+    )
+    .expect("recipe");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .env("AIRLOCK_URL", format!("http://127.0.0.1:{}", srv.port))
+            .env("AIRLOCK_API_KEY", KEY)
+            .output()
+            .expect("run cli")
+    };
+    let out = cli(&["template", "build", "-t", "web", ctx.path().to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("[2/5] COPY") && err.contains("built web"), "{err}");
+    let out = cli(&["template", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("json list");
+    assert!(list.as_array().expect("array").iter().any(|t| t["name"] == "web"));
+    // A sandbox from it is handed out only once READY passes: the START'd server answers at once.
+    let sbx = srv.create(json!({"templateID": "web"})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    let (s, _, b) = srv.req("GET", "/index.html", &[("e2b-sandbox-id", id), ("e2b-sandbox-port", "8080")], Bytes::new()).await.expect("req");
+    assert_eq!((s, String::from_utf8_lossy(&b).as_ref()), (200, "<h1>from the context</h1>\n"));
+    let (_, logs) = srv.api("GET", &format!("/sandboxes/{id}/logs"), None).await;
+    assert!(logs["logs"].as_array().expect("logs").iter().any(|l| l["line"].as_str().is_some_and(|s| s.starts_with("ready:"))), "{logs}");
+    let out = cli(&["template", "delete", "web"]);
+    assert!(!out.status.success(), "refused while used");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("used by 1 sandbox"));
+    assert_eq!(srv.api("DELETE", &format!("/sandboxes/{id}"), None).await.0, 204);
+    assert!(cli(&["template", "delete", "web"]).status.success());
+    let (s, _) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "web"}))).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn create_time_setup_runs_before_create_returns_and_failures_are_clear() {
+    let srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base", "startupScript": "echo configured > /etc/airlock-setup; echo setup-output"})).await;
+    let (_, out) = srv.run(&sbx, "cat /etc/airlock-setup").await;
+    assert_eq!(out, "configured\n");
+    let id = sbx["sandboxID"].as_str().expect("id");
+    let (_, logs) = srv.api("GET", &format!("/sandboxes/{id}/logs"), None).await;
+    assert!(logs["logs"].as_array().expect("logs").iter().any(|l| l["line"] == "setup-output"), "{logs}");
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "startupScript": "echo failing-step; exit 7"}))).await;
+    assert_eq!(s, 400, "{v}");
+    let msg = v["message"].as_str().expect("message");
+    assert!(msg.contains("exit code 7") && msg.contains("failing-step"), "{msg}");
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "installPackages": {"pip": ["ok; rm -rf /"]}}))).await;
+    assert_eq!(s, 400, "{v}");
+    let (_, list) = srv.api("GET", "/v2/sandboxes", None).await;
+    assert_eq!(list.as_array().expect("array").len(), 1, "failed creates leave nothing running");
+}
