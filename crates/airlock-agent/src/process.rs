@@ -74,7 +74,7 @@ impl Method {
 
     /// Server-streaming methods answer with envelopes even on error.
     pub fn is_stream(self) -> bool {
-        matches!(self, Self::Start | Self::Connect)
+        matches!(self, Self::Start | Self::Connect | Self::StreamInput)
     }
 }
 
@@ -293,7 +293,17 @@ pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: 
             };
             h::unary(r.await.map(|()| Empty {}))
         }
-        Method::StreamInput => h::unary(stream_input(agent, body).await),
+        // Client-streaming: the answer is a stream too, one `{}` message and
+        // the end-of-stream envelope (the Python SDK checks the content type).
+        Method::StreamInput => match stream_input(agent, body).await {
+            Ok(msg) => {
+                let (tx, rx) = mpsc::channel::<Bytes>(2);
+                let _ = tx.try_send(connect::json_envelope(&msg));
+                let _ = tx.try_send(connect::end_stream(None));
+                h::stream(rx)
+            }
+            Err(e) => h::stream_err(&e),
+        },
         Method::SendSignal => {
             let r = async {
                 let r: SendSignalRequest = rpc::unary(body).await?;

@@ -433,7 +433,11 @@ impl Backend for NamespaceBackend {
                 u.disk_bytes = used;
                 u.disk_limit_bytes = total;
             }
-            None => u.disk_bytes = dir_size(&upper),
+            None => {
+                u.disk_bytes = dir_size(&upper);
+                // Unlimited: the sandbox can use what the data directory's filesystem has.
+                u.disk_limit_bytes = nix::sys::statvfs::statvfs(&upper).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
+            }
         }
         Ok(u)
     }

@@ -118,6 +118,11 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Percent-decoding without `+` → space (what `quote` produced).
+pub fn percent_decode_strict(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
+}
+
 pub fn query_pairs(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
@@ -268,8 +273,10 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "metadata" | "query" => {
+                // The SDKs percent-encode each key and value, then encode the
+                // whole `k=v&...` string as the parameter: one more decode.
                 for (mk, mv) in query_pairs(&v) {
-                    f.metadata.insert(mk, mv);
+                    f.metadata.insert(percent_decode_strict(&mk), percent_decode_strict(&mv));
                 }
             }
             "state" if v2 => {
@@ -428,7 +435,8 @@ mod tests {
     #[test]
     fn list_filters_parse_like_the_sdk_sends_them() {
         // Python: metadata=urlencode({"user":"a b","k":"v"}) sent as one value.
-        let f = parse_list_filter("metadata=user%3Da%2Bb%26k%3Dv&state=running,paused&limit=1&order=desc", true).expect("parse");
+        // Python: urlencode({k: quote(v)}) of {"user": "a b", "k": "v"}, then the query encoding.
+        let f = parse_list_filter("metadata=user%3Da%252520b%26k%3Dv&state=running,paused&limit=1&order=desc", true).expect("parse");
         assert_eq!(f.metadata.get("user").map(String::as_str), Some("a b"));
         assert_eq!(f.metadata.get("k").map(String::as_str), Some("v"));
         assert_eq!(f.states, Some(vec![State::Running, State::Paused]));

@@ -141,7 +141,7 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Vec<In
                     pairs.push((k.to_string(), v.trim().to_string()));
                 }
                 for (k, v) in &pairs {
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    if k.is_empty() || k.starts_with(|c: char| c.is_ascii_digit()) || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                         return Err(err(&format!("invalid variable name {k:?}")));
                     }
                     vars.insert(k.clone(), v.clone());
@@ -652,7 +652,7 @@ mod tests {
         assert_eq!(r[2], Instr::Env(vec![("A".into(), "1".into()), ("B".into(), "two words".into())]));
         assert_eq!(r[3], Instr::Env(vec![("C".into(), "1-x".into())]));
         assert_eq!(r[4], Instr::Workdir("/app/2".into()));
-        assert_eq!(r[6], Instr::Run("echo hi    && echo there".into()));
+        assert_eq!(r[6], Instr::Run("echo hi  && echo there".into()));
         assert_eq!(r[7], Instr::Run("'echo' 'it'\\''s'".into()));
         assert_eq!(r[8], Instr::Copy { chown: Some("user:user".into()), srcs: vec!["src/".into()], dest: "/app/".into() });
         assert!(matches!(r[9], Instr::Start(_)));

@@ -69,6 +69,19 @@ struct Args {
     /// Print the tables of a report saved earlier with --json, and exit (no root needed).
     #[arg(long, value_name = "FILE")]
     render: Option<PathBuf>,
+    /// Measure through the HTTP API instead: start `airlock serve` and use it
+    /// as the SDKs do (create, commands.run, concurrent creates, run_code).
+    /// `--n` and `--concurrency` default to 50 here; `--root` is the server's
+    /// data directory (reuse one to keep the code-interpreter template).
+    #[arg(long)]
+    server: bool,
+    /// Server mode: warm `run_code("1+1")` round trips (0 with
+    /// --interp-contexts 0 skips the code interpreter and its template build).
+    #[arg(long, default_value_t = 100)]
+    interp_runs: usize,
+    /// Server mode: fresh Python contexts timed to their first result.
+    #[arg(long, default_value_t = 5)]
+    interp_contexts: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -96,10 +109,23 @@ fn check_interrupted() -> Result<()> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let mut args = match <Args as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
+    if args.server {
+        let default = |name: &str| matches.value_source(name) == Some(clap::parser::ValueSource::DefaultValue);
+        if default("n") {
+            args.n = 50;
+        }
+        if default("concurrency") {
+            args.concurrency = 50;
+        }
+    }
     if let Some(path) = &args.render {
         match std::fs::read(path).map_err(anyhow::Error::from).and_then(|b| serde_json::from_slice::<Value>(&b).map_err(anyhow::Error::from)) {
-            Ok(report) => print_tables(&report),
+            Ok(report) => print_report(&report),
             Err(e) => {
                 eprintln!("airlock-bench: reading {}: {e:#}", path.display());
                 std::process::exit(1);
@@ -117,12 +143,13 @@ fn main() {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     }
-    match run(&args) {
+    let result = if args.server { run_server_mode(&args) } else { run(&args) };
+    match result {
         Ok(report) => {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
-                print_tables(&report);
+                print_report(&report);
             }
         }
         Err(e) => {
@@ -794,6 +821,962 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 }
 
 // ---------------------------------------------------------------------------
+// Server mode: the full HTTP path, as the official SDKs use it
+//
+// `airlock serve` runs as a child process (in its own process group, so a
+// Ctrl-C reaches only this program, which then cleans up in order: DELETE
+// what it created while the server still runs, stop the server, destroy
+// leftovers with `airlock runtime list/destroy`). All traffic goes to the
+// server's one TCP port over HTTP/1.1 keep-alive connections from a pool,
+// as the SDKs' httpx / undici clients keep them; sandbox traffic carries
+// `E2b-Sandbox-Id` / `E2b-Sandbox-Port` / `X-Access-Token` exactly like
+// the SDKs with `E2B_SANDBOX_URL` pointed at the server.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+/// Long enough for the code interpreter's first build (a pip install of
+/// the data stack from PyPI).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pool of keep-alive HTTP/1.1 connections to one address.
+struct Pool {
+    addr: std::net::SocketAddr,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    opened: AtomicUsize,
+}
+
+/// A response read to its end, with the arrival time of every data frame
+/// (as the body length after it), so times to a given message can be read.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    frames: Vec<(usize, Instant)>,
+    done: Instant,
+}
+
+impl Reply {
+    /// When the byte at `offset` (exclusive end) had arrived.
+    fn time_at(&self, offset: usize) -> Instant {
+        self.frames.iter().find(|(len, _)| *len >= offset).map(|(_, t)| *t).unwrap_or(self.done)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).chars().take(500).collect()
+    }
+}
+
+impl Pool {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        Self { addr, idle: Mutex::new(Vec::new()), opened: AtomicUsize::new(0) }
+    }
+
+    async fn checkout(&self) -> Result<SendRequest<Full<Bytes>>> {
+        loop {
+            let s = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut s) = s else { break };
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        let (s, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await.context("HTTP handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// Sends `req` on a pooled connection and reads the whole response.
+    async fn send(&self, req: http::Request<Full<Bytes>>, limit: Duration) -> Result<Reply> {
+        let what = format!("{} {}", req.method(), req.uri());
+        tokio::time::timeout(limit, self.send_inner(req)).await.map_err(|_| anyhow!("{what}: no complete answer within {limit:?}"))?.with_context(|| what)
+    }
+
+    async fn send_inner(&self, req: http::Request<Full<Bytes>>) -> Result<Reply> {
+        let mut s = self.checkout().await?;
+        let resp = s.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let (mut buf, mut frames) = (Vec::new(), Vec::new());
+        while let Some(fr) = body.frame().await {
+            if let Ok(d) = fr?.into_data() {
+                buf.extend_from_slice(&d);
+                frames.push((buf.len(), Instant::now()));
+            }
+        }
+        let done = Instant::now();
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        Ok(Reply { status, body: buf, frames, done })
+    }
+
+    /// Opens connections until `n` are idle in the pool (untimed), so a
+    /// burst of requests does not pay for TCP set-up.
+    async fn prewarm(&self, n: usize, host: &str) -> Result<()> {
+        let have = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let reqs = (have..n).map(|_| self.send(build_req("GET", "/health", host, &[], Vec::new()), REQUEST_TIMEOUT));
+        for r in futures_util::future::join_all(reqs).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+fn build_req(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: Vec<u8>) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder().method(method).uri(path).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
+}
+
+/// A sandbox created through the API.
+#[derive(Clone)]
+struct Sbx {
+    id: String,
+    token: String,
+}
+
+struct Srv {
+    pool: Pool,
+    host: String,
+    key: String,
+    data: PathBuf,
+    log: PathBuf,
+    live: Mutex<Vec<String>>,
+    loads: Mutex<Vec<(String, String)>>,
+    server_pid: u32,
+}
+
+impl Srv {
+    fn api_headers(&self) -> Vec<(&str, &str)> {
+        vec![("x-api-key", self.key.as_str()), ("content-type", "application/json"), ("user-agent", "e2b-python-sdk/2.63.0")]
+    }
+
+    fn note_load(&self, phase: &str) {
+        let l = loadavg();
+        progress(&format!("{phase} (load average {l})"));
+        self.loads.lock().unwrap_or_else(|p| p.into_inner()).push((phase.to_string(), l));
+    }
+
+    /// Server log size: phases remember it to read their own lines later.
+    fn log_mark(&self) -> u64 {
+        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// `POST /v2/sandboxes` until 201; the elapsed time is the SDK's create.
+    async fn create(&self, template: &str, internet: bool, limit: Duration) -> Result<(Sbx, Duration)> {
+        let mut body = json!({"templateID": template, "timeout": 300});
+        if !internet {
+            body["allow_internet_access"] = json!(false);
+        }
+        let req = build_req("POST", "/v2/sandboxes", &self.host, &self.api_headers(), body.to_string().into_bytes());
+        let t = Instant::now();
+        let r = self.pool.send(req, limit).await?;
+        let d = r.done - t;
+        if r.status != 201 {
+            bail!("create answered {}: {}", r.status, r.text());
+        }
+        let v: Value = serde_json::from_slice(&r.body).context("create response is not JSON")?;
+        let id = v["sandboxID"].as_str().ok_or_else(|| anyhow!("no sandboxID in {v}"))?.to_string();
+        let token = v["envdAccessToken"].as_str().unwrap_or_default().to_string();
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).push(id.clone());
+        Ok((Sbx { id, token }, d))
+    }
+
+    async fn kill(&self, id: &str) -> Result<Duration> {
+        let req = build_req("DELETE", &format!("/sandboxes/{id}"), &self.host, &self.api_headers(), Vec::new());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        let d = r.done - t;
+        if r.status != 204 {
+            bail!("DELETE /sandboxes/{id} answered {}: {}", r.status, r.text());
+        }
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| x != id);
+        Ok(d)
+    }
+
+    /// Deletes whatever this run still has (after an error or Ctrl-C).
+    async fn kill_live(&self) {
+        let ids: Vec<String> = self.live.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !ids.is_empty() {
+            progress(&format!("deleting {} sandbox(es) left by this run", ids.len()));
+        }
+        for chunk in ids.chunks(16) {
+            let _ = futures_util::future::join_all(chunk.iter().map(|id| self.kill(id))).await;
+        }
+    }
+
+    /// Headers of sandbox traffic, as the SDKs send them through `E2B_SANDBOX_URL`.
+    fn sandbox_headers<'a>(&self, s: &'a Sbx, port: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut h = vec![("e2b-sandbox-id", s.id.as_str()), ("e2b-sandbox-port", port)];
+        if !s.token.is_empty() {
+            h.push(("x-access-token", s.token.as_str()));
+        }
+        h
+    }
+
+    /// `commands.run(...)`: one `process.Process/Start` stream, read to the
+    /// end-of-stream envelope. Returns the time to that envelope.
+    async fn start(&self, s: &Sbx, body: &[u8]) -> Result<Duration> {
+        let mut h = self.sandbox_headers(s, "49983");
+        h.extend([
+            ("content-type", "application/connect+json"),
+            ("connect-protocol-version", "1"),
+            ("connect-timeout-ms", "60000"),
+            ("connect-accept-encoding", "identity"),
+            ("connect-content-encoding", "identity"),
+            ("keepalive-ping-interval", "50"),
+            ("user-agent", "connectrpc/0.12.1"),
+        ]);
+        let req = build_req("POST", "/process.Process/Start", &self.host, &h, body.to_vec());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        check_process_stream(&HttpResp { status: r.status, body: r.body.clone() })?;
+        let eos = connect_eos_offset(&r.body).ok_or_else(|| anyhow!("no end-of-stream envelope"))?;
+        Ok(r.time_at(eos) - t)
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)], want: u16) -> Result<Duration> {
+        let req = build_req("GET", path, &self.host, headers, Vec::new());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        if r.status != want {
+            bail!("GET {path} answered {} (wanted {want}): {}", r.status, r.text());
+        }
+        Ok(r.done - t)
+    }
+
+    /// `run_code`: `POST /execute` on port 49999, NDJSON read to
+    /// `end_of_execution`. Returns (time to the first result, time to the end).
+    async fn execute(&self, s: &Sbx, code: &str, context: Option<&str>, want_text: Option<&str>, limit: Duration) -> Result<(Option<Duration>, Duration)> {
+        let mut h = self.sandbox_headers(s, "49999");
+        h.extend([("content-type", "application/json"), ("user-agent", "e2b-code-interpreter-python/2.11.5")]);
+        let body = json!({"code": code, "context_id": context, "language": Value::Null, "env_vars": Value::Null}).to_string().into_bytes();
+        let req = build_req("POST", "/execute", &self.host, &h, body);
+        let t = Instant::now();
+        let r = self.pool.send(req, limit).await?;
+        if r.status != 200 {
+            bail!("/execute answered {}: {}", r.status, r.text());
+        }
+        let (first, end) = ndjson_offsets(&r.body, want_text)?;
+        Ok((first.map(|o| r.time_at(o) - t), r.time_at(end) - t))
+    }
+
+    /// `create_code_context(language="python")`.
+    async fn new_context(&self, s: &Sbx) -> Result<(String, Duration)> {
+        let mut h = self.sandbox_headers(s, "49999");
+        h.push(("content-type", "application/json"));
+        let req = build_req("POST", "/contexts", &self.host, &h, br#"{"language":"python"}"#.to_vec());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        let d = r.done - t;
+        if r.status != 200 {
+            bail!("POST /contexts answered {}: {}", r.status, r.text());
+        }
+        let v: Value = serde_json::from_slice(&r.body).context("context is not JSON")?;
+        Ok((v["id"].as_str().ok_or_else(|| anyhow!("no context id in {v}"))?.to_string(), d))
+    }
+
+    async fn delete_context(&self, s: &Sbx, id: &str) -> Result<()> {
+        let h = self.sandbox_headers(s, "49999");
+        let r = self.pool.send(build_req("DELETE", &format!("/contexts/{id}"), &self.host, &h, Vec::new()), REQUEST_TIMEOUT).await?;
+        if r.status / 100 != 2 {
+            bail!("DELETE /contexts/{id} answered {}", r.status);
+        }
+        Ok(())
+    }
+
+    /// The agent's socket, for the same requests without the server.
+    fn agent_socket(&self, s: &Sbx) -> PathBuf {
+        self.data.join("sandboxes").join(&s.id).join("agent.sock")
+    }
+
+    /// The sandbox's PID 1 (its agent), from the runtime's state file.
+    fn agent_pid(&self, s: &Sbx) -> Option<u32> {
+        let st: Value = serde_json::from_slice(&std::fs::read(self.data.join("sandboxes").join(&s.id).join("state.json")).ok()?).ok()?;
+        st["pid"].as_u64().map(|p| p as u32)
+    }
+
+    fn cpu(&self, s: &Sbx) -> Cpu {
+        Cpu::now(self.server_pid, self.agent_pid(s))
+    }
+
+    /// Server-side times from the JSON log between two marks: the API
+    /// handler's `elapsed_ms` for 201 creates and the service's
+    /// `sandbox created` (runtime create + template start + store insert).
+    fn server_times(&self, from: u64, to: u64) -> Value {
+        let Ok(all) = std::fs::read(&self.log) else { return Value::Null };
+        let seg = &all[(from as usize).min(all.len())..(to as usize).min(all.len())];
+        let (mut handler, mut created) = (Vec::new(), Vec::new());
+        for line in seg.split(|b| *b == b'\n') {
+            let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+            let f = &v["fields"];
+            let Some(ms) = f["elapsed_ms"].as_f64() else { continue };
+            let d = Duration::from_secs_f64(ms / 1000.0);
+            match f["message"].as_str() {
+                Some("sandbox created") => created.push(d),
+                Some("api request") if f["path"] == "/v2/sandboxes" && f["status"] == 201 => handler.push(d),
+                _ => {}
+            }
+        }
+        json!({ "api_handler": stats(&handler), "service_create": stats(&created) })
+    }
+}
+
+/// Byte offset just past the end-of-stream envelope of a Connect stream.
+fn connect_eos_offset(body: &[u8]) -> Option<usize> {
+    let mut off = 0;
+    while body.len() >= off + 5 {
+        let len = u32::from_be_bytes([body[off + 1], body[off + 2], body[off + 3], body[off + 4]]) as usize;
+        let end = off + 5 + len;
+        if body[off] & 2 != 0 {
+            return (end <= body.len()).then_some(end);
+        }
+        off = end;
+    }
+    None
+}
+
+/// Offsets (line ends) of the first `result` line and of `end_of_execution`
+/// in an /execute NDJSON body; an `error` line fails, and so does a main
+/// result other than `want_text`.
+fn ndjson_offsets(body: &[u8], want_text: Option<&str>) -> Result<(Option<usize>, usize)> {
+    let (mut off, mut first) = (0, None);
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        off += line.len();
+        let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
+        match v["type"].as_str() {
+            Some("result") => {
+                if let (Some(w), true) = (want_text, v["is_main_result"].as_bool().unwrap_or(false)) {
+                    if v["text"].as_str() != Some(w) {
+                        bail!("main result {:?}, wanted {w:?}", v["text"]);
+                    }
+                }
+                first.get_or_insert(off);
+            }
+            Some("error") => bail!("execution failed: {} {}", v["name"], v["value"]),
+            Some("end_of_execution") => return Ok((first, off)),
+            _ => {}
+        }
+    }
+    bail!("no end_of_execution line in {}", String::from_utf8_lossy(body).chars().take(300).collect::<String>())
+}
+
+/// CPU time (ns) of every live thread of `pid`, from `/proc/<pid>/task/*/schedstat`
+/// (threads that exited in between are not counted).
+fn task_cpu_ns(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// CPU time (ns) charged to the cgroup of `pid` (a sandbox's agent: the
+/// agent and every process it ran, exited ones included).
+fn cgroup_cpu_ns(pid: u32) -> Option<u64> {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in cg.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if ctrl.split(',').any(|c| c == "cpuacct") {
+            return std::fs::read_to_string(Path::new("/sys/fs/cgroup/cpuacct").join(path).join("cpuacct.usage")).ok()?.trim().parse().ok();
+        }
+        if ctrl.is_empty() && Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let st = std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(path).join("cpu.stat")).ok()?;
+            return st.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse::<u64>().ok()).map(|us| us * 1000);
+        }
+    }
+    None
+}
+
+/// CPU used so far by the server, the sandbox and this client.
+#[derive(Clone, Copy)]
+struct Cpu {
+    server: u64,
+    sandbox: Option<u64>,
+    client: u64,
+}
+
+impl Cpu {
+    fn now(server_pid: u32, agent_pid: Option<u32>) -> Self {
+        Cpu { server: task_cpu_ns(server_pid), sandbox: agent_pid.and_then(cgroup_cpu_ns), client: task_cpu_ns(std::process::id()) }
+    }
+
+    /// Milliseconds of CPU per run since `before`.
+    fn per_run(&self, before: &Cpu, runs: usize) -> Value {
+        let per = |a: u64, b: u64| round(a.saturating_sub(b) as f64 / 1e6 / runs.max(1) as f64, 3);
+        json!({
+            "server_ms": per(self.server, before.server),
+            "sandbox_ms": self.sandbox.zip(before.sandbox).map(|(a, b)| per(a, b)),
+            "client_ms": per(self.client, before.client),
+        })
+    }
+}
+
+fn start_envelope(cmd: &str, args: &[&str]) -> Vec<u8> {
+    let mut p = json!({"cmd": cmd});
+    if !args.is_empty() {
+        p["args"] = json!(args);
+    }
+    let payload = json!({"process": p, "stdin": false}).to_string();
+    let mut b = vec![0u8];
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(payload.as_bytes());
+    b
+}
+
+fn random_hex(n: usize) -> Result<String> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
+}
+
+fn run_server_mode(args: &Args) -> Result<Value> {
+    let binary = agent_binary(args)?;
+    let (data, owned) = match &args.root {
+        Some(r) => (r.clone(), false),
+        None => (std::env::temp_dir().join(format!("airlock-bench-server-{}", std::process::id())), true),
+    };
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let log = std::env::temp_dir().join(format!("airlock-bench-server-{}.log", std::process::id()));
+    let port = free_port()?;
+    let key = format!("e2b_{}", random_hex(20)?);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let logf = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    progress(&format!("starting `airlock serve` on {addr}, data dir {}, log {}", data.display(), log.display()));
+    let t_spawn = Instant::now();
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(&binary)
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(&data)
+            .args(["--api-key", &key, "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf)
+            // Its own process group: Ctrl-C reaches only this program,
+            // which stops the server itself after cleaning up.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} serve", binary.display()))?
+    };
+    let srv = Srv { pool: Pool::new(addr), host: addr.to_string(), key, data: data.clone(), log: log.clone(), live: Mutex::new(Vec::new()), loads: Mutex::new(Vec::new()), server_pid: child.id() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the client runtime")?;
+    let result = rt.block_on(async {
+        let interrupted = async {
+            while !INTERRUPTED.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let r = tokio::select! {
+            r = async {
+                wait_server(&srv, &mut child).await?;
+                let startup = t_spawn.elapsed();
+                measure_server(args, &srv, startup).await
+            } => r,
+            _ = interrupted => Err(anyhow!("interrupted")),
+        };
+        // Delete what this run made while the server still runs (a second
+        // Ctrl-C is ignored here; the runtime sweep below catches the rest).
+        tokio::time::timeout(Duration::from_secs(60), srv.kill_live()).await.ok();
+        r
+    });
+    drop(rt);
+    stop_server(&mut child);
+    let clean = destroy_leftovers(&binary, &data);
+    if result.is_err() {
+        eprintln!("[bench] server log kept at {}", log.display());
+    } else {
+        let _ = std::fs::remove_file(&log);
+    }
+    if owned {
+        if clean && !has_mounts_under(&data) {
+            if let Err(e) = std::fs::remove_dir_all(&data) {
+                eprintln!("warning: removing {}: {e}", data.display());
+            }
+        } else {
+            eprintln!("warning: leaving {} in place: sandboxes or mounts remain under it", data.display());
+        }
+    }
+    result
+}
+
+async fn wait_server(srv: &Srv, child: &mut std::process::Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let log = std::fs::read_to_string(&srv.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            bail!("airlock serve exited ({st}) before answering /health:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), srv.pool.send(build_req("GET", "/health", &srv.host, &[], Vec::new()), REQUEST_TIMEOUT)).await {
+            if r.status == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("airlock serve did not answer GET /health with 200 within 60 s (log: {})", srv.log.display());
+        }
+        // A refused connection was not pooled; try again shortly.
+        srv.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop_server(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: signalling our own child by pid; it has not been reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `airlock runtime list`, then `destroy` each; true when none is left.
+fn destroy_leftovers(binary: &Path, data: &Path) -> bool {
+    let list = || -> Option<Vec<String>> {
+        let out = Command::new(binary).args(["runtime", "list", "--data-dir"]).arg(data).stderr(Stdio::null()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split('\t').next()).filter(|s| !s.is_empty()).map(str::to_string).collect())
+    };
+    if !data.join("sandboxes").is_dir() {
+        return true;
+    }
+    let Some(ids) = list() else { return false };
+    if !ids.is_empty() {
+        progress(&format!("destroying {} leftover sandbox(es) with `airlock runtime destroy`", ids.len()));
+    }
+    for id in &ids {
+        let _ = Command::new(binary).args(["runtime", "destroy", "--data-dir"]).arg(data).arg(id).stdout(Stdio::null()).status();
+    }
+    list().is_some_and(|v| v.is_empty())
+}
+
+fn has_mounts_under(dir: &Path) -> bool {
+    let d = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| p == d || p.starts_with(&format!("{d}/"))))).unwrap_or(true)
+}
+
+async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Value> {
+    let load_before = loadavg();
+    let started = unix_now();
+    let mut notes: Vec<String> = Vec::new();
+
+    // The HTTP floor: the API's own /health on a warm connection.
+    srv.note_load("server: GET /health (HTTP floor)");
+    for _ in 0..20 {
+        srv.get("/health", &[], 200).await?;
+    }
+    let mut h = Vec::new();
+    for _ in 0..args.cmd_runs.max(50) {
+        h.push(srv.get("/health", &[], 200).await?);
+    }
+    let api_health = stats(&h);
+
+    // Create, sequential and concurrent, per network mode (SDK default: on).
+    let mut modes = Vec::new();
+    if args.network != NetMode::Off {
+        modes.push(true);
+    }
+    if args.network != NetMode::On {
+        modes.push(false);
+    }
+    let mut create = serde_json::Map::new();
+    for &internet in &modes {
+        let name = if internet { "internet_on" } else { "internet_off" };
+        let mut m = serde_json::Map::new();
+        if args.n > 0 {
+            srv.note_load(&format!("server {name}: {} warm-up + {} sequential creates (each deleted before the next)", args.warmup, args.n));
+            for _ in 0..args.warmup {
+                let (s, _) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+                srv.kill(&s.id).await?;
+            }
+            let mark = srv.log_mark();
+            let (mut c, mut d) = (Vec::new(), Vec::new());
+            for _ in 0..args.n {
+                let (s, t) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+                c.push(t);
+                d.push(srv.kill(&s.id).await?);
+            }
+            let server = srv.server_times(mark, srv.log_mark());
+            m.insert("sequential".into(), json!({ "create": stats(&c), "delete": stats(&d), "server": server }));
+        }
+        if args.concurrency > 0 {
+            srv.note_load(&format!("server {name}: {} concurrent creates", args.concurrency));
+            srv.pool.prewarm(args.concurrency, &srv.host).await?;
+            let mark = srv.log_mark();
+            let t0 = Instant::now();
+            let results = futures_util::future::join_all((0..args.concurrency).map(|_| async {
+                let r = srv.create("base", internet, REQUEST_TIMEOUT).await;
+                (r, Instant::now())
+            }))
+            .await;
+            let mut last = t0;
+            let (mut lat, mut made, mut first_err) = (Vec::new(), Vec::new(), None);
+            for (r, end) in results {
+                match r {
+                    Ok((s, d)) => {
+                        lat.push(d);
+                        made.push(s);
+                        last = last.max(end);
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            let wall = last - t0;
+            let server = srv.server_times(mark, srv.log_mark());
+            let load_after = loadavg();
+            let td = Instant::now();
+            let dels = futures_util::future::join_all(made.iter().map(|s| srv.kill(&s.id))).await;
+            let delete_wall = td.elapsed();
+            if let Some(e) = first_err {
+                return Err(e.context(format!("{} of {} concurrent creates failed", args.concurrency - made.len(), args.concurrency)));
+            }
+            let dels: Vec<Duration> = dels.into_iter().collect::<Result<_>>()?;
+            m.insert(
+                "concurrent".into(),
+                json!({
+                    "n": args.concurrency,
+                    "wall_ms": ms(wall),
+                    "create": stats(&lat),
+                    "server": server,
+                    "delete": stats(&dels),
+                    "delete_wall_ms": ms(delete_wall),
+                    "loadavg_after": load_after,
+                }),
+            );
+        }
+        create.insert(name.into(), Value::Object(m));
+    }
+
+    // commands.run on a warm sandbox, through the server and straight to the agent.
+    let commands = if args.cmd_runs > 0 {
+        srv.note_load(&format!("server: commands.run round trips, {} each", args.cmd_runs));
+        let (s, _) = srv.create("base", true, REQUEST_TIMEOUT).await?;
+        let r = commands_series(args.cmd_runs, srv, &s).await;
+        srv.kill(&s.id).await?;
+        Some(r?)
+    } else {
+        None
+    };
+
+    let interpreter = if args.interp_runs > 0 || args.interp_contexts > 0 {
+        Some(interpreter_series(args, srv, &mut notes).await?)
+    } else {
+        None
+    };
+
+    let mut targets = Vec::new();
+    let p50 = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64);
+    let on = create.get("internet_on").or_else(|| create.get("internet_off")).cloned().unwrap_or(Value::Null);
+    let mut target = |name: &str, value: Option<f64>, limit: f64| {
+        if let Some(x) = value {
+            targets.push(json!({"target": name, "value_ms": x, "limit_ms": limit, "met": x < limit}));
+        }
+    };
+    target("create p50 < 30 ms (sequential, SDK default internet on)", p50(&on, "/sequential/create/p50_ms"), 30.0);
+    target("commands.run(\"true\") p50 < 5 ms (bash -l -c true via server)", commands.as_ref().and_then(|c| p50(c, "/via_server/bash_l_true/p50_ms")), 5.0);
+    target(&format!("{} concurrent creates within 1 s (wall)", args.concurrency), p50(&on, "/concurrent/wall_ms"), 1000.0);
+    target("run_code(\"1+1\") warm p50 < 5 ms", interpreter.as_ref().and_then(|c| p50(c, "/warm/end/p50_ms")), 5.0);
+
+    Ok(json!({
+        "mode": "server",
+        "started_unix": started,
+        "host": {
+            "kernel": kernel(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cgroup": cgroup_flavor(),
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "mem_total_kib": meminfo("MemTotal"),
+        },
+        "params": {
+            "n": args.n, "concurrency": args.concurrency, "cmd_runs": args.cmd_runs, "warmup": args.warmup,
+            "interp_runs": args.interp_runs, "interp_contexts": args.interp_contexts,
+        },
+        "server": {
+            "startup_to_health_ms": ms(startup),
+            "api_health": api_health,
+            "connections_opened": srv.pool.opened.load(Ordering::Relaxed),
+        },
+        "create": Value::Object(create),
+        "commands": commands,
+        "interpreter": interpreter,
+        "loadavg_by_phase": srv.loads.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(p, l)| json!({"phase": p, "loadavg": l})).collect::<Vec<_>>(),
+        "targets": targets,
+        "notes": notes,
+    }))
+}
+
+async fn commands_series(runs: usize, srv: &Srv, s: &Sbx) -> Result<Value> {
+    let bash = start_envelope("/bin/bash", &["-l", "-c", "true"]);
+    let bin_true = start_envelope("/bin/true", &[]);
+    let health_h = srv.sandbox_headers(s, "49983");
+    for _ in 0..5 {
+        srv.start(s, &bash).await?;
+        srv.start(s, &bin_true).await?;
+        srv.get("/health", &health_h, 204).await?;
+    }
+    let mut cpu = serde_json::Map::new();
+    let (mut b, mut t, mut h) = (Vec::new(), Vec::new(), Vec::new());
+    let c0 = srv.cpu(s);
+    for _ in 0..runs {
+        b.push(srv.start(s, &bash).await?);
+    }
+    let c1 = srv.cpu(s);
+    for _ in 0..runs {
+        t.push(srv.start(s, &bin_true).await?);
+    }
+    let c2 = srv.cpu(s);
+    for _ in 0..runs {
+        h.push(srv.get("/health", &health_h, 204).await?);
+    }
+    let c3 = srv.cpu(s);
+    cpu.insert("via_server_bash_l_true".into(), c1.per_run(&c0, runs));
+    cpu.insert("via_server_bin_true".into(), c2.per_run(&c1, runs));
+    cpu.insert("via_server_envd_health".into(), c3.per_run(&c2, runs));
+    // The same requests straight to the agent's socket, a fresh connection
+    // each (which is what the server's proxy does per request).
+    let sock = srv.agent_socket(s);
+    let direct = |body: &[u8]| -> Result<Duration> {
+        let mut req = format!(
+            "POST /process.Process/Start HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nX-Access-Token: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s.token,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let t = Instant::now();
+        let r = http(&sock, &req)?;
+        let d = t.elapsed();
+        check_process_stream(&r)?;
+        Ok(d)
+    };
+    let direct_health = || -> Result<Duration> {
+        let t = Instant::now();
+        let r = http(&sock, b"GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n")?;
+        if r.status != 204 {
+            bail!("agent GET /health answered {}", r.status);
+        }
+        Ok(t.elapsed())
+    };
+    let (mut db, mut dt, mut dh) = (Vec::new(), Vec::new(), Vec::new());
+    let c0 = srv.cpu(s);
+    for _ in 0..runs {
+        db.push(direct(&bash)?);
+    }
+    let c1 = srv.cpu(s);
+    for _ in 0..runs {
+        dt.push(direct(&bin_true)?);
+    }
+    let c2 = srv.cpu(s);
+    for _ in 0..runs {
+        dh.push(direct_health()?);
+    }
+    let c3 = srv.cpu(s);
+    cpu.insert("direct_bash_l_true".into(), c1.per_run(&c0, runs));
+    cpu.insert("direct_bin_true".into(), c2.per_run(&c1, runs));
+    cpu.insert("direct_health".into(), c3.per_run(&c2, runs));
+    Ok(json!({
+        "via_server": { "bash_l_true": stats(&b), "bin_true": stats(&t), "envd_health": stats(&h) },
+        "direct_agent": { "bash_l_true": stats(&db), "bin_true": stats(&dt), "health": stats(&dh) },
+        "cpu_per_run": Value::Object(cpu),
+    }))
+}
+
+async fn interpreter_series(args: &Args, srv: &Srv, notes: &mut Vec<String>) -> Result<Value> {
+    const T: &str = "code-interpreter-v1";
+    let existed = srv.get(&format!("/templates/{T}"), &srv.api_headers(), 200).await.is_ok();
+    srv.note_load(&format!("interpreter: first create of {T} ({})", if existed { "template already built" } else { "builds the template; a minute or more" }));
+    let (s, first_create) = srv.create(T, true, BUILD_TIMEOUT).await?;
+    if !existed {
+        notes.push(format!("the {T} template was built on first use during this run: the first create took {:.1} s", first_create.as_secs_f64()));
+    }
+    let r = async {
+        // A second sandbox from the now-built template, for the create cost alone.
+        let (s2, second) = srv.create(T, true, REQUEST_TIMEOUT).await?;
+        srv.kill(&s2.id).await?;
+        srv.note_load("interpreter: first run_code (starts the default context's kernel)");
+        let (fr, fe) = srv.execute(&s, "1+1", None, Some("2"), Duration::from_secs(120)).await?;
+        srv.note_load(&format!("interpreter: {} warm run_code(\"1+1\")", args.interp_runs));
+        for _ in 0..5 {
+            srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
+        }
+        let (mut first, mut end) = (Vec::new(), Vec::new());
+        let c0 = srv.cpu(&s);
+        for _ in 0..args.interp_runs {
+            let (f, e) = srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
+            first.extend(f);
+            end.push(e);
+        }
+        // Straight to the agent (fresh connection each, as the proxy does).
+        let sock = srv.agent_socket(&s);
+        let body = json!({"code": "1+1", "context_id": null, "language": null, "env_vars": null}).to_string();
+        let req = format!(
+            "POST /execute HTTP/1.1\r\nHost: sandbox\r\nx-airlock-port: 49999\r\nContent-Type: application/json\r\nX-Access-Token: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            s.token,
+            body.len()
+        );
+        let c1 = srv.cpu(&s);
+        let mut direct = Vec::new();
+        for _ in 0..args.interp_runs {
+            let t = Instant::now();
+            let r = http(&sock, req.as_bytes())?;
+            let d = t.elapsed();
+            if r.status != 200 {
+                bail!("agent /execute answered {}", r.status);
+            }
+            ndjson_offsets(&r.body, Some("2"))?;
+            direct.push(d);
+        }
+        let c2 = srv.cpu(&s);
+        srv.note_load(&format!("interpreter: {} fresh Python contexts", args.interp_contexts));
+        let mut fresh = Vec::new();
+        for _ in 0..args.interp_contexts {
+            let t0 = Instant::now();
+            let (ctx, cd) = srv.new_context(&s).await?;
+            let t1 = Instant::now();
+            let (f, e) = srv.execute(&s, "1+1", Some(&ctx), Some("2"), Duration::from_secs(120)).await?;
+            fresh.push(json!({
+                "create_context_ms": ms(cd),
+                "first_result_ms": f.map(|f| ms(t1 - t0 + f)),
+                "end_ms": ms(t1 - t0 + e),
+            }));
+            srv.delete_context(&s, &ctx).await?;
+        }
+        Ok::<Value, anyhow::Error>(json!({
+            "template_prebuilt": existed,
+            "first_create_ms": ms(first_create),
+            "second_create_ms": ms(second),
+            "first_execute_default_context": { "first_result_ms": fr.map(ms), "end_ms": ms(fe) },
+            "warm": { "first_result": stats(&first), "end": stats(&end) },
+            "direct_agent_warm_end": stats(&direct),
+            "cpu_per_run": { "via_server": c1.per_run(&c0, args.interp_runs), "direct": c2.per_run(&c1, args.interp_runs) },
+            "fresh_contexts": fresh,
+        }))
+    }
+    .await;
+    srv.kill(&s.id).await?;
+    r
+}
+
+fn print_cpu(c: &Value) {
+    let Some(m) = c.as_object().filter(|m| !m.is_empty()) else { return };
+    println!("  CPU per request, ms: {:<28} {:>9} {:>9} {:>9}", "", "server", "sandbox", "client");
+    for (k, v) in m {
+        println!("    {:<46} {:>9} {:>9} {:>9}", k, f(v, "/server_ms"), f(v, "/sandbox_ms"), f(v, "/client_ms"));
+    }
+}
+
+fn print_server_tables(r: &Value) {
+    println!("airlock-bench --server (through `airlock serve`, HTTP/1.1 keep-alive, as the SDKs)");
+    println!(
+        "  host: kernel {}, {} cpus, cgroup {}, load {} -> {}",
+        f(r, "/host/kernel"),
+        f(r, "/host/cpus"),
+        f(r, "/host/cgroup"),
+        f(r, "/host/loadavg_before"),
+        f(r, "/host/loadavg_after")
+    );
+    println!("  server start to GET /health 200: {} ms; {} client connections opened in all", f(r, "/server/startup_to_health_ms"), f(r, "/server/connections_opened"));
+    println!();
+    println!("HTTP floor");
+    println!("{}", header());
+    println!("{}", stats_row("API GET /health (warm connection)", &r["server"]["api_health"]));
+    for (mode, c) in r["create"].as_object().into_iter().flatten() {
+        println!();
+        println!("Create (POST /v2/sandboxes until 201), {}", mode.replace('_', " "));
+        println!("{}", header());
+        if let Some(s) = c.get("sequential") {
+            println!("{}", stats_row("sequential: client", &s["create"]));
+            println!("{}", stats_row("  server: API handler", &s["server"]["api_handler"]));
+            println!("{}", stats_row("  server: service create", &s["server"]["service_create"]));
+            println!("{}", stats_row("sequential: DELETE", &s["delete"]));
+        }
+        if let Some(s) = c.get("concurrent") {
+            println!("{}", stats_row("concurrent: client, per request", &s["create"]));
+            println!("{}", stats_row("  server: API handler", &s["server"]["api_handler"]));
+            println!("{}", stats_row("  server: service create", &s["server"]["service_create"]));
+            println!("{}", stats_row("concurrent: DELETE", &s["delete"]));
+            println!("  concurrent: {} at once, wall {} ms until the last 201; delete wall {} ms (load after: {})", f(s, "/n"), f(s, "/wall_ms"), f(s, "/delete_wall_ms"), f(s, "/loadavg_after"));
+        }
+    }
+    let c = &r["commands"];
+    if !c.is_null() {
+        println!();
+        println!("commands.run on a warm sandbox (process.Process/Start to end-of-stream)");
+        println!("{}", header());
+        println!("{}", stats_row("via server: bash -l -c true", &c["via_server"]["bash_l_true"]));
+        println!("{}", stats_row("via server: /bin/true", &c["via_server"]["bin_true"]));
+        println!("{}", stats_row("via server: envd GET /health", &c["via_server"]["envd_health"]));
+        println!("{}", stats_row("agent socket: bash -l -c true", &c["direct_agent"]["bash_l_true"]));
+        println!("{}", stats_row("agent socket: /bin/true", &c["direct_agent"]["bin_true"]));
+        println!("{}", stats_row("agent socket: GET /health", &c["direct_agent"]["health"]));
+        print_cpu(&c["cpu_per_run"]);
+    }
+    let i = &r["interpreter"];
+    if !i.is_null() {
+        println!();
+        println!("Code interpreter (template code-interpreter-v1)");
+        let built = if i["template_prebuilt"].as_bool().unwrap_or(false) { "template already built" } else { "includes building the template" };
+        println!("  first create: {} ms ({built}); second create: {} ms", f(i, "/first_create_ms"), f(i, "/second_create_ms"));
+        println!("  first run_code in the sandbox (starts the kernel): first result {} ms, end {} ms", f(i, "/first_execute_default_context/first_result_ms"), f(i, "/first_execute_default_context/end_ms"));
+        println!("{}", header());
+        println!("{}", stats_row("warm run_code(\"1+1\"): to end", &i["warm"]["end"]));
+        println!("{}", stats_row("warm run_code(\"1+1\"): to result", &i["warm"]["first_result"]));
+        println!("{}", stats_row("agent socket: /execute to end", &i["direct_agent_warm_end"]));
+        print_cpu(&i["cpu_per_run"]);
+        for (n, c) in i["fresh_contexts"].as_array().into_iter().flatten().enumerate() {
+            println!("  fresh context #{}: POST /contexts {} ms, first result {} ms, end {} ms", n + 1, f(c, "/create_context_ms"), f(c, "/first_result_ms"), f(c, "/end_ms"));
+        }
+    }
+    if let Some(t) = r["targets"].as_array().filter(|t| !t.is_empty()) {
+        println!();
+        println!("Targets");
+        for x in t {
+            println!("  {:<62} {:>9} ms  {}", f(x, "/target"), f(x, "/value_ms"), if x["met"].as_bool().unwrap_or(false) { "met" } else { "NOT MET" });
+        }
+    }
+    if let Some(l) = r["loadavg_by_phase"].as_array().filter(|t| !t.is_empty()) {
+        println!();
+        println!("Load average at the start of each phase");
+        for x in l {
+            println!("  {:<14} {}", f(x, "/loadavg"), f(x, "/phase"));
+        }
+    }
+    if let Some(notes) = r["notes"].as_array().filter(|n| !n.is_empty()) {
+        println!();
+        println!("Notes");
+        for n in notes {
+            println!("  - {}", n.as_str().unwrap_or_default());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Statistics and host facts
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -930,6 +1913,14 @@ fn stats_row(label: &str, s: &Value) -> String {
 
 fn header() -> String {
     format!("  {:<34} {:>4} {:>9} {:>9} {:>9} {:>9}", "", "n", "min ms", "p50 ms", "p99 ms", "max ms")
+}
+
+fn print_report(r: &Value) {
+    if r["mode"] == "server" {
+        print_server_tables(r);
+    } else {
+        print_tables(r);
+    }
 }
 
 fn print_tables(r: &Value) {
