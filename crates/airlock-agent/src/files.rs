@@ -554,7 +554,7 @@ async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<Writt
     let metadata = metadata_from_headers(&parts.headers)?;
     let gzip = content_encoding(&parts.headers)?;
     let mut source =
-        BodySource { body, gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())), pending: Bytes::new(), done: false };
+        BodySource { body: Some(body), gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())), pending: Bytes::new(), done: false };
 
     let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -675,7 +675,8 @@ trait ChunkSource {
 
 /// The request body, gunzipped on the fly when it is gzip-encoded.
 struct BodySource {
-    body: Incoming,
+    /// `None` only after `Drop` has handed it to the drain task.
+    body: Option<Incoming>,
     gunzip: Option<MultiGzDecoder<Vec<u8>>>,
     /// Compressed input not yet fed to the decoder.
     pending: Bytes,
@@ -700,7 +701,8 @@ impl ChunkSource for BodySource {
             if self.done {
                 return Ok(None);
             }
-            match self.body.frame().await {
+            let Some(body) = self.body.as_mut() else { return Ok(None) };
+            match body.frame().await {
                 None => {
                     self.done = true;
                     if let Some(dec) = self.gunzip.as_mut() {
@@ -721,6 +723,36 @@ impl ChunkSource for BodySource {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A request body dropped before its end (multipart parsing stops at the
+/// closing boundary, errors return early) is read to its end in the
+/// background: closing a socket with unread data makes the kernel send a
+/// reset, which can destroy the response on its way to the client (seen as
+/// sporadic 502s through the proxy). Bounded, so a hostile client cannot
+/// keep it busy.
+impl Drop for BodySource {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(mut body) = self.body.take() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut left: usize = 64 * 1024 * 1024;
+                let drain = async {
+                    while let Some(Ok(frame)) = body.frame().await {
+                        let n = frame.data_ref().map(|d| d.len()).unwrap_or(0);
+                        if n >= left {
+                            return;
+                        }
+                        left -= n;
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), drain).await;
+            });
         }
     }
 }
