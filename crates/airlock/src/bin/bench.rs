@@ -14,6 +14,15 @@
 //! * command round trip: `process.Process/Start` of `/bin/true` on a warm
 //!   sandbox, straight to the agent.
 //!
+//! With `--server` it measures the full HTTP path instead, as the official
+//! SDKs use it: it starts `airlock serve` as a child process and times, over
+//! pooled HTTP/1.1 keep-alive connections, `POST /v2/sandboxes` (sequential
+//! and all at once), `commands.run` (`process.Process/Start` with the
+//! envelope the SDK sends, read to end-of-stream; also straight to the
+//! agent's socket for comparison), and the code interpreter (`/execute` on a
+//! warm and on fresh contexts, after the template's first build), with the
+//! server's own log times and the CPU spent by server, sandbox and client.
+//!
 //! It needs root. Build with `cargo build --release -p airlock` and run
 //! `./target/release/airlock-bench` (`--help` for the knobs, `--json` for
 //! machine-readable output, `--render FILE` to print a saved report).
@@ -1108,15 +1117,20 @@ impl Srv {
     }
 
     /// Server-side times from the JSON log between two marks: the API
-    /// handler's `elapsed_ms` for 201 creates and the service's
-    /// `sandbox created` (runtime create + template start + store insert).
+    /// handler's `elapsed_ms` for 201 creates, the service's `sandbox
+    /// created` (runtime create + template start + store insert) and the
+    /// runtime's own `sandbox created` (`Backend::create`, logged at debug).
     fn server_times(&self, from: u64, to: u64) -> Value {
         let Ok(all) = std::fs::read(&self.log) else { return Value::Null };
         let seg = &all[(from as usize).min(all.len())..(to as usize).min(all.len())];
-        let (mut handler, mut created) = (Vec::new(), Vec::new());
+        let (mut handler, mut created, mut runtime) = (Vec::new(), Vec::new(), Vec::new());
         for line in seg.split(|b| *b == b'\n') {
             let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
             let f = &v["fields"];
+            if let (Some("sandbox created"), Some(us)) = (f["message"].as_str(), f["elapsed_us"].as_u64()) {
+                runtime.push(Duration::from_micros(us));
+                continue;
+            }
             let Some(ms) = f["elapsed_ms"].as_f64() else { continue };
             let d = Duration::from_secs_f64(ms / 1000.0);
             match f["message"].as_str() {
@@ -1125,7 +1139,7 @@ impl Srv {
                 _ => {}
             }
         }
-        json!({ "api_handler": stats(&handler), "service_create": stats(&created) })
+        json!({ "api_handler": stats(&handler), "service_create": stats(&created), "runtime_create": stats(&runtime) })
     }
 }
 
@@ -1209,14 +1223,61 @@ impl Cpu {
     fn now(server_pid: u32, agent_pid: Option<u32>) -> Self {
         Cpu { server: task_cpu_ns(server_pid), sandbox: agent_pid.and_then(cgroup_cpu_ns), client: task_cpu_ns(std::process::id()) }
     }
+}
 
-    /// Milliseconds of CPU per run since `before`.
-    fn per_run(&self, before: &Cpu, runs: usize) -> Value {
-        let per = |a: u64, b: u64| round(a.saturating_sub(b) as f64 / 1e6 / runs.max(1) as f64, 3);
+/// Host-wide CPU from `/proc/stat` plus the server's own: its live
+/// threads and its reaped children (the per-sandbox launchers).
+struct HostCpu {
+    busy: u64,
+    total: u64,
+    server_threads_ns: u64,
+    server_children_ticks: u64,
+    at: Instant,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+impl HostCpu {
+    fn now(server_pid: u32) -> Self {
+        let st = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<u64> = st.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        let total = (0..8).map(get).sum();
+        let busy = total - get(3) - get(4);
+        let pst = std::fs::read_to_string(format!("/proc/{server_pid}/stat")).unwrap_or_default();
+        let after: Vec<u64> = pst.rsplit_once(')').map(|(_, r)| r.split_whitespace().filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
+        // After the comm: state(skipped, not a number) ppid ... utime(13th field → index 10 here) stime cutime cstime.
+        let children = after.get(12).copied().unwrap_or(0) + after.get(13).copied().unwrap_or(0);
+        HostCpu { busy, total, server_threads_ns: task_cpu_ns(server_pid), server_children_ticks: children, at: Instant::now() }
+    }
+
+    /// CPU spent between `before` and now: host-wide, by the server and by
+    /// its launchers, with the share of all CPUs that was busy.
+    fn since(&self, before: &HostCpu, n: usize) -> Value {
+        let hz = clock_ticks();
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let wall_ms = (self.at - before.at).as_secs_f64() * 1000.0;
+        let host_busy_ms = self.busy.saturating_sub(before.busy) as f64 / hz * 1000.0;
+        let total_ms = self.total.saturating_sub(before.total) as f64 / hz * 1000.0;
+        let server_ms = self.server_threads_ns.saturating_sub(before.server_threads_ns) as f64 / 1e6;
+        let launchers_ms = self.server_children_ticks.saturating_sub(before.server_children_ticks) as f64 / hz * 1000.0;
         json!({
-            "server_ms": per(self.server, before.server),
-            "sandbox_ms": self.sandbox.zip(before.sandbox).map(|(a, b)| per(a, b)),
-            "client_ms": per(self.client, before.client),
+            "wall_ms": round(wall_ms, 1),
+            "host_busy_pct": if total_ms > 0.0 { round(100.0 * host_busy_ms / total_ms, 1) } else { 0.0 },
+            "host_busy_cpu_ms": round(host_busy_ms, 1),
+            "host_capacity_cpu_ms": round(wall_ms * cpus, 1),
+            "server_threads_cpu_ms": round(server_ms, 1),
+            "launchers_cpu_ms": round(launchers_ms, 1),
+            "server_and_launchers_per_create_ms": round((server_ms + launchers_ms) / n.max(1) as f64, 2),
         })
     }
 }
@@ -1263,7 +1324,8 @@ fn run_server_mode(args: &Args) -> Result<Value> {
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(&data)
             .args(["--api-key", &key, "--log-format", "json"])
-            .env("RUST_LOG", "info")
+            // The runtime logs its own create time at debug level.
+            .env("RUST_LOG", "info,airlock_runtime::namespace=debug")
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)
@@ -1368,7 +1430,7 @@ fn destroy_leftovers(binary: &Path, data: &Path) -> bool {
         progress(&format!("destroying {} leftover sandbox(es) with `airlock runtime destroy`", ids.len()));
     }
     for id in &ids {
-        let _ = Command::new(binary).args(["runtime", "destroy", "--data-dir"]).arg(data).arg(id).stdout(Stdio::null()).status();
+        let _ = Command::new(binary).args(["runtime", "destroy", "--data-dir"]).arg(data).arg(id).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
     list().is_some_and(|v| v.is_empty())
 }
@@ -1413,19 +1475,22 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
                 srv.kill(&s.id).await?;
             }
             let mark = srv.log_mark();
+            let h0 = HostCpu::now(srv.server_pid);
             let (mut c, mut d) = (Vec::new(), Vec::new());
             for _ in 0..args.n {
                 let (s, t) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
                 c.push(t);
                 d.push(srv.kill(&s.id).await?);
             }
+            let cpu = HostCpu::now(srv.server_pid).since(&h0, args.n);
             let server = srv.server_times(mark, srv.log_mark());
-            m.insert("sequential".into(), json!({ "create": stats(&c), "delete": stats(&d), "server": server }));
+            m.insert("sequential".into(), json!({ "create": stats(&c), "delete": stats(&d), "server": server, "cpu_create_and_delete": cpu }));
         }
         if args.concurrency > 0 {
             srv.note_load(&format!("server {name}: {} concurrent creates", args.concurrency));
             srv.pool.prewarm(args.concurrency, &srv.host).await?;
             let mark = srv.log_mark();
+            let h0 = HostCpu::now(srv.server_pid);
             let t0 = Instant::now();
             let results = futures_util::future::join_all((0..args.concurrency).map(|_| async {
                 let r = srv.create("base", internet, REQUEST_TIMEOUT).await;
@@ -1447,6 +1512,7 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
                 }
             }
             let wall = last - t0;
+            let cpu = HostCpu::now(srv.server_pid).since(&h0, args.concurrency);
             let server = srv.server_times(mark, srv.log_mark());
             let load_after = loadavg();
             let td = Instant::now();
@@ -1463,13 +1529,16 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
                     "wall_ms": ms(wall),
                     "create": stats(&lat),
                     "server": server,
+                    "cpu_until_last_201": cpu,
                     "delete": stats(&dels),
                     "delete_wall_ms": ms(delete_wall),
                     "loadavg_after": load_after,
                 }),
             );
         }
-        create.insert(name.into(), Value::Object(m));
+        if !m.is_empty() {
+            create.insert(name.into(), Value::Object(m));
+        }
     }
 
     // commands.run on a warm sandbox, through the server and straight to the agent.
@@ -1531,79 +1600,107 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
     }))
 }
 
+/// Requests per block: the series of a comparison alternate in blocks of
+/// this many, so a change in the host's load hits them all alike.
+const BLOCK: usize = 20;
+
+/// CPU time summed over blocks of one series.
+#[derive(Default)]
+struct CpuSum {
+    server: u64,
+    sandbox: Option<u64>,
+    client: u64,
+    runs: usize,
+}
+
+impl CpuSum {
+    fn add(&mut self, before: &Cpu, after: &Cpu, runs: usize) {
+        self.server += after.server.saturating_sub(before.server);
+        self.client += after.client.saturating_sub(before.client);
+        if let (Some(a), Some(b)) = (after.sandbox, before.sandbox) {
+            self.sandbox = Some(self.sandbox.unwrap_or(0) + a.saturating_sub(b));
+        }
+        self.runs += runs;
+    }
+
+    /// Milliseconds of CPU per run.
+    fn per_run(&self) -> Value {
+        let per = |ns: u64| round(ns as f64 / 1e6 / self.runs.max(1) as f64, 3);
+        json!({ "server_ms": per(self.server), "sandbox_ms": self.sandbox.map(per), "client_ms": per(self.client) })
+    }
+}
+
+/// Sends `req` (with `Connection: close`) straight to the agent's socket.
+fn direct_start(sock: &Path, token: &str, body: &[u8]) -> Result<Duration> {
+    let mut req = format!(
+        "POST /process.Process/Start HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nX-Access-Token: {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let t = Instant::now();
+    let r = http(sock, &req)?;
+    let d = t.elapsed();
+    check_process_stream(&r)?;
+    Ok(d)
+}
+
+fn direct_health(sock: &Path) -> Result<Duration> {
+    let t = Instant::now();
+    let r = http(sock, b"GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n")?;
+    let d = t.elapsed();
+    if r.status != 204 {
+        bail!("agent GET /health answered {}", r.status);
+    }
+    Ok(d)
+}
+
+/// `commands.run` through the server, and the same requests straight to
+/// the agent's socket with a fresh connection each (which is what the
+/// server's proxy does per request), alternating in blocks.
 async fn commands_series(runs: usize, srv: &Srv, s: &Sbx) -> Result<Value> {
     let bash = start_envelope("/bin/bash", &["-l", "-c", "true"]);
     let bin_true = start_envelope("/bin/true", &[]);
     let health_h = srv.sandbox_headers(s, "49983");
-    for _ in 0..5 {
-        srv.start(s, &bash).await?;
-        srv.start(s, &bin_true).await?;
-        srv.get("/health", &health_h, 204).await?;
-    }
-    let mut cpu = serde_json::Map::new();
-    let (mut b, mut t, mut h) = (Vec::new(), Vec::new(), Vec::new());
-    let c0 = srv.cpu(s);
-    for _ in 0..runs {
-        b.push(srv.start(s, &bash).await?);
-    }
-    let c1 = srv.cpu(s);
-    for _ in 0..runs {
-        t.push(srv.start(s, &bin_true).await?);
-    }
-    let c2 = srv.cpu(s);
-    for _ in 0..runs {
-        h.push(srv.get("/health", &health_h, 204).await?);
-    }
-    let c3 = srv.cpu(s);
-    cpu.insert("via_server_bash_l_true".into(), c1.per_run(&c0, runs));
-    cpu.insert("via_server_bin_true".into(), c2.per_run(&c1, runs));
-    cpu.insert("via_server_envd_health".into(), c3.per_run(&c2, runs));
-    // The same requests straight to the agent's socket, a fresh connection
-    // each (which is what the server's proxy does per request).
     let sock = srv.agent_socket(s);
-    let direct = |body: &[u8]| -> Result<Duration> {
-        let mut req = format!(
-            "POST /process.Process/Start HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nX-Access-Token: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            s.token,
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        let t = Instant::now();
-        let r = http(&sock, &req)?;
-        let d = t.elapsed();
-        check_process_stream(&r)?;
-        Ok(d)
-    };
-    let direct_health = || -> Result<Duration> {
-        let t = Instant::now();
-        let r = http(&sock, b"GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n")?;
-        if r.status != 204 {
-            bail!("agent GET /health answered {}", r.status);
+    const NAMES: [&str; 6] = ["via_server_bash_l_true", "via_server_bin_true", "via_server_envd_health", "direct_bash_l_true", "direct_bin_true", "direct_health"];
+    let one = |kind: usize| {
+        let (bash, bin_true, health_h, sock) = (&bash, &bin_true, &health_h, &sock);
+        async move {
+            match kind {
+                0 => srv.start(s, bash).await,
+                1 => srv.start(s, bin_true).await,
+                2 => srv.get("/health", health_h, 204).await,
+                3 => direct_start(sock, &s.token, bash),
+                4 => direct_start(sock, &s.token, bin_true),
+                _ => direct_health(sock),
+            }
         }
-        Ok(t.elapsed())
     };
-    let (mut db, mut dt, mut dh) = (Vec::new(), Vec::new(), Vec::new());
-    let c0 = srv.cpu(s);
-    for _ in 0..runs {
-        db.push(direct(&bash)?);
+    for _ in 0..5 {
+        for kind in 0..NAMES.len() {
+            one(kind).await?;
+        }
     }
-    let c1 = srv.cpu(s);
-    for _ in 0..runs {
-        dt.push(direct(&bin_true)?);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); NAMES.len()];
+    let mut cpu: Vec<CpuSum> = (0..NAMES.len()).map(|_| CpuSum::default()).collect();
+    let mut left = runs;
+    while left > 0 {
+        let k = left.min(BLOCK);
+        for kind in 0..NAMES.len() {
+            let c0 = srv.cpu(s);
+            for _ in 0..k {
+                times[kind].push(one(kind).await?);
+            }
+            cpu[kind].add(&c0, &srv.cpu(s), k);
+        }
+        left -= k;
     }
-    let c2 = srv.cpu(s);
-    for _ in 0..runs {
-        dh.push(direct_health()?);
-    }
-    let c3 = srv.cpu(s);
-    cpu.insert("direct_bash_l_true".into(), c1.per_run(&c0, runs));
-    cpu.insert("direct_bin_true".into(), c2.per_run(&c1, runs));
-    cpu.insert("direct_health".into(), c3.per_run(&c2, runs));
+    let st = |i: usize| stats(&times[i]);
     Ok(json!({
-        "via_server": { "bash_l_true": stats(&b), "bin_true": stats(&t), "envd_health": stats(&h) },
-        "direct_agent": { "bash_l_true": stats(&db), "bin_true": stats(&dt), "health": stats(&dh) },
-        "cpu_per_run": Value::Object(cpu),
+        "via_server": { "bash_l_true": st(0), "bin_true": st(1), "envd_health": st(2) },
+        "direct_agent": { "bash_l_true": st(3), "bin_true": st(4), "health": st(5) },
+        "cpu_per_run": NAMES.iter().zip(&cpu).map(|(n, c)| (n.to_string(), c.per_run())).collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -1621,18 +1718,8 @@ async fn interpreter_series(args: &Args, srv: &Srv, notes: &mut Vec<String>) -> 
         srv.kill(&s2.id).await?;
         srv.note_load("interpreter: first run_code (starts the default context's kernel)");
         let (fr, fe) = srv.execute(&s, "1+1", None, Some("2"), Duration::from_secs(120)).await?;
-        srv.note_load(&format!("interpreter: {} warm run_code(\"1+1\")", args.interp_runs));
-        for _ in 0..5 {
-            srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
-        }
-        let (mut first, mut end) = (Vec::new(), Vec::new());
-        let c0 = srv.cpu(&s);
-        for _ in 0..args.interp_runs {
-            let (f, e) = srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
-            first.extend(f);
-            end.push(e);
-        }
-        // Straight to the agent (fresh connection each, as the proxy does).
+        srv.note_load(&format!("interpreter: {} warm run_code(\"1+1\"), through the server and straight to the agent", args.interp_runs));
+        // Straight to the agent: a fresh connection each, as the proxy does.
         let sock = srv.agent_socket(&s);
         let body = json!({"code": "1+1", "context_id": null, "language": null, "env_vars": null}).to_string();
         let req = format!(
@@ -1640,9 +1727,7 @@ async fn interpreter_series(args: &Args, srv: &Srv, notes: &mut Vec<String>) -> 
             s.token,
             body.len()
         );
-        let c1 = srv.cpu(&s);
-        let mut direct = Vec::new();
-        for _ in 0..args.interp_runs {
+        let direct = || -> Result<Duration> {
             let t = Instant::now();
             let r = http(&sock, req.as_bytes())?;
             let d = t.elapsed();
@@ -1650,9 +1735,42 @@ async fn interpreter_series(args: &Args, srv: &Srv, notes: &mut Vec<String>) -> 
                 bail!("agent /execute answered {}", r.status);
             }
             ndjson_offsets(&r.body, Some("2"))?;
-            direct.push(d);
+            Ok(d)
+        };
+        for _ in 0..5 {
+            srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
+            direct()?;
         }
-        let c2 = srv.cpu(&s);
+        let (mut first, mut end, mut direct_end) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_via, mut cpu_direct) = (CpuSum::default(), CpuSum::default());
+        let mut left = args.interp_runs;
+        while left > 0 {
+            let k = left.min(BLOCK);
+            let c0 = srv.cpu(&s);
+            for _ in 0..k {
+                let (f, e) = srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?;
+                first.extend(f);
+                end.push(e);
+            }
+            let c1 = srv.cpu(&s);
+            for _ in 0..k {
+                direct_end.push(direct()?);
+            }
+            cpu_via.add(&c0, &c1, k);
+            cpu_direct.add(&c1, &srv.cpu(&s), k);
+            left -= k;
+        }
+        // Diagnosis: IPython saves every cell to its SQLite history with
+        // fsyncs, on a thread that holds the lock the next cell's
+        // `store_inputs` needs. The same series with those writes deferred
+        // (the cache never fills) shows what they cost.
+        let mut history_off = Vec::new();
+        if args.interp_runs > 0 {
+            srv.execute(&s, "get_ipython().history_manager.db_cache_size = 10**9", None, None, REQUEST_TIMEOUT).await?;
+            for _ in 0..args.interp_runs {
+                history_off.push(srv.execute(&s, "1+1", None, Some("2"), REQUEST_TIMEOUT).await?.1);
+            }
+        }
         srv.note_load(&format!("interpreter: {} fresh Python contexts", args.interp_contexts));
         let mut fresh = Vec::new();
         for _ in 0..args.interp_contexts {
@@ -1673,14 +1791,30 @@ async fn interpreter_series(args: &Args, srv: &Srv, notes: &mut Vec<String>) -> 
             "second_create_ms": ms(second),
             "first_execute_default_context": { "first_result_ms": fr.map(ms), "end_ms": ms(fe) },
             "warm": { "first_result": stats(&first), "end": stats(&end) },
-            "direct_agent_warm_end": stats(&direct),
-            "cpu_per_run": { "via_server": c1.per_run(&c0, args.interp_runs), "direct": c2.per_run(&c1, args.interp_runs) },
+            "direct_agent_warm_end": stats(&direct_end),
+            "warm_history_writes_off_end": stats(&history_off),
+            "cpu_per_run": { "via_server": cpu_via.per_run(), "direct": cpu_direct.per_run() },
             "fresh_contexts": fresh,
         }))
     }
     .await;
     srv.kill(&s.id).await?;
     r
+}
+
+fn print_host_cpu(label: &str, c: &Value) {
+    if c.is_null() {
+        return;
+    }
+    println!(
+        "  CPU, {label}: host {}% busy ({} of {} CPU-ms); server threads {} ms, launchers {} ms = {} ms per sandbox",
+        f(c, "/host_busy_pct"),
+        f(c, "/host_busy_cpu_ms"),
+        f(c, "/host_capacity_cpu_ms"),
+        f(c, "/server_threads_cpu_ms"),
+        f(c, "/launchers_cpu_ms"),
+        f(c, "/server_and_launchers_per_create_ms")
+    );
 }
 
 fn print_cpu(c: &Value) {
@@ -1714,14 +1848,18 @@ fn print_server_tables(r: &Value) {
             println!("{}", stats_row("sequential: client", &s["create"]));
             println!("{}", stats_row("  server: API handler", &s["server"]["api_handler"]));
             println!("{}", stats_row("  server: service create", &s["server"]["service_create"]));
+            println!("{}", stats_row("  server: runtime Backend::create", &s["server"]["runtime_create"]));
             println!("{}", stats_row("sequential: DELETE", &s["delete"]));
+            print_host_cpu("sequential create+delete", &s["cpu_create_and_delete"]);
         }
         if let Some(s) = c.get("concurrent") {
             println!("{}", stats_row("concurrent: client, per request", &s["create"]));
             println!("{}", stats_row("  server: API handler", &s["server"]["api_handler"]));
             println!("{}", stats_row("  server: service create", &s["server"]["service_create"]));
+            println!("{}", stats_row("  server: runtime Backend::create", &s["server"]["runtime_create"]));
             println!("{}", stats_row("concurrent: DELETE", &s["delete"]));
             println!("  concurrent: {} at once, wall {} ms until the last 201; delete wall {} ms (load after: {})", f(s, "/n"), f(s, "/wall_ms"), f(s, "/delete_wall_ms"), f(s, "/loadavg_after"));
+            print_host_cpu("concurrent, until the last 201", &s["cpu_until_last_201"]);
         }
     }
     let c = &r["commands"];
@@ -1748,6 +1886,7 @@ fn print_server_tables(r: &Value) {
         println!("{}", stats_row("warm run_code(\"1+1\"): to end", &i["warm"]["end"]));
         println!("{}", stats_row("warm run_code(\"1+1\"): to result", &i["warm"]["first_result"]));
         println!("{}", stats_row("agent socket: /execute to end", &i["direct_agent_warm_end"]));
+        println!("{}", stats_row("via server, IPython history off", &i["warm_history_writes_off_end"]));
         print_cpu(&i["cpu_per_run"]);
         for (n, c) in i["fresh_contexts"].as_array().into_iter().flatten().enumerate() {
             println!("  fresh context #{}: POST /contexts {} ms, first result {} ms, end {} ms", n + 1, f(c, "/create_context_ms"), f(c, "/first_result_ms"), f(c, "/end_ms"));
