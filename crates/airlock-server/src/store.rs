@@ -132,7 +132,10 @@ impl Store {
     }
 
     pub fn key_valid(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.c().query_row("SELECT 1 FROM api_keys WHERE hash = ?1", params![hash_key(key)], |_| Ok(())).optional()?.is_some())
+        let c = self.c();
+        let mut st = c.prepare_cached("SELECT 1 FROM api_keys WHERE hash = ?1")?;
+        let found = st.query_row(params![hash_key(key)], |_| Ok(())).optional()?.is_some();
+        Ok(found)
     }
 
     pub fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
@@ -214,7 +217,10 @@ impl Store {
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
-        let raw = c.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row).optional()?;
+        // Cached: this lookup runs for every proxied request.
+        let mut st = c.prepare_cached(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS))?;
+        let raw = st.query_row(params![id], Self::row).optional()?;
+        drop(st);
         raw.map(Self::finish).transpose()
     }
 

@@ -88,7 +88,13 @@ try:
         def clear_output(self, wait=False):
             pass
 
-    shell = InteractiveShell.instance(displayhook_class=_Hook, display_pub_class=_Pub, colors="NoColor")
+    from traitlets.config import Config as _Config
+
+    _cfg = _Config()
+    # History in memory: IPython otherwise commits every cell to a SQLite
+    # file with several fsyncs, which costs milliseconds per cell.
+    _cfg.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=_cfg, displayhook_class=_Hook, display_pub_class=_Pub, colors="NoColor")
 
     def _showtraceback(exc_tuple=None, filename=None, tb_offset=None, exception_only=False, running_compiled_code=False):
         etype, value, tb = exc_tuple if exc_tuple else sys.exc_info()
