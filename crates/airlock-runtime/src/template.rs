@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the generated base layer changes, so old data
 /// directories get a fresh one.
-const BASE_VERSION: u32 = 1;
+const BASE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Template {
@@ -219,6 +219,28 @@ pub fn base_digest() -> String {
     format!("base-v{BASE_VERSION}-{stamp}")
 }
 
+const PROFILE: &str = r#"# /etc/profile: login shells (Airlock base template)
+if [ "${EUID:-$(id -u)}" -eq 0 ]; then
+  PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+else
+  PATH="/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+fi
+export PATH
+if [ "${PS1-}" ]; then
+  if [ "${BASH-}" ] && [ "$BASH" != "/bin/sh" ]; then
+    [ -f /etc/bash.bashrc ] && . /etc/bash.bashrc
+  else
+    if [ "${EUID:-$(id -u)}" -eq 0 ]; then PS1='# '; else PS1='$ '; fi
+  fi
+fi
+if [ -d /etc/profile.d ]; then
+  for i in /etc/profile.d/*.sh; do
+    if [ -r "$i" ]; then . "$i"; fi
+  done
+  unset i
+fi
+"#;
+
 /// Host `/etc` entries copied into `base`: configuration that programs
 /// from the host's `/usr` expect and that carries no secrets.
 const ETC_ALLOW: &[&str] = &[
@@ -273,6 +295,9 @@ fn build_base_layer(root: &Path) -> Result<(), TemplateError> {
         ("hostname", "sandbox\n", 0o644),
         ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n", 0o644),
         ("resolv.conf", "nameserver 1.1.1.1\n", 0o644),
+        // Every E2B command is `bash -l -c ...`, so this runs per command:
+        // Debian's version forks `id -u`; bash already knows $EUID.
+        ("profile", PROFILE, 0o644),
     ];
     for (name, content, mode) in files {
         let p = etc.join(name);

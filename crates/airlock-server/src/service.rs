@@ -892,15 +892,27 @@ impl Service {
             .map(|r| r.id)
     }
 
-    /// The agent socket of a running sandbox, for the proxy.
+    /// The agent socket of a running sandbox, for the proxy: the store row
+    /// and the kernel's view in one trip to the blocking pool, since this
+    /// runs for every proxied request.
     pub async fn route(&self, id: &str) -> Result<SandboxInfo, ApiError> {
-        let row = self.row(id).await?;
+        let store = self.store.clone();
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let (row, info) = self.blocking(move || -> Result<_, StoreError> {
+            let row = store.sandbox(&id2)?;
+            let info = match &row {
+                Some(r) if r.state == State::Running => Some(backend.get(&id2)),
+                _ => None,
+            };
+            Ok((row, info))
+        })
+        .await??;
+        let row = row.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?;
         if row.state == State::Paused {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
         }
-        let backend = self.backend.clone();
-        let id2 = id.to_string();
-        let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        let info = info.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?.map_err(|e| runtime_err(id, e))?;
         if info.frozen {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
         }
