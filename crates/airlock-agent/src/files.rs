@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_proto::envd::WrittenFile;
-use base64::Engine;
 use bytes::Bytes;
 use flate2::write::{GzEncoder, MultiGzDecoder};
 use flate2::Compression;
@@ -34,7 +33,6 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::fs::{self as fsops, entry, xattr, FsError};
@@ -174,17 +172,10 @@ impl Op {
 /// envd's URL signature: `v1_` + unpadded base64 of
 /// SHA-256(`path:op:username:token[:expiration]`), over the raw query values.
 pub fn signature(path: &str, op: Op, username: &str, token: &str, expiration: Option<i64>) -> String {
-    let mut s = format!("{path}:{}:{username}:{token}", op.as_str());
-    if let Some(exp) = expiration {
-        s.push_str(&format!(":{exp}"));
-    }
-    let digest = Sha256::digest(s.as_bytes());
-    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+    airlock_proto::envd::file_signature(path, op.as_str(), username, token, expiration)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::router::constant_time_eq;
 
 /// The access token in `X-Access-Token`, or else a valid unexpired
 /// signature, as envd checks them. With no token configured, anything goes.

@@ -354,6 +354,20 @@ pub struct HttpError {
     pub message: String,
 }
 
+/// The signature of a `/files` URL, as the SDKs compute it for
+/// `download_url`/`upload_url` and envd verifies it: `v1_` + unpadded
+/// standard base64 of SHA-256 over `path:operation:username:token[:expiration]`.
+pub fn file_signature(path: &str, operation: &str, username: &str, token: &str, expiration: Option<i64>) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut raw = format!("{path}:{operation}:{username}:{token}");
+    if let Some(e) = expiration {
+        raw.push_str(&format!(":{e}"));
+    }
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,16 +441,3 @@ mod tests {
     }
 }
 
-/// The signature of a `/files` URL, as the SDKs compute it for
-/// `download_url`/`upload_url` and envd verifies it: `v1_` + unpadded
-/// standard base64 of SHA-256 over `path:operation:username:token[:expiration]`.
-pub fn file_signature(path: &str, operation: &str, username: &str, token: &str, expiration: Option<i64>) -> String {
-    use base64::Engine;
-    use sha2::Digest;
-    let mut raw = format!("{path}:{operation}:{username}:{token}");
-    if let Some(e) = expiration {
-        raw.push_str(&format!(":{e}"));
-    }
-    let digest = sha2::Sha256::digest(raw.as_bytes());
-    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
-}

@@ -60,7 +60,8 @@ impl Stage {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `a: b: c`, for logs and boot reports.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -260,7 +261,7 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
         }
     }
     let start_time = state::process_start_time(pid).ok_or_else(|| Stage::new("init", "sandbox exited right after start", None))?;
-    state::write_json(&cfg.dir.join(state::STATE_FILE), &RunState { pid, start_time }).map_err(|e| Stage::io("writing state", e))?;
+    state::write_json(&cfg.dir.join(state::STATE_FILE), &RunState { pid, start_time, ip: cfg.net.as_ref().map(|n| n.sandbox_ip) }).map_err(|e| Stage::io("writing state", e))?;
     Ok(())
 }
 

@@ -120,13 +120,12 @@ impl NamespaceBackend {
     }
 
     fn info(&self, id: &str, rs: &RunState) -> SandboxInfo {
-        let net = state::read_json::<LaunchConfig>(&self.dir(id).join(state::LAUNCH_FILE)).ok().and_then(|c| c.net);
         SandboxInfo {
             id: id.to_string(),
             pid: rs.pid,
             socket: self.dir(id).join(state::SOCKET_FILE),
             frozen: self.cgroups.open(id).is_frozen(),
-            ip: net.map(|n| n.sandbox_ip),
+            ip: rs.ip,
         }
     }
 

@@ -100,15 +100,6 @@ pub fn nameservers() -> Vec<Ipv4Addr> {
     v
 }
 
-/// Installs the host-wide rules (idempotent):
-/// - INPUT from any sandbox interface is dropped: the host's own addresses,
-///   loopback included, are unreachable from inside, whatever the port;
-/// - FORWARD from a sandbox interface: DNS to the chosen nameservers is
-///   allowed, then anything to another sandbox, private, link-local, CGNAT
-///   or multicast ranges is dropped, then the rest is allowed; replies are
-///   allowed back;
-/// - POSTROUTING masquerades the sandbox subnet towards anything that is
-///   not a sandbox interface.
 /// The connected subnets the installed rules cover.
 static INSTALLED_FOR: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
 
@@ -123,6 +114,15 @@ pub fn refresh_host_rules() -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// Installs the host-wide rules (idempotent):
+/// - INPUT from any sandbox interface is dropped: the host's own addresses,
+///   loopback included, are unreachable from inside, whatever the port;
+/// - FORWARD from a sandbox interface: DNS to the chosen nameservers is
+///   allowed, then anything to another sandbox, private, link-local, CGNAT
+///   or multicast ranges is dropped, then the rest is allowed; replies are
+///   allowed back;
+/// - POSTROUTING masquerades the sandbox subnet towards anything that is
+///   not a sandbox interface.
 pub fn install_host_rules() -> Result<(), NetworkError> {
     let subnets = connected_subnets();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::Forwarding)?;

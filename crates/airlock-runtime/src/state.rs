@@ -52,6 +52,10 @@ pub struct RunState {
     /// field 22): tells a live sandbox from an unrelated process that
     /// reused its pid after a reboot.
     pub start_time: u64,
+    /// The sandbox's veth address, when it has network access: kept here
+    /// so finding a sandbox (on every proxied request) reads one file.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
 }
 
 /// Why a sandbox failed before its agent was ready.

@@ -29,6 +29,41 @@ pub struct Finished {
     pub status: String,
 }
 
+/// One command to start: `bash -c script` as `user`, optionally tagged.
+struct Launch<'a> {
+    socket: &'a Path,
+    token: Option<&'a str>,
+    user: &'a str,
+    script: &'a str,
+    env: &'a BTreeMap<String, String>,
+    cwd: Option<&'a str>,
+    tag: Option<&'a str>,
+}
+
+/// Sends `Process.Start` and returns the response, whose body is the event stream.
+async fn start(l: Launch<'_>) -> Result<hyper::Response<hyper::body::Incoming>, AgentError> {
+    let stream = tokio::net::UnixStream::connect(l.socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let req = StartRequest {
+        process: ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-c".into(), l.script.into()], envs: l.env.clone(), cwd: l.cwd.map(Into::into) },
+        pty: None,
+        tag: l.tag.map(Into::into),
+        stdin: Some(false),
+    };
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("/process.Process/Start")
+        .header("host", "sandbox")
+        .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
+        .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", l.user))));
+    if let Some(t) = l.token {
+        b = b.header("x-access-token", t);
+    }
+    let body = Full::new(connect::json_envelope(&req));
+    tx.send_request(b.body(body).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))
+}
+
 /// Runs `bash -c script` in the sandbox as `user`, calling `on_output`
 /// with each chunk (`true` for stderr), and returns its exit status.
 pub async fn run(
@@ -40,26 +75,7 @@ pub async fn run(
     cwd: Option<&str>,
     mut on_output: impl FnMut(&[u8], bool),
 ) -> Result<Finished, AgentError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = StartRequest {
-        process: ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-c".into(), script.into()], envs: env.clone(), cwd: cwd.map(Into::into) },
-        pty: None,
-        tag: None,
-        stdin: Some(false),
-    };
-    let body = connect::json_envelope(&req);
-    let mut b = http::Request::builder()
-        .method("POST")
-        .uri("/process.Process/Start")
-        .header("host", "sandbox")
-        .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
-        .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))));
-    if let Some(t) = token {
-        b = b.header("x-access-token", t);
-    }
-    let resp = tx.send_request(b.body(Full::new(body)).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = start(Launch { socket, token, user, script, env, cwd, tag: None }).await?;
     if !resp.status().is_success() {
         let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         return Err(AgentError::Rpc(String::from_utf8_lossy(&bytes).into_owned()));
@@ -94,25 +110,7 @@ pub async fn run(
 /// Starts `bash -c script` in the background (tagged), returning its pid
 /// once the agent has started it; the process outlives this call.
 pub async fn spawn(socket: &Path, token: Option<&str>, user: &str, script: &str, env: &BTreeMap<String, String>, cwd: Option<&str>, tag: &str) -> Result<u32, AgentError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = StartRequest {
-        process: ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-c".into(), script.into()], envs: env.clone(), cwd: cwd.map(Into::into) },
-        pty: None,
-        tag: Some(tag.to_string()),
-        stdin: Some(false),
-    };
-    let mut b = http::Request::builder()
-        .method("POST")
-        .uri("/process.Process/Start")
-        .header("host", "sandbox")
-        .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
-        .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))));
-    if let Some(t) = token {
-        b = b.header("x-access-token", t);
-    }
-    let resp = tx.send_request(b.body(Full::new(connect::json_envelope(&req))).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = start(Launch { socket, token, user, script, env, cwd, tag: Some(tag) }).await?;
     let mut body = resp.into_body();
     let mut dec = EnvelopeDecoder::new();
     while let Some(frame) = body.frame().await {

@@ -207,7 +207,7 @@ fn build_stream(svc: Arc<Service>, b: BuildBody) -> Resp {
         drop(tx);
         let _ = forward.await;
     });
-    let body = http_body_util::StreamBody::new(tokio_stream_from(brx));
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(brx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
     let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
     r
@@ -231,26 +231,6 @@ async fn unpack_context(b64: Option<&str>) -> Result<Option<tempfile::TempDir>, 
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-}
-
-/// A receiver as a `Stream` without pulling in tokio-stream.
-fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_core_stream::Stream<Item = T> {
-    futures_core_stream::ReceiverStream(rx)
-}
-
-mod futures_core_stream {
-    pub use futures_util::Stream;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
-
-    impl<T> Stream for ReceiverStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            self.0.poll_recv(cx)
-        }
-    }
 }
 
 fn err(e: ApiError) -> Resp {

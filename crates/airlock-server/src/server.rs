@@ -151,7 +151,7 @@ async fn lifecycle_loop(svc: Arc<Service>) {
             tracing::warn!(error = %e, "deadline check failed");
         }
         n += 1;
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             svc.sample_all().await;
         }
     }

@@ -296,7 +296,7 @@ impl Service {
         }
         let existing = {
             let store = self.store.clone();
-            self.blocking(move || store.sandboxes().map(|v| v.len())).await??
+            self.blocking(move || store.count()).await??
         };
         if existing + in_flight > self.cfg.max_sandboxes {
             return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
@@ -315,7 +315,7 @@ impl Service {
         let backend = self.backend.clone();
         let s2 = spec.clone();
         self.blocking(move || backend.create(&s2)).await?.map_err(|e| {
-            tracing::error!(sandbox_id = %id, error = %chain(&e), "sandbox creation failed");
+            tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
             match e {
                 airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
                 other => runtime_err(&id, other),
@@ -955,13 +955,3 @@ pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) ->
     Ok((!s.is_empty()).then_some(s))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

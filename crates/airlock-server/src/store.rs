@@ -240,6 +240,10 @@ impl Store {
         raws.into_iter().map(Self::finish).collect()
     }
 
+    pub fn count(&self) -> Result<usize, StoreError> {
+        Ok(self.c().query_row("SELECT COUNT(*) FROM sandboxes", [], |r| r.get::<_, i64>(0))? as usize)
+    }
+
     pub fn set_state(&self, id: &str, state: State, end_at: i64) -> Result<bool, StoreError> {
         Ok(self.c().execute("UPDATE sandboxes SET state = ?2, end_at = ?3 WHERE id = ?1", params![id, state.as_str(), end_at])? > 0)
     }

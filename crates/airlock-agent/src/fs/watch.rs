@@ -470,7 +470,7 @@ impl Watchers {
 }
 
 /// An unguessable watcher id (`w` + 24 hex digits), like envd's `w…` ids.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 12];
     // SAFETY: `b` is valid for `b.len()` writable bytes.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };

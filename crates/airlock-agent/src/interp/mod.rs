@@ -107,7 +107,7 @@ impl Interpreter {
     }
 
     fn create(&self, kind: Kind, language: String, cwd: String) -> Arc<Context> {
-        let id = random_id();
+        let id = crate::fs::watch::random_id();
         let c = Arc::new(Context { info: ContextInfo { id: id.clone(), language, cwd }, kind, kernel: tokio::sync::Mutex::new(None), pid: AtomicI32::new(0) });
         self.map().insert(id, c.clone());
         c
@@ -438,14 +438,6 @@ fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &
             Ok(format!("{}|{}\n", cp.display(), rp.display()))
         }
     }
-}
-
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {

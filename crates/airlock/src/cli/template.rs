@@ -132,7 +132,7 @@ fn find_recipe(file: Option<PathBuf>, context: &Path) -> anyhow::Result<PathBuf>
 /// The context directory as a base64 tar.gz, only when the recipe copies from it.
 fn pack_context(recipe: &str, context: &Path) -> anyhow::Result<Option<String>> {
     let copies = recipe.lines().any(|l| {
-        let w = l.trim_start().split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let w = l.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
         w == "COPY" || w == "ADD"
     });
     if !copies {
