@@ -218,7 +218,11 @@ impl Drop for HostListener {
     }
 }
 
-/// The host's own IPv4 addresses, sandbox veths excluded.
+/// Host side of the simulated neighbour network (`Neighbour`): a test
+/// fixture that comes and goes while other tests run, not a host address.
+const NEIGHBOUR_IF_PREFIX: &str = "alnb";
+
+/// The host's own IPv4 addresses, sandbox veths and test fixtures excluded.
 fn host_ipv4() -> Vec<(String, Ipv4Addr)> {
     let out = std::process::Command::new("ip").args(["-4", "-o", "addr", "show"]).output().expect("ip addr");
     assert!(out.status.success());
@@ -229,7 +233,7 @@ fn host_ipv4() -> Vec<(String, Ipv4Addr)> {
             let ifname = f.get(1)?.trim_end_matches(':').to_string();
             let i = f.iter().position(|w| *w == "inet")?;
             let ip: Ipv4Addr = f.get(i + 1)?.split('/').next()?.parse().ok()?;
-            (!ifname.starts_with("alk")).then_some((ifname, ip))
+            (!ifname.starts_with("alk") && !ifname.starts_with(NEIGHBOUR_IF_PREFIX)).then_some((ifname, ip))
         })
         .collect()
 }
@@ -1484,7 +1488,7 @@ impl FakeNeighbour {
     fn new() -> Self {
         let tag = &new_id()[..8];
         let ns = format!("airlock-sec-{tag}");
-        let host_if = format!("nb{tag}");
+        let host_if = format!("{NEIGHBOUR_IF_PREFIX}{tag}");
         let ip = Ipv4Addr::new(198, 51, 100, 2);
         let sh = |cmd: &str| {
             let out = std::process::Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
