@@ -181,7 +181,7 @@ use crate::router::constant_time_eq;
 /// signature, as envd checks them. With no token configured, anything goes.
 fn authorize(token: Option<&str>, headers: &HeaderMap, q: &Query, op: Op, now: i64) -> Result<(), FilesError> {
     let Some(token) = token else { return Ok(()) };
-    if let Some(sent) = headers.get("x-access-token").filter(|v| !v.is_empty()) {
+    if let Some(sent) = headers.get(airlock_proto::envd::ACCESS_TOKEN_HEADER).filter(|v| !v.is_empty()) {
         return if constant_time_eq(sent.as_bytes(), token.as_bytes()) {
             Ok(())
         } else {

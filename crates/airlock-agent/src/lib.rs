@@ -62,6 +62,8 @@ impl Default for AgentConfig {
 /// Shared state of a running agent.
 pub struct Agent {
     pub config: AgentConfig,
+    /// The `trafficAccessToken` derived from the access token, computed once.
+    pub traffic_token: Option<String>,
     pub processes: process::Table,
     pub watchers: fs::Watchers,
     pub interpreter: interp::Interpreter,
@@ -69,7 +71,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
-        Arc::new(Self { config, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+        let traffic_token = config.access_token.as_deref().map(airlock_proto::envd::traffic_token);
+        Arc::new(Self { config, traffic_token, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
     }
 
     /// The default user's home, the working directory of new code contexts.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use airlock_proto::connect::{Code, ConnectError};
+use airlock_proto::envd::{ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
@@ -44,14 +45,25 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
     }
 }
 
+/// Whether header `name` carries exactly `want` (compared in constant time).
+fn header_is(req: &Request<Incoming>, name: &str, want: &str) -> bool {
+    req.headers().get(name).is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes()))
+}
+
+/// envd routes: the sandbox's access token in `X-Access-Token`.
 fn token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
     match &agent.config.access_token {
         None => true,
-        Some(want) => req
-            .headers()
-            .get("x-access-token")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes())),
+        Some(want) => header_is(req, ACCESS_TOKEN_HEADER, want),
+    }
+}
+
+/// Code-interpreter routes: the access token, or the traffic token the
+/// official SDKs send instead on every call but `/execute`.
+fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
+    match (&agent.config.access_token, &agent.traffic_token) {
+        (Some(access), Some(traffic)) => header_is(req, ACCESS_TOKEN_HEADER, access) || header_is(req, TRAFFIC_TOKEN_HEADER, traffic),
+        _ => true,
     }
 }
 
@@ -64,6 +76,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
     if req.headers().get(crate::PORT_HEADER).and_then(|v| v.to_str().ok()) == Some("49999") {
+        // Only `/health` is public, as on envd: everything else on the
+        // interpreter runs code or reveals it.
+        let health = matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().trim_end_matches('/') == "/health";
+        if !health && !interpreter_token_ok(&agent, &req) {
+            return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+        }
         return crate::interp::handle(&agent, req).await;
     }
     let Some(r) = route(req.method(), req.uri()) else {

@@ -18,6 +18,24 @@ pub const ENVD_VERSION: &str = "0.6.13";
 pub const ENVD_PORT: u16 = 49983;
 pub const CODE_INTERPRETER_PORT: u16 = 49999;
 
+/// Header carrying a sandbox's `envdAccessToken` on sandbox traffic.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+/// Header carrying a sandbox's `trafficAccessToken`. The official
+/// code-interpreter SDKs send it (and not `X-Access-Token`) on every
+/// port-49999 call but `/execute`, so that is how those calls authenticate.
+pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// The `trafficAccessToken` of a sandbox whose `envdAccessToken` is
+/// `access_token`. Derived rather than stored so the agent can check it
+/// without another secret: hex SHA-256 over a fixed label and the token,
+/// which reveals nothing about the access token itself. It grants only the
+/// code-interpreter routes, never envd.
+pub fn traffic_token(access_token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("airlock-traffic-token-v1:{access_token}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 // ---------------------------------------------------------------- process
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

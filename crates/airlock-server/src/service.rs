@@ -547,7 +547,7 @@ impl Service {
             envd_version: ENVD_VERSION.into(),
             alias: Some(row.template.clone()),
             envd_access_token: row.access_token.clone(),
-            traffic_access_token: None,
+            traffic_access_token: row.access_token.as_deref().map(airlock_proto::envd::traffic_token),
             domain: None,
         }
     }

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::support::*;
 
 // ---------------------------------------------------------------------------
@@ -1550,4 +1552,110 @@ async fn mount_table_and_pid1_show_no_host_paths() {
     assert!(r.stdout.contains("overlay"), "positive control: the overlay is listed\n{}", r.stdout);
     assert!(!r.stdout.contains(&root), "host data directory {root} leaks into the sandbox:\n{}", r.stdout);
     assert!(!r.stdout.contains("/work/") && !r.stdout.contains("target/debug"), "host paths leak:\n{}", r.stdout);
+}
+
+// ---------------------------------------------------------------------------
+// Sandbox traffic without the sandbox's token
+// ---------------------------------------------------------------------------
+
+/// Every route the proxy carries to a sandbox's agent, as `(port, method,
+/// path, content type, body)`. A route added to the agent belongs here too.
+fn token_guarded_routes() -> Vec<(&'static str, &'static str, &'static str, &'static str, Vec<u8>)> {
+    let envelope = |msg: serde_json::Value| {
+        let p = serde_json::to_vec(&msg).expect("json");
+        let mut e = vec![0u8];
+        e.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        e.extend_from_slice(&p);
+        e
+    };
+    let json = |msg: serde_json::Value| serde_json::to_vec(&msg).expect("json");
+    let start = serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-c", "id -u"]}, "stdin": false});
+    let pid = serde_json::json!({"process": {"pid": 1}});
+    let path = serde_json::json!({"path": "/home/user"});
+    let mut v = vec![
+        ("49983", "POST", "/process.Process/Start", "application/connect+json", envelope(start)),
+        ("49983", "POST", "/process.Process/Connect", "application/connect+json", envelope(pid.clone())),
+        ("49983", "POST", "/process.Process/StreamInput", "application/connect+json", envelope(serde_json::json!({"start": pid.clone()}))),
+        ("49983", "POST", "/process.Process/List", "application/json", json(serde_json::json!({}))),
+        ("49983", "POST", "/process.Process/Update", "application/json", json(pid.clone())),
+        ("49983", "POST", "/process.Process/SendInput", "application/json", json(serde_json::json!({"process": {"pid": 1}, "input": {"stdin": "eA=="}}))),
+        ("49983", "POST", "/process.Process/SendSignal", "application/json", json(serde_json::json!({"process": {"pid": 1}, "signal": "SIGNAL_SIGKILL"}))),
+        ("49983", "POST", "/process.Process/CloseStdin", "application/json", json(pid)),
+        ("49983", "POST", "/filesystem.Filesystem/WatchDir", "application/connect+json", envelope(path.clone())),
+        ("49983", "GET", "/files?path=/etc/hostname", "", vec![]),
+        ("49983", "POST", "/files?path=/home/user/planted", "application/octet-stream", b"x".to_vec()),
+        ("49999", "POST", "/execute", "application/json", json(serde_json::json!({"code": "import os; print(os.getuid())"}))),
+        ("49999", "POST", "/contexts", "application/json", json(serde_json::json!({"language": "python"}))),
+        ("49999", "GET", "/contexts", "", vec![]),
+        ("49999", "DELETE", "/contexts/some-context", "", vec![]),
+        ("49999", "POST", "/contexts/some-context/restart", "", vec![]),
+    ];
+    for m in ["Stat", "MakeDir", "ListDir", "Remove", "CreateWatcher"] {
+        let p: &'static str = Box::leak(format!("/filesystem.Filesystem/{m}").into_boxed_str());
+        v.push(("49983", "POST", p, "application/json", json(path.clone())));
+    }
+    v.push(("49983", "POST", "/filesystem.Filesystem/Move", "application/json", json(serde_json::json!({"source": "/home/user", "destination": "/tmp/x"}))));
+    for m in ["GetWatcherEvents", "RemoveWatcher"] {
+        let p: &'static str = Box::leak(format!("/filesystem.Filesystem/{m}").into_boxed_str());
+        v.push(("49983", "POST", p, "application/json", json(serde_json::json!({"watcherId": "w"}))));
+    }
+    v
+}
+
+/// Regression: requests for port 49999 reached the code interpreter before
+/// any token check, so knowing a sandbox's id was enough to run code in it.
+#[tokio::test]
+async fn every_sandbox_route_refuses_a_missing_or_wrong_token() {
+    let srv = crate::server::Server::start(&[]).await;
+    let sbx = srv.create(serde_json::json!({"templateID": "base", "timeout": 300})).await;
+    let id = sbx["sandboxID"].as_str().expect("id").to_string();
+    let token = sbx["envdAccessToken"].as_str().expect("every v2 sandbox has an access token").to_string();
+    let traffic = sbx["trafficAccessToken"].as_str().expect("and a traffic token for the interpreter").to_string();
+    assert_ne!(token, traffic);
+    for (port, method, path, ctype, body) in token_guarded_routes() {
+        let mut attempts: Vec<(&str, Vec<(&str, &str)>)> = vec![
+            ("no token", vec![]),
+            ("wrong access token", vec![("x-access-token", "not-the-token")]),
+            ("empty access token", vec![("x-access-token", "")]),
+            ("wrong traffic token", vec![("e2b-traffic-access-token", "not-the-token")]),
+        ];
+        if port == "49983" {
+            // The traffic token opens the interpreter only, never envd.
+            attempts.push(("traffic token on envd", vec![("x-access-token", traffic.as_str()), ("e2b-traffic-access-token", traffic.as_str())]));
+        }
+        for (what, extra) in attempts {
+            let mut headers = vec![("e2b-sandbox-id", id.as_str()), ("e2b-sandbox-port", port)];
+            if !ctype.is_empty() {
+                headers.push(("content-type", ctype));
+            }
+            headers.extend(extra);
+            let (status, _, resp) = srv.req(method, path, &headers, Bytes::from(body.clone())).await.expect("request");
+            assert_eq!(status, 401, "{method} {path} on port {port} with {what} must be refused, got {status}: {}", String::from_utf8_lossy(&resp));
+        }
+    }
+    // Nothing those requests carried happened.
+    let (_, out) = srv.run(&sbx, "test -e /home/user/planted && echo planted; test -e /tmp/x && echo moved; echo checked").await;
+    assert_eq!(out, "checked\n");
+
+    // Positive controls: /health is public on both ports; the access token
+    // runs code; the traffic token alone manages contexts, as the official
+    // code-interpreter SDKs send it.
+    for port in ["49983", "49999"] {
+        let (s, _, _) = srv.req("GET", "/health", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", port)], Bytes::new()).await.expect("health");
+        assert!(s == 200 || s == 204, "health on {port} is public: {s}");
+    }
+    let exec = serde_json::to_vec(&serde_json::json!({"code": "import os; print(os.getuid())"})).expect("json");
+    let (s, _, out) = srv
+        .req("POST", "/execute", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("content-type", "application/json"), ("x-access-token", &token)], Bytes::from(exec))
+        .await
+        .expect("execute");
+    assert_eq!(s, 200);
+    assert!(String::from_utf8_lossy(&out).contains("1000"), "code ran with the token: {}", String::from_utf8_lossy(&out));
+    let (s, _, out) = srv
+        .req("POST", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("content-type", "application/json"), ("e2b-traffic-access-token", &traffic)], Bytes::from_static(b"{}"))
+        .await
+        .expect("contexts");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&out));
+    let (s, _, _) = srv.req("GET", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("e2b-traffic-access-token", &traffic)], Bytes::new()).await.expect("contexts");
+    assert_eq!(s, 200);
 }
