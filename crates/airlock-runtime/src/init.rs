@@ -121,9 +121,23 @@ fn recv(fd: &OwnedFd) -> Option<(u8, Vec<u8>)> {
     Some((hdr[0], payload))
 }
 
+/// `recv`, but only if a message (or end of file) is already waiting.
+fn poll_recv(fd: &OwnedFd) -> Option<(u8, Vec<u8>)> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid pollfd, without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n == 1 && p.revents & libc::POLLIN != 0 {
+        recv(fd)
+    } else {
+        None
+    }
+}
+
 /// The agent, as the binary provides it: takes the bound socket and the
 /// configuration, runs until the sandbox ends, returns an exit code.
-pub type AgentMain = fn(UnixListener, &LaunchConfig) -> i32;
+/// `log` is the host-side `agent.log`, kept off the agent's stdio (which is
+/// `/dev/null`) so that no `/proc/1/fd/{1,2}` leads to a host file.
+pub type AgentMain = fn(UnixListener, std::fs::File, &LaunchConfig) -> i32;
 
 /// Entry point of `airlock __init <launch.json>`. Returns the launcher's exit
 /// code; never returns in the child (it becomes the agent and exits).
@@ -190,12 +204,12 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
         drop(c2p_r);
         drop(p2c_w);
         let code = match child(cfg, &userns, &c2p_w, &p2c_r) {
-            Ok(listener) => {
+            Ok((listener, log)) => {
                 drop(userns);
                 send(&c2p_w, MSG_READY, b"");
                 drop(c2p_w);
                 drop(p2c_r);
-                agent(listener, cfg)
+                agent(listener, log, cfg)
             }
             Err(s) => {
                 let payload = serde_json::to_vec(&s.to_boot()).unwrap_or_default();
@@ -238,14 +252,22 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
     // milliseconds on a busy host: PID 1 is moved in from here while it
     // builds its root filesystem, instead of before it starts. It runs no
     // untrusted code until GO, so nothing escapes the limits meanwhile.
+    // A step that fails here may only have failed because PID 1 already
+    // gave up: its own report, if it sent one, is the real cause.
+    let child_report = || match poll_recv(&c2p_r) {
+        Some((MSG_ERROR, p)) => Some(fail_from_child(p)),
+        _ => None,
+    };
     if let Err(e) = cg.add_pid(pid) {
+        let report = child_report();
         kill_child();
-        return Err(staged("cgroup")(e));
+        return Err(report.unwrap_or_else(|| staged("cgroup")(e)));
     }
     if let Some(net) = &cfg.net {
         if let Err(e) = crate::network::create_veth(net, pid) {
+            let report = child_report();
             kill_child();
-            return Err(staged("network")(e));
+            return Err(report.unwrap_or_else(|| staged("network")(e)));
         }
     }
     send(&p2c_w, MSG_GO, b"");
@@ -271,8 +293,72 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
+/// Per-sandbox totals of the kernel's per-user counters, fixed when its user
+/// namespace is made: queued signals, POSIX message-queue bytes, open files
+/// of PID 1.
+const SIGPENDING_LIMIT: u64 = 16384;
+const MSGQUEUE_LIMIT: u64 = 819_200;
+const NOFILE_LIMIT: u64 = 65536;
+
+/// Turns the userns helper into the sandbox's own host uid (`base`, root
+/// inside) before it makes the namespace, keeping its capabilities.
+///
+/// The kernel charges per-user resources (inotify instances, queued
+/// signals, message queues, user namespaces) at every level of the user
+/// namespace tree, and at the host's level to the namespace's *creator*.
+/// Made by host root, every sandbox's use counted as host root's: one
+/// sandbox opening 128 inotify instances left systemd, udev and every other
+/// sandbox without. Made by `base`, each sandbox has its own budget. The
+/// rlimits set here become the namespace's ceilings for the totals.
+///
+/// Capabilities are kept (`PR_SET_KEEPCAPS`, then raised again) so hosts
+/// that forbid unprivileged user namespaces (Debian's
+/// `unprivileged_userns_clone`, Ubuntu's AppArmor rule) still let us.
+///
+/// # Safety
+/// Only in the forked, single-threaded helper: it changes the process's
+/// credentials for good.
+unsafe fn become_userns_owner(base: u32) -> bool {
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: credential and capability syscalls with valid arguments, in a
+    // process that owns its credentials alone (see the function's contract).
+    unsafe {
+        if !(set_limit(libc::RLIMIT_SIGPENDING, SIGPENDING_LIMIT) && set_limit(libc::RLIMIT_MSGQUEUE, MSGQUEUE_LIMIT)) {
+            return false;
+        }
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(base, base, base) != 0
+            || libc::setresuid(base, base, base) != 0
+        {
+            return false;
+        }
+        let hdr = CapHeader { version: 0x2008_0522, pid: 0 };
+        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        if libc::syscall(libc::SYS_capget, &hdr as *const CapHeader, data.as_mut_ptr()) != 0 {
+            return false;
+        }
+        for d in &mut data {
+            d.effective = d.permitted;
+        }
+        libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) == 0
+    }
+}
+
 /// Creates a user namespace mapping 0..65536 inside to `base..` outside,
-/// and returns an fd that keeps it alive.
+/// owned by `base` (see `become_userns_owner`), and returns an fd that
+/// keeps it alive.
 fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
     let (ready_r, ready_w) = pipe()?;
     let (done_r, done_w) = pipe()?;
@@ -288,7 +374,7 @@ fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
             // would never see end-of-file.
             libc::close(done_w.as_raw_fd());
             libc::close(ready_r.as_raw_fd());
-            let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+            let ok = become_userns_owner(base) && libc::unshare(libc::CLONE_NEWUSER) == 0;
             let b = [if ok { 1u8 } else { 0u8 }];
             libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
             let mut x = [0u8; 1];
@@ -319,7 +405,7 @@ fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
 }
 
 /// Everything PID 1 does before it becomes the agent.
-fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<UnixListener, Stage> {
+fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<(UnixListener, std::fs::File), Stage> {
     // The cgroup namespace comes after GO, once the launcher has moved us
     // into the sandbox's cgroup, so that cgroup is its root.
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
@@ -328,6 +414,7 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
         return Err(Stage::io("unshare namespaces", std::io::Error::last_os_error()));
     }
     send(to_parent, MSG_NS_READY, b"");
+    set_pid1_limits().map_err(|e| Stage::io("resource limits", e))?;
 
     // Mounts run while the launcher wires the veth in parallel.
     let rootfs = cfg.dir.join("rootfs");
@@ -383,9 +470,18 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     for f in ["all", "default", "lo"] {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
     }
+    // The network namespace belongs to the host's user namespace, so root
+    // inside holds no CAP_NET_BIND_SERVICE or CAP_NET_RAW there: it could
+    // neither bind ports below 1024 nor ping. Both are harmless inside a
+    // namespace of its own, so open them to every id of the sandbox (host
+    // gids: the write is read in the host's user namespace), as container
+    // runtimes do.
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
+    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", format!("{} {}", cfg.id_base, cfg.id_base + 65535));
     crate::network::configure_inside(cfg.net.as_ref()).map_err(staged("network"))?;
 
     crate::rootfs::pivot(&rootfs).map_err(staged("pivot_root"))?;
+    let log = detach_stdio().map_err(|e| Stage::io("stdio", e))?;
 
     // SAFETY: setns on a user-namespace fd; the process is single-threaded
     // and shares no fs state, as the kernel requires.
@@ -404,7 +500,63 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     }
     crate::seccomp::drop_capabilities().map_err(staged("capabilities"))?;
     crate::seccomp::install().map_err(staged("seccomp"))?;
-    Ok(listener)
+    Ok((listener, log))
+}
+
+/// PID 1's own limits, inherited by everything it starts: the same
+/// per-sandbox signal and message-queue budgets as its namespace, and a
+/// fixed open-file limit (rather than whatever the server had).
+fn set_pid1_limits() -> std::io::Result<()> {
+    for (res, v) in [(libc::RLIMIT_SIGPENDING, SIGPENDING_LIMIT), (libc::RLIMIT_MSGQUEUE, MSGQUEUE_LIMIT), (libc::RLIMIT_NOFILE, NOFILE_LIMIT)] {
+        if !set_limit(res, v) {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets soft and hard limit of `res` to `v`, or to the current hard limit
+/// if that is lower: raising a hard limit needs `CAP_SYS_RESOURCE`, which
+/// the server (in a container, say) may not hold.
+fn set_limit(res: libc::__rlimit_resource_t, v: u64) -> bool {
+    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with valid structs.
+    unsafe {
+        if libc::getrlimit(res, &mut cur) != 0 {
+            return false;
+        }
+        let v = v.min(cur.rlim_max);
+        let r = libc::rlimit { rlim_cur: v, rlim_max: v };
+        libc::setrlimit(res, &r) == 0
+    }
+}
+
+/// Moves the launcher's stderr (the host-side log) to a close-on-exec
+/// descriptor and points fds 0, 1 and 2 at the sandbox's `/dev/null`, so
+/// the agent's stdio is nothing of the host's.
+fn detach_stdio() -> std::io::Result<std::fs::File> {
+    // SAFETY: fcntl/open/dup2 on descriptors this single-threaded process
+    // owns; the duplicated fd is owned by the returned File alone.
+    unsafe {
+        let log = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3);
+        if log < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let log = std::fs::File::from_raw_fd(log);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for fd in 0..=2 {
+            if libc::dup2(null, fd) < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(null);
+                return Err(e);
+            }
+        }
+        libc::close(null);
+        Ok(log)
+    }
 }
 
 /// Paths inside a sandbox directory that `init` needs to exist.

@@ -58,6 +58,7 @@ impl NamespaceBackend {
             return Err(Error::Unsupported(format!("agent binary {} does not exist", opts.binary.display())));
         }
         let cgroups = Cgroups::detect()?;
+        state::private_dir(&opts.root).map_err(|e| Error::io(format!("securing {}", opts.root.display()), e))?;
         for d in ["sandboxes", "slots", "templates"] {
             fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
         }
@@ -193,7 +194,11 @@ impl NamespaceBackend {
         let _ = fs::remove_file(dir.join(state::STATE_FILE));
         let _ = fs::remove_file(dir.join(state::BOOT_ERROR_FILE));
         self.cgroups.create(&cfg.id, &cfg.resources)?;
-        let log = fs::File::create(dir.join(state::LOG_FILE)).map_err(|e| Error::io("creating agent log", e))?;
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(dir.join(state::LOG_FILE))
+        }
+        .map_err(|e| Error::io("creating agent log", e))?;
         let log2 = log.try_clone().map_err(|e| Error::io("creating agent log", e))?;
         // The launch path goes through the environment, not argv: PID 1's
         // command line is readable inside the sandbox and must not show host

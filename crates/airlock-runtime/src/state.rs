@@ -72,15 +72,30 @@ pub const BOOT_ERROR_FILE: &str = "boot-error.json";
 pub const SOCKET_FILE: &str = "agent.sock";
 pub const LOG_FILE: &str = "agent.log";
 
+/// Writes `v` as JSON to `path`, atomically and readable by root only:
+/// `launch.json` holds the sandbox's access token.
 pub fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         // No fsync: the rename makes the replacement atomic, and a crash
         // that loses the newest write also lost the processes it describes.
         f.write_all(&serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?)?;
     }
     std::fs::rename(&tmp, path)
+}
+
+/// Creates `dir` (and its parents) if needed and makes it private to root:
+/// the data directory holds every sandbox's token and socket.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {

@@ -40,7 +40,9 @@ pub struct Server {
 }
 
 pub fn open_store(data_dir: &std::path::Path) -> Result<Store, ServeError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.to_path_buf(), source })?;
+    // Root only: the directory holds the store (API key hashes, sandbox
+    // tokens), every sandbox's launch.json and agent socket.
+    airlock_runtime::state::private_dir(data_dir).map_err(|source| ServeError::DataDir { path: data_dir.to_path_buf(), source })?;
     Ok(Store::open(&data_dir.join("airlock.db"))?)
 }
 

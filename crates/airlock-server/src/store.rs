@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 pub enum StoreError {
     #[error("database error")]
     Sql(#[from] rusqlite::Error),
+    #[error("securing {}", path.display())]
+    Io { path: std::path::PathBuf, #[source] source: std::io::Error },
     #[error("corrupt row for sandbox {id}: {what}")]
     Corrupt { id: String, what: String },
 }
@@ -82,6 +84,21 @@ pub fn hash_key(key: &str) -> String {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // The store holds sandbox access tokens in clear (connect must hand
+        // them back): root only. SQLite gives the -wal and -shm files the
+        // database's mode, so the database file is created 0600 first, and
+        // stores made by older versions are tightened.
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(|e| StoreError::Io { path: path.to_path_buf(), source: e })?;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                if std::path::Path::new(&p).exists() {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| StoreError::Io { path: p.into(), source: e })?;
+                }
+            }
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(

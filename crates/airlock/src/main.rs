@@ -27,15 +27,18 @@ fn main() -> ExitCode {
 
 /// PID 1 of a sandbox after isolation: a small current-thread runtime
 /// serving the agent on the socket `init` bound.
-fn agent_main(listener: UnixListener, cfg: &LaunchConfig) -> i32 {
+fn agent_main(listener: UnixListener, log: std::fs::File, cfg: &LaunchConfig) -> i32 {
+    // A log write that fails (a full disk) is dropped by the subscriber; it
+    // never takes the agent down.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
         .try_init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(8).build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agent: cannot start runtime: {e}");
+            tracing::error!(error = %e, "agent: cannot start runtime");
             return 1;
         }
     };
@@ -49,7 +52,7 @@ fn agent_main(listener: UnixListener, cfg: &LaunchConfig) -> i32 {
     match rt.block_on(airlock_agent::serve(listener, config)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("agent: {e}");
+            tracing::error!(error = %e, "agent stopped");
             1
         }
     }

@@ -1659,3 +1659,141 @@ async fn every_sandbox_route_refuses_a_missing_or_wrong_token() {
     let (s, _, _) = srv.req("GET", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("e2b-traffic-access-token", &traffic)], Bytes::new()).await.expect("contexts");
     assert_eq!(s, 200);
 }
+
+// ---------------------------------------------------------------------------
+// Per-user kernel limits
+// ---------------------------------------------------------------------------
+
+/// Takes every inotify instance, queued signal and message-queue byte its
+/// uid may have, reports the counts, then holds them.
+const EXHAUST: &str = r#"
+import ctypes, errno, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+def count(make):
+    n = 0
+    while n < 100000:
+        ctypes.set_errno(0)
+        if make() < 0:
+            return n, errno.errorcode.get(ctypes.get_errno(), "?")
+        n += 1
+    return n, "none"
+inotify = count(lambda: libc.inotify_init1(os.O_CLOEXEC))
+sig = signal.SIGRTMIN
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+class Val(ctypes.Union):
+    _fields_ = [("i", ctypes.c_int), ("p", ctypes.c_void_p)]
+libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, Val]
+sigs = count(lambda: libc.sigqueue(os.getpid(), sig, Val(0)))
+libc.mq_open.restype = ctypes.c_int
+mq = [0]
+def mq_open():
+    mq[0] += 1
+    return libc.mq_open(f"/airlock-{os.getpid()}-{mq[0]}".encode(), os.O_CREAT | os.O_RDWR, 0o600, None)
+queues = count(mq_open)
+print("inotify", *inotify, "signals", *sigs, "mqueues", *queues, flush=True)
+"#;
+
+/// One of each, or the errno that stopped it.
+const ONE_EACH: &str = r#"
+import ctypes, errno, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+def one(label, make):
+    ctypes.set_errno(0)
+    r = make()
+    print(label, "ok" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?"), flush=True)
+one("inotify", lambda: libc.inotify_init1(os.O_CLOEXEC))
+sig = signal.SIGRTMIN + 1
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+class Val(ctypes.Union):
+    _fields_ = [("i", ctypes.c_int), ("p", ctypes.c_void_p)]
+libc.sigqueue.argtypes = [ctypes.c_int, ctypes.c_int, Val]
+one("signal", lambda: libc.sigqueue(os.getpid(), sig, Val(0)))
+name = f"/airlock-probe-{os.getpid()}".encode()
+one("mqueue", lambda: libc.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None))
+libc.mq_unlink(name)
+"#;
+
+/// Regression: user namespaces made by host root charged every sandbox's
+/// inotify instances, queued signals and message queues to host root, so
+/// one sandbox could starve the host's daemons and every other sandbox.
+#[tokio::test]
+async fn per_user_kernel_limits_are_charged_to_the_sandbox_not_host_root() {
+    let hog = Sandbox::new();
+    let other = tokio::task::spawn_blocking(Sandbox::new).await.expect("second sandbox");
+    // Root and user inside together take all the sandbox may have; the
+    // scripts keep what they took until the sandbox is destroyed.
+    let script = EXHAUST.replace('\'', "'\\''");
+    for who in WHO {
+        run_ok(&hog, who, &format!("python3 -c '{script}' > /tmp/exhaust-{who}.txt 2>&1 & for i in $(seq 600); do [ -s /tmp/exhaust-{who}.txt ] && break; sleep 0.1; done; sleep 3600 >/dev/null 2>&1 & disown -a; true")).await;
+    }
+    let user = run_ok(&hog, "root", "cat /tmp/exhaust-user.txt").await.stdout;
+    let got: Vec<&str> = user.split_whitespace().collect();
+    assert_eq!(got.len(), 9, "exhaust script output: {user}");
+    // The limits really were reached inside (positive control).
+    assert_eq!((got[2], got[5], got[8]), ("EMFILE", "EAGAIN", "EMFILE"), "limits reached as user: {user}");
+    assert!(got[1].parse::<u32>().expect("count") > 0 && got[4].parse::<u32>().expect("count") > 0);
+
+    let expect_all_ok = |who: &str, out: &str| {
+        let m = kv(out);
+        for k in ["inotify", "signal", "mqueue"] {
+            assert_eq!(m.get(k).map(String::as_str), Some("ok"), "{who} could not get a {k} while another sandbox holds all of its own: {out}");
+        }
+    };
+    // Host root is untouched...
+    let host = std::process::Command::new("python3").arg("-c").arg(ONE_EACH).output().expect("python3 on the host");
+    expect_all_ok("host root", &String::from_utf8_lossy(&host.stdout));
+    // ...and so is another sandbox, as its root and its user.
+    let script = ONE_EACH.replace('\'', "'\\''");
+    for who in WHO {
+        let r = run_ok(&other, who, &format!("python3 -c '{script}'")).await;
+        expect_all_ok(&format!("{who} in another sandbox"), &r.stdout);
+    }
+}
+
+#[tokio::test]
+async fn root_inside_binds_low_ports_and_pings_its_own_loopback() {
+    let sbx = Sandbox::new();
+    for who in WHO {
+        let r = py(
+            &sbx,
+            who,
+            r#"
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+oserr("bind-80", lambda: s.bind(("127.0.0.1", 80)))
+def ping():
+    p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+    p.settimeout(5)
+    p.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"airlock", ("127.0.0.1", 0))
+    data, _ = p.recvfrom(1024)
+    if data[0] != 0:
+        raise OSError(errno.EPROTO, "not an echo reply")
+oserr("ping", ping)
+"#,
+        )
+        .await;
+        expect_results(who, &r, &[("bind-80", "ok"), ("ping", "ok")]);
+    }
+}
+
+#[tokio::test]
+async fn host_side_secrets_are_readable_by_root_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let srv = crate::server::Server::start(&[]).await;
+    let sbx = srv.create(serde_json::json!({"templateID": "base"})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    assert_eq!(mode(&srv.data), 0o700, "data directory");
+    for f in ["airlock.db", "airlock.db-wal", "airlock.db-shm"] {
+        let p = srv.data.join(f);
+        if f == "airlock.db" || p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+    let dir = srv.data.join("sandboxes").join(id);
+    for f in ["launch.json", "state.json", "agent.log"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    // The token really is in there (so the mode is what protects it).
+    let launch = std::fs::read_to_string(dir.join("launch.json")).expect("launch.json");
+    assert!(launch.contains(sbx["envdAccessToken"].as_str().expect("token")));
+}
