@@ -81,6 +81,30 @@ impl Agent {
     }
 }
 
+/// OOM score given to the agent's children: 0 when the agent runs at -999
+/// (the launcher lowers it where it holds CAP_SYS_RESOURCE), else 500.
+/// Either way, when the sandbox runs out of memory the killer takes a
+/// process that used it and not PID 1, whose death would end the sandbox.
+static CHILD_OOM_SCORE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+fn init_oom_policy() {
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let _ = CHILD_OOM_SCORE.set(if own <= -500 { "0" } else { "500" });
+}
+
+/// Sets a child's OOM score once `spawn` has returned, that is once it has
+/// exec'd. Not before: until exec the child's `/proc` files belong to host
+/// root (it still has the agent's non-dumpable memory), which root inside
+/// may not write, and making it dumpable would open the agent's memory to
+/// ptrace. Raising a score needs no privilege. A grandchild forked in the
+/// microseconds between exec and this write keeps the agent's score.
+pub(crate) fn set_child_oom_score(pid: u32) {
+    let v = CHILD_OOM_SCORE.get().copied().unwrap_or("500");
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v) {
+        tracing::debug!(pid, error = %e, "cannot set a child's OOM score");
+    }
+}
+
 /// Header the host proxy sets on code-interpreter traffic (E2B's port
 /// 49999), which the agent serves itself.
 pub const PORT_HEADER: &str = "x-airlock-port";
@@ -94,6 +118,7 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
 pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
+    init_oom_policy();
     let agent = Agent::new(config);
     reaper::start(agent.clone());
     loop {

@@ -552,6 +552,7 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
     })?;
     drop(slave_fd);
     let pid = child.id();
+    crate::set_child_oom_score(pid);
     let (status_tx, status_rx) = watch::channel(None);
 
     let mut pumps: Vec<(OwnedFd, fn(Vec<u8>) -> DataOutput)> = Vec::new();

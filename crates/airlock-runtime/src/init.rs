@@ -445,7 +445,7 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     crate::rootfs::mount_dev(&rootfs, cfg.id_base).map_err(staged("mount /dev"))?;
     crate::rootfs::mount_proc(&rootfs).map_err(staged("mount /proc"))?;
     crate::rootfs::mount_sys(&rootfs).map_err(staged("mount /sys"))?;
-    crate::rootfs::mount_tmp(&rootfs, cfg.id_base).map_err(staged("mount /tmp"))?;
+    crate::rootfs::mount_tmp(&rootfs, cfg.id_base, cfg.resources.memory_mb).map_err(staged("mount /tmp"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| Stage::new("hostname", e, Some(e as i32)))?;
 
     // The socket lives on the host, outside the sandbox's tree: bound now,
@@ -482,6 +482,13 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
 
     crate::rootfs::pivot(&rootfs).map_err(staged("pivot_root"))?;
     let log = detach_stdio().map_err(|e| Stage::io("stdio", e))?;
+    // The OOM killer's last choice inside the sandbox (see airlock-agent's
+    // `spawn_oom_default` for its children): -999, not -1000, so that a
+    // process inside that copies the value (it may, down to the agent's)
+    // stays killable.
+    // Lowering needs CAP_SYS_RESOURCE, which a server in a container may
+    // lack; the agent then raises its children's score instead.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-999");
 
     // SAFETY: setns on a user-namespace fd; the process is single-threaded
     // and shares no fs state, as the kernel requires.

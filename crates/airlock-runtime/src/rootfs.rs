@@ -117,7 +117,15 @@ pub fn mount_proc(root: &Path) -> Result<(), MountError> {
     mkdir(&p)?;
     let nosx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), &p, Some("proc"), nosx, None::<&str>).map_err(nix_err("mounting /proc"))?;
-    for f in ["kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "kallsyms", "kpagecount", "kpageflags", "kpagecgroup", "config.gz", "vmallocinfo", "pagetypeinfo"] {
+    // OCI's masked paths, plus what tells the host apart: its kernel
+    // command line, its disks' statistics and layout, and kernel memory
+    // layouts. /proc/meminfo stays: `free`, `top` and runtimes sizing
+    // their heaps read it, and an empty one breaks them.
+    for f in [
+        "kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "kallsyms", "kpagecount", "kpageflags", "kpagecgroup",
+        "config.gz", "vmallocinfo", "pagetypeinfo", "cmdline", "diskstats", "partitions", "zoneinfo", "buddyinfo", "slabinfo", "iomem", "ioports",
+        "interrupts", "softirqs", "mtrr", "swaps",
+    ] {
         let t = p.join(f);
         if t.exists() {
             mount(Some(&root.join("dev/null")), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
@@ -159,9 +167,11 @@ fn read_only_bind(t: &Path) -> Result<(), MountError> {
 pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
     let d = root.join("dev");
     mkdir(&d)?;
-    let opts = format!("mode=755,size=65536k,uid={id_base},gid={id_base}");
-    mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(opts.as_str()))
+    // No uid=/gid= options: mount options are readable inside, and the host
+    // id range would tell the sandbox its slot. The root is chowned instead.
+    mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k,nr_inodes=16384"))
         .map_err(nix_err("mounting /dev"))?;
+    chown_root(&d, id_base)?;
     for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
         let p = d.join(name);
         let c = cpath(&p)?;
@@ -176,13 +186,15 @@ pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
     }
     let pts = d.join("pts");
     mkdir(&pts)?;
-    let opts = format!("newinstance,ptmxmode=0666,mode=0620,gid={}", id_base + 5);
-    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(opts.as_str()))
+    // No gid= either (see above): the agent chowns each terminal to the
+    // user it starts the command as.
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
         .map_err(nix_err("mounting /dev/pts"))?;
     let shm = d.join("shm");
     mkdir(&shm)?;
-    mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k"))
+    mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k,nr_inodes=16384"))
         .map_err(nix_err("mounting /dev/shm"))?;
+    chown_root(&shm, id_base)?;
     for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         std::os::unix::fs::symlink(target, d.join(link)).map_err(|e| err(format!("linking /dev/{link}"), e))?;
     }
@@ -196,20 +208,43 @@ pub fn mount_sys(root: &Path) -> Result<(), MountError> {
     mkdir(&s)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("sysfs"), &s, Some("sysfs"), flags, None::<&str>).map_err(nix_err("mounting /sys"))?;
-    for d in ["firmware", "kernel/security", "kernel/debug"] {
+    // OCI's masked paths, plus the host's block devices (statistics of its
+    // disks) and the kernel's crash-dump and build notes (physical
+    // addresses, build ids).
+    for d in ["firmware", "kernel/security", "kernel/debug", "devices/virtual/powercap", "block", "class/block", "dev/block"] {
         let t = s.join(d);
         if t.is_dir() {
             mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("size=0")).map_err(nix_err(format!("masking /sys/{d}")))?;
         }
     }
+    for f in ["kernel/vmcoreinfo", "kernel/notes", "kernel/kexec_loaded", "kernel/kexec_crash_loaded", "kernel/kexec_crash_size"] {
+        let t = s.join(f);
+        if t.is_file() {
+            mount(Some(&root.join("dev/null")), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err(format!("masking /sys/{f}")))?;
+        }
+    }
     Ok(())
 }
 
-pub fn mount_tmp(root: &Path, id_base: u32) -> Result<(), MountError> {
+/// `/tmp` on tmpfs, at most half the sandbox's memory and a bounded
+/// number of inodes. tmpfs pages are charged to the sandbox's memory
+/// cgroup and cannot be reclaimed without swap: an unbounded `/tmp` filled
+/// past the memory limit left the OOM killer nothing to free but processes,
+/// PID 1 last, and so ended the sandbox. Sized, a write that fills it gets
+/// `ENOSPC` and everything lives.
+pub fn mount_tmp(root: &Path, id_base: u32, memory_mb: u64) -> Result<(), MountError> {
     let t = root.join("tmp");
     mkdir(&t)?;
-    let opts = format!("mode=1777,uid={id_base},gid={id_base}");
-    mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str())).map_err(nix_err("mounting /tmp"))
+    let size_mb = (memory_mb / 2).max(16);
+    let inodes = (size_mb * 256).clamp(4096, 1 << 20);
+    let opts = format!("mode=1777,size={size_mb}m,nr_inodes={inodes}");
+    mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str())).map_err(nix_err("mounting /tmp"))?;
+    chown_root(&t, id_base)
+}
+
+/// Gives a fresh mount's root directory to the sandbox's root.
+fn chown_root(p: &Path, id_base: u32) -> Result<(), MountError> {
+    std::os::unix::fs::chown(p, Some(id_base), Some(id_base)).map_err(|e| err(format!("chowning {}", p.display()), e))
 }
 
 /// Makes `root` the root of the mount namespace and detaches the old one,

@@ -503,6 +503,7 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         });
     }
     let mut child = cmd.spawn().map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
+    crate::set_child_oom_score(child.id());
     drop(ev_w);
     drop(rq_r);
     let pid = child.id() as i32;

@@ -1797,3 +1797,74 @@ async fn host_side_secrets_are_readable_by_root_only() {
     let launch = std::fs::read_to_string(dir.join("launch.json")).expect("launch.json");
     assert!(launch.contains(sbx["envdAccessToken"].as_str().expect("token")));
 }
+
+// ---------------------------------------------------------------------------
+// /tmp, /dev/shm and the OOM killer
+// ---------------------------------------------------------------------------
+
+/// Regression: an unbounded tmpfs `/tmp` written past the memory limit left
+/// the OOM killer nothing to free but processes, PID 1 included, and the
+/// sandbox died.
+#[tokio::test]
+async fn filling_tmp_fails_with_enospc_and_the_sandbox_lives() {
+    let sbx = Sandbox::with(|s| s.resources.memory_mb = 256);
+    let agent_before = run_ok(&sbx, "root", "stat -c %Y /proc/1").await.stdout;
+    for dir in ["/tmp", "/dev/shm"] {
+        let r = run(&sbx, "user", &format!("dd if=/dev/zero of={dir}/fill bs=1M count=600 2>&1; echo rc=$?")).await;
+        assert!(r.stdout.contains("No space left on device") && !r.stdout.contains("rc=0"), "{dir} is bounded below the memory limit: {r:#?}");
+        run_ok(&sbx, "user", &format!("rm -f {dir}/fill")).await;
+    }
+    let r = run_ok(&sbx, "root", "df -m /tmp | tail -1 | awk '{print $2}'").await;
+    let size: u64 = r.stdout.trim().parse().expect("df size");
+    assert!(size <= 128, "/tmp is at most half the memory limit: {size} MiB");
+    // PID 1 is the one it was, and children are the OOM killer's first choice.
+    assert_eq!(run_ok(&sbx, "root", "stat -c %Y /proc/1").await.stdout, agent_before);
+    let r = run_ok(&sbx, "user", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj").await;
+    let scores: Vec<i32> = r.stdout.split_whitespace().map(|s| s.parse().expect("score")).collect();
+    assert_eq!(scores.len(), 2, "{r:#?}");
+    assert!(scores[1] >= scores[0] + 500, "children must score well above the agent: {scores:?}");
+    // And a memory hog dies alone.
+    let r = run(&sbx, "user", "python3 -c 'x = bytearray(1 << 30); print(len(x))'; echo rc=$?").await;
+    assert!(r.stdout.contains("rc=137") || r.stdout.contains("MemoryError"), "{r:#?}");
+    assert_eq!(run_ok(&sbx, "user", "echo alive").await.stdout, "alive\n");
+}
+
+// ---------------------------------------------------------------------------
+// Host details
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn host_kernel_disk_and_id_details_are_masked() {
+    let sbx = Sandbox::new();
+    let id_base = {
+        let launch: serde_json::Value = serde_json::from_slice(&std::fs::read(sandbox_dir(&sbx).join("launch.json")).expect("launch.json")).expect("json");
+        launch["id_base"].as_u64().expect("id_base")
+    };
+    assert!(!std::fs::read_to_string("/proc/cmdline").expect("host cmdline").trim().is_empty(), "the host has a command line to hide");
+    let r = run_ok(
+        &sbx,
+        "root",
+        "for f in /proc/cmdline /proc/diskstats /proc/partitions /proc/zoneinfo /proc/iomem /sys/kernel/vmcoreinfo /sys/kernel/notes; do \
+           if [ -e $f ]; then echo \"$f $(wc -c < $f)\"; else echo \"$f 0\"; fi; done; \
+         echo \"/sys/block $(ls -A /sys/block | wc -l)\"; echo \"/proc/cpuinfo $(wc -c < /proc/cpuinfo)\"; echo \"/proc/meminfo $(wc -c < /proc/meminfo)\"",
+    )
+    .await;
+    let m = kv(&r.stdout);
+    for f in ["/proc/cmdline", "/proc/diskstats", "/proc/partitions", "/proc/zoneinfo", "/proc/iomem", "/sys/kernel/vmcoreinfo", "/sys/kernel/notes", "/sys/block"] {
+        assert_eq!(m.get(f).map(String::as_str), Some("0"), "{f} must be empty inside: {r:#?}");
+    }
+    for f in ["/proc/cpuinfo", "/proc/meminfo"] {
+        assert_ne!(m.get(f).map(String::as_str), Some("0"), "{f} stays readable: {r:#?}");
+    }
+    // No mount option carries a host id (which would give away the slot).
+    let mounts = run_ok(&sbx, "user", "cat /proc/self/mountinfo").await.stdout;
+    for (lo, hi) in [(id_base, id_base + 65536)] {
+        for tok in mounts.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse::<u64>().ok()) {
+            assert!(!(lo..hi).contains(&tok) || tok < 1 << 20, "mountinfo shows a host id {tok}:\n{mounts}");
+        }
+    }
+    assert!(!mounts.contains(",uid=") && !mounts.contains(",gid="), "no uid=/gid= mount options:\n{mounts}");
+    // /dev, /tmp and terminals still belong to the sandbox's users.
+    let r = run_ok(&sbx, "user", "stat -c '%U %a' /tmp /dev /dev/shm; touch /tmp/mine && stat -c %U /tmp/mine").await;
+    assert_eq!(r.stdout, "root 1777\nroot 755\nroot 1777\nuser\n");
+}
