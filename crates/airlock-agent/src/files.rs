@@ -15,10 +15,10 @@
 //! request, so paths are not protected against a user's symlink tricks.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -343,15 +343,18 @@ struct Opened {
 }
 
 fn open_for_download(path: &Path) -> Result<Opened, FilesError> {
-    // Stat before opening: opening a FIFO for reading would block.
-    let meta = std::fs::metadata(path).map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
+    // Non-blocking, so that opening a FIFO returns at once; the type is then
+    // checked on what was opened, not on a path that may change meanwhile.
+    let mut file = crate::safe_open::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
+    let meta = file.metadata().map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
     if meta.is_dir() {
         return Err(FilesError::IsDirectory(path.to_path_buf()));
     }
     if !meta.is_file() {
         return Err(FilesError::BadRequest(format!("path '{}' is not a regular file", path.display())));
     }
-    let mut file = File::open(path).map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
+    // SAFETY: fcntl on a descriptor we own; back to blocking reads.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) };
     let mut head = vec![0u8; CHUNK];
     let mut filled = 0;
     let mut eof = false;
@@ -807,13 +810,7 @@ fn write_blocking(
         Err(e) if fsops::is_missing(&e) => None,
         Err(e) => return Err(FilesError::write_io("reading file info of", &path, e)),
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| FilesError::write_io("opening", &path, e))?;
+    let file = crate::safe_open::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644).map_err(|e| FilesError::write_io("opening", &path, e))?;
     let created = existing.is_none();
     let result = (|| {
         // Hand the file to the user. A file we created is always chowned

@@ -19,6 +19,7 @@ pub mod process;
 mod reaper;
 mod router;
 pub mod rpc;
+pub mod safe_open;
 pub mod users;
 
 use std::collections::BTreeMap;

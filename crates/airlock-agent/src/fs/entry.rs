@@ -59,9 +59,11 @@ pub fn entry_info(path: &Path, names: &mut Names) -> io::Result<EntryInfo> {
         entry.file_type = FileType::Symlink;
         // Like envd, the target is the fully resolved path; a dangling link
         // falls back to the link's own path.
-        let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        // Resolved without magic links: a link to /proc/self/exe must not
+        // reveal the host path of the agent's binary.
+        let target = crate::safe_open::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         entry.symlink_target = Some(target.to_string_lossy().into_owned());
-        std::fs::metadata(path).ok()
+        crate::safe_open::open(path, libc::O_PATH, 0).and_then(|f| f.metadata()).ok()
     } else {
         Some(meta)
     };

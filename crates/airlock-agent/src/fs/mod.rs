@@ -121,7 +121,8 @@ impl FsError {
             FsError::WatchLimit { .. } => Code::ResourceExhausted,
             FsError::WatchFailed(e) => return e.clone(),
             FsError::Io { source, .. } => match source.raw_os_error() {
-                Some(libc::EACCES | libc::EPERM | libc::EROFS) => Code::PermissionDenied,
+                // ELOOP: a magic link refused by safe_open (or a real loop).
+                Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ELOOP) => Code::PermissionDenied,
                 Some(libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY | libc::EINVAL | libc::ENAMETOOLONG) => {
                     Code::InvalidArgument
                 }

@@ -1868,3 +1868,60 @@ async fn host_kernel_disk_and_id_details_are_masked() {
     let r = run_ok(&sbx, "user", "stat -c '%U %a' /tmp /dev /dev/shm; touch /tmp/mine && stat -c %U /tmp/mine").await;
     assert_eq!(r.stdout, "root 1777\nroot 755\nroot 1777\nuser\n");
 }
+
+// ---------------------------------------------------------------------------
+// Magic links through /files and the filesystem RPCs
+// ---------------------------------------------------------------------------
+
+/// Regression: symlinks planted inside let `files.read` reach the agent's
+/// own `/proc/self/exe` (the host binary), `/proc/self/maps` (host paths)
+/// and `/proc/self/fd/{1,2}` (the host-side log).
+#[tokio::test]
+async fn files_never_follow_magic_links_into_the_agent() {
+    let sbx = Sandbox::new();
+    let host_bin = std::fs::canonicalize(env!("CARGO_BIN_EXE_airlock")).expect("binary").display().to_string();
+    let links = [
+        ("exe", "/proc/self/exe"),
+        ("maps", "/proc/self/maps"),
+        ("environ", "/proc/self/environ"),
+        ("fd1", "/proc/self/fd/1"),
+        ("fd2", "/proc/1/fd/2"),
+        ("pid1-maps", "/proc/1/maps"),
+        ("pid1-mem", "/proc/1/mem"),
+        ("thread-maps", "/proc/thread-self/maps"),
+        ("cwd-escape", "/proc/self/cwd/etc/hostname"),
+        ("ok", "/etc/hostname"),
+        ("proc-ok", "/proc/cpuinfo"),
+    ];
+    let plant: Vec<String> = links.iter().map(|(n, t)| format!("ln -sfn {t} /home/user/{n}")).collect();
+    run_ok(&sbx, "user", &plant.join(" && ")).await;
+    for (name, target) in links {
+        let r = sbx.envd.request("GET", &format!("/files?path=/home/user/{name}"), &[], Bytes::new()).await;
+        let status = r.status;
+        let body = r.bytes().await;
+        let text = String::from_utf8_lossy(&body);
+        if name.ends_with("ok") {
+            assert_eq!(status, 200, "{name} -> {target} is an ordinary file: {text}");
+            assert!(!body.is_empty());
+            continue;
+        }
+        assert_ne!(status, 200, "{name} -> {target} must be refused, got {} bytes", body.len());
+        assert!(!text.contains(&host_bin) && !text.contains("agent.log"), "{name}: the error leaks a host path: {text}");
+    }
+    // Writing through a link to the agent's stdout/stderr is refused too.
+    for name in ["fd1", "fd2"] {
+        let r = sbx.envd.request("POST", &format!("/files?path=/home/user/{name}"), &[("content-type", "application/octet-stream".into())], Bytes::from_static(b"planted")).await;
+        assert_ne!(r.status, 200, "write through {name}");
+    }
+    let log = std::fs::read_to_string(sandbox_dir(&sbx).join("agent.log")).unwrap_or_default();
+    assert!(!log.contains("planted"), "nothing reached the host-side log");
+    // Stat and ListDir describe the links without resolving them to host paths.
+    let st = sbx.envd.unary("filesystem.Filesystem", "Stat", serde_json::json!({"path": "/home/user/exe"})).await.expect("stat of the link itself");
+    let target = st["entry"]["symlinkTarget"].as_str().unwrap_or_default();
+    assert!(!target.contains(&host_bin), "Stat resolved the magic link to the host binary: {st}");
+    let ls = sbx.envd.unary("filesystem.Filesystem", "ListDir", serde_json::json!({"path": "/home/user"})).await.expect("list");
+    assert!(!ls.to_string().contains(&host_bin), "ListDir leaks the host binary path: {ls}");
+    // The agent's stdio is not a host file at all.
+    let r = run_ok(&sbx, "root", "readlink /proc/1/fd/1 /proc/1/fd/2 2>&1; ls -l /proc/1/fd 2>&1 | head -3; true").await;
+    assert!(!r.stdout.contains("agent.log") && !r.stdout.contains(&host_bin), "{r:#?}");
+}
