@@ -52,6 +52,9 @@ const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "freezer"]
 #[derive(Debug, Clone)]
 pub struct Cgroups {
     flavor: Flavor,
+    /// `MAJ:MIN` of the disk that I/O limits apply to, when there is one
+    /// and the I/O controller (v2 `io`, v1 `blkio`) is available.
+    io_device: Option<String>,
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -82,7 +85,7 @@ impl Cgroups {
                     return Err(CgroupError::Unavailable(format!("cgroup v2 controller '{c}' is not available")));
                 }
             }
-            let cg = Self { flavor: Flavor::V2 { root: root.to_path_buf() } };
+            let cg = Self { flavor: Flavor::V2 { root: root.to_path_buf() }, io_device: None };
             cg.prepare_v2()?;
             return Ok(cg);
         }
@@ -91,7 +94,35 @@ impl Cgroups {
                 return Err(CgroupError::Unavailable(format!("cgroup v1 controller '{c}' is not mounted at {}", root.join(c).display())));
             }
         }
-        Ok(Self { flavor: Flavor::V1 { root: root.to_path_buf() } })
+        Ok(Self { flavor: Flavor::V1 { root: root.to_path_buf() }, io_device: None })
+    }
+
+    /// Applies sandboxes' I/O limits to the disk holding `path`, if the
+    /// I/O controller is there and `path` is on a block device (not tmpfs,
+    /// overlay or btrfs, whose device numbers name no disk). Returns the
+    /// device used, if any.
+    pub fn limit_io_on(&mut self, path: &Path) -> Option<String> {
+        let available = match &self.flavor {
+            Flavor::V2 { root } => {
+                let avail = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                avail.split_whitespace().any(|c| c == "io") && self.enable_v2("io").is_ok()
+            }
+            Flavor::V1 { root } => root.join("blkio").join("cgroup.procs").exists(),
+        };
+        self.io_device = if available { disk_of(path) } else { None };
+        self.io_device.clone()
+    }
+
+    /// Caps the pids of all sandboxes together, so that they can never take
+    /// the host's last pids however many there are (1024 each, 32 of them
+    /// reached `pid_max` here).
+    pub fn limit_total_pids(&self, max: u64) -> Result<(), CgroupError> {
+        let base = match &self.flavor {
+            Flavor::V2 { root } => root.join(BASE),
+            Flavor::V1 { root } => root.join("pids").join(BASE),
+        };
+        fs::create_dir_all(&base).map_err(|source| CgroupError::Create { path: base.clone(), source })?;
+        write(&base.join("pids.max"), &max.to_string())
     }
 
     pub fn flavor(&self) -> &Flavor {
@@ -101,16 +132,21 @@ impl Cgroups {
     /// On v2, controllers must be enabled in every ancestor's
     /// `subtree_control` before a child group can use them.
     fn prepare_v2(&self) -> Result<(), CgroupError> {
+        for c in ["memory", "pids", "cpu"] {
+            self.enable_v2(c)?;
+        }
+        Ok(())
+    }
+
+    fn enable_v2(&self, c: &str) -> Result<(), CgroupError> {
         let Flavor::V2 { root } = &self.flavor else { return Ok(()) };
         let base = root.join(BASE);
         fs::create_dir_all(&base).map_err(|source| CgroupError::Create { path: base.clone(), source })?;
         for dir in [root.as_path(), base.as_path()] {
             let ctl = dir.join("cgroup.subtree_control");
             let enabled = read(&ctl)?;
-            for c in ["memory", "pids", "cpu"] {
-                if !enabled.split_whitespace().any(|e| e == c) {
-                    write(&ctl, &format!("+{c}"))?;
-                }
+            if !enabled.split_whitespace().any(|e| e == c) {
+                write(&ctl, &format!("+{c}"))?;
             }
         }
         Ok(())
@@ -119,7 +155,16 @@ impl Cgroups {
     fn paths(&self, id: &str) -> Vec<PathBuf> {
         match &self.flavor {
             Flavor::V2 { root } => vec![root.join(BASE).join(id)],
-            Flavor::V1 { root } => V1_CONTROLLERS.iter().map(|c| root.join(c).join(BASE).join(id)).collect(),
+            Flavor::V1 { root } => {
+                let mut v: Vec<PathBuf> = V1_CONTROLLERS.iter().map(|c| root.join(c).join(BASE).join(id)).collect();
+                // The launcher detects the hierarchy afresh and knows no
+                // device: a blkio group the backend made is joined all the same.
+                let blkio = root.join("blkio").join(BASE).join(id);
+                if self.io_device.is_some() || blkio.exists() {
+                    v.push(blkio);
+                }
+                v
+            }
         }
     }
 
@@ -138,14 +183,32 @@ impl Cgroups {
 
     /// The groups of an existing sandbox (they may not exist).
     pub fn open(&self, id: &str) -> SandboxCgroup {
-        SandboxCgroup { flavor: self.flavor.clone(), paths: self.paths(id) }
+        SandboxCgroup { flavor: self.flavor.clone(), paths: self.paths(id), io_device: self.io_device.clone() }
     }
+}
+
+/// `MAJ:MIN` of the whole disk holding `path` (a partition's parent: the
+/// throttles work on disks), or None when `path` is on no block device.
+fn disk_of(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    if !sys.exists() {
+        return None;
+    }
+    if sys.join("partition").exists() {
+        let parent = fs::read_to_string(sys.join("../dev")).ok()?;
+        return Some(parent.trim().to_string());
+    }
+    Some(format!("{major}:{minor}"))
 }
 
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     flavor: Flavor,
     paths: Vec<PathBuf>,
+    io_device: Option<String>,
 }
 
 impl SandboxCgroup {
@@ -176,6 +239,11 @@ impl SandboxCgroup {
                 }
                 write(&p.join("pids.max"), &r.pids.to_string())?;
                 write(&p.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                if let Some(dev) = &self.io_device {
+                    let v = |n: u64| if n == 0 { "max".to_string() } else { n.to_string() };
+                    let line = format!("{dev} rbps={} wbps={} riops={} wiops={}", v(r.io_bps), v(r.io_bps), v(r.io_iops), v(r.io_iops));
+                    write(&p.join("io.max"), &line)?;
+                }
             }
             Flavor::V1 { .. } => {
                 let m = self.v1("memory");
@@ -195,6 +263,18 @@ impl SandboxCgroup {
                 let c = self.v1("cpu");
                 write(&c.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                if let (Some(dev), Some(b)) = (&self.io_device, self.paths.get(V1_CONTROLLERS.len())) {
+                    // v1 throttles only direct I/O (buffered writeback is not
+                    // attributed to cgroups there); 0 removes a limit.
+                    for (f, n) in [
+                        ("blkio.throttle.read_bps_device", r.io_bps),
+                        ("blkio.throttle.write_bps_device", r.io_bps),
+                        ("blkio.throttle.read_iops_device", r.io_iops),
+                        ("blkio.throttle.write_iops_device", r.io_iops),
+                    ] {
+                        write(&b.join(f), &format!("{dev} {n}"))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -323,7 +403,7 @@ impl SandboxCgroup {
                     memory_limit_bytes: num(p.join("memory.max")),
                     pids: num(p.join("pids.current")),
                     disk_bytes: 0,
-                    disk_limit_bytes: 0,
+                disk_limit_bytes: 0,
                 }
             }
             Flavor::V1 { .. } => Usage {
@@ -332,7 +412,7 @@ impl SandboxCgroup {
                 memory_limit_bytes: num(self.v1("memory").join("memory.limit_in_bytes")),
                 pids: num(self.v1("pids").join("pids.current")),
                 disk_bytes: 0,
-                    disk_limit_bytes: 0,
+                disk_limit_bytes: 0,
             },
         }
     }

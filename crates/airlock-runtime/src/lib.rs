@@ -37,11 +37,18 @@ pub struct Resources {
     pub memory_mb: u64,
     /// Maximum number of tasks (processes and threads).
     pub pids: u64,
+    /// Disk bandwidth, bytes per second, each of read and write, on the
+    /// device holding the data directory; 0 = unlimited.
+    #[serde(default)]
+    pub io_bps: u64,
+    /// Disk operations per second, each of read and write; 0 = unlimited.
+    #[serde(default)]
+    pub io_iops: u64,
 }
 
 impl Default for Resources {
     fn default() -> Self {
-        Self { cpus: 2.0, memory_mb: 512, pids: 1024 }
+        Self { cpus: 2.0, memory_mb: 512, pids: 1024, io_bps: 0, io_iops: 0 }
     }
 }
 
@@ -156,4 +163,6 @@ pub trait Backend: Send + Sync {
     fn has_template(&self, name: &str) -> bool;
     /// Whether sandboxes can be given internet access on this host.
     fn network_available(&self) -> bool;
+    /// Whether sandboxes can be given disk limits (`SandboxSpec::disk_mb`).
+    fn disk_limits_available(&self) -> bool;
 }

@@ -40,6 +40,7 @@ pub struct NamespaceBackend {
     cgroups: Cgroups,
     templates: Store,
     network_ready: bool,
+    disk_ready: bool,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -57,7 +58,14 @@ impl NamespaceBackend {
         if !opts.binary.exists() {
             return Err(Error::Unsupported(format!("agent binary {} does not exist", opts.binary.display())));
         }
-        let cgroups = Cgroups::detect()?;
+        let mut cgroups = Cgroups::detect()?;
+        let io_device = cgroups.limit_io_on(&opts.root);
+        // A quarter of the host's pids stay the host's, however many
+        // sandboxes run.
+        let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(32768);
+        if let Err(e) = cgroups.limit_total_pids(pid_max / 4 * 3) {
+            tracing::warn!(error = %e, "cannot cap the pids of all sandboxes together");
+        }
         state::private_dir(&opts.root).map_err(|e| Error::io(format!("securing {}", opts.root.display()), e))?;
         for d in ["sandboxes", "slots", "templates"] {
             fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
@@ -75,8 +83,12 @@ impl NamespaceBackend {
         } else {
             false
         };
-        tracing::info!(root = %opts.root.display(), cgroup = ?cgroups.flavor(), network = network_ready, "namespace backend ready");
-        Ok(Self { opts, cgroups, templates, network_ready })
+        let disk_ready = crate::disk::available();
+        if !disk_ready {
+            tracing::warn!("no loop devices or mkfs.ext4: sandboxes cannot have disk limits");
+        }
+        tracing::info!(root = %opts.root.display(), cgroup = ?cgroups.flavor(), network = network_ready, disk_limits = disk_ready, io_device = ?io_device, "namespace backend ready");
+        Ok(Self { opts, cgroups, templates, network_ready, disk_ready })
     }
 
     pub fn templates(&self) -> &Store {
@@ -165,7 +177,10 @@ impl NamespaceBackend {
         }
         let net = internet.then(|| crate::network::assign(slot));
         if let Some(mb) = spec.disk_mb {
-            crate::disk::create_and_mount(dir, mb)?;
+            if !self.disk_ready {
+                return Err(Error::InvalidSpec("this host cannot give sandboxes disk limits (no loop devices or mkfs.ext4)".into()));
+            }
+            crate::disk::create_and_mount(&self.opts.root.join("disk-cache"), dir, mb)?;
         }
         init_dirs(dir, tpl.root_layers.len(), tpl.usr_layers.len(), id_base)?;
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".to_string());
@@ -426,6 +441,10 @@ impl Backend for NamespaceBackend {
 
     fn network_available(&self) -> bool {
         self.network_ready
+    }
+
+    fn disk_limits_available(&self) -> bool {
+        self.disk_ready
     }
 
     fn usage(&self, id: &str) -> Result<Usage, Error> {

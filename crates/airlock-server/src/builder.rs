@@ -261,6 +261,9 @@ pub fn builtin(name: &str) -> Option<&'static str> {
 pub struct Builder {
     pub backend: Arc<dyn Backend>,
     pub store: Store,
+    /// Disk limits of build sandboxes, as for any sandbox.
+    pub io_bps: u64,
+    pub io_iops: u64,
 }
 
 struct BuildState {
@@ -463,7 +466,7 @@ impl Builder {
         let id = crate::service::new_sandbox_id();
         let mut spec = SandboxSpec::new(id.clone());
         spec.template = tmp_name.clone();
-        spec.resources = Resources { cpus: 2.0, memory_mb: 4096, pids: 4096 };
+        spec.resources = Resources { cpus: 2.0, memory_mb: 4096, pids: 4096, io_bps: self.io_bps, io_iops: self.io_iops };
         spec.internet = self.backend.network_available();
         let backend = self.backend.clone();
         let created = tokio::task::spawn_blocking(move || backend.create(&spec)).await.map_err(|e| BuildError::Internal(e.to_string()))?;

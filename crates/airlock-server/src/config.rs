@@ -26,7 +26,12 @@ pub struct Config {
     pub default_memory_mb: u64,
     pub max_memory_mb: u64,
     pub pids_limit: u64,
-    /// Default writable-layer limit in MiB; 0 = none (bounded by the host disk).
+    /// Per-sandbox disk bandwidth (bytes/s, read and write each); 0 = none.
+    pub io_bps: u64,
+    /// Per-sandbox disk operations per second (read and write each); 0 = none.
+    pub io_iops: u64,
+    /// Default writable-layer limit in MiB; 0 = none (bounded by the host
+    /// disk, and by its inodes: one sandbox could exhaust them).
     pub default_disk_mb: u64,
     pub max_disk_mb: u64,
     /// The `airlock` binary, executed as `airlock __init` for each sandbox.
@@ -51,7 +56,11 @@ impl Config {
             default_memory_mb: 512,
             max_memory_mb: 16 * 1024,
             pids_limit: 1024,
-            default_disk_mb: 0,
+            // Enough for any build or package install, low enough that one
+            // sandbox cannot take a disk from the host and its neighbours.
+            io_bps: 256 * 1024 * 1024,
+            io_iops: 8192,
+            default_disk_mb: 10 * 1024,
             max_disk_mb: 1024 * 1024,
             binary,
             network: true,

@@ -75,6 +75,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let svc = self.service.clone();
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
+        let sampler = tokio::spawn(sampler_loop(svc.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -103,6 +104,7 @@ impl Server {
             });
         }
         lifecycle.abort();
+        sampler.abort();
         tracing::info!("server stopped; sandboxes keep running");
     }
 }
@@ -146,15 +148,23 @@ async fn signed_files(svc: &Arc<Service>, req: hyper::Request<Incoming>) -> Resp
 async fn lifecycle_loop(svc: Arc<Service>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u64 = 0;
     loop {
         tick.tick().await;
         if let Err(e) = svc.expire_due().await {
             tracing::warn!(error = %e, "deadline check failed");
         }
-        n += 1;
-        if n.is_multiple_of(20) {
-            svc.sample_all().await;
-        }
+    }
+}
+
+/// Usage sampling runs on its own task: however long a round takes (a
+/// sandbox without a disk limit is measured by walking its files), it
+/// never delays a deadline.
+async fn sampler_loop(svc: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        svc.sample_all().await;
     }
 }

@@ -199,7 +199,7 @@ impl Drop for CreateSlot<'_> {
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
-        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_runtime::template::Store::new(cfg.data_dir.join("templates")) };
+        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_runtime::template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         Arc::new(Self {
             cfg,
             store,
@@ -270,7 +270,10 @@ impl Service {
         if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
             return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
         }
-        let disk_mb = match req.disk_mb.unwrap_or(self.cfg.default_disk_mb) {
+        // The default applies only where the host can enforce it (warned at
+        // start otherwise); an explicit diskMB there is refused by the backend.
+        let default_disk = if self.backend.disk_limits_available() { self.cfg.default_disk_mb } else { 0 };
+        let disk_mb = match req.disk_mb.unwrap_or(default_disk) {
             0 => None,
             mb if (16..=self.cfg.max_disk_mb).contains(&mb) => Some(mb),
             mb => return Err(ApiError::BadRequest(format!("diskMB must be between 16 and {}, got {mb}", self.cfg.max_disk_mb))),
@@ -306,7 +309,7 @@ impl Service {
         let token = secure.then(|| random_hex(20));
         let mut spec = SandboxSpec::new(id.clone());
         spec.template = template.clone();
-        spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit };
+        spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
         spec.internet = internet;
         spec.env = env.clone();
         spec.access_token = token.clone();

@@ -113,9 +113,17 @@ struct ServeArgs {
     /// Default memory per sandbox in MiB [default: 512].
     #[arg(long, env = "AIRLOCK_DEFAULT_MEMORY_MB")]
     default_memory_mb: Option<u64>,
-    /// Default size limit of a sandbox's writable layer in MiB; 0 = none [default: 0].
+    /// Default size limit of a sandbox's writable layer in MiB (its own sparse
+    /// ext4 image, which also bounds its inodes); 0 = none [default: 10240].
     #[arg(long, env = "AIRLOCK_DEFAULT_DISK_MB")]
     default_disk_mb: Option<u64>,
+    /// Disk bandwidth per sandbox in bytes/s, read and write each, on the
+    /// data directory's disk; 0 = none [default: 268435456].
+    #[arg(long, env = "AIRLOCK_IO_BPS")]
+    io_bps: Option<u64>,
+    /// Disk operations per second per sandbox, read and write each; 0 = none [default: 8192].
+    #[arg(long, env = "AIRLOCK_IO_IOPS")]
+    io_iops: Option<u64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -285,6 +293,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     pick!(default_cpus, a.default_cpus, "default_cpus");
     pick!(default_memory_mb, a.default_memory_mb, "default_memory_mb");
     pick!(default_disk_mb, a.default_disk_mb, "default_disk_mb");
+    pick!(io_bps, a.io_bps, "io_bps");
+    pick!(io_iops, a.io_iops, "io_iops");
     cfg.domain = a.domain.clone().or_else(|| from_file("domain"));
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     if let Some(k) = from_file("api_key") {

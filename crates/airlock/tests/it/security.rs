@@ -1925,3 +1925,90 @@ async fn files_never_follow_magic_links_into_the_agent() {
     let r = run_ok(&sbx, "root", "readlink /proc/1/fd/1 /proc/1/fd/2 2>&1; ls -l /proc/1/fd 2>&1 | head -3; true").await;
     assert!(!r.stdout.contains("agent.log") && !r.stdout.contains(&host_bin), "{r:#?}");
 }
+
+// ---------------------------------------------------------------------------
+// Inodes
+// ---------------------------------------------------------------------------
+
+/// Regression: one sandbox created a million empty files on the host's root
+/// filesystem. Every sandbox now has its own filesystem by default, so it
+/// runs out of its own inodes and nobody else's.
+#[tokio::test]
+async fn a_file_flood_exhausts_only_the_sandboxs_own_inodes() {
+    let srv = crate::server::Server::start(&[]).await;
+    // The default applies without asking: its own 10 GiB filesystem.
+    let plain = srv.create(serde_json::json!({"templateID": "base"})).await;
+    let (_, df) = srv.run(&plain, "df -m --output=size / | tail -1").await;
+    let size: u64 = df.trim().parse().unwrap_or_else(|_| panic!("df: {df}"));
+    assert!((9000..=10240).contains(&size), "default disk limit of 10 GiB, saw {size} MiB");
+    // A small one floods quickly.
+    let sbx = srv.create(serde_json::json!({"templateID": "base", "diskMB": 32})).await;
+    let (_, out) = srv
+        .run(
+            &sbx,
+            "python3 -c '
+import errno, os
+os.makedirs(\"/home/user/flood\", exist_ok=True)
+n = 0
+try:
+    while n < 2000000:
+        open(f\"/home/user/flood/{n}\", \"w\").close(); n += 1
+    print(n, \"none\")
+except OSError as e:
+    print(n, errno.errorcode[e.errno])
+'; df --output=iavail / 2>&1 | tail -1",
+        )
+        .await;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{out}");
+    let made: u64 = words[0].parse().expect("count");
+    assert_eq!(words[1], "ENOSPC", "the flood ends at the sandbox's own limit: {out}");
+    assert!(made > 1000 && made < 200_000, "a bounded number of files: {made}");
+    assert_eq!(words[2], "0", "its own inodes are all used: {out}");
+    // Its files are in its own image, not in the data directory's tree.
+    let upper = srv.data.join("sandboxes").join(sbx["sandboxID"].as_str().expect("id")).join("upper");
+    let host_dev = std::fs::metadata(&srv.data).expect("data dir").dev();
+    assert_ne!(std::fs::metadata(&upper).expect("upper").dev(), host_dev, "the writable layer is a filesystem of its own");
+    // The sandbox still works, and so does a new one.
+    let (_, out) = srv.run(&sbx, "rm -rf /home/user/flood; echo alive").await;
+    assert_eq!(out, "alive\n");
+    let other = srv.create(serde_json::json!({"templateID": "base"})).await;
+    let (_, out) = srv.run(&other, "touch /home/user/f && echo ok").await;
+    assert_eq!(out, "ok\n");
+}
+
+// ---------------------------------------------------------------------------
+// Shared host resources: pids and disk bandwidth
+// ---------------------------------------------------------------------------
+
+/// Regression: 32 sandboxes at 1024 pids each reached the host's `pid_max`.
+#[tokio::test]
+async fn all_sandboxes_together_leave_the_host_pids() {
+    let sbx = Sandbox::new();
+    let pid_max: u64 = read_trim(Path::new("/proc/sys/kernel/pid_max")).parse().expect("pid_max");
+    let own = cgroup_file(&sbx, ("pids", "pids.max"), "pids.max");
+    let base = own.parent().and_then(Path::parent).expect("sandbox groups sit under the airlock group").join("pids.max");
+    let cap: u64 = read_trim(&base).parse().unwrap_or_else(|_| panic!("{} is a number", base.display()));
+    assert_eq!(cap, pid_max / 4 * 3, "all sandboxes together are capped below pid_max ({pid_max})");
+    // The sandbox's own limit sits below it, inside the capped group.
+    assert_eq!(read_trim(&own), "1024");
+}
+
+#[tokio::test]
+async fn direct_disk_io_is_throttled_per_sandbox() {
+    let srv = crate::server::Server::start(&["--io-bps", "4194304"]).await;
+    let sbx = srv.create(serde_json::json!({"templateID": "base"})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    // The limit is on the sandbox's group, for the data directory's disk.
+    let (v1, v2) = (Path::new("/sys/fs/cgroup/blkio/airlock").join(id), Path::new("/sys/fs/cgroup/airlock").join(id));
+    let setting = if v1.exists() { read_trim(&v1.join("blkio.throttle.write_bps_device")) } else { read_trim(&v2.join("io.max")) };
+    assert!(setting.contains("4194304"), "limit set on the sandbox's group: {setting}");
+    // 12 MiB at 4 MiB/s cannot take less than two seconds, whatever the
+    // machine (a slow one only takes longer). Direct I/O: cgroup v1
+    // throttles nothing else.
+    let started = Instant::now();
+    let (_, out) = srv.run(&sbx, "dd if=/dev/zero of=/home/user/f bs=1M count=12 oflag=direct 2>&1 | tail -1").await;
+    let took = started.elapsed();
+    assert!(out.contains("12582912 bytes"), "dd wrote everything: {out}");
+    assert!(took >= Duration::from_secs(2), "12 MiB went through a 4 MiB/s limit in {took:?}");
+}

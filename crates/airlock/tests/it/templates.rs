@@ -33,7 +33,7 @@ fn env() -> &'static Env {
 
 fn builder() -> Builder {
     let e = env();
-    Builder { backend: e.backend.clone(), store: airlock_runtime::template::Store::new(e.root.join("templates")) }
+    Builder { backend: e.backend.clone(), store: airlock_runtime::template::Store::new(e.root.join("templates")), io_bps: 0, io_iops: 0 }
 }
 
 async fn build(name: &str, recipe: &str, args: &[(&str, &str)], ctx: Option<&std::path::Path>) -> (Result<airlock_runtime::template::Template, BuildError>, Vec<BuildEvent>) {
