@@ -11,3 +11,4 @@ mod server;
 mod templates;
 mod files;
 mod security;
+mod seccomp;
