@@ -1209,18 +1209,24 @@ for k in kids:
     // needed), so `timeout` is still watching when it kills the whole
     // process group; a bare `:(){ :|:& };:` returns at once and would leave
     // the bomb running unsupervised.
+    // `pids.events` counts forks this group's limit refused: proof that the
+    // limit stopped the bomb (a sample of pids.current is not: the bomb's
+    // processes die and respawn, so any one sample may be well below it).
+    let events = cgroup_file(&sbx, ("pids", "pids.events"), "pids.events");
+    let refused = || -> u64 { read_trim(&events).lines().find_map(|l| l.strip_prefix("max ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0) };
+    let refused_before = refused();
     let bomb = run(&sbx, "user", "mkfifo /tmp/hold && timeout -s KILL 4 bash -c 'exec 3<>/tmp/hold; :(){ :|:& };:; read -t 30 -u 3; echo unsupervised'; echo \"RC $?\"");
     let other = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let peak: u64 = read_trim(&current).parse().expect("pids.current");
         let other = tokio::task::spawn_blocking(Sandbox::new).await.expect("create during the bomb");
         let r = run_ok(&other, "user", "echo fine").await;
-        (peak, r, other)
+        (r, other)
     };
-    let (b, (peak, o, _other)) = tokio::join!(bomb, other);
+    let (b, (o, _other)) = tokio::join!(bomb, other);
     assert_eq!(b.stdout, "RC 137\n", "the bomb ran until timeout killed it\n{}", &b.stdout);
     assert!(b.stderr.contains("fork: retry: Resource temporarily unavailable") || b.stderr.contains("fork: Resource temporarily unavailable"), "bash hit EAGAIN\n{}", &b.stderr[..b.stderr.len().min(2000)]);
-    assert!(peak >= 60, "the bomb filled the pids cgroup (peak {peak})");
+    let refused_after = refused();
+    assert!(refused_after > refused_before, "the sandbox's pids limit refused the bomb's forks ({refused_before} -> {refused_after})");
     assert_eq!(o.stdout, "fine\n", "another sandbox works during the bomb");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
