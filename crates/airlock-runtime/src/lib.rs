@@ -52,12 +52,52 @@ impl Default for Resources {
     }
 }
 
+/// A sandbox's root filesystem and defaults, resolved by the caller (from
+/// a template, a build step or, later, a snapshot): backends take layers,
+/// never names.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RootFs {
+    /// Read-only root layers, topmost first.
+    pub root_layers: Vec<PathBuf>,
+    /// Read-only `/usr` layers, topmost first.
+    pub usr_layers: Vec<PathBuf>,
+    /// User for requests that name none.
+    pub default_user: String,
+    /// Working directory of commands that give none.
+    pub workdir: Option<String>,
+    /// Environment of every command (the spec's own `env` wins).
+    pub env: BTreeMap<String, String>,
+}
+
+/// Bounds every backend enforces, so callers can check requests against
+/// the same numbers.
+pub mod limits {
+    pub const MAX_CPUS: f64 = 256.0;
+    pub const MIN_MEMORY_MB: u64 = 16;
+    pub const MIN_PIDS: u64 = 8;
+}
+
+impl Resources {
+    /// Checks the bounds of `limits`.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(self.cpus > 0.0 && self.cpus <= limits::MAX_CPUS) || self.memory_mb < limits::MIN_MEMORY_MB || self.pids < limits::MIN_PIDS {
+            return Err(Error::InvalidSpec(format!(
+                "resources: cpus must be in (0, {}], memory_mb >= {}, pids >= {}",
+                limits::MAX_CPUS,
+                limits::MIN_MEMORY_MB,
+                limits::MIN_PIDS
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What to create.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SandboxSpec {
     /// Lowercase alphanumeric, as E2B ids are (no `-` or `.`: they appear in host names).
     pub id: String,
-    pub template: String,
+    pub rootfs: RootFs,
     pub resources: Resources,
     pub internet: bool,
     /// Sandbox-wide environment for commands.
@@ -71,10 +111,10 @@ pub struct SandboxSpec {
 }
 
 impl SandboxSpec {
-    pub fn new(id: impl Into<String>) -> Self {
+    pub fn new(id: impl Into<String>, rootfs: RootFs) -> Self {
         Self {
             id: id.into(),
-            template: "base".into(),
+            rootfs,
             resources: Resources::default(),
             internet: true,
             env: BTreeMap::new(),
@@ -118,8 +158,6 @@ pub enum Error {
     AlreadyExists(String),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
-    #[error("template {0} not found")]
-    TemplateNotFound(String),
     #[error("sandbox failed to start at stage '{stage}': {message}")]
     Boot { stage: String, message: String, errno: Option<i32> },
     #[error("cgroup: {0}")]
@@ -159,8 +197,6 @@ pub trait Backend: Send + Sync {
     /// template layer at `dest` (`dest/root`, `dest/usr`) with canonical
     /// ownership, then removes the sandbox. Used by the template builder.
     fn capture(&self, id: &str, dest: &std::path::Path) -> Result<(), Error>;
-    /// Whether a template of that name exists.
-    fn has_template(&self, name: &str) -> bool;
     /// Whether sandboxes can be given internet access on this host.
     fn network_available(&self) -> bool;
     /// Whether sandboxes can be given disk limits (`SandboxSpec::disk_mb`).

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use crate::cgroup::Cgroups;
 use crate::state::{self, BootError, LaunchConfig, RunState};
-use crate::template::{Store, TemplateError};
 use crate::{Backend, Error, SandboxInfo, SandboxSpec, Usage};
 
 /// Number of slots; bounded by the /16 of sandbox subnets (4 addresses each).
@@ -38,7 +37,6 @@ pub struct Options {
 pub struct NamespaceBackend {
     opts: Options,
     cgroups: Cgroups,
-    templates: Store,
     network_ready: bool,
     disk_ready: bool,
 }
@@ -70,8 +68,6 @@ impl NamespaceBackend {
         for d in ["sandboxes", "slots", "templates"] {
             fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
         }
-        let templates = Store::new(opts.root.join("templates"));
-        templates.ensure_base().map_err(template_err)?;
         let network_ready = if opts.network {
             match crate::network::install_host_rules() {
                 Ok(()) => true,
@@ -88,12 +84,9 @@ impl NamespaceBackend {
             tracing::warn!("no loop devices or mkfs.ext4: sandboxes cannot have disk limits");
         }
         tracing::info!(root = %opts.root.display(), cgroup = ?cgroups.flavor(), network = network_ready, disk_limits = disk_ready, io_device = ?io_device, "namespace backend ready");
-        Ok(Self { opts, cgroups, templates, network_ready, disk_ready })
+        Ok(Self { opts, cgroups, network_ready, disk_ready })
     }
 
-    pub fn templates(&self) -> &Store {
-        &self.templates
-    }
 
     fn dir(&self, id: &str) -> PathBuf {
         self.opts.root.join("sandboxes").join(id)
@@ -164,9 +157,7 @@ impl NamespaceBackend {
     }
 
     fn try_create(&self, spec: &SandboxSpec, dir: &Path) -> Result<SandboxInfo, Error> {
-        // Names starting with '.' are the builder's temporary templates.
-        let tpl = if spec.template.starts_with('.') { self.templates.get_internal(&spec.template) } else { self.templates.get(&spec.template) }
-            .map_err(template_err)?;
+        let tpl = &spec.rootfs;
         let mut env = tpl.env.clone();
         env.extend(spec.env.clone());
         let slot = self.reserve_slot(&spec.id)?;
@@ -267,21 +258,15 @@ fn init_dirs(dir: &Path, layers: usize, usr_layers: usize, id_base: u32) -> Resu
     Ok(())
 }
 
-fn template_err(e: TemplateError) -> Error {
-    match e {
-        TemplateError::NotFound(n) => Error::TemplateNotFound(n),
-        TemplateError::Io { what, source } => Error::Io { what, source },
-    }
-}
 
 impl Backend for NamespaceBackend {
     fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, Error> {
         if !valid_id(&spec.id) {
             return Err(Error::InvalidSpec(format!("id {:?} must be 1-64 lowercase letters and digits", spec.id)));
         }
-        let r = &spec.resources;
-        if !(r.cpus > 0.0 && r.cpus <= 1024.0) || r.memory_mb < 16 || r.pids < 8 {
-            return Err(Error::InvalidSpec("resources: cpus must be > 0, memory_mb >= 16, pids >= 8".into()));
+        spec.resources.validate()?;
+        if spec.rootfs.root_layers.is_empty() {
+            return Err(Error::InvalidSpec("a sandbox needs at least one root layer".into()));
         }
         let dir = self.dir(&spec.id);
         match fs::create_dir(&dir) {
@@ -395,10 +380,6 @@ impl Backend for NamespaceBackend {
             crate::network::delete_veth(&net.host_if);
         }
         self.launch(&cfg)
-    }
-
-    fn has_template(&self, name: &str) -> bool {
-        self.templates.get(name).is_ok()
     }
 
     fn capture(&self, id: &str, dest: &Path) -> Result<(), Error> {

@@ -55,6 +55,19 @@ pub struct Template {
     pub size_bytes: u64,
 }
 
+impl Template {
+    /// The root filesystem a sandbox of this template starts from.
+    pub fn rootfs(&self) -> crate::RootFs {
+        crate::RootFs {
+            root_layers: self.root_layers.clone(),
+            usr_layers: self.usr_layers.clone(),
+            default_user: self.default_user.clone(),
+            workdir: self.workdir.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("template {0} not found")]
@@ -83,19 +96,19 @@ impl Store {
         !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) && !name.starts_with('.')
     }
 
-    /// A template by name or alias. Names starting with `.` are the
-    /// builder's temporary templates, reachable only through `get_internal`.
+    /// A template by name or alias.
     pub fn get(&self, name: &str) -> Result<Template, TemplateError> {
         if !Self::valid_name(name) {
             return Err(TemplateError::NotFound(name.to_string()));
         }
-        if let Ok(t) = self.get_internal(name) {
+        if let Ok(t) = self.read(name) {
             return Ok(t);
         }
         self.list()?.into_iter().find(|t| t.aliases.iter().any(|a| a == name)).ok_or_else(|| TemplateError::NotFound(name.to_string()))
     }
 
-    pub fn get_internal(&self, name: &str) -> Result<Template, TemplateError> {
+    /// The template stored under exactly `name` (no aliases).
+    fn read(&self, name: &str) -> Result<Template, TemplateError> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(TemplateError::NotFound(name.to_string()));
         }
@@ -175,7 +188,7 @@ impl Store {
 
     /// Makes sure `base` exists and is current; cheap when it does.
     pub fn ensure_base(&self) -> Result<Template, TemplateError> {
-        if let Ok(t) = self.get_internal("base") {
+        if let Ok(t) = self.read("base") {
             if t.version == BASE_VERSION && t.digest == base_digest() && t.root_layers.iter().all(|p| p.exists()) {
                 return Ok(t);
             }

@@ -422,7 +422,7 @@ impl Builder {
             let layers: Vec<PathBuf> = s.root_layers.iter().chain(&s.usr_layers).filter(|p| p.starts_with(self.store.layers_dir())).cloned().collect();
             tokio::task::spawn_blocking(move || layers.iter().map(|p| airlock_runtime::namespace::dir_size(p)).sum::<u64>()).await.unwrap_or(0)
         };
-        let aliases = self.store.get_internal(name).map(|t| t.aliases).unwrap_or_default();
+        let aliases = self.store.get(name).ok().filter(|t| t.name == name).map(|t| t.aliases).unwrap_or_default();
         let t = Template {
             name: name.to_string(),
             root_layers: s.root_layers,
@@ -453,24 +453,19 @@ impl Builder {
         }
         let _ = events.send(BuildEvent::Step { step, total, text: text.to_string(), cached: false }).await;
         // The step runs in a sandbox made from the layers so far.
-        let tmp_name = format!(".build-{}", crate::service::new_sandbox_id());
-        let tmp = Template {
-            name: tmp_name.clone(),
+        let rootfs = airlock_runtime::RootFs {
             root_layers: s.root_layers.clone(),
             usr_layers: s.usr_layers.clone(),
             default_user: "root".into(),
             workdir: s.workdir.clone(),
-            ..Default::default()
+            env: BTreeMap::new(),
         };
-        self.store.save(&tmp).map_err(|e| BuildError::Internal(e.to_string()))?;
         let id = crate::service::new_sandbox_id();
-        let mut spec = SandboxSpec::new(id.clone());
-        spec.template = tmp_name.clone();
+        let mut spec = SandboxSpec::new(id.clone(), rootfs);
         spec.resources = Resources { cpus: 2.0, memory_mb: 4096, pids: 4096, io_bps: self.io_bps, io_iops: self.io_iops };
         spec.internet = self.backend.network_available();
         let backend = self.backend.clone();
         let created = tokio::task::spawn_blocking(move || backend.create(&spec)).await.map_err(|e| BuildError::Internal(e.to_string()))?;
-        let _ = self.store.remove(&tmp_name);
         let info = created.map_err(|e| BuildError::Internal(format!("step {step}: starting the build sandbox: {e}")))?;
         let mut env = s.args.clone();
         env.extend(s.env.clone());

@@ -51,9 +51,16 @@ impl Server {
     pub async fn bind(cfg: Config) -> Result<Self, ServeError> {
         let store = Arc::new(open_store(&cfg.data_dir)?);
         let opts = airlock_runtime::namespace::Options { root: cfg.data_dir.clone(), binary: cfg.binary.clone(), network: cfg.network };
-        let backend = tokio::task::spawn_blocking(move || airlock_runtime::NamespaceBackend::new(opts))
-            .await
-            .map_err(|e| ServeError::Other(e.to_string()))??;
+        let templates = airlock_runtime::template::Store::new(cfg.data_dir.join("templates"));
+        let backend = tokio::task::spawn_blocking(move || {
+            let b = airlock_runtime::NamespaceBackend::new(opts)?;
+            // The built-in `base`, made from the host on first start (or
+            // when its recipe changed).
+            templates.ensure_base().map_err(|e| ServeError::Other(format!("preparing the base template: {}", airlock_runtime::init::chain(&e))))?;
+            Ok::<_, ServeError>(b)
+        })
+        .await
+        .map_err(|e| ServeError::Other(e.to_string()))??;
         let mut new_key = None;
         if cfg.api_keys.is_empty() && store.key_count()? == 0 {
             let key = service::new_api_key();

@@ -69,7 +69,6 @@ impl From<StoreError> for ApiError {
 fn runtime_err(id: &str, e: airlock_runtime::Error) -> ApiError {
     match e {
         airlock_runtime::Error::NotFound(_) => ApiError::NotFound(format!("sandbox {id} not found")),
-        airlock_runtime::Error::TemplateNotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
         airlock_runtime::Error::InvalidSpec(m) => ApiError::BadRequest(m),
         airlock_runtime::Error::AlreadyExists(_) => ApiError::Conflict(format!("sandbox {id} already exists")),
         other => ApiError::Internal(format!("sandbox {id}: {other}")),
@@ -290,7 +289,9 @@ impl Service {
             return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
         }
         let secure = v2 || req.secure.unwrap_or(true);
-        self.ensure_template(&template).await?;
+        // The one lookup of the template for this create: everything below
+        // works from what it resolved to.
+        let tpl = self.ensure_template(&template).await?;
         let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
         let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = CreateSlot(&self.creating);
@@ -307,8 +308,7 @@ impl Service {
 
         let id = new_sandbox_id();
         let token = secure.then(|| random_hex(20));
-        let mut spec = SandboxSpec::new(id.clone());
-        spec.template = template.clone();
+        let mut spec = SandboxSpec::new(id.clone(), tpl.rootfs());
         spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
         spec.internet = internet;
         spec.env = env.clone();
@@ -324,7 +324,7 @@ impl Service {
                 other => runtime_err(&id, other),
             }
         })?;
-        if let Err(e) = self.after_start(&id, &template, token.as_deref(), &env, setup.as_deref()).await {
+        if let Err(e) = self.after_start(&id, &tpl, token.as_deref(), &env, setup.as_deref()).await {
             let backend = self.backend.clone();
             let id2 = id.clone();
             let _ = self.blocking(move || backend.destroy(&id2)).await;
@@ -360,24 +360,24 @@ impl Service {
         Ok(row)
     }
 
-    async fn template_exists(&self, name: &str) -> Result<bool, ApiError> {
-        let backend = self.backend.clone();
+    async fn find_template(&self, name: &str) -> Result<Option<airlock_runtime::template::Template>, ApiError> {
+        let store = self.builder.store.clone();
         let t = name.to_string();
-        self.blocking(move || backend.has_template(&t)).await
+        self.blocking(move || store.get(&t).ok()).await
     }
 
-    /// Makes sure a template exists, building a built-in one on first use.
-    pub async fn ensure_template(&self, name: &str) -> Result<(), ApiError> {
-        if self.template_exists(name).await? {
-            return Ok(());
+    /// The template `name` resolves to, building a built-in one on first use.
+    pub async fn ensure_template(&self, name: &str) -> Result<airlock_runtime::template::Template, ApiError> {
+        if let Some(t) = self.find_template(name).await? {
+            return Ok(t);
         }
         let Some(recipe) = crate::builder::builtin(name) else {
             return Err(ApiError::NotFound(format!("template '{name}' not found")));
         };
         let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         let _g = lock.lock().await;
-        if self.template_exists(name).await? {
-            return Ok(());
+        if let Some(t) = self.find_template(name).await? {
+            return Ok(t);
         }
         tracing::info!(template = %name, "building built-in template on first use");
         let (tx, mut rx) = mpsc::channel(256);
@@ -396,7 +396,7 @@ impl Service {
         let r = self.builder.build(name, recipe, &BTreeMap::new(), None, &tx).await;
         drop(tx);
         let _ = logger.await;
-        r.map(|_| ()).map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
+        r.map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
     }
 
     // ----------------------------------------------------------- templates
@@ -637,10 +637,8 @@ impl Service {
     /// After the sandbox starts: the template's start command and ready
     /// check, then create-time package installs and startup script. Any
     /// failure fails the create with the command's output.
-    async fn after_start(&self, id: &str, template: &str, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
-        let store = self.builder.store.clone();
-        let t = template.to_string();
-        let tpl = self.blocking(move || store.get(&t).ok()).await?;
+    async fn after_start(&self, id: &str, tpl: &airlock_runtime::template::Template, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
+        let tpl = Some(tpl);
         if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
             return Ok(());
         }

@@ -219,9 +219,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Logs(a) => return client::run(client::Command::Logs(a)),
         Cmd::Completions { shell } => clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout()),
         Cmd::Runtime(RuntimeCmd::Create { data_dir, template, no_internet }) => {
+            let store = airlock_runtime::template::Store::new(data_dir.join("templates"));
             let b = backend(data_dir)?;
-            let mut spec = airlock_runtime::SandboxSpec::new(new_id());
-            spec.template = template;
+            store.ensure_base()?;
+            let tpl = store.get(&template)?;
+            let mut spec = airlock_runtime::SandboxSpec::new(new_id(), tpl.rootfs());
             spec.internet = !no_internet;
             let t = std::time::Instant::now();
             let info = b.create(&spec)?;

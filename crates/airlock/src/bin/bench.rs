@@ -173,6 +173,7 @@ fn main() {
 
 struct Bench<'a> {
     backend: &'a NamespaceBackend,
+    base: airlock_runtime::RootFs,
     root: &'a Path,
     live: Mutex<Vec<String>>,
     counter: AtomicUsize,
@@ -186,7 +187,7 @@ impl Bench<'_> {
 
     fn create(&self, phase: &str, internet: bool) -> Result<SandboxInfo> {
         check_interrupted()?;
-        let mut spec = SandboxSpec::new(self.new_id(phase));
+        let mut spec = SandboxSpec::new(self.new_id(phase), self.base.clone());
         spec.internet = internet;
         self.live.lock().unwrap_or_else(|p| p.into_inner()).push(spec.id.clone());
         self.backend.create(&spec).with_context(|| format!("creating sandbox {}", spec.id))
@@ -238,7 +239,8 @@ fn run_in(args: &Args, binary: &Path, root: &Path) -> Result<Value> {
     let want_net = args.network != NetMode::Off;
     progress("starting the namespace backend");
     let backend = NamespaceBackend::new(Options { root: root.to_path_buf(), binary: binary.to_path_buf(), network: want_net }).context("starting the namespace backend")?;
-    let bench = Bench { backend: &backend, root, live: Mutex::new(Vec::new()), counter: AtomicUsize::new(0), tag: std::process::id().to_string() };
+    let base = airlock_runtime::template::Store::new(root.join("templates")).ensure_base().context("preparing the base template")?.rootfs();
+    let bench = Bench { backend: &backend, base, root, live: Mutex::new(Vec::new()), counter: AtomicUsize::new(0), tag: std::process::id().to_string() };
     let r = measure(args, binary, &bench);
     bench.cleanup();
     r

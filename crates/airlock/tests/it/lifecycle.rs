@@ -93,10 +93,16 @@ async fn unknown_ids_and_bad_specs_are_errors() {
     assert!(matches!(h.backend.get("nosuchsandbox"), Err(airlock_runtime::Error::NotFound(_))));
     assert!(matches!(h.backend.get("../etc"), Err(airlock_runtime::Error::NotFound(_))));
     assert!(matches!(h.backend.destroy("nosuchsandbox"), Err(airlock_runtime::Error::NotFound(_))));
-    let mut spec = airlock_runtime::SandboxSpec::new("Bad-Id");
+    let mut spec = airlock_runtime::SandboxSpec::new("Bad-Id", h.base.clone());
     assert!(matches!(h.backend.create(&spec), Err(airlock_runtime::Error::InvalidSpec(_))));
+    // The backend takes layers: no layers is a bad spec, and so is a layer
+    // that does not exist.
     spec.id = new_id();
-    spec.template = "no-such-template".into();
-    assert!(matches!(h.backend.create(&spec), Err(airlock_runtime::Error::TemplateNotFound(_))));
+    spec.rootfs.root_layers.clear();
+    assert!(matches!(h.backend.create(&spec), Err(airlock_runtime::Error::InvalidSpec(_))));
+    assert!(!h.root.join("sandboxes").join(&spec.id).exists(), "failed create cleans up");
+    spec.id = new_id();
+    spec.rootfs.root_layers = vec![h.root.join("templates/layers/no-such-layer")];
+    assert!(h.backend.create(&spec).is_err());
     assert!(!h.root.join("sandboxes").join(&spec.id).exists(), "failed create cleans up");
 }

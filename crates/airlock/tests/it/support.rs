@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 pub struct Harness {
     pub backend: NamespaceBackend,
     pub root: PathBuf,
+    /// The `base` template's root filesystem, which sandboxes start from.
+    pub base: airlock_runtime::RootFs,
     _tmp: tempfile::TempDir,
 }
 
@@ -34,7 +36,8 @@ pub fn harness() -> &'static Harness {
             network: true,
         })
         .expect("namespace backend");
-        Harness { backend, root, _tmp: tmp }
+        let base = airlock_runtime::template::Store::new(root.join("templates")).ensure_base().expect("base template").rootfs();
+        Harness { backend, root, base, _tmp: tmp }
     })
 }
 
@@ -57,7 +60,7 @@ impl Sandbox {
     }
 
     pub fn with(f: impl FnOnce(&mut SandboxSpec)) -> Self {
-        let mut spec = SandboxSpec::new(new_id());
+        let mut spec = SandboxSpec::new(new_id(), harness().base.clone());
         f(&mut spec);
         let info = harness().backend.create(&spec).expect("create sandbox");
         let envd = Envd { socket: info.socket.clone(), token: spec.access_token.clone(), user: None };

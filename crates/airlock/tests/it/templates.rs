@@ -27,6 +27,7 @@ fn env() -> &'static Env {
         let tmp = tempfile::Builder::new().prefix("airlock-tpl-").tempdir().expect("tmp");
         let root = tmp.path().to_path_buf();
         let backend = NamespaceBackend::new(airlock_runtime::namespace::Options { root: root.clone(), binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")), network: true }).expect("backend");
+        airlock_runtime::template::Store::new(root.join("templates")).ensure_base().expect("base template");
         Env { backend: Arc::new(backend), root, _tmp: tmp }
     })
 }
@@ -68,8 +69,8 @@ struct TSandbox {
 
 impl TSandbox {
     fn new(template: &str) -> Self {
-        let mut spec = SandboxSpec::new(new_id());
-        spec.template = template.into();
+        let tpl = builder().store.get(template).expect("template exists");
+        let spec = SandboxSpec::new(new_id(), tpl.rootfs());
         let info = env().backend.create(&spec).expect("create from template");
         Self { id: spec.id, envd: Envd { socket: info.socket, token: None, user: None } }
     }
