@@ -262,8 +262,9 @@ impl Service {
         let template = if req.template_id.trim().is_empty() { "base".to_string() } else { req.template_id.trim().to_string() };
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
         let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
-        if !(cpus > 0.0 && cpus <= 256.0) {
-            return Err(ApiError::BadRequest(format!("cpuCount must be between 0 and 256, got {cpus}")));
+        let max_cpus = airlock_runtime::limits::MAX_CPUS;
+        if !(cpus > 0.0 && cpus <= max_cpus) {
+            return Err(ApiError::BadRequest(format!("cpuCount must be between 0 and {max_cpus}, got {cpus}")));
         }
         let memory_mb = req.memory_mb.unwrap_or(self.cfg.default_memory_mb);
         if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
