@@ -22,7 +22,6 @@ pub mod network;
 pub mod rootfs;
 pub mod seccomp;
 pub mod state;
-pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,22 +51,8 @@ impl Default for Resources {
     }
 }
 
-/// A sandbox's root filesystem and defaults, resolved by the caller (from
-/// a template, a build step or, later, a snapshot): backends take layers,
-/// never names.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RootFs {
-    /// Read-only root layers, topmost first.
-    pub root_layers: Vec<PathBuf>,
-    /// Read-only `/usr` layers, topmost first.
-    pub usr_layers: Vec<PathBuf>,
-    /// User for requests that name none.
-    pub default_user: String,
-    /// Working directory of commands that give none.
-    pub workdir: Option<String>,
-    /// Environment of every command (the spec's own `env` wins).
-    pub env: BTreeMap<String, String>,
-}
+/// What a sandbox starts from: layers, never a template name.
+pub use airlock_template::RootFs;
 
 /// Bounds every backend enforces, so callers can check requests against
 /// the same numbers.

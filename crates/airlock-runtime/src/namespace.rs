@@ -408,7 +408,7 @@ impl Backend for NamespaceBackend {
             let _ = fs::remove_file(tmp.join("root/etc").join(f));
         }
         let _ = fs::remove_dir(tmp.join("root/etc"));
-        shift_ids(&tmp, cfg.id_base).map_err(|e| Error::io("shifting layer ownership to canonical ids", e))?;
+        airlock_template::layer::shift_ids(&tmp, cfg.id_base, IDS_PER_SANDBOX).map_err(|e| Error::io("shifting layer ownership to canonical ids", e))?;
         match fs::rename(&tmp, dest) {
             Ok(()) => {}
             // A concurrent identical build got there first: theirs is as good.
@@ -438,7 +438,7 @@ impl Backend for NamespaceBackend {
                 u.disk_limit_bytes = total;
             }
             None => {
-                u.disk_bytes = dir_size(&upper);
+                u.disk_bytes = airlock_template::layer::dir_size(&upper);
                 // Unlimited: the sandbox can use what the data directory's filesystem has.
                 u.disk_limit_bytes = nix::sys::statvfs::statvfs(&upper).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
             }
@@ -447,46 +447,3 @@ impl Backend for NamespaceBackend {
     }
 }
 
-/// Bytes used by a directory tree (allocated blocks, hard links counted once).
-pub fn dir_size(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(md) = e.path().symlink_metadata() else { continue };
-            if md.nlink() > 1 && !seen.insert((md.dev(), md.ino())) {
-                continue;
-            }
-            total += md.blocks() * 512;
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    total
-}
-
-/// Rewrites ownership in a captured layer from the sandbox's host id range
-/// to canonical ids (root 0, `user` 1000), so any sandbox can map it into
-/// its own range. chown clears set-id bits, so they are put back.
-fn shift_ids(root: &Path, base: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let map = |id: u32| if id >= base && id < base + IDS_PER_SANDBOX { id - base } else { 65534 };
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let md = fs::symlink_metadata(&p)?;
-        std::os::unix::fs::lchown(&p, Some(map(md.uid())), Some(map(md.gid())))?;
-        if !md.file_type().is_symlink() && md.mode() & 0o6000 != 0 {
-            fs::set_permissions(&p, fs::Permissions::from_mode(md.mode() & 0o7777))?;
-        }
-        if md.is_dir() {
-            for e in fs::read_dir(&p)? {
-                stack.push(e?.path());
-            }
-        }
-    }
-    Ok(())
-}

@@ -14,7 +14,6 @@ pub mod builder;
 pub mod config;
 pub mod http;
 pub mod proxy;
-pub mod rootfs_source;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -51,7 +51,7 @@ impl Server {
     pub async fn bind(cfg: Config) -> Result<Self, ServeError> {
         let store = Arc::new(open_store(&cfg.data_dir)?);
         let opts = airlock_runtime::namespace::Options { root: cfg.data_dir.clone(), binary: cfg.binary.clone(), network: cfg.network };
-        let templates = airlock_runtime::template::Store::new(cfg.data_dir.join("templates"));
+        let templates = airlock_template::Store::new(cfg.data_dir.join("templates"));
         let backend = tokio::task::spawn_blocking(move || {
             let b = airlock_runtime::NamespaceBackend::new(opts)?;
             // The built-in `base`, made from the host on first start (or

@@ -137,8 +137,8 @@ pub struct TemplateInfo {
     pub ready_cmd: Option<String>,
 }
 
-impl From<&airlock_runtime::template::Template> for TemplateInfo {
-    fn from(t: &airlock_runtime::template::Template) -> Self {
+impl From<&airlock_template::Template> for TemplateInfo {
+    fn from(t: &airlock_template::Template) -> Self {
         Self {
             template_id: t.name.clone(),
             name: t.name.clone(),
@@ -198,7 +198,7 @@ impl Drop for CreateSlot<'_> {
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
-        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_runtime::template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
+        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         Arc::new(Self {
             cfg,
             store,
@@ -361,14 +361,14 @@ impl Service {
         Ok(row)
     }
 
-    async fn find_template(&self, name: &str) -> Result<Option<airlock_runtime::template::Template>, ApiError> {
+    async fn find_template(&self, name: &str) -> Result<Option<airlock_template::Template>, ApiError> {
         let store = self.builder.store.clone();
         let t = name.to_string();
         self.blocking(move || store.get(&t).ok()).await
     }
 
     /// The template `name` resolves to, building a built-in one on first use.
-    pub async fn ensure_template(&self, name: &str) -> Result<airlock_runtime::template::Template, ApiError> {
+    pub async fn ensure_template(&self, name: &str) -> Result<airlock_template::Template, ApiError> {
         if let Some(t) = self.find_template(name).await? {
             return Ok(t);
         }
@@ -429,7 +429,7 @@ impl Service {
     }
 
     pub async fn alias_template(&self, name: &str, alias: &str) -> Result<(), ApiError> {
-        if !airlock_runtime::template::Store::valid_name(alias) {
+        if !airlock_template::Store::valid_name(alias) {
             return Err(ApiError::BadRequest(format!("invalid alias {alias:?}")));
         }
         let store = self.builder.store.clone();
@@ -458,7 +458,7 @@ impl Service {
         let n = t.name.clone();
         self.blocking(move || -> Result<(), ApiError> {
             tstore.remove(&n).map_err(|e| match e {
-                airlock_runtime::template::TemplateError::NotFound(_) => ApiError::NotFound(format!("template '{n}' not found")),
+                airlock_template::TemplateError::NotFound(_) => ApiError::NotFound(format!("template '{n}' not found")),
                 other => ApiError::BadRequest(other.to_string()),
             })?;
             if users.is_empty() {
@@ -638,7 +638,7 @@ impl Service {
     /// After the sandbox starts: the template's start command and ready
     /// check, then create-time package installs and startup script. Any
     /// failure fails the create with the command's output.
-    async fn after_start(&self, id: &str, tpl: &airlock_runtime::template::Template, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
+    async fn after_start(&self, id: &str, tpl: &airlock_template::Template, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
         let tpl = Some(tpl);
         if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
             return Ok(());

@@ -219,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Logs(a) => return client::run(client::Command::Logs(a)),
         Cmd::Completions { shell } => clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout()),
         Cmd::Runtime(RuntimeCmd::Create { data_dir, template, no_internet }) => {
-            let store = airlock_runtime::template::Store::new(data_dir.join("templates"));
+            let store = airlock_template::Store::new(data_dir.join("templates"));
             let b = backend(data_dir)?;
             store.ensure_base()?;
             let tpl = store.get(&template)?;

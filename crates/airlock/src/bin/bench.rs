@@ -239,7 +239,7 @@ fn run_in(args: &Args, binary: &Path, root: &Path) -> Result<Value> {
     let want_net = args.network != NetMode::Off;
     progress("starting the namespace backend");
     let backend = NamespaceBackend::new(Options { root: root.to_path_buf(), binary: binary.to_path_buf(), network: want_net }).context("starting the namespace backend")?;
-    let base = airlock_runtime::template::Store::new(root.join("templates")).ensure_base().context("preparing the base template")?.rootfs();
+    let base = airlock_template::Store::new(root.join("templates")).ensure_base().context("preparing the base template")?.rootfs();
     let bench = Bench { backend: &backend, base, root, live: Mutex::new(Vec::new()), counter: AtomicUsize::new(0), tag: std::process::id().to_string() };
     let r = measure(args, binary, &bench);
     bench.cleanup();

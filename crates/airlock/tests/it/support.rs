@@ -36,7 +36,7 @@ pub fn harness() -> &'static Harness {
             network: true,
         })
         .expect("namespace backend");
-        let base = airlock_runtime::template::Store::new(root.join("templates")).ensure_base().expect("base template").rootfs();
+        let base = airlock_template::Store::new(root.join("templates")).ensure_base().expect("base template").rootfs();
         Harness { backend, root, base, _tmp: tmp }
     })
 }

@@ -27,17 +27,17 @@ fn env() -> &'static Env {
         let tmp = tempfile::Builder::new().prefix("airlock-tpl-").tempdir().expect("tmp");
         let root = tmp.path().to_path_buf();
         let backend = NamespaceBackend::new(airlock_runtime::namespace::Options { root: root.clone(), binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")), network: true }).expect("backend");
-        airlock_runtime::template::Store::new(root.join("templates")).ensure_base().expect("base template");
+        airlock_template::Store::new(root.join("templates")).ensure_base().expect("base template");
         Env { backend: Arc::new(backend), root, _tmp: tmp }
     })
 }
 
 fn builder() -> Builder {
     let e = env();
-    Builder { backend: e.backend.clone(), store: airlock_runtime::template::Store::new(e.root.join("templates")), io_bps: 0, io_iops: 0 }
+    Builder { backend: e.backend.clone(), store: airlock_template::Store::new(e.root.join("templates")), io_bps: 0, io_iops: 0 }
 }
 
-async fn build(name: &str, recipe: &str, args: &[(&str, &str)], ctx: Option<&std::path::Path>) -> (Result<airlock_runtime::template::Template, BuildError>, Vec<BuildEvent>) {
+async fn build(name: &str, recipe: &str, args: &[(&str, &str)], ctx: Option<&std::path::Path>) -> (Result<airlock_template::Template, BuildError>, Vec<BuildEvent>) {
     let (tx, mut rx) = mpsc::channel(1024);
     let collector = tokio::spawn(async move {
         let mut v = Vec::new();

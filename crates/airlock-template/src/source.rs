@@ -15,6 +15,45 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("not a root-filesystem source")]
+    NotASource,
+    #[error("copying {}: {stderr}", path.display())]
+    Copy { path: PathBuf, stderr: String },
+    #[error("invalid suite {0:?}")]
+    InvalidSuite(String),
+    #[error("no {flavor} package mirror configured: set AIRLOCK_{}_MIRROR", flavor.to_uppercase())]
+    NoMirror { flavor: String },
+    #[error("debootstrap is not installed (apt-get install debootstrap)")]
+    NoDebootstrap,
+    #[error("debootstrap failed: {output}")]
+    Debootstrap { output: String },
+    #[error("bad digest {0:?}")]
+    BadDigest(String),
+    #[error("image archive: {0}")]
+    Image(&'static str),
+    #[error("layer entry {} leaves the root", .0.display())]
+    LeavesRoot(PathBuf),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Io { what, source }
+}
+
 /// Where a `FROM` points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -43,7 +82,7 @@ fn hex(d: impl AsRef<[u8]>) -> String {
 }
 
 /// The cache key of a source's layer.
-pub fn key(src: &Source) -> Result<String, String> {
+pub fn key(src: &Source) -> Result<String, SourceError> {
     let mut h = Sha256::new();
     match src {
         Source::Template(t) => h.update(format!("template:{t}")),
@@ -51,10 +90,10 @@ pub fn key(src: &Source) -> Result<String, String> {
             h.update(format!("debootstrap:{flavor}:{suite}:{}:{}", mirror(flavor).unwrap_or_default(), std::env::consts::ARCH));
         }
         Source::Archive(p) => {
-            let mut f = fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut f = fs::File::open(p).map_err(io(format!("opening {}", p.display())))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = f.read(&mut buf).map_err(|e| format!("{}: {e}", p.display()))?;
+                let n = f.read(&mut buf).map_err(io(format!("reading {}", p.display())))?;
                 if n == 0 {
                     break;
                 }
@@ -66,10 +105,10 @@ pub fn key(src: &Source) -> Result<String, String> {
             let mut stack = vec![p.clone()];
             let mut entries = Vec::new();
             while let Some(q) = stack.pop() {
-                let md = fs::symlink_metadata(&q).map_err(|e| format!("{}: {e}", q.display()))?;
+                let md = fs::symlink_metadata(&q).map_err(io(format!("reading {}", q.display())))?;
                 entries.push(format!("{}:{}:{}:{}:{}", q.display(), md.len(), md.mtime(), md.mtime_nsec(), md.mode()));
                 if md.is_dir() {
-                    for e in fs::read_dir(&q).map_err(|e| format!("{}: {e}", q.display()))?.flatten() {
+                    for e in fs::read_dir(&q).map_err(io(format!("listing {}", q.display())))?.flatten() {
                         stack.push(e.path());
                     }
                 }
@@ -137,20 +176,20 @@ fn mirror(flavor: &str) -> Option<String> {
 }
 
 /// Produces `layer/root` for a source (not for templates).
-pub fn materialise(src: &Source, layer: &Path, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+pub fn materialise(src: &Source, layer: &Path, log: &mut dyn FnMut(&str)) -> Result<(), SourceError> {
     let tmp = layer.with_extension("tmp");
     let _ = fs::remove_dir_all(&tmp);
     let root = tmp.join("root");
-    fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
     let r = match src {
-        Source::Template(_) => Err("not a root-filesystem source".to_string()),
+        Source::Template(_) => Err(SourceError::NotASource),
         Source::Directory(p) => {
             log(&format!("copying root filesystem from {}", p.display()));
-            let out = Command::new("cp").args(["-a", "--reflink=auto"]).arg(format!("{}/.", p.display())).arg(&root).output().map_err(|e| format!("cp: {e}"))?;
+            let out = Command::new("cp").args(["-a", "--reflink=auto"]).arg(format!("{}/.", p.display())).arg(&root).output().map_err(io("running cp"))?;
             if out.status.success() {
                 Ok(())
             } else {
-                Err(format!("copying {}: {}", p.display(), String::from_utf8_lossy(&out.stderr).trim()))
+                Err(SourceError::Copy { path: p.clone(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
             }
         }
         Source::Archive(p) => {
@@ -164,19 +203,24 @@ pub fn materialise(src: &Source, layer: &Path, log: &mut dyn FnMut(&str)) -> Res
         return Err(e);
     }
     let _ = fs::remove_dir_all(tmp.join("blobs"));
-    add_user(&root).map_err(|e| format!("adding the sandbox user: {e}"))?;
-    fs::rename(&tmp, layer).or_else(|e| if layer.exists() { let _ = fs::remove_dir_all(&tmp); Ok(()) } else { Err(e.to_string()) })
+    add_user(&root).map_err(io("adding the sandbox user"))?;
+    fs::rename(&tmp, layer).or_else(|e| {
+        if layer.exists() {
+            let _ = fs::remove_dir_all(&tmp);
+            Ok(())
+        } else {
+            Err(io("installing layer")(e))
+        }
+    })
 }
 
-fn debootstrap(flavor: &str, suite: &str, root: &Path, log: &mut dyn FnMut(&str)) -> Result<(), String> {
+fn debootstrap(flavor: &str, suite: &str, root: &Path, log: &mut dyn FnMut(&str)) -> Result<(), SourceError> {
     if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(format!("invalid suite {suite:?}"));
+        return Err(SourceError::InvalidSuite(suite.to_string()));
     }
-    let mirror = mirror(flavor).ok_or_else(|| {
-        format!("no {flavor} package mirror configured: set AIRLOCK_{}_MIRROR", flavor.to_uppercase())
-    })?;
+    let mirror = mirror(flavor).ok_or_else(|| SourceError::NoMirror { flavor: flavor.to_string() })?;
     if Command::new("debootstrap").arg("--version").output().is_err() {
-        return Err("debootstrap is not installed (apt-get install debootstrap)".into());
+        return Err(SourceError::NoDebootstrap);
     }
     log(&format!("debootstrap --variant=minbase {suite} (this takes a few minutes the first time)"));
     let mut cmd = Command::new("debootstrap");
@@ -185,10 +229,10 @@ fn debootstrap(flavor: &str, suite: &str, root: &Path, log: &mut dyn FnMut(&str)
         log("warning: ubuntu-archive-keyring is not installed; packages are not signature-checked");
         cmd.arg("--no-check-gpg");
     }
-    let out = cmd.arg(suite).arg(root).arg(&mirror).output().map_err(|e| format!("debootstrap: {e}"))?;
+    let out = cmd.arg(suite).arg(root).arg(&mirror).output().map_err(io("running debootstrap"))?;
     if !out.status.success() {
         let tail: String = String::from_utf8_lossy(&out.stderr).lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        return Err(format!("debootstrap failed: {tail}"));
+        return Err(SourceError::Debootstrap { output: tail });
     }
     // Caches and logs of the bootstrap are not part of the template.
     let _ = fs::remove_dir_all(root.join("var/cache/apt/archives"));
@@ -254,16 +298,16 @@ fn open_maybe_gz(p: &Path) -> std::io::Result<Box<dyn Read>> {
 /// Unpacks an OCI layout or `docker save` archive, applying its layers in
 /// order with whiteouts (`.wh.<name>` deletes, `.wh..wh..opq` empties a
 /// directory of what lower layers put there).
-pub fn unpack_image(archive: &Path, root: &Path, scratch: &Path) -> Result<(), String> {
-    fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
-    let mut outer = tar::Archive::new(open_maybe_gz(archive).map_err(|e| format!("{}: {e}", archive.display()))?);
-    for entry in outer.entries().map_err(|e| format!("reading {}: {e}", archive.display()))? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        entry.unpack_in(scratch).map_err(|e| format!("unpacking archive: {e}"))?;
+pub fn unpack_image(archive: &Path, root: &Path, scratch: &Path) -> Result<(), SourceError> {
+    fs::create_dir_all(scratch).map_err(io(format!("creating {}", scratch.display())))?;
+    let mut outer = tar::Archive::new(open_maybe_gz(archive).map_err(io(format!("opening {}", archive.display())))?);
+    for entry in outer.entries().map_err(io(format!("reading {}", archive.display())))? {
+        let mut entry = entry.map_err(io(format!("reading {}", archive.display())))?;
+        entry.unpack_in(scratch).map_err(io("unpacking archive"))?;
     }
     let layers = image_layers(scratch)?;
     if layers.is_empty() {
-        return Err("the image archive has no layers".into());
+        return Err(SourceError::Image("the image archive has no layers"));
     }
     for layer in layers {
         apply_layer(&layer, root)?;
@@ -272,54 +316,55 @@ pub fn unpack_image(archive: &Path, root: &Path, scratch: &Path) -> Result<(), S
 }
 
 /// Layer blob paths, bottom first, from `index.json` (OCI) or `manifest.json` (docker save).
-fn image_layers(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let blob = |digest: &str| -> Result<PathBuf, String> {
-        let (alg, hex) = digest.split_once(':').ok_or_else(|| format!("bad digest {digest:?}"))?;
+fn image_layers(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let blob = |digest: &str| -> Result<PathBuf, SourceError> {
+        let (alg, hex) = digest.split_once(':').ok_or_else(|| SourceError::BadDigest(digest.to_string()))?;
         if !alg.chars().all(|c| c.is_ascii_alphanumeric()) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("bad digest {digest:?}"));
+            return Err(SourceError::BadDigest(digest.to_string()));
         }
         Ok(dir.join("blobs").join(alg).join(hex))
     };
-    let read_json = |p: &Path| -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?).map_err(|e| format!("{}: {e}", p.display()))
+    let read_json = |p: &Path| -> Result<serde_json::Value, SourceError> {
+        serde_json::from_slice(&fs::read(p).map_err(io(format!("reading {}", p.display())))?).map_err(|source| SourceError::Json { path: p.to_path_buf(), source })
     };
     if dir.join("index.json").exists() {
         let mut v = read_json(&dir.join("index.json"))?;
         // An index may point at another index (multi-platform); follow to a manifest.
         for _ in 0..4 {
-            let m = v["manifests"].as_array().and_then(|a| a.first()).cloned().ok_or("index.json lists no manifests")?;
-            let d = m["digest"].as_str().ok_or("manifest without digest")?;
+            let m = v["manifests"].as_array().and_then(|a| a.first()).cloned().ok_or(SourceError::Image("index.json lists no manifests"))?;
+            let d = m["digest"].as_str().ok_or(SourceError::Image("manifest without digest"))?;
             v = read_json(&blob(d)?)?;
             if v.get("layers").is_some() {
-                return v["layers"].as_array().ok_or("manifest without layers")?.iter().map(|l| blob(l["digest"].as_str().unwrap_or(""))).collect();
+                return v["layers"].as_array().ok_or(SourceError::Image("manifest without layers"))?.iter().map(|l| blob(l["digest"].as_str().unwrap_or(""))).collect();
             }
         }
-        return Err("no image manifest found in index.json".into());
+        return Err(SourceError::Image("no image manifest found in index.json"));
     }
     if dir.join("manifest.json").exists() {
         let v = read_json(&dir.join("manifest.json"))?;
-        let layers = v.as_array().and_then(|a| a.first()).and_then(|m| m["Layers"].as_array()).ok_or("manifest.json lists no layers")?;
+        let layers = v.as_array().and_then(|a| a.first()).and_then(|m| m["Layers"].as_array()).ok_or(SourceError::Image("manifest.json lists no layers"))?;
         return layers
             .iter()
             .map(|l| {
-                let rel = safe_rel(Path::new(l.as_str().unwrap_or(""))).ok_or("bad layer path")?;
+                let rel = safe_rel(Path::new(l.as_str().unwrap_or(""))).ok_or(SourceError::Image("bad layer path in manifest.json"))?;
                 Ok(dir.join(rel))
             })
             .collect();
     }
-    Err("not an image archive: no index.json or manifest.json".into())
+    Err(SourceError::Image("not an image archive: no index.json or manifest.json"))
 }
 
-fn apply_layer(blob: &Path, root: &Path) -> Result<(), String> {
-    let mut a = tar::Archive::new(open_maybe_gz(blob).map_err(|e| format!("{}: {e}", blob.display()))?);
+fn apply_layer(blob: &Path, root: &Path) -> Result<(), SourceError> {
+    let mut a = tar::Archive::new(open_maybe_gz(blob).map_err(io(format!("opening {}", blob.display())))?);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_unpack_xattrs(false);
     a.set_overwrite(true);
-    for entry in a.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
-        let Some(rel) = safe_rel(&path) else { return Err(format!("layer entry {} leaves the root", path.display())) };
+    let reading = || io(format!("reading layer {}", blob.display()));
+    for entry in a.entries().map_err(reading())? {
+        let mut entry = entry.map_err(reading())?;
+        let path = entry.path().map_err(reading())?.into_owned();
+        let Some(rel) = safe_rel(&path) else { return Err(SourceError::LeavesRoot(path)) };
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
         if name == ".wh..wh..opq" {
@@ -348,7 +393,7 @@ fn apply_layer(blob: &Path, root: &Path) -> Result<(), String> {
                 let _ = fs::remove_file(&dest);
             }
         }
-        entry.unpack_in(root).map_err(|e| format!("unpacking {}: {e} ({:?})", rel.display(), std::error::Error::source(&e)))?;
+        entry.unpack_in(root).map_err(io(format!("unpacking {}", rel.display())))?;
     }
     Ok(())
 }

@@ -81,6 +81,18 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
     move |source| TemplateError::Io { what, source }
 }
 
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
+    let data = fs::read(path)?;
+    serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Replaced atomically: written aside, then renamed.
+fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?)?;
+    fs::rename(&tmp, path)
+}
+
 /// Templates kept under `<data>/templates/<name>/`.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -112,7 +124,7 @@ impl Store {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(TemplateError::NotFound(name.to_string()));
         }
-        crate::state::read_json(&self.dir.join(name).join("template.json")).map_err(|_| TemplateError::NotFound(name.to_string()))
+        read_json(&self.dir.join(name).join("template.json")).map_err(|_| TemplateError::NotFound(name.to_string()))
     }
 
     /// Every template (not the builder's temporary ones), by name.
@@ -128,7 +140,7 @@ impl Store {
             if n.starts_with('.') || n == "layers" {
                 continue;
             }
-            if let Ok(t) = crate::state::read_json::<Template>(&e.path().join("template.json")) {
+            if let Ok(t) = read_json::<Template>(&e.path().join("template.json")) {
                 v.push(t);
             }
         }
@@ -140,7 +152,7 @@ impl Store {
     pub fn save(&self, t: &Template) -> Result<(), TemplateError> {
         let d = self.dir.join(&t.name);
         fs::create_dir_all(&d).map_err(io(format!("creating template {}", t.name)))?;
-        crate::state::write_json(&d.join("template.json"), t).map_err(io(format!("writing template {}", t.name)))
+        write_json(&d.join("template.json"), t).map_err(io(format!("writing template {}", t.name)))
     }
 
     /// Removes a template's metadata. Layers stay (shared, cached) until `gc_layers`.
@@ -165,7 +177,7 @@ impl Store {
         let mut used = std::collections::HashSet::new();
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.flatten() {
-                if let Ok(t) = crate::state::read_json::<Template>(&e.path().join("template.json")) {
+                if let Ok(t) = read_json::<Template>(&e.path().join("template.json")) {
                     for p in t.root_layers.iter().chain(&t.usr_layers) {
                         if let Some(parent) = p.parent() {
                             used.insert(parent.to_path_buf());
@@ -206,10 +218,10 @@ impl Store {
             version: BASE_VERSION,
             digest: base_digest(),
             created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-            size_bytes: crate::namespace::dir_size(&tmp.join("root")),
+            size_bytes: crate::layer::dir_size(&tmp.join("root")),
             ..Default::default()
         };
-        crate::state::write_json(&tmp.join("template.json"), &t).map_err(io("writing template.json"))?;
+        write_json(&tmp.join("template.json"), &t).map_err(io("writing template.json"))?;
         let _ = fs::remove_dir_all(&final_dir);
         fs::rename(&tmp, &final_dir).map_err(io("installing base template"))?;
         Ok(t)
