@@ -258,7 +258,7 @@ impl Builder {
             workdir: s.workdir.clone(),
             env: BTreeMap::new(),
         };
-        let id = crate::service::new_sandbox_id();
+        let id = crate::ids::sandbox_id().map_err(|e| BuildError::Internal(e.to_string()))?;
         let mut spec = SandboxSpec::new(id.clone(), rootfs);
         spec.resources = Resources { cpus: 2.0, memory_mb: 4096, pids: 4096, io_bps: self.io_bps, io_iops: self.io_iops };
         spec.internet = self.backend.network_available();

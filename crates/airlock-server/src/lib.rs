@@ -13,6 +13,7 @@ pub mod api;
 pub mod builder;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod proxy;
 pub mod server;
 pub mod service;

@@ -83,28 +83,14 @@ pub fn rfc3339_ms(ms: i64) -> String {
     airlock_proto::time::rfc3339_parts(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+/// A new sandbox id (see `ids::sandbox_id`).
+pub fn new_sandbox_id() -> Result<String, ApiError> {
+    crate::ids::sandbox_id().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-/// 20 lowercase alphanumerics, like E2B's ids (no `-` or `.`: ids appear in host names).
-pub fn new_sandbox_id() -> String {
-    let mut buf = [0u8; 20];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut buf);
-    }
-    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    // 256 % 36 = 4: the bias is small and ids need uniqueness, not uniformity.
-    buf.iter().map(|b| A[*b as usize % A.len()] as char).collect()
-}
-
-/// A new API key: `e2b_` + 40 hex characters, the format SDKs accept.
-pub fn new_api_key() -> String {
-    format!("e2b_{}", random_hex(20))
+/// A new API key (see `ids::api_key`).
+pub fn new_api_key() -> Result<String, crate::ids::RandomError> {
+    crate::ids::api_key()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -307,8 +293,8 @@ impl Service {
             return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
         }
 
-        let id = new_sandbox_id();
-        let token = secure.then(|| random_hex(20));
+        let id = new_sandbox_id()?;
+        let token = if secure { Some(crate::ids::access_token().map_err(|e| ApiError::Internal(e.to_string()))?) } else { None };
         let mut spec = SandboxSpec::new(id.clone(), tpl.rootfs());
         spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
         spec.internet = internet;

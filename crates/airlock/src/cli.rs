@@ -223,7 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let b = backend(data_dir)?;
             store.ensure_base()?;
             let tpl = store.get(&template)?;
-            let mut spec = airlock_runtime::SandboxSpec::new(new_id(), tpl.rootfs());
+            let mut spec = airlock_runtime::SandboxSpec::new(new_id()?, tpl.rootfs());
             spec.internet = !no_internet;
             let t = std::time::Instant::now();
             let info = b.create(&spec)?;
@@ -240,11 +240,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// A 20-character lowercase alphanumeric id, as E2B's are.
-pub fn new_id() -> String {
-    let mut buf = [0u8; 20];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    buf.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+pub fn new_id() -> anyhow::Result<String> {
+    Ok(airlock_server::ids::sandbox_id()?)
 }
 
 /// Reads a flat `key = value` config file (TOML strings, numbers, booleans).
@@ -336,8 +333,8 @@ fn keys(k: KeysCmd) -> anyhow::Result<()> {
     match k {
         KeysCmd::Create { data_dir, name } => {
             let store = airlock_server::server::open_store(&data_dir)?;
-            let key = airlock_server::service::new_api_key();
-            let id = airlock_server::service::new_sandbox_id()[..8].to_string();
+            let key = airlock_server::ids::api_key()?;
+            let id = airlock_server::ids::sandbox_id()?[..8].to_string();
             store.add_key(&id, &key, &name, airlock_server::service::now_ms())?;
             println!("{key}");
             eprintln!("key id {id}; it is not shown again");
