@@ -1,0 +1,239 @@
+//! Creating a sandbox: checking the request, resolving its template once
+//! (building a shipped recipe on first use), the backend call, the
+//! template's start and ready commands and create-time set-up.
+
+use super::*;
+
+impl Service {
+
+
+    pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
+        let template = if req.template_id.trim().is_empty() { "base".to_string() } else { req.template_id.trim().to_string() };
+        let timeout = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
+        let max_cpus = airlock_runtime::limits::MAX_CPUS;
+        if !(cpus > 0.0 && cpus <= max_cpus) {
+            return Err(ApiError::BadRequest(format!("cpuCount must be between 0 and {max_cpus}, got {cpus}")));
+        }
+        let memory_mb = req.memory_mb.unwrap_or(self.cfg.default_memory_mb);
+        if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
+            return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
+        }
+        // The default applies only where the host can enforce it (warned at
+        // start otherwise); an explicit diskMB there is refused by the backend.
+        let default_disk = if self.backend.disk_limits_available() { self.cfg.default_disk_mb } else { 0 };
+        let disk_mb = match req.disk_mb.unwrap_or(default_disk) {
+            0 => None,
+            mb if (16..=self.cfg.max_disk_mb).contains(&mb) => Some(mb),
+            mb => return Err(ApiError::BadRequest(format!("diskMB must be between 16 and {}, got {mb}", self.cfg.max_disk_mb))),
+        };
+        let metadata = req.metadata.unwrap_or_default();
+        let env = req.env_vars.unwrap_or_default();
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ApiError::BadRequest(format!("invalid environment variable name {k:?}")));
+            }
+        }
+        let internet = req.allow_internet_access.unwrap_or(true);
+        if internet && !self.backend.network_available() {
+            return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
+        }
+        let secure = v2 || req.secure.unwrap_or(true);
+        // The one lookup of the template for this create: everything below
+        // works from what it resolved to.
+        let tpl = self.ensure_template(&template).await?;
+        let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
+        let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
+        let _slot = CreateSlot(&self.creating);
+        if in_flight > self.cfg.max_concurrent_creates {
+            return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once (limit {})", self.cfg.max_concurrent_creates)));
+        }
+        let existing = {
+            let store = self.store.clone();
+            self.blocking(move || store.count()).await??
+        };
+        if existing + in_flight > self.cfg.max_sandboxes {
+            return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
+        }
+
+        let id = new_sandbox_id()?;
+        let token = if secure { Some(crate::ids::access_token().map_err(|e| ApiError::Internal(e.to_string()))?) } else { None };
+        let mut spec = SandboxSpec::new(id.clone(), tpl.rootfs());
+        spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
+        spec.internet = internet;
+        spec.env = env.clone();
+        spec.access_token = token.clone();
+        spec.disk_mb = disk_mb;
+        let t0 = Instant::now();
+        let backend = self.backend.clone();
+        let s2 = spec.clone();
+        self.blocking(move || backend.create(&s2)).await?.map_err(|e| {
+            tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
+            match e {
+                airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
+                other => runtime_err(&id, other),
+            }
+        })?;
+        if let Err(e) = self.after_start(&id, &tpl, token.as_deref(), &env, setup.as_deref()).await {
+            let backend = self.backend.clone();
+            let id2 = id.clone();
+            let _ = self.blocking(move || backend.destroy(&id2)).await;
+            self.remove_log(&id);
+            return Err(e);
+        }
+        let now = now_ms();
+        let row = SandboxRow {
+            id: id.clone(),
+            template,
+            state: State::Running,
+            started_at: now,
+            end_at: now + timeout * 1000,
+            auto_pause: req.auto_pause.unwrap_or(false),
+            metadata,
+            env,
+            access_token: token,
+            internet,
+            cpus,
+            memory_mb,
+            seq: 0,
+        };
+        let store = self.store.clone();
+        let r2 = row.clone();
+        if let Err(e) = self.blocking(move || store.insert_sandbox(&r2)).await? {
+            // Without a row nobody could ever reach or kill it.
+            let backend = self.backend.clone();
+            let id2 = id.clone();
+            let _ = self.blocking(move || backend.destroy(&id2)).await;
+            return Err(e.into());
+        }
+        tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
+        Ok(row)
+    }
+
+
+    pub(super) async fn find_template(&self, name: &str) -> Result<Option<airlock_template::Template>, ApiError> {
+        let store = self.builder.store.clone();
+        let t = name.to_string();
+        self.blocking(move || store.get(&t).ok()).await
+    }
+
+
+    /// The template `name` resolves to, building a built-in one on first use.
+    pub async fn ensure_template(&self, name: &str) -> Result<airlock_template::Template, ApiError> {
+        if let Some(t) = self.find_template(name).await? {
+            return Ok(t);
+        }
+        let Some(recipe) = crate::builder::builtin(name) else {
+            return Err(ApiError::NotFound(format!("template '{name}' not found")));
+        };
+        let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
+        let _g = lock.lock().await;
+        if let Some(t) = self.find_template(name).await? {
+            return Ok(t);
+        }
+        tracing::info!(template = %name, "building built-in template on first use");
+        let (tx, mut rx) = mpsc::channel(256);
+        let logger = tokio::spawn({
+            let name = name.to_string();
+            async move {
+                while let Some(ev) = rx.recv().await {
+                    match ev {
+                        crate::builder::BuildEvent::Step { step, total, text, cached } => tracing::info!(template = %name, step, total, cached, "{text}"),
+                        crate::builder::BuildEvent::Log { text, .. } => tracing::debug!(template = %name, "{}", text.trim_end()),
+                        other => tracing::info!(template = %name, event = ?other, "build"),
+                    }
+                }
+            }
+        });
+        let r = self.builder.build(name, recipe, &BTreeMap::new(), None, &tx).await;
+        drop(tx);
+        let _ = logger.await;
+        r.map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
+    }
+
+
+    /// After the sandbox starts: the template's start command and ready
+    /// check, then create-time package installs and startup script. Any
+    /// failure fails the create with the command's output.
+    pub(super) async fn after_start(&self, id: &str, tpl: &airlock_template::Template, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
+        let tpl = Some(tpl);
+        if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
+            return Ok(());
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        let user = tpl.as_ref().map(|t| t.default_user.clone()).unwrap_or_else(|| "user".into());
+        let workdir = tpl.as_ref().and_then(|t| t.workdir.clone());
+        if let Some(cmd) = tpl.as_ref().and_then(|t| t.start_cmd.clone()) {
+            self.append_log(id, &format!("$ {cmd}   # start command, tag 'start'"));
+            crate::agent_client::spawn(&info.socket, token, &user, &cmd, env, workdir.as_deref(), "start")
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("the template's start command failed to start: {e}")))?;
+        }
+        if let Some(check) = tpl.as_ref().and_then(|t| t.ready_cmd.clone()) {
+            let deadline = Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let r = crate::agent_client::run(&info.socket, token, &user, &check, env, workdir.as_deref(), |_, _| {}).await;
+                if matches!(r, Ok(ref f) if f.exit_code == 0) {
+                    self.append_log(id, &format!("ready: {check}"));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(ApiError::BadRequest(format!("the template's ready check `{check}` did not succeed within 120 s")));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        if let Some(script) = setup {
+            let mut out = String::new();
+            let r = crate::agent_client::run(&info.socket, token, "root", script, env, None, |b, _| out.push_str(&String::from_utf8_lossy(b))).await;
+            self.append_log(id, &out);
+            match r {
+                Ok(f) if f.exit_code == 0 => {}
+                Ok(f) => {
+                    let tail: String = out.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Err(ApiError::BadRequest(format!("sandbox set-up failed with exit code {}:\n{tail}", f.exit_code)));
+                }
+                Err(e) => return Err(ApiError::BadRequest(format!("sandbox set-up failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shell script for create-time `installPackages` and `startupScript`,
+/// with every package name checked so nothing can inject shell syntax.
+pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut s = String::new();
+    if let Some(pk) = pk {
+        let check = |names: &[String], kind: &str| -> Result<String, ApiError> {
+            for n in names {
+                let ok = !n.is_empty() && !n.starts_with('-') && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+=<>!~@/:[],".contains(c));
+                if !ok {
+                    return Err(ApiError::BadRequest(format!("invalid {kind} package name {n:?}")));
+                }
+            }
+            Ok(names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(" "))
+        };
+        if !pk.pip.is_empty() {
+            s.push_str(&format!("echo '# pip install'; python3 -m pip install --break-system-packages --root-user-action=ignore --no-cache-dir --progress-bar off {} || exit $?\n", check(&pk.pip, "pip")?));
+        }
+        if !pk.npm.is_empty() {
+            s.push_str(&format!("echo '# npm install -g'; npm install -g --no-fund --no-audit {} || exit $?\n", check(&pk.npm, "npm")?));
+        }
+        if !pk.apt.is_empty() {
+            s.push_str(&format!(
+                "echo '# apt-get install'; if [ ! -d /var/lib/dpkg ]; then echo 'apt packages need a Debian-based template (this one has no dpkg database)' >&2; exit 100; fi; apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {} || exit $?\n",
+                check(&pk.apt, "apt")?
+            ));
+        }
+    }
+    if let Some(script) = startup.filter(|s| !s.trim().is_empty()) {
+        s.push_str("echo '# startup script'\n");
+        s.push_str(script);
+        s.push('\n');
+    }
+    Ok((!s.is_empty()).then_some(s))
+}
+

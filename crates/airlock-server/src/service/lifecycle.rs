@@ -1,0 +1,241 @@
+//! A sandbox's life after create: connect and resume, deadlines and
+//! expiry (kill or auto-pause), pause, kill, start-up reconciliation with
+//! the kernel, and routing sandbox traffic to a running agent.
+
+use super::*;
+
+impl Service {
+
+
+    /// Makes sure the sandbox runs (thawing or restarting it) and extends
+    /// its deadline to at least now + timeout. Returns whether it was
+    /// resumed from pause (201) or already running (200).
+    pub async fn connect(&self, id: &str, timeout: Option<i64>) -> Result<(SandboxRow, bool), ApiError> {
+        let timeout = self.check_timeout(timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        let resumed = row.state == State::Paused;
+        self.ensure_running(&row).await?;
+        let now = now_ms();
+        let end = if resumed { now + timeout * 1000 } else { row.end_at.max(now + timeout * 1000) };
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
+        row.state = State::Running;
+        row.end_at = end;
+        Ok((row, resumed))
+    }
+
+
+    /// Legacy `POST /sandboxes/{id}/resume`: only for paused sandboxes.
+    pub async fn resume(&self, id: &str, timeout: Option<i64>) -> Result<SandboxRow, ApiError> {
+        {
+            let row = self.row(id).await?;
+            if row.state == State::Running {
+                return Err(ApiError::Conflict(format!("sandbox {id} is already running")));
+            }
+        }
+        self.connect(id, timeout).await.map(|(r, _)| r)
+    }
+
+
+    /// Thaws a frozen sandbox, or restarts one whose processes are gone.
+    pub(super) async fn ensure_running(&self, row: &SandboxRow) -> Result<SandboxInfo, ApiError> {
+        let backend = self.backend.clone();
+        let id = row.id.clone();
+        let r = self
+            .blocking(move || match backend.get(&id) {
+                Ok(info) if info.frozen => backend.thaw(&id).and_then(|_| backend.get(&id)),
+                Ok(info) => Ok(info),
+                Err(airlock_runtime::Error::NotFound(_)) => {
+                    tracing::info!(sandbox_id = %id, "sandbox processes are gone; restarting it over its files");
+                    backend.restart(&id)
+                }
+                Err(e) => Err(e),
+            })
+            .await?;
+        r.map_err(|e| runtime_err(&row.id, e))
+    }
+
+
+
+    pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.row(id).await?;
+        self.destroy_locked(id).await
+    }
+
+
+    pub(super) async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.destroy(&id2)).await? {
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(id, e)),
+        }
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.delete_sandbox(&id2)).await??;
+        self.forget(id);
+        self.remove_log(id);
+        tracing::info!(sandbox_id = %id, "sandbox killed");
+        Ok(())
+    }
+
+
+    pub async fn set_timeout(&self, id: &str, timeout: i64) -> Result<(), ApiError> {
+        let timeout = self.check_timeout(timeout)?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.row(id).await?;
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let end = now_ms() + timeout * 1000;
+        self.blocking(move || store.set_end(&id2, end)).await??;
+        Ok(())
+    }
+
+
+    /// `POST /sandboxes/{id}/refreshes`: extends, never shortens.
+    pub async fn refresh(&self, id: &str, duration: i64) -> Result<(), ApiError> {
+        let duration = self.check_timeout(duration)?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.row(id).await?;
+        let end = row.end_at.max(now_ms() + duration * 1000);
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_end(&id2, end)).await??;
+        Ok(())
+    }
+
+
+    pub async fn pause(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.pause_locked(id).await
+    }
+
+
+    pub(super) async fn pause_locked(&self, id: &str) -> Result<(), ApiError> {
+        let row = self.row(id).await?;
+        if row.state == State::Paused {
+            return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.freeze(&id2)).await? {
+            // Processes already gone (crash, reboot): it is paused in all
+            // but name; resume restarts it over its files.
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(id, e)),
+        }
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let end = row.end_at;
+        self.blocking(move || store.set_state(&id2, State::Paused, end)).await??;
+        tracing::info!(sandbox_id = %id, "sandbox paused");
+        Ok(())
+    }
+
+
+
+    /// Kills or pauses every running sandbox whose deadline has passed.
+    pub async fn expire_due(&self) -> Result<usize, ApiError> {
+        let store = self.store.clone();
+        let now = now_ms();
+        let due = self.blocking(move || store.due(now)).await??;
+        let mut n = 0;
+        for row in due {
+            let lock = self.lock_for(&row.id);
+            let _g = lock.lock().await;
+            // Re-read under the lock: set_timeout may have just moved it.
+            let Ok(cur) = self.row(&row.id).await else { continue };
+            if cur.state != State::Running || cur.end_at > now_ms() {
+                continue;
+            }
+            let r = if cur.auto_pause { self.pause_locked(&cur.id).await } else { self.destroy_locked(&cur.id).await };
+            match r {
+                Ok(()) => {
+                    n += 1;
+                    tracing::info!(sandbox_id = %cur.id, action = if cur.auto_pause { "pause" } else { "kill" }, "sandbox timed out");
+                }
+                Err(e) => tracing::warn!(sandbox_id = %cur.id, error = %e, "acting on timeout failed"),
+            }
+        }
+        Ok(n)
+    }
+
+
+    /// At start-up: sandboxes in the store whose processes are gone (the
+    /// host rebooted) are marked paused so connect restarts them over their
+    /// files; sandboxes the runtime has but the store does not (a crash
+    /// between create and insert) are destroyed.
+    pub async fn reconcile(&self) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let backend = self.backend.clone();
+        let live = self.blocking(move || backend.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        for row in &rows {
+            let alive = live.iter().any(|s| s.id == row.id);
+            if !alive && row.state == State::Running {
+                tracing::warn!(sandbox_id = %row.id, "sandbox processes are gone (host restarted?); marking it paused");
+                let store = self.store.clone();
+                let (id, end) = (row.id.clone(), row.end_at);
+                self.blocking(move || store.set_state(&id, State::Paused, end)).await??;
+            }
+        }
+        for s in live {
+            if !rows.iter().any(|r| r.id == s.id) {
+                tracing::warn!(sandbox_id = %s.id, "sandbox unknown to the store; destroying it");
+                let backend = self.backend.clone();
+                let _ = self.blocking(move || backend.destroy(&s.id)).await;
+            }
+        }
+        Ok(())
+    }
+
+
+    /// Finds the running sandbox whose access token validates a signed
+    /// `/files` URL that carries no sandbox id.
+    pub async fn find_by_signature(&self, path: &str, operation: &str, username: &str, signature: &str, expiration: Option<i64>) -> Option<String> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await.ok()?.ok()?;
+        rows.into_iter()
+            .filter(|r| r.state == State::Running)
+            .find(|r| {
+                r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature)
+            })
+            .map(|r| r.id)
+    }
+
+
+    /// The agent socket of a running sandbox, for the proxy: the store row
+    /// and the kernel's view in one trip to the blocking pool, since this
+    /// runs for every proxied request.
+    pub async fn route(&self, id: &str) -> Result<SandboxInfo, ApiError> {
+        let store = self.store.clone();
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let (row, info) = self.blocking(move || -> Result<_, StoreError> {
+            let row = store.sandbox(&id2)?;
+            let info = match &row {
+                Some(r) if r.state == State::Running => Some(backend.get(&id2)),
+                _ => None,
+            };
+            Ok((row, info))
+        })
+        .await??;
+        let row = row.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?;
+        if row.state == State::Paused {
+            return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
+        }
+        let info = info.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?.map_err(|e| runtime_err(id, e))?;
+        if info.frozen {
+            return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
+        }
+        Ok(info)
+    }
+}

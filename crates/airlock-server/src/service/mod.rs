@@ -1,0 +1,263 @@
+//! The service layer: every control-plane action as a typed method, over
+//! the store and the runtime backend. HTTP handlers parse requests into
+//! these calls; tests and the lifecycle manager call them directly.
+//!
+//! Lifecycle rules (E2B's): a sandbox's timeout is a deadline persisted in
+//! the store; at the deadline it is killed, or paused when `autoPause` was
+//! set. Set-timeout moves the deadline to now + timeout; connect never
+//! shortens it. Pause freezes the cgroup (memory kept while the host runs)
+//! and stops the clock; connect or resume thaws it. A sandbox whose
+//! processes are gone (host reboot) is restarted over its writable layer.
+//!
+//! Operations on one sandbox are serialised by a per-sandbox async mutex,
+//! so a pause racing a kill or a deadline sees a consistent state.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use airlock_proto::api::{self, NewSandbox, SandboxDetail, SandboxMetric};
+use airlock_proto::envd::ENVD_VERSION;
+use airlock_runtime::{Backend, Resources, SandboxInfo, SandboxSpec};
+
+use crate::config::Config;
+use crate::store::{SandboxRow, State, Store, StoreError};
+
+mod create;
+mod lifecycle;
+mod logs;
+mod metrics;
+mod templates;
+mod views;
+
+pub use create::setup_script;
+
+/// A failed action, mapped to an HTTP status by the API layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Details are logged, not sent: the client sees a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::TooManyRequests(_) => 429,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(format!("store: {e:?}"))
+    }
+}
+
+fn runtime_err(id: &str, e: airlock_runtime::Error) -> ApiError {
+    match e {
+        airlock_runtime::Error::NotFound(_) => ApiError::NotFound(format!("sandbox {id} not found")),
+        airlock_runtime::Error::InvalidSpec(m) => ApiError::BadRequest(m),
+        airlock_runtime::Error::AlreadyExists(_) => ApiError::Conflict(format!("sandbox {id} already exists")),
+        other => ApiError::Internal(format!("sandbox {id}: {other}")),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    airlock_proto::time::rfc3339_parts(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)
+}
+
+/// A new sandbox id (see `ids::sandbox_id`).
+pub fn new_sandbox_id() -> Result<String, ApiError> {
+    crate::ids::sandbox_id().map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A new API key (see `ids::api_key`).
+pub fn new_api_key() -> Result<String, crate::ids::RandomError> {
+    crate::ids::api_key()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_ms: i64,
+    cpu_ns: u64,
+    cpu_pct: f64,
+    mem: u64,
+    mem_limit: u64,
+    disk: u64,
+    disk_limit: u64,
+}
+
+/// A template as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub layers: usize,
+    pub created_at: String,
+    pub default_user: String,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub start_cmd: Option<String>,
+    pub ready_cmd: Option<String>,
+}
+
+impl From<&airlock_template::Template> for TemplateInfo {
+    fn from(t: &airlock_template::Template) -> Self {
+        Self {
+            template_id: t.name.clone(),
+            name: t.name.clone(),
+            aliases: t.aliases.clone(),
+            digest: t.digest.clone(),
+            size_bytes: t.size_bytes,
+            layers: t.root_layers.len() + t.usr_layers.len(),
+            created_at: rfc3339_ms(t.created_at),
+            default_user: t.default_user.clone(),
+            workdir: t.workdir.clone(),
+            env: t.env.clone(),
+            start_cmd: t.start_cmd.clone(),
+            ready_cmd: t.ready_cmd.clone(),
+        }
+    }
+}
+
+/// What list requests filter on.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Option<Vec<State>>,
+    pub metadata: BTreeMap<String, String>,
+    pub descending: bool,
+    pub limit: usize,
+    /// Opaque token from a previous page (the last seen sequence number).
+    pub next_token: Option<String>,
+    pub template: Option<String>,
+}
+
+pub struct Page {
+    pub items: Vec<SandboxDetail>,
+    pub next_token: Option<String>,
+    pub running: usize,
+}
+
+pub struct Service {
+    pub cfg: Config,
+    store: Arc<Store>,
+    backend: Arc<dyn Backend>,
+    pub builder: crate::builder::Builder,
+    /// One build at a time per template name.
+    build_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    samples: Mutex<HashMap<String, VecDeque<Sample>>>,
+    creating: AtomicUsize,
+}
+
+/// Samples kept per sandbox: an hour at the 5 s sampling interval.
+const MAX_SAMPLES: usize = 720;
+
+struct CreateSlot<'a>(&'a AtomicUsize);
+impl Drop for CreateSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Service {
+    pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
+        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
+        Arc::new(Self {
+            cfg,
+            store,
+            backend,
+            builder,
+            build_locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            samples: Mutex::new(HashMap::new()),
+            creating: AtomicUsize::new(0),
+        })
+    }
+
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+
+    /// Runs a blocking store or backend call on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
+    }
+
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_string()).or_default().clone()
+    }
+
+
+    fn forget(&self, id: &str) {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+
+    async fn row(&self, id: &str) -> Result<SandboxRow, ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.sandbox(&id2)).await??.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))
+    }
+
+
+    fn check_timeout(&self, t: i64) -> Result<i64, ApiError> {
+        if t < 0 || t > self.cfg.max_timeout_s {
+            return Err(ApiError::BadRequest(format!("timeout must be between 0 and {} seconds, got {t}", self.cfg.max_timeout_s)));
+        }
+        Ok(t)
+    }
+
+
+    pub async fn key_valid(&self, key: &str) -> Result<bool, ApiError> {
+        if self.cfg.api_keys.iter().any(|k| k == key) {
+            return Ok(true);
+        }
+        let store = self.store.clone();
+        let key = key.to_string();
+        Ok(self.blocking(move || store.key_valid(&key)).await??)
+    }
+
+}
+

@@ -1,0 +1,78 @@
+//! Templates as the API sees them: list, show, build, alias, delete.
+
+use super::*;
+
+impl Service {
+
+
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
+        let store = self.builder.store.clone();
+        let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(list.iter().map(TemplateInfo::from).collect())
+    }
+
+
+    pub async fn template(&self, name: &str) -> Result<TemplateInfo, ApiError> {
+        let store = self.builder.store.clone();
+        let n = name.to_string();
+        let t = self.blocking(move || store.get(&n)).await?.map_err(|_| ApiError::NotFound(format!("template '{name}' not found")))?;
+        Ok(TemplateInfo::from(&t))
+    }
+
+
+    pub async fn build_template(&self, name: &str, recipe: &str, args: &BTreeMap<String, String>, context: Option<&std::path::Path>, events: &mpsc::Sender<crate::builder::BuildEvent>) -> Result<(), ApiError> {
+        if recipe.trim().is_empty() {
+            return Err(ApiError::BadRequest("recipe is required".into()));
+        }
+        let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
+        let _g = lock.lock().await;
+        self.builder.build(name, recipe, args, context, events).await.map(|_| ()).map_err(|e| match e {
+            crate::builder::BuildError::Internal(m) => ApiError::Internal(m),
+            crate::builder::BuildError::NotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
+            other => ApiError::BadRequest(other.to_string()),
+        })
+    }
+
+
+    pub async fn alias_template(&self, name: &str, alias: &str) -> Result<(), ApiError> {
+        if !airlock_template::Store::valid_name(alias) {
+            return Err(ApiError::BadRequest(format!("invalid alias {alias:?}")));
+        }
+        let store = self.builder.store.clone();
+        let (n, a) = (name.to_string(), alias.to_string());
+        self.blocking(move || -> Result<(), ApiError> {
+            if store.get(&a).is_ok() {
+                return Err(ApiError::Conflict(format!("a template named '{a}' already exists")));
+            }
+            let mut t = store.get(&n).map_err(|_| ApiError::NotFound(format!("template '{n}' not found")))?;
+            t.aliases.push(a);
+            store.save(&t).map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .await?
+    }
+
+
+    /// Deletes a template; refused while sandboxes use it unless forced
+    /// (their mounted layers keep working; unused layers are collected).
+    pub async fn delete_template(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let t = self.template(name).await?;
+        let store = self.store.clone();
+        let users: Vec<String> = self.blocking(move || store.sandboxes()).await??.into_iter().filter(|r| r.template == t.name || t.aliases.contains(&r.template)).map(|r| r.id).collect();
+        if !users.is_empty() && !force {
+            return Err(ApiError::Conflict(format!("template '{name}' is used by {} sandbox(es): {}; kill them or delete with force=true", users.len(), users.join(", "))));
+        }
+        let tstore = self.builder.store.clone();
+        let n = t.name.clone();
+        self.blocking(move || -> Result<(), ApiError> {
+            tstore.remove(&n).map_err(|e| match e {
+                airlock_template::TemplateError::NotFound(_) => ApiError::NotFound(format!("template '{n}' not found")),
+                other => ApiError::BadRequest(other.to_string()),
+            })?;
+            if users.is_empty() {
+                let _ = tstore.gc_layers();
+            }
+            Ok(())
+        })
+        .await?
+    }
+}

@@ -1,0 +1,76 @@
+//! The API's views of sandboxes: one (`SandboxDetail`), the create and
+//! connect body, and listing with filters and paging.
+
+use super::*;
+
+impl Service {
+
+
+    pub fn detail(&self, row: &SandboxRow) -> SandboxDetail {
+        SandboxDetail {
+            template_id: row.template.clone(),
+            sandbox_id: row.id.clone(),
+            client_id: "airlock".into(),
+            alias: Some(row.template.clone()),
+            started_at: rfc3339_ms(row.started_at),
+            end_at: rfc3339_ms(row.end_at),
+            envd_version: ENVD_VERSION.into(),
+            cpu_count: row.cpus.ceil().max(1.0) as u32,
+            memory_mb: row.memory_mb,
+            disk_size_mb: 0,
+            state: row.state.as_str().into(),
+            metadata: row.metadata.clone(),
+            envd_access_token: row.access_token.clone(),
+            allow_internet_access: Some(row.internet),
+            lifecycle: api::Lifecycle { auto_resume: false, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
+            domain: None,
+        }
+    }
+
+
+    pub fn sandbox_body(&self, row: &SandboxRow) -> api::Sandbox {
+        api::Sandbox {
+            template_id: row.template.clone(),
+            sandbox_id: row.id.clone(),
+            client_id: "airlock".into(),
+            envd_version: ENVD_VERSION.into(),
+            alias: Some(row.template.clone()),
+            envd_access_token: row.access_token.clone(),
+            traffic_access_token: row.access_token.as_deref().map(airlock_proto::envd::traffic_token),
+            domain: None,
+        }
+    }
+
+
+    pub async fn get(&self, id: &str) -> Result<SandboxDetail, ApiError> {
+        Ok(self.detail(&self.row(id).await?))
+    }
+
+
+    pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let running = rows.iter().filter(|r| r.state == State::Running).count();
+        let after: Option<i64> = match &f.next_token {
+            Some(t) if !t.is_empty() => Some(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?),
+            _ => None,
+        };
+        let mut matching: Vec<&SandboxRow> = rows
+            .iter()
+            .filter(|r| f.states.as_ref().is_none_or(|s| s.contains(&r.state)))
+            .filter(|r| f.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+            .filter(|r| f.template.as_ref().is_none_or(|t| &r.template == t))
+            .collect();
+        if f.descending {
+            matching.reverse();
+        }
+        if let Some(after) = after {
+            matching.retain(|r| if f.descending { r.seq < after } else { r.seq > after });
+        }
+        let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+        let more = matching.len() > limit;
+        matching.truncate(limit);
+        let next_token = if more { matching.last().map(|r| r.seq.to_string()) } else { None };
+        Ok(Page { items: matching.into_iter().map(|r| self.detail(r)).collect(), next_token, running })
+    }
+}
