@@ -33,6 +33,11 @@ mod metrics;
 mod templates;
 mod views;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use create::setup_script;
 
 /// A failed action, mapped to an HTTP status by the API layer.

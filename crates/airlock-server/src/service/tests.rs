@@ -1,0 +1,197 @@
+//! The lifecycle rules, over the in-memory backend and a real SQLite store
+//! in a temporary directory: no root, no sandboxes.
+
+use std::sync::Arc;
+
+use airlock_proto::api::NewSandbox;
+
+use super::fake::FakeBackend;
+use super::*;
+
+struct World {
+    svc: Arc<Service>,
+    fake: Arc<FakeBackend>,
+    _tmp: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().to_path_buf();
+    let templates = airlock_template::Store::new(data.join("templates"));
+    templates
+        .save(&airlock_template::Template {
+            name: "base".into(),
+            root_layers: vec![data.join("templates/layers/base/root")],
+            default_user: "user".into(),
+            ..Default::default()
+        })
+        .expect("base template");
+    let store = Arc::new(Store::open(&data.join("airlock.db")).expect("store"));
+    let fake = Arc::new(FakeBackend::default());
+    let cfg = Config::new(data, "/nonexistent/airlock".into());
+    let svc = Service::new(cfg, store, fake.clone());
+    World { svc, fake, _tmp: tmp }
+}
+
+fn req(timeout: i64) -> NewSandbox {
+    NewSandbox { template_id: "base".into(), timeout: Some(timeout), ..Default::default() }
+}
+
+impl World {
+    async fn create(&self, r: NewSandbox) -> SandboxRow {
+        self.svc.create(r, true).await.expect("create")
+    }
+
+    fn row(&self, id: &str) -> Option<SandboxRow> {
+        self.svc.store().sandbox(id).expect("store")
+    }
+
+    /// Moves a sandbox's deadline into the past, as time would.
+    fn expire(&self, id: &str) {
+        self.svc.store().set_end(id, now_ms() - 1).expect("set_end");
+    }
+}
+
+#[tokio::test]
+async fn create_hands_the_backend_resolved_layers_and_the_limits() {
+    let w = world();
+    let r = w.create(NewSandbox { cpu_count: Some(1.5), memory_mb: Some(256), ..req(60) }).await;
+    let spec = w.fake.spec(&r.id).expect("backend has it");
+    assert_eq!(spec.rootfs.root_layers.len(), 1, "the template's layers, resolved by the service");
+    assert!(spec.rootfs.root_layers[0].ends_with("layers/base/root"));
+    assert_eq!(spec.rootfs.default_user, "user");
+    assert_eq!((spec.resources.cpus, spec.resources.memory_mb), (1.5, 256));
+    assert!(spec.access_token.is_some(), "v2 sandboxes are always secured");
+    assert_eq!(r.access_token, spec.access_token);
+}
+
+#[tokio::test]
+async fn bad_requests_create_nothing() {
+    let w = world();
+    for bad in [NewSandbox { cpu_count: Some(0.0), ..req(60) }, NewSandbox { memory_mb: Some(1), ..req(60) }, req(-5), NewSandbox { template_id: "no-such".into(), ..req(60) }] {
+        let e = w.svc.create(bad, true).await.expect_err("refused");
+        assert!(matches!(e, ApiError::BadRequest(_) | ApiError::NotFound(_)), "{e:?}");
+    }
+    assert!(w.fake.list().expect("list").is_empty());
+    assert_eq!(w.svc.store().count().expect("count"), 0);
+}
+
+#[tokio::test]
+async fn connect_never_shortens_a_deadline() {
+    let w = world();
+    let r = w.create(req(600)).await;
+    let (row, resumed) = w.svc.connect(&r.id, Some(10)).await.expect("connect");
+    assert!(!resumed, "it was running: 200, not 201");
+    assert_eq!(row.end_at, r.end_at, "a shorter timeout leaves the deadline alone");
+    let (row, _) = w.svc.connect(&r.id, Some(1200)).await.expect("connect");
+    assert!(row.end_at >= r.end_at + 500_000, "a longer one extends it");
+    // set_timeout, unlike connect, sets it (E2B's semantics).
+    w.svc.set_timeout(&r.id, 5).await.expect("set_timeout");
+    assert!(w.row(&r.id).expect("row").end_at < r.end_at);
+}
+
+#[tokio::test]
+async fn at_the_deadline_auto_pause_pauses_and_the_rest_are_killed() {
+    let w = world();
+    let keep = w.create(NewSandbox { auto_pause: Some(true), ..req(600) }).await;
+    let kill = w.create(req(600)).await;
+    let later = w.create(req(600)).await;
+    w.expire(&keep.id);
+    w.expire(&kill.id);
+    assert_eq!(w.svc.expire_due().await.expect("expire"), 2);
+    let kept = w.row(&keep.id).expect("auto-pause keeps the row");
+    assert_eq!(kept.state, State::Paused);
+    assert!(w.fake.frozen(&keep.id), "and freezes the sandbox");
+    assert!(w.row(&kill.id).is_none() && !w.fake.exists(&kill.id), "the other is gone from store and backend");
+    assert_eq!(w.row(&later.id).expect("untouched").state, State::Running);
+    // A paused sandbox's clock is stopped: no second action on it.
+    assert_eq!(w.svc.expire_due().await.expect("expire"), 0);
+    // Connect resumes it (201) with a fresh deadline.
+    let (row, resumed) = w.svc.connect(&keep.id, Some(60)).await.expect("resume");
+    assert!(resumed && row.state == State::Running && !w.fake.frozen(&keep.id));
+    assert!(row.end_at > now_ms());
+}
+
+#[tokio::test]
+async fn pause_twice_conflicts_and_unknown_ids_are_not_found() {
+    let w = world();
+    let r = w.create(req(600)).await;
+    w.svc.pause(&r.id).await.expect("pause");
+    assert!(matches!(w.svc.pause(&r.id).await, Err(ApiError::Conflict(_))));
+    assert!(matches!(w.svc.route(&r.id).await, Err(ApiError::Conflict(_))), "no traffic to a paused sandbox");
+    for e in [w.svc.kill("nosuch").await.err(), w.svc.pause("nosuch").await.err(), w.svc.set_timeout("nosuch", 5).await.err(), w.svc.connect("nosuch", None).await.err()] {
+        assert!(matches!(e, Some(ApiError::NotFound(_))), "{e:?}");
+    }
+    w.svc.kill(&r.id).await.expect("kill a paused one");
+    assert!(!w.fake.exists(&r.id));
+}
+
+#[tokio::test]
+async fn reconcile_after_a_restart_keeps_the_store_and_the_kernel_agreeing() {
+    let w = world();
+    let rebooted = w.create(req(600)).await;
+    let fine = w.create(req(600)).await;
+    // The host rebooted under one; a crash left an orphan the store never had.
+    w.fake.kill_processes(&rebooted.id);
+    let orphan_spec = w.fake.spec(&fine.id).expect("spec");
+    w.fake.adopt("orphan", orphan_spec);
+    w.svc.reconcile().await.expect("reconcile");
+    assert!(!w.fake.exists("orphan"), "a sandbox unknown to the store is destroyed");
+    assert_eq!(w.row(&rebooted.id).expect("kept").state, State::Paused, "one whose processes are gone is shown paused");
+    assert_eq!(w.row(&fine.id).expect("kept").state, State::Running);
+    // Connect restarts it over its files.
+    let (_, resumed) = w.svc.connect(&rebooted.id, Some(60)).await.expect("connect");
+    assert!(resumed);
+    assert_eq!(w.fake.restarts(&rebooted.id), 1);
+    assert!(w.svc.route(&rebooted.id).await.is_ok());
+}
+
+#[tokio::test]
+async fn list_pages_cover_everything_once_and_filters_combine() {
+    let w = world();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let group = if i % 2 == 0 { "even" } else { "odd" };
+        let md: BTreeMap<String, String> = [("group".to_string(), group.to_string()), ("i".to_string(), i.to_string())].into();
+        ids.push(w.create(NewSandbox { metadata: Some(md), ..req(600) }).await.id);
+    }
+    w.svc.pause(&ids[1]).await.expect("pause");
+    for descending in [false, true] {
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = w.svc.list(ListFilter { limit: 2, next_token: token.clone(), descending, ..Default::default() }).await.expect("list");
+            assert!(page.items.len() <= 2);
+            seen.extend(page.items.iter().map(|d| d.sandbox_id.clone()));
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let mut want = ids.clone();
+        if descending {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "pages in order, each sandbox once (descending: {descending})");
+    }
+    let even = w.svc.list(ListFilter { metadata: [("group".to_string(), "even".to_string())].into(), ..Default::default() }).await.expect("list");
+    assert_eq!(even.items.len(), 3);
+    let odd_paused = w
+        .svc
+        .list(ListFilter { metadata: [("group".to_string(), "odd".to_string())].into(), states: Some(vec![State::Paused]), ..Default::default() })
+        .await
+        .expect("list");
+    assert_eq!(odd_paused.items.iter().map(|d| d.sandbox_id.as_str()).collect::<Vec<_>>(), vec![ids[1].as_str()]);
+    assert!(matches!(w.svc.list(ListFilter { next_token: Some("garbage".into()), ..Default::default() }).await, Err(ApiError::BadRequest(_))));
+}
+
+#[tokio::test]
+async fn the_sandbox_limit_answers_too_many_requests() {
+    let mut w = world();
+    let svc = Arc::get_mut(&mut w.svc).expect("sole owner");
+    svc.cfg.max_sandboxes = 2;
+    w.create(req(60)).await;
+    w.create(req(60)).await;
+    assert!(matches!(w.svc.create(req(60), true).await, Err(ApiError::TooManyRequests(_))));
+    assert_eq!(w.fake.list().expect("list").len(), 2);
+}
