@@ -12,3 +12,4 @@ pub mod connect;
 pub mod envd;
 pub mod json;
 pub mod time;
+pub mod wire;

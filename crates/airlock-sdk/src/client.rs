@@ -166,7 +166,7 @@ impl Client {
             let mut b = Request::builder()
                 .method(method.clone())
                 .uri(&url)
-                .header("x-api-key", header_value("API key", key)?)
+                .header(airlock_proto::wire::API_KEY_HEADER, header_value("API key", key)?)
                 .header(header::USER_AGENT, USER_AGENT);
             if payload.is_some() {
                 b = b.header(header::CONTENT_TYPE, CONTENT_TYPE_JSON);
@@ -209,11 +209,11 @@ impl Client {
         let mut b = Request::builder()
             .method(method)
             .uri(url)
-            .header("e2b-sandbox-id", header_value("sandbox id", &t.id)?)
-            .header("e2b-sandbox-port", ENVD_PORT.to_string())
+            .header(airlock_proto::wire::SANDBOX_ID_HEADER, header_value("sandbox id", &t.id)?)
+            .header(airlock_proto::wire::SANDBOX_PORT_HEADER, ENVD_PORT.to_string())
             .header(header::USER_AGENT, USER_AGENT);
         if let Some(tok) = &t.token {
-            b = b.header("x-access-token", header_value("access token", tok)?);
+            b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, header_value("access token", tok)?);
         }
         if let Some(u) = user {
             b = b.header(header::AUTHORIZATION, basic_user(u)?);

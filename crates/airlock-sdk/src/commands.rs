@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use airlock_proto::wire::Rpc;
 use airlock_proto::envd::{
     CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse, ProcessConfig, ProcessEvent,
     ProcessEventKind, ProcessInfo, ProcessInput, ProcessSelector, Pty as PtyRequest, PtySize, SendInputRequest,
@@ -111,7 +112,7 @@ impl Commands {
     /// The processes the agent is running (and those it started that have
     /// not been reaped from its table yet).
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
-        let r: ListResponse = self.sbx.client().unary(self.sbx.target(), "process.Process/List", &ListRequest {}, None).await?;
+        let r: ListResponse = self.sbx.client().unary(self.sbx.target(), Rpc::ProcessList.path(), &ListRequest {}, None).await?;
         Ok(r.processes)
     }
 
@@ -173,28 +174,28 @@ impl Process {
     }
 
     pub async fn signal(&self, signal: Signal) -> Result<()> {
-        self.call("process.Process/SendSignal", &SendSignalRequest { process: self.selector(), signal }).await
+        self.call(Rpc::ProcessSendSignal.path(), &SendSignalRequest { process: self.selector(), signal }).await
     }
 
     pub async fn send_stdin(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let input = ProcessInput::Stdin(data.as_ref().to_vec());
-        self.call("process.Process/SendInput", &SendInputRequest { process: self.selector(), input }).await
+        self.call(Rpc::ProcessSendInput.path(), &SendInputRequest { process: self.selector(), input }).await
     }
 
     /// Closes stdin, so a program reading it sees end-of-file.
     pub async fn close_stdin(&self) -> Result<()> {
-        self.call("process.Process/CloseStdin", &CloseStdinRequest { process: self.selector() }).await
+        self.call(Rpc::ProcessCloseStdin.path(), &CloseStdinRequest { process: self.selector() }).await
     }
 
     /// Types into a process's terminal.
     pub async fn send_pty_input(&self, data: impl AsRef<[u8]>) -> Result<()> {
         let input = ProcessInput::Pty(data.as_ref().to_vec());
-        self.call("process.Process/SendInput", &SendInputRequest { process: self.selector(), input }).await
+        self.call(Rpc::ProcessSendInput.path(), &SendInputRequest { process: self.selector(), input }).await
     }
 
     /// Resizes a process's terminal.
     pub async fn resize(&self, size: PtySize) -> Result<()> {
-        self.call("process.Process/Update", &UpdateRequest { process: self.selector(), pty: Some(PtyRequest { size: Some(size) }) }).await
+        self.call(Rpc::ProcessUpdate.path(), &UpdateRequest { process: self.selector(), pty: Some(PtyRequest { size: Some(size) }) }).await
     }
 
     /// Reattaches to this process's output.
@@ -311,7 +312,7 @@ impl CommandBuilder {
 
     async fn start(self) -> Result<(CommandStream, Callbacks)> {
         let t0 = Instant::now();
-        let inner = self.sbx.client().server_stream(self.sbx.target(), "process.Process/Start", &self.req, self.user.as_deref(), self.timeout).await?;
+        let inner = self.sbx.client().server_stream(self.sbx.target(), Rpc::ProcessStart.path(), &self.req, self.user.as_deref(), self.timeout).await?;
         let mut s = CommandStream::started(&self.sbx, inner).await?;
         s.deadline = self.timeout.filter(|t| !t.is_zero()).map(|t| (t0 + t, t));
         Ok((s, self.callbacks))
@@ -350,7 +351,7 @@ impl std::fmt::Debug for CommandStream {
 
 impl CommandStream {
     async fn attach(sbx: &Sandbox, selector: ProcessSelector) -> Result<Self> {
-        let inner = sbx.client().server_stream(sbx.target(), "process.Process/Connect", &ConnectRequest { process: selector }, None, None).await?;
+        let inner = sbx.client().server_stream(sbx.target(), Rpc::ProcessConnect.path(), &ConnectRequest { process: selector }, None, None).await?;
         Self::started(sbx, inner).await
     }
 

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use airlock_proto::wire::Rpc;
 use airlock_proto::connect::Code;
 use airlock_proto::envd::{
     self, EntryInfo, EntryResponse, FilesystemEvent, ListDirRequest, ListDirResponse, MoveRequest, PathRequest, WatchDirResponse,
@@ -133,13 +134,13 @@ impl Files {
         if depth < 1 {
             return Err(Error::Config("depth must be at least 1".into()));
         }
-        let r: ListDirResponse = self.rpc("filesystem.Filesystem/ListDir", &ListDirRequest { path: path.into(), depth }).await?;
+        let r: ListDirResponse = self.rpc(Rpc::FsListDir.path(), &ListDirRequest { path: path.into(), depth }).await?;
         Ok(r.entries)
     }
 
     /// Type, size, mode, owner and times of one path.
     pub async fn stat(&self, path: &str) -> Result<EntryInfo> {
-        let r: EntryResponse = self.rpc("filesystem.Filesystem/Stat", &PathRequest { path: path.into() }).await?;
+        let r: EntryResponse = self.rpc(Rpc::FsStat.path(), &PathRequest { path: path.into() }).await?;
         Ok(r.entry)
     }
 
@@ -153,7 +154,7 @@ impl Files {
 
     /// Creates a directory and its parents; false if it already existed.
     pub async fn make_dir(&self, path: &str) -> Result<bool> {
-        match self.rpc::<_, EntryResponse>("filesystem.Filesystem/MakeDir", &PathRequest { path: path.into() }).await {
+        match self.rpc::<_, EntryResponse>(Rpc::FsMakeDir.path(), &PathRequest { path: path.into() }).await {
             Ok(_) => Ok(true),
             Err(Error::Sandbox(e)) if e.code == Code::AlreadyExists => Ok(false),
             Err(e) => Err(e),
@@ -162,13 +163,13 @@ impl Files {
 
     /// Moves or renames; returns the entry at its new place.
     pub async fn rename(&self, from: &str, to: &str) -> Result<EntryInfo> {
-        let r: EntryResponse = self.rpc("filesystem.Filesystem/Move", &MoveRequest { source: from.into(), destination: to.into() }).await?;
+        let r: EntryResponse = self.rpc(Rpc::FsMove.path(), &MoveRequest { source: from.into(), destination: to.into() }).await?;
         Ok(r.entry)
     }
 
     /// Removes a file or a directory with everything in it.
     pub async fn remove(&self, path: &str) -> Result<()> {
-        let _: envd::Empty = self.rpc("filesystem.Filesystem/Remove", &PathRequest { path: path.into() }).await?;
+        let _: envd::Empty = self.rpc(Rpc::FsRemove.path(), &PathRequest { path: path.into() }).await?;
         Ok(())
     }
 
@@ -294,7 +295,7 @@ impl WatchBuilder {
     pub async fn start(self) -> Result<WatchStream> {
         let f = &self.files;
         let mut inner: ConnectStream<WatchDirResponse> =
-            f.sbx.client().server_stream(f.sbx.target(), "filesystem.Filesystem/WatchDir", &self.req, f.u(), None).await?;
+            f.sbx.client().server_stream(f.sbx.target(), Rpc::FsWatchDir.path(), &self.req, f.u(), None).await?;
         loop {
             match inner.next().await {
                 Some(Ok(WatchDirResponse { event: WatchEventKind::Start {} })) => return Ok(WatchStream { inner }),

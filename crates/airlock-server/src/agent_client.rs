@@ -53,12 +53,12 @@ async fn start(l: Launch<'_>) -> Result<hyper::Response<hyper::body::Incoming>, 
     };
     let mut b = http::Request::builder()
         .method("POST")
-        .uri("/process.Process/Start")
+        .uri(format!("/{}", airlock_proto::wire::Rpc::ProcessStart.path()))
         .header("host", "sandbox")
         .header("content-type", connect::CONTENT_TYPE_STREAM_JSON)
         .header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:", l.user))));
     if let Some(t) = l.token {
-        b = b.header("x-access-token", t);
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
     }
     let body = Full::new(connect::json_envelope(&req));
     tx.send_request(b.body(body).map_err(|e| AgentError::Http(e.to_string()))?).await.map_err(|e| AgentError::Http(e.to_string()))

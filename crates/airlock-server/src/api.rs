@@ -305,7 +305,7 @@ pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Inco
     if r == Route::Health {
         return h::json(200, &serde_json::json!({"status": "ok"}));
     }
-    let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
+    let key = req.headers().get(airlock_proto::wire::API_KEY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
     match (key.is_empty(), svc.key_valid(&key).await) {
         (false, Ok(true)) => {}
         (_, Err(e)) => return err(e),

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderName, Request, StatusCode};
+use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -16,10 +16,8 @@ use tokio::net::UnixStream;
 use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
-pub const ENVD_PORT: u16 = 49983;
-/// E2B's code-interpreter port: served by the agent itself, marked with a header.
-pub const INTERPRETER_PORT: u16 = 49999;
-const PORT_HEADER: &str = "x-airlock-port";
+pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
+use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
 
 /// Where sandbox traffic should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +28,8 @@ pub struct Target {
 
 /// Routing exactly as E2B's edge: headers first, then the host name.
 pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
-    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
-        let port = headers.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.trim().parse().ok()).unwrap_or(ENVD_PORT);
+    if let Some(id) = headers.get(SANDBOX_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        let port = headers.get(SANDBOX_PORT_HEADER).and_then(|v| v.to_str().ok()).and_then(|p| p.trim().parse().ok()).unwrap_or(ENVD_PORT);
         return Some(Target { id: id.trim().to_string(), port });
     }
     let domain = domain?;
@@ -52,8 +50,8 @@ fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::UPGRADE);
     }
-    h.remove(HeaderName::from_static("e2b-sandbox-id"));
-    h.remove(HeaderName::from_static("e2b-sandbox-port"));
+    h.remove(SANDBOX_ID_HEADER);
+    h.remove(SANDBOX_PORT_HEADER);
 }
 
 pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
@@ -163,6 +161,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -98,7 +98,7 @@ impl Api {
             .method(method)
             .uri(path)
             .header("host", format!("{}:{}", self.host, self.port))
-            .header("x-api-key", &self.key)
+            .header(airlock_proto::wire::API_KEY_HEADER, &self.key)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         Ok(tx.send_request(req).await?)
