@@ -11,5 +11,6 @@ pub mod api;
 pub mod connect;
 pub mod envd;
 pub mod json;
+pub mod query;
 pub mod time;
 pub mod wire;

@@ -94,44 +94,8 @@ impl RateLimiter {
     }
 }
 
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-decoding without `+` → space (what `quote` produced).
-pub fn percent_decode_strict(s: &str) -> String {
-    percent_decode(&s.replace('+', "%2B"))
-}
-
-pub fn query_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
+pub use airlock_proto::query::pairs as query_pairs;
+use airlock_proto::query::decode as percent_decode_strict;
 
 async fn body<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
     body_limited(req, MAX_BODY).await
@@ -428,9 +392,11 @@ mod tests {
 
     #[test]
     fn percent_decoding_handles_edges() {
-        assert_eq!(percent_decode("a%20b+c%"), "a b c%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%41"), "A");
+        let one = |q: &str| query_pairs(&format!("k={q}")).pop().map(|(_, v)| v).unwrap_or_default();
+        assert_eq!(one("a%20b+c%"), "a b c%");
+        assert_eq!(one("%zz"), "%zz");
+        assert_eq!(one("%41"), "A");
+        assert_eq!(percent_decode_strict("a+b%2B"), "a+b+");
     }
 
     #[test]

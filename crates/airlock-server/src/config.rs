@@ -67,3 +67,67 @@ impl Config {
         }
     }
 }
+
+/// The configuration file (`<data-dir>/airlock.toml` or `--config`) as
+/// written: every key optional, unknown keys refused (a typo is an error,
+/// not a silently ignored setting). Keys are the long flags' names, with
+/// `-` or `_`. Stage one of two: `airlock serve` then lays flags and
+/// environment over it into a `Config`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub domain: Option<String>,
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub max_sandboxes: Option<usize>,
+    pub max_concurrent_creates: Option<usize>,
+    pub rate_limit: Option<f64>,
+    pub default_timeout: Option<i64>,
+    pub default_cpus: Option<f64>,
+    pub default_memory_mb: Option<u64>,
+    pub default_disk_mb: Option<u64>,
+    pub io_bps: Option<u64>,
+    pub io_iops: Option<u64>,
+    pub no_network: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {}", path.display())]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, #[source] source: toml::de::Error },
+}
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        // Keys may be spelled like the flags (`max-sandboxes`) or with
+        // underscores: normalise before the typed pass.
+        let raw: toml::Table = toml::from_str(text)?;
+        let table: toml::Table = raw.into_iter().map(|(k, v)| (k.replace('-', "_"), v)).collect();
+        toml::Value::Table(table).try_into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_are_typed_and_checked() {
+        let f = FileConfig::parse("listen = \"127.0.0.1:4000\"\nmax-sandboxes = 5\ndefault_cpus = 1.5\nno_network = true\napi_keys = [\"e2b_1\"]\n").expect("parse");
+        assert_eq!(f.listen, Some("127.0.0.1:4000".parse().expect("addr")));
+        assert_eq!((f.max_sandboxes, f.default_cpus, f.no_network), (Some(5), Some(1.5), Some(true)));
+        assert_eq!(f.api_keys, vec!["e2b_1".to_string()]);
+        assert!(FileConfig::parse("max_sandboxs = 5").is_err(), "a typo is an error");
+        assert!(FileConfig::parse("max_sandboxes = \"many\"").is_err(), "so is a wrong type");
+        assert!(FileConfig::parse("listen = \"nowhere\"").is_err());
+    }
+}

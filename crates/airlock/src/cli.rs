@@ -244,62 +244,37 @@ pub fn new_id() -> anyhow::Result<String> {
     Ok(airlock_server::ids::sandbox_id()?)
 }
 
-/// Reads a flat `key = value` config file (TOML strings, numbers, booleans).
-fn read_config_file(path: &std::path::Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading config {}: {e}", path.display()))?;
-    let mut m = std::collections::BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() || line.starts_with('[') {
-            continue;
-        }
-        let (k, v) = line.split_once('=').ok_or_else(|| anyhow::anyhow!("{}:{}: expected key = value", path.display(), n + 1))?;
-        m.insert(k.trim().replace('-', "_"), v.trim().trim_matches('"').to_string());
-    }
-    Ok(m)
-}
-
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let data_dir = a.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let file_path = a.config.clone().or_else(|| Some(data_dir.join("airlock.toml")).filter(|p| p.exists()));
     let file = match &file_path {
-        Some(p) => read_config_file(p)?,
+        Some(p) => airlock_server::config::FileConfig::load(p)?,
         None => Default::default(),
     };
-    let from_file = |k: &str| file.get(k).cloned();
-    let parse = |k: &str| -> anyhow::Result<Option<String>> { Ok(from_file(k)) };
     let mut cfg = airlock_server::Config::new(data_dir, std::env::current_exe()?);
-    cfg.listen = match a.listen {
-        Some(l) => l,
-        None => match parse("listen")? {
-            Some(s) => s.parse().map_err(|e| anyhow::anyhow!("config listen {s:?}: {e}"))?,
-            None => cfg.listen,
-        },
-    };
+    // Flags (and their AIRLOCK_* environment variables, which clap reads)
+    // win over the file, which wins over the defaults.
     macro_rules! pick {
-        ($field:ident, $flag:expr, $key:literal) => {
-            if let Some(v) = $flag {
+        ($field:ident, $flag:expr, $file:expr) => {
+            if let Some(v) = $flag.or($file) {
                 cfg.$field = v;
-            } else if let Some(s) = from_file($key) {
-                cfg.$field = s.parse().map_err(|e| anyhow::anyhow!("config {} {s:?}: {e}", $key))?;
             }
         };
     }
-    pick!(max_sandboxes, a.max_sandboxes, "max_sandboxes");
-    pick!(max_concurrent_creates, a.max_concurrent_creates, "max_concurrent_creates");
-    pick!(rate_limit, a.rate_limit, "rate_limit");
-    pick!(default_timeout_s, a.default_timeout, "default_timeout");
-    pick!(default_cpus, a.default_cpus, "default_cpus");
-    pick!(default_memory_mb, a.default_memory_mb, "default_memory_mb");
-    pick!(default_disk_mb, a.default_disk_mb, "default_disk_mb");
-    pick!(io_bps, a.io_bps, "io_bps");
-    pick!(io_iops, a.io_iops, "io_iops");
-    cfg.domain = a.domain.clone().or_else(|| from_file("domain"));
+    pick!(listen, a.listen, file.listen);
+    pick!(max_sandboxes, a.max_sandboxes, file.max_sandboxes);
+    pick!(max_concurrent_creates, a.max_concurrent_creates, file.max_concurrent_creates);
+    pick!(rate_limit, a.rate_limit, file.rate_limit);
+    pick!(default_timeout_s, a.default_timeout, file.default_timeout);
+    pick!(default_cpus, a.default_cpus, file.default_cpus);
+    pick!(default_memory_mb, a.default_memory_mb, file.default_memory_mb);
+    pick!(default_disk_mb, a.default_disk_mb, file.default_disk_mb);
+    pick!(io_bps, a.io_bps, file.io_bps);
+    pick!(io_iops, a.io_iops, file.io_iops);
+    cfg.domain = a.domain.clone().or(file.domain.clone());
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
-    if let Some(k) = from_file("api_key") {
-        cfg.api_keys.push(k);
-    }
-    cfg.network = !(a.no_network || from_file("no_network").as_deref() == Some("true"));
+    cfg.api_keys.extend(file.api_key.iter().chain(&file.api_keys).map(|k| k.trim().to_string()).filter(|k| !k.is_empty()));
+    cfg.network = !(a.no_network || file.no_network == Some(true));
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

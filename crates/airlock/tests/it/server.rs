@@ -449,3 +449,29 @@ async fn create_time_setup_runs_before_create_returns_and_failures_are_clear() {
     let (_, list) = srv.api("GET", "/v2/sandboxes", None).await;
     assert_eq!(list.as_array().expect("array").len(), 1, "failed creates leave nothing running");
 }
+
+#[tokio::test]
+async fn the_config_file_sets_defaults_and_refuses_unknown_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = dir.path().join("airlock.toml");
+    std::fs::write(&conf, "# limits\nmax-sandboxes = 1\ndefault_timeout = 77\n").expect("write");
+    let conf_s = conf.display().to_string();
+    let srv = Server::start(&["--config", &conf_s]).await;
+    let sbx = srv.create(json!({"templateID": "base"})).await;
+    let (_, v) = srv.api("GET", &format!("/sandboxes/{}", sbx["sandboxID"].as_str().expect("id")), None).await;
+    let secs = |k: &str| airlock_proto::time::parse_rfc3339(v[k].as_str().expect("time")).expect("rfc3339").duration_since(std::time::UNIX_EPOCH).expect("epoch").as_secs() as i64;
+    let ttl = secs("endAt") - secs("startedAt");
+    assert!((76..=78).contains(&ttl), "default_timeout from the file: {ttl} s");
+    let (s, _) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+    assert_eq!(s, 429, "max-sandboxes from the file");
+    // A typo is an error at start, not a silently ignored setting.
+    std::fs::write(&conf, "max_sandboxs = 5\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", &conf_s, "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sandboxs") && err.contains("airlock.toml"), "the error names the key and the file: {err}");
+}
