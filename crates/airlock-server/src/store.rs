@@ -23,6 +23,12 @@ pub enum StoreError {
     Corrupt { id: String, what: String },
 }
 
+/// A stored sandbox's state. The rules of the lifecycle are these
+/// predicates; the service asks them rather than comparing states, and a
+/// transition happens only under the sandbox's lock, after re-reading the
+/// row (and, where it matters, the kernel: `Service::ensure_running`).
+/// Creation and destruction have no stored state: a sandbox is in the store
+/// only once its backend create succeeded, and leaves it when destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Running,
@@ -30,6 +36,23 @@ pub enum State {
 }
 
 impl State {
+    /// Pause freezes a running sandbox; a paused one answers 409.
+    pub fn can_pause(self) -> bool {
+        self == State::Running
+    }
+    /// Connect resumes it (201), or finds it running (200).
+    pub fn needs_resume(self) -> bool {
+        self == State::Paused
+    }
+    /// Its clock runs: the deadline acts (kill or auto-pause) only then.
+    pub fn clock_runs(self) -> bool {
+        self == State::Running
+    }
+    /// Sandbox traffic reaches it, and it is sampled.
+    pub fn takes_traffic(self) -> bool {
+        self == State::Running
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "running",

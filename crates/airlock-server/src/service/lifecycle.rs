@@ -15,7 +15,7 @@ impl Service {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let mut row = self.row(id).await?;
-        let resumed = row.state == State::Paused;
+        let resumed = row.state.needs_resume();
         self.ensure_running(&row).await?;
         let now = now_ms();
         let end = if resumed { now + timeout * 1000 } else { row.end_at.max(now + timeout * 1000) };
@@ -32,7 +32,7 @@ impl Service {
     pub async fn resume(&self, id: &str, timeout: Option<i64>) -> Result<SandboxRow, ApiError> {
         {
             let row = self.row(id).await?;
-            if row.state == State::Running {
+            if !row.state.needs_resume() {
                 return Err(ApiError::Conflict(format!("sandbox {id} is already running")));
             }
         }
@@ -121,7 +121,7 @@ impl Service {
 
     pub(super) async fn pause_locked(&self, id: &str) -> Result<(), ApiError> {
         let row = self.row(id).await?;
-        if row.state == State::Paused {
+        if !row.state.can_pause() {
             return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
         }
         let backend = self.backend.clone();
@@ -153,7 +153,7 @@ impl Service {
             let _g = lock.lock().await;
             // Re-read under the lock: set_timeout may have just moved it.
             let Ok(cur) = self.row(&row.id).await else { continue };
-            if cur.state != State::Running || cur.end_at > now_ms() {
+            if !cur.state.clock_runs() || cur.end_at > now_ms() {
                 continue;
             }
             let r = if cur.auto_pause { self.pause_locked(&cur.id).await } else { self.destroy_locked(&cur.id).await };
@@ -180,7 +180,7 @@ impl Service {
         let live = self.blocking(move || backend.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
         for row in &rows {
             let alive = live.iter().any(|s| s.id == row.id);
-            if !alive && row.state == State::Running {
+            if !alive && row.state.takes_traffic() {
                 tracing::warn!(sandbox_id = %row.id, "sandbox processes are gone (host restarted?); marking it paused");
                 let store = self.store.clone();
                 let (id, end) = (row.id.clone(), row.end_at);
@@ -204,7 +204,7 @@ impl Service {
         let store = self.store.clone();
         let rows = self.blocking(move || store.sandboxes()).await.ok()?.ok()?;
         rows.into_iter()
-            .filter(|r| r.state == State::Running)
+            .filter(|r| r.state.takes_traffic())
             .find(|r| {
                 r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature)
             })
@@ -222,14 +222,14 @@ impl Service {
         let (row, info) = self.blocking(move || -> Result<_, StoreError> {
             let row = store.sandbox(&id2)?;
             let info = match &row {
-                Some(r) if r.state == State::Running => Some(backend.get(&id2)),
+                Some(r) if r.state.takes_traffic() => Some(backend.get(&id2)),
                 _ => None,
             };
             Ok((row, info))
         })
         .await??;
         let row = row.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?;
-        if row.state == State::Paused {
+        if !row.state.takes_traffic() {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
         }
         let info = info.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?.map_err(|e| runtime_err(id, e))?;

@@ -8,7 +8,7 @@ impl Service {
     pub async fn metrics(&self, id: &str, start: Option<i64>, end: Option<i64>) -> Result<Vec<SandboxMetric>, ApiError> {
         let row = self.row(id).await?;
         let has = self.samples.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|v| !v.is_empty());
-        if !has && row.state == State::Running {
+        if !has && row.state.takes_traffic() {
             self.sample(&row).await;
         }
         let start_ms = start.map(|s| s * 1000).unwrap_or(i64::MIN);
@@ -65,7 +65,7 @@ impl Service {
     pub async fn sample_all(&self) {
         let store = self.store.clone();
         let Ok(Ok(rows)) = self.blocking(move || store.sandboxes()).await else { return };
-        for row in rows.into_iter().filter(|r| r.state == State::Running) {
+        for row in rows.into_iter().filter(|r| r.state.takes_traffic()) {
             let backend = self.backend.clone();
             let id = row.id.clone();
             let alive = self.blocking(move || backend.get(&id).is_ok()).await.unwrap_or(true);
