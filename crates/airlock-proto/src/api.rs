@@ -176,6 +176,71 @@ pub struct SandboxNotFound {
     pub code: u16,
 }
 
+// ------------------------------------------------------------ templates
+// Airlock's own template API (`/templates`); E2B's v2/v3 build API is a
+// separate, later surface.
+
+/// A template as `GET /templates` and `GET /templates/{name}` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateInfo {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub digest: String,
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// Root and `/usr` layers together.
+    #[serde(default)]
+    pub layers: usize,
+    pub created_at: String,
+    pub default_user: String,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+}
+
+/// `POST /templates`: build (or rebuild from cache) a template.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildTemplate {
+    #[serde(default)]
+    pub name: String,
+    /// The recipe text (`FROM`, `RUN`, ..., `START`, `READY`).
+    #[serde(default)]
+    pub recipe: String,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// The build context for `COPY`: a base64 tar.gz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// `POST /templates/{name}/aliases`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AliasTemplate {
+    #[serde(default)]
+    pub alias: String,
+}
+
+/// One line of a build's NDJSON response; the last is `done` or `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    Step { step: usize, total: usize, text: String, cached: bool },
+    Log { text: String, stderr: bool },
+    Done { name: String, digest: String, size_bytes: u64, elapsed_ms: u64 },
+    Error { message: String },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,9 @@
 //! The wire types are airlock-proto's, re-exported here where they appear
 //! in the API ([`SandboxDetail`], [`EntryInfo`], ...). The SDK talks
 //! HTTP/1.1 over plain `http://` with one pooled client per [`Client`];
-//! every handle is cheap to clone and dropping one never blocks. It does
-//! not manage templates or API keys, and has no TLS of its own.
+//! every handle is cheap to clone and dropping one never blocks. It manages
+//! templates ([`Client::templates`]) but not API keys, and has no TLS of
+//! its own.
 
 mod client;
 pub mod commands;
@@ -28,6 +29,7 @@ mod error;
 pub mod files;
 mod sandbox;
 mod stream;
+pub mod templates;
 
 pub use client::Client;
 pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, CommandStream, Commands, Process, Pty};
@@ -36,7 +38,8 @@ pub use error::{Error, Result};
 pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 
-pub use airlock_proto::api::{InstallPackages, LogLine, SandboxDetail, SandboxMetric};
+pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, TemplateInfo};
+pub use templates::{BuildStream, Templates};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_proto::api::{NewSandbox, RefreshBody, TimeoutBody};
+use airlock_proto::api::{AliasTemplate, BuildTemplate, NewSandbox, RefreshBody, TimeoutBody};
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -122,28 +122,8 @@ async fn body_limited<T: DeserializeOwned + Default>(req: Request<Incoming>, max
     serde_json::from_slice(&buf).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-struct AliasBody {
-    #[serde(default)]
-    alias: String,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BuildBody {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    recipe: String,
-    #[serde(default)]
-    build_args: BTreeMap<String, String>,
-    /// The build context for COPY: a base64 tar.gz.
-    #[serde(default)]
-    context: Option<String>,
-}
-
 /// Streams a build's events as NDJSON; the last line is `done` or `error`.
-fn build_stream(svc: Arc<Service>, b: BuildBody) -> Resp {
+fn build_stream(svc: Arc<Service>, b: BuildTemplate) -> Resp {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::builder::BuildEvent>(256);
     let (btx, brx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>(256);
     tokio::spawn(async move {
@@ -348,12 +328,12 @@ pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Inco
                 h::empty(204)
             }
             Route::AliasTemplate(name) => {
-                let b: AliasBody = body(req).await?;
+                let b: AliasTemplate = body(req).await?;
                 svc.alias_template(&name, &b.alias).await?;
                 h::empty(204)
             }
             Route::BuildTemplate => {
-                let b: BuildBody = body_limited(req, MAX_BUILD_BODY).await?;
+                let b: BuildTemplate = body_limited(req, MAX_BUILD_BODY).await?;
                 build_stream(svc.clone(), b)
             }
         })

@@ -46,15 +46,8 @@ pub fn builtin(name: &str) -> Option<&'static str> {
     recipe::builtin(name)
 }
 
-/// Progress of a build, for logs and progress bars.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum BuildEvent {
-    Step { step: usize, total: usize, text: String, cached: bool },
-    Log { text: String, stderr: bool },
-    Done { name: String, digest: String, size_bytes: u64, elapsed_ms: u64 },
-    Error { message: String },
-}
+/// Progress of a build, for logs and progress bars (the API's NDJSON lines).
+pub use airlock_proto::api::BuildEvent;
 
 pub struct Builder {
     pub backend: Arc<dyn Backend>,

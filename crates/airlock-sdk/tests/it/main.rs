@@ -13,3 +13,4 @@ mod support;
 mod commands;
 mod files;
 mod sandbox;
+mod templates;

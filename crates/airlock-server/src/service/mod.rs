@@ -119,40 +119,23 @@ struct Sample {
 }
 
 /// A template as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateInfo {
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    pub name: String,
-    pub aliases: Vec<String>,
-    pub digest: String,
-    pub size_bytes: u64,
-    pub layers: usize,
-    pub created_at: String,
-    pub default_user: String,
-    pub workdir: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub start_cmd: Option<String>,
-    pub ready_cmd: Option<String>,
-}
+pub use airlock_proto::api::TemplateInfo;
 
-impl From<&airlock_template::Template> for TemplateInfo {
-    fn from(t: &airlock_template::Template) -> Self {
-        Self {
-            template_id: t.name.clone(),
-            name: t.name.clone(),
-            aliases: t.aliases.clone(),
-            digest: t.digest.clone(),
-            size_bytes: t.size_bytes,
-            layers: t.root_layers.len() + t.usr_layers.len(),
-            created_at: rfc3339_ms(t.created_at),
-            default_user: t.default_user.clone(),
-            workdir: t.workdir.clone(),
-            env: t.env.clone(),
-            start_cmd: t.start_cmd.clone(),
-            ready_cmd: t.ready_cmd.clone(),
-        }
+/// The API's view of a stored template.
+pub fn template_info(t: &airlock_template::Template) -> TemplateInfo {
+    TemplateInfo {
+        template_id: t.name.clone(),
+        name: t.name.clone(),
+        aliases: t.aliases.clone(),
+        digest: t.digest.clone(),
+        size_bytes: t.size_bytes,
+        layers: t.root_layers.len() + t.usr_layers.len(),
+        created_at: rfc3339_ms(t.created_at),
+        default_user: t.default_user.clone(),
+        workdir: t.workdir.clone(),
+        env: t.env.clone(),
+        start_cmd: t.start_cmd.clone(),
+        ready_cmd: t.ready_cmd.clone(),
     }
 }
 

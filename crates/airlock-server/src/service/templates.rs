@@ -8,7 +8,7 @@ impl Service {
     pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
         let store = self.builder.store.clone();
         let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(list.iter().map(TemplateInfo::from).collect())
+        Ok(list.iter().map(template_info).collect())
     }
 
 
@@ -16,7 +16,7 @@ impl Service {
         let store = self.builder.store.clone();
         let n = name.to_string();
         let t = self.blocking(move || store.get(&n)).await?.map_err(|_| ApiError::NotFound(format!("template '{name}' not found")))?;
-        Ok(TemplateInfo::from(&t))
+        Ok(template_info(&t))
     }
 
 
