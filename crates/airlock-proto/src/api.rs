@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// `NewSandbox` (`POST /sandboxes`) and `NewSandboxV2` (`POST /v2/sandboxes`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct NewSandbox {
     #[serde(rename = "templateID", default)]
@@ -49,6 +50,7 @@ pub struct NewSandbox {
 
 /// Packages to install at create time, by package manager.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstallPackages {
     #[serde(default)]
     pub pip: Vec<String>,
@@ -60,6 +62,7 @@ pub struct InstallPackages {
 
 /// One line of a sandbox's set-up log (`GET /sandboxes/{id}/logs`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogLine {
     /// RFC 3339.
     pub timestamp: String,
@@ -67,12 +70,14 @@ pub struct LogLine {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxLogs {
     pub logs: Vec<LogLine>,
 }
 
 /// Response of create and connect.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Sandbox {
     #[serde(rename = "templateID")]
@@ -91,6 +96,7 @@ pub struct Sandbox {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     pub auto_resume: bool,
@@ -100,6 +106,7 @@ pub struct Lifecycle {
 
 /// `SandboxDetail` (GET one) and `ListedSandbox` (list) share these fields.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxDetail {
     #[serde(rename = "templateID")]
@@ -130,6 +137,7 @@ pub struct SandboxDetail {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxMetric {
     /// RFC 3339 (deprecated by E2B but required by older SDKs).
@@ -147,12 +155,14 @@ pub struct SandboxMetric {
 /// `{"timeout": seconds}` of set-timeout, and the optional bodies of
 /// connect and resume.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimeoutBody {
     #[serde(default)]
     pub timeout: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshBody {
     #[serde(default)]
     pub duration: Option<i64>,
@@ -160,6 +170,7 @@ pub struct RefreshBody {
 
 /// The error body of every control-plane failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub code: u16,
     pub message: String,
@@ -168,6 +179,7 @@ pub struct ApiError {
 /// Body of a 502 for sandbox traffic to an unknown or stopped sandbox; the
 /// SDKs look for "was not found" in the message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxNotFound {
     #[serde(rename = "sandboxId")]
@@ -182,6 +194,7 @@ pub struct SandboxNotFound {
 
 /// A template as `GET /templates` and `GET /templates/{name}` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateInfo {
     #[serde(rename = "templateID")]
@@ -210,6 +223,7 @@ pub struct TemplateInfo {
 
 /// `POST /templates`: build (or rebuild from cache) a template.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BuildTemplate {
     #[serde(default)]
@@ -226,6 +240,7 @@ pub struct BuildTemplate {
 
 /// `POST /templates/{name}/aliases`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AliasTemplate {
     #[serde(default)]
     pub alias: String,
@@ -233,6 +248,7 @@ pub struct AliasTemplate {
 
 /// One line of a build's NDJSON response; the last is `done` or `error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BuildEvent {
     Step { step: usize, total: usize, text: String, cached: bool },

@@ -1,71 +1,39 @@
-//! The control API: requests parsed into a closed set of typed routes and
-//! handed to the service layer. Authenticated by `X-API-KEY`; every error is
-//! JSON `{"code", "message"}`.
+//! The control API on axum: one typed handler per route, each a call into
+//! the service layer, behind tower layers for request ids and tracing and,
+//! on every route but `/health` and `/openapi.json`, `X-API-KEY`
+//! authentication and the per-key rate limit. Every error is JSON
+//! `{"code", "message"}`. The OpenAPI 3 document (`/openapi.json`) is
+//! generated from the handlers' annotations, and the router is built from
+//! the same table (`routes!`), so the two cannot drift.
+//!
+//! Sandbox traffic never comes here: the server hands it to the streaming
+//! proxy on hyper first.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use airlock_proto::api::{AliasTemplate, BuildTemplate, NewSandbox, RefreshBody, TimeoutBody};
-use http::{Method, Request};
+use airlock_proto::api::{self as wire, AliasTemplate, BuildTemplate, NewSandbox, RefreshBody, TimeoutBody};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
 
 use crate::http::{self as h, Resp};
 use crate::service::{ApiError, ListFilter, Service};
-use crate::store::State;
+use crate::store::State as SandboxState;
 
 /// Request bodies of the control API are small JSON documents.
 const MAX_BODY: usize = 1024 * 1024;
+/// Template builds carry their build context (a tar.gz) in the body.
+const MAX_BUILD_BODY: usize = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    Health,
-    Create { v2: bool },
-    ListV1,
-    ListV2,
-    Get(String),
-    Kill(String),
-    SetTimeout(String),
-    Refresh(String),
-    Pause(String),
-    Resume(String),
-    Connect(String),
-    Metrics(String),
-    Logs(String),
-    ListTemplates,
-    GetTemplate(String),
-    BuildTemplate,
-    AliasTemplate(String),
-    DeleteTemplate(String),
-}
-
-pub fn route(method: &Method, path: &str) -> Option<Route> {
-    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let r = match (method.as_str(), segs.as_slice()) {
-        ("GET", ["health"]) => Route::Health,
-        ("POST", ["sandboxes"]) => Route::Create { v2: false },
-        ("POST", ["v2", "sandboxes"]) => Route::Create { v2: true },
-        ("GET", ["sandboxes"]) => Route::ListV1,
-        ("GET", ["v2", "sandboxes"]) => Route::ListV2,
-        ("GET", ["sandboxes", id]) => Route::Get(id.to_string()),
-        ("DELETE", ["sandboxes", id]) => Route::Kill(id.to_string()),
-        ("POST", ["sandboxes", id, "timeout"]) => Route::SetTimeout(id.to_string()),
-        ("POST", ["sandboxes", id, "refreshes"]) => Route::Refresh(id.to_string()),
-        ("POST", ["sandboxes", id, "pause"]) => Route::Pause(id.to_string()),
-        ("POST", ["sandboxes", id, "resume"]) => Route::Resume(id.to_string()),
-        ("POST", ["sandboxes", id, "connect"]) | ("POST", ["v2", "sandboxes", id, "connect"]) => Route::Connect(id.to_string()),
-        ("GET", ["sandboxes", id, "metrics"]) => Route::Metrics(id.to_string()),
-        ("GET", ["sandboxes", id, "logs"]) | ("GET", ["v2", "sandboxes", id, "logs"]) => Route::Logs(id.to_string()),
-        ("GET", ["templates"]) => Route::ListTemplates,
-        ("POST", ["templates"]) => Route::BuildTemplate,
-        ("GET", ["templates", name]) => Route::GetTemplate(name.to_string()),
-        ("DELETE", ["templates", name]) => Route::DeleteTemplate(name.to_string()),
-        ("POST", ["templates", name, "aliases"]) => Route::AliasTemplate(name.to_string()),
-        _ => return None,
-    };
-    Some(r)
+#[derive(Clone)]
+pub struct AppState {
+    svc: Arc<Service>,
+    limiter: Arc<RateLimiter>,
 }
 
 /// Per-key token buckets for the configurable request rate limit.
@@ -97,15 +65,8 @@ impl RateLimiter {
 pub use airlock_proto::query::pairs as query_pairs;
 use airlock_proto::query::decode as percent_decode_strict;
 
-async fn body<T: DeserializeOwned + Default>(req: Request<Incoming>) -> Result<T, ApiError> {
-    body_limited(req, MAX_BODY).await
-}
-
-/// Template builds carry their build context (a tar.gz) in the body.
-const MAX_BUILD_BODY: usize = 256 * 1024 * 1024;
-
-async fn body_limited<T: DeserializeOwned + Default>(req: Request<Incoming>, max: usize) -> Result<T, ApiError> {
-    let mut b = req.into_body();
+async fn read_json<T: DeserializeOwned + Default>(body: axum::body::Body, max: usize) -> Result<T, ApiError> {
+    let mut b = body;
     let mut buf = Vec::new();
     while let Some(frame) = b.frame().await {
         let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
@@ -121,6 +82,25 @@ async fn body_limited<T: DeserializeOwned + Default>(req: Request<Incoming>, max
     }
     serde_json::from_slice(&buf).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
+
+/// A path parameter (`{id}`, `{name}`), its rejection an API error.
+struct Param(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Param {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state).await.map(|Path(p)| Param(p)).map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        err(self).into_response()
+    }
+}
+
+type ApiResult = Result<Resp, ApiError>;
 
 /// Streams a build's events as NDJSON; the last line is `done` or `error`.
 fn build_stream(svc: Arc<Service>, b: BuildTemplate) -> Resp {
@@ -192,7 +172,7 @@ fn err(e: ApiError) -> Resp {
 fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
     let mut f = ListFilter { limit: if v2 { 100 } else { 0 }, ..Default::default() };
     if !v2 {
-        f.states = Some(vec![State::Running]);
+        f.states = Some(vec![SandboxState::Running]);
     }
     for (k, v) in query_pairs(query) {
         match k.as_str() {
@@ -206,7 +186,7 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
             "state" if v2 => {
                 let mut states = Vec::new();
                 for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    states.push(State::parse(s).ok_or_else(|| ApiError::BadRequest(format!("invalid state {s:?}: use running or paused")))?);
+                    states.push(SandboxState::parse(s).ok_or_else(|| ApiError::BadRequest(format!("invalid state {s:?}: use running or paused")))?);
                 }
                 if !states.is_empty() {
                     f.states = Some(states);
@@ -241,120 +221,325 @@ fn int_param(query: &str, name: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// Authenticates, rate-limits and serves one control-API request.
-pub async fn handle(svc: &Arc<Service>, limiter: &RateLimiter, req: Request<Incoming>) -> Resp {
-    let Some(r) = route(req.method(), req.uri().path()) else {
-        return h::error(404, format!("no such endpoint: {} {}", req.method(), req.uri().path()));
+// ------------------------------------------------------------- handlers
+// The `responses` of each annotation are the statuses the SDKs branch on.
+
+/// Liveness of the server (no authentication).
+#[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, description = "the server is up")))]
+async fn health() -> Resp {
+    h::json(200, &serde_json::json!({"status": "ok"}))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "server", responses((status = 200, description = "the OpenAPI 3 document")))]
+async fn openapi_json() -> Resp {
+    h::json(200, &ApiDoc::openapi())
+}
+
+async fn create(svc: &Service, body: axum::body::Body, v2: bool) -> ApiResult {
+    let b: NewSandbox = read_json(body, MAX_BODY).await?;
+    let row = svc.create(b, v2).await?;
+    Ok(h::json(201, &svc.sandbox_body(&row)))
+}
+
+/// Create a sandbox (SDKs up to 2.50; `secure` honoured).
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = NewSandbox,
+    responses((status = 201, body = wire::Sandbox), (status = 400, body = wire::ApiError), (status = 401, body = wire::ApiError), (status = 404, description = "unknown template", body = wire::ApiError), (status = 429, body = wire::ApiError)))]
+async fn create_v1(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
+    create(&s.svc, body, false).await
+}
+
+/// Create a sandbox (SDKs 2.51+; always secured).
+#[utoipa::path(post, path = "/v2/sandboxes", tag = "sandboxes", request_body = NewSandbox,
+    responses((status = 201, body = wire::Sandbox), (status = 400, body = wire::ApiError), (status = 401, body = wire::ApiError), (status = 404, description = "unknown template", body = wire::ApiError), (status = 429, body = wire::ApiError)))]
+async fn create_v2(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
+    create(&s.svc, body, true).await
+}
+
+/// Running sandboxes (v1: no paging).
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", params(("metadata" = Option<String>, Query, description = "url-encoded k=v&k2=v2, all must match")),
+    responses((status = 200, body = Vec<wire::SandboxDetail>)))]
+async fn list_v1(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let page = s.svc.list(parse_list_filter(q.as_deref().unwrap_or(""), false)?).await?;
+    Ok(h::json(200, &page.items))
+}
+
+/// Sandboxes with filters and paging; the next page's token is in `X-Next-Token`.
+#[utoipa::path(get, path = "/v2/sandboxes", tag = "sandboxes",
+    params(
+        ("metadata" = Option<String>, Query, description = "url-encoded k=v&k2=v2, all must match"),
+        ("state" = Option<String>, Query, description = "comma-separated: running, paused"),
+        ("order" = Option<String>, Query, description = "asc (default) or desc"),
+        ("template" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "1-100, default 100"),
+        ("nextToken" = Option<String>, Query)),
+    responses((status = 200, body = Vec<wire::SandboxDetail>, headers(("x-next-token" = String), ("x-total-running" = u64))), (status = 400, body = wire::ApiError)))]
+async fn list_v2(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let page = s.svc.list(parse_list_filter(q.as_deref().unwrap_or(""), true)?).await?;
+    let mut resp = h::json(200, &page.items);
+    if let Some(t) = page.next_token {
+        if let Ok(v) = t.parse() {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    if let Ok(v) = page.running.to_string().parse() {
+        resp.headers_mut().insert("x-total-running", v);
+    }
+    Ok(resp)
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 200, body = wire::SandboxDetail), (status = 404, body = wire::ApiError)))]
+async fn get_sandbox(State(s): State<AppState>, Param(id): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.get(&id).await?))
+}
+
+/// Kill a sandbox.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = wire::ApiError)))]
+async fn kill(State(s): State<AppState>, Param(id): Param) -> ApiResult {
+    s.svc.kill(&id).await?;
+    Ok(h::empty(204))
+}
+
+/// Set the deadline to now + timeout seconds.
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "sandboxes", params(("id" = String, Path)), request_body = TimeoutBody,
+    responses((status = 204), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn set_timeout(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: TimeoutBody = read_json(body, MAX_BODY).await?;
+    let t = b.timeout.ok_or_else(|| ApiError::BadRequest("timeout is required".into()))?;
+    s.svc.set_timeout(&id, t).await?;
+    Ok(h::empty(204))
+}
+
+/// Extend the deadline (never shortens it).
+#[utoipa::path(post, path = "/sandboxes/{id}/refreshes", tag = "sandboxes", params(("id" = String, Path)), request_body = RefreshBody,
+    responses((status = 204), (status = 404, body = wire::ApiError)))]
+async fn refresh(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: RefreshBody = read_json(body, MAX_BODY).await?;
+    s.svc.refresh(&id, b.duration.unwrap_or(s.svc.cfg.default_timeout_s)).await?;
+    Ok(h::empty(204))
+}
+
+/// Pause (freeze) a sandbox; 409 when it already is.
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn pause(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let _: BTreeMap<String, serde_json::Value> = read_json(body, MAX_BODY).await?;
+    s.svc.pause(&id).await?;
+    Ok(h::empty(204))
+}
+
+/// Resume a paused sandbox (SDKs 2.0-2.3).
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "sandboxes", params(("id" = String, Path)), request_body = TimeoutBody,
+    responses((status = 201, body = wire::Sandbox), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn resume(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: TimeoutBody = read_json(body, MAX_BODY).await?;
+    let row = s.svc.resume(&id, b.timeout).await?;
+    Ok(h::json(201, &s.svc.sandbox_body(&row)))
+}
+
+async fn connect(svc: &Service, id: &str, body: axum::body::Body) -> ApiResult {
+    let b: TimeoutBody = read_json(body, MAX_BODY).await?;
+    let (row, resumed) = svc.connect(id, b.timeout).await?;
+    Ok(h::json(if resumed { 201 } else { 200 }, &svc.sandbox_body(&row)))
+}
+
+/// Connect: resume if paused (201), else extend the deadline if longer (200).
+#[utoipa::path(post, path = "/sandboxes/{id}/connect", tag = "sandboxes", params(("id" = String, Path)), request_body = TimeoutBody,
+    responses((status = 200, body = wire::Sandbox), (status = 201, body = wire::Sandbox), (status = 404, body = wire::ApiError)))]
+async fn connect_v1(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    connect(&s.svc, &id, body).await
+}
+
+/// Connect (SDKs 2.51+).
+#[utoipa::path(post, path = "/v2/sandboxes/{id}/connect", tag = "sandboxes", params(("id" = String, Path)), request_body = TimeoutBody,
+    responses((status = 200, body = wire::Sandbox), (status = 201, body = wire::Sandbox), (status = 404, body = wire::ApiError)))]
+async fn connect_v2(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    connect(&s.svc, &id, body).await
+}
+
+/// Usage samples (every 5 s, an hour kept), optionally between two Unix times.
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "sandboxes",
+    params(("id" = String, Path), ("start" = Option<i64>, Query, description = "Unix seconds"), ("end" = Option<i64>, Query, description = "Unix seconds")),
+    responses((status = 200, body = Vec<wire::SandboxMetric>), (status = 404, body = wire::ApiError)))]
+async fn metrics(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    let q = q.unwrap_or_default();
+    let (start, end) = (int_param(&q, "start")?, int_param(&q, "end")?);
+    Ok(h::json(200, &s.svc.metrics(&id, start, end).await?))
+}
+
+/// The set-up log: start command, ready check, create-time set-up.
+#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
+async fn logs_v1(State(s): State<AppState>, Param(id): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.logs(&id).await?))
+}
+
+/// The set-up log (v2 path).
+#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
+async fn logs_v2(State(s): State<AppState>, Param(id): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.logs(&id).await?))
+}
+
+/// Every template.
+#[utoipa::path(get, path = "/templates", tag = "templates", responses((status = 200, body = Vec<wire::TemplateInfo>)))]
+async fn list_templates(State(s): State<AppState>) -> ApiResult {
+    Ok(h::json(200, &s.svc.templates().await?))
+}
+
+/// Build a template; the response streams `BuildEvent`s as NDJSON.
+#[utoipa::path(post, path = "/templates", tag = "templates", request_body = BuildTemplate,
+    responses((status = 200, description = "one BuildEvent per line, the last `done` or `error`", body = wire::BuildEvent, content_type = "application/x-ndjson"), (status = 400, body = wire::ApiError)))]
+async fn build_template(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
+    let b: BuildTemplate = read_json(body, MAX_BUILD_BODY).await?;
+    Ok(build_stream(s.svc.clone(), b))
+}
+
+/// One template, by name or alias.
+#[utoipa::path(get, path = "/templates/{name}", tag = "templates", params(("name" = String, Path)),
+    responses((status = 200, body = wire::TemplateInfo), (status = 404, body = wire::ApiError)))]
+async fn get_template(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.template(&name).await?))
+}
+
+/// Delete a template; refused (409) while sandboxes use it unless `force`.
+#[utoipa::path(delete, path = "/templates/{name}", tag = "templates", params(("name" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn delete_template(State(s): State<AppState>, Param(name): Param, RawQuery(q): RawQuery) -> ApiResult {
+    let force = query_pairs(q.as_deref().unwrap_or("")).iter().any(|(k, v)| k == "force" && (v == "true" || v == "1"));
+    s.svc.delete_template(&name, force).await?;
+    Ok(h::empty(204))
+}
+
+/// Give a template another name.
+#[utoipa::path(post, path = "/templates/{name}/aliases", tag = "templates", params(("name" = String, Path)), request_body = AliasTemplate,
+    responses((status = 204), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn alias_template(State(s): State<AppState>, Param(name): Param, body: axum::body::Body) -> ApiResult {
+    let b: AliasTemplate = read_json(body, MAX_BODY).await?;
+    s.svc.alias_template(&name, &b.alias).await?;
+    Ok(h::empty(204))
+}
+
+// ----------------------------------------------------------- the router
+
+/// The route table: builds the router and lists what it serves, so a test
+/// can check the OpenAPI document against it. `public` routes skip
+/// authentication and the rate limit.
+macro_rules! routes {
+    (public: [$($pm:ident $pp:literal => $ph:ident),* $(,)?], private: [$($m:ident $p:literal => $h:ident),* $(,)?]) => {
+        /// Every `(method, path)` the control API answers.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($pm), $pp),)* $((stringify!($m), $p),)*];
+
+        fn public_routes() -> axum::Router<AppState> {
+            axum::Router::new()$(.route($pp, axum::routing::$pm($ph)))*
+        }
+
+        fn private_routes() -> axum::Router<AppState> {
+            axum::Router::new()$(.route($p, axum::routing::$m($h)))*
+        }
+
+        #[derive(OpenApi)]
+        #[openapi(
+            info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
+            paths($($ph,)* $($h,)*),
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent)),
+            modifiers(&ApiKeyAuth),
+            security(("api_key" = []))
+        )]
+        pub struct ApiDoc;
     };
-    if r == Route::Health {
-        return h::json(200, &serde_json::json!({"status": "ok"}));
+}
+
+routes! {
+    public: [
+        get "/health" => health,
+        get "/openapi.json" => openapi_json,
+    ],
+    private: [
+        post "/sandboxes" => create_v1,
+        post "/v2/sandboxes" => create_v2,
+        get "/sandboxes" => list_v1,
+        get "/v2/sandboxes" => list_v2,
+        get "/sandboxes/{id}" => get_sandbox,
+        delete "/sandboxes/{id}" => kill,
+        post "/sandboxes/{id}/timeout" => set_timeout,
+        post "/sandboxes/{id}/refreshes" => refresh,
+        post "/sandboxes/{id}/pause" => pause,
+        post "/sandboxes/{id}/resume" => resume,
+        post "/sandboxes/{id}/connect" => connect_v1,
+        post "/v2/sandboxes/{id}/connect" => connect_v2,
+        get "/sandboxes/{id}/metrics" => metrics,
+        get "/sandboxes/{id}/logs" => logs_v1,
+        get "/v2/sandboxes/{id}/logs" => logs_v2,
+        get "/templates" => list_templates,
+        post "/templates" => build_template,
+        get "/templates/{name}" => get_template,
+        delete "/templates/{name}" => delete_template,
+        post "/templates/{name}/aliases" => alias_template,
+    ]
+}
+
+struct ApiKeyAuth;
+
+impl utoipa::Modify for ApiKeyAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-KEY"))));
     }
+}
+
+/// `X-API-KEY`, then the per-key rate limit.
+async fn authenticate(State(s): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let key = req.headers().get(airlock_proto::wire::API_KEY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
-    match (key.is_empty(), svc.key_valid(&key).await) {
+    match (key.is_empty(), s.svc.key_valid(&key).await) {
         (false, Ok(true)) => {}
-        (_, Err(e)) => return err(e),
-        _ => return h::error(401, "Invalid API key"),
+        (_, Err(e)) => return e.into_response(),
+        _ => return h::error(401, "Invalid API key").into_response(),
     }
-    if !limiter.allow(&key, svc.cfg.rate_limit) {
-        return err(ApiError::TooManyRequests(format!("rate limit of {} requests per second exceeded", svc.cfg.rate_limit)));
+    if !s.limiter.allow(&key, s.svc.cfg.rate_limit) {
+        return ApiError::TooManyRequests(format!("rate limit of {} requests per second exceeded", s.svc.cfg.rate_limit)).into_response();
     }
-    let query = req.uri().query().unwrap_or("").to_string();
-    let res: Result<Resp, ApiError> = async {
-        Ok(match r {
-            Route::Health => h::json(200, &serde_json::json!({"status": "ok"})),
-            Route::Create { v2 } => {
-                let b: NewSandbox = body(req).await?;
-                let row = svc.create(b, v2).await?;
-                h::json(201, &svc.sandbox_body(&row))
-            }
-            Route::ListV1 => {
-                let page = svc.list(parse_list_filter(&query, false)?).await?;
-                h::json(200, &page.items)
-            }
-            Route::ListV2 => {
-                let page = svc.list(parse_list_filter(&query, true)?).await?;
-                let mut resp = h::json(200, &page.items);
-                if let Some(t) = page.next_token {
-                    if let Ok(v) = t.parse() {
-                        resp.headers_mut().insert("x-next-token", v);
-                    }
-                }
-                if let Ok(v) = page.running.to_string().parse() {
-                    resp.headers_mut().insert("x-total-running", v);
-                }
-                resp
-            }
-            Route::Get(id) => h::json(200, &svc.get(&id).await?),
-            Route::Kill(id) => {
-                svc.kill(&id).await?;
-                h::empty(204)
-            }
-            Route::SetTimeout(id) => {
-                let b: TimeoutBody = body(req).await?;
-                let t = b.timeout.ok_or_else(|| ApiError::BadRequest("timeout is required".into()))?;
-                svc.set_timeout(&id, t).await?;
-                h::empty(204)
-            }
-            Route::Refresh(id) => {
-                let b: RefreshBody = body(req).await?;
-                svc.refresh(&id, b.duration.unwrap_or(svc.cfg.default_timeout_s)).await?;
-                h::empty(204)
-            }
-            Route::Pause(id) => {
-                let _: BTreeMap<String, serde_json::Value> = body(req).await?;
-                svc.pause(&id).await?;
-                h::empty(204)
-            }
-            Route::Resume(id) => {
-                let b: TimeoutBody = body(req).await?;
-                let row = svc.resume(&id, b.timeout).await?;
-                h::json(201, &svc.sandbox_body(&row))
-            }
-            Route::Connect(id) => {
-                let b: TimeoutBody = body(req).await?;
-                let (row, resumed) = svc.connect(&id, b.timeout).await?;
-                h::json(if resumed { 201 } else { 200 }, &svc.sandbox_body(&row))
-            }
-            Route::Metrics(id) => {
-                let (start, end) = (int_param(&query, "start")?, int_param(&query, "end")?);
-                h::json(200, &svc.metrics(&id, start, end).await?)
-            }
-            Route::Logs(id) => h::json(200, &svc.logs(&id).await?),
-            Route::ListTemplates => h::json(200, &svc.templates().await?),
-            Route::GetTemplate(name) => h::json(200, &svc.template(&name).await?),
-            Route::DeleteTemplate(name) => {
-                let force = query_pairs(&query).iter().any(|(k, v)| k == "force" && (v == "true" || v == "1"));
-                svc.delete_template(&name, force).await?;
-                h::empty(204)
-            }
-            Route::AliasTemplate(name) => {
-                let b: AliasTemplate = body(req).await?;
-                svc.alias_template(&name, &b.alias).await?;
-                h::empty(204)
-            }
-            Route::BuildTemplate => {
-                let b: BuildTemplate = body_limited(req, MAX_BUILD_BODY).await?;
-                build_stream(svc.clone(), b)
-            }
-        })
+    next.run(req).await
+}
+
+/// One span per request, with an id the response carries (`X-Request-Id`)
+/// and the logs share.
+async fn trace(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = Instant::now();
+    let id = crate::ids::access_token().map(|t| t[..16].to_string()).unwrap_or_default();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let span = tracing::info_span!("api", request_id = %id, %method, %path);
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
     }
-    .await;
-    res.unwrap_or_else(err)
+    span.in_scope(|| tracing::info!(status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "api request"));
+    resp
+}
+
+async fn not_found(method: http::Method, uri: http::Uri) -> Resp {
+    h::error(404, format!("no such endpoint: {method} {}", uri.path()))
+}
+
+/// The control API as a tower service.
+pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
+    let state = AppState { svc, limiter };
+    let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    public_routes()
+        .merge(private)
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(axum::middleware::from_fn(trace))
+        .with_state(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_are_typed() {
-        assert_eq!(route(&Method::POST, "/v2/sandboxes"), Some(Route::Create { v2: true }));
-        assert_eq!(route(&Method::POST, "/v2/sandboxes/abc/connect"), Some(Route::Connect("abc".into())));
-        assert_eq!(route(&Method::DELETE, "/sandboxes/abc"), Some(Route::Kill("abc".into())));
-        assert_eq!(route(&Method::GET, "/sandboxes/abc/metrics"), Some(Route::Metrics("abc".into())));
-        assert_eq!(route(&Method::PUT, "/sandboxes/abc"), None);
-        assert_eq!(route(&Method::GET, "/nope"), None);
-    }
 
     #[test]
     fn list_filters_parse_like_the_sdk_sends_them() {
@@ -363,11 +548,11 @@ mod tests {
         let f = parse_list_filter("metadata=user%3Da%252520b%26k%3Dv&state=running,paused&limit=1&order=desc", true).expect("parse");
         assert_eq!(f.metadata.get("user").map(String::as_str), Some("a b"));
         assert_eq!(f.metadata.get("k").map(String::as_str), Some("v"));
-        assert_eq!(f.states, Some(vec![State::Running, State::Paused]));
+        assert_eq!(f.states, Some(vec![SandboxState::Running, SandboxState::Paused]));
         assert_eq!((f.limit, f.descending), (1, true));
         assert!(parse_list_filter("limit=0", true).is_err());
         assert!(parse_list_filter("state=dead", true).is_err());
-        assert_eq!(parse_list_filter("", false).expect("v1").states, Some(vec![State::Running]));
+        assert_eq!(parse_list_filter("", false).expect("v1").states, Some(vec![SandboxState::Running]));
     }
 
     #[test]

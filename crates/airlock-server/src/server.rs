@@ -81,6 +81,7 @@ impl Server {
     /// sandboxes keep running.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let svc = self.service.clone();
+        let api = api::router(svc.clone(), self.limiter.clone());
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
         let sampler = tokio::spawn(sampler_loop(svc.clone()));
         tokio::pin!(shutdown);
@@ -98,12 +99,12 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let svc = svc.clone();
-            let limiter = self.limiter.clone();
+            let api = api.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let svc = svc.clone();
-                    let limiter = limiter.clone();
-                    async move { Ok::<_, std::convert::Infallible>(dispatch(svc, limiter, req).await) }
+                    let api = api.clone();
+                    async move { Ok::<_, std::convert::Infallible>(dispatch(svc, api, req).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
@@ -116,23 +117,34 @@ impl Server {
     }
 }
 
-async fn dispatch(svc: Arc<Service>, limiter: Arc<RateLimiter>, req: hyper::Request<Incoming>) -> Resp {
-    let started = std::time::Instant::now();
+async fn dispatch(svc: Arc<Service>, api: axum::Router, req: hyper::Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let target = proxy::target(req.headers(), svc.cfg.domain.as_deref());
-    let resp = if let Some(t) = target {
+    if let Some(t) = proxy::target(req.headers(), svc.cfg.domain.as_deref()) {
         let id = t.id.clone();
         let r = proxy::forward(&svc, req, t).await;
         tracing::debug!(sandbox_id = %id, %method, %path, status = r.status().as_u16(), "sandbox request");
         return r;
-    } else if path == "/files" && req.uri().query().is_some_and(|q| q.contains("signature=")) {
-        signed_files(&svc, req).await
-    } else {
-        api::handle(&svc, &limiter, req).await
-    };
-    tracing::info!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "api request");
-    resp
+    }
+    if path == "/files" && req.uri().query().is_some_and(|q| q.contains("signature=")) {
+        let started = std::time::Instant::now();
+        let r = signed_files(&svc, req).await;
+        tracing::info!(%method, %path, status = r.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "signed file request");
+        return r;
+    }
+    let mut req = req.map(axum::body::Body::new);
+    // `/sandboxes/` is `/sandboxes`, as it always was.
+    if path.len() > 1 && path.ends_with('/') {
+        let pq = req.uri().path_and_query().map(|p| p.as_str().replacen(path.as_str(), path.trim_end_matches('/'), 1));
+        if let Some(uri) = pq.and_then(|p| p.parse().ok()) {
+            *req.uri_mut() = uri;
+        }
+    }
+    use tower::ServiceExt;
+    match api.oneshot(req).await {
+        Ok(resp) => resp.map(|b| http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(b, Into::into))),
+        Err(never) => match never {},
+    }
 }
 
 /// A signed `/files` URL fetched without SDK headers: the signature names

@@ -475,3 +475,49 @@ async fn the_config_file_sets_defaults_and_refuses_unknown_keys() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_sandboxs") && err.contains("airlock.toml"), "the error names the key and the file: {err}");
 }
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_the_server_answers() {
+    let srv = Server::start(&[]).await;
+    let (s, _, b) = srv.req("GET", "/openapi.json", &[], Bytes::new()).await.expect("req");
+    assert_eq!(s, 200, "the document is public");
+    let doc: Value = serde_json::from_slice(&b).expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("operations").keys() {
+            documented.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    // The router is built from the same table the document is.
+    let served: std::collections::BTreeSet<(String, String)> = airlock_server::api::ROUTES.iter().map(|(m, p)| (m.to_uppercase(), p.to_string())).collect();
+    assert_eq!(documented, served, "document and router list the same routes");
+    // What the official SDKs call is in it.
+    for (m, p) in [
+        ("POST", "/v2/sandboxes"),
+        ("POST", "/sandboxes"),
+        ("GET", "/v2/sandboxes"),
+        ("GET", "/sandboxes/{id}"),
+        ("DELETE", "/sandboxes/{id}"),
+        ("POST", "/sandboxes/{id}/timeout"),
+        ("POST", "/sandboxes/{id}/pause"),
+        ("POST", "/v2/sandboxes/{id}/connect"),
+        ("GET", "/sandboxes/{id}/metrics"),
+    ] {
+        assert!(documented.contains(&(m.to_string(), p.to_string())), "{m} {p} is documented");
+    }
+    // And every documented route is answered by its handler, not by the
+    // router's fallback.
+    for (m, p) in &documented {
+        let path = p.replace("{id}", "doesnotexist").replace("{name}", "doesnotexist");
+        let (s, _, body) = srv.req(m, &path, &[("x-api-key", KEY), ("content-type", "application/json")], Bytes::from_static(b"{}")).await.expect("req");
+        let text = String::from_utf8_lossy(&body);
+        assert!(s != 405 && !text.contains("no such endpoint"), "{m} {p} is routed: {s} {text}");
+    }
+    let (s, _, body) = srv.req("GET", "/no/such/route", &[("x-api-key", KEY)], Bytes::new()).await.expect("req");
+    assert_eq!(s, 404);
+    assert!(String::from_utf8_lossy(&body).contains("no such endpoint"));
+    // Requests carry an id in their response.
+    let (_, h, _) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", KEY)], Bytes::new()).await.expect("req");
+    assert!(h.get("x-request-id").is_some_and(|v| v.len() == 16));
+}
