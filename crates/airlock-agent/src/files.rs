@@ -86,16 +86,20 @@ pub enum FilesError {
 impl FilesError {
     fn status(&self) -> StatusCode {
         match self {
-            FilesError::BadRequest(_) | FilesError::IsDirectory(_) | FilesError::Body(_) | FilesError::Aborted => {
-                StatusCode::BAD_REQUEST
+            FilesError::BadRequest(_)
+            | FilesError::IsDirectory(_)
+            | FilesError::Body(_)
+            | FilesError::Aborted => StatusCode::BAD_REQUEST,
+            FilesError::Auth(_) | FilesError::User(UserError::Unknown(_)) => {
+                StatusCode::UNAUTHORIZED
             }
-            FilesError::Auth(_) | FilesError::User(UserError::Unknown(_)) => StatusCode::UNAUTHORIZED,
             FilesError::NotFound(_) => StatusCode::NOT_FOUND,
             FilesError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             FilesError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-            FilesError::MetadataUnsupported(_) | FilesError::User(_) | FilesError::Io { .. } | FilesError::Task(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            FilesError::MetadataUnsupported(_)
+            | FilesError::User(_)
+            | FilesError::Io { .. }
+            | FilesError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -121,7 +125,11 @@ impl FilesError {
         match source.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => FilesError::NoSpace(source),
             Some(libc::EISDIR) => FilesError::IsDirectory(path.to_path_buf()),
-            _ => FilesError::Io { op, path: path.to_path_buf(), source },
+            _ => FilesError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            },
         }
     }
 }
@@ -130,7 +138,9 @@ impl From<FsError> for FilesError {
     fn from(e: FsError) -> Self {
         match e {
             FsError::NotFound(p) => FilesError::NotFound(p),
-            FsError::NotADirectory(p) => FilesError::BadRequest(format!("path '{}' is not a directory", p.display())),
+            FsError::NotADirectory(p) => {
+                FilesError::BadRequest(format!("path '{}' is not a directory", p.display()))
+            }
             FsError::Io { op, path, source } => FilesError::write_io(op, &path, source),
             FsError::Task(e) => FilesError::Task(e),
             other => FilesError::BadRequest(other.to_string()),
@@ -171,7 +181,13 @@ impl Op {
 
 /// envd's URL signature: `v1_` + unpadded base64 of
 /// SHA-256(`path:op:username:token[:expiration]`), over the raw query values.
-pub fn signature(path: &str, op: Op, username: &str, token: &str, expiration: Option<i64>) -> String {
+pub fn signature(
+    path: &str,
+    op: Op,
+    username: &str,
+    token: &str,
+    expiration: Option<i64>,
+) -> String {
     airlock_proto::envd::file_signature(path, op.as_str(), username, token, expiration)
 }
 
@@ -179,25 +195,41 @@ use crate::router::constant_time_eq;
 
 /// The access token in `X-Access-Token`, or else a valid unexpired
 /// signature, as envd checks them. With no token configured, anything goes.
-fn authorize(token: Option<&str>, headers: &HeaderMap, q: &Query, op: Op, now: i64) -> Result<(), FilesError> {
+fn authorize(
+    token: Option<&str>,
+    headers: &HeaderMap,
+    q: &Query,
+    op: Op,
+    now: i64,
+) -> Result<(), FilesError> {
     let Some(token) = token else { return Ok(()) };
-    if let Some(sent) = headers.get(airlock_proto::envd::ACCESS_TOKEN_HEADER).filter(|v| !v.is_empty()) {
+    if let Some(sent) = headers
+        .get(airlock_proto::envd::ACCESS_TOKEN_HEADER)
+        .filter(|v| !v.is_empty())
+    {
         return if constant_time_eq(sent.as_bytes(), token.as_bytes()) {
             Ok(())
         } else {
             Err(AuthError::TokenMismatch.into())
         };
     }
-    let Some(sig) = q.signature.as_deref() else { return Err(AuthError::MissingSignature.into()) };
-    let expiration = match q.signature_expiration.as_deref() {
-        None => None,
-        Some(s) => Some(
-            s.trim()
-                .parse::<i64>()
-                .map_err(|_| FilesError::BadRequest(format!("invalid signature_expiration '{s}'")))?,
-        ),
+    let Some(sig) = q.signature.as_deref() else {
+        return Err(AuthError::MissingSignature.into());
     };
-    let want = signature(q.path.as_deref().unwrap_or(""), op, q.username.as_deref().unwrap_or(""), token, expiration);
+    let expiration =
+        match q.signature_expiration.as_deref() {
+            None => None,
+            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
+                FilesError::BadRequest(format!("invalid signature_expiration '{s}'"))
+            })?),
+        };
+    let want = signature(
+        q.path.as_deref().unwrap_or(""),
+        op,
+        q.username.as_deref().unwrap_or(""),
+        token,
+        expiration,
+    );
     if !constant_time_eq(want.as_bytes(), sig.as_bytes()) {
         return Err(AuthError::InvalidSignature.into());
     }
@@ -208,7 +240,10 @@ fn authorize(token: Option<&str>, headers: &HeaderMap, q: &Query, op: Op, now: i
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 // ----------------------------------------------------------------- query
@@ -251,7 +286,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
                 (Some(hi), Some(lo)) => {
                     out.push(hi << 4 | lo);
                     i += 3;
@@ -267,7 +305,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn user_for(agent: &Agent, q: &Query) -> Result<User, FilesError> {
-    let name = q.username.as_deref().filter(|u| !u.is_empty()).unwrap_or(&agent.config.default_user);
+    let name = q
+        .username
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .unwrap_or(&agent.config.default_user);
     Ok(users::lookup(name)?)
 }
 
@@ -280,7 +322,9 @@ where
     F: FnOnce() -> Result<T, FilesError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(FilesError::Task)?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(FilesError::Task)?
 }
 
 // -------------------------------------------------------------- download
@@ -294,13 +338,22 @@ pub async fn download(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
 
 async fn download_inner(agent: &Agent, req: Request<Incoming>) -> Result<Resp, FilesError> {
     let q = parse_query(req.uri().query().unwrap_or(""));
-    authorize(agent.config.access_token.as_deref(), req.headers(), &q, Op::Read, unix_now())?;
+    authorize(
+        agent.config.access_token.as_deref(),
+        req.headers(),
+        &q,
+        Op::Read,
+        unix_now(),
+    )?;
     let user = user_for(agent, &q)?;
     let path = resolve(agent, &user, q.path.as_deref().unwrap_or(""));
 
     let p = path.clone();
     let opened = run_blocking(move || open_for_download(&p)).await?;
-    let accept = req.headers().get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+    let accept = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let gzip = negotiate(accept)?;
 
     // The length is exact when the whole file fit in the first read, and
@@ -318,8 +371,14 @@ async fn download_inner(agent: &Agent, req: Request<Incoming>) -> Result<Resp, F
 
     let mut resp = Response::new(FileBody { rx, length }.boxed_unsync());
     let hs = resp.headers_mut();
-    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    hs.insert(header::CONTENT_DISPOSITION, content_disposition(&entry::display_name(&path)));
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    hs.insert(
+        header::CONTENT_DISPOSITION,
+        content_disposition(&entry::display_name(&path)),
+    );
     hs.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip {
         hs.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -345,13 +404,19 @@ struct Opened {
 fn open_for_download(path: &Path) -> Result<Opened, FilesError> {
     // Non-blocking, so that opening a FIFO returns at once; the type is then
     // checked on what was opened, not on a path that may change meanwhile.
-    let mut file = crate::safe_open::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
-    let meta = file.metadata().map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
+    let mut file = crate::safe_open::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+        .map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
     if meta.is_dir() {
         return Err(FilesError::IsDirectory(path.to_path_buf()));
     }
     if !meta.is_file() {
-        return Err(FilesError::BadRequest(format!("path '{}' is not a regular file", path.display())));
+        return Err(FilesError::BadRequest(format!(
+            "path '{}' is not a regular file",
+            path.display()
+        )));
     }
     // SAFETY: fcntl on a descriptor we own; back to blocking reads.
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) };
@@ -366,19 +431,38 @@ fn open_for_download(path: &Path) -> Result<Opened, FilesError> {
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FilesError::Io { op: "reading", path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(FilesError::Io {
+                    op: "reading",
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
         }
     }
     head.truncate(filled);
-    Ok(Opened { file, head, eof, size: meta.len() })
+    Ok(Opened {
+        file,
+        head,
+        eof,
+        size: meta.len(),
+    })
 }
 
 /// Streams a file into the response channel, gzipping on the way when
 /// asked, stopping at `total` bytes when the length was announced. Stops
 /// quietly when the client goes away; a read error is passed on so the
 /// response is cut off rather than ending as if complete.
-fn pump(opened: Opened, total: Option<u64>, gzip: bool, tx: &mpsc::Sender<io::Result<Bytes>>, path: &Path) {
-    let Opened { file, head, eof, .. } = opened;
+fn pump(
+    opened: Opened,
+    total: Option<u64>,
+    gzip: bool,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    path: &Path,
+) {
+    let Opened {
+        file, head, eof, ..
+    } = opened;
     let mut sent = head.len() as u64;
     let mut reader: Box<dyn Read> = match total {
         _ if eof => Box::new(io::empty()),
@@ -423,7 +507,10 @@ fn pump(opened: Opened, total: Option<u64>, gzip: bool, tx: &mpsc::Sender<io::Re
             }
         }
         if total.is_some_and(|n| sent < n) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
         }
         if let Some(g) = gz.take() {
             let rest = g.finish()?;
@@ -454,7 +541,10 @@ impl http_body::Body for FileBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 
@@ -469,10 +559,18 @@ impl http_body::Body for FileBody {
 /// `inline; filename="…"`, with an RFC 5987 `filename*` for names that are
 /// not plain printable ASCII.
 fn content_disposition(name: &str) -> HeaderValue {
-    let plain = name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    let plain = name
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
     let fallback: String = name
         .chars()
-        .map(|c| if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let mut v = format!("inline; filename=\"{fallback}\"");
     if !plain {
@@ -493,13 +591,19 @@ fn content_disposition(name: &str) -> HeaderValue {
 /// names none of `gzip`, `identity` or `*` (only codings the agent cannot
 /// produce) gets 406, as does one that refuses everything we have.
 fn negotiate(accept: Option<&str>) -> Result<bool, FilesError> {
-    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else { return Ok(false) };
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(false);
+    };
     let (mut gzip, mut identity, mut star) = (None::<f32>, None::<f32>, None::<f32>);
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
             .find_map(|v| v.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
         let slot = match name.as_str() {
@@ -538,23 +642,47 @@ pub async fn upload(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     }
 }
 
-async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<WrittenFile>, FilesError> {
+async fn upload_inner(
+    agent: &Agent,
+    req: Request<Incoming>,
+) -> Result<Vec<WrittenFile>, FilesError> {
     let (parts, body) = req.into_parts();
     let q = parse_query(parts.uri.query().unwrap_or(""));
-    authorize(agent.config.access_token.as_deref(), &parts.headers, &q, Op::Write, unix_now())?;
+    authorize(
+        agent.config.access_token.as_deref(),
+        &parts.headers,
+        &q,
+        Op::Write,
+        unix_now(),
+    )?;
     let user = user_for(agent, &q)?;
     // Validated before anything touches the disk: a rejected upload leaves
     // no file behind.
     let metadata = metadata_from_headers(&parts.headers)?;
     let gzip = content_encoding(&parts.headers)?;
-    let mut source =
-        BodySource { body: Some(body), gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())), pending: Bytes::new(), done: false };
+    let mut source = BodySource {
+        body: Some(body),
+        gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())),
+        pending: Bytes::new(),
+        done: false,
+    };
 
-    let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ctype = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if media == "application/octet-stream" {
         let Some(p) = q.path.as_deref() else {
-            return Err(FilesError::BadRequest("path query parameter is required for raw body upload".into()));
+            return Err(FilesError::BadRequest(
+                "path query parameter is required for raw body upload".into(),
+            ));
         };
         let path = resolve(agent, &user, p);
         return Ok(vec![write_file(path, &user, &metadata, &mut source).await?]);
@@ -610,13 +738,23 @@ fn multipart_err(e: multer::Error) -> FilesError {
 fn content_encoding(headers: &HeaderMap) -> Result<bool, FilesError> {
     let mut gzip = false;
     for v in headers.get_all(header::CONTENT_ENCODING) {
-        let s = v.to_str().map_err(|_| FilesError::BadRequest("invalid Content-Encoding header".into()))?;
-        for coding in s.split(',').map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase()) {
+        let s = v
+            .to_str()
+            .map_err(|_| FilesError::BadRequest("invalid Content-Encoding header".into()))?;
+        for coding in s.split(',').map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        }) {
             match coding.as_str() {
                 "" | "identity" => {}
                 "gzip" | "x-gzip" if !gzip => gzip = true,
                 _ => {
-                    return Err(FilesError::BadRequest(format!("unsupported Content-Encoding: {s}, supported: gzip")));
+                    return Err(FilesError::BadRequest(format!(
+                        "unsupported Content-Encoding: {s}, supported: gzip"
+                    )));
                 }
             }
         }
@@ -632,12 +770,16 @@ fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>
     let mut out = BTreeMap::new();
     let mut total = 0;
     for (name, value) in headers {
-        let Some(key) = name.as_str().strip_prefix("x-metadata-") else { continue };
+        let Some(key) = name.as_str().strip_prefix("x-metadata-") else {
+            continue;
+        };
         if out.contains_key(key) {
             continue;
         }
         if key.is_empty() {
-            return Err(FilesError::BadRequest("metadata key must not be empty".into()));
+            return Err(FilesError::BadRequest(
+                "metadata key must not be empty".into(),
+            ));
         }
         if key.len() > xattr::MAX_KEY_LEN {
             return Err(FilesError::BadRequest(format!(
@@ -646,15 +788,21 @@ fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>
             )));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(FilesError::BadRequest(format!("metadata key '{key}' must be printable ASCII")));
+            return Err(FilesError::BadRequest(format!(
+                "metadata key '{key}' must be printable ASCII"
+            )));
         }
         let value = value.as_bytes();
         if !value.iter().all(|b| (0x20..0x7f).contains(b)) {
-            return Err(FilesError::BadRequest(format!("metadata value of '{key}' must be printable ASCII")));
+            return Err(FilesError::BadRequest(format!(
+                "metadata value of '{key}' must be printable ASCII"
+            )));
         }
         total += key.len() + value.len();
         if total > MAX_METADATA_BYTES {
-            return Err(FilesError::BadRequest(format!("metadata exceeds {MAX_METADATA_BYTES} bytes")));
+            return Err(FilesError::BadRequest(format!(
+                "metadata exceeds {MAX_METADATA_BYTES} bytes"
+            )));
         }
         out.insert(key.to_string(), String::from_utf8_lossy(value).into_owned());
     }
@@ -679,7 +827,8 @@ struct BodySource {
 
 impl ChunkSource for BodySource {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FilesError> {
-        let bad_gzip = |e: io::Error| FilesError::BadRequest(format!("error decompressing request body: {e}"));
+        let bad_gzip =
+            |e: io::Error| FilesError::BadRequest(format!("error decompressing request body: {e}"));
         loop {
             if let Some(dec) = self.gunzip.as_mut() {
                 // Feed compressed input in small steps so one highly
@@ -695,7 +844,9 @@ impl ChunkSource for BodySource {
             if self.done {
                 return Ok(None);
             }
-            let Some(body) = self.body.as_mut() else { return Ok(None) };
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
             match body.frame().await {
                 None => {
                     self.done = true;
@@ -709,7 +860,9 @@ impl ChunkSource for BodySource {
                 }
                 Some(Err(e)) => return Err(FilesError::Body(e.to_string())),
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if self.gunzip.is_some() {
                         self.pending = data;
                     } else if !data.is_empty() {
@@ -732,7 +885,9 @@ impl Drop for BodySource {
         if self.done {
             return;
         }
-        let Some(mut body) = self.body.take() else { return };
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let mut left: usize = 64 * 1024 * 1024;
@@ -810,7 +965,8 @@ fn write_blocking(
         Err(e) if fsops::is_missing(&e) => None,
         Err(e) => return Err(FilesError::write_io("reading file info of", &path, e)),
     };
-    let file = crate::safe_open::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644).map_err(|e| FilesError::write_io("opening", &path, e))?;
+    let file = crate::safe_open::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+        .map_err(|e| FilesError::write_io("opening", &path, e))?;
     let created = existing.is_none();
     let result = (|| {
         // Hand the file to the user. A file we created is always chowned
@@ -823,10 +979,14 @@ fn write_blocking(
         }
         let mut w = BufWriter::with_capacity(CHUNK, &file);
         while let Some(msg) = rx.blocking_recv() {
-            let Some(chunk) = msg else { return Err(FilesError::Aborted) };
-            w.write_all(&chunk).map_err(|e| FilesError::write_io("writing", &path, e))?;
+            let Some(chunk) = msg else {
+                return Err(FilesError::Aborted);
+            };
+            w.write_all(&chunk)
+                .map_err(|e| FilesError::write_io("writing", &path, e))?;
         }
-        w.flush().map_err(|e| FilesError::write_io("writing", &path, e))?;
+        w.flush()
+            .map_err(|e| FilesError::write_io("writing", &path, e))?;
         drop(w);
         match xattr::replace_fd(file.as_fd(), &metadata) {
             Ok(()) => Ok(()),
@@ -865,7 +1025,13 @@ mod tests {
             "v1_powbkN3fI7yRlWaB5Ui2dRUwVP8UZprfSGludREq8sk"
         );
         assert_eq!(
-            signature("/home/user/a.txt", Op::Write, "", "secret-token", Some(1_700_000_000)),
+            signature(
+                "/home/user/a.txt",
+                Op::Write,
+                "",
+                "secret-token",
+                Some(1_700_000_000)
+            ),
             "v1_yKIfWf99RjLXk8FXwdccFO8ZrLxrZrfgtk8KVvUBEVc"
         );
     }
@@ -888,22 +1054,53 @@ mod tests {
             Err(FilesError::Auth(a)) => a,
             other => panic!("expected auth error, got {other:?}"),
         };
-        assert_eq!(err(authorize(tok, &none, &q("/a", None, None), Op::Read, 0)), AuthError::MissingSignature);
+        assert_eq!(
+            err(authorize(tok, &none, &q("/a", None, None), Op::Read, 0)),
+            AuthError::MissingSignature
+        );
 
         let good = signature("/a", Op::Read, "", "tok", None);
         assert!(authorize(tok, &none, &q("/a", Some(good.clone()), None), Op::Read, 0).is_ok());
         // A read signature does not authorise a write.
-        assert_eq!(err(authorize(tok, &none, &q("/a", Some(good), None), Op::Write, 0)), AuthError::InvalidSignature);
+        assert_eq!(
+            err(authorize(
+                tok,
+                &none,
+                &q("/a", Some(good), None),
+                Op::Write,
+                0
+            )),
+            AuthError::InvalidSignature
+        );
 
         let exp = signature("/a", Op::Read, "", "tok", Some(100));
-        assert!(authorize(tok, &none, &q("/a", Some(exp.clone()), Some(100)), Op::Read, 50).is_ok());
-        assert_eq!(err(authorize(tok, &none, &q("/a", Some(exp), Some(100)), Op::Read, 101)), AuthError::Expired);
+        assert!(authorize(
+            tok,
+            &none,
+            &q("/a", Some(exp.clone()), Some(100)),
+            Op::Read,
+            50
+        )
+        .is_ok());
+        assert_eq!(
+            err(authorize(
+                tok,
+                &none,
+                &q("/a", Some(exp), Some(100)),
+                Op::Read,
+                101
+            )),
+            AuthError::Expired
+        );
 
         let mut hdr = HeaderMap::new();
         hdr.insert("x-access-token", HeaderValue::from_static("tok"));
         assert!(authorize(tok, &hdr, &Query::default(), Op::Write, 0).is_ok());
         hdr.insert("x-access-token", HeaderValue::from_static("nope"));
-        assert_eq!(err(authorize(tok, &hdr, &Query::default(), Op::Write, 0)), AuthError::TokenMismatch);
+        assert_eq!(
+            err(authorize(tok, &hdr, &Query::default(), Op::Write, 0)),
+            AuthError::TokenMismatch
+        );
     }
 
     #[test]
@@ -914,7 +1111,9 @@ mod tests {
 
     #[test]
     fn query_is_decoded() {
-        let got = parse_query("path=%2Fhome%2Fuser%2Fa+b.txt&username=user&path=ignored&x=1&signature=v1_a%2Bb");
+        let got = parse_query(
+            "path=%2Fhome%2Fuser%2Fa+b.txt&username=user&path=ignored&x=1&signature=v1_a%2Bb",
+        );
         assert_eq!(got.path.as_deref(), Some("/home/user/a b.txt"));
         assert_eq!(got.username.as_deref(), Some("user"));
         assert_eq!(got.signature.as_deref(), Some("v1_a+b"));
@@ -947,8 +1146,12 @@ mod tests {
         assert_eq!(m["author"], "mish");
         assert_eq!(m["purpose"], "upload");
 
-        let bad =
-            |pairs: &[(&str, &[u8])]| matches!(metadata_from_headers(&headers(pairs)), Err(FilesError::BadRequest(_)));
+        let bad = |pairs: &[(&str, &[u8])]| {
+            matches!(
+                metadata_from_headers(&headers(pairs)),
+                Err(FilesError::BadRequest(_))
+            )
+        };
         assert!(bad(&[("x-metadata-", b"v")]));
         assert!(bad(&[("x-metadata-k", b"caf\xc3\xa9")]));
         assert!(bad(&[("x-metadata-k", b"tab\there")]));
@@ -971,16 +1174,30 @@ mod tests {
         assert!(!negotiate(Some("*")).expect("star"));
         assert!(!negotiate(Some("gzip;q=0")).expect("gzip refused"));
         assert!(negotiate(Some("identity;q=0, *")).expect("identity refused"));
-        assert!(matches!(negotiate(Some("br")), Err(FilesError::NotAcceptable)));
-        assert!(matches!(negotiate(Some("br, zstd")), Err(FilesError::NotAcceptable)));
-        assert!(matches!(negotiate(Some("identity;q=0")), Err(FilesError::NotAcceptable)));
-        assert!(matches!(negotiate(Some("*;q=0")), Err(FilesError::NotAcceptable)));
+        assert!(matches!(
+            negotiate(Some("br")),
+            Err(FilesError::NotAcceptable)
+        ));
+        assert!(matches!(
+            negotiate(Some("br, zstd")),
+            Err(FilesError::NotAcceptable)
+        ));
+        assert!(matches!(
+            negotiate(Some("identity;q=0")),
+            Err(FilesError::NotAcceptable)
+        ));
+        assert!(matches!(
+            negotiate(Some("*;q=0")),
+            Err(FilesError::NotAcceptable)
+        ));
     }
 
     #[test]
     fn upload_content_encoding() {
         assert!(!content_encoding(&HeaderMap::new()).expect("none"));
-        assert!(!content_encoding(&headers(&[("content-encoding", b"identity")])).expect("identity"));
+        assert!(
+            !content_encoding(&headers(&[("content-encoding", b"identity")])).expect("identity")
+        );
         assert!(content_encoding(&headers(&[("content-encoding", b"gzip")])).expect("gzip"));
         assert!(content_encoding(&headers(&[("content-encoding", b"br")])).is_err());
         assert!(content_encoding(&headers(&[("content-encoding", b"gzip, gzip")])).is_err());
@@ -989,7 +1206,13 @@ mod tests {
     #[test]
     fn content_disposition_is_safe() {
         assert_eq!(content_disposition("a.txt"), "inline; filename=\"a.txt\"");
-        assert_eq!(content_disposition("q\"uote"), "inline; filename=\"q_uote\"; filename*=UTF-8''q%22uote");
-        assert_eq!(content_disposition("é.txt"), "inline; filename=\"_.txt\"; filename*=UTF-8''%C3%A9.txt");
+        assert_eq!(
+            content_disposition("q\"uote"),
+            "inline; filename=\"q_uote\"; filename*=UTF-8''q%22uote"
+        );
+        assert_eq!(
+            content_disposition("é.txt"),
+            "inline; filename=\"_.txt\"; filename*=UTF-8''%C3%A9.txt"
+        );
     }
 }

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use airlock_proto::connect::{self, Code, ConnectError};
 use airlock_proto::envd::{
-    CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse, ProcessConfig,
-    ProcessEvent, ProcessEventKind, ProcessInfo, ProcessInput, ProcessSelector, PtySize, SendInputRequest,
-    SendSignalRequest, Signal, StartRequest, StreamInputEvent, StreamInputRequest, UpdateRequest,
+    CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse,
+    ProcessConfig, ProcessEvent, ProcessEventKind, ProcessInfo, ProcessInput, ProcessSelector,
+    PtySize, SendInputRequest, SendSignalRequest, Signal, StartRequest, StreamInputEvent,
+    StreamInputRequest, UpdateRequest,
 };
 use bytes::Bytes;
 use http::Request;
@@ -121,7 +122,11 @@ impl Proc {
     }
 
     fn info(&self) -> ProcessInfo {
-        ProcessInfo { config: self.config.clone(), pid: self.pid, tag: self.tag.clone() }
+        ProcessInfo {
+            config: self.config.clone(),
+            pid: self.pid,
+            tag: self.tag.clone(),
+        }
     }
 
     /// Registers a subscriber and returns what it missed. Taken under the
@@ -166,7 +171,9 @@ impl Proc {
             }
         }
         if !dead.is_empty() {
-            self.output().subscribers.retain(|s| !dead.iter().any(|d| d.same_channel(s)));
+            self.output()
+                .subscribers
+                .retain(|s| !dead.iter().any(|d| d.same_channel(s)));
         }
     }
 
@@ -222,7 +229,8 @@ impl Table {
             ProcessSelector::Pid(p) => Some(*p),
             ProcessSelector::Tag(tag) => t.tags.get(tag).copied(),
         };
-        pid.and_then(|p| t.procs.get(&p).cloned()).ok_or_else(|| not_found(sel))
+        pid.and_then(|p| t.procs.get(&p).cloned())
+            .ok_or_else(|| not_found(sel))
     }
 
     /// Called by the reaper for every child it collects. Unknown pids are
@@ -254,7 +262,12 @@ impl Table {
 
     pub fn running(&self) -> Vec<ProcessInfo> {
         let t = self.lock();
-        let mut v: Vec<_> = t.procs.values().filter(|p| !p.exited()).map(|p| p.info()).collect();
+        let mut v: Vec<_> = t
+            .procs
+            .values()
+            .filter(|p| !p.exited())
+            .map(|p| p.info())
+            .collect();
         v.sort_by_key(|p| p.pid);
         v
     }
@@ -264,7 +277,12 @@ fn not_found(sel: &ProcessSelector) -> ConnectError {
     ConnectError::not_found(format!("{sel} not found"))
 }
 
-pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: RequestCtx) -> Resp {
+pub async fn handle(
+    agent: &Arc<Agent>,
+    m: Method,
+    req: Request<Incoming>,
+    ctx: RequestCtx,
+) -> Resp {
     let body = req.into_body();
     match m {
         Method::Start => match rpc::stream_request::<StartRequest>(body).await {
@@ -282,7 +300,9 @@ pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: 
             Err(e) => h::stream_err(&e),
         },
         Method::List => match rpc::unary::<ListRequest>(body).await {
-            Ok(_) => h::unary_ok(&ListResponse { processes: agent.processes.running() }),
+            Ok(_) => h::unary_ok(&ListResponse {
+                processes: agent.processes.running(),
+            }),
             Err(e) => h::unary_err(&e),
         },
         Method::SendInput => {
@@ -311,7 +331,9 @@ pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: 
                 let sig = match r.signal {
                     Signal::Sigkill => libc::SIGKILL,
                     Signal::Sigterm => libc::SIGTERM,
-                    Signal::Unspecified => return Err(ConnectError::invalid_argument("signal is required")),
+                    Signal::Unspecified => {
+                        return Err(ConnectError::invalid_argument("signal is required"))
+                    }
                 };
                 p.signal(sig)
             };
@@ -322,13 +344,21 @@ pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: 
                 let r: CloseStdinRequest = rpc::unary(body).await?;
                 let p = agent.processes.find(&r.process)?;
                 if p.pty.is_some() {
-                    return Err(ConnectError::new(Code::FailedPrecondition, "cannot close stdin of a PTY process"));
+                    return Err(ConnectError::new(
+                        Code::FailedPrecondition,
+                        "cannot close stdin of a PTY process",
+                    ));
                 }
                 let Some(tx) = &p.input else {
-                    return Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"));
+                    return Err(ConnectError::new(
+                        Code::FailedPrecondition,
+                        "process was started without stdin",
+                    ));
                 };
                 let (ack, rx) = oneshot::channel();
-                tx.send(InputCmd::Close(ack)).await.map_err(|_| ConnectError::new(Code::FailedPrecondition, "stdin is already closed"))?;
+                tx.send(InputCmd::Close(ack)).await.map_err(|_| {
+                    ConnectError::new(Code::FailedPrecondition, "stdin is already closed")
+                })?;
                 rx.await.unwrap_or(Ok(()))
             };
             h::unary(r.await.map(|()| Empty {}))
@@ -339,7 +369,10 @@ pub async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: 
                 let p = agent.processes.find(&r.process)?;
                 if let Some(size) = r.pty.and_then(|p| p.size) {
                     let Some(master) = &p.pty else {
-                        return Err(ConnectError::new(Code::FailedPrecondition, "process has no PTY"));
+                        return Err(ConnectError::new(
+                            Code::FailedPrecondition,
+                            "process has no PTY",
+                        ));
                     };
                     set_winsize(master, size)?;
                 }
@@ -354,19 +387,29 @@ async fn write_input(p: &Proc, input: ProcessInput) -> Result<(), ConnectError> 
     let data = match (input, &p.pty) {
         (ProcessInput::Pty(d), Some(_)) | (ProcessInput::Stdin(d), Some(_)) => d,
         (ProcessInput::Stdin(d), None) => d,
-        (ProcessInput::Pty(_), None) => return Err(ConnectError::invalid_argument("process has no PTY")),
+        (ProcessInput::Pty(_), None) => {
+            return Err(ConnectError::invalid_argument("process has no PTY"))
+        }
     };
     if p.exited() {
         return Err(not_found(&ProcessSelector::Pid(p.pid)));
     }
     let Some(tx) = &p.input else {
-        return Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"));
+        return Err(ConnectError::new(
+            Code::FailedPrecondition,
+            "process was started without stdin",
+        ));
     };
     let (ack, rx) = oneshot::channel();
     tx.send(InputCmd::Write(data, ack))
         .await
         .map_err(|_| ConnectError::new(Code::FailedPrecondition, "stdin is closed"))?;
-    rx.await.unwrap_or_else(|_| Err(ConnectError::new(Code::FailedPrecondition, "stdin is closed")))
+    rx.await.unwrap_or_else(|_| {
+        Err(ConnectError::new(
+            Code::FailedPrecondition,
+            "stdin is closed",
+        ))
+    })
 }
 
 async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, ConnectError> {
@@ -376,7 +419,9 @@ async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, Conne
         match m.event {
             StreamInputEvent::Start { process } => target = Some(agent.processes.find(&process)?),
             StreamInputEvent::Data { input } => {
-                let p = target.as_ref().ok_or_else(|| ConnectError::invalid_argument("data before start"))?;
+                let p = target
+                    .as_ref()
+                    .ok_or_else(|| ConnectError::invalid_argument("data before start"))?;
                 write_input(p, input).await?;
             }
             StreamInputEvent::Keepalive {} => {}
@@ -386,11 +431,19 @@ async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, Conne
 }
 
 fn set_winsize(master: &OwnedFd, size: PtySize) -> Result<(), ConnectError> {
-    let ws = libc::winsize { ws_row: size.rows.min(u16::MAX as u32) as u16, ws_col: size.cols.min(u16::MAX as u32) as u16, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: size.rows.min(u16::MAX as u32) as u16,
+        ws_col: size.cols.min(u16::MAX as u32) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize struct we own from a valid pointer.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     if rc != 0 {
-        return Err(ConnectError::internal(format!("resizing pty: {}", std::io::Error::last_os_error())));
+        return Err(ConnectError::internal(format!(
+            "resizing pty: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -403,7 +456,11 @@ fn attach(p: Arc<Proc>, ctx: &RequestCtx, fresh: bool) -> Resp {
     let keepalive = ctx.keepalive;
     tokio::spawn(async move {
         let send = |kind: ProcessEventKind| connect::json_envelope(&ProcessEvent { event: kind });
-        if tx.send(send(ProcessEventKind::Start { pid: p.pid })).await.is_err() {
+        if tx
+            .send(send(ProcessEventKind::Start { pid: p.pid }))
+            .await
+            .is_err()
+        {
             return;
         }
         // A fresh Start has an empty history unless the process already
@@ -453,13 +510,25 @@ fn attach(p: Arc<Proc>, ctx: &RequestCtx, fresh: bool) -> Resp {
 
 /// Environment of a command, in envd's order: PATH, HOME, USER, LOGNAME,
 /// then sandbox-wide variables, then the request's (last wins).
-pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
+pub(crate) fn command_env(
+    agent: &Agent,
+    user: &User,
+    req: &BTreeMap<String, String>,
+    pty: bool,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), agent.config.path.clone());
     env.insert("HOME".to_string(), user.home.display().to_string());
     env.insert("USER".to_string(), user.name.clone());
     env.insert("LOGNAME".to_string(), user.name.clone());
-    env.insert("SHELL".to_string(), if user.shell.is_empty() { "/bin/sh".into() } else { user.shell.clone() });
+    env.insert(
+        "SHELL".to_string(),
+        if user.shell.is_empty() {
+            "/bin/sh".into()
+        } else {
+            user.shell.clone()
+        },
+    );
     if pty {
         env.insert("TERM".to_string(), "xterm-256color".to_string());
     }
@@ -477,18 +546,39 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
         return Err(ConnectError::invalid_argument("process.cmd is required"));
     }
     let user = &ctx.user;
-    let cwd = crate::paths::resolve(r.process.cwd.as_deref().unwrap_or(""), user, agent.config.default_workdir.as_deref());
+    let cwd = crate::paths::resolve(
+        r.process.cwd.as_deref().unwrap_or(""),
+        user,
+        agent.config.default_workdir.as_deref(),
+    );
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(ConnectError::invalid_argument(format!("cwd '{}' is not a directory", cwd.display()))),
-        Err(_) => return Err(ConnectError::invalid_argument(format!("cwd '{}' does not exist", cwd.display()))),
+        Ok(_) => {
+            return Err(ConnectError::invalid_argument(format!(
+                "cwd '{}' is not a directory",
+                cwd.display()
+            )))
+        }
+        Err(_) => {
+            return Err(ConnectError::invalid_argument(format!(
+                "cwd '{}' does not exist",
+                cwd.display()
+            )))
+        }
     }
-    let pty_size = r.pty.map(|p| p.size.unwrap_or(PtySize { cols: 80, rows: 24 }));
+    let pty_size = r
+        .pty
+        .map(|p| p.size.unwrap_or(PtySize { cols: 80, rows: 24 }));
     let want_stdin = r.stdin.unwrap_or(true) || pty_size.is_some();
 
     let mut cmd = std::process::Command::new(&r.process.cmd);
     cmd.args(&r.process.args).current_dir(&cwd).env_clear();
-    cmd.envs(command_env(agent, user, &r.process.envs, pty_size.is_some()));
+    cmd.envs(command_env(
+        agent,
+        user,
+        &r.process.envs,
+        pty_size.is_some(),
+    ));
 
     let (uid, gid) = (user.uid, user.gid);
     let mut groups: Vec<libc::gid_t> = user.groups.clone();
@@ -501,11 +591,19 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
         // check the tty's owner (ssh-like tools, `mesg`) are content.
         // SAFETY: fchown on an fd we own.
         unsafe { libc::fchown(s.as_raw_fd(), uid, gid) };
-        cmd.stdin(Stdio::from(dup(&s)?)).stdout(Stdio::from(dup(&s)?)).stderr(Stdio::from(dup(&s)?));
+        cmd.stdin(Stdio::from(dup(&s)?))
+            .stdout(Stdio::from(dup(&s)?))
+            .stderr(Stdio::from(dup(&s)?));
         pty_master = Some(m);
         slave_fd = Some(s);
     } else {
-        cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if want_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     }
     let is_pty = pty_master.is_some();
     // SAFETY: the closure runs between fork and exec and only makes
@@ -541,13 +639,21 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
     if let Some(tag) = &r.tag {
         if let Some(old) = table.tags.get(tag).and_then(|p| table.procs.get(p)) {
             if !old.exited() {
-                return Err(ConnectError::new(Code::AlreadyExists, format!("a running process already has tag {tag}")));
+                return Err(ConnectError::new(
+                    Code::AlreadyExists,
+                    format!("a running process already has tag {tag}"),
+                ));
             }
         }
     }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd)),
-        std::io::ErrorKind::PermissionDenied => ConnectError::new(Code::PermissionDenied, format!("cannot execute '{}': {e}", r.process.cmd)),
+        std::io::ErrorKind::NotFound => {
+            ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd))
+        }
+        std::io::ErrorKind::PermissionDenied => ConnectError::new(
+            Code::PermissionDenied,
+            format!("cannot execute '{}': {e}", r.process.cmd),
+        ),
         _ => ConnectError::internal(format!("starting '{}': {e}", r.process.cmd)),
     })?;
     drop(slave_fd);
@@ -582,11 +688,19 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
     });
     let p = Arc::new(Proc {
         pid,
-        config: ProcessConfig { cwd: Some(cwd.display().to_string()), ..r.process.clone() },
+        config: ProcessConfig {
+            cwd: Some(cwd.display().to_string()),
+            ..r.process.clone()
+        },
         tag: r.tag.clone(),
         pty: master,
         input,
-        output: Mutex::new(Output { history: VecDeque::new(), history_bytes: 0, subscribers: Vec::new(), end: None }),
+        output: Mutex::new(Output {
+            history: VecDeque::new(),
+            history_bytes: 0,
+            subscribers: Vec::new(),
+            end: None,
+        }),
         status: status_tx,
     });
     table.procs.insert(pid, p.clone());
@@ -613,7 +727,9 @@ async fn supervise(
     for (fd, wrap) in pumps {
         let p = p.clone();
         let exit_rx = exit_rx.clone();
-        tasks.push(tokio::spawn(async move { pump(p, fd, wrap, exit_rx).await }));
+        tasks.push(tokio::spawn(
+            async move { pump(p, fd, wrap, exit_rx).await },
+        ));
     }
     let deadline = lifetime.map(|d| Instant::now() + d);
     let mut timed_out = false;
@@ -647,13 +763,20 @@ async fn supervise(
 /// Reads one output stream until EOF, or, once the process has exited,
 /// until no more data is immediately available: a background grandchild
 /// holding the pipe open must not keep the command from finishing.
-async fn pump(p: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataOutput, mut exited: watch::Receiver<bool>) {
+async fn pump(
+    p: Arc<Proc>,
+    fd: OwnedFd,
+    wrap: fn(Vec<u8>) -> DataOutput,
+    mut exited: watch::Receiver<bool>,
+) {
     if set_nonblocking(&fd).is_err() {
         return;
     }
     // SAFETY: `fd` is owned by the AsyncFd for its whole registration and is
     // not closed or duplicated into another registration while it lives.
-    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else { return };
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+        return;
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut draining = false;
     loop {
@@ -716,11 +839,15 @@ async fn input_writer(fd: OwnedFd, mut rx: mpsc::Receiver<InputCmd>) {
         return;
     }
     // SAFETY: the AsyncFd owns `fd` for its whole registration.
-    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }) else { return };
+    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }) else {
+        return;
+    };
     while let Some(cmd) = rx.recv().await {
         match cmd {
             InputCmd::Write(data, ack) => {
-                let r = write_all(&afd, &data).await.map_err(|e| ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}")));
+                let r = write_all(&afd, &data).await.map_err(|e| {
+                    ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}"))
+                });
                 let _ = ack.send(r);
             }
             InputCmd::Close(ack) => {
@@ -756,13 +883,28 @@ pub fn end_event(raw: i32) -> EndEvent {
     if libc::WIFEXITED(raw) {
         let code = libc::WEXITSTATUS(raw);
         let status = format!("exit status {code}");
-        EndEvent { exit_code: code, exited: true, error: (code != 0).then(|| status.clone()), status }
+        EndEvent {
+            exit_code: code,
+            exited: true,
+            error: (code != 0).then(|| status.clone()),
+            status,
+        }
     } else if libc::WIFSIGNALED(raw) {
         let sig = libc::WTERMSIG(raw);
         let status = format!("signal: {}", signal_name(sig));
-        EndEvent { exit_code: -1, exited: false, error: Some(status.clone()), status }
+        EndEvent {
+            exit_code: -1,
+            exited: false,
+            error: Some(status.clone()),
+            status,
+        }
     } else {
-        EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: Some("unknown".into()) }
+        EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "unknown".into(),
+            error: Some("unknown".into()),
+        }
     }
 }
 
@@ -801,12 +943,14 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, ConnectError> {
-    fd.try_clone().map_err(|e| ConnectError::internal(format!("dup: {e}")))
+    fd.try_clone()
+        .map_err(|e| ConnectError::internal(format!("dup: {e}")))
 }
 
 /// Opens a new PTY pair from the sandbox's own devpts instance.
 fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd), ConnectError> {
-    let err = |what: &str| ConnectError::internal(format!("{what}: {}", std::io::Error::last_os_error()));
+    let err =
+        |what: &str| ConnectError::internal(format!("{what}: {}", std::io::Error::last_os_error()));
     // SAFETY: standard posix_openpt/grantpt/unlockpt/ptsname_r sequence on
     // fds we own; the name buffer is sized and NUL-terminated by the kernel.
     unsafe {
@@ -822,8 +966,13 @@ fn open_pty(size: PtySize) -> Result<(OwnedFd, OwnedFd), ConnectError> {
         if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
             return Err(err("ptsname"));
         }
-        let path = CString::from_vec_unchecked(std::ffi::CStr::from_ptr(name.as_ptr()).to_bytes().to_vec());
-        let s = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        let path = CString::from_vec_unchecked(
+            std::ffi::CStr::from_ptr(name.as_ptr()).to_bytes().to_vec(),
+        );
+        let s = libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
         if s < 0 {
             return Err(err("opening pty slave"));
         }
@@ -840,10 +989,19 @@ mod tests {
     #[test]
     fn end_events_match_go_strings() {
         let e = end_event(0);
-        assert_eq!((e.exit_code, e.exited, e.status.as_str(), e.error.is_none()), (0, true, "exit status 0", true));
+        assert_eq!(
+            (e.exit_code, e.exited, e.status.as_str(), e.error.is_none()),
+            (0, true, "exit status 0", true)
+        );
         let e = end_event(3 << 8);
-        assert_eq!((e.exit_code, e.error.as_deref()), (3, Some("exit status 3")));
+        assert_eq!(
+            (e.exit_code, e.error.as_deref()),
+            (3, Some("exit status 3"))
+        );
         let e = end_event(libc::SIGKILL);
-        assert_eq!((e.exit_code, e.exited, e.status.as_str()), (-1, false, "signal: killed"));
+        assert_eq!(
+            (e.exit_code, e.exited, e.status.as_str()),
+            (-1, false, "signal: killed")
+        );
     }
 }

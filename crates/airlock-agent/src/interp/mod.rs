@@ -60,7 +60,11 @@ pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), String> {
         "js" | "javascript" | "node" => (Kind::JavaScript, "javascript".into()),
         "ts" | "typescript" => (Kind::JavaScript, "typescript".into()),
         "bash" | "sh" | "shell" => (Kind::Bash, "bash".into()),
-        other => return Err(format!("language '{other}' is not supported (python, javascript, typescript, bash)")),
+        other => {
+            return Err(format!(
+                "language '{other}' is not supported (python, javascript, typescript, bash)"
+            ))
+        }
     })
 }
 
@@ -108,7 +112,16 @@ impl Interpreter {
 
     fn create(&self, kind: Kind, language: String, cwd: String) -> Arc<Context> {
         let id = crate::fs::watch::random_id();
-        let c = Arc::new(Context { info: ContextInfo { id: id.clone(), language, cwd }, kind, kernel: tokio::sync::Mutex::new(None), pid: AtomicI32::new(0) });
+        let c = Arc::new(Context {
+            info: ContextInfo {
+                id: id.clone(),
+                language,
+                cwd,
+            },
+            kind,
+            kernel: tokio::sync::Mutex::new(None),
+            pid: AtomicI32::new(0),
+        });
         self.map().insert(id, c.clone());
         c
     }
@@ -149,18 +162,25 @@ struct CreateContext {
 fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
     let mut r = hyper::Response::new(h::full(msg.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
-async fn json_body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Resp> {
-    let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024).await.map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
+async fn json_body<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, Resp> {
+    let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024)
+        .await
+        .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&b).map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&b)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
-
 
 /// Routes of the port-49999 API.
 pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
@@ -175,9 +195,16 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
                 Ok(r) => r,
                 Err(e) => return e,
             };
-            let Some(code) = r.code else { return text(StatusCode::BAD_REQUEST, "code is required") };
+            let Some(code) = r.code else {
+                return text(StatusCode::BAD_REQUEST, "code is required");
+            };
             let ctx = match (&r.context_id, &r.language) {
-                (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "context_id and language cannot be provided at the same time"),
+                (Some(_), Some(_)) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "context_id and language cannot be provided at the same time",
+                    )
+                }
                 (Some(id), None) => match interp.map().get(id) {
                     Some(c) => c.clone(),
                     None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
@@ -191,16 +218,24 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
                 .env_vars
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(k, v)| (k, match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                }))
+                .map(|(k, v)| {
+                    (
+                        k,
+                        match v {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        },
+                    )
+                })
                 .collect();
             let (tx, rx) = mpsc::channel::<Bytes>(64);
             let agent = agent.clone();
             tokio::spawn(async move { execute(&agent, ctx, code, env, tx).await });
             let mut resp = hyper::Response::new(h::channel_body(rx));
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-ndjson"),
+            );
             resp
         }
         (Method::POST, ["contexts"]) => {
@@ -226,7 +261,11 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
             match removed {
                 Some(c) => {
                     stop_kernel(&c).await;
-                    interp.defaults.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
+                    interp
+                        .defaults
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|_, v| v != id);
                     h::json_ok(StatusCode::OK, &Value::Null)
                 }
                 None => text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
@@ -286,7 +325,13 @@ impl Utf8Carry {
     }
 }
 
-async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTreeMap<String, String>, tx: mpsc::Sender<Bytes>) {
+async fn execute(
+    agent: &Arc<Agent>,
+    ctx: Arc<Context>,
+    code: String,
+    env: BTreeMap<String, String>,
+    tx: mpsc::Sender<Bytes>,
+) {
     let mut guard = ctx.kernel.lock().await;
     if guard.is_none() {
         match start_kernel(agent, &ctx).await {
@@ -305,7 +350,11 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
     let request = match prepare_request(agent, ctx.kind, k, &code, &env) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.send(line(json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}))).await;
+            let _ = tx
+                .send(line(
+                    json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}),
+                ))
+                .await;
             let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
             return;
         }
@@ -380,11 +429,16 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
         }
     }
     // Output written before the kernel said "done" is already in the pipes.
-    for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
+    for (fd, carry, kind) in [
+        (&k.stdout, &mut out_carry, "stdout"),
+        (&k.stderr, &mut err_carry, "stderr"),
+    ] {
         while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
             let t = carry.push(&buf[..n]);
             if !t.is_empty() {
-                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
+                let _ = tx
+                    .send(line(json!({"type": kind, "text": t, "timestamp": now()})))
+                    .await;
             }
         }
     }
@@ -395,26 +449,39 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
         ctx.pid.store(0, Ordering::SeqCst);
         *guard = None;
     } else if let Some(c) = count {
-        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": c}))).await;
+        let _ = tx
+            .send(line(
+                json!({"type": "number_of_executions", "execution_count": c}),
+            ))
+            .await;
     }
     let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
 }
 
 /// The request line for the kernel. Bash gets files (its own code is read
 /// by `source`); the others get the code inline.
-fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+fn prepare_request(
+    agent: &Agent,
+    kind: Kind,
+    k: &mut Kernel,
+    code: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<String, String> {
     k.cells += 1;
     match kind {
         Kind::Python | Kind::JavaScript => {
-            let mut s = serde_json::to_string(&json!({"code": code, "env": env})).map_err(|e| e.to_string())?;
+            let mut s = serde_json::to_string(&json!({"code": code, "env": env}))
+                .map_err(|e| e.to_string())?;
             s.push('\n');
             Ok(s)
         }
         Kind::Bash => {
             let dir = std::path::PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
-            let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
+            let user =
+                crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
             if !dir.exists() {
-                std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                 let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
             }
             let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
@@ -472,9 +539,21 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         }
     };
     let mut env = crate::process::command_env(agent, &user, &BTreeMap::new(), false);
-    env.insert("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into());
-    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() { ctx.info.cwd.clone() } else { user.home.display().to_string() };
-    cmd.env_clear().envs(env).current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    env.insert(
+        "MPLBACKEND".into(),
+        "module://matplotlib_inline.backend_inline".into(),
+    );
+    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() {
+        ctx.info.cwd.clone()
+    } else {
+        user.home.display().to_string()
+    };
+    cmd.env_clear()
+        .envs(env)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let (uid, gid) = (user.uid, user.gid);
     let mut groups = user.groups.clone();
     groups.push(gid);
@@ -502,7 +581,9 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
     crate::set_child_oom_score(child.id());
     drop(ev_w);
     drop(rq_r);
@@ -515,15 +596,25 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
     let afd = |fd: OwnedFd| -> Result<AsyncFd<OwnedFd>, String> {
         set_nonblocking(&fd).map_err(|e| e.to_string())?;
         // SAFETY: the AsyncFd owns `fd` for its whole registration.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.to_string())
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.to_string())
     };
     let stdout = afd(OwnedFd::from(out))?;
     let stderr = afd(OwnedFd::from(err))?;
     set_nonblocking(&ev_r).map_err(|e| e.to_string())?;
     set_nonblocking(&rq_w).map_err(|e| e.to_string())?;
-    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(|e| e.to_string())?;
-    let requests = tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(|e| e.to_string())?;
-    let mut k = Kernel { pid, requests, events: BufReader::new(events).lines(), stdout, stderr, cells: 0 };
+    let events =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(|e| e.to_string())?;
+    let requests =
+        tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(|e| e.to_string())?;
+    let mut k = Kernel {
+        pid,
+        requests,
+        events: BufReader::new(events).lines(),
+        stdout,
+        stderr,
+        cells: 0,
+    };
     // Wait for the driver's "ready", showing what it printed if it fails.
     let ready = tokio::time::timeout(START_TIMEOUT, async {
         loop {
@@ -541,7 +632,11 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         if let ReadResult::Data(n) = read_nb(k.stderr.get_ref(), &mut buf) {
             msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         }
-        return Err(format!("the {:?} kernel failed to start: {}", ctx.kind, msg.trim()));
+        return Err(format!(
+            "the {:?} kernel failed to start: {}",
+            ctx.kind,
+            msg.trim()
+        ));
     }
     // Whatever the kernel printed while starting (library warnings) belongs
     // to no cell: log it instead of showing it in the first execution.
