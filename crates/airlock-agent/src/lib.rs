@@ -20,6 +20,7 @@ mod reaper;
 mod router;
 pub mod rpc;
 pub mod safe_open;
+mod spawn;
 pub mod users;
 
 use std::collections::BTreeMap;

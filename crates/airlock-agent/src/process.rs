@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::http::{self as h, Resp};
 use crate::rpc::{self, RequestCtx};
+use crate::spawn::{self, read_nb, ReadResult};
 use crate::users::User;
 use crate::Agent;
 
@@ -78,6 +78,9 @@ impl Method {
         matches!(self, Self::Start | Self::Connect | Self::StreamInput)
     }
 }
+
+/// One output stream to pump: the fd and the event kind its chunks become.
+type Pump = (OwnedFd, fn(Vec<u8>) -> DataOutput);
 
 /// Something a subscriber receives.
 #[derive(Debug, Clone)]
@@ -581,8 +584,6 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
     ));
 
     let (uid, gid) = (user.uid, user.gid);
-    let mut groups: Vec<libc::gid_t> = user.groups.clone();
-    groups.push(gid);
     let mut pty_master = None;
     let mut slave_fd: Option<OwnedFd> = None;
     if let Some(size) = pty_size {
@@ -605,33 +606,14 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     }
-    let is_pty = pty_master.is_some();
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls on values prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if is_pty {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::setpgid(0, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::umask(0o022);
-            // Restore default dispositions the agent may have changed.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+    let setup = spawn::Setup::new(
+        user,
+        if pty_master.is_some() {
+            spawn::Session::Terminal
+        } else {
+            spawn::Session::ProcessGroup
+        },
+    );
 
     // Hold the table lock across spawn and insert so the reaper cannot
     // collect the exit status before the process is registered.
@@ -646,7 +628,7 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
             }
         }
     }
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+    let mut child = spawn::spawn(cmd, setup).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd))
         }
@@ -658,10 +640,9 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
     })?;
     drop(slave_fd);
     let pid = child.id();
-    crate::set_child_oom_score(pid);
     let (status_tx, status_rx) = watch::channel(None);
 
-    let mut pumps: Vec<(OwnedFd, fn(Vec<u8>) -> DataOutput)> = Vec::new();
+    let mut pumps: Vec<Pump> = Vec::new();
     let mut input_fd: Option<OwnedFd> = None;
     let master = pty_master.map(Arc::new);
     if let Some(m) = &master {
@@ -718,7 +699,7 @@ fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Pr
 /// end event once the process has exited and its output is drained.
 async fn supervise(
     p: Arc<Proc>,
-    pumps: Vec<(OwnedFd, fn(Vec<u8>) -> DataOutput)>,
+    pumps: Vec<Pump>,
     mut status: watch::Receiver<Option<i32>>,
     lifetime: Option<Duration>,
 ) {
@@ -769,12 +750,7 @@ async fn pump(
     wrap: fn(Vec<u8>) -> DataOutput,
     mut exited: watch::Receiver<bool>,
 ) {
-    if set_nonblocking(&fd).is_err() {
-        return;
-    }
-    // SAFETY: `fd` is owned by the AsyncFd for its whole registration and is
-    // not closed or duplicated into another registration while it lives.
-    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+    let Ok(afd) = spawn::async_fd(fd, Interest::READABLE) else {
         return;
     };
     let mut buf = vec![0u8; CHUNK];
@@ -807,39 +783,11 @@ async fn pump(
     }
 }
 
-pub(crate) enum ReadResult {
-    Data(usize),
-    WouldBlock,
-    Eof,
-    Err,
-}
-
-pub(crate) fn read_nb(fd: &OwnedFd, buf: &mut [u8]) -> ReadResult {
-    // SAFETY: reading into a buffer we own, of its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n > 0 {
-        ReadResult::Data(n as usize)
-    } else if n == 0 {
-        ReadResult::Eof
-    } else {
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) => ReadResult::WouldBlock,
-            Some(libc::EINTR) => ReadResult::WouldBlock,
-            // A PTY master reads EIO once every slave fd is closed: that is EOF.
-            _ => ReadResult::Err,
-        }
-    }
-}
-
 /// Writes client input to the process's stdin pipe or PTY master, one
 /// request at a time, in order. Works for any fd type (tokio's pipe sender
 /// refuses PTY masters), using readiness-driven non-blocking writes.
 async fn input_writer(fd: OwnedFd, mut rx: mpsc::Receiver<InputCmd>) {
-    if set_nonblocking(&fd).is_err() {
-        return;
-    }
-    // SAFETY: the AsyncFd owns `fd` for its whole registration.
-    let Ok(afd) = (unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }) else {
+    let Ok(afd) = spawn::async_fd(fd, Interest::WRITABLE) else {
         return;
     };
     while let Some(cmd) = rx.recv().await {
@@ -929,17 +877,6 @@ fn signal_name(sig: i32) -> String {
         libc::SIGXFSZ => "file size limit exceeded".into(),
         n => format!("signal {n}"),
     }
-}
-
-pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, ConnectError> {

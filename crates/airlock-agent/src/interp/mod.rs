@@ -13,8 +13,7 @@
 //! restarted on the next execution.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::sync::mpsc;
 
 use crate::http::{self as h, Resp};
-use crate::process::{read_nb, set_nonblocking, ReadResult};
+use crate::spawn::{self, pipe, read_nb, set_nonblocking, ReadResult};
 use crate::Agent;
 
 const PY_DRIVER: &str = include_str!("kernel.py");
@@ -507,20 +506,10 @@ fn prepare_request(
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both fds were just created.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, String> {
     let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
-    let (ev_r, ev_w) = pipe()?;
-    let (rq_r, rq_w) = pipe()?;
+    let (ev_r, ev_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (rq_r, rq_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let mut cmd = match ctx.kind {
         Kind::Python => {
             let mut c = std::process::Command::new("python3");
@@ -554,37 +543,13 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (uid, gid) = (user.uid, user.gid);
-    let mut groups = user.groups.clone();
-    groups.push(gid);
-    let (ev_fd, rq_fd) = (ev_w.as_raw_fd(), rq_r.as_raw_fd());
-    // SAFETY: only async-signal-safe calls between fork and exec, on fds
-    // and values prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move the protocol pipes out of the way first, then onto 3 and 4.
-            let e = libc::fcntl(ev_fd, libc::F_DUPFD, 10);
-            let r = libc::fcntl(rq_fd, libc::F_DUPFD, 10);
-            if e < 0 || r < 0 || libc::dup2(e, 3) < 0 || libc::dup2(r, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(e);
-            libc::close(r);
-            if libc::setpgid(0, 0) < 0
-                || libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::umask(0o022);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
-    crate::set_child_oom_score(child.id());
+    // The protocol pipes go on fds 3 (events) and 4 (requests), where the
+    // drivers expect them.
+    let setup = spawn::Setup::new(&user, spawn::Session::ProcessGroup)
+        .fd_at(ev_w.as_fd(), 3)
+        .fd_at(rq_r.as_fd(), 4);
+    let mut child =
+        spawn::spawn(cmd, setup).map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
     drop(ev_w);
     drop(rq_r);
     let pid = child.id() as i32;
@@ -593,12 +558,7 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
     };
     // The agent's reaper collects the exit status; the std handle is not used.
     drop(child);
-    let afd = |fd: OwnedFd| -> Result<AsyncFd<OwnedFd>, String> {
-        set_nonblocking(&fd).map_err(|e| e.to_string())?;
-        // SAFETY: the AsyncFd owns `fd` for its whole registration.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| e.to_string())
-    };
+    let afd = |fd: OwnedFd| spawn::async_fd(fd, Interest::READABLE).map_err(|e| e.to_string());
     let stdout = afd(OwnedFd::from(out))?;
     let stderr = afd(OwnedFd::from(err))?;
     set_nonblocking(&ev_r).map_err(|e| e.to_string())?;
