@@ -35,6 +35,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use crate::auth::{self, constant_time_eq};
 use crate::fs::{self as fsops, entry, xattr, FsError};
 use crate::http::{self as h, Resp};
 use crate::users::{self, User, UserError};
@@ -191,8 +192,6 @@ pub fn signature(
     airlock_proto::envd::file_signature(path, op.as_str(), username, token, expiration)
 }
 
-use crate::router::constant_time_eq;
-
 /// The access token in `X-Access-Token`, or else a valid unexpired
 /// signature, as envd checks them. With no token configured, anything goes.
 fn authorize(
@@ -203,11 +202,11 @@ fn authorize(
     now: i64,
 ) -> Result<(), FilesError> {
     let Some(token) = token else { return Ok(()) };
-    if let Some(sent) = headers
-        .get(airlock_proto::envd::ACCESS_TOKEN_HEADER)
-        .filter(|v| !v.is_empty())
-    {
-        return if constant_time_eq(sent.as_bytes(), token.as_bytes()) {
+    // A token that is sent decides alone; an empty header counts as none
+    // sent, so a signature can still authorise the request (envd's rule).
+    let sent = headers.get(airlock_proto::envd::ACCESS_TOKEN_HEADER);
+    if sent.is_some_and(|v| !v.is_empty()) {
+        return if auth::access_token_ok(Some(token), headers) {
             Ok(())
         } else {
             Err(AuthError::TokenMismatch.into())

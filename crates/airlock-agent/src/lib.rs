@@ -10,6 +10,7 @@
 //! it is the statically-mapped `airlock` binary, reading the sandbox's
 //! `/etc/passwd` itself rather than through NSS.
 
+mod auth;
 pub mod files;
 pub mod fs;
 pub mod http;
