@@ -10,6 +10,7 @@
 //! it is the statically-mapped `airlock` binary, reading the sandbox's
 //! `/etc/passwd` itself rather than through NSS.
 
+mod auth;
 pub mod files;
 pub mod fs;
 pub mod http;
@@ -20,6 +21,7 @@ mod reaper;
 mod router;
 pub mod rpc;
 pub mod safe_open;
+mod spawn;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -72,13 +74,24 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
-        let traffic_token = config.access_token.as_deref().map(airlock_proto::envd::traffic_token);
-        Arc::new(Self { config, traffic_token, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+        let traffic_token = config
+            .access_token
+            .as_deref()
+            .map(airlock_proto::envd::traffic_token);
+        Arc::new(Self {
+            config,
+            traffic_token,
+            processes: process::Table::default(),
+            watchers: fs::Watchers::default(),
+            interpreter: interp::Interpreter::default(),
+        })
     }
 
     /// The default user's home, the working directory of new code contexts.
     pub fn default_home(&self) -> String {
-        users::lookup(&self.config.default_user).map(|u| u.home.display().to_string()).unwrap_or_else(|_| "/".into())
+        users::lookup(&self.config.default_user)
+            .map(|u| u.home.display().to_string())
+            .unwrap_or_else(|_| "/".into())
     }
 }
 
@@ -89,7 +102,10 @@ impl Agent {
 static CHILD_OOM_SCORE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 fn init_oom_policy() {
-    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     let _ = CHILD_OOM_SCORE.set(if own <= -500 { "0" } else { "500" });
 }
 
@@ -116,7 +132,10 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
 
 /// Serves the agent on `listener` until the process ends. Must run inside a
 /// tokio runtime; the agent uses a current-thread runtime to stay small.
-pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> std::io::Result<()> {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    config: AgentConfig,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     init_oom_policy();

@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use airlock_proto::connect::{Code, ConnectError};
-use airlock_proto::envd::{ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
 use crate::http::{self as h, Resp};
 use crate::rpc::RequestCtx;
-use crate::{files, fs, process, Agent};
+use crate::{auth, files, fs, process, Agent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -45,47 +44,41 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
     }
 }
 
-/// Whether header `name` carries exactly `want` (compared in constant time).
-fn header_is(req: &Request<Incoming>, name: &str, want: &str) -> bool {
-    req.headers().get(name).is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes()))
-}
-
 /// envd routes: the sandbox's access token in `X-Access-Token`.
 fn token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
-    match &agent.config.access_token {
-        None => true,
-        Some(want) => header_is(req, ACCESS_TOKEN_HEADER, want),
-    }
+    auth::access_token_ok(agent.config.access_token.as_deref(), req.headers())
 }
 
-/// Code-interpreter routes: the access token, or the traffic token the
-/// official SDKs send instead on every call but `/execute`.
+/// Code-interpreter routes: the access token, or the traffic token.
 fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
-    match (&agent.config.access_token, &agent.traffic_token) {
-        (Some(access), Some(traffic)) => header_is(req, ACCESS_TOKEN_HEADER, access) || header_is(req, TRAFFIC_TOKEN_HEADER, traffic),
-        _ => true,
-    }
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    auth::interpreter_token_ok(
+        agent.config.access_token.as_deref(),
+        agent.traffic_token.as_deref(),
+        req.headers(),
+    )
 }
 
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
-    if req.headers().get(crate::PORT_HEADER).and_then(|v| v.to_str().ok()) == Some("49999") {
+    if req
+        .headers()
+        .get(crate::PORT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        == Some("49999")
+    {
         // Only `/health` is public, as on envd: everything else on the
         // interpreter runs code or reveals it.
-        let health = matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().trim_end_matches('/') == "/health";
+        let health = matches!(*req.method(), Method::GET | Method::HEAD)
+            && req.uri().path().trim_end_matches('/') == "/health";
         if !health && !interpreter_token_ok(&agent, &req) {
             return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
         }
         return crate::interp::handle(&agent, req).await;
     }
     let Some(r) = route(req.method(), req.uri()) else {
-        return h::json_err(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()));
+        return h::json_err(
+            StatusCode::NOT_FOUND,
+            format!("no route for {} {}", req.method(), req.uri().path()),
+        );
     };
     match r {
         Route::Health => {
@@ -140,7 +133,10 @@ async fn tunnel(req: Request<Incoming>, port: u16) -> Resp {
     let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
         Ok(t) => t,
         Err(e) => {
-            return h::json_err(StatusCode::BAD_GATEWAY, format!("The sandbox is running but port is not open: {port} ({e})"));
+            return h::json_err(
+                StatusCode::BAD_GATEWAY,
+                format!("The sandbox is running but port is not open: {port} ({e})"),
+            );
         }
     };
     let _ = tcp.set_nodelay(true);

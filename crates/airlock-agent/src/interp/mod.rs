@@ -13,8 +13,9 @@
 //! restarted on the next execution.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +30,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::sync::mpsc;
 
-use crate::http::{self as h, Resp};
-use crate::process::{read_nb, set_nonblocking, ReadResult};
+use crate::http::{self as h, BodyError, Resp};
+use crate::spawn::{self, pipe, read_nb, set_nonblocking, ReadResult};
+use crate::users::UserError;
 use crate::Agent;
 
 const PY_DRIVER: &str = include_str!("kernel.py");
@@ -44,6 +46,97 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// Why an interpreter request or execution failed. Request errors answer
+/// with a plain-text status (`status`, `response`) before anything runs;
+/// kernel and execution errors are reported inside the execution's stream.
+/// Either way clients see `message()`.
+#[derive(Debug, thiserror::Error)]
+pub enum InterpError {
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("invalid JSON body")]
+    Json(#[source] serde_json::Error),
+    #[error("code is required")]
+    MissingCode,
+    #[error("context_id and language cannot be provided at the same time")]
+    ContextAndLanguage,
+    /// E2B's text, capital letter included: the SDKs show it as it is.
+    #[error("Context {0} not found")]
+    ContextNotFound(String),
+    #[error("language '{0}' is not supported (python, javascript, typescript, bash)")]
+    UnsupportedLanguage(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("pipe")]
+    Pipe(#[source] io::Error),
+    #[error("starting the {kind:?} kernel")]
+    Spawn {
+        kind: Kind,
+        #[source]
+        source: io::Error,
+    },
+    #[error("kernel pipes missing")]
+    PipesMissing,
+    /// Setting up the agent's ends of the kernel's pipes.
+    #[error(transparent)]
+    Fd(io::Error),
+    /// The driver never said it was ready; `output` is what it printed.
+    #[error("the {kind:?} kernel failed to start: {}", output.trim())]
+    NotReady { kind: Kind, output: String },
+    #[error(transparent)]
+    Encode(serde_json::Error),
+    #[error("invalid environment variable name {0:?}")]
+    InvalidEnvName(String),
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl InterpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::ContextNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::Body(_)
+            | Self::Json(_)
+            | Self::MissingCode
+            | Self::ContextAndLanguage
+            | Self::UnsupportedLanguage(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told: the message followed by its causes. Errors
+    /// forwarded from other modules (users, request bodies, descriptors,
+    /// encoding) show their own message only, as the rest of the agent
+    /// shows them; their causes stay in `source()`.
+    pub fn message(&self) -> String {
+        let mut text = self.to_string();
+        if matches!(
+            self,
+            Self::Body(_) | Self::User(_) | Self::Fd(_) | Self::Encode(_)
+        ) {
+            return text;
+        }
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
+    fn response(&self) -> Resp {
+        text(self.status(), self.message())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Python,
@@ -53,14 +146,14 @@ pub enum Kind {
 
 /// E2B's language normalisation: trimmed, lowercased, `js`→`javascript`,
 /// `ts`→`typescript` (run by the JavaScript kernel), default `python`.
-pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), String> {
+pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), InterpError> {
     let l = lang.unwrap_or("").trim().to_lowercase();
     Ok(match l.as_str() {
         "" | "python" | "python3" | "py" => (Kind::Python, "python".into()),
         "js" | "javascript" | "node" => (Kind::JavaScript, "javascript".into()),
         "ts" | "typescript" => (Kind::JavaScript, "typescript".into()),
         "bash" | "sh" | "shell" => (Kind::Bash, "bash".into()),
-        other => return Err(format!("language '{other}' is not supported (python, javascript, typescript, bash)")),
+        other => return Err(InterpError::UnsupportedLanguage(other.to_string())),
     })
 }
 
@@ -108,7 +201,16 @@ impl Interpreter {
 
     fn create(&self, kind: Kind, language: String, cwd: String) -> Arc<Context> {
         let id = crate::fs::watch::random_id();
-        let c = Arc::new(Context { info: ContextInfo { id: id.clone(), language, cwd }, kind, kernel: tokio::sync::Mutex::new(None), pid: AtomicI32::new(0) });
+        let c = Arc::new(Context {
+            info: ContextInfo {
+                id: id.clone(),
+                language,
+                cwd,
+            },
+            kind,
+            kernel: tokio::sync::Mutex::new(None),
+            pid: AtomicI32::new(0),
+        });
         self.map().insert(id, c.clone());
         c
     }
@@ -149,18 +251,22 @@ struct CreateContext {
 fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
     let mut r = hyper::Response::new(h::full(msg.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
-async fn json_body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Resp> {
-    let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024).await.map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
+async fn json_body<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, InterpError> {
+    let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024).await?;
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&b).map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&b).map_err(InterpError::Json)
 }
-
 
 /// Routes of the port-49999 API.
 pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
@@ -173,44 +279,54 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
         (Method::POST, ["execute"]) => {
             let r: ExecuteRequest = match json_body(req).await {
                 Ok(r) => r,
-                Err(e) => return e,
+                Err(e) => return e.response(),
             };
-            let Some(code) = r.code else { return text(StatusCode::BAD_REQUEST, "code is required") };
+            let Some(code) = r.code else {
+                return InterpError::MissingCode.response();
+            };
             let ctx = match (&r.context_id, &r.language) {
-                (Some(_), Some(_)) => return text(StatusCode::BAD_REQUEST, "context_id and language cannot be provided at the same time"),
+                (Some(_), Some(_)) => return InterpError::ContextAndLanguage.response(),
                 (Some(id), None) => match interp.map().get(id) {
                     Some(c) => c.clone(),
-                    None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+                    None => return InterpError::ContextNotFound(id.clone()).response(),
                 },
                 (None, lang) => match normalise(lang.as_deref()) {
                     Ok((kind, name)) => interp.default_for(kind, name, &home),
-                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                    Err(e) => return e.response(),
                 },
             };
             let env: BTreeMap<String, String> = r
                 .env_vars
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(k, v)| (k, match v {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                }))
+                .map(|(k, v)| {
+                    (
+                        k,
+                        match v {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        },
+                    )
+                })
                 .collect();
             let (tx, rx) = mpsc::channel::<Bytes>(64);
             let agent = agent.clone();
             tokio::spawn(async move { execute(&agent, ctx, code, env, tx).await });
             let mut resp = hyper::Response::new(h::channel_body(rx));
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-ndjson"),
+            );
             resp
         }
         (Method::POST, ["contexts"]) => {
             let r: CreateContext = match json_body(req).await {
                 Ok(r) => r,
-                Err(e) => return e,
+                Err(e) => return e.response(),
             };
             let (kind, name) = match normalise(r.language.as_deref()) {
                 Ok(x) => x,
-                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                Err(e) => return e.response(),
             };
             let cwd = r.cwd.filter(|c| !c.is_empty()).unwrap_or(home);
             let c = interp.create(kind, name, cwd);
@@ -226,10 +342,14 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
             match removed {
                 Some(c) => {
                     stop_kernel(&c).await;
-                    interp.defaults.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
+                    interp
+                        .defaults
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|_, v| v != id);
                     h::json_ok(StatusCode::OK, &Value::Null)
                 }
-                None => text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+                None => InterpError::ContextNotFound(id.to_string()).response(),
             }
         }
         (Method::POST, ["contexts", id, "restart"]) => {
@@ -239,10 +359,10 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
                     stop_kernel(&c).await;
                     h::json_ok(StatusCode::OK, &Value::Null)
                 }
-                None => text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+                None => InterpError::ContextNotFound(id.to_string()).response(),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, format!("no route for {path}")),
+        _ => InterpError::NoRoute(path).response(),
     }
 }
 
@@ -286,7 +406,13 @@ impl Utf8Carry {
     }
 }
 
-async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTreeMap<String, String>, tx: mpsc::Sender<Bytes>) {
+async fn execute(
+    agent: &Arc<Agent>,
+    ctx: Arc<Context>,
+    code: String,
+    env: BTreeMap<String, String>,
+    tx: mpsc::Sender<Bytes>,
+) {
     let mut guard = ctx.kernel.lock().await;
     if guard.is_none() {
         match start_kernel(agent, &ctx).await {
@@ -295,6 +421,7 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
                 *guard = Some(k);
             }
             Err(e) => {
+                let e = e.message();
                 let _ = tx.send(line(json!({"type": "error", "name": "KernelStartError", "value": e, "traceback": e}))).await;
                 let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
                 return;
@@ -305,7 +432,12 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
     let request = match prepare_request(agent, ctx.kind, k, &code, &env) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.send(line(json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}))).await;
+            let e = e.message();
+            let _ = tx
+                .send(line(
+                    json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}),
+                ))
+                .await;
             let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
             return;
         }
@@ -380,11 +512,16 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
         }
     }
     // Output written before the kernel said "done" is already in the pipes.
-    for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
+    for (fd, carry, kind) in [
+        (&k.stdout, &mut out_carry, "stdout"),
+        (&k.stderr, &mut err_carry, "stderr"),
+    ] {
         while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
             let t = carry.push(&buf[..n]);
             if !t.is_empty() {
-                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
+                let _ = tx
+                    .send(line(json!({"type": kind, "text": t, "timestamp": now()})))
+                    .await;
             }
         }
     }
@@ -395,26 +532,41 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
         ctx.pid.store(0, Ordering::SeqCst);
         *guard = None;
     } else if let Some(c) = count {
-        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": c}))).await;
+        let _ = tx
+            .send(line(
+                json!({"type": "number_of_executions", "execution_count": c}),
+            ))
+            .await;
     }
     let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
 }
 
 /// The request line for the kernel. Bash gets files (its own code is read
 /// by `source`); the others get the code inline.
-fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+fn prepare_request(
+    agent: &Agent,
+    kind: Kind,
+    k: &mut Kernel,
+    code: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<String, InterpError> {
     k.cells += 1;
     match kind {
         Kind::Python | Kind::JavaScript => {
-            let mut s = serde_json::to_string(&json!({"code": code, "env": env})).map_err(|e| e.to_string())?;
+            let mut s = serde_json::to_string(&json!({"code": code, "env": env}))
+                .map_err(InterpError::Encode)?;
             s.push('\n');
             Ok(s)
         }
         Kind::Bash => {
             let dir = std::path::PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
-            let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
+            let user = crate::users::lookup(&agent.config.default_user)?;
             if !dir.exists() {
-                std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(&dir).map_err(|source| InterpError::Io {
+                    op: "creating",
+                    path: dir.clone(),
+                    source,
+                })?;
                 let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
             }
             let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
@@ -422,7 +574,7 @@ fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &
             let mut restore = String::new();
             for (key, v) in env {
                 if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || key.is_empty() {
-                    return Err(format!("invalid environment variable name {key:?}"));
+                    return Err(InterpError::InvalidEnvName(key.clone()));
                 }
                 restore.push_str(&format!("if [ -n \"${{__airlock_set_{key}+x}}\" ]; then export {key}=\"$__airlock_old_{key}\"; else unset {key}; fi; unset __airlock_set_{key} __airlock_old_{key}\n"));
                 cell.push_str(&format!("if [ -n \"${{{key}+x}}\" ]; then __airlock_set_{key}=1; __airlock_old_{key}=\"${key}\"; fi; export {key}={}\n", q(v)));
@@ -432,7 +584,11 @@ fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &
             let cp = dir.join(format!("cell-{}.sh", k.cells));
             let rp = dir.join(format!("restore-{}.sh", k.cells));
             for (p, c) in [(&cp, &cell), (&rp, &restore)] {
-                std::fs::write(p, c).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                std::fs::write(p, c).map_err(|source| InterpError::Io {
+                    op: "writing",
+                    path: p.clone(),
+                    source,
+                })?;
                 let _ = std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid));
             }
             Ok(format!("{}|{}\n", cp.display(), rp.display()))
@@ -440,20 +596,10 @@ fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: both fds were just created.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, String> {
-    let user = crate::users::lookup(&agent.config.default_user).map_err(|e| e.to_string())?;
-    let (ev_r, ev_w) = pipe()?;
-    let (rq_r, rq_w) = pipe()?;
+async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, InterpError> {
+    let user = crate::users::lookup(&agent.config.default_user)?;
+    let (ev_r, ev_w) = pipe().map_err(InterpError::Pipe)?;
+    let (rq_r, rq_w) = pipe().map_err(InterpError::Pipe)?;
     let mut cmd = match ctx.kind {
         Kind::Python => {
             let mut c = std::process::Command::new("python3");
@@ -472,58 +618,53 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         }
     };
     let mut env = crate::process::command_env(agent, &user, &BTreeMap::new(), false);
-    env.insert("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into());
-    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() { ctx.info.cwd.clone() } else { user.home.display().to_string() };
-    cmd.env_clear().envs(env).current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let (uid, gid) = (user.uid, user.gid);
-    let mut groups = user.groups.clone();
-    groups.push(gid);
-    let (ev_fd, rq_fd) = (ev_w.as_raw_fd(), rq_r.as_raw_fd());
-    // SAFETY: only async-signal-safe calls between fork and exec, on fds
-    // and values prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Move the protocol pipes out of the way first, then onto 3 and 4.
-            let e = libc::fcntl(ev_fd, libc::F_DUPFD, 10);
-            let r = libc::fcntl(rq_fd, libc::F_DUPFD, 10);
-            if e < 0 || r < 0 || libc::dup2(e, 3) < 0 || libc::dup2(r, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::close(e);
-            libc::close(r);
-            if libc::setpgid(0, 0) < 0
-                || libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::umask(0o022);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("starting the {:?} kernel: {e}", ctx.kind))?;
-    crate::set_child_oom_score(child.id());
+    env.insert(
+        "MPLBACKEND".into(),
+        "module://matplotlib_inline.backend_inline".into(),
+    );
+    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() {
+        ctx.info.cwd.clone()
+    } else {
+        user.home.display().to_string()
+    };
+    cmd.env_clear()
+        .envs(env)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The protocol pipes go on fds 3 (events) and 4 (requests), where the
+    // drivers expect them.
+    let setup = spawn::Setup::new(&user, spawn::Session::ProcessGroup)
+        .fd_at(ev_w.as_fd(), 3)
+        .fd_at(rq_r.as_fd(), 4);
+    let mut child = spawn::spawn(cmd, setup).map_err(|source| InterpError::Spawn {
+        kind: ctx.kind,
+        source,
+    })?;
     drop(ev_w);
     drop(rq_r);
     let pid = child.id() as i32;
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("kernel pipes missing".into());
+        return Err(InterpError::PipesMissing);
     };
     // The agent's reaper collects the exit status; the std handle is not used.
     drop(child);
-    let afd = |fd: OwnedFd| -> Result<AsyncFd<OwnedFd>, String> {
-        set_nonblocking(&fd).map_err(|e| e.to_string())?;
-        // SAFETY: the AsyncFd owns `fd` for its whole registration.
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.to_string())
-    };
+    let afd = |fd: OwnedFd| spawn::async_fd(fd, Interest::READABLE).map_err(InterpError::Fd);
     let stdout = afd(OwnedFd::from(out))?;
     let stderr = afd(OwnedFd::from(err))?;
-    set_nonblocking(&ev_r).map_err(|e| e.to_string())?;
-    set_nonblocking(&rq_w).map_err(|e| e.to_string())?;
-    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(|e| e.to_string())?;
-    let requests = tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(|e| e.to_string())?;
-    let mut k = Kernel { pid, requests, events: BufReader::new(events).lines(), stdout, stderr, cells: 0 };
+    set_nonblocking(&ev_r).map_err(InterpError::Fd)?;
+    set_nonblocking(&rq_w).map_err(InterpError::Fd)?;
+    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(InterpError::Fd)?;
+    let requests = tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(InterpError::Fd)?;
+    let mut k = Kernel {
+        pid,
+        requests,
+        events: BufReader::new(events).lines(),
+        stdout,
+        stderr,
+        cells: 0,
+    };
     // Wait for the driver's "ready", showing what it printed if it fails.
     let ready = tokio::time::timeout(START_TIMEOUT, async {
         loop {
@@ -541,7 +682,10 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Strin
         if let ReadResult::Data(n) = read_nb(k.stderr.get_ref(), &mut buf) {
             msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         }
-        return Err(format!("the {:?} kernel failed to start: {}", ctx.kind, msg.trim()));
+        return Err(InterpError::NotReady {
+            kind: ctx.kind,
+            output: msg,
+        });
     }
     // Whatever the kernel printed while starting (library warnings) belongs
     // to no cell: log it instead of showing it in the first execution.
@@ -566,6 +710,57 @@ mod tests {
         assert_eq!(normalise(Some("ts")).expect("ts").1, "typescript");
         assert_eq!(normalise(Some("bash")).expect("bash").0, Kind::Bash);
         assert!(normalise(Some("cobol")).is_err());
+    }
+
+    #[test]
+    fn errors_answer_as_before() {
+        let os = || io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = InterpError::Io {
+            op: "writing",
+            path: "/tmp/x".into(),
+            source: os(),
+        };
+        assert_eq!(e.message(), format!("writing /tmp/x: {}", os()));
+        assert_eq!(InterpError::Pipe(os()).message(), format!("pipe: {}", os()));
+        let e = InterpError::Spawn {
+            kind: Kind::Python,
+            source: os(),
+        };
+        assert_eq!(e.message(), format!("starting the Python kernel: {}", os()));
+        assert_eq!(InterpError::Fd(os()).message(), os().to_string());
+        let e = InterpError::NotReady {
+            kind: Kind::Bash,
+            output: " boom\n".into(),
+        };
+        assert_eq!(e.message(), "the Bash kernel failed to start: boom");
+        let e = InterpError::User(UserError::Read {
+            path: "/etc/passwd",
+            source: os(),
+        });
+        assert_eq!(e.message(), "reading /etc/passwd");
+        let e = normalise(Some("cobol")).expect_err("cobol");
+        assert_eq!(
+            e.message(),
+            "language 'cobol' is not supported (python, javascript, typescript, bash)"
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let e = InterpError::ContextNotFound("abc".into());
+        assert_eq!(
+            (e.status(), e.message().as_str()),
+            (StatusCode::NOT_FOUND, "Context abc not found")
+        );
+        let bad = serde_json::from_slice::<Value>(b"{").expect_err("bad json");
+        let e = InterpError::Json(bad);
+        assert!(
+            e.message().starts_with("invalid JSON body: EOF"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            InterpError::InvalidEnvName("A-B".into()).message(),
+            "invalid environment variable name \"A-B\""
+        );
     }
 
     #[test]
