@@ -122,9 +122,6 @@ pub(crate) fn set_child_oom_score(pid: u32) {
     }
 }
 
-/// Header the host proxy sets on code-interpreter traffic (E2B's port
-/// 49999), which the agent serves itself.
-pub const PORT_HEADER: &str = "x-airlock-port";
 
 /// How often streaming RPCs send keepalives when idle, unless the client
 /// asks otherwise with `Keepalive-Ping-Interval`.

@@ -32,13 +32,8 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
         (&Method::GET, "/files") => Some(Route::FilesGet),
         (&Method::POST, "/files") => Some(Route::FilesPost),
         (&Method::POST, p) => {
-            if let Some(m) = p.strip_prefix("/process.Process/") {
-                process::Method::parse(m).map(Route::Process)
-            } else if let Some(m) = p.strip_prefix("/filesystem.Filesystem/") {
-                fs::Method::parse(m).map(Route::Fs)
-            } else {
-                None
-            }
+            let rpc = airlock_proto::wire::Rpc::from_path(p)?;
+            process::Method::from_rpc(rpc).map(Route::Process).or_else(|| fs::Method::from_rpc(rpc).map(Route::Fs))
         }
         _ => None,
     }
@@ -61,7 +56,7 @@ fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
     if req
         .headers()
-        .get(crate::PORT_HEADER)
+        .get(airlock_proto::wire::AGENT_PORT_HEADER)
         .and_then(|v| v.to_str().ok())
         == Some("49999")
     {

@@ -13,9 +13,8 @@ pub(crate) struct Query {
 
 pub(crate) fn parse_query(q: &str) -> Query {
     let mut out = Query::default();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match percent_decode(k).as_str() {
+    for (k, v) in airlock_proto::query::pairs(q) {
+        let slot = match k.as_str() {
             "path" => &mut out.path,
             "username" => &mut out.username,
             "signature" => &mut out.signature,
@@ -23,38 +22,10 @@ pub(crate) fn parse_query(q: &str) -> Query {
             _ => continue,
         };
         if slot.is_none() {
-            *slot = Some(percent_decode(v));
+            *slot = Some(v);
         }
     }
     out
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a
-/// byte; malformed escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -69,8 +40,9 @@ mod tests {
         assert_eq!(got.path.as_deref(), Some("/home/user/a b.txt"));
         assert_eq!(got.username.as_deref(), Some("user"));
         assert_eq!(got.signature.as_deref(), Some("v1_a+b"));
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("%C3%A9"), "é");
+        let path = |q: &str| parse_query(&format!("path={q}")).path.unwrap_or_default();
+        assert_eq!(path("100%"), "100%");
+        assert_eq!(path("%zz%4"), "%zz%4");
+        assert_eq!(path("%C3%A9"), "é");
     }
 }

@@ -46,17 +46,19 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Stat" => Self::Stat,
-            "MakeDir" => Self::MakeDir,
-            "Move" => Self::Move,
-            "ListDir" => Self::ListDir,
-            "Remove" => Self::Remove,
-            "WatchDir" => Self::WatchDir,
-            "CreateWatcher" => Self::CreateWatcher,
-            "GetWatcherEvents" => Self::GetWatcherEvents,
-            "RemoveWatcher" => Self::RemoveWatcher,
+    /// The filesystem RPC `r` is, if it is one.
+    pub fn from_rpc(r: airlock_proto::wire::Rpc) -> Option<Self> {
+        use airlock_proto::wire::Rpc;
+        Some(match r {
+            Rpc::FsStat => Self::Stat,
+            Rpc::FsMakeDir => Self::MakeDir,
+            Rpc::FsMove => Self::Move,
+            Rpc::FsListDir => Self::ListDir,
+            Rpc::FsRemove => Self::Remove,
+            Rpc::FsWatchDir => Self::WatchDir,
+            Rpc::FsCreateWatcher => Self::CreateWatcher,
+            Rpc::FsGetWatcherEvents => Self::GetWatcherEvents,
+            Rpc::FsRemoveWatcher => Self::RemoveWatcher,
             _ => return None,
         })
     }

@@ -17,6 +17,7 @@
 //! `signals` signals and exit statuses. This module maps the RPCs onto
 //! them.
 
+use airlock_proto::wire::Rpc;
 use std::sync::Arc;
 
 use airlock_proto::connect::{self, Code, ConnectError};
@@ -63,16 +64,17 @@ pub(crate) enum Method {
 }
 
 impl Method {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Start" => Self::Start,
-            "Connect" => Self::Connect,
-            "List" => Self::List,
-            "SendInput" => Self::SendInput,
-            "StreamInput" => Self::StreamInput,
-            "SendSignal" => Self::SendSignal,
-            "CloseStdin" => Self::CloseStdin,
-            "Update" => Self::Update,
+    /// The process RPC `r` is, if it is one.
+    pub(crate) fn from_rpc(r: Rpc) -> Option<Self> {
+        Some(match r {
+            Rpc::ProcessStart => Self::Start,
+            Rpc::ProcessConnect => Self::Connect,
+            Rpc::ProcessList => Self::List,
+            Rpc::ProcessSendInput => Self::SendInput,
+            Rpc::ProcessStreamInput => Self::StreamInput,
+            Rpc::ProcessSendSignal => Self::SendSignal,
+            Rpc::ProcessCloseStdin => Self::CloseStdin,
+            Rpc::ProcessUpdate => Self::Update,
             _ => return None,
         })
     }

@@ -1,6 +1,7 @@
 //! Integration tests: real sandboxes on this host, driven through the
 //! agent's socket. They need root (CI runs them as root).
 
+mod probe;
 mod support;
 
 mod cli;

@@ -9,48 +9,9 @@
 //! through Python's ctypes with numbers from the `libc` crate. Nothing
 //! here connects anywhere: the vsock sockets are only created.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
 
+use crate::probe::{expect_results, kv, numbers, run, WHO};
 use crate::support::*;
-
-const WHO: [&str; 2] = ["root", "user"];
-
-/// Runs `cmd` with `bash -l -c` as `who`, bounded in time.
-async fn run(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
-    match tokio::time::timeout(Duration::from_secs(120), sbx.sh_as(who, cmd)).await {
-        Ok(r) => r,
-        Err(_) => panic!("command as {who} did not finish in 120 s: {cmd}"),
-    }
-}
-
-/// Python helpers: `sys_(nr_or_name, *args)` makes a raw system call and
-/// returns `(result, "ok" | errno name)`; `show` and `oserr` print
-/// `label result` lines for the Rust side.
-const PRELUDE: &str = r#"
-import ctypes, errno, os, socket, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-def _arg(a):
-    return ctypes.c_long(a) if isinstance(a, int) else a
-def sys_(call, *args):
-    nr = NR[call] if isinstance(call, str) else call
-    ctypes.set_errno(0)
-    r = libc.syscall(ctypes.c_long(nr), *[_arg(a) for a in args])
-    e = ctypes.get_errno()
-    return r, ("ok" if r >= 0 else errno.errorcode.get(e, str(e)))
-def show(label, call, *args):
-    r, res = sys_(call, *args)
-    print(label, res, flush=True)
-    return r
-def oserr(label, f):
-    try:
-        v = f()
-        print(label, "ok", flush=True)
-        return v
-    except OSError as e:
-        print(label, errno.errorcode.get(e.errno, str(e.errno)), flush=True)
-"#;
 
 /// System call numbers for this architecture, as a Python dict literal.
 fn syscall_numbers() -> String {
@@ -68,41 +29,12 @@ fn syscall_numbers() -> String {
     ];
     #[cfg(target_arch = "x86_64")]
     nr.push(("modify_ldt", libc::SYS_modify_ldt));
-    let items: Vec<String> = nr.iter().map(|(n, v)| format!("'{n}': {v}")).collect();
-    format!("NR = {{{}}}\n", items.join(", "))
+    numbers(&nr)
 }
 
-/// Runs a Python probe (prelude included) as `who`.
+/// Runs a Python probe (prelude and this suite's numbers) as `who`.
 async fn py(sbx: &Sandbox, who: &str, body: &str) -> CmdResult {
-    let script = format!("{PRELUDE}\n{}\n{body}", syscall_numbers());
-    run(
-        sbx,
-        who,
-        &format!("timeout -s KILL 60 python3 - <<'PYEOF'\n{script}\nPYEOF\n"),
-    )
-    .await
-}
-
-/// `label value...` lines into a map (the last line with a label wins).
-fn kv(out: &str) -> BTreeMap<String, String> {
-    out.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-            (!k.is_empty()).then(|| (k.to_string(), v.trim().to_string()))
-        })
-        .collect()
-}
-
-/// Asserts that every `label` in `want` printed exactly the given result.
-fn expect_results(who: &str, r: &CmdResult, want: &[(&str, &str)]) {
-    let got = kv(&r.stdout);
-    for (label, res) in want {
-        assert_eq!(
-            got.get(*label).map(String::as_str),
-            Some(*res),
-            "as {who}: `{label}` should be {res}\n{r:#?}"
-        );
-    }
+    crate::probe::py(sbx, who, &syscall_numbers(), body).await
 }
 
 /// Whether the host kernel can make sockets of `family` (the positive

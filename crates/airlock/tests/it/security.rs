@@ -12,7 +12,7 @@
 //! `libc` crate, so the probes follow the architecture the tests run on.
 //! Nothing here sends traffic anywhere but this machine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -23,53 +23,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::probe::{expect_results, kv, numbers, run, run_ok, WHO};
 use crate::support::*;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Runs `cmd` with `bash -l -c` as `who` ("user" or "root"), bounded in time.
-async fn run(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
-    match tokio::time::timeout(Duration::from_secs(90), sbx.sh_as(who, cmd)).await {
-        Ok(r) => r,
-        Err(_) => panic!("command as {who} did not finish in 90 s: {cmd}"),
-    }
-}
-
-/// Like `run`, but the command itself must succeed.
-async fn run_ok(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
-    let r = run(sbx, who, cmd).await;
-    assert_eq!(r.exit_code, 0, "command as {who} failed: {cmd}\n{r:#?}");
-    r
-}
-
-/// Python helpers shared by every probe: `sys_(name, *args)` makes a raw
-/// system call and returns `(result, "ok" | errno name)`; `show` prints
-/// `label result` on one line for the Rust side to parse.
-const PRELUDE: &str = r#"
-import ctypes, errno, os, socket, stat, struct, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-def _arg(a):
-    return ctypes.c_long(a) if isinstance(a, int) else a
-def sys_(name, *args):
-    ctypes.set_errno(0)
-    r = libc.syscall(ctypes.c_long(NR[name]), *[_arg(a) for a in args])
-    e = ctypes.get_errno()
-    return r, ("ok" if r >= 0 else errno.errorcode.get(e, str(e)))
-def show(label, name, *args):
-    r, res = sys_(name, *args)
-    print(label, res, flush=True)
-    return r
-def oserr(label, f):
-    try:
-        v = f()
-        print(label, "ok", flush=True)
-        return v
-    except OSError as e:
-        print(label, errno.errorcode.get(e.errno, str(e.errno)), flush=True)
-"#;
 
 /// System call numbers for this architecture, as a Python dict literal.
 fn syscall_numbers() -> String {
@@ -111,33 +70,12 @@ fn syscall_numbers() -> String {
     ];
     #[cfg(target_arch = "x86_64")]
     nr.extend([("iopl", libc::SYS_iopl), ("ioperm", libc::SYS_ioperm)]);
-    let items: Vec<String> = nr.iter().map(|(n, v)| format!("'{n}': {v}")).collect();
-    format!("NR = {{{}}}\n", items.join(", "))
+    numbers(&nr)
 }
 
-/// Runs a Python probe (prelude included) as `who`.
+/// Runs a Python probe (prelude and this suite's numbers) as `who`.
 async fn py(sbx: &Sandbox, who: &str, body: &str) -> CmdResult {
-    let script = format!("{PRELUDE}\n{}\n{body}", syscall_numbers());
-    run(sbx, who, &format!("timeout -s KILL 60 python3 - <<'PYEOF'\n{script}\nPYEOF\n")).await
-}
-
-/// `label value...` lines into a map (the last line with a label wins).
-fn kv(out: &str) -> BTreeMap<String, String> {
-    out.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
-            (!k.is_empty()).then(|| (k.to_string(), v.trim().to_string()))
-        })
-        .collect()
-}
-
-/// Asserts that every `label` in `want` printed exactly the given result.
-fn expect_results<S: AsRef<str>>(who: &str, r: &CmdResult, want: &[(S, &str)]) {
-    let got = kv(&r.stdout);
-    for (label, res) in want {
-        let label = label.as_ref();
-        assert_eq!(got.get(label).map(String::as_str), Some(*res), "as {who}: `{label}` should be {res}\n{r:#?}");
-    }
+    crate::probe::py(sbx, who, &syscall_numbers(), body).await
 }
 
 /// A file on the host with random content, removed on drop.
@@ -296,7 +234,6 @@ async fn compile(sbx: &Sandbox, name: &str, src: &str) -> String {
     bin
 }
 
-const WHO: [&str; 2] = ["root", "user"];
 
 // ---------------------------------------------------------------------------
 // 1. Host files
@@ -1825,7 +1762,9 @@ async fn filling_tmp_fails_with_enospc_and_the_sandbox_lives() {
     assert!(size <= 128, "/tmp is at most half the memory limit: {size} MiB");
     // PID 1 is the one it was, and children are the OOM killer's first choice.
     assert_eq!(run_ok(&sbx, "root", "stat -c %Y /proc/1").await.stdout, agent_before);
-    let r = run_ok(&sbx, "user", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj").await;
+    // The agent sets a child's score once spawn() returns (after exec):
+    // read it from a process started after that.
+    let r = run_ok(&sbx, "user", "sleep 0.5; cat /proc/1/oom_score_adj /proc/self/oom_score_adj").await;
     let scores: Vec<i32> = r.stdout.split_whitespace().map(|s| s.parse().expect("score")).collect();
     assert_eq!(scores.len(), 2, "{r:#?}");
     assert!(scores[1] >= scores[0] + 500, "children must score well above the agent: {scores:?}");
