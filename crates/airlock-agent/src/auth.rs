@@ -21,9 +21,7 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether header `name` carries exactly `want` (compared in constant time).
 fn header_is(headers: &HeaderMap, name: &str, want: &str) -> bool {
-    headers
-        .get(name)
-        .is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes()))
+    headers.get(name).is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes()))
 }
 
 /// The envd rule: with no access token configured anything goes, else
@@ -37,15 +35,9 @@ pub(crate) fn access_token_ok(want: Option<&str>, headers: &HeaderMap) -> bool {
 
 /// Code-interpreter routes: the access token, or the traffic token the
 /// official SDKs send instead on every call but `/execute`.
-pub(crate) fn interpreter_token_ok(
-    access: Option<&str>,
-    traffic: Option<&str>,
-    headers: &HeaderMap,
-) -> bool {
+pub(crate) fn interpreter_token_ok(access: Option<&str>, traffic: Option<&str>, headers: &HeaderMap) -> bool {
     match (access, traffic) {
-        (Some(_), Some(traffic)) => {
-            access_token_ok(access, headers) || header_is(headers, TRAFFIC_TOKEN_HEADER, traffic)
-        }
+        (Some(_), Some(traffic)) => access_token_ok(access, headers) || header_is(headers, TRAFFIC_TOKEN_HEADER, traffic),
         _ => true,
     }
 }
@@ -67,10 +59,7 @@ mod tests {
         assert!(!access_token_ok(Some("tok"), &HeaderMap::new()));
         assert!(!access_token_ok(Some("tok"), &with("x-access-token", "")));
         assert!(!access_token_ok(Some("tok"), &with("x-access-token", "to")));
-        assert!(!access_token_ok(
-            Some("tok"),
-            &with("x-access-token", "tok2")
-        ));
+        assert!(!access_token_ok(Some("tok"), &with("x-access-token", "tok2")));
         assert!(access_token_ok(Some("tok"), &with("x-access-token", "tok")));
     }
 
@@ -78,21 +67,9 @@ mod tests {
     fn traffic_token_opens_only_the_interpreter() {
         let traffic = with(TRAFFIC_TOKEN_HEADER, "traffic");
         assert!(interpreter_token_ok(Some("tok"), Some("traffic"), &traffic));
-        assert!(interpreter_token_ok(
-            Some("tok"),
-            Some("traffic"),
-            &with("x-access-token", "tok")
-        ));
-        assert!(!interpreter_token_ok(
-            Some("tok"),
-            Some("traffic"),
-            &with(TRAFFIC_TOKEN_HEADER, "tok")
-        ));
-        assert!(!interpreter_token_ok(
-            Some("tok"),
-            Some("traffic"),
-            &HeaderMap::new()
-        ));
+        assert!(interpreter_token_ok(Some("tok"), Some("traffic"), &with("x-access-token", "tok")));
+        assert!(!interpreter_token_ok(Some("tok"), Some("traffic"), &with(TRAFFIC_TOKEN_HEADER, "tok")));
+        assert!(!interpreter_token_ok(Some("tok"), Some("traffic"), &HeaderMap::new()));
         assert!(!access_token_ok(Some("tok"), &traffic));
     }
 }

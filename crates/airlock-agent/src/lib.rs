@@ -74,24 +74,13 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
-        let traffic_token = config
-            .access_token
-            .as_deref()
-            .map(airlock_proto::envd::traffic_token);
-        Arc::new(Self {
-            config,
-            traffic_token,
-            processes: process::Table::default(),
-            watchers: fs::Watchers::default(),
-            interpreter: interp::Interpreter::default(),
-        })
+        let traffic_token = config.access_token.as_deref().map(airlock_proto::envd::traffic_token);
+        Arc::new(Self { config, traffic_token, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
     }
 
     /// The default user's home, the working directory of new code contexts.
     pub fn default_home(&self) -> String {
-        users::lookup(&self.config.default_user)
-            .map(|u| u.home.display().to_string())
-            .unwrap_or_else(|_| "/".into())
+        users::lookup(&self.config.default_user).map(|u| u.home.display().to_string()).unwrap_or_else(|_| "/".into())
     }
 }
 
@@ -102,10 +91,7 @@ impl Agent {
 static CHILD_OOM_SCORE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 fn init_oom_policy() {
-    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+    let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     let _ = CHILD_OOM_SCORE.set(if own <= -500 { "0" } else { "500" });
 }
 
@@ -122,17 +108,13 @@ pub(crate) fn set_child_oom_score(pid: u32) {
     }
 }
 
-
 /// How often streaming RPCs send keepalives when idle, unless the client
 /// asks otherwise with `Keepalive-Ping-Interval`.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(90);
 
 /// Serves the agent on `listener` until the process ends. Must run inside a
 /// tokio runtime; the agent uses a current-thread runtime to stay small.
-pub async fn serve(
-    listener: std::os::unix::net::UnixListener,
-    config: AgentConfig,
-) -> std::io::Result<()> {
+pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     init_oom_policy();
@@ -154,10 +136,7 @@ pub async fn serve(
                 let agent = agent.clone();
                 async move { Ok::<_, std::convert::Infallible>(router::handle(agent, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
+            let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc).with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with error");
             }

@@ -46,34 +46,21 @@ fn token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
 
 /// Code-interpreter routes: the access token, or the traffic token.
 fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
-    auth::interpreter_token_ok(
-        agent.config.access_token.as_deref(),
-        agent.traffic_token.as_deref(),
-        req.headers(),
-    )
+    auth::interpreter_token_ok(agent.config.access_token.as_deref(), agent.traffic_token.as_deref(), req.headers())
 }
 
 pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
-    if req
-        .headers()
-        .get(airlock_proto::wire::AGENT_PORT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        == Some("49999")
-    {
+    if req.headers().get(airlock_proto::wire::AGENT_PORT_HEADER).and_then(|v| v.to_str().ok()) == Some("49999") {
         // Only `/health` is public, as on envd: everything else on the
         // interpreter runs code or reveals it.
-        let health = matches!(*req.method(), Method::GET | Method::HEAD)
-            && req.uri().path().trim_end_matches('/') == "/health";
+        let health = matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().trim_end_matches('/') == "/health";
         if !health && !interpreter_token_ok(&agent, &req) {
             return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
         }
         return crate::interp::handle(&agent, req).await;
     }
     let Some(r) = route(req.method(), req.uri()) else {
-        return h::json_err(
-            StatusCode::NOT_FOUND,
-            format!("no route for {} {}", req.method(), req.uri().path()),
-        );
+        return h::json_err(StatusCode::NOT_FOUND, format!("no route for {} {}", req.method(), req.uri().path()));
     };
     match r {
         Route::Health => {
@@ -128,10 +115,7 @@ async fn tunnel(req: Request<Incoming>, port: u16) -> Resp {
     let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
         Ok(t) => t,
         Err(e) => {
-            return h::json_err(
-                StatusCode::BAD_GATEWAY,
-                format!("The sandbox is running but port is not open: {port} ({e})"),
-            );
+            return h::json_err(StatusCode::BAD_GATEWAY, format!("The sandbox is running but port is not open: {port} ({e})"));
         }
     };
     let _ = tcp.set_nodelay(true);

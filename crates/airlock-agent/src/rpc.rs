@@ -62,9 +62,7 @@ pub fn basic_user(headers: &HeaderMap) -> Option<String> {
 
 /// Decodes a unary request: bare JSON (an empty body means the empty message).
 pub async fn unary<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectError> {
-    let bytes = crate::http::read_limited(body, MAX_UNARY)
-        .await
-        .map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
+    let bytes = crate::http::read_limited(body, MAX_UNARY).await.map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| ConnectError::invalid_argument(format!("invalid request message: {e}")))
 }
@@ -72,15 +70,13 @@ pub async fn unary<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectErro
 /// Decodes the request of a server-streaming call: exactly one envelope.
 /// Some clients send the bare JSON message instead; accept that too.
 pub async fn stream_request<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectError> {
-    let bytes = crate::http::read_limited(body, MAX_UNARY)
-        .await
-        .map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
+    let bytes = crate::http::read_limited(body, MAX_UNARY).await.map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
     let payload = if bytes.first() == Some(&b'{') {
         bytes
     } else {
         let mut d = EnvelopeDecoder::with_limit(MAX_UNARY);
         d.push(&bytes);
-        match d.next() {
+        match d.next_envelope() {
             Ok(Some(env)) => env.payload,
             Ok(None) => return Err(ConnectError::invalid_argument("request envelope is incomplete")),
             Err(e) => return Err(ConnectError::invalid_argument(e.to_string())),
@@ -105,12 +101,10 @@ impl EnvelopeStream {
     /// end-of-stream envelope.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectError> {
         loop {
-            match self.dec.next() {
+            match self.dec.next_envelope() {
                 Ok(Some(env)) if env.is_end_stream() => return Ok(None),
                 Ok(Some(env)) => {
-                    return serde_json::from_slice(&env.payload)
-                        .map(Some)
-                        .map_err(|e| ConnectError::invalid_argument(format!("invalid request message: {e}")));
+                    return serde_json::from_slice(&env.payload).map(Some).map_err(|e| ConnectError::invalid_argument(format!("invalid request message: {e}")));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(ConnectError::invalid_argument(e.to_string())),

@@ -59,13 +59,7 @@ impl<'a> Setup<'a> {
     pub(crate) fn new(user: &User, session: Session) -> Self {
         let mut groups: Vec<libc::gid_t> = user.groups.clone();
         groups.push(user.gid);
-        Self {
-            uid: user.uid,
-            gid: user.gid,
-            groups,
-            session,
-            fixed: Vec::new(),
-        }
+        Self { uid: user.uid, gid: user.gid, groups, session, fixed: Vec::new() }
     }
 
     /// Gives the child `fd` as descriptor number `at` (below
@@ -83,22 +77,9 @@ impl<'a> Setup<'a> {
 /// The caller owns waiting: the agent's reaper collects every child, so
 /// the returned handle is for its pipes and pid only.
 pub(crate) fn spawn(mut cmd: Command, setup: Setup<'_>) -> io::Result<Child> {
-    let Setup {
-        uid,
-        gid,
-        groups,
-        session,
-        fixed,
-    } = setup;
-    if fixed.len() > MAX_FIXED_FDS
-        || fixed
-            .iter()
-            .any(|(_, at)| !(0..FIRST_SPARE_FD).contains(at))
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unsupported fixed descriptor layout",
-        ));
+    let Setup { uid, gid, groups, session, fixed } = setup;
+    if fixed.len() > MAX_FIXED_FDS || fixed.iter().any(|(_, at)| !(0..FIRST_SPARE_FD).contains(at)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsupported fixed descriptor layout"));
     }
     let fixed: Vec<(RawFd, RawFd)> = fixed.iter().map(|(fd, at)| (fd.as_raw_fd(), *at)).collect();
     // SAFETY: the closure runs in the child between fork and exec. It only
@@ -141,10 +122,7 @@ pub(crate) fn spawn(mut cmd: Command, setup: Setup<'_>) -> io::Result<Child> {
                     }
                 }
             }
-            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-            {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setresgid(gid, gid, gid) < 0 || libc::setresuid(uid, uid, uid) < 0 {
                 return Err(io::Error::last_os_error());
             }
             libc::umask(0o022);

@@ -22,7 +22,11 @@ pub enum UserError {
     #[error("user '{0}' does not exist")]
     Unknown(String),
     #[error("reading {path}")]
-    Read { path: &'static str, #[source] source: std::io::Error },
+    Read {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub fn lookup(name: &str) -> Result<User, UserError> {
@@ -38,14 +42,7 @@ pub fn lookup_in(name: &str, passwd: &'static str, group: &'static str) -> Resul
             continue;
         }
         let (Ok(uid), Ok(gid)) = (f[2].parse(), f[3].parse()) else { continue };
-        user = Some(User {
-            name: name.to_string(),
-            uid,
-            gid,
-            home: PathBuf::from(if f[5].is_empty() { "/" } else { f[5] }),
-            shell: f[6].to_string(),
-            groups: Vec::new(),
-        });
+        user = Some(User { name: name.to_string(), uid, gid, home: PathBuf::from(if f[5].is_empty() { "/" } else { f[5] }), shell: f[6].to_string(), groups: Vec::new() });
         break;
     }
     let mut user = user.ok_or_else(|| UserError::Unknown(name.to_string()))?;

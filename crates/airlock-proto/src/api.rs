@@ -263,10 +263,9 @@ mod tests {
 
     #[test]
     fn new_sandbox_from_python_sdk_body() {
-        let b: NewSandbox = serde_json::from_str(
-            r#"{"templateID":"base","timeout":120,"metadata":{"a":"b"},"envVars":{"X":"1"},"allow_internet_access":false,"mcp":null,"autoPause":true}"#,
-        )
-        .expect("parse");
+        let b: NewSandbox =
+            serde_json::from_str(r#"{"templateID":"base","timeout":120,"metadata":{"a":"b"},"envVars":{"X":"1"},"allow_internet_access":false,"mcp":null,"autoPause":true}"#)
+                .expect("parse");
         assert_eq!(b.template_id, "base");
         assert_eq!(b.timeout, Some(120));
         assert_eq!(b.allow_internet_access, Some(false));

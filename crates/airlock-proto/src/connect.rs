@@ -207,7 +207,7 @@ impl EnvelopeDecoder {
     }
 
     /// Returns the next complete envelope, `Ok(None)` if more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<Envelope>, FrameError> {
+    pub fn next_envelope(&mut self) -> Result<Option<Envelope>, FrameError> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -252,7 +252,7 @@ mod tests {
         let mut got = Vec::new();
         for byte in all {
             d.push(&[byte]);
-            while let Some(e) = d.next().expect("valid") {
+            while let Some(e) = d.next_envelope().expect("valid") {
                 got.push(e);
             }
         }
@@ -267,14 +267,14 @@ mod tests {
     fn rejects_hostile_length_prefix() {
         let mut d = EnvelopeDecoder::new();
         d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(d.next(), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(d.next_envelope(), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn truncated_stream_is_reported() {
         let mut d = EnvelopeDecoder::new();
         d.push(&[0, 0, 0, 0, 9, b'{']);
-        assert_eq!(d.next(), Ok(None));
+        assert_eq!(d.next_envelope(), Ok(None));
         assert!(d.finish().is_err());
     }
 

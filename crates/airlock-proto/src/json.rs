@@ -29,9 +29,7 @@ pub mod b64 {
                 c => c,
             })
             .collect();
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(cleaned.as_bytes())
-            .map_err(|e| format!("invalid base64: {e}"))
+        base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned.as_bytes()).map_err(|e| format!("invalid base64: {e}"))
     }
 }
 

@@ -27,11 +27,24 @@ pub enum CgroupError {
     #[error("no usable cgroup hierarchy: {0}")]
     Unavailable(String),
     #[error("writing {value:?} to {path}")]
-    Write { path: PathBuf, value: String, #[source] source: std::io::Error },
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading {path}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("creating {path}")]
-    Create { path: PathBuf, #[source] source: std::io::Error },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("removing {path}: processes still running")]
     Busy { path: PathBuf },
     #[error("freezing {path} timed out")]
@@ -339,12 +352,8 @@ impl SandboxCgroup {
 
     pub fn is_frozen(&self) -> bool {
         match &self.flavor {
-            Flavor::V2 { .. } => fs::read_to_string(self.main().join("cgroup.events"))
-                .map(|s| s.lines().any(|l| l.trim() == "frozen 1"))
-                .unwrap_or(false),
-            Flavor::V1 { .. } => fs::read_to_string(self.v1("freezer").join("freezer.state"))
-                .map(|s| s.trim() == "FROZEN")
-                .unwrap_or(false),
+            Flavor::V2 { .. } => fs::read_to_string(self.main().join("cgroup.events")).map(|s| s.lines().any(|l| l.trim() == "frozen 1")).unwrap_or(false),
+            Flavor::V1 { .. } => fs::read_to_string(self.v1("freezer").join("freezer.state")).map(|s| s.trim() == "FROZEN").unwrap_or(false),
         }
     }
 
@@ -403,7 +412,7 @@ impl SandboxCgroup {
                     memory_limit_bytes: num(p.join("memory.max")),
                     pids: num(p.join("pids.current")),
                     disk_bytes: 0,
-                disk_limit_bytes: 0,
+                    disk_limit_bytes: 0,
                 }
             }
             Flavor::V1 { .. } => Usage {

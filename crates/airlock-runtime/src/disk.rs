@@ -168,9 +168,7 @@ pub fn create_and_mount(cache: &Path, dir: &Path, mb: u64) -> Result<(), Error> 
 
 fn is_mounted(p: &Path) -> bool {
     let Ok(canon) = p.canonicalize() else { return false };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(4).map(Path::new) == Some(canon.as_path())))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().any(|l| l.split_whitespace().nth(4).map(Path::new) == Some(canon.as_path()))).unwrap_or(false)
 }
 
 /// Attaches `img` to a free loop device that detaches itself once the
@@ -220,13 +218,7 @@ pub fn mount_existing(dir: &Path) -> Result<(), Error> {
         return Ok(());
     }
     let (dev, dev_fd) = attach_loop(&img).map_err(|e| Error::io("attaching disk image to a loop device", e))?;
-    let mounted = nix::mount::mount(
-        Some(dev.as_path()),
-        &upper,
-        Some("ext4"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("noinit_itable"),
-    );
+    let mounted = nix::mount::mount(Some(dev.as_path()), &upper, Some("ext4"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some("noinit_itable"));
     // With autoclear set, closing our descriptor detaches the device now if
     // the mount failed, or when the filesystem is unmounted.
     drop(dev_fd);

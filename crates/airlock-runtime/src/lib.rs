@@ -66,12 +66,7 @@ impl Resources {
     /// Checks the bounds of `limits`.
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.cpus > 0.0 && self.cpus <= limits::MAX_CPUS) || self.memory_mb < limits::MIN_MEMORY_MB || self.pids < limits::MIN_PIDS {
-            return Err(Error::InvalidSpec(format!(
-                "resources: cpus must be in (0, {}], memory_mb >= {}, pids >= {}",
-                limits::MAX_CPUS,
-                limits::MIN_MEMORY_MB,
-                limits::MIN_PIDS
-            )));
+            return Err(Error::InvalidSpec(format!("resources: cpus must be in (0, {}], memory_mb >= {}, pids >= {}", limits::MAX_CPUS, limits::MIN_MEMORY_MB, limits::MIN_PIDS)));
         }
         Ok(())
     }
@@ -97,16 +92,7 @@ pub struct SandboxSpec {
 
 impl SandboxSpec {
     pub fn new(id: impl Into<String>, rootfs: RootFs) -> Self {
-        Self {
-            id: id.into(),
-            rootfs,
-            resources: Resources::default(),
-            internet: true,
-            env: BTreeMap::new(),
-            access_token: None,
-            hostname: None,
-            disk_mb: None,
-        }
+        Self { id: id.into(), rootfs, resources: Resources::default(), internet: true, env: BTreeMap::new(), access_token: None, hostname: None, disk_mb: None }
     }
 }
 
@@ -150,7 +136,11 @@ pub enum Error {
     #[error("network: {0}")]
     Network(#[from] network::NetworkError),
     #[error("{what}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("this host cannot run sandboxes: {0}")]
     Unsupported(String),
 }

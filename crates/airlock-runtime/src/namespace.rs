@@ -9,8 +9,8 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,6 @@ impl NamespaceBackend {
         Ok(Self { opts, cgroups, network_ready, disk_ready })
     }
 
-
     fn dir(&self, id: &str) -> PathBuf {
         self.opts.root.join("sandboxes").join(id)
     }
@@ -126,22 +125,12 @@ impl NamespaceBackend {
     }
 
     fn info(&self, id: &str, rs: &RunState) -> SandboxInfo {
-        SandboxInfo {
-            id: id.to_string(),
-            pid: rs.pid,
-            socket: self.dir(id).join(state::SOCKET_FILE),
-            frozen: self.cgroups.open(id).is_frozen(),
-            ip: rs.ip,
-        }
+        SandboxInfo { id: id.to_string(), pid: rs.pid, socket: self.dir(id).join(state::SOCKET_FILE), frozen: self.cgroups.open(id).is_frozen(), ip: rs.ip }
     }
 
     fn write_identity_files(&self, upper_etc: &Path, hostname: &str, internet: bool, id_base: u32) -> Result<(), Error> {
         fs::create_dir_all(upper_etc).map_err(|e| Error::io("creating etc", e))?;
-        let ns = if internet {
-            crate::network::nameservers().iter().map(|n| format!("nameserver {n}\n")).collect::<String>()
-        } else {
-            String::new()
-        };
+        let ns = if internet { crate::network::nameservers().iter().map(|n| format!("nameserver {n}\n")).collect::<String>() } else { String::new() };
         let files = [
             ("hostname", format!("{hostname}\n")),
             ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")),
@@ -224,11 +213,7 @@ impl NamespaceBackend {
             let b: Option<BootError> = state::read_json(&dir.join(state::BOOT_ERROR_FILE)).ok();
             return Err(match b {
                 Some(b) => Error::Boot { stage: b.stage, message: b.message, errno: b.errno },
-                None => Error::Boot {
-                    stage: "init".into(),
-                    message: format!("init exited with {status}; see {}", dir.join(state::LOG_FILE).display()),
-                    errno: None,
-                },
+                None => Error::Boot { stage: "init".into(), message: format!("init exited with {status}; see {}", dir.join(state::LOG_FILE).display()), errno: None },
             });
         }
         let rs = self.run_state(&cfg.id).ok_or_else(|| Error::Boot { stage: "init".into(), message: "no state written".into(), errno: None })?;
@@ -257,7 +242,6 @@ fn init_dirs(dir: &Path, layers: usize, usr_layers: usize, id_base: u32) -> Resu
     }
     Ok(())
 }
-
 
 impl Backend for NamespaceBackend {
     fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, Error> {
@@ -446,4 +430,3 @@ impl Backend for NamespaceBackend {
         Ok(u)
     }
 }
-

@@ -105,16 +105,9 @@ pub enum NetlinkError {
     /// The kernel rejected the request. `detail` carries the kernel's
     /// extended-ack message when it sent one (e.g. "Invalid prefix length").
     #[error("netlink {op} failed: {}", KernelMessage { errno: *errno, detail: detail.as_deref() })]
-    Kernel {
-        op: &'static str,
-        errno: i32,
-        detail: Option<String>,
-    },
+    Kernel { op: &'static str, errno: i32, detail: Option<String> },
     #[error("malformed netlink {op} reply: {reason}")]
-    Malformed {
-        op: &'static str,
-        reason: &'static str,
-    },
+    Malformed { op: &'static str, reason: &'static str },
     #[error("invalid interface name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
     #[error("invalid ipv4 prefix length {prefix}: must be at most 32")]
@@ -177,10 +170,7 @@ pub struct Netlink {
 // Written by hand so that debug output does not dump the receive buffer.
 impl fmt::Debug for Netlink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Netlink")
-            .field("fd", &self.fd)
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
+        f.debug_struct("Netlink").field("fd", &self.fd).field("seq", &self.seq).finish_non_exhaustive()
     }
 }
 
@@ -188,13 +178,7 @@ impl Netlink {
     /// Opens a rtnetlink socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NetlinkError> {
         // SAFETY: socket(2) takes no pointers; it returns a new fd or -1.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
         if raw < 0 {
             return Err(NetlinkError::Socket(io::Error::last_os_error()));
         }
@@ -208,44 +192,25 @@ impl Netlink {
         let _ = set_int_sockopt(fd.as_fd(), NETLINK_EXT_ACK, 1);
         let _ = set_int_sockopt(fd.as_fd(), NETLINK_CAP_ACK, 1);
 
-        Ok(Netlink {
-            fd,
-            seq: 0,
-            buf: vec![0; 8192],
-        })
+        Ok(Netlink { fd, seq: 0, buf: vec![0; 8192] })
     }
 
     /// Creates a veth pair: `host` in this handle's namespace, `peer` directly
     /// inside the network namespace of process `peer_pid`.
     ///
     /// Both ends are left down and without addresses.
-    pub fn create_veth(
-        &mut self,
-        host: &str,
-        peer: &str,
-        peer_pid: u32,
-    ) -> Result<(), NetlinkError> {
+    pub fn create_veth(&mut self, host: &str, peer: &str, peer_pid: u32) -> Result<(), NetlinkError> {
         self.create_veth_with(host, peer, PeerNetns::Pid(peer_pid))
     }
 
     /// Like [`Netlink::create_veth`], but the peer goes into the network
     /// namespace referred to by `netns` (an open `/proc/<pid>/ns/net` or a
     /// bind-mounted namespace file).
-    pub fn create_veth_in_netns_fd(
-        &mut self,
-        host: &str,
-        peer: &str,
-        netns: BorrowedFd<'_>,
-    ) -> Result<(), NetlinkError> {
+    pub fn create_veth_in_netns_fd(&mut self, host: &str, peer: &str, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
         self.create_veth_with(host, peer, PeerNetns::Fd(netns.as_raw_fd()))
     }
 
-    fn create_veth_with(
-        &mut self,
-        host: &str,
-        peer: &str,
-        netns: PeerNetns,
-    ) -> Result<(), NetlinkError> {
+    fn create_veth_with(&mut self, host: &str, peer: &str, netns: PeerNetns) -> Result<(), NetlinkError> {
         validate_name(host)?;
         validate_name(peer)?;
         let seq = self.next_seq();
@@ -271,26 +236,13 @@ impl Netlink {
             if ty != RTM_NEWLINK {
                 return Ok(());
             }
-            let raw = payload.get(4..8).ok_or(NetlinkError::Malformed {
-                op: OP,
-                reason: "truncated ifinfomsg",
-            })?;
+            let raw = payload.get(4..8).ok_or(NetlinkError::Malformed { op: OP, reason: "truncated ifinfomsg" })?;
             let raw = i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
-            let parsed =
-                u32::try_from(raw)
-                    .ok()
-                    .filter(|&i| i > 0)
-                    .ok_or(NetlinkError::Malformed {
-                        op: OP,
-                        reason: "non-positive interface index",
-                    })?;
+            let parsed = u32::try_from(raw).ok().filter(|&i| i > 0).ok_or(NetlinkError::Malformed { op: OP, reason: "non-positive interface index" })?;
             index = Some(parsed);
             Ok(())
         })?;
-        index.ok_or(NetlinkError::Malformed {
-            op: OP,
-            reason: "acknowledged without a link",
-        })
+        index.ok_or(NetlinkError::Malformed { op: OP, reason: "acknowledged without a link" })
     }
 
     /// Sets the `IFF_UP` flag on `name` (works for `lo` too).
@@ -346,13 +298,7 @@ impl Netlink {
 
     /// Sends one request and reads until its ack, handing every other reply
     /// to the request to `on_reply` as `(nlmsg_type, payload)`.
-    fn transact(
-        &mut self,
-        op: &'static str,
-        seq: u32,
-        msg: &[u8],
-        mut on_reply: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
-    ) -> Result<(), NetlinkError> {
+    fn transact(&mut self, op: &'static str, seq: u32, msg: &[u8], mut on_reply: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>) -> Result<(), NetlinkError> {
         self.send(op, msg)?;
         // Replies and the ack can come in separate datagrams (a GETLINK
         // answer is one, its ack the next), so keep receiving until the ack.
@@ -370,16 +316,7 @@ impl Netlink {
         loop {
             // SAFETY: `msg` is valid for reads of `msg.len()` bytes and `addr`
             // is an initialised sockaddr_nl whose exact size is passed.
-            let rc = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_nl).cast(),
-                    socklen_of::<libc::sockaddr_nl>(),
-                )
-            };
+            let rc = unsafe { libc::sendto(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, (&addr as *const libc::sockaddr_nl).cast(), socklen_of::<libc::sockaddr_nl>()) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -390,10 +327,7 @@ impl Netlink {
             // Netlink sends are atomic datagrams, so anything short is a bug
             // in the kernel or here, never something to resume.
             if usize::try_from(rc).ok() != Some(msg.len()) {
-                return Err(NetlinkError::Send {
-                    op,
-                    source: io::Error::new(io::ErrorKind::WriteZero, "short netlink send"),
-                });
+                return Err(NetlinkError::Send { op, source: io::Error::new(io::ErrorKind::WriteZero, "short netlink send") });
             }
             return Ok(());
         }
@@ -410,14 +344,7 @@ impl Netlink {
             // read into a buffer too small for it is truncated and lost.
             let full = retry_eintr(|| {
                 // SAFETY: `self.buf` is valid for writes of its length.
-                unsafe {
-                    libc::recv(
-                        fd,
-                        self.buf.as_mut_ptr().cast(),
-                        self.buf.len(),
-                        libc::MSG_PEEK | libc::MSG_TRUNC,
-                    )
-                }
+                unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_PEEK | libc::MSG_TRUNC) }
             })
             .map_err(recv_err)?;
             if full > self.buf.len() {
@@ -429,16 +356,7 @@ impl Netlink {
             let len = retry_eintr(|| {
                 // SAFETY: `self.buf` is valid for writes of its length, and
                 // `from`/`from_len` describe a writable sockaddr_nl.
-                unsafe {
-                    libc::recvfrom(
-                        fd,
-                        self.buf.as_mut_ptr().cast(),
-                        self.buf.len(),
-                        0,
-                        (&mut from as *mut libc::sockaddr_nl).cast(),
-                        &mut from_len,
-                    )
-                }
+                unsafe { libc::recvfrom(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0, (&mut from as *mut libc::sockaddr_nl).cast(), &mut from_len) }
             })
             .map_err(recv_err)?;
 
@@ -454,15 +372,7 @@ impl Netlink {
 
 fn set_int_sockopt(fd: BorrowedFd<'_>, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its exact size is passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_NETLINK,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            socklen_of::<libc::c_int>(),
-        )
-    };
+    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), SOL_NETLINK, opt, (&value as *const libc::c_int).cast(), socklen_of::<libc::c_int>()) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -516,19 +426,13 @@ fn validate_name(name: &str) -> Result<(), NetlinkError> {
         Some("longer than 15 bytes")
     } else if name == "." || name == ".." {
         Some("reserved")
-    } else if name
-        .bytes()
-        .any(|b| b == 0 || b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0x0b)
-    {
+    } else if name.bytes().any(|b| b == 0 || b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0x0b) {
         Some("contains a NUL, '/', ':' or whitespace")
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(NetlinkError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(NetlinkError::InvalidName { name: name.to_owned(), reason }),
         None => Ok(()),
     }
 }
@@ -576,8 +480,7 @@ impl MessageBuilder {
     }
 
     fn attr(&mut self, ty: u16, data: &[u8]) {
-        self.buf
-            .extend_from_slice(&nla_len(NLA_HDRLEN + data.len()).to_ne_bytes());
+        self.buf.extend_from_slice(&nla_len(NLA_HDRLEN + data.len()).to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
         self.buf.extend_from_slice(data);
         self.pad();
@@ -669,11 +572,7 @@ fn rtmsg_unicast(dst_len: u8) -> [u8; 12] {
 }
 
 fn veth_request(seq: u32, host: &str, peer: &str, netns: PeerNetns) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(
-        RTM_NEWLINK,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        seq,
-    );
+    let mut msg = MessageBuilder::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
     msg.push_header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
     msg.attr_str(IFLA_IFNAME, host);
     let linkinfo = msg.begin_nested(IFLA_LINKINFO);
@@ -697,11 +596,7 @@ fn veth_request(seq: u32, host: &str, peer: &str, netns: PeerNetns) -> Vec<u8> {
 }
 
 fn add_ipv4_request(seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(
-        RTM_NEWADDR,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        seq,
-    );
+    let mut msg = MessageBuilder::new(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
     msg.push_header(&ifaddrmsg(AF_INET, prefix, RT_SCOPE_UNIVERSE, index));
     msg.attr_ipv4(IFA_LOCAL, addr);
     // On a non-point-to-point link IFA_ADDRESS equals IFA_LOCAL; the kernel
@@ -715,11 +610,7 @@ fn add_ipv4_request(seq: u32, index: u32, addr: Ipv4Addr, prefix: u8) -> Vec<u8>
 }
 
 fn default_route_request(seq: u32, gateway: Ipv4Addr) -> Vec<u8> {
-    let mut msg = MessageBuilder::new(
-        RTM_NEWROUTE,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        seq,
-    );
+    let mut msg = MessageBuilder::new(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq);
     msg.push_header(&rtmsg_unicast(0));
     // rtm_table is only 8 bits; RTA_TABLE is the authoritative field.
     msg.attr_u32(RTA_TABLE, u32::from(RT_TABLE_MAIN));
@@ -806,12 +697,7 @@ enum Progress {
 }
 
 /// Processes one received datagram for the request with sequence `seq`.
-fn handle_datagram(
-    op: &'static str,
-    datagram: &[u8],
-    seq: u32,
-    on_reply: &mut impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
-) -> Result<Progress, NetlinkError> {
+fn handle_datagram(op: &'static str, datagram: &[u8], seq: u32, on_reply: &mut impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>) -> Result<Progress, NetlinkError> {
     for msg in (Messages { rest: datagram }) {
         let msg = msg.map_err(|reason| NetlinkError::Malformed { op, reason })?;
         // Anything for another sequence number is a leftover from an earlier
@@ -826,10 +712,7 @@ fn handle_datagram(
                 return Ok(Progress::Acked);
             }
             NLMSG_OVERRUN => {
-                return Err(NetlinkError::Malformed {
-                    op,
-                    reason: "kernel reported overrun",
-                });
+                return Err(NetlinkError::Malformed { op, reason: "kernel reported overrun" });
             }
             ty => on_reply(ty, msg.payload)?,
         }
@@ -840,25 +723,11 @@ fn handle_datagram(
 /// Interprets an NLMSG_ERROR message: error 0 is the ack, a negative error
 /// is the request's errno.
 fn check_ack(op: &'static str, msg: Message<'_>) -> Result<(), NetlinkError> {
-    let code = msg
-        .payload
-        .get(..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(NetlinkError::Malformed {
-            op,
-            reason: "truncated error message",
-        })?;
+    let code = msg.payload.get(..4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok_or(NetlinkError::Malformed { op, reason: "truncated error message" })?;
     match code {
         0 => Ok(()),
-        code if code < 0 => Err(NetlinkError::Kernel {
-            op,
-            errno: code.saturating_neg(),
-            detail: ext_ack_message(msg),
-        }),
-        _ => Err(NetlinkError::Malformed {
-            op,
-            reason: "positive error code",
-        }),
+        code if code < 0 => Err(NetlinkError::Kernel { op, errno: code.saturating_neg(), detail: ext_ack_message(msg) }),
+        _ => Err(NetlinkError::Malformed { op, reason: "positive error code" }),
     }
 }
 
@@ -894,22 +763,12 @@ mod tests {
     use super::*;
 
     fn header_of(msg: &[u8]) -> (u32, u16, u16, u32) {
-        let m = Messages { rest: msg }
-            .next()
-            .expect("one message")
-            .expect("well formed");
-        (
-            u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes")),
-            m.ty,
-            m.flags,
-            m.seq,
-        )
+        let m = Messages { rest: msg }.next().expect("one message").expect("well formed");
+        (u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes")), m.ty, m.flags, m.seq)
     }
 
     fn attrs(bytes: &[u8]) -> Vec<(u16, &[u8])> {
-        Attrs { rest: bytes }
-            .collect::<Result<_, _>>()
-            .expect("well-formed attributes")
+        Attrs { rest: bytes }.collect::<Result<_, _>>().expect("well-formed attributes")
     }
 
     #[test]
@@ -940,15 +799,7 @@ mod tests {
     #[test]
     fn veth_request_nests_peer_with_ifinfomsg_and_netns() {
         let bytes = veth_request(42, "alth1", "altpeer12", PeerNetns::Pid(4321));
-        assert_eq!(
-            header_of(&bytes),
-            (
-                bytes.len() as u32,
-                RTM_NEWLINK,
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                42
-            )
-        );
+        assert_eq!(header_of(&bytes), (bytes.len() as u32, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, 42));
         let body = &bytes[NLMSG_HDRLEN + SIZEOF_IFINFOMSG..];
         let top = attrs(body);
         assert_eq!(top.len(), 2);
@@ -971,13 +822,7 @@ mod tests {
         let peer = data[0].1;
         assert_eq!(&peer[..SIZEOF_IFINFOMSG], &[0u8; SIZEOF_IFINFOMSG]);
         let peer_attrs = attrs(&peer[SIZEOF_IFINFOMSG..]);
-        assert_eq!(
-            peer_attrs,
-            vec![
-                (IFLA_IFNAME, &b"altpeer12\0"[..]),
-                (IFLA_NET_NS_PID, &4321u32.to_ne_bytes()[..]),
-            ]
-        );
+        assert_eq!(peer_attrs, vec![(IFLA_IFNAME, &b"altpeer12\0"[..]), (IFLA_NET_NS_PID, &4321u32.to_ne_bytes()[..]),]);
     }
 
     #[test]
@@ -999,23 +844,13 @@ mod tests {
         assert_eq!(ifa[1], 30);
         assert_eq!(&ifa[4..8], &17u32.to_ne_bytes());
         let a = attrs(&bytes[NLMSG_HDRLEN + 8..]);
-        assert_eq!(
-            a,
-            vec![
-                (IFA_LOCAL, &[10u8, 254, 1, 1][..]),
-                (IFA_ADDRESS, &[10u8, 254, 1, 1][..]),
-                (IFA_BROADCAST, &[10u8, 254, 1, 3][..]),
-            ]
-        );
+        assert_eq!(a, vec![(IFA_LOCAL, &[10u8, 254, 1, 1][..]), (IFA_ADDRESS, &[10u8, 254, 1, 1][..]), (IFA_BROADCAST, &[10u8, 254, 1, 3][..]),]);
         // /31 and /32 have no broadcast address.
         let bytes = add_ipv4_request(3, 17, Ipv4Addr::new(10, 254, 1, 1), 32);
         assert_eq!(attrs(&bytes[NLMSG_HDRLEN + 8..]).len(), 2);
         // /0 must not overflow the shift.
         let bytes = add_ipv4_request(3, 17, Ipv4Addr::new(10, 254, 1, 1), 0);
-        assert_eq!(
-            attrs(&bytes[NLMSG_HDRLEN + 8..])[2].1,
-            &[255u8, 255, 255, 255][..]
-        );
+        assert_eq!(attrs(&bytes[NLMSG_HDRLEN + 8..])[2].1, &[255u8, 255, 255, 255][..]);
     }
 
     #[test]
@@ -1027,37 +862,16 @@ mod tests {
         assert_eq!(rtm[4], RT_TABLE_MAIN);
         assert_eq!(rtm[7], RTN_UNICAST);
         let a = attrs(&bytes[NLMSG_HDRLEN + 12..]);
-        assert_eq!(
-            a,
-            vec![
-                (RTA_TABLE, &254u32.to_ne_bytes()[..]),
-                (RTA_GATEWAY, &[10u8, 254, 0, 1][..]),
-            ]
-        );
+        assert_eq!(a, vec![(RTA_TABLE, &254u32.to_ne_bytes()[..]), (RTA_GATEWAY, &[10u8, 254, 0, 1][..]),]);
     }
 
     #[test]
     fn names_are_validated_like_the_kernel() {
         assert!(validate_name("eth0").is_ok());
-        assert!(
-            validate_name("a23456789012345").is_ok(),
-            "15 bytes is the maximum"
-        );
-        for bad in [
-            "",
-            "a234567890123456",
-            ".",
-            "..",
-            "a/b",
-            "a:b",
-            "a b",
-            "a\0b",
-        ] {
+        assert!(validate_name("a23456789012345").is_ok(), "15 bytes is the maximum");
+        for bad in ["", "a234567890123456", ".", "..", "a/b", "a:b", "a b", "a\0b"] {
             let err = validate_name(bad).expect_err(bad);
-            assert!(
-                matches!(err, NetlinkError::InvalidName { .. }),
-                "{bad:?}: {err}"
-            );
+            assert!(matches!(err, NetlinkError::InvalidName { .. }), "{bad:?}: {err}");
         }
     }
 
@@ -1088,15 +902,9 @@ mod tests {
             Ok(())
         };
         let reply = raw_message(RTM_NEWLINK, 0, 9, &ifinfomsg(0, 5, 0, 0));
-        assert_eq!(
-            handle_datagram("t", &reply, 9, &mut on_reply).expect("ok"),
-            Progress::Pending
-        );
+        assert_eq!(handle_datagram("t", &reply, 9, &mut on_reply).expect("ok"), Progress::Pending);
         let ack = raw_message(NLMSG_ERROR, NLM_F_CAPPED, 9, &error_payload(0));
-        assert_eq!(
-            handle_datagram("t", &ack, 9, &mut on_reply).expect("ok"),
-            Progress::Acked
-        );
+        assert_eq!(handle_datagram("t", &ack, 9, &mut on_reply).expect("ok"), Progress::Acked);
         assert_eq!(seen, vec![(RTM_NEWLINK, SIZEOF_IFINFOMSG)]);
     }
 
@@ -1124,15 +932,11 @@ mod tests {
         payload.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
         payload.extend_from_slice(text);
         let datagram = raw_message(NLMSG_ERROR, NLM_F_CAPPED | NLM_F_ACK_TLVS, 4, &payload);
-        let err = handle_datagram("delete link", &datagram, 4, &mut |_, _| Ok(()))
-            .expect_err("an errno must surface as an error");
+        let err = handle_datagram("delete link", &datagram, 4, &mut |_, _| Ok(())).expect_err("an errno must surface as an error");
         assert!(err.is_not_found());
         assert_eq!(err.errno(), Some(libc::ENODEV));
         let shown = err.to_string();
-        assert!(
-            shown.starts_with("netlink delete link failed: No such device"),
-            "{shown}"
-        );
+        assert!(shown.starts_with("netlink delete link failed: No such device"), "{shown}");
         assert!(shown.ends_with("(no such link)"), "{shown}");
     }
 
@@ -1184,10 +988,7 @@ mod tests {
     }
 
     fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+        std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"))
     }
 
     #[test]
@@ -1198,15 +999,9 @@ mod tests {
         let pid = std::process::id();
         let host = format!("alth{pid}");
         let peer = format!("altp{pid}");
-        let child = std::process::Command::new("unshare")
-            .args(["--net", "sleep", "30"])
-            .spawn()
-            .expect("spawn unshare");
+        let child = std::process::Command::new("unshare").args(["--net", "sleep", "30"]).spawn().expect("spawn unshare");
         let child_pid = child.id();
-        let cleanup = Cleanup {
-            child,
-            link: host.clone(),
-        };
+        let cleanup = Cleanup { child, link: host.clone() };
 
         // `unshare` enters the new namespace only after it starts running;
         // until then IFLA_NET_NS_PID would resolve to *our* namespace.
@@ -1223,21 +1018,16 @@ mod tests {
         }
 
         let mut nl = Netlink::open().expect("open netlink");
-        nl.create_veth(&host, &peer, child_pid)
-            .expect("create veth");
+        nl.create_veth(&host, &peer, child_pid).expect("create veth");
 
-        let err = nl
-            .create_veth(&host, &peer, child_pid)
-            .expect_err("duplicate must fail");
+        let err = nl.create_veth(&host, &peer, child_pid).expect_err("duplicate must fail");
         assert!(err.is_already_exists(), "{err}");
 
         let index = nl.link_index(&host).expect("host end exists");
         // SAFETY: the name is a valid NUL-terminated C string.
         let libc_index = unsafe { libc::if_nametoindex(format!("{host}\0").as_ptr().cast()) };
         assert_eq!(index, libc_index);
-        let err = nl
-            .link_index(&peer)
-            .expect_err("peer must not be in our namespace");
+        let err = nl.link_index(&peer).expect_err("peer must not be in our namespace");
         assert!(err.is_not_found(), "{err}");
 
         let addr = Ipv4Addr::new(10, 254, (pid % 250) as u8 + 1, 1);
@@ -1251,10 +1041,7 @@ mod tests {
         assert!(shown.contains(",UP"), "{shown}");
 
         let in_child = |name: &str| {
-            let out = run(
-                "nsenter",
-                &["-t", &child_pid.to_string(), "-n", "ip", "-o", "link"],
-            );
+            let out = run("nsenter", &["-t", &child_pid.to_string(), "-n", "ip", "-o", "link"]);
             assert!(out.status.success(), "nsenter failed: {out:?}");
             String::from_utf8_lossy(&out.stdout).contains(&format!(": {name}@"))
         };
@@ -1264,10 +1051,7 @@ mod tests {
         let err = nl.link_index(&host).expect_err("host end gone");
         assert!(err.is_not_found(), "{err}");
         assert!(!run("ip", &["link", "show", "dev", &host]).status.success());
-        assert!(
-            !in_child(&peer),
-            "deleting the host end must delete the peer"
-        );
+        assert!(!in_child(&peer), "deleting the host end must delete the peer");
 
         let err = nl.delete_link(&host).expect_err("second delete");
         assert!(err.is_not_found(), "{err}");
@@ -1303,8 +1087,7 @@ mod tests {
             assert_eq!(rc, 0, "unshare: {}", io::Error::last_os_error());
 
             // SAFETY: socket(2) takes no pointers.
-            let raw =
-                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
             assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
             // SAFETY: `raw` is a fresh fd owned by nothing else.
             let sock = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -1316,43 +1099,25 @@ mod tests {
 
             // A veth pair with both ends in this namespace, via the fd form.
             let ns = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
-            nl.create_veth_in_netns_fd("alttesta", "alttestb", ns.as_fd())
-                .expect("create veth by netns fd");
-            assert!(
-                nl.link_index("alttestb").is_ok(),
-                "peer must be in this namespace"
-            );
+            nl.create_veth_in_netns_fd("alttesta", "alttestb", ns.as_fd()).expect("create veth by netns fd");
+            assert!(nl.link_index("alttestb").is_ok(), "peer must be in this namespace");
             nl.set_up("alttesta").expect("up a");
             nl.set_up("alttestb").expect("up b");
-            nl.add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 30)
-                .expect("add address");
-            let err = nl
-                .add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 30)
-                .expect_err("duplicate address");
+            nl.add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 30).expect("add address");
+            let err = nl.add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 30).expect_err("duplicate address");
             assert!(err.is_already_exists(), "{err}");
-            let err = nl
-                .add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 33)
-                .expect_err("bad prefix");
-            assert!(
-                matches!(err, NetlinkError::InvalidPrefix { prefix: 33 }),
-                "{err}"
-            );
+            let err = nl.add_ipv4("alttesta", Ipv4Addr::new(10, 254, 200, 1), 33).expect_err("bad prefix");
+            assert!(matches!(err, NetlinkError::InvalidPrefix { prefix: 33 }), "{err}");
 
-            nl.add_default_route(Ipv4Addr::new(10, 254, 200, 2))
-                .expect("add default route");
-            let err = nl
-                .add_default_route(Ipv4Addr::new(10, 254, 200, 2))
-                .expect_err("duplicate route");
+            nl.add_default_route(Ipv4Addr::new(10, 254, 200, 2)).expect("add default route");
+            let err = nl.add_default_route(Ipv4Addr::new(10, 254, 200, 2)).expect_err("duplicate route");
             assert!(err.is_already_exists(), "{err}");
 
             // Children inherit the spawning thread's namespaces, so `ip` sees
             // this namespace, not the host's.
             let out = run("ip", &["-4", "-o", "route", "show", "default"]);
             let shown = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                shown.contains("default via 10.254.200.2 dev alttesta"),
-                "{shown}"
-            );
+            assert!(shown.contains("default via 10.254.200.2 dev alttesta"), "{shown}");
 
             let err = nl.set_up("nosuchlink0").expect_err("missing link");
             assert!(err.is_not_found(), "{err}");

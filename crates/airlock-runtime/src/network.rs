@@ -48,17 +48,15 @@ pub fn subnet() -> String {
 }
 
 fn iptables(args: &[&str]) -> Result<(), NetworkError> {
-    let out = Command::new("iptables").args(["-w", "5"]).args(args).output().map_err(|e| NetworkError::Command {
-        cmd: format!("iptables {}", args.join(" ")),
-        message: format!("{e} (is iptables installed?)"),
-    })?;
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .map_err(|e| NetworkError::Command { cmd: format!("iptables {}", args.join(" ")), message: format!("{e} (is iptables installed?)") })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NetworkError::Command {
-            cmd: format!("iptables {}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(NetworkError::Command { cmd: format!("iptables {}", args.join(" ")), message: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
@@ -152,17 +150,7 @@ pub fn install_host_rules() -> Result<(), NetworkError> {
     // and benchmarking ranges are left alone: some networks (transparent
     // proxies, labs) use them for real destinations, and where they are a
     // neighbour of the host the connected-subnet rule above covers them.
-    for blocked in [
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "169.254.0.0/16",
-        "127.0.0.0/8",
-        "0.0.0.0/8",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
-    ] {
+    for blocked in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"] {
         script.push_str(&format!("-A {CHAIN_FWD} -d {blocked} -j DROP\n"));
     }
     script.push_str(&format!("-A {CHAIN_FWD} -o {wildcard} -j DROP\n-A {CHAIN_FWD} -j ACCEPT\nCOMMIT\n"));

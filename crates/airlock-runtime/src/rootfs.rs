@@ -65,12 +65,7 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), Mou
     // SAFETY: raw mount-API syscalls with valid NUL-terminated paths and a
     // properly laid out, fully initialised `mount_attr`.
     unsafe {
-        let fd = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            csrc.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
-        );
+        let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE);
         if fd < 0 {
             return Err(err(ctx(), std::io::Error::last_os_error()));
         }
@@ -102,8 +97,7 @@ pub fn make_private() -> Result<(), MountError> {
 pub fn overlay(target: &Path, lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<(), MountError> {
     let lower = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let opts = format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display());
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(nix_err(format!("mounting overlay at {}", target.display())))
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).map_err(nix_err(format!("mounting overlay at {}", target.display())))
 }
 
 fn mkdir(p: &Path) -> Result<(), MountError> {
@@ -122,21 +116,41 @@ pub fn mount_proc(root: &Path) -> Result<(), MountError> {
     // layouts. /proc/meminfo stays: `free`, `top` and runtimes sizing
     // their heaps read it, and an empty one breaks them.
     for f in [
-        "kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "kallsyms", "kpagecount", "kpageflags", "kpagecgroup",
-        "config.gz", "vmallocinfo", "pagetypeinfo", "cmdline", "diskstats", "partitions", "zoneinfo", "buddyinfo", "slabinfo", "iomem", "ioports",
-        "interrupts", "softirqs", "mtrr", "swaps",
+        "kcore",
+        "keys",
+        "latency_stats",
+        "timer_list",
+        "timer_stats",
+        "sched_debug",
+        "kallsyms",
+        "kpagecount",
+        "kpageflags",
+        "kpagecgroup",
+        "config.gz",
+        "vmallocinfo",
+        "pagetypeinfo",
+        "cmdline",
+        "diskstats",
+        "partitions",
+        "zoneinfo",
+        "buddyinfo",
+        "slabinfo",
+        "iomem",
+        "ioports",
+        "interrupts",
+        "softirqs",
+        "mtrr",
+        "swaps",
     ] {
         let t = p.join(f);
         if t.exists() {
-            mount(Some(&root.join("dev/null")), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(nix_err(format!("masking /proc/{f}")))?;
+            mount(Some(&root.join("dev/null")), &t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err(format!("masking /proc/{f}")))?;
         }
     }
     for d in ["acpi", "asound", "scsi", "firmware", "driver"] {
         let t = p.join(d);
         if t.is_dir() {
-            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY | nosx, Some("size=0"))
-                .map_err(nix_err(format!("masking /proc/{d}")))?;
+            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY | nosx, Some("size=0")).map_err(nix_err(format!("masking /proc/{d}")))?;
         }
     }
     for r in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
@@ -149,16 +163,9 @@ pub fn mount_proc(root: &Path) -> Result<(), MountError> {
 }
 
 fn read_only_bind(t: &Path) -> Result<(), MountError> {
-    mount(Some(t), t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(nix_err(format!("binding {}", t.display())))?;
-    mount(
-        None::<&str>,
-        t,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(nix_err(format!("making {} read-only", t.display())))
+    mount(Some(t), t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(nix_err(format!("binding {}", t.display())))?;
+    mount(None::<&str>, t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
+        .map_err(nix_err(format!("making {} read-only", t.display())))
 }
 
 /// A minimal `/dev` on tmpfs: the usual character devices, a private
@@ -169,8 +176,7 @@ pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
     mkdir(&d)?;
     // No uid=/gid= options: mount options are readable inside, and the host
     // id range would tell the sandbox its slot. The root is chowned instead.
-    mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k,nr_inodes=16384"))
-        .map_err(nix_err("mounting /dev"))?;
+    mount(Some("tmpfs"), &d, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k,nr_inodes=16384")).map_err(nix_err("mounting /dev"))?;
     chown_root(&d, id_base)?;
     for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
         let p = d.join(name);
@@ -188,12 +194,10 @@ pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
     mkdir(&pts)?;
     // No gid= either (see above): the agent chowns each terminal to the
     // user it starts the command as.
-    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .map_err(nix_err("mounting /dev/pts"))?;
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")).map_err(nix_err("mounting /dev/pts"))?;
     let shm = d.join("shm");
     mkdir(&shm)?;
-    mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k,nr_inodes=16384"))
-        .map_err(nix_err("mounting /dev/shm"))?;
+    mount(Some("shm"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777,size=65536k,nr_inodes=16384")).map_err(nix_err("mounting /dev/shm"))?;
     chown_root(&shm, id_base)?;
     for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         std::os::unix::fs::symlink(target, d.join(link)).map_err(|e| err(format!("linking /dev/{link}"), e))?;

@@ -262,23 +262,11 @@ fn refused() -> Vec<Call> {
 /// `CLONE_NEWTIME` (for `clone` it falls in the exit signal, which is never
 /// that large). Only the low 32 bits of the flags are compared: `clone`
 /// drops the upper half and `unshare` refuses it (`EINVAL`).
-const NS_FLAGS: u32 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUSER
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWCGROUP) as u32
-    | 0x80;
+const NS_FLAGS: u32 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP) as u32 | 0x80;
 
 /// The address families a sandbox may open sockets of.
-const SOCKET_FAMILIES: &[u32] = &[
-    libc::AF_UNIX as u32,
-    libc::AF_INET as u32,
-    libc::AF_INET6 as u32,
-    libc::AF_NETLINK as u32,
-    libc::AF_PACKET as u32,
-];
+const SOCKET_FAMILIES: &[u32] = &[libc::AF_UNIX as u32, libc::AF_INET as u32, libc::AF_INET6 as u32, libc::AF_NETLINK as u32, libc::AF_PACKET as u32];
 
 /// Harmless personalities (Docker's set): `PER_LINUX`, `PER_LINUX32`,
 /// `UNAME26`, both, and the query. Anything else (`READ_IMPLIES_EXEC`,
@@ -287,30 +275,15 @@ const PERSONALITIES: &[u32] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
 /// The calls decided by an argument, and `clone3`.
 fn conditional() -> Vec<(Call, Rule)> {
-    let no_namespaces = Rule::RefuseFlags {
-        arg: 0,
-        mask: NS_FLAGS,
-        errno: libc::EPERM,
-    };
-    let families = Rule::AllowValues {
-        arg: 0,
-        values: SOCKET_FAMILIES,
-        errno: libc::EAFNOSUPPORT,
-    };
+    let no_namespaces = Rule::RefuseFlags { arg: 0, mask: NS_FLAGS, errno: libc::EPERM };
+    let families = Rule::AllowValues { arg: 0, values: SOCKET_FAMILIES, errno: libc::EAFNOSUPPORT };
     vec![
         // The flags are the first argument of both, on x86_64 and aarch64.
         (call!(SYS_clone), no_namespaces),
         (call!(SYS_unshare), no_namespaces),
         (call!(SYS_socket), families),
         (call!(SYS_socketpair), families),
-        (
-            call!(SYS_personality),
-            Rule::AllowValues {
-                arg: 0,
-                values: PERSONALITIES,
-                errno: libc::EPERM,
-            },
-        ),
+        (call!(SYS_personality), Rule::AllowValues { arg: 0, values: PERSONALITIES, errno: libc::EPERM }),
         (call!(SYS_clone3), Rule::Errno(libc::ENOSYS)),
     ]
 }
@@ -325,17 +298,8 @@ fn policy() -> Vec<(Call, Rule)> {
 
 /// The filter as a classic-BPF program for this architecture.
 pub fn program() -> Result<Vec<libc::sock_filter>, SecurityError> {
-    let calls: Vec<(u32, Rule)> = policy()
-        .into_iter()
-        .map(|((_, nr), rule)| (nr, rule))
-        .collect();
-    bpf::compile(&bpf::Spec {
-        arch: AUDIT_ARCH,
-        foreign_from: FOREIGN_ABI_FROM,
-        default: Rule::Errno(libc::ENOSYS),
-        calls: &calls,
-    })
-    .map_err(SecurityError::Build)
+    let calls: Vec<(u32, Rule)> = policy().into_iter().map(|((_, nr), rule)| (nr, rule)).collect();
+    bpf::compile(&bpf::Spec { arch: AUDIT_ARCH, foreign_from: FOREIGN_ABI_FROM, default: Rule::Errno(libc::ENOSYS), calls: &calls }).map_err(SecurityError::Build)
 }
 
 /// Installs the filter on the calling thread; everything it forks inherits
@@ -343,27 +307,13 @@ pub fn program() -> Result<Vec<libc::sock_filter>, SecurityError> {
 pub fn install() -> Result<(), SecurityError> {
     set_no_new_privs()?;
     let mut prog = program()?;
-    let len = u16::try_from(prog.len())
-        .map_err(|_| SecurityError::Build(format!("program of {} instructions", prog.len())))?;
-    let fprog = libc::sock_fprog {
-        len,
-        filter: prog.as_mut_ptr(),
-    };
+    let len = u16::try_from(prog.len()).map_err(|_| SecurityError::Build(format!("program of {} instructions", prog.len())))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_mut_ptr() };
     // SAFETY: `fprog` points at `prog`, alive and unchanged for the call; the
     // kernel copies the program and keeps no pointer to it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog) };
     if rc != 0 {
-        return Err(SecurityError::Sys {
-            what: "installing seccomp filter",
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(SecurityError::Sys { what: "installing seccomp filter", source: std::io::Error::last_os_error() });
     }
     Ok(())
 }
@@ -371,10 +321,7 @@ pub fn install() -> Result<(), SecurityError> {
 pub fn set_no_new_privs() -> Result<(), SecurityError> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(SecurityError::Sys {
-            what: "setting no_new_privs",
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(SecurityError::Sys { what: "setting no_new_privs", source: std::io::Error::last_os_error() });
     }
     Ok(())
 }
@@ -402,10 +349,7 @@ pub const KEPT_CAPS: &[u32] = &[
 /// Drops every capability outside `KEPT_CAPS` from the bounding, ambient,
 /// inheritable, permitted and effective sets of the calling thread.
 pub fn drop_capabilities() -> Result<(), SecurityError> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40);
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(40);
     for cap in 0..=last {
         if KEPT_CAPS.contains(&cap) {
             continue;
@@ -414,23 +358,12 @@ pub fn drop_capabilities() -> Result<(), SecurityError> {
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(SecurityError::Sys {
-                    what: "dropping capability from bounding set",
-                    source: e,
-                });
+                return Err(SecurityError::Sys { what: "dropping capability from bounding set", source: e });
             }
         }
     }
     // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        )
-    };
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
     let mut mask: u64 = 0;
     for c in KEPT_CAPS {
         mask |= 1u64 << c;
@@ -447,18 +380,12 @@ pub fn drop_capabilities() -> Result<(), SecurityError> {
         permitted: u32,
         inheritable: u32,
     }
-    let hdr = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
+    let hdr = Header { version: 0x2008_0522, pid: 0 };
     let mut data = [Data::default(); 2];
     // SAFETY: capget/capset with a v3 header and two data words, as the ABI requires.
     unsafe {
         if libc::syscall(libc::SYS_capget, &hdr as *const Header, data.as_mut_ptr()) != 0 {
-            return Err(SecurityError::Sys {
-                what: "reading capabilities",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(SecurityError::Sys { what: "reading capabilities", source: std::io::Error::last_os_error() });
         }
         for (i, d) in data.iter_mut().enumerate() {
             let m = (mask >> (32 * i)) as u32;
@@ -467,10 +394,7 @@ pub fn drop_capabilities() -> Result<(), SecurityError> {
             d.inheritable = 0;
         }
         if libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) != 0 {
-            return Err(SecurityError::Sys {
-                what: "setting capabilities",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(SecurityError::Sys { what: "setting capabilities", source: std::io::Error::last_os_error() });
         }
     }
     Ok(())

@@ -26,13 +26,7 @@ async fn main() -> Result<(), Error> {
     }
 
     // A background process with stdin, and callbacks for its output.
-    let upper = sbx
-        .commands()
-        .command("tr a-z A-Z")
-        .stdin(true)
-        .on_stdout(|s| print!("callback: {s}"))
-        .spawn()
-        .await?;
+    let upper = sbx.commands().command("tr a-z A-Z").stdin(true).on_stdout(|s| print!("callback: {s}")).spawn().await?;
     upper.send_stdin("shout this\n").await?;
     upper.close_stdin().await?;
     upper.wait().await?;

@@ -11,13 +11,7 @@ use airlock_sdk::{Error, Sandbox};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let sbx = Sandbox::builder()
-        .template("base")
-        .timeout(Duration::from_secs(120))
-        .metadata("example", "quickstart")
-        .env("GREETING", "hello")
-        .create()
-        .await?;
+    let sbx = Sandbox::builder().template("base").timeout(Duration::from_secs(120)).metadata("example", "quickstart").env("GREETING", "hello").create().await?;
     println!("sandbox {}", sbx.id());
 
     let out = sbx.commands().run("echo \"$GREETING from $(uname -n)\"").await?;

@@ -74,9 +74,7 @@ fn check_url(what: &str, url: &str) -> Result<()> {
     match uri.scheme_str() {
         Some("http") => {}
         Some("https") => {
-            return Err(Error::Config(format!(
-                "{what} {url:?} uses https, which this SDK does not speak yet: use http:// (for example through a local TLS-terminating proxy)"
-            )))
+            return Err(Error::Config(format!("{what} {url:?} uses https, which this SDK does not speak yet: use http:// (for example through a local TLS-terminating proxy)")))
         }
         _ => return Err(Error::Config(format!("{what} {url:?} must start with http://"))),
     }
@@ -116,9 +114,7 @@ impl Client {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(cfg.request_timeout));
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(conn);
         Ok(Self { inner: Arc::new(Inner { cfg, http }) })
     }
 
@@ -156,9 +152,7 @@ impl Client {
 
     /// One control-API call; non-2xx answers become errors. Retries 429s.
     pub(crate) async fn api(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<Reply> {
-        let key = self.inner.cfg.api_key.as_deref().ok_or_else(|| {
-            Error::Auth("no API key: set AIRLOCK_API_KEY (or E2B_API_KEY), or pass one in the Config".to_string())
-        })?;
+        let key = self.inner.cfg.api_key.as_deref().ok_or_else(|| Error::Auth("no API key: set AIRLOCK_API_KEY (or E2B_API_KEY), or pass one in the Config".to_string()))?;
         let url = format!("{}{}", self.inner.cfg.api_url.trim_end_matches('/'), path);
         let payload = body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()));
         let mut attempt = 0;
@@ -199,9 +193,7 @@ impl Client {
     /// build's NDJSON): the body is handed back unread, with no read
     /// timeout, for as long as the server keeps writing.
     pub(crate) async fn api_stream(&self, method: Method, path: &str, body: &impl Serialize) -> Result<Incoming> {
-        let key = self.inner.cfg.api_key.as_deref().ok_or_else(|| {
-            Error::Auth("no API key: set AIRLOCK_API_KEY (or E2B_API_KEY), or pass one in the Config".to_string())
-        })?;
+        let key = self.inner.cfg.api_key.as_deref().ok_or_else(|| Error::Auth("no API key: set AIRLOCK_API_KEY (or E2B_API_KEY), or pass one in the Config".to_string()))?;
         let url = format!("{}{}", self.inner.cfg.api_url.trim_end_matches('/'), path);
         let payload = serde_json::to_vec(body).map_err(|e| Error::Config(format!("encoding request to {url}: {e}")))?;
         let req = Request::builder()
@@ -300,10 +292,7 @@ impl Client {
 
     /// `GET /files`: the response, once it is known to be a success.
     pub(crate) async fn files_get(&self, t: &Target, path: &str, user: Option<&str>) -> Result<Response<Incoming>> {
-        let req = self
-            .envd(t, Method::GET, &files_query(path, user), None)?
-            .body(full(Bytes::new()))
-            .map_err(|e| Error::Config(format!("building download request: {e}")))?;
+        let req = self.envd(t, Method::GET, &files_query(path, user), None)?.body(full(Bytes::new())).map_err(|e| Error::Config(format!("building download request: {e}")))?;
         let resp = self.send(req).await?;
         if resp.status() != StatusCode::OK {
             let status = resp.status().as_u16();

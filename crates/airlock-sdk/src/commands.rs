@@ -12,12 +12,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use airlock_proto::wire::Rpc;
 use airlock_proto::envd::{
-    CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse, ProcessConfig, ProcessEvent,
-    ProcessEventKind, ProcessInfo, ProcessInput, ProcessSelector, Pty as PtyRequest, PtySize, SendInputRequest,
-    SendSignalRequest, Signal, StartRequest, UpdateRequest,
+    CloseStdinRequest, ConnectRequest, DataOutput, Empty, EndEvent, ListRequest, ListResponse, ProcessConfig, ProcessEvent, ProcessEventKind, ProcessInfo, ProcessInput,
+    ProcessSelector, Pty as PtyRequest, PtySize, SendInputRequest, SendSignalRequest, Signal, StartRequest, UpdateRequest,
 };
+use airlock_proto::wire::Rpc;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::oneshot;
 
@@ -223,13 +222,7 @@ impl std::fmt::Debug for CommandBuilder {
 
 impl CommandBuilder {
     fn new(sbx: Sandbox, process: ProcessConfig) -> Self {
-        Self {
-            sbx,
-            req: StartRequest { process, pty: None, tag: None, stdin: Some(false) },
-            user: None,
-            timeout: Some(DEFAULT_COMMAND_TIMEOUT),
-            callbacks: Callbacks::default(),
-        }
+        Self { sbx, req: StartRequest { process, pty: None, tag: None, stdin: Some(false) }, user: None, timeout: Some(DEFAULT_COMMAND_TIMEOUT), callbacks: Callbacks::default() }
     }
 
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
@@ -444,11 +437,7 @@ impl CommandStream {
 
     /// Like [`CommandStream::into_handle`], calling `on_stdout`/`on_stderr`
     /// with each chunk.
-    pub fn into_handle_with_callbacks(
-        self,
-        on_stdout: impl FnMut(&str) + Send + 'static,
-        on_stderr: impl FnMut(&str) + Send + 'static,
-    ) -> CommandHandle {
+    pub fn into_handle_with_callbacks(self, on_stdout: impl FnMut(&str) + Send + 'static, on_stderr: impl FnMut(&str) + Send + 'static) -> CommandHandle {
         self.into_handle_with(Callbacks { stdout: Some(Box::new(on_stdout)), stderr: Some(Box::new(on_stderr)), pty: None })
     }
 

@@ -39,13 +39,7 @@ impl std::fmt::Debug for Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            api_url: DEFAULT_URL.to_string(),
-            sandbox_url: DEFAULT_URL.to_string(),
-            api_key: None,
-            request_timeout: Duration::from_secs(60),
-            retries: 2,
-        }
+        Self { api_url: DEFAULT_URL.to_string(), sandbox_url: DEFAULT_URL.to_string(), api_key: None, request_timeout: Duration::from_secs(60), retries: 2 }
     }
 }
 

@@ -7,12 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use airlock_proto::wire::Rpc;
 use airlock_proto::connect::Code;
 use airlock_proto::envd::{
-    self, EntryInfo, EntryResponse, FilesystemEvent, ListDirRequest, ListDirResponse, MoveRequest, PathRequest, WatchDirResponse,
-    WatchEventKind, WatchRequest, WrittenFile,
+    self, EntryInfo, EntryResponse, FilesystemEvent, ListDirRequest, ListDirResponse, MoveRequest, PathRequest, WatchDirResponse, WatchEventKind, WatchRequest, WrittenFile,
 };
+use airlock_proto::wire::Rpc;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body::{Body, Frame};
@@ -294,8 +293,7 @@ impl WatchBuilder {
     /// Starts watching; events that happen after this returns are delivered.
     pub async fn start(self) -> Result<WatchStream> {
         let f = &self.files;
-        let mut inner: ConnectStream<WatchDirResponse> =
-            f.sbx.client().server_stream(f.sbx.target(), Rpc::FsWatchDir.path(), &self.req, f.u(), None).await?;
+        let mut inner: ConnectStream<WatchDirResponse> = f.sbx.client().server_stream(f.sbx.target(), Rpc::FsWatchDir.path(), &self.req, f.u(), None).await?;
         loop {
             match inner.next().await {
                 Some(Ok(WatchDirResponse { event: WatchEventKind::Start {} })) => return Ok(WatchStream { inner }),

@@ -39,9 +39,9 @@ pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, TemplateInfo};
-pub use templates::{BuildStream, Templates};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
+pub use templates::{BuildStream, Templates};
 
 /// The examples in `docs/rust-sdk.md`, compiled as doctests so the guide
 /// cannot drift from the API.

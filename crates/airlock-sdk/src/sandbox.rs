@@ -175,10 +175,7 @@ impl Sandbox {
     /// Whether the sandbox's agent answers (false once killed or paused).
     pub async fn is_running(&self) -> Result<bool> {
         let c = &self.inner.client;
-        let req = c
-            .envd(self.target(), Method::GET, "/health", None)?
-            .body(crate::client::full(bytes::Bytes::new()))
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let req = c.envd(self.target(), Method::GET, "/health", None)?.body(crate::client::full(bytes::Bytes::new())).map_err(|e| Error::Config(e.to_string()))?;
         let resp = c.send(req).await?;
         Ok(match resp.status() {
             s if s.is_success() => true,

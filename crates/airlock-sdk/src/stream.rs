@@ -39,7 +39,7 @@ impl<T: DeserializeOwned> Stream for ConnectStream<T> {
             if this.done {
                 return Poll::Ready(None);
             }
-            match this.dec.next() {
+            match this.dec.next_envelope() {
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(Error::protocol(format!("{}: {e}", this.url)))));
@@ -50,8 +50,8 @@ impl<T: DeserializeOwned> Stream for ConnectStream<T> {
                     return Poll::Ready(end.error.map(|e| Err(error::from_connect(e))));
                 }
                 Ok(Some(env)) => {
-                    let msg = serde_json::from_slice(&env.payload)
-                        .map_err(|e| Error::protocol(format!("{}: bad message {e}: {}", this.url, String::from_utf8_lossy(&env.payload))));
+                    let msg =
+                        serde_json::from_slice(&env.payload).map_err(|e| Error::protocol(format!("{}: bad message {e}: {}", this.url, String::from_utf8_lossy(&env.payload))));
                     return Poll::Ready(Some(msg));
                 }
                 Ok(None) => {}

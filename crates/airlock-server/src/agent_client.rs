@@ -87,7 +87,7 @@ pub async fn run(
         let frame = frame.map_err(|e| AgentError::Http(e.to_string()))?;
         let Ok(data): Result<Bytes, _> = frame.into_data() else { continue };
         dec.push(&data);
-        while let Some(env) = dec.next().map_err(|e| AgentError::Http(e.to_string()))? {
+        while let Some(env) = dec.next_envelope().map_err(|e| AgentError::Http(e.to_string()))? {
             if env.is_end_stream() {
                 let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
                 if let Some(e) = end.error {
@@ -116,7 +116,7 @@ pub async fn spawn(socket: &Path, token: Option<&str>, user: &str, script: &str,
     while let Some(frame) = body.frame().await {
         let Ok(data): Result<Bytes, _> = frame.map_err(|e| AgentError::Http(e.to_string()))?.into_data() else { continue };
         dec.push(&data);
-        while let Some(env) = dec.next().map_err(|e| AgentError::Http(e.to_string()))? {
+        while let Some(env) = dec.next_envelope().map_err(|e| AgentError::Http(e.to_string()))? {
             if env.is_end_stream() {
                 let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
                 return Err(AgentError::Rpc(end.error.map(|e| e.message).unwrap_or_else(|| "process ended before starting".into())));

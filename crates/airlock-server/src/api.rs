@@ -62,8 +62,8 @@ impl RateLimiter {
     }
 }
 
-pub use airlock_proto::query::pairs as query_pairs;
 use airlock_proto::query::decode as percent_decode_strict;
+pub use airlock_proto::query::pairs as query_pairs;
 
 async fn read_json<T: DeserializeOwned + Default>(body: axum::body::Body, max: usize) -> Result<T, ApiError> {
     let mut b = body;
@@ -529,12 +529,7 @@ async fn not_found(method: http::Method, uri: http::Uri) -> Resp {
 pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
     let state = AppState { svc, limiter };
     let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    public_routes()
-        .merge(private)
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        .layer(axum::middleware::from_fn(trace))
-        .with_state(state)
+    public_routes().merge(private).fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace)).with_state(state)
 }
 
 #[cfg(test)]

@@ -75,7 +75,14 @@ struct BuildState {
 impl Builder {
     /// Builds `name` from `recipe`. `context` is where `COPY` sources are
     /// read from. Progress goes to `events`; the result is saved on success.
-    pub async fn build(&self, name: &str, recipe: &str, build_args: &BTreeMap<String, String>, context: Option<&Path>, events: &mpsc::Sender<BuildEvent>) -> Result<Template, BuildError> {
+    pub async fn build(
+        &self,
+        name: &str,
+        recipe: &str,
+        build_args: &BTreeMap<String, String>,
+        context: Option<&Path>,
+        events: &mpsc::Sender<BuildEvent>,
+    ) -> Result<Template, BuildError> {
         let t0 = std::time::Instant::now();
         if !Store::valid_name(name) || name == "base" {
             return Err(BuildError::Invalid(format!("invalid template name {name:?}")));
@@ -235,7 +242,17 @@ impl Builder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_step(&self, s: &mut BuildState, step: usize, total: usize, text: &str, k: &str, script: &str, user: &str, events: &mpsc::Sender<BuildEvent>) -> Result<(), BuildError> {
+    async fn run_step(
+        &self,
+        s: &mut BuildState,
+        step: usize,
+        total: usize,
+        text: &str,
+        k: &str,
+        script: &str,
+        user: &str,
+        events: &mpsc::Sender<BuildEvent>,
+    ) -> Result<(), BuildError> {
         let layer = self.store.layers_dir().join(k);
         if layer.exists() {
             let _ = events.send(BuildEvent::Step { step, total, text: text.to_string(), cached: true }).await;

@@ -35,12 +35,5 @@ pub fn error(status: u16, message: impl Into<String>) -> Resp {
 
 /// A 502 in the shape the SDKs recognise as "sandbox not running".
 pub fn sandbox_not_found(id: &str, message: Option<String>) -> Resp {
-    json(
-        502,
-        &airlock_proto::api::SandboxNotFound {
-            sandbox_id: id.to_string(),
-            message: message.unwrap_or_else(|| "The sandbox was not found".into()),
-            code: 502,
-        },
-    )
+    json(502, &airlock_proto::api::SandboxNotFound { sandbox_id: id.to_string(), message: message.unwrap_or_else(|| "The sandbox was not found".into()), code: 502 })
 }

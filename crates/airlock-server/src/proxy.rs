@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
-pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
 use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
+pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
 
 /// Where sandbox traffic should go.
 #[derive(Debug, Clone, PartialEq, Eq)]

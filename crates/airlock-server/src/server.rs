@@ -20,13 +20,21 @@ use crate::store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("creating data directory {path}")]
-    DataDir { path: std::path::PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("opening the store")]
     Store(#[from] crate::store::StoreError),
     #[error("starting the sandbox runtime")]
     Runtime(#[from] airlock_runtime::Error),
     #[error("listening on {addr}")]
-    Listen { addr: std::net::SocketAddr, #[source] source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }

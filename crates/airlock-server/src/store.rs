@@ -18,7 +18,11 @@ pub enum StoreError {
     #[error("database error")]
     Sql(#[from] rusqlite::Error),
     #[error("securing {}", path.display())]
-    Io { path: std::path::PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt row for sandbox {id}: {what}")]
     Corrupt { id: String, what: String },
 }

@@ -133,7 +133,11 @@ pub fn copy_layer(ctx: &Path, srcs: &[String], dest: &str, chown: Option<&str>, 
         }
         // Paths under /usr belong to the /usr layer when the template has one.
         let rel = target.trim_start_matches('/');
-        let to = if has_usr && (rel == "usr" || rel.starts_with("usr/")) { tmp.join("usr").join(rel.trim_start_matches("usr").trim_start_matches('/')) } else { tmp.join("root").join(rel) };
+        let to = if has_usr && (rel == "usr" || rel.starts_with("usr/")) {
+            tmp.join("usr").join(rel.trim_start_matches("usr").trim_start_matches('/'))
+        } else {
+            tmp.join("root").join(rel)
+        };
         copy_tree(&from, &to, uid, gid).map_err(|source| LayerError::Source { src: src.clone(), source })?;
     }
     install(&tmp, layer)

@@ -73,7 +73,11 @@ pub enum TemplateError {
     #[error("template {0} not found")]
     NotFound(String),
     #[error("{what}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
@@ -269,11 +273,44 @@ fi
 /// Host `/etc` entries copied into `base`: configuration that programs
 /// from the host's `/usr` expect and that carries no secrets.
 const ETC_ALLOW: &[&str] = &[
-    "alternatives", "bash.bashrc", "bash_completion", "bash_completion.d", "ca-certificates", "ca-certificates.conf",
-    "debian_version", "environment", "gai.conf", "host.conf", "inputrc", "issue", "ld.so.cache", "ld.so.conf",
-    "ld.so.conf.d", "locale.alias", "localtime", "login.defs", "lsb-release", "magic", "magic.mime", "mime.types",
-    "networks", "os-release", "perl", "profile", "profile.d", "protocols", "python3", "rpc", "services", "skel",
-    "terminfo", "timezone", "xdg", "fonts", "ethertypes", "mailcap",
+    "alternatives",
+    "bash.bashrc",
+    "bash_completion",
+    "bash_completion.d",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "debian_version",
+    "environment",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "issue",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "localtime",
+    "login.defs",
+    "lsb-release",
+    "magic",
+    "magic.mime",
+    "mime.types",
+    "networks",
+    "os-release",
+    "perl",
+    "profile",
+    "profile.d",
+    "protocols",
+    "python3",
+    "rpc",
+    "services",
+    "skel",
+    "terminfo",
+    "timezone",
+    "xdg",
+    "fonts",
+    "ethertypes",
+    "mailcap",
 ];
 
 fn build_base_layer(root: &Path) -> Result<(), TemplateError> {

@@ -42,53 +42,28 @@ impl Op {
 
 /// envd's URL signature: `v1_` + unpadded base64 of
 /// SHA-256(`path:op:username:token[:expiration]`), over the raw query values.
-pub(crate) fn signature(
-    path: &str,
-    op: Op,
-    username: &str,
-    token: &str,
-    expiration: Option<i64>,
-) -> String {
+pub(crate) fn signature(path: &str, op: Op, username: &str, token: &str, expiration: Option<i64>) -> String {
     airlock_proto::envd::file_signature(path, op.as_str(), username, token, expiration)
 }
 
 /// The access token in `X-Access-Token`, or else a valid unexpired
 /// signature, as envd checks them. With no token configured, anything goes.
-pub(crate) fn authorize(
-    token: Option<&str>,
-    headers: &HeaderMap,
-    q: &Query,
-    op: Op,
-    now: i64,
-) -> Result<(), FilesError> {
+pub(crate) fn authorize(token: Option<&str>, headers: &HeaderMap, q: &Query, op: Op, now: i64) -> Result<(), FilesError> {
     let Some(token) = token else { return Ok(()) };
     // A token that is sent decides alone; an empty header counts as none
     // sent, so a signature can still authorise the request (envd's rule).
     let sent = headers.get(airlock_proto::envd::ACCESS_TOKEN_HEADER);
     if sent.is_some_and(|v| !v.is_empty()) {
-        return if auth::access_token_ok(Some(token), headers) {
-            Ok(())
-        } else {
-            Err(AuthError::TokenMismatch.into())
-        };
+        return if auth::access_token_ok(Some(token), headers) { Ok(()) } else { Err(AuthError::TokenMismatch.into()) };
     }
     let Some(sig) = q.signature.as_deref() else {
         return Err(AuthError::MissingSignature.into());
     };
-    let expiration =
-        match q.signature_expiration.as_deref() {
-            None => None,
-            Some(s) => Some(s.trim().parse::<i64>().map_err(|_| {
-                FilesError::BadRequest(format!("invalid signature_expiration '{s}'"))
-            })?),
-        };
-    let want = signature(
-        q.path.as_deref().unwrap_or(""),
-        op,
-        q.username.as_deref().unwrap_or(""),
-        token,
-        expiration,
-    );
+    let expiration = match q.signature_expiration.as_deref() {
+        None => None,
+        Some(s) => Some(s.trim().parse::<i64>().map_err(|_| FilesError::BadRequest(format!("invalid signature_expiration '{s}'")))?),
+    };
+    let want = signature(q.path.as_deref().unwrap_or(""), op, q.username.as_deref().unwrap_or(""), token, expiration);
     if !constant_time_eq(want.as_bytes(), sig.as_bytes()) {
         return Err(AuthError::InvalidSignature.into());
     }
@@ -99,10 +74,7 @@ pub(crate) fn authorize(
 }
 
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -114,29 +86,12 @@ mod tests {
     #[test]
     fn signature_matches_envd() {
         // Expected values computed independently with Python's hashlib.
-        assert_eq!(
-            signature("/home/user/a.txt", Op::Read, "user", "secret-token", None),
-            "v1_powbkN3fI7yRlWaB5Ui2dRUwVP8UZprfSGludREq8sk"
-        );
-        assert_eq!(
-            signature(
-                "/home/user/a.txt",
-                Op::Write,
-                "",
-                "secret-token",
-                Some(1_700_000_000)
-            ),
-            "v1_yKIfWf99RjLXk8FXwdccFO8ZrLxrZrfgtk8KVvUBEVc"
-        );
+        assert_eq!(signature("/home/user/a.txt", Op::Read, "user", "secret-token", None), "v1_powbkN3fI7yRlWaB5Ui2dRUwVP8UZprfSGludREq8sk");
+        assert_eq!(signature("/home/user/a.txt", Op::Write, "", "secret-token", Some(1_700_000_000)), "v1_yKIfWf99RjLXk8FXwdccFO8ZrLxrZrfgtk8KVvUBEVc");
     }
 
     fn q(path: &str, sig: Option<String>, exp: Option<i64>) -> Query {
-        Query {
-            path: Some(path.into()),
-            username: None,
-            signature: sig,
-            signature_expiration: exp.map(|e| e.to_string()),
-        }
+        Query { path: Some(path.into()), username: None, signature: sig, signature_expiration: exp.map(|e| e.to_string()) }
     }
 
     #[test]
@@ -148,53 +103,22 @@ mod tests {
             Err(FilesError::Auth(a)) => a,
             other => panic!("expected auth error, got {other:?}"),
         };
-        assert_eq!(
-            err(authorize(tok, &none, &q("/a", None, None), Op::Read, 0)),
-            AuthError::MissingSignature
-        );
+        assert_eq!(err(authorize(tok, &none, &q("/a", None, None), Op::Read, 0)), AuthError::MissingSignature);
 
         let good = signature("/a", Op::Read, "", "tok", None);
         assert!(authorize(tok, &none, &q("/a", Some(good.clone()), None), Op::Read, 0).is_ok());
         // A read signature does not authorise a write.
-        assert_eq!(
-            err(authorize(
-                tok,
-                &none,
-                &q("/a", Some(good), None),
-                Op::Write,
-                0
-            )),
-            AuthError::InvalidSignature
-        );
+        assert_eq!(err(authorize(tok, &none, &q("/a", Some(good), None), Op::Write, 0)), AuthError::InvalidSignature);
 
         let exp = signature("/a", Op::Read, "", "tok", Some(100));
-        assert!(authorize(
-            tok,
-            &none,
-            &q("/a", Some(exp.clone()), Some(100)),
-            Op::Read,
-            50
-        )
-        .is_ok());
-        assert_eq!(
-            err(authorize(
-                tok,
-                &none,
-                &q("/a", Some(exp), Some(100)),
-                Op::Read,
-                101
-            )),
-            AuthError::Expired
-        );
+        assert!(authorize(tok, &none, &q("/a", Some(exp.clone()), Some(100)), Op::Read, 50).is_ok());
+        assert_eq!(err(authorize(tok, &none, &q("/a", Some(exp), Some(100)), Op::Read, 101)), AuthError::Expired);
 
         let mut hdr = HeaderMap::new();
         hdr.insert("x-access-token", HeaderValue::from_static("tok"));
         assert!(authorize(tok, &hdr, &Query::default(), Op::Write, 0).is_ok());
         hdr.insert("x-access-token", HeaderValue::from_static("nope"));
-        assert_eq!(
-            err(authorize(tok, &hdr, &Query::default(), Op::Write, 0)),
-            AuthError::TokenMismatch
-        );
+        assert_eq!(err(authorize(tok, &hdr, &Query::default(), Op::Write, 0)), AuthError::TokenMismatch);
     }
 
     #[test]

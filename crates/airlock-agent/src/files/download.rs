@@ -30,9 +30,7 @@ where
     F: FnOnce() -> Result<T, FilesError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(FilesError::Task)?
+    tokio::task::spawn_blocking(f).await.map_err(FilesError::Task)?
 }
 
 pub(crate) async fn download(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
@@ -44,32 +42,19 @@ pub(crate) async fn download(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp
 
 async fn download_inner(agent: &Agent, req: Request<Incoming>) -> Result<Resp, FilesError> {
     let q = parse_query(req.uri().query().unwrap_or(""));
-    authorize(
-        agent.config.access_token.as_deref(),
-        req.headers(),
-        &q,
-        Op::Read,
-        unix_now(),
-    )?;
+    authorize(agent.config.access_token.as_deref(), req.headers(), &q, Op::Read, unix_now())?;
     let user = user_for(agent, &q)?;
     let path = resolve(agent, &user, q.path.as_deref().unwrap_or(""));
 
     let p = path.clone();
     let opened = run_blocking(move || open_for_download(&p)).await?;
-    let accept = req
-        .headers()
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    let accept = req.headers().get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
     let gzip = negotiate(accept)?;
 
     // The length is exact when the whole file fit in the first read, and
     // taken from the inode for bigger regular files; pseudo files (procfs
     // reports size 0, sysfs 4096) that did not fit are streamed to EOF.
-    let total = if opened.eof {
-        Some(opened.head.len() as u64)
-    } else {
-        (opened.size > opened.head.len() as u64).then_some(opened.size)
-    };
+    let total = if opened.eof { Some(opened.head.len() as u64) } else { (opened.size > opened.head.len() as u64).then_some(opened.size) };
     let length = if gzip { None } else { total };
     let (tx, rx) = mpsc::channel(4);
     let p = path.clone();
@@ -77,14 +62,8 @@ async fn download_inner(agent: &Agent, req: Request<Incoming>) -> Result<Resp, F
 
     let mut resp = Response::new(FileBody { rx, length }.boxed_unsync());
     let hs = resp.headers_mut();
-    hs.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    hs.insert(
-        header::CONTENT_DISPOSITION,
-        content_disposition(&entry::display_name(&path)),
-    );
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    hs.insert(header::CONTENT_DISPOSITION, content_disposition(&entry::display_name(&path)));
     hs.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip {
         hs.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -110,19 +89,13 @@ struct Opened {
 fn open_for_download(path: &Path) -> Result<Opened, FilesError> {
     // Non-blocking, so that opening a FIFO returns at once; the type is then
     // checked on what was opened, not on a path that may change meanwhile.
-    let mut file = crate::safe_open::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0)
-        .map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
+    let mut file = crate::safe_open::open(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map_err(|e| FilesError::from(FsError::io("opening", path, e)))?;
+    let meta = file.metadata().map_err(|e| FilesError::from(FsError::io("reading file info of", path, e)))?;
     if meta.is_dir() {
         return Err(FilesError::IsDirectory(path.to_path_buf()));
     }
     if !meta.is_file() {
-        return Err(FilesError::BadRequest(format!(
-            "path '{}' is not a regular file",
-            path.display()
-        )));
+        return Err(FilesError::BadRequest(format!("path '{}' is not a regular file", path.display())));
     }
     // SAFETY: fcntl on a descriptor we own; back to blocking reads.
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::F_SETFL, 0) };
@@ -137,38 +110,19 @@ fn open_for_download(path: &Path) -> Result<Opened, FilesError> {
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(FilesError::Io {
-                    op: "reading",
-                    path: path.to_path_buf(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(FilesError::Io { op: "reading", path: path.to_path_buf(), source: e }),
         }
     }
     head.truncate(filled);
-    Ok(Opened {
-        file,
-        head,
-        eof,
-        size: meta.len(),
-    })
+    Ok(Opened { file, head, eof, size: meta.len() })
 }
 
 /// Streams a file into the response channel, gzipping on the way when
 /// asked, stopping at `total` bytes when the length was announced. Stops
 /// quietly when the client goes away; a read error is passed on so the
 /// response is cut off rather than ending as if complete.
-fn pump(
-    opened: Opened,
-    total: Option<u64>,
-    gzip: bool,
-    tx: &mpsc::Sender<io::Result<Bytes>>,
-    path: &Path,
-) {
-    let Opened {
-        file, head, eof, ..
-    } = opened;
+fn pump(opened: Opened, total: Option<u64>, gzip: bool, tx: &mpsc::Sender<io::Result<Bytes>>, path: &Path) {
+    let Opened { file, head, eof, .. } = opened;
     let mut sent = head.len() as u64;
     let mut reader: Box<dyn Read> = match total {
         _ if eof => Box::new(io::empty()),
@@ -213,10 +167,7 @@ fn pump(
             }
         }
         if total.is_some_and(|n| sent < n) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank while being read",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
         }
         if let Some(g) = gz.take() {
             let rest = g.finish()?;
@@ -247,10 +198,7 @@ impl http_body::Body for FileBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
     }
 
@@ -265,19 +213,8 @@ impl http_body::Body for FileBody {
 /// `inline; filename="…"`, with an RFC 5987 `filename*` for names that are
 /// not plain printable ASCII.
 fn content_disposition(name: &str) -> HeaderValue {
-    let plain = name
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
-    let fallback: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let plain = name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    let fallback: String = name.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\' { c } else { '_' }).collect();
     let mut v = format!("inline; filename=\"{fallback}\"");
     if !plain {
         v.push_str("; filename*=UTF-8''");
@@ -304,14 +241,7 @@ fn negotiate(accept: Option<&str>) -> Result<bool, FilesError> {
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .or_else(|| p.trim().strip_prefix("Q="))
-            })
-            .find_map(|v| v.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+        let q = parts.filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q="))).find_map(|v| v.trim().parse::<f32>().ok()).unwrap_or(1.0);
         let slot = match name.as_str() {
             "gzip" | "x-gzip" => &mut gzip,
             "identity" => &mut identity,
@@ -354,34 +284,16 @@ mod tests {
         assert!(!negotiate(Some("*")).expect("star"));
         assert!(!negotiate(Some("gzip;q=0")).expect("gzip refused"));
         assert!(negotiate(Some("identity;q=0, *")).expect("identity refused"));
-        assert!(matches!(
-            negotiate(Some("br")),
-            Err(FilesError::NotAcceptable)
-        ));
-        assert!(matches!(
-            negotiate(Some("br, zstd")),
-            Err(FilesError::NotAcceptable)
-        ));
-        assert!(matches!(
-            negotiate(Some("identity;q=0")),
-            Err(FilesError::NotAcceptable)
-        ));
-        assert!(matches!(
-            negotiate(Some("*;q=0")),
-            Err(FilesError::NotAcceptable)
-        ));
+        assert!(matches!(negotiate(Some("br")), Err(FilesError::NotAcceptable)));
+        assert!(matches!(negotiate(Some("br, zstd")), Err(FilesError::NotAcceptable)));
+        assert!(matches!(negotiate(Some("identity;q=0")), Err(FilesError::NotAcceptable)));
+        assert!(matches!(negotiate(Some("*;q=0")), Err(FilesError::NotAcceptable)));
     }
 
     #[test]
     fn content_disposition_is_safe() {
         assert_eq!(content_disposition("a.txt"), "inline; filename=\"a.txt\"");
-        assert_eq!(
-            content_disposition("q\"uote"),
-            "inline; filename=\"q_uote\"; filename*=UTF-8''q%22uote"
-        );
-        assert_eq!(
-            content_disposition("é.txt"),
-            "inline; filename=\"_.txt\"; filename*=UTF-8''%C3%A9.txt"
-        );
+        assert_eq!(content_disposition("q\"uote"), "inline; filename=\"q_uote\"; filename*=UTF-8''q%22uote");
+        assert_eq!(content_disposition("é.txt"), "inline; filename=\"_.txt\"; filename*=UTF-8''%C3%A9.txt");
     }
 }

@@ -82,20 +82,12 @@ pub(crate) enum FilesError {
 impl FilesError {
     fn status(&self) -> StatusCode {
         match self {
-            FilesError::BadRequest(_)
-            | FilesError::IsDirectory(_)
-            | FilesError::Body(_)
-            | FilesError::Aborted => StatusCode::BAD_REQUEST,
-            FilesError::Auth(_) | FilesError::User(UserError::Unknown(_)) => {
-                StatusCode::UNAUTHORIZED
-            }
+            FilesError::BadRequest(_) | FilesError::IsDirectory(_) | FilesError::Body(_) | FilesError::Aborted => StatusCode::BAD_REQUEST,
+            FilesError::Auth(_) | FilesError::User(UserError::Unknown(_)) => StatusCode::UNAUTHORIZED,
             FilesError::NotFound(_) => StatusCode::NOT_FOUND,
             FilesError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             FilesError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-            FilesError::MetadataUnsupported(_)
-            | FilesError::User(_)
-            | FilesError::Io { .. }
-            | FilesError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FilesError::MetadataUnsupported(_) | FilesError::User(_) | FilesError::Io { .. } | FilesError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -121,11 +113,7 @@ impl FilesError {
         match source.raw_os_error() {
             Some(libc::ENOSPC | libc::EDQUOT) => FilesError::NoSpace(source),
             Some(libc::EISDIR) => FilesError::IsDirectory(path.to_path_buf()),
-            _ => FilesError::Io {
-                op,
-                path: path.to_path_buf(),
-                source,
-            },
+            _ => FilesError::Io { op, path: path.to_path_buf(), source },
         }
     }
 }
@@ -134,9 +122,7 @@ impl From<FsError> for FilesError {
     fn from(e: FsError) -> Self {
         match e {
             FsError::NotFound(p) => FilesError::NotFound(p),
-            FsError::NotADirectory(p) => {
-                FilesError::BadRequest(format!("path '{}' is not a directory", p.display()))
-            }
+            FsError::NotADirectory(p) => FilesError::BadRequest(format!("path '{}' is not a directory", p.display())),
             FsError::Io { op, path, source } => FilesError::write_io(op, &path, source),
             FsError::Task(e) => FilesError::Task(e),
             other => FilesError::BadRequest(other.to_string()),
@@ -145,11 +131,7 @@ impl From<FsError> for FilesError {
 }
 
 fn user_for(agent: &Agent, q: &Query) -> Result<User, FilesError> {
-    let name = q
-        .username
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .unwrap_or(&agent.config.default_user);
+    let name = q.username.as_deref().filter(|u| !u.is_empty()).unwrap_or(&agent.config.default_user);
     Ok(users::lookup(name)?)
 }
 

@@ -34,9 +34,7 @@ mod tests {
 
     #[test]
     fn query_is_decoded() {
-        let got = parse_query(
-            "path=%2Fhome%2Fuser%2Fa+b.txt&username=user&path=ignored&x=1&signature=v1_a%2Bb",
-        );
+        let got = parse_query("path=%2Fhome%2Fuser%2Fa+b.txt&username=user&path=ignored&x=1&signature=v1_a%2Bb");
         assert_eq!(got.path.as_deref(), Some("/home/user/a b.txt"));
         assert_eq!(got.username.as_deref(), Some("user"));
         assert_eq!(got.signature.as_deref(), Some("v1_a+b"));

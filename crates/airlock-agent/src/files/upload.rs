@@ -40,58 +40,30 @@ pub(crate) async fn upload(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     }
 }
 
-async fn upload_inner(
-    agent: &Agent,
-    req: Request<Incoming>,
-) -> Result<Vec<WrittenFile>, FilesError> {
+async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<WrittenFile>, FilesError> {
     let (parts, body) = req.into_parts();
     let q = parse_query(parts.uri.query().unwrap_or(""));
-    authorize(
-        agent.config.access_token.as_deref(),
-        &parts.headers,
-        &q,
-        Op::Write,
-        unix_now(),
-    )?;
+    authorize(agent.config.access_token.as_deref(), &parts.headers, &q, Op::Write, unix_now())?;
     let user = user_for(agent, &q)?;
     // Validated before anything touches the disk: a rejected upload leaves
     // no file behind.
     let metadata = metadata_from_headers(&parts.headers)?;
     let gzip = content_encoding(&parts.headers)?;
-    let mut source = BodySource {
-        body: Some(body),
-        gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())),
-        pending: Bytes::new(),
-        done: false,
-    };
+    let mut source = BodySource { body: Some(body), gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())), pending: Bytes::new(), done: false };
 
-    let ctype = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media == "application/octet-stream" {
         let Some(p) = q.path.as_deref() else {
-            return Err(FilesError::BadRequest(
-                "path query parameter is required for raw body upload".into(),
-            ));
+            return Err(FilesError::BadRequest("path query parameter is required for raw body upload".into()));
         };
         let path = resolve(agent, &user, p);
         return Ok(vec![write_file(path, &user, &metadata, &mut source).await?]);
     }
     if !media.starts_with("multipart/") {
-        return Err(FilesError::BadRequest(format!(
-            "unsupported content type: {ctype}, expected multipart/form-data or application/octet-stream"
-        )));
+        return Err(FilesError::BadRequest(format!("unsupported content type: {ctype}, expected multipart/form-data or application/octet-stream")));
     }
-    let boundary = multer::parse_boundary(ctype)
-        .map_err(|e| FilesError::BadRequest(format!("invalid multipart content type: {e}")))?;
+    let boundary = multer::parse_boundary(ctype).map_err(|e| FilesError::BadRequest(format!("invalid multipart content type: {e}")))?;
     let stream = futures_util::stream::unfold(source, |mut s| async move {
         match s.next_chunk().await {
             Ok(Some(b)) => Some((Ok(b), s)),
@@ -110,18 +82,11 @@ async fn upload_inner(
         let dest = match (q.path.as_deref(), field.file_name()) {
             (Some(p), _) => p.to_string(),
             (None, Some(f)) => f.to_string(),
-            (None, None) => {
-                return Err(FilesError::BadRequest(
-                    "multipart part 'file' has no filename and no path was given".into(),
-                ))
-            }
+            (None, None) => return Err(FilesError::BadRequest("multipart part 'file' has no filename and no path was given".into())),
         };
         let path = resolve(agent, &user, &dest);
         if written.iter().any(|w| Path::new(&w.path) == path) {
-            return Err(FilesError::BadRequest(format!(
-                "you cannot upload multiple files to the same path '{}' in one upload request",
-                path.display()
-            )));
+            return Err(FilesError::BadRequest(format!("you cannot upload multiple files to the same path '{}' in one upload request", path.display())));
         }
         written.push(write_file(path, &user, &metadata, &mut field).await?);
     }
@@ -136,23 +101,13 @@ fn multipart_err(e: multer::Error) -> FilesError {
 fn content_encoding(headers: &HeaderMap) -> Result<bool, FilesError> {
     let mut gzip = false;
     for v in headers.get_all(header::CONTENT_ENCODING) {
-        let s = v
-            .to_str()
-            .map_err(|_| FilesError::BadRequest("invalid Content-Encoding header".into()))?;
-        for coding in s.split(',').map(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        }) {
+        let s = v.to_str().map_err(|_| FilesError::BadRequest("invalid Content-Encoding header".into()))?;
+        for coding in s.split(',').map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase()) {
             match coding.as_str() {
                 "" | "identity" => {}
                 "gzip" | "x-gzip" if !gzip => gzip = true,
                 _ => {
-                    return Err(FilesError::BadRequest(format!(
-                        "unsupported Content-Encoding: {s}, supported: gzip"
-                    )));
+                    return Err(FilesError::BadRequest(format!("unsupported Content-Encoding: {s}, supported: gzip")));
                 }
             }
         }
@@ -175,32 +130,21 @@ fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>
             continue;
         }
         if key.is_empty() {
-            return Err(FilesError::BadRequest(
-                "metadata key must not be empty".into(),
-            ));
+            return Err(FilesError::BadRequest("metadata key must not be empty".into()));
         }
         if key.len() > xattr::MAX_KEY_LEN {
-            return Err(FilesError::BadRequest(format!(
-                "metadata key '{key}' is longer than {} bytes",
-                xattr::MAX_KEY_LEN
-            )));
+            return Err(FilesError::BadRequest(format!("metadata key '{key}' is longer than {} bytes", xattr::MAX_KEY_LEN)));
         }
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(FilesError::BadRequest(format!(
-                "metadata key '{key}' must be printable ASCII"
-            )));
+            return Err(FilesError::BadRequest(format!("metadata key '{key}' must be printable ASCII")));
         }
         let value = value.as_bytes();
         if !value.iter().all(|b| (0x20..0x7f).contains(b)) {
-            return Err(FilesError::BadRequest(format!(
-                "metadata value of '{key}' must be printable ASCII"
-            )));
+            return Err(FilesError::BadRequest(format!("metadata value of '{key}' must be printable ASCII")));
         }
         total += key.len() + value.len();
         if total > MAX_METADATA_BYTES {
-            return Err(FilesError::BadRequest(format!(
-                "metadata exceeds {MAX_METADATA_BYTES} bytes"
-            )));
+            return Err(FilesError::BadRequest(format!("metadata exceeds {MAX_METADATA_BYTES} bytes")));
         }
         out.insert(key.to_string(), String::from_utf8_lossy(value).into_owned());
     }
@@ -225,8 +169,7 @@ struct BodySource {
 
 impl ChunkSource for BodySource {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FilesError> {
-        let bad_gzip =
-            |e: io::Error| FilesError::BadRequest(format!("error decompressing request body: {e}"));
+        let bad_gzip = |e: io::Error| FilesError::BadRequest(format!("error decompressing request body: {e}"));
         loop {
             if let Some(dec) = self.gunzip.as_mut() {
                 // Feed compressed input in small steps so one highly
@@ -313,12 +256,7 @@ impl ChunkSource for multer::Field<'_> {
 /// Writes one uploaded file: the source is read here, on the async side,
 /// and written by a blocking task, with a small channel between them for
 /// back-pressure. `None` on the channel tells the writer to give up.
-async fn write_file(
-    path: PathBuf,
-    user: &User,
-    metadata: &BTreeMap<String, String>,
-    src: &mut impl ChunkSource,
-) -> Result<WrittenFile, FilesError> {
+async fn write_file(path: PathBuf, user: &User, metadata: &BTreeMap<String, String>, src: &mut impl ChunkSource) -> Result<WrittenFile, FilesError> {
     let (tx, rx) = mpsc::channel::<Option<Bytes>>(8);
     let (uid, gid, meta) = (user.uid, user.gid, metadata.clone());
     let writer = tokio::task::spawn_blocking(move || write_blocking(path, uid, gid, meta, rx));
@@ -347,13 +285,7 @@ async fn write_file(
     }
 }
 
-fn write_blocking(
-    path: PathBuf,
-    uid: u32,
-    gid: u32,
-    metadata: BTreeMap<String, String>,
-    mut rx: mpsc::Receiver<Option<Bytes>>,
-) -> Result<WrittenFile, FilesError> {
+fn write_blocking(path: PathBuf, uid: u32, gid: u32, metadata: BTreeMap<String, String>, mut rx: mpsc::Receiver<Option<Bytes>>) -> Result<WrittenFile, FilesError> {
     if let Some(parent) = path.parent() {
         fsops::ensure_dirs(parent, uid, gid)?;
     }
@@ -363,8 +295,7 @@ fn write_blocking(
         Err(e) if fsops::is_missing(&e) => None,
         Err(e) => return Err(FilesError::write_io("reading file info of", &path, e)),
     };
-    let file = crate::safe_open::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
-        .map_err(|e| FilesError::write_io("opening", &path, e))?;
+    let file = crate::safe_open::open(&path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644).map_err(|e| FilesError::write_io("opening", &path, e))?;
     let created = existing.is_none();
     let result = (|| {
         // Hand the file to the user. A file we created is always chowned
@@ -372,19 +303,16 @@ fn write_blocking(
         // a file the user already owns is left alone so rewriting it shows
         // up as plain WRITEs.
         if !matches!(&existing, Some(m) if m.uid() == uid && m.gid() == gid) {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| FilesError::write_io("changing owner of", &path, e))?;
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| FilesError::write_io("changing owner of", &path, e))?;
         }
         let mut w = BufWriter::with_capacity(CHUNK, &file);
         while let Some(msg) = rx.blocking_recv() {
             let Some(chunk) = msg else {
                 return Err(FilesError::Aborted);
             };
-            w.write_all(&chunk)
-                .map_err(|e| FilesError::write_io("writing", &path, e))?;
+            w.write_all(&chunk).map_err(|e| FilesError::write_io("writing", &path, e))?;
         }
-        w.flush()
-            .map_err(|e| FilesError::write_io("writing", &path, e))?;
+        w.flush().map_err(|e| FilesError::write_io("writing", &path, e))?;
         drop(w);
         match xattr::replace_fd(file.as_fd(), &metadata) {
             Ok(()) => Ok(()),
@@ -403,12 +331,7 @@ fn write_blocking(
         }
         return Err(e);
     }
-    Ok(WrittenFile {
-        name: entry::display_name(&path),
-        path: path.to_string_lossy().into_owned(),
-        kind: "file".to_string(),
-        metadata: (!metadata.is_empty()).then_some(metadata),
-    })
+    Ok(WrittenFile { name: entry::display_name(&path), path: path.to_string_lossy().into_owned(), kind: "file".to_string(), metadata: (!metadata.is_empty()).then_some(metadata) })
 }
 
 #[cfg(test)]
@@ -420,10 +343,7 @@ mod tests {
     fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_bytes(v).expect("value"),
-            );
+            h.append(http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_bytes(v).expect("value"));
         }
         h
     }
@@ -441,12 +361,7 @@ mod tests {
         assert_eq!(m["author"], "mish");
         assert_eq!(m["purpose"], "upload");
 
-        let bad = |pairs: &[(&str, &[u8])]| {
-            matches!(
-                metadata_from_headers(&headers(pairs)),
-                Err(FilesError::BadRequest(_))
-            )
-        };
+        let bad = |pairs: &[(&str, &[u8])]| matches!(metadata_from_headers(&headers(pairs)), Err(FilesError::BadRequest(_)));
         assert!(bad(&[("x-metadata-", b"v")]));
         assert!(bad(&[("x-metadata-k", b"caf\xc3\xa9")]));
         assert!(bad(&[("x-metadata-k", b"tab\there")]));
@@ -461,9 +376,7 @@ mod tests {
     #[test]
     fn upload_content_encoding() {
         assert!(!content_encoding(&HeaderMap::new()).expect("none"));
-        assert!(
-            !content_encoding(&headers(&[("content-encoding", b"identity")])).expect("identity")
-        );
+        assert!(!content_encoding(&headers(&[("content-encoding", b"identity")])).expect("identity"));
         assert!(content_encoding(&headers(&[("content-encoding", b"gzip")])).expect("gzip"));
         assert!(content_encoding(&headers(&[("content-encoding", b"br")])).is_err());
         assert!(content_encoding(&headers(&[("content-encoding", b"gzip, gzip")])).is_err());

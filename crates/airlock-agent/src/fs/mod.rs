@@ -18,10 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_proto::connect::{Code, ConnectError};
-use airlock_proto::envd::{
-    Empty, EntryInfo, EntryResponse, GetWatcherEventsResponse, ListDirRequest, ListDirResponse, MoveRequest,
-    PathRequest, WatchRequest, WatcherId,
-};
+use airlock_proto::envd::{Empty, EntryInfo, EntryResponse, GetWatcherEventsResponse, ListDirRequest, ListDirResponse, MoveRequest, PathRequest, WatchRequest, WatcherId};
 use http::Request;
 use hyper::body::Incoming;
 
@@ -125,9 +122,7 @@ impl FsError {
             FsError::Io { source, .. } => match source.raw_os_error() {
                 // ELOOP: a magic link refused by safe_open (or a real loop).
                 Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ELOOP) => Code::PermissionDenied,
-                Some(libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY | libc::EINVAL | libc::ENAMETOOLONG) => {
-                    Code::InvalidArgument
-                }
+                Some(libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY | libc::EINVAL | libc::ENAMETOOLONG) => Code::InvalidArgument,
                 Some(libc::EEXIST) => Code::AlreadyExists,
                 _ => Code::Internal,
             },
@@ -229,8 +224,7 @@ pub(crate) fn ensure_dirs(dir: &Path, uid: u32, gid: u32) -> Result<bool, FsErro
     for d in missing.into_iter().rev() {
         match std::fs::DirBuilder::new().mode(0o755).create(d) {
             Ok(()) => {
-                std::os::unix::fs::chown(d, Some(uid), Some(gid))
-                    .map_err(|e| FsError::io("changing owner of", d, e))?;
+                std::os::unix::fs::chown(d, Some(uid), Some(gid)).map_err(|e| FsError::io("changing owner of", d, e))?;
                 created_last = true;
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && std::fs::metadata(d).is_ok_and(|m| m.is_dir()) => {
@@ -409,9 +403,7 @@ mod tests {
         let names = |depth| {
             let mut out = Vec::new();
             walk(root, depth, &mut Names::default(), &mut out).expect("walk");
-            out.into_iter()
-                .map(|e| e.path.strip_prefix(&*root.to_string_lossy()).unwrap_or_default().to_string())
-                .collect::<Vec<_>>()
+            out.into_iter().map(|e| e.path.strip_prefix(&*root.to_string_lossy()).unwrap_or_default().to_string()).collect::<Vec<_>>()
         };
         assert_eq!(names(1), ["/a.txt", "/b", "/link"]);
         assert_eq!(names(2), ["/a.txt", "/b", "/b/deep", "/link"]);

@@ -154,11 +154,7 @@ fn children(dir: &Path) -> Vec<(std::ffi::OsString, bool)> {
     out
 }
 
-fn setup(
-    root: &Path,
-    recursive: bool,
-    allow_network_mounts: bool,
-) -> Result<(Inotify, WatchDescriptor, Scan), FsError> {
+fn setup(root: &Path, recursive: bool, allow_network_mounts: bool) -> Result<(Inotify, WatchDescriptor, Scan), FsError> {
     let meta = std::fs::metadata(root).map_err(|e| FsError::io("stat", root, e))?;
     if !meta.is_dir() {
         return Err(FsError::NotADirectory(root.to_path_buf()));
@@ -171,12 +167,9 @@ fn setup(
             return Err(FsError::NetworkMount(root.to_path_buf()));
         }
     }
-    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| FsError::WatchLimit { path: root.to_path_buf(), source: e.into() })?;
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|e| FsError::WatchLimit { path: root.to_path_buf(), source: e.into() })?;
     // The root may itself be a symlink to a directory; follow that one.
-    let root_wd = ino
-        .add_watch(root, dir_mask() | AddWatchFlags::IN_ONLYDIR)
-        .map_err(|e| FsError::WatchLimit { path: root.to_path_buf(), source: e.into() })?;
+    let root_wd = ino.add_watch(root, dir_mask() | AddWatchFlags::IN_ONLYDIR).map_err(|e| FsError::WatchLimit { path: root.to_path_buf(), source: e.into() })?;
     let scan = if recursive {
         let subdirs = children(root).into_iter().filter(|(_, d)| *d).map(|(n, _)| PathBuf::from(n)).collect();
         watch_tree(&ino, root, subdirs, false)?
@@ -200,12 +193,7 @@ pub struct DirWatch {
 
 impl DirWatch {
     /// Starts watching `root`, which must be an existing directory.
-    pub async fn open(
-        root: PathBuf,
-        recursive: bool,
-        include_entry: bool,
-        allow_network_mounts: bool,
-    ) -> Result<Self, FsError> {
+    pub async fn open(root: PathBuf, recursive: bool, include_entry: bool, allow_network_mounts: bool) -> Result<Self, FsError> {
         let r = root.clone();
         let (ino, root_wd, scan) = blocking(move || setup(&r, recursive, allow_network_mounts)).await?;
         let ino = Arc::new(ino);
@@ -238,8 +226,7 @@ impl DirWatch {
 
     async fn read_raw(&self) -> Result<Vec<InotifyEvent>, FsError> {
         loop {
-            let mut guard =
-                self.io.readable().await.map_err(|e| FsError::io("waiting on inotify for", &self.root, e))?;
+            let mut guard = self.io.readable().await.map_err(|e| FsError::io("waiting on inotify for", &self.root, e))?;
             match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(io::Error::from)) {
                 Ok(Ok(events)) => return Ok(events),
                 Ok(Err(e)) => return Err(FsError::io("reading inotify events for", &self.root, e)),
@@ -298,8 +285,7 @@ impl DirWatch {
     /// Stops watching a directory that left the tree (and everything below
     /// it), so its later events are not reported under a stale name.
     fn forget(&mut self, rel: &Path) {
-        let gone: Vec<WatchDescriptor> =
-            self.dirs.iter().filter(|(_, p)| p.starts_with(rel)).map(|(wd, _)| *wd).collect();
+        let gone: Vec<WatchDescriptor> = self.dirs.iter().filter(|(_, p)| p.starts_with(rel)).map(|(wd, _)| *wd).collect();
         for wd in gone {
             self.dirs.remove(&wd);
             // Already gone when the directory was deleted; that is fine.
@@ -309,10 +295,7 @@ impl DirWatch {
 
     async fn with_entries(&self, changes: Vec<(PathBuf, EventType)>) -> Result<Vec<FilesystemEvent>, FsError> {
         if !self.include_entry {
-            return Ok(changes
-                .into_iter()
-                .map(|(rel, t)| FilesystemEvent { name: event_name(&rel), event_type: t, entry: None })
-                .collect());
+            return Ok(changes.into_iter().map(|(rel, t)| FilesystemEvent { name: event_name(&rel), event_type: t, entry: None }).collect());
         }
         let root = self.root.clone();
         blocking(move || {
@@ -322,10 +305,7 @@ impl DirWatch {
                 .into_iter()
                 .map(|(rel, t)| {
                     // Best effort: a removed or renamed-away path has no entry.
-                    let entry = cache
-                        .entry(rel.clone())
-                        .or_insert_with(|| entry::entry_info(&root.join(&rel), &mut names).ok())
-                        .clone();
+                    let entry = cache.entry(rel.clone()).or_insert_with(|| entry::entry_info(&root.join(&rel), &mut names).ok()).clone();
                     FilesystemEvent { name: event_name(&rel), event_type: t, entry }
                 })
                 .collect();

@@ -102,11 +102,7 @@ impl InterpError {
     fn status(&self) -> StatusCode {
         match self {
             Self::ContextNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
-            Self::Body(_)
-            | Self::Json(_)
-            | Self::MissingCode
-            | Self::ContextAndLanguage
-            | Self::UnsupportedLanguage(_) => StatusCode::BAD_REQUEST,
+            Self::Body(_) | Self::Json(_) | Self::MissingCode | Self::ContextAndLanguage | Self::UnsupportedLanguage(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,10 +113,7 @@ impl InterpError {
     /// shows them; their causes stay in `source()`.
     pub fn message(&self) -> String {
         let mut text = self.to_string();
-        if matches!(
-            self,
-            Self::Body(_) | Self::User(_) | Self::Fd(_) | Self::Encode(_)
-        ) {
+        if matches!(self, Self::Body(_) | Self::User(_) | Self::Fd(_) | Self::Encode(_)) {
             return text;
         }
         let mut cause = std::error::Error::source(self);
@@ -201,16 +194,7 @@ impl Interpreter {
 
     fn create(&self, kind: Kind, language: String, cwd: String) -> Arc<Context> {
         let id = crate::fs::watch::random_id();
-        let c = Arc::new(Context {
-            info: ContextInfo {
-                id: id.clone(),
-                language,
-                cwd,
-            },
-            kind,
-            kernel: tokio::sync::Mutex::new(None),
-            pid: AtomicI32::new(0),
-        });
+        let c = Arc::new(Context { info: ContextInfo { id: id.clone(), language, cwd }, kind, kernel: tokio::sync::Mutex::new(None), pid: AtomicI32::new(0) });
         self.map().insert(id, c.clone());
         c
     }
@@ -251,16 +235,11 @@ struct CreateContext {
 fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
     let mut r = hyper::Response::new(h::full(msg.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
-async fn json_body<T: for<'de> Deserialize<'de> + Default>(
-    req: Request<Incoming>,
-) -> Result<T, InterpError> {
+async fn json_body<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, InterpError> {
     let b = crate::http::read_limited(req.into_body(), 16 * 1024 * 1024).await?;
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -313,10 +292,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
             let agent = agent.clone();
             tokio::spawn(async move { execute(&agent, ctx, code, env, tx).await });
             let mut resp = hyper::Response::new(h::channel_body(rx));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/x-ndjson"),
-            );
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
             resp
         }
         (Method::POST, ["contexts"]) => {
@@ -342,11 +318,7 @@ pub async fn handle(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
             match removed {
                 Some(c) => {
                     stop_kernel(&c).await;
-                    interp
-                        .defaults
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .retain(|_, v| v != id);
+                    interp.defaults.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
                     h::json_ok(StatusCode::OK, &Value::Null)
                 }
                 None => InterpError::ContextNotFound(id.to_string()).response(),
@@ -406,13 +378,7 @@ impl Utf8Carry {
     }
 }
 
-async fn execute(
-    agent: &Arc<Agent>,
-    ctx: Arc<Context>,
-    code: String,
-    env: BTreeMap<String, String>,
-    tx: mpsc::Sender<Bytes>,
-) {
+async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTreeMap<String, String>, tx: mpsc::Sender<Bytes>) {
     let mut guard = ctx.kernel.lock().await;
     if guard.is_none() {
         match start_kernel(agent, &ctx).await {
@@ -433,11 +399,7 @@ async fn execute(
         Ok(r) => r,
         Err(e) => {
             let e = e.message();
-            let _ = tx
-                .send(line(
-                    json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}),
-                ))
-                .await;
+            let _ = tx.send(line(json!({"type": "error", "name": "ExecutionError", "value": e, "traceback": e}))).await;
             let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
             return;
         }
@@ -512,16 +474,11 @@ async fn execute(
         }
     }
     // Output written before the kernel said "done" is already in the pipes.
-    for (fd, carry, kind) in [
-        (&k.stdout, &mut out_carry, "stdout"),
-        (&k.stderr, &mut err_carry, "stderr"),
-    ] {
+    for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
         while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
             let t = carry.push(&buf[..n]);
             if !t.is_empty() {
-                let _ = tx
-                    .send(line(json!({"type": kind, "text": t, "timestamp": now()})))
-                    .await;
+                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
             }
         }
     }
@@ -532,29 +489,18 @@ async fn execute(
         ctx.pid.store(0, Ordering::SeqCst);
         *guard = None;
     } else if let Some(c) = count {
-        let _ = tx
-            .send(line(
-                json!({"type": "number_of_executions", "execution_count": c}),
-            ))
-            .await;
+        let _ = tx.send(line(json!({"type": "number_of_executions", "execution_count": c}))).await;
     }
     let _ = tx.send(line(json!({"type": "end_of_execution"}))).await;
 }
 
 /// The request line for the kernel. Bash gets files (its own code is read
 /// by `source`); the others get the code inline.
-fn prepare_request(
-    agent: &Agent,
-    kind: Kind,
-    k: &mut Kernel,
-    code: &str,
-    env: &BTreeMap<String, String>,
-) -> Result<String, InterpError> {
+fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &BTreeMap<String, String>) -> Result<String, InterpError> {
     k.cells += 1;
     match kind {
         Kind::Python | Kind::JavaScript => {
-            let mut s = serde_json::to_string(&json!({"code": code, "env": env}))
-                .map_err(InterpError::Encode)?;
+            let mut s = serde_json::to_string(&json!({"code": code, "env": env})).map_err(InterpError::Encode)?;
             s.push('\n');
             Ok(s)
         }
@@ -562,11 +508,7 @@ fn prepare_request(
             let dir = std::path::PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
             let user = crate::users::lookup(&agent.config.default_user)?;
             if !dir.exists() {
-                std::fs::create_dir_all(&dir).map_err(|source| InterpError::Io {
-                    op: "creating",
-                    path: dir.clone(),
-                    source,
-                })?;
+                std::fs::create_dir_all(&dir).map_err(|source| InterpError::Io { op: "creating", path: dir.clone(), source })?;
                 let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
             }
             let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
@@ -576,7 +518,9 @@ fn prepare_request(
                 if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || key.is_empty() {
                     return Err(InterpError::InvalidEnvName(key.clone()));
                 }
-                restore.push_str(&format!("if [ -n \"${{__airlock_set_{key}+x}}\" ]; then export {key}=\"$__airlock_old_{key}\"; else unset {key}; fi; unset __airlock_set_{key} __airlock_old_{key}\n"));
+                restore.push_str(&format!(
+                    "if [ -n \"${{__airlock_set_{key}+x}}\" ]; then export {key}=\"$__airlock_old_{key}\"; else unset {key}; fi; unset __airlock_set_{key} __airlock_old_{key}\n"
+                ));
                 cell.push_str(&format!("if [ -n \"${{{key}+x}}\" ]; then __airlock_set_{key}=1; __airlock_old_{key}=\"${key}\"; fi; export {key}={}\n", q(v)));
             }
             cell.push_str(code);
@@ -584,11 +528,7 @@ fn prepare_request(
             let cp = dir.join(format!("cell-{}.sh", k.cells));
             let rp = dir.join(format!("restore-{}.sh", k.cells));
             for (p, c) in [(&cp, &cell), (&rp, &restore)] {
-                std::fs::write(p, c).map_err(|source| InterpError::Io {
-                    op: "writing",
-                    path: p.clone(),
-                    source,
-                })?;
+                std::fs::write(p, c).map_err(|source| InterpError::Io { op: "writing", path: p.clone(), source })?;
                 let _ = std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid));
             }
             Ok(format!("{}|{}\n", cp.display(), rp.display()))
@@ -618,30 +558,13 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Inter
         }
     };
     let mut env = crate::process::command_env(agent, &user, &BTreeMap::new(), false);
-    env.insert(
-        "MPLBACKEND".into(),
-        "module://matplotlib_inline.backend_inline".into(),
-    );
-    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() {
-        ctx.info.cwd.clone()
-    } else {
-        user.home.display().to_string()
-    };
-    cmd.env_clear()
-        .envs(env)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    env.insert("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into());
+    let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() { ctx.info.cwd.clone() } else { user.home.display().to_string() };
+    cmd.env_clear().envs(env).current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The protocol pipes go on fds 3 (events) and 4 (requests), where the
     // drivers expect them.
-    let setup = spawn::Setup::new(&user, spawn::Session::ProcessGroup)
-        .fd_at(ev_w.as_fd(), 3)
-        .fd_at(rq_r.as_fd(), 4);
-    let mut child = spawn::spawn(cmd, setup).map_err(|source| InterpError::Spawn {
-        kind: ctx.kind,
-        source,
-    })?;
+    let setup = spawn::Setup::new(&user, spawn::Session::ProcessGroup).fd_at(ev_w.as_fd(), 3).fd_at(rq_r.as_fd(), 4);
+    let mut child = spawn::spawn(cmd, setup).map_err(|source| InterpError::Spawn { kind: ctx.kind, source })?;
     drop(ev_w);
     drop(rq_r);
     let pid = child.id() as i32;
@@ -657,14 +580,7 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Inter
     set_nonblocking(&rq_w).map_err(InterpError::Fd)?;
     let events = tokio::net::unix::pipe::Receiver::from_owned_fd(ev_r).map_err(InterpError::Fd)?;
     let requests = tokio::net::unix::pipe::Sender::from_owned_fd(rq_w).map_err(InterpError::Fd)?;
-    let mut k = Kernel {
-        pid,
-        requests,
-        events: BufReader::new(events).lines(),
-        stdout,
-        stderr,
-        cells: 0,
-    };
+    let mut k = Kernel { pid, requests, events: BufReader::new(events).lines(), stdout, stderr, cells: 0 };
     // Wait for the driver's "ready", showing what it printed if it fails.
     let ready = tokio::time::timeout(START_TIMEOUT, async {
         loop {
@@ -682,10 +598,7 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Inter
         if let ReadResult::Data(n) = read_nb(k.stderr.get_ref(), &mut buf) {
             msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         }
-        return Err(InterpError::NotReady {
-            kind: ctx.kind,
-            output: msg,
-        });
+        return Err(InterpError::NotReady { kind: ctx.kind, output: msg });
     }
     // Whatever the kernel printed while starting (library warnings) belongs
     // to no cell: log it instead of showing it in the first execution.
@@ -715,52 +628,26 @@ mod tests {
     #[test]
     fn errors_answer_as_before() {
         let os = || io::Error::from_raw_os_error(libc::ENOSPC);
-        let e = InterpError::Io {
-            op: "writing",
-            path: "/tmp/x".into(),
-            source: os(),
-        };
+        let e = InterpError::Io { op: "writing", path: "/tmp/x".into(), source: os() };
         assert_eq!(e.message(), format!("writing /tmp/x: {}", os()));
         assert_eq!(InterpError::Pipe(os()).message(), format!("pipe: {}", os()));
-        let e = InterpError::Spawn {
-            kind: Kind::Python,
-            source: os(),
-        };
+        let e = InterpError::Spawn { kind: Kind::Python, source: os() };
         assert_eq!(e.message(), format!("starting the Python kernel: {}", os()));
         assert_eq!(InterpError::Fd(os()).message(), os().to_string());
-        let e = InterpError::NotReady {
-            kind: Kind::Bash,
-            output: " boom\n".into(),
-        };
+        let e = InterpError::NotReady { kind: Kind::Bash, output: " boom\n".into() };
         assert_eq!(e.message(), "the Bash kernel failed to start: boom");
-        let e = InterpError::User(UserError::Read {
-            path: "/etc/passwd",
-            source: os(),
-        });
+        let e = InterpError::User(UserError::Read { path: "/etc/passwd", source: os() });
         assert_eq!(e.message(), "reading /etc/passwd");
         let e = normalise(Some("cobol")).expect_err("cobol");
-        assert_eq!(
-            e.message(),
-            "language 'cobol' is not supported (python, javascript, typescript, bash)"
-        );
+        assert_eq!(e.message(), "language 'cobol' is not supported (python, javascript, typescript, bash)");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = InterpError::ContextNotFound("abc".into());
-        assert_eq!(
-            (e.status(), e.message().as_str()),
-            (StatusCode::NOT_FOUND, "Context abc not found")
-        );
+        assert_eq!((e.status(), e.message().as_str()), (StatusCode::NOT_FOUND, "Context abc not found"));
         let bad = serde_json::from_slice::<Value>(b"{").expect_err("bad json");
         let e = InterpError::Json(bad);
-        assert!(
-            e.message().starts_with("invalid JSON body: EOF"),
-            "{}",
-            e.message()
-        );
+        assert!(e.message().starts_with("invalid JSON body: EOF"), "{}", e.message());
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(
-            InterpError::InvalidEnvName("A-B".into()).message(),
-            "invalid environment variable name \"A-B\""
-        );
+        assert_eq!(InterpError::InvalidEnvName("A-B".into()).message(), "invalid environment variable name \"A-B\"");
     }
 
     #[test]

@@ -39,11 +39,7 @@ pub(crate) fn attach(p: Arc<Proc>, ctx: &RequestCtx, fresh: bool) -> Resp {
     let keepalive = ctx.keepalive;
     tokio::spawn(async move {
         let send = |kind: ProcessEventKind| connect::json_envelope(&ProcessEvent { event: kind });
-        if tx
-            .send(send(ProcessEventKind::Start { pid: p.pid }))
-            .await
-            .is_err()
-        {
+        if tx.send(send(ProcessEventKind::Start { pid: p.pid })).await.is_err() {
             return;
         }
         // A fresh Start has an empty history unless the process already
@@ -93,20 +89,13 @@ pub(crate) fn attach(p: Arc<Proc>, ctx: &RequestCtx, fresh: bool) -> Resp {
 
 /// Runs the output pumps, enforces the lifetime deadline, and publishes the
 /// end event once the process has exited and its output is drained.
-pub(crate) async fn supervise(
-    p: Arc<Proc>,
-    pumps: Vec<Pump>,
-    mut status: watch::Receiver<Option<i32>>,
-    lifetime: Option<Duration>,
-) {
+pub(crate) async fn supervise(p: Arc<Proc>, pumps: Vec<Pump>, mut status: watch::Receiver<Option<i32>>, lifetime: Option<Duration>) {
     let (exit_tx, exit_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for (fd, wrap) in pumps {
         let p = p.clone();
         let exit_rx = exit_rx.clone();
-        tasks.push(tokio::spawn(
-            async move { pump(p, fd, wrap, exit_rx).await },
-        ));
+        tasks.push(tokio::spawn(async move { pump(p, fd, wrap, exit_rx).await }));
     }
     let deadline = lifetime.map(|d| Instant::now() + d);
     let mut timed_out = false;
@@ -140,12 +129,7 @@ pub(crate) async fn supervise(
 /// Reads one output stream until EOF, or, once the process has exited,
 /// until no more data is immediately available: a background grandchild
 /// holding the pipe open must not keep the command from finishing.
-async fn pump(
-    p: Arc<Proc>,
-    fd: OwnedFd,
-    wrap: fn(Vec<u8>) -> DataOutput,
-    mut exited: watch::Receiver<bool>,
-) {
+async fn pump(p: Arc<Proc>, fd: OwnedFd, wrap: fn(Vec<u8>) -> DataOutput, mut exited: watch::Receiver<bool>) {
     let Ok(afd) = spawn::async_fd(fd, Interest::READABLE) else {
         return;
     };
@@ -189,9 +173,7 @@ pub(crate) async fn input_writer(fd: OwnedFd, mut rx: mpsc::Receiver<InputCmd>) 
     while let Some(cmd) = rx.recv().await {
         match cmd {
             InputCmd::Write(data, ack) => {
-                let r = write_all(&afd, &data).await.map_err(|e| {
-                    ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}"))
-                });
+                let r = write_all(&afd, &data).await.map_err(|e| ConnectError::new(Code::FailedPrecondition, format!("writing to stdin: {e}")));
                 let _ = ack.send(r);
             }
             InputCmd::Close(ack) => {

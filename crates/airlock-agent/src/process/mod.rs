@@ -22,9 +22,8 @@ use std::sync::Arc;
 
 use airlock_proto::connect::{self, Code, ConnectError};
 use airlock_proto::envd::{
-    CloseStdinRequest, ConnectRequest, Empty, ListRequest, ListResponse, ProcessInput,
-    ProcessSelector, SendInputRequest, SendSignalRequest, Signal, StartRequest, StreamInputEvent,
-    StreamInputRequest, UpdateRequest,
+    CloseStdinRequest, ConnectRequest, Empty, ListRequest, ListResponse, ProcessInput, ProcessSelector, SendInputRequest, SendSignalRequest, Signal, StartRequest,
+    StreamInputEvent, StreamInputRequest, UpdateRequest,
 };
 use bytes::Bytes;
 use http::Request;
@@ -85,12 +84,7 @@ impl Method {
     }
 }
 
-pub(crate) async fn handle(
-    agent: &Arc<Agent>,
-    m: Method,
-    req: Request<Incoming>,
-    ctx: RequestCtx,
-) -> Resp {
+pub(crate) async fn handle(agent: &Arc<Agent>, m: Method, req: Request<Incoming>, ctx: RequestCtx) -> Resp {
     let body = req.into_body();
     match m {
         Method::Start => match rpc::stream_request::<StartRequest>(body).await {
@@ -108,9 +102,7 @@ pub(crate) async fn handle(
             Err(e) => h::stream_err(&e),
         },
         Method::List => match rpc::unary::<ListRequest>(body).await {
-            Ok(_) => h::unary_ok(&ListResponse {
-                processes: agent.processes.running(),
-            }),
+            Ok(_) => h::unary_ok(&ListResponse { processes: agent.processes.running() }),
             Err(e) => h::unary_err(&e),
         },
         Method::SendInput => {
@@ -139,9 +131,7 @@ pub(crate) async fn handle(
                 let sig = match r.signal {
                     Signal::Sigkill => libc::SIGKILL,
                     Signal::Sigterm => libc::SIGTERM,
-                    Signal::Unspecified => {
-                        return Err(ConnectError::invalid_argument("signal is required"))
-                    }
+                    Signal::Unspecified => return Err(ConnectError::invalid_argument("signal is required")),
                 };
                 p.signal(sig)
             };
@@ -152,21 +142,13 @@ pub(crate) async fn handle(
                 let r: CloseStdinRequest = rpc::unary(body).await?;
                 let p = agent.processes.find(&r.process)?;
                 if p.pty.is_some() {
-                    return Err(ConnectError::new(
-                        Code::FailedPrecondition,
-                        "cannot close stdin of a PTY process",
-                    ));
+                    return Err(ConnectError::new(Code::FailedPrecondition, "cannot close stdin of a PTY process"));
                 }
                 let Some(tx) = &p.input else {
-                    return Err(ConnectError::new(
-                        Code::FailedPrecondition,
-                        "process was started without stdin",
-                    ));
+                    return Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"));
                 };
                 let (ack, rx) = oneshot::channel();
-                tx.send(InputCmd::Close(ack)).await.map_err(|_| {
-                    ConnectError::new(Code::FailedPrecondition, "stdin is already closed")
-                })?;
+                tx.send(InputCmd::Close(ack)).await.map_err(|_| ConnectError::new(Code::FailedPrecondition, "stdin is already closed"))?;
                 rx.await.unwrap_or(Ok(()))
             };
             h::unary(r.await.map(|()| Empty {}))
@@ -177,10 +159,7 @@ pub(crate) async fn handle(
                 let p = agent.processes.find(&r.process)?;
                 if let Some(size) = r.pty.and_then(|p| p.size) {
                     let Some(master) = &p.pty else {
-                        return Err(ConnectError::new(
-                            Code::FailedPrecondition,
-                            "process has no PTY",
-                        ));
+                        return Err(ConnectError::new(Code::FailedPrecondition, "process has no PTY"));
                     };
                     set_winsize(master, size)?;
                 }
@@ -195,29 +174,17 @@ async fn write_input(p: &Proc, input: ProcessInput) -> Result<(), ConnectError> 
     let data = match (input, &p.pty) {
         (ProcessInput::Pty(d), Some(_)) | (ProcessInput::Stdin(d), Some(_)) => d,
         (ProcessInput::Stdin(d), None) => d,
-        (ProcessInput::Pty(_), None) => {
-            return Err(ConnectError::invalid_argument("process has no PTY"))
-        }
+        (ProcessInput::Pty(_), None) => return Err(ConnectError::invalid_argument("process has no PTY")),
     };
     if p.exited() {
         return Err(not_found(&ProcessSelector::Pid(p.pid)));
     }
     let Some(tx) = &p.input else {
-        return Err(ConnectError::new(
-            Code::FailedPrecondition,
-            "process was started without stdin",
-        ));
+        return Err(ConnectError::new(Code::FailedPrecondition, "process was started without stdin"));
     };
     let (ack, rx) = oneshot::channel();
-    tx.send(InputCmd::Write(data, ack))
-        .await
-        .map_err(|_| ConnectError::new(Code::FailedPrecondition, "stdin is closed"))?;
-    rx.await.unwrap_or_else(|_| {
-        Err(ConnectError::new(
-            Code::FailedPrecondition,
-            "stdin is closed",
-        ))
-    })
+    tx.send(InputCmd::Write(data, ack)).await.map_err(|_| ConnectError::new(Code::FailedPrecondition, "stdin is closed"))?;
+    rx.await.unwrap_or_else(|_| Err(ConnectError::new(Code::FailedPrecondition, "stdin is closed")))
 }
 
 async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, ConnectError> {
@@ -227,9 +194,7 @@ async fn stream_input(agent: &Arc<Agent>, body: Incoming) -> Result<Empty, Conne
         match m.event {
             StreamInputEvent::Start { process } => target = Some(agent.processes.find(&process)?),
             StreamInputEvent::Data { input } => {
-                let p = target
-                    .as_ref()
-                    .ok_or_else(|| ConnectError::invalid_argument("data before start"))?;
+                let p = target.as_ref().ok_or_else(|| ConnectError::invalid_argument("data before start"))?;
                 write_input(p, input).await?;
             }
             StreamInputEvent::Keepalive {} => {}

@@ -18,11 +18,7 @@ impl Proc {
             // SAFETY: as above; the group may not exist if the leader changed it.
             let rc2 = unsafe { libc::kill(self.pid as i32, sig) };
             if rc2 != 0 {
-                return Err(ConnectError::internal(format!(
-                    "sending signal to pid {}: {}",
-                    self.pid,
-                    std::io::Error::last_os_error()
-                )));
+                return Err(ConnectError::internal(format!("sending signal to pid {}: {}", self.pid, std::io::Error::last_os_error())));
             }
         }
         Ok(())
@@ -35,28 +31,13 @@ pub(crate) fn end_event(raw: i32) -> EndEvent {
     if libc::WIFEXITED(raw) {
         let code = libc::WEXITSTATUS(raw);
         let status = format!("exit status {code}");
-        EndEvent {
-            exit_code: code,
-            exited: true,
-            error: (code != 0).then(|| status.clone()),
-            status,
-        }
+        EndEvent { exit_code: code, exited: true, error: (code != 0).then(|| status.clone()), status }
     } else if libc::WIFSIGNALED(raw) {
         let sig = libc::WTERMSIG(raw);
         let status = format!("signal: {}", signal_name(sig));
-        EndEvent {
-            exit_code: -1,
-            exited: false,
-            error: Some(status.clone()),
-            status,
-        }
+        EndEvent { exit_code: -1, exited: false, error: Some(status.clone()), status }
     } else {
-        EndEvent {
-            exit_code: -1,
-            exited: false,
-            status: "unknown".into(),
-            error: Some("unknown".into()),
-        }
+        EndEvent { exit_code: -1, exited: false, status: "unknown".into(), error: Some("unknown".into()) }
     }
 }
 
@@ -90,19 +71,10 @@ mod tests {
     #[test]
     fn end_events_match_go_strings() {
         let e = end_event(0);
-        assert_eq!(
-            (e.exit_code, e.exited, e.status.as_str(), e.error.is_none()),
-            (0, true, "exit status 0", true)
-        );
+        assert_eq!((e.exit_code, e.exited, e.status.as_str(), e.error.is_none()), (0, true, "exit status 0", true));
         let e = end_event(3 << 8);
-        assert_eq!(
-            (e.exit_code, e.error.as_deref()),
-            (3, Some("exit status 3"))
-        );
+        assert_eq!((e.exit_code, e.error.as_deref()), (3, Some("exit status 3")));
         let e = end_event(libc::SIGKILL);
-        assert_eq!(
-            (e.exit_code, e.exited, e.status.as_str()),
-            (-1, false, "signal: killed")
-        );
+        assert_eq!((e.exit_code, e.exited, e.status.as_str()), (-1, false, "signal: killed"));
     }
 }

@@ -22,25 +22,13 @@ use crate::Agent;
 
 /// Environment of a command, in envd's order: PATH, HOME, USER, LOGNAME,
 /// then sandbox-wide variables, then the request's (last wins).
-pub(crate) fn command_env(
-    agent: &Agent,
-    user: &User,
-    req: &BTreeMap<String, String>,
-    pty: bool,
-) -> BTreeMap<String, String> {
+pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, String>, pty: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("PATH".to_string(), agent.config.path.clone());
     env.insert("HOME".to_string(), user.home.display().to_string());
     env.insert("USER".to_string(), user.name.clone());
     env.insert("LOGNAME".to_string(), user.name.clone());
-    env.insert(
-        "SHELL".to_string(),
-        if user.shell.is_empty() {
-            "/bin/sh".into()
-        } else {
-            user.shell.clone()
-        },
-    );
+    env.insert("SHELL".to_string(), if user.shell.is_empty() { "/bin/sh".into() } else { user.shell.clone() });
     if pty {
         env.insert("TERM".to_string(), "xterm-256color".to_string());
     }
@@ -53,48 +41,23 @@ pub(crate) fn command_env(
     env
 }
 
-pub(crate) fn start(
-    agent: &Arc<Agent>,
-    r: StartRequest,
-    ctx: &RequestCtx,
-) -> Result<Arc<Proc>, ConnectError> {
+pub(crate) fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Proc>, ConnectError> {
     if r.process.cmd.is_empty() {
         return Err(ConnectError::invalid_argument("process.cmd is required"));
     }
     let user = &ctx.user;
-    let cwd = crate::paths::resolve(
-        r.process.cwd.as_deref().unwrap_or(""),
-        user,
-        agent.config.default_workdir.as_deref(),
-    );
+    let cwd = crate::paths::resolve(r.process.cwd.as_deref().unwrap_or(""), user, agent.config.default_workdir.as_deref());
     match std::fs::metadata(&cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(ConnectError::invalid_argument(format!(
-                "cwd '{}' is not a directory",
-                cwd.display()
-            )))
-        }
-        Err(_) => {
-            return Err(ConnectError::invalid_argument(format!(
-                "cwd '{}' does not exist",
-                cwd.display()
-            )))
-        }
+        Ok(_) => return Err(ConnectError::invalid_argument(format!("cwd '{}' is not a directory", cwd.display()))),
+        Err(_) => return Err(ConnectError::invalid_argument(format!("cwd '{}' does not exist", cwd.display()))),
     }
-    let pty_size = r
-        .pty
-        .map(|p| p.size.unwrap_or(PtySize { cols: 80, rows: 24 }));
+    let pty_size = r.pty.map(|p| p.size.unwrap_or(PtySize { cols: 80, rows: 24 }));
     let want_stdin = r.stdin.unwrap_or(true) || pty_size.is_some();
 
     let mut cmd = std::process::Command::new(&r.process.cmd);
     cmd.args(&r.process.args).current_dir(&cwd).env_clear();
-    cmd.envs(command_env(
-        agent,
-        user,
-        &r.process.envs,
-        pty_size.is_some(),
-    ));
+    cmd.envs(command_env(agent, user, &r.process.envs, pty_size.is_some()));
 
     let (uid, gid) = (user.uid, user.gid);
     let mut pty_master = None;
@@ -105,28 +68,13 @@ pub(crate) fn start(
         // check the tty's owner (ssh-like tools, `mesg`) are content.
         // SAFETY: fchown on an fd we own.
         unsafe { libc::fchown(s.as_raw_fd(), uid, gid) };
-        cmd.stdin(Stdio::from(dup(&s)?))
-            .stdout(Stdio::from(dup(&s)?))
-            .stderr(Stdio::from(dup(&s)?));
+        cmd.stdin(Stdio::from(dup(&s)?)).stdout(Stdio::from(dup(&s)?)).stderr(Stdio::from(dup(&s)?));
         pty_master = Some(m);
         slave_fd = Some(s);
     } else {
-        cmd.stdin(if want_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(if want_stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    let setup = spawn::Setup::new(
-        user,
-        if pty_master.is_some() {
-            spawn::Session::Terminal
-        } else {
-            spawn::Session::ProcessGroup
-        },
-    );
+    let setup = spawn::Setup::new(user, if pty_master.is_some() { spawn::Session::Terminal } else { spawn::Session::ProcessGroup });
 
     // Hold the table lock across spawn and insert so the reaper cannot
     // collect the exit status before the process is registered.
@@ -134,21 +82,13 @@ pub(crate) fn start(
     if let Some(tag) = &r.tag {
         if let Some(old) = table.tags.get(tag).and_then(|p| table.procs.get(p)) {
             if !old.exited() {
-                return Err(ConnectError::new(
-                    Code::AlreadyExists,
-                    format!("a running process already has tag {tag}"),
-                ));
+                return Err(ConnectError::new(Code::AlreadyExists, format!("a running process already has tag {tag}")));
             }
         }
     }
     let mut child = spawn::spawn(cmd, setup).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd))
-        }
-        std::io::ErrorKind::PermissionDenied => ConnectError::new(
-            Code::PermissionDenied,
-            format!("cannot execute '{}': {e}", r.process.cmd),
-        ),
+        std::io::ErrorKind::NotFound => ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd)),
+        std::io::ErrorKind::PermissionDenied => ConnectError::new(Code::PermissionDenied, format!("cannot execute '{}': {e}", r.process.cmd)),
         _ => ConnectError::internal(format!("starting '{}': {e}", r.process.cmd)),
     })?;
     drop(slave_fd);
@@ -182,19 +122,11 @@ pub(crate) fn start(
     });
     let p = Arc::new(Proc {
         pid,
-        config: ProcessConfig {
-            cwd: Some(cwd.display().to_string()),
-            ..r.process.clone()
-        },
+        config: ProcessConfig { cwd: Some(cwd.display().to_string()), ..r.process.clone() },
         tag: r.tag.clone(),
         pty: master,
         input,
-        output: Mutex::new(Output {
-            history: VecDeque::new(),
-            history_bytes: 0,
-            subscribers: Vec::new(),
-            end: None,
-        }),
+        output: Mutex::new(Output { history: VecDeque::new(), history_bytes: 0, subscribers: Vec::new(), end: None }),
         status: status_tx,
     });
     table.procs.insert(pid, p.clone());

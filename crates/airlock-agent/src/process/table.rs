@@ -57,11 +57,7 @@ impl Proc {
     }
 
     pub(crate) fn info(&self) -> ProcessInfo {
-        ProcessInfo {
-            config: self.config.clone(),
-            pid: self.pid,
-            tag: self.tag.clone(),
-        }
+        ProcessInfo { config: self.config.clone(), pid: self.pid, tag: self.tag.clone() }
     }
 
     /// Registers a subscriber and returns what it missed. Taken under the
@@ -106,9 +102,7 @@ impl Proc {
             }
         }
         if !dead.is_empty() {
-            self.output()
-                .subscribers
-                .retain(|s| !dead.iter().any(|d| d.same_channel(s)));
+            self.output().subscribers.retain(|s| !dead.iter().any(|d| d.same_channel(s)));
         }
     }
 }
@@ -143,8 +137,7 @@ impl Table {
             ProcessSelector::Pid(p) => Some(*p),
             ProcessSelector::Tag(tag) => t.tags.get(tag).copied(),
         };
-        pid.and_then(|p| t.procs.get(&p).cloned())
-            .ok_or_else(|| not_found(sel))
+        pid.and_then(|p| t.procs.get(&p).cloned()).ok_or_else(|| not_found(sel))
     }
 
     /// Called by the reaper for every child it collects. Unknown pids are
@@ -176,12 +169,7 @@ impl Table {
 
     pub(crate) fn running(&self) -> Vec<ProcessInfo> {
         let t = self.lock();
-        let mut v: Vec<_> = t
-            .procs
-            .values()
-            .filter(|p| !p.exited())
-            .map(|p| p.info())
-            .collect();
+        let mut v: Vec<_> = t.procs.values().filter(|p| !p.exited()).map(|p| p.info()).collect();
         v.sort_by_key(|p| p.pid);
         v
     }

@@ -82,12 +82,7 @@ pub(super) struct Spec<'a> {
 }
 
 fn stmt(code: u16, k: u32) -> Insn {
-    Insn {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    Insn { code, jt: 0, jf: 0, k }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
@@ -106,12 +101,7 @@ pub(super) fn compile(spec: &Spec) -> Result<Vec<Insn>, String> {
     if !spec.default.is_plain() {
         return Err("the default rule cannot look at arguments".into());
     }
-    let mut prog = vec![
-        stmt(LD_W_ABS, ARCH),
-        jump(JEQ_K, spec.arch, 1, 0),
-        ret(RET_KILL_PROCESS),
-        stmt(LD_W_ABS, NR),
-    ];
+    let mut prog = vec![stmt(LD_W_ABS, ARCH), jump(JEQ_K, spec.arch, 1, 0), ret(RET_KILL_PROCESS), stmt(LD_W_ABS, NR)];
     if let Some(from) = spec.foreign_from {
         prog.push(jump(JGE_K, from, 0, 1));
         prog.extend(leaf(&spec.default)?);
@@ -178,12 +168,7 @@ fn leaf(rule: &Rule) -> Result<Vec<Insn>, String> {
         Rule::Allow => vec![ret(RET_ALLOW)],
         Rule::Errno(e) => vec![ret(ret_errno(e))],
         Rule::RefuseFlags { arg, mask, errno } => {
-            vec![
-                stmt(LD_W_ABS, arg_lo(arg)),
-                jump(JSET_K, mask, 0, 1),
-                ret(ret_errno(errno)),
-                ret(RET_ALLOW),
-            ]
+            vec![stmt(LD_W_ABS, arg_lo(arg)), jump(JSET_K, mask, 0, 1), ret(ret_errno(errno)), ret(RET_ALLOW)]
         }
         Rule::AllowValues { arg, values, errno } => {
             // One JEQ per value, each jumping to the final "allow"; falling
@@ -203,28 +188,15 @@ fn leaf(rule: &Rule) -> Result<Vec<Insn>, String> {
 /// instruction that does not return.
 pub(super) fn validate(prog: &[Insn]) -> Result<(), String> {
     if prog.is_empty() || prog.len() > libc::BPF_MAXINSNS as usize {
-        return Err(format!(
-            "program of {} instructions (1..={} allowed)",
-            prog.len(),
-            libc::BPF_MAXINSNS
-        ));
+        return Err(format!("program of {} instructions (1..={} allowed)", prog.len(), libc::BPF_MAXINSNS));
     }
     for (pc, i) in prog.iter().enumerate() {
         let targets: &[usize] = match i.code {
-            LD_W_ABS
-                if i.k % 4 == 0 && (i.k as usize) < std::mem::size_of::<libc::seccomp_data>() =>
-            {
-                &[]
-            }
+            LD_W_ABS if i.k % 4 == 0 && (i.k as usize) < std::mem::size_of::<libc::seccomp_data>() => &[],
             RET_K => &[],
             JA => &[i.k as usize],
             JEQ_K | JGE_K | JSET_K => &[i.jt as usize, i.jf as usize],
-            c => {
-                return Err(format!(
-                    "instruction {pc}: opcode {c:#x} (k = {}) is not one we emit",
-                    i.k
-                ))
-            }
+            c => return Err(format!("instruction {pc}: opcode {c:#x} (k = {}) is not one we emit", i.k)),
         };
         if let Some(t) = targets.iter().find(|t| pc + 1 + **t >= prog.len()) {
             return Err(format!("instruction {pc}: jump of {t} leaves the program"));

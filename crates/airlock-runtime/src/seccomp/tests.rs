@@ -6,9 +6,7 @@ use std::sync::LazyLock;
 
 use libc::sock_filter as Insn;
 
-use super::bpf::{
-    self, ret_errno, Rule, JA, JEQ_K, JGE_K, JSET_K, LD_W_ABS, RET_ALLOW, RET_K, RET_KILL_PROCESS,
-};
+use super::bpf::{self, ret_errno, Rule, JA, JEQ_K, JGE_K, JSET_K, LD_W_ABS, RET_ALLOW, RET_K, RET_KILL_PROCESS};
 use super::*;
 
 const EPERM: u32 = ret_errno(libc::EPERM);
@@ -44,19 +42,14 @@ fn run(prog: &[Insn], arch: u32, nr: u32, args: [u64; 6]) -> (u32, usize) {
             JGE_K => pc += taken(acc >= i.k),
             JSET_K => pc += taken(acc & i.k != 0),
             RET_K => return (i.k, steps),
-            c => panic!(
-                "instruction {}: opcode {c:#x} is not one the compiler emits",
-                pc - 1
-            ),
+            c => panic!("instruction {}: opcode {c:#x} is not one the compiler emits", pc - 1),
         }
     }
 }
 
 /// The verdict of the real filter for a native call.
 fn verdict(nr: impl TryInto<u32>, args: [u64; 6]) -> u32 {
-    let nr = nr
-        .try_into()
-        .unwrap_or_else(|_| panic!("system call number out of range"));
+    let nr = nr.try_into().unwrap_or_else(|_| panic!("system call number out of range"));
     run(&PROGRAM, AUDIT_ARCH, nr, args).0
 }
 
@@ -132,14 +125,7 @@ fn every_allowed_call_is_allowed() {
         expect(&format!("syscall {nr}"), call0(nr), RET_ALLOW);
     }
     #[cfg(target_arch = "x86_64")]
-    for nr in [
-        libc::SYS_open,
-        libc::SYS_stat,
-        libc::SYS_fork,
-        libc::SYS_vfork,
-        libc::SYS_arch_prctl,
-        libc::SYS_poll,
-    ] {
+    for nr in [libc::SYS_open, libc::SYS_stat, libc::SYS_fork, libc::SYS_vfork, libc::SYS_arch_prctl, libc::SYS_poll] {
         expect(&format!("syscall {nr}"), call0(nr), RET_ALLOW);
     }
 }
@@ -174,29 +160,8 @@ fn numbers_on_no_list_answer_enosys() {
     // 459-461 lsm_*, 468-469 file_{get,set}attr, 470 listns, 471 and 1000
     // do not exist yet; mbind and friends are NUMA policy (Docker wants
     // CAP_SYS_NICE for them).
-    let mut off = vec![
-        459u32,
-        460,
-        461,
-        468,
-        469,
-        470,
-        471,
-        500,
-        1000,
-        4095,
-        0x3fff_ffff,
-        u32::MAX,
-    ];
-    off.extend(
-        [
-            libc::SYS_mbind,
-            libc::SYS_get_mempolicy,
-            libc::SYS_set_mempolicy,
-            libc::SYS_migrate_pages,
-        ]
-        .map(|n| n as u32),
-    );
+    let mut off = vec![459u32, 460, 461, 468, 469, 470, 471, 500, 1000, 4095, 0x3fff_ffff, u32::MAX];
+    off.extend([libc::SYS_mbind, libc::SYS_get_mempolicy, libc::SYS_set_mempolicy, libc::SYS_migrate_pages].map(|n| n as u32));
     for nr in off {
         expect(&format!("syscall {nr}"), call0(nr), ENOSYS);
     }
@@ -216,10 +181,7 @@ fn numbers_on_no_list_answer_enosys() {
 
 #[test]
 fn the_program_agrees_with_the_table_for_every_number() {
-    let table: BTreeMap<u32, Rule> = policy()
-        .into_iter()
-        .map(|((_, nr), rule)| (nr, rule))
-        .collect();
+    let table: BTreeMap<u32, Rule> = policy().into_iter().map(|((_, nr), rule)| (nr, rule)).collect();
     let max = *table.keys().last().expect("a non-empty policy");
     for nr in 0..=max + 64 {
         // Arguments of zero: every conditional call's own tests cover the rest.
@@ -252,30 +214,11 @@ fn clone_and_unshare_refuse_new_namespaces_only() {
         | libc::CLONE_SETTLS
         | libc::CLONE_PARENT_SETTID
         | libc::CLONE_CHILD_CLEARTID);
-    for flags in [
-        0,
-        c(libc::SIGCHLD),
-        threads,
-        c(libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD),
-    ] {
-        expect(
-            &format!("clone({flags:#x})"),
-            call1(libc::SYS_clone, flags),
-            RET_ALLOW,
-        );
+    for flags in [0, c(libc::SIGCHLD), threads, c(libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD)] {
+        expect(&format!("clone({flags:#x})"), call1(libc::SYS_clone, flags), RET_ALLOW);
     }
-    for flags in [
-        0,
-        c(libc::CLONE_FILES),
-        c(libc::CLONE_FS),
-        c(libc::CLONE_SYSVSEM),
-        c(libc::CLONE_FILES | libc::CLONE_FS),
-    ] {
-        expect(
-            &format!("unshare({flags:#x})"),
-            call1(libc::SYS_unshare, flags),
-            RET_ALLOW,
-        );
+    for flags in [0, c(libc::CLONE_FILES), c(libc::CLONE_FS), c(libc::CLONE_SYSVSEM), c(libc::CLONE_FILES | libc::CLONE_FS)] {
+        expect(&format!("unshare({flags:#x})"), call1(libc::SYS_unshare, flags), RET_ALLOW);
     }
     let namespaces = [
         libc::CLONE_NEWNS,
@@ -288,61 +231,23 @@ fn clone_and_unshare_refuse_new_namespaces_only() {
         0x80, // CLONE_NEWTIME
     ];
     for ns in namespaces.map(c) {
-        expect(
-            &format!("clone({ns:#x})"),
-            call1(libc::SYS_clone, ns | c(libc::SIGCHLD)),
-            EPERM,
-        );
-        expect(
-            &format!("clone({ns:#x}) as a thread"),
-            call1(libc::SYS_clone, ns | threads),
-            EPERM,
-        );
-        expect(
-            &format!("unshare({ns:#x})"),
-            call1(libc::SYS_unshare, ns),
-            EPERM,
-        );
-        expect(
-            &format!("unshare({ns:#x} | CLONE_FILES)"),
-            call1(libc::SYS_unshare, ns | c(libc::CLONE_FILES)),
-            EPERM,
-        );
+        expect(&format!("clone({ns:#x})"), call1(libc::SYS_clone, ns | c(libc::SIGCHLD)), EPERM);
+        expect(&format!("clone({ns:#x}) as a thread"), call1(libc::SYS_clone, ns | threads), EPERM);
+        expect(&format!("unshare({ns:#x})"), call1(libc::SYS_unshare, ns), EPERM);
+        expect(&format!("unshare({ns:#x} | CLONE_FILES)"), call1(libc::SYS_unshare, ns | c(libc::CLONE_FILES)), EPERM);
     }
-    expect(
-        "clone(NEWUSER|NEWNS)",
-        call1(libc::SYS_clone, c(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)),
-        EPERM,
-    );
+    expect("clone(NEWUSER|NEWNS)", call1(libc::SYS_clone, c(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)), EPERM);
 }
 
 #[test]
 fn sockets_only_for_the_families_a_sandbox_uses() {
     let stream = libc::SOCK_STREAM as u64;
-    for family in [
-        libc::AF_UNIX,
-        libc::AF_INET,
-        libc::AF_INET6,
-        libc::AF_NETLINK,
-        libc::AF_PACKET,
-    ] {
+    for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET] {
         let f = family as u64;
-        expect(
-            &format!("socket({family})"),
-            verdict(libc::SYS_socket, [f, stream, 0, 0, 0, 0]),
-            RET_ALLOW,
-        );
-        expect(
-            &format!("socketpair({family})"),
-            verdict(libc::SYS_socketpair, [f, stream, 0, 0, 0, 0]),
-            RET_ALLOW,
-        );
+        expect(&format!("socket({family})"), verdict(libc::SYS_socket, [f, stream, 0, 0, 0, 0]), RET_ALLOW);
+        expect(&format!("socketpair({family})"), verdict(libc::SYS_socketpair, [f, stream, 0, 0, 0, 0]), RET_ALLOW);
         // The kernel takes the family as an int: the upper half is ignored.
-        expect(
-            &format!("socket({family} + high bits)"),
-            call1(libc::SYS_socket, f | 0xdead_beef_0000_0000),
-            RET_ALLOW,
-        );
+        expect(&format!("socket({family} + high bits)"), call1(libc::SYS_socket, f | 0xdead_beef_0000_0000), RET_ALLOW);
     }
     let refused = [
         libc::AF_UNSPEC,
@@ -367,81 +272,38 @@ fn sockets_only_for_the_families_a_sandbox_uses() {
     for family in refused {
         let f = family as u64;
         let args = [f, stream | libc::SOCK_CLOEXEC as u64, 0, 0, 0, 0];
-        expect(
-            &format!("socket({family})"),
-            verdict(libc::SYS_socket, args),
-            EAFNOSUPPORT,
-        );
-        expect(
-            &format!("socketpair({family})"),
-            verdict(libc::SYS_socketpair, args),
-            EAFNOSUPPORT,
-        );
+        expect(&format!("socket({family})"), verdict(libc::SYS_socket, args), EAFNOSUPPORT);
+        expect(&format!("socketpair({family})"), verdict(libc::SYS_socketpair, args), EAFNOSUPPORT);
     }
     // High bits cannot make a refused family pass, nor a low word of zero
     // with AF_INET above it.
-    expect(
-        "socket(AF_VSOCK + high bits)",
-        call1(libc::SYS_socket, 40 | (2 << 32)),
-        EAFNOSUPPORT,
-    );
-    expect(
-        "socket(AF_INET << 32)",
-        call1(libc::SYS_socket, 2 << 32),
-        EAFNOSUPPORT,
-    );
+    expect("socket(AF_VSOCK + high bits)", call1(libc::SYS_socket, 40 | (2 << 32)), EAFNOSUPPORT);
+    expect("socket(AF_INET << 32)", call1(libc::SYS_socket, 2 << 32), EAFNOSUPPORT);
 }
 
 #[test]
 fn personality_takes_only_harmless_values() {
     for p in [0x0u64, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff, 0x1_0000_0000] {
-        expect(
-            &format!("personality({p:#x})"),
-            call1(libc::SYS_personality, p),
-            RET_ALLOW,
-        );
+        expect(&format!("personality({p:#x})"), call1(libc::SYS_personality, p), RET_ALLOW);
     }
     // READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, ADDR_COMPAT_LAYOUT, MMAP_PAGE_ZERO, PER_BSD.
-    for p in [
-        0x40_0000u64,
-        0x4_0000,
-        0x20_0000,
-        0x10_0000,
-        0x6,
-        0xffff_fffe,
-    ] {
-        expect(
-            &format!("personality({p:#x})"),
-            call1(libc::SYS_personality, p),
-            EPERM,
-        );
+    for p in [0x40_0000u64, 0x4_0000, 0x20_0000, 0x10_0000, 0x6, 0xffff_fffe] {
+        expect(&format!("personality({p:#x})"), call1(libc::SYS_personality, p), EPERM);
     }
 }
 
 #[test]
 fn other_abis_are_killed_or_unimplemented() {
     // i386, 32-bit ARM, and the other 64-bit one: killed, whatever the call.
-    for arch in [
-        0x4000_0003u32,
-        0x4000_0028,
-        0xc000_003e ^ 0xc000_00b7 ^ AUDIT_ARCH,
-    ] {
+    for arch in [0x4000_0003u32, 0x4000_0028, 0xc000_003e ^ 0xc000_00b7 ^ AUDIT_ARCH] {
         for nr in [libc::SYS_read as u32, libc::SYS_getpid as u32, 1000] {
-            expect(
-                &format!("arch {arch:#x} syscall {nr}"),
-                run(&PROGRAM, arch, nr, [0; 6]).0,
-                RET_KILL_PROCESS,
-            );
+            expect(&format!("arch {arch:#x} syscall {nr}"), run(&PROGRAM, arch, nr, [0; 6]).0, RET_KILL_PROCESS);
         }
     }
     // x32: the same arch value with bit 30 set in the number.
     #[cfg(target_arch = "x86_64")]
     for nr in [libc::SYS_read, libc::SYS_mount, libc::SYS_clone, 512, 547] {
-        expect(
-            &format!("x32 syscall {nr}"),
-            call0(nr as u32 | 0x4000_0000),
-            ENOSYS,
-        );
+        expect(&format!("x32 syscall {nr}"), call0(nr as u32 | 0x4000_0000), ENOSYS);
     }
 }
 
@@ -449,11 +311,7 @@ fn other_abis_are_killed_or_unimplemented() {
 fn allowed_refused_and_conditional_calls_do_not_overlap() {
     let mut seen: BTreeMap<u32, &str> = BTreeMap::new();
     let conditional: Vec<Call> = conditional().into_iter().map(|(c, _)| c).collect();
-    for (list, calls) in [
-        ("allowed", allowed()),
-        ("refused", refused()),
-        ("conditional", conditional),
-    ] {
+    for (list, calls) in [("allowed", allowed()), ("refused", refused()), ("conditional", conditional)] {
         for (name, nr) in calls {
             if let Some(first) = seen.insert(nr, name) {
                 panic!("{name} ({nr}) of the {list} list is also {first}");
@@ -465,11 +323,7 @@ fn allowed_refused_and_conditional_calls_do_not_overlap() {
 #[test]
 fn the_program_is_valid_and_a_call_costs_a_few_instructions() {
     let prog = &*PROGRAM;
-    assert!(
-        prog.len() <= libc::BPF_MAXINSNS as usize,
-        "{} instructions",
-        prog.len()
-    );
+    assert!(prog.len() <= libc::BPF_MAXINSNS as usize, "{} instructions", prog.len());
     // Checked here independently of bpf::validate, which compile() runs.
     for (pc, i) in prog.iter().enumerate() {
         let targets = match i.code {
@@ -478,11 +332,7 @@ fn the_program_is_valid_and_a_call_costs_a_few_instructions() {
             _ => vec![],
         };
         for t in targets {
-            assert!(
-                pc + 1 + t < prog.len(),
-                "instruction {pc} jumps {t} past the end of {}",
-                prog.len()
-            );
+            assert!(pc + 1 + t < prog.len(), "instruction {pc} jumps {t} past the end of {}", prog.len());
         }
     }
     assert_eq!(prog.last().map(|i| i.code), Some(RET_K));
@@ -490,46 +340,21 @@ fn the_program_is_valid_and_a_call_costs_a_few_instructions() {
 
     // The longest path over every number in use and far beyond: the header
     // (5-6), the search (log2 of the intervals), the longest leaf (7).
-    let worst = (0..2048u32)
-        .chain([0x4000_0000, u32::MAX])
-        .map(|nr| run(prog, AUDIT_ARCH, nr, [0; 6]).1)
-        .max();
+    let worst = (0..2048u32).chain([0x4000_0000, u32::MAX]).map(|nr| run(prog, AUDIT_ARCH, nr, [0; 6]).1).max();
     let worst = worst.expect("some numbers");
     assert!(worst <= 22, "a call may run {worst} instructions");
     let (_, read) = run(prog, AUDIT_ARCH, libc::SYS_read as u32, [0; 6]);
-    eprintln!(
-        "{} instructions; read runs {read}, the worst call {worst}",
-        prog.len()
-    );
+    eprintln!("{} instructions; read runs {read}, the worst call {worst}", prog.len());
 }
 
 #[test]
 fn long_left_subtrees_are_reached_through_ja() {
     // Alternating verdicts make one interval per number: the root's left
     // half is far longer than a conditional jump reaches.
-    let calls: Vec<(u32, Rule)> = (0..600u32)
-        .map(|nr| {
-            (
-                nr * 2,
-                if nr % 3 == 0 {
-                    Rule::Allow
-                } else {
-                    Rule::Errno(nr as i32 % 100 + 1)
-                },
-            )
-        })
-        .collect();
-    let spec = bpf::Spec {
-        arch: AUDIT_ARCH,
-        foreign_from: None,
-        default: Rule::Errno(libc::ENOSYS),
-        calls: &calls,
-    };
+    let calls: Vec<(u32, Rule)> = (0..600u32).map(|nr| (nr * 2, if nr % 3 == 0 { Rule::Allow } else { Rule::Errno(nr as i32 % 100 + 1) })).collect();
+    let spec = bpf::Spec { arch: AUDIT_ARCH, foreign_from: None, default: Rule::Errno(libc::ENOSYS), calls: &calls };
     let prog = bpf::compile(&spec).expect("compiles");
-    assert!(
-        prog.iter().any(|i| i.code == JA),
-        "the test needs a long jump"
-    );
+    assert!(prog.iter().any(|i| i.code == JA), "the test needs a long jump");
     let table: BTreeMap<u32, Rule> = calls.iter().copied().collect();
     for nr in 0..1300u32 {
         let want = match table.get(&nr) {
@@ -537,69 +362,23 @@ fn long_left_subtrees_are_reached_through_ja() {
             Some(Rule::Errno(e)) => ret_errno(*e),
             _ => ENOSYS,
         };
-        expect(
-            &format!("syscall {nr}"),
-            run(&prog, AUDIT_ARCH, nr, [0; 6]).0,
-            want,
-        );
+        expect(&format!("syscall {nr}"), run(&prog, AUDIT_ARCH, nr, [0; 6]).0, want);
     }
 }
 
 #[test]
 fn the_compiler_refuses_what_the_kernel_would() {
     let twice = [(1, Rule::Allow), (1, Rule::Errno(libc::EPERM))];
-    let spec = bpf::Spec {
-        arch: AUDIT_ARCH,
-        foreign_from: None,
-        default: Rule::Errno(libc::ENOSYS),
-        calls: &twice,
-    };
+    let spec = bpf::Spec { arch: AUDIT_ARCH, foreign_from: None, default: Rule::Errno(libc::ENOSYS), calls: &twice };
     assert!(bpf::compile(&spec).is_err(), "a number with two rules");
     let too_many: Vec<(u32, Rule)> = (0..5000u32).map(|nr| (nr * 2, Rule::Allow)).collect();
-    let spec = bpf::Spec {
-        calls: &too_many,
-        ..spec
-    };
-    assert!(
-        bpf::compile(&spec).is_err(),
-        "more than BPF_MAXINSNS instructions"
-    );
-    let out_of_range = [
-        Insn {
-            code: JEQ_K,
-            jt: 1,
-            jf: 0,
-            k: 0,
-        },
-        Insn {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-    ];
+    let spec = bpf::Spec { calls: &too_many, ..spec };
+    assert!(bpf::compile(&spec).is_err(), "more than BPF_MAXINSNS instructions");
+    let out_of_range = [Insn { code: JEQ_K, jt: 1, jf: 0, k: 0 }, Insn { code: RET_K, jt: 0, jf: 0, k: 0 }];
     assert!(bpf::validate(&out_of_range).is_err());
-    let no_return = [Insn {
-        code: LD_W_ABS,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
+    let no_return = [Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 0 }];
     assert!(bpf::validate(&no_return).is_err());
-    let outside_data = [
-        Insn {
-            code: LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 64,
-        },
-        Insn {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-    ];
+    let outside_data = [Insn { code: LD_W_ABS, jt: 0, jf: 0, k: 64 }, Insn { code: RET_K, jt: 0, jf: 0, k: 0 }];
     assert!(bpf::validate(&outside_data).is_err());
 }
 
@@ -607,10 +386,7 @@ fn the_compiler_refuses_what_the_kernel_would() {
 /// Needs no privilege: `no_new_privs` is enough to install a filter.
 #[test]
 fn the_kernel_accepts_the_filter_and_agrees() {
-    use libc::{
-        c_long, SYS_clone3, SYS_getpid, SYS_keyctl, SYS_memfd_secret, SYS_mount, SYS_personality,
-        SYS_socket, SYS_unshare,
-    };
+    use libc::{c_long, SYS_clone3, SYS_getpid, SYS_keyctl, SYS_memfd_secret, SYS_mount, SYS_personality, SYS_socket, SYS_unshare};
     let dgram = libc::SOCK_DGRAM as c_long;
     // (call, arguments, errno wanted or 0 for success). Each would be
     // harmless in this child even if the filter let it through.
@@ -622,38 +398,19 @@ fn the_kernel_accepts_the_filter_and_agrees() {
         (SYS_mount, [0, 0, 0], libc::EPERM),
         (SYS_keyctl, [0, 0, 0], libc::EPERM),
         (SYS_memfd_secret, [0, 0, 0], libc::EPERM),
-        (
-            SYS_unshare,
-            [libc::CLONE_NEWUSER as c_long, 0, 0],
-            libc::EPERM,
-        ),
+        (SYS_unshare, [libc::CLONE_NEWUSER as c_long, 0, 0], libc::EPERM),
         (SYS_unshare, [libc::CLONE_FILES as c_long, 0, 0], 0),
-        (
-            SYS_socket,
-            [libc::AF_VSOCK as c_long, libc::SOCK_STREAM as c_long, 0],
-            libc::EAFNOSUPPORT,
-        ),
-        (
-            SYS_socket,
-            [libc::AF_ALG as c_long, libc::SOCK_SEQPACKET as c_long, 0],
-            libc::EAFNOSUPPORT,
-        ),
+        (SYS_socket, [libc::AF_VSOCK as c_long, libc::SOCK_STREAM as c_long, 0], libc::EAFNOSUPPORT),
+        (SYS_socket, [libc::AF_ALG as c_long, libc::SOCK_SEQPACKET as c_long, 0], libc::EAFNOSUPPORT),
         (SYS_socket, [libc::AF_INET as c_long, dgram, 0], 0),
-        (
-            SYS_socket,
-            [(1 << 32) | libc::AF_UNIX as c_long, dgram, 0],
-            0,
-        ),
+        (SYS_socket, [(1 << 32) | libc::AF_UNIX as c_long, dgram, 0], 0),
         (SYS_personality, [0xffff_ffff, 0, 0], 0),
         (SYS_personality, [0x4_0000, 0, 0], libc::EPERM),
         #[cfg(target_arch = "x86_64")]
         (0x4000_0000 | SYS_getpid, [0, 0, 0], libc::ENOSYS),
     ];
     let mut prog = PROGRAM.clone();
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
     // SAFETY: the child below makes raw system calls only (no allocation,
     // no locks), as a fork of a multi-threaded process must, and exits.
     let pid = unsafe { libc::fork() };
@@ -662,18 +419,9 @@ fn the_kernel_accepts_the_filter_and_agrees() {
         // SAFETY: integer and pointer arguments to live data; `_exit` never
         // returns, so nothing runs after the checks but the kernel's kill.
         unsafe {
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-                || libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0,
-                    &fprog as *const libc::sock_fprog,
-                ) != 0
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog) != 0
             {
                 libc::_exit(100);
             }
@@ -700,10 +448,7 @@ fn the_kernel_accepts_the_filter_and_agrees() {
         _ => {}
     }
     #[cfg(target_arch = "x86_64")]
-    assert!(
-        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
-        "int 0x80 was not killed: status {status:#x}"
-    );
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS, "int 0x80 was not killed: status {status:#x}");
     #[cfg(not(target_arch = "x86_64"))]
     assert_eq!(exited, Some(0));
 }

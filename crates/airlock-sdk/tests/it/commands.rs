@@ -137,13 +137,7 @@ async fn background_handles_take_stdin_and_can_be_killed() {
 async fn reattach_by_pid_and_tag_replays_and_follows() {
     let srv = Server::start();
     let sbx = srv.sandbox().await;
-    let h = sbx
-        .commands()
-        .command("for i in 1 2 3 4 5; do echo tick$i; sleep 0.3; done")
-        .tag("ticker")
-        .spawn()
-        .await
-        .expect("spawn");
+    let h = sbx.commands().command("for i in 1 2 3 4 5; do echo tick$i; sleep 0.3; done").tag("ticker").spawn().await.expect("spawn");
     let pid = h.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.disconnect();
@@ -196,13 +190,7 @@ async fn pty_takes_input_resizes_and_exits() {
     let sbx = srv.sandbox().await;
     let screen = Arc::new(Mutex::new(Vec::<u8>::new()));
     let sc = screen.clone();
-    let h = sbx
-        .pty()
-        .create(PtySize { cols: 80, rows: 24 })
-        .on_pty(move |b| sc.lock().expect("lock").extend_from_slice(b))
-        .spawn()
-        .await
-        .expect("pty");
+    let h = sbx.pty().create(PtySize { cols: 80, rows: 24 }).on_pty(move |b| sc.lock().expect("lock").extend_from_slice(b)).spawn().await.expect("pty");
     let pid = h.pid();
     let wait_for = |needle: &'static str| {
         let screen = screen.clone();

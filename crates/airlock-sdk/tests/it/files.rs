@@ -99,10 +99,7 @@ async fn filesystem_operations() {
         n
     };
     assert_eq!(names(f.list("/tmp/t").await.expect("list")), vec!["/tmp/t/a", "/tmp/t/top.txt"]);
-    assert_eq!(
-        names(f.list_depth("/tmp/t", 3).await.expect("deep")),
-        vec!["/tmp/t/a", "/tmp/t/a/b", "/tmp/t/a/b/low.txt", "/tmp/t/a/mid.txt", "/tmp/t/top.txt"]
-    );
+    assert_eq!(names(f.list_depth("/tmp/t", 3).await.expect("deep")), vec!["/tmp/t/a", "/tmp/t/a/b", "/tmp/t/a/b/low.txt", "/tmp/t/a/mid.txt", "/tmp/t/top.txt"]);
     assert!(matches!(f.list_depth("/tmp/t", 0).await, Err(Error::Config(_))));
     let d = f.stat("/tmp/t/a").await.expect("stat dir");
     assert_eq!((d.file_type, d.name.as_str()), (FileType::Directory, "a"));

@@ -94,14 +94,7 @@ async fn list_filters_by_metadata_and_state_and_pages() {
     let client = srv.client();
     let mut ids = Vec::new();
     for i in 0..3 {
-        let s = Sandbox::builder()
-            .client(&client)
-            .allow_internet_access(false)
-            .metadata("suite", "paging")
-            .metadata("n", i.to_string())
-            .create()
-            .await
-            .expect("create");
+        let s = Sandbox::builder().client(&client).allow_internet_access(false).metadata("suite", "paging").metadata("n", i.to_string()).create().await.expect("create");
         ids.push(s.id().to_string());
     }
     let other = srv.sandbox().await;
@@ -300,13 +293,7 @@ async fn bad_requests_and_unreachable_servers_are_typed() {
 #[tokio::test]
 async fn startup_script_runs_before_create_returns_and_is_logged() {
     let srv = Server::start();
-    let sbx = Sandbox::builder()
-        .client(&srv.client())
-        .allow_internet_access(false)
-        .startup_script("echo set-up-$((2+3)); id -un > /tmp/set-up-by")
-        .create()
-        .await
-        .expect("create");
+    let sbx = Sandbox::builder().client(&srv.client()).allow_internet_access(false).startup_script("echo set-up-$((2+3)); id -un > /tmp/set-up-by").create().await.expect("create");
     assert_eq!(sbx.files().read_to_string("/tmp/set-up-by").await.expect("read"), "root\n", "ran as root, before create returned");
     let logs = sbx.logs().await.expect("logs");
     assert!(logs.iter().any(|l| l.line.contains("set-up-5")), "{logs:?}");

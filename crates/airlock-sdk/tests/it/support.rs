@@ -96,13 +96,7 @@ impl Server {
     /// A sandbox for a test: no internet (no veth pair to set up), two
     /// minutes to live.
     pub async fn sandbox(&self) -> Sandbox {
-        Sandbox::builder()
-            .client(&self.client())
-            .allow_internet_access(false)
-            .timeout(Duration::from_secs(120))
-            .create()
-            .await
-            .expect("create sandbox")
+        Sandbox::builder().client(&self.client()).allow_internet_access(false).timeout(Duration::from_secs(120)).create().await.expect("create sandbox")
     }
 }
 

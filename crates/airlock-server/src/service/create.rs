@@ -5,8 +5,6 @@
 use super::*;
 
 impl Service {
-
-
     pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
         let template = if req.template_id.trim().is_empty() { "base".to_string() } else { req.template_id.trim().to_string() };
         let timeout = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
@@ -110,13 +108,11 @@ impl Service {
         Ok(row)
     }
 
-
     pub(super) async fn find_template(&self, name: &str) -> Result<Option<airlock_template::Template>, ApiError> {
         let store = self.builder.store.clone();
         let t = name.to_string();
         self.blocking(move || store.get(&t).ok()).await
     }
-
 
     /// The template `name` resolves to, building a built-in one on first use.
     pub async fn ensure_template(&self, name: &str) -> Result<airlock_template::Template, ApiError> {
@@ -151,11 +147,17 @@ impl Service {
         r.map_err(|e| ApiError::Internal(format!("building template {name}: {e}")))
     }
 
-
     /// After the sandbox starts: the template's start command and ready
     /// check, then create-time package installs and startup script. Any
     /// failure fails the create with the command's output.
-    pub(super) async fn after_start(&self, id: &str, tpl: &airlock_template::Template, token: Option<&str>, env: &BTreeMap<String, String>, setup: Option<&str>) -> Result<(), ApiError> {
+    pub(super) async fn after_start(
+        &self,
+        id: &str,
+        tpl: &airlock_template::Template,
+        token: Option<&str>,
+        env: &BTreeMap<String, String>,
+        setup: Option<&str>,
+    ) -> Result<(), ApiError> {
         let tpl = Some(tpl);
         if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
             return Ok(());
@@ -217,7 +219,10 @@ pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) ->
             Ok(names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(" "))
         };
         if !pk.pip.is_empty() {
-            s.push_str(&format!("echo '# pip install'; python3 -m pip install --break-system-packages --root-user-action=ignore --no-cache-dir --progress-bar off {} || exit $?\n", check(&pk.pip, "pip")?));
+            s.push_str(&format!(
+                "echo '# pip install'; python3 -m pip install --break-system-packages --root-user-action=ignore --no-cache-dir --progress-bar off {} || exit $?\n",
+                check(&pk.pip, "pip")?
+            ));
         }
         if !pk.npm.is_empty() {
             s.push_str(&format!("echo '# npm install -g'; npm install -g --no-fund --no-audit {} || exit $?\n", check(&pk.npm, "npm")?));
@@ -236,4 +241,3 @@ pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) ->
     }
     Ok((!s.is_empty()).then_some(s))
 }
-

@@ -5,8 +5,6 @@
 use super::*;
 
 impl Service {
-
-
     /// Makes sure the sandbox runs (thawing or restarting it) and extends
     /// its deadline to at least now + timeout. Returns whether it was
     /// resumed from pause (201) or already running (200).
@@ -27,7 +25,6 @@ impl Service {
         Ok((row, resumed))
     }
 
-
     /// Legacy `POST /sandboxes/{id}/resume`: only for paused sandboxes.
     pub async fn resume(&self, id: &str, timeout: Option<i64>) -> Result<SandboxRow, ApiError> {
         {
@@ -38,7 +35,6 @@ impl Service {
         }
         self.connect(id, timeout).await.map(|(r, _)| r)
     }
-
 
     /// Thaws a frozen sandbox, or restarts one whose processes are gone.
     pub(super) async fn ensure_running(&self, row: &SandboxRow) -> Result<SandboxInfo, ApiError> {
@@ -58,15 +54,12 @@ impl Service {
         r.map_err(|e| runtime_err(&row.id, e))
     }
 
-
-
     pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         self.row(id).await?;
         self.destroy_locked(id).await
     }
-
 
     pub(super) async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
         let backend = self.backend.clone();
@@ -84,7 +77,6 @@ impl Service {
         Ok(())
     }
 
-
     pub async fn set_timeout(&self, id: &str, timeout: i64) -> Result<(), ApiError> {
         let timeout = self.check_timeout(timeout)?;
         let lock = self.lock_for(id);
@@ -96,7 +88,6 @@ impl Service {
         self.blocking(move || store.set_end(&id2, end)).await??;
         Ok(())
     }
-
 
     /// `POST /sandboxes/{id}/refreshes`: extends, never shortens.
     pub async fn refresh(&self, id: &str, duration: i64) -> Result<(), ApiError> {
@@ -111,13 +102,11 @@ impl Service {
         Ok(())
     }
 
-
     pub async fn pause(&self, id: &str) -> Result<(), ApiError> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         self.pause_locked(id).await
     }
-
 
     pub(super) async fn pause_locked(&self, id: &str) -> Result<(), ApiError> {
         let row = self.row(id).await?;
@@ -139,8 +128,6 @@ impl Service {
         tracing::info!(sandbox_id = %id, "sandbox paused");
         Ok(())
     }
-
-
 
     /// Kills or pauses every running sandbox whose deadline has passed.
     pub async fn expire_due(&self) -> Result<usize, ApiError> {
@@ -167,7 +154,6 @@ impl Service {
         }
         Ok(n)
     }
-
 
     /// At start-up: sandboxes in the store whose processes are gone (the
     /// host rebooted) are marked paused so connect restarts them over their
@@ -197,7 +183,6 @@ impl Service {
         Ok(())
     }
 
-
     /// Finds the running sandbox whose access token validates a signed
     /// `/files` URL that carries no sandbox id.
     pub async fn find_by_signature(&self, path: &str, operation: &str, username: &str, signature: &str, expiration: Option<i64>) -> Option<String> {
@@ -205,12 +190,9 @@ impl Service {
         let rows = self.blocking(move || store.sandboxes()).await.ok()?.ok()?;
         rows.into_iter()
             .filter(|r| r.state.takes_traffic())
-            .find(|r| {
-                r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature)
-            })
+            .find(|r| r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature))
             .map(|r| r.id)
     }
-
 
     /// The agent socket of a running sandbox, for the proxy: the store row
     /// and the kernel's view in one trip to the blocking pool, since this
@@ -219,15 +201,16 @@ impl Service {
         let store = self.store.clone();
         let backend = self.backend.clone();
         let id2 = id.to_string();
-        let (row, info) = self.blocking(move || -> Result<_, StoreError> {
-            let row = store.sandbox(&id2)?;
-            let info = match &row {
-                Some(r) if r.state.takes_traffic() => Some(backend.get(&id2)),
-                _ => None,
-            };
-            Ok((row, info))
-        })
-        .await??;
+        let (row, info) = self
+            .blocking(move || -> Result<_, StoreError> {
+                let row = store.sandbox(&id2)?;
+                let info = match &row {
+                    Some(r) if r.state.takes_traffic() => Some(backend.get(&id2)),
+                    _ => None,
+                };
+                Ok((row, info))
+            })
+            .await??;
         let row = row.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?;
         if !row.state.takes_traffic() {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));

@@ -4,16 +4,13 @@
 use super::*;
 
 impl Service {
-
     pub(super) fn log_path(&self, id: &str) -> std::path::PathBuf {
         self.cfg.data_dir.join("logs").join(format!("{id}.log"))
     }
 
-
     pub(super) fn remove_log(&self, id: &str) {
         let _ = std::fs::remove_file(self.log_path(id));
     }
-
 
     /// Appends lines to a sandbox's set-up log (timestamped).
     pub(super) fn append_log(&self, id: &str, text: &str) {
@@ -29,7 +26,6 @@ impl Service {
             }
         }
     }
-
 
     /// The set-up log: start command, ready check, package installs, startup script.
     pub async fn logs(&self, id: &str) -> Result<api::SandboxLogs, ApiError> {

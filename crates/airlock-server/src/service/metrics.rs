@@ -4,7 +4,6 @@
 use super::*;
 
 impl Service {
-
     pub async fn metrics(&self, id: &str, start: Option<i64>, end: Option<i64>) -> Result<Vec<SandboxMetric>, ApiError> {
         let row = self.row(id).await?;
         let has = self.samples.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|v| !v.is_empty());
@@ -36,7 +35,6 @@ impl Service {
             .unwrap_or_default())
     }
 
-
     pub(super) async fn sample(&self, row: &SandboxRow) {
         let backend = self.backend.clone();
         let id = row.id.clone();
@@ -52,12 +50,19 @@ impl Service {
             }
             _ => 0.0,
         };
-        v.push_back(Sample { at_ms: now, cpu_ns: u.cpu_usage_ns, cpu_pct, mem: u.memory_bytes, mem_limit: u.memory_limit_bytes, disk: u.disk_bytes, disk_limit: u.disk_limit_bytes });
+        v.push_back(Sample {
+            at_ms: now,
+            cpu_ns: u.cpu_usage_ns,
+            cpu_pct,
+            mem: u.memory_bytes,
+            mem_limit: u.memory_limit_bytes,
+            disk: u.disk_bytes,
+            disk_limit: u.disk_limit_bytes,
+        });
         while v.len() > MAX_SAMPLES {
             v.pop_front();
         }
     }
-
 
     /// Samples usage of running sandboxes and notices ones whose PID 1
     /// died while the server was up (OOM of the agent, a crash): those are

@@ -181,7 +181,8 @@ impl Drop for CreateSlot<'_> {
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
-        let builder = crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
+        let builder =
+            crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         Arc::new(Self {
             cfg,
             store,
@@ -194,34 +195,28 @@ impl Service {
         })
     }
 
-
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 
-
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
-
 
     /// Runs a blocking store or backend call on the blocking pool.
     pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
         tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
     }
 
-
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id.to_string()).or_default().clone()
     }
 
-
     fn forget(&self, id: &str) {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
-
 
     async fn row(&self, id: &str) -> Result<SandboxRow, ApiError> {
         let store = self.store.clone();
@@ -229,14 +224,12 @@ impl Service {
         self.blocking(move || store.sandbox(&id2)).await??.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))
     }
 
-
     fn check_timeout(&self, t: i64) -> Result<i64, ApiError> {
         if t < 0 || t > self.cfg.max_timeout_s {
             return Err(ApiError::BadRequest(format!("timeout must be between 0 and {} seconds, got {t}", self.cfg.max_timeout_s)));
         }
         Ok(t)
     }
-
 
     pub async fn key_valid(&self, key: &str) -> Result<bool, ApiError> {
         if self.cfg.api_keys.iter().any(|k| k == key) {
@@ -246,6 +239,4 @@ impl Service {
         let key = key.to_string();
         Ok(self.blocking(move || store.key_valid(&key)).await??)
     }
-
 }
-

@@ -3,14 +3,11 @@
 use super::*;
 
 impl Service {
-
-
     pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
         let store = self.builder.store.clone();
         let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(list.iter().map(template_info).collect())
     }
-
 
     pub async fn template(&self, name: &str) -> Result<TemplateInfo, ApiError> {
         let store = self.builder.store.clone();
@@ -19,8 +16,14 @@ impl Service {
         Ok(template_info(&t))
     }
 
-
-    pub async fn build_template(&self, name: &str, recipe: &str, args: &BTreeMap<String, String>, context: Option<&std::path::Path>, events: &mpsc::Sender<crate::builder::BuildEvent>) -> Result<(), ApiError> {
+    pub async fn build_template(
+        &self,
+        name: &str,
+        recipe: &str,
+        args: &BTreeMap<String, String>,
+        context: Option<&std::path::Path>,
+        events: &mpsc::Sender<crate::builder::BuildEvent>,
+    ) -> Result<(), ApiError> {
         if recipe.trim().is_empty() {
             return Err(ApiError::BadRequest("recipe is required".into()));
         }
@@ -32,7 +35,6 @@ impl Service {
             other => ApiError::BadRequest(other.to_string()),
         })
     }
-
 
     pub async fn alias_template(&self, name: &str, alias: &str) -> Result<(), ApiError> {
         if !airlock_template::Store::valid_name(alias) {
@@ -51,13 +53,13 @@ impl Service {
         .await?
     }
 
-
     /// Deletes a template; refused while sandboxes use it unless forced
     /// (their mounted layers keep working; unused layers are collected).
     pub async fn delete_template(&self, name: &str, force: bool) -> Result<(), ApiError> {
         let t = self.template(name).await?;
         let store = self.store.clone();
-        let users: Vec<String> = self.blocking(move || store.sandboxes()).await??.into_iter().filter(|r| r.template == t.name || t.aliases.contains(&r.template)).map(|r| r.id).collect();
+        let users: Vec<String> =
+            self.blocking(move || store.sandboxes()).await??.into_iter().filter(|r| r.template == t.name || t.aliases.contains(&r.template)).map(|r| r.id).collect();
         if !users.is_empty() && !force {
             return Err(ApiError::Conflict(format!("template '{name}' is used by {} sandbox(es): {}; kill them or delete with force=true", users.len(), users.join(", "))));
         }

@@ -19,12 +19,7 @@ fn world() -> World {
     let data = tmp.path().to_path_buf();
     let templates = airlock_template::Store::new(data.join("templates"));
     templates
-        .save(&airlock_template::Template {
-            name: "base".into(),
-            root_layers: vec![data.join("templates/layers/base/root")],
-            default_user: "user".into(),
-            ..Default::default()
-        })
+        .save(&airlock_template::Template { name: "base".into(), root_layers: vec![data.join("templates/layers/base/root")], default_user: "user".into(), ..Default::default() })
         .expect("base template");
     let store = Arc::new(Store::open(&data.join("airlock.db")).expect("store"));
     let fake = Arc::new(FakeBackend::default());
@@ -176,11 +171,8 @@ async fn list_pages_cover_everything_once_and_filters_combine() {
     }
     let even = w.svc.list(ListFilter { metadata: [("group".to_string(), "even".to_string())].into(), ..Default::default() }).await.expect("list");
     assert_eq!(even.items.len(), 3);
-    let odd_paused = w
-        .svc
-        .list(ListFilter { metadata: [("group".to_string(), "odd".to_string())].into(), states: Some(vec![State::Paused]), ..Default::default() })
-        .await
-        .expect("list");
+    let odd_paused =
+        w.svc.list(ListFilter { metadata: [("group".to_string(), "odd".to_string())].into(), states: Some(vec![State::Paused]), ..Default::default() }).await.expect("list");
     assert_eq!(odd_paused.items.iter().map(|d| d.sandbox_id.as_str()).collect::<Vec<_>>(), vec![ids[1].as_str()]);
     assert!(matches!(w.svc.list(ListFilter { next_token: Some("garbage".into()), ..Default::default() }).await, Err(ApiError::BadRequest(_))));
 }

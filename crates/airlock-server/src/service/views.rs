@@ -4,8 +4,6 @@
 use super::*;
 
 impl Service {
-
-
     pub fn detail(&self, row: &SandboxRow) -> SandboxDetail {
         SandboxDetail {
             template_id: row.template.clone(),
@@ -27,7 +25,6 @@ impl Service {
         }
     }
 
-
     pub fn sandbox_body(&self, row: &SandboxRow) -> api::Sandbox {
         api::Sandbox {
             template_id: row.template.clone(),
@@ -41,11 +38,9 @@ impl Service {
         }
     }
 
-
     pub async fn get(&self, id: &str) -> Result<SandboxDetail, ApiError> {
         Ok(self.detail(&self.row(id).await?))
     }
-
 
     pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
         let store = self.store.clone();

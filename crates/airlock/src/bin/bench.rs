@@ -211,7 +211,9 @@ impl Bench<'_> {
 fn agent_binary(args: &Args) -> Result<PathBuf> {
     let p = match &args.binary {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating this executable")?.parent().map(|d| d.join("airlock")).ok_or_else(|| anyhow!("no parent directory for this executable"))?,
+        None => {
+            std::env::current_exe().context("locating this executable")?.parent().map(|d| d.join("airlock")).ok_or_else(|| anyhow!("no parent directory for this executable"))?
+        }
     };
     if !p.is_file() {
         bail!("agent binary {} not found: build it next to the bench with `cargo build --release -p airlock` (or pass --binary)", p.display());
@@ -486,7 +488,26 @@ fn measure_floor(args: &Args, binary: &Path, notes: &mut Vec<String>) -> Value {
         series.push((
             "bwrap",
             "bwrap",
-            vec!["--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "true"],
+            vec![
+                "--unshare-all",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "true",
+            ],
             0,
         ));
     } else {
@@ -1188,10 +1209,7 @@ fn ndjson_offsets(body: &[u8], want_text: Option<&str>) -> Result<(Option<usize>
 /// (threads that exited in between are not counted).
 fn task_cpu_ns(pid: u32) -> u64 {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    rd.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
+    rd.flatten().filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok()).filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok())).sum()
 }
 
 /// CPU time (ns) charged to the cgroup of `pid` (a sandbox's agent: the
@@ -1337,7 +1355,16 @@ fn run_server_mode(args: &Args) -> Result<Value> {
             .spawn()
             .with_context(|| format!("starting {} serve", binary.display()))?
     };
-    let srv = Srv { pool: Pool::new(addr), host: addr.to_string(), key, data: data.clone(), log: log.clone(), live: Mutex::new(Vec::new()), loads: Mutex::new(Vec::new()), server_pid: child.id() };
+    let srv = Srv {
+        pool: Pool::new(addr),
+        host: addr.to_string(),
+        key,
+        data: data.clone(),
+        log: log.clone(),
+        live: Mutex::new(Vec::new()),
+        loads: Mutex::new(Vec::new()),
+        server_pid: child.id(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the client runtime")?;
     let result = rt.block_on(async {
         let interrupted = async {
@@ -1554,11 +1581,7 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
         None
     };
 
-    let interpreter = if args.interp_runs > 0 || args.interp_contexts > 0 {
-        Some(interpreter_series(args, srv, &mut notes).await?)
-    } else {
-        None
-    };
+    let interpreter = if args.interp_runs > 0 || args.interp_contexts > 0 { Some(interpreter_series(args, srv, &mut notes).await?) } else { None };
 
     let mut targets = Vec::new();
     let p50 = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64);
@@ -1860,7 +1883,13 @@ fn print_server_tables(r: &Value) {
             println!("{}", stats_row("  server: service create", &s["server"]["service_create"]));
             println!("{}", stats_row("  server: runtime Backend::create", &s["server"]["runtime_create"]));
             println!("{}", stats_row("concurrent: DELETE", &s["delete"]));
-            println!("  concurrent: {} at once, wall {} ms until the last 201; delete wall {} ms (load after: {})", f(s, "/n"), f(s, "/wall_ms"), f(s, "/delete_wall_ms"), f(s, "/loadavg_after"));
+            println!(
+                "  concurrent: {} at once, wall {} ms until the last 201; delete wall {} ms (load after: {})",
+                f(s, "/n"),
+                f(s, "/wall_ms"),
+                f(s, "/delete_wall_ms"),
+                f(s, "/loadavg_after")
+            );
             print_host_cpu("concurrent, until the last 201", &s["cpu_until_last_201"]);
         }
     }
@@ -1883,7 +1912,11 @@ fn print_server_tables(r: &Value) {
         println!("Code interpreter (template code-interpreter-v1)");
         let built = if i["template_prebuilt"].as_bool().unwrap_or(false) { "template already built" } else { "includes building the template" };
         println!("  first create: {} ms ({built}); second create: {} ms", f(i, "/first_create_ms"), f(i, "/second_create_ms"));
-        println!("  first run_code in the sandbox (starts the kernel): first result {} ms, end {} ms", f(i, "/first_execute_default_context/first_result_ms"), f(i, "/first_execute_default_context/end_ms"));
+        println!(
+            "  first run_code in the sandbox (starts the kernel): first result {} ms, end {} ms",
+            f(i, "/first_execute_default_context/first_result_ms"),
+            f(i, "/first_execute_default_context/end_ms")
+        );
         println!("{}", header());
         println!("{}", stats_row("warm run_code(\"1+1\"): to end", &i["warm"]["end"]));
         println!("{}", stats_row("warm run_code(\"1+1\"): to result", &i["warm"]["first_result"]));
@@ -1977,9 +2010,7 @@ const HOST_KEYS: &[&str] = &["MemAvailable", "MemFree", "AnonPages", "Cached", "
 
 fn meminfo_all() -> std::collections::BTreeMap<String, u64> {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines()
-        .filter_map(|l| l.split_once(':').and_then(|(k, v)| v.trim().trim_end_matches("kB").trim().parse().ok().map(|v| (k.to_string(), v))))
-        .collect()
+    s.lines().filter_map(|l| l.split_once(':').and_then(|(k, v)| v.trim().trim_end_matches("kB").trim().parse().ok().map(|v| (k.to_string(), v)))).collect()
 }
 
 fn meminfo(key: &str) -> Option<u64> {
@@ -2041,15 +2072,7 @@ fn f(v: &Value, path: &str) -> String {
 }
 
 fn stats_row(label: &str, s: &Value) -> String {
-    format!(
-        "  {:<34} {:>4} {:>9} {:>9} {:>9} {:>9}",
-        label,
-        f(s, "/n"),
-        f(s, "/min_ms"),
-        f(s, "/p50_ms"),
-        f(s, "/p99_ms"),
-        f(s, "/max_ms")
-    )
+    format!("  {:<34} {:>4} {:>9} {:>9} {:>9} {:>9}", label, f(s, "/n"), f(s, "/min_ms"), f(s, "/p50_ms"), f(s, "/p99_ms"), f(s, "/max_ms"))
 }
 
 fn header() -> String {
@@ -2108,7 +2131,13 @@ fn print_tables(r: &Value) {
             println!("{}", stats_row("concurrent: create() returned", &s["create_returned"]));
             println!("{}", stats_row("concurrent: ready", &s["ready"]));
             println!("{}", stats_row("concurrent: destroy", &s["destroy"]));
-            println!("  concurrent: wall {} ms for {} sandboxes ({} ms each); destroy wall {} ms", f(s, "/wall_ms"), f(s, "/ready/n"), f(s, "/per_sandbox_wall_ms"), f(s, "/destroy_wall_ms"));
+            println!(
+                "  concurrent: wall {} ms for {} sandboxes ({} ms each); destroy wall {} ms",
+                f(s, "/wall_ms"),
+                f(s, "/ready/n"),
+                f(s, "/per_sandbox_wall_ms"),
+                f(s, "/destroy_wall_ms")
+            );
         }
     }
     if let Some(rat) = r["ratios"].as_object().filter(|m| !m.is_empty()) {
@@ -2121,7 +2150,12 @@ fn print_tables(r: &Value) {
     let m = &r["memory"];
     if !m.is_null() {
         println!();
-        println!("Idle memory per sandbox ({} sandboxes, internet {}, after {} s idle)", f(m, "/sandboxes"), on_off(m["internet"].as_bool().unwrap_or(false)), f(r, "/params/idle_secs"));
+        println!(
+            "Idle memory per sandbox ({} sandboxes, internet {}, after {} s idle)",
+            f(m, "/sandboxes"),
+            on_off(m["internet"].as_bool().unwrap_or(false)),
+            f(r, "/params/idle_secs")
+        );
         println!("  {:<46} {:>9} {:>9}", "", "mean MiB", "max MiB");
         for (label, key) in [
             ("cgroup memory usage (incl. page cache)", "cgroup_memory"),

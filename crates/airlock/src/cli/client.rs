@@ -148,7 +148,9 @@ impl CreateOpts {
 #[derive(clap::Subcommand, Debug)]
 enum SandboxCmd {
     /// Create a sandbox and print its id.
-    #[command(after_help = "Examples:\n  airlock sandbox create\n  id=$(airlock sbx create --template base --timeout 600 -m owner=me -e API_URL=http://x)\n  airlock sbx create --cpus 0.5 --memory-mb 256 --no-internet --json")]
+    #[command(
+        after_help = "Examples:\n  airlock sandbox create\n  id=$(airlock sbx create --template base --timeout 600 -m owner=me -e API_URL=http://x)\n  airlock sbx create --cpus 0.5 --memory-mb 256 --no-internet --json"
+    )]
     Create {
         /// Template to start from.
         #[arg(long, short = 't', default_value = airlock_sdk::DEFAULT_TEMPLATE)]

@@ -342,9 +342,7 @@ async fn shell_works_under_a_pseudo_terminal() {
     assert!(cooked & libc::ICANON != 0 && cooked & libc::ECHO != 0);
 
     let mut cmd = cli.cmd(&["shell", &id]);
-    cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(slave.try_clone().expect("dup")));
+    cmd.stdin(Stdio::from(slave.try_clone().expect("dup"))).stdout(Stdio::from(slave.try_clone().expect("dup"))).stderr(Stdio::from(slave.try_clone().expect("dup")));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

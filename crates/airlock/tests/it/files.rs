@@ -40,15 +40,7 @@ async fn exists(sbx: &Sandbox, path: &str) -> bool {
 
 /// Query-string encoding of a value (everything but unreserved characters).
 fn qenc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 fn files_url(path: &str) -> String {
@@ -79,9 +71,7 @@ fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
     for (name, filename, data) in parts {
         out.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
         match filename {
-            Some(f) => out.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n").as_bytes(),
-            ),
+            Some(f) => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n").as_bytes()),
             None => out.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n").as_bytes()),
         }
         out.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
@@ -161,10 +151,7 @@ async fn wait_for_events(s: &mut Stream, want: &[(&str, &str)]) -> Vec<(String, 
 /// Host-side resident memory of a process, in KiB.
 fn vm_rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmRSS")
 }
 
 /// Samples a process's RSS every 20 ms until stopped; yields the maximum.
@@ -272,9 +259,7 @@ async fn make_dir_creates_parents_owned_by_user_and_refuses_existing() {
 async fn move_renames_and_reports_missing_source() {
     let sbx = Sandbox::new();
     ok(&sbx, "mkdir ~/mv && printf moved > ~/mv/src.txt").await;
-    let r = fs(&sbx, "Move", json!({"source": "/home/user/mv/src.txt", "destination": "/home/user/mv/dst.txt"}))
-        .await
-        .expect("move");
+    let r = fs(&sbx, "Move", json!({"source": "/home/user/mv/src.txt", "destination": "/home/user/mv/dst.txt"})).await.expect("move");
     assert_eq!(r["entry"]["path"], "/home/user/mv/dst.txt");
     assert_eq!(r["entry"]["name"], "dst.txt");
     assert_eq!(r["entry"]["size"], "5");
@@ -282,15 +267,11 @@ async fn move_renames_and_reports_missing_source() {
     assert_eq!(ok(&sbx, "cat ~/mv/dst.txt").await, "moved");
 
     // Into directories that do not exist yet: they are created for the user.
-    fs(&sbx, "Move", json!({"source": "mv/dst.txt", "destination": "mv/new/deeper/x.txt"}))
-        .await
-        .expect("move into new dirs");
+    fs(&sbx, "Move", json!({"source": "mv/dst.txt", "destination": "mv/new/deeper/x.txt"})).await.expect("move into new dirs");
     assert_eq!(ok(&sbx, "cat ~/mv/new/deeper/x.txt").await, "moved");
     assert_eq!(ok(&sbx, "stat -c %U ~/mv/new ~/mv/new/deeper").await, "user\nuser\n");
 
-    let e = fs(&sbx, "Move", json!({"source": "/home/user/mv/nope", "destination": "/home/user/mv/other"}))
-        .await
-        .expect_err("missing source");
+    let e = fs(&sbx, "Move", json!({"source": "/home/user/mv/nope", "destination": "/home/user/mv/other"})).await.expect_err("missing source");
     assert_eq!((e.status, e.code.as_str()), (404, "not_found"));
     assert!(!exists(&sbx, "~/mv/other").await);
 }
@@ -305,12 +286,7 @@ async fn list_dir_honours_depth() {
         let sbx = &sbx;
         async move {
             let r = fs(sbx, "ListDir", json!({"path": "/home/user/ls", "depth": depth})).await.expect("list");
-            r["entries"]
-                .as_array()
-                .expect("entries")
-                .iter()
-                .map(|e| e["path"].as_str().expect("path").to_string())
-                .collect::<BTreeSet<_>>()
+            r["entries"].as_array().expect("entries").iter().map(|e| e["path"].as_str().expect("path").to_string()).collect::<BTreeSet<_>>()
         }
     };
     let set = |v: &[&str]| v.iter().map(|p| format!("/home/user/ls/{p}")).collect::<BTreeSet<_>>();
@@ -392,8 +368,7 @@ async fn paths_resolve_under_home_and_never_climb_out_of_the_sandbox() {
 async fn watch_dir_streams_events_recursively() {
     let sbx = Sandbox::new();
     ok(&sbx, "mkdir ~/w").await;
-    let mut s =
-        sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "/home/user/w", "recursive": true})).await;
+    let mut s = sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "/home/user/w", "recursive": true})).await;
     let first = s.next().await.expect("first message");
     assert_eq!(first, json!({"start": {}}), "first message is start, the oneof at top level as envd sends it");
     // Quiet for longer than the requested 1 s keepalive interval.
@@ -477,15 +452,11 @@ async fn watches_release_their_inotify_instances() {
     let base = inotify_fds(pid);
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut s =
-            sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "rel", "recursive": true})).await;
+        let mut s = sbx.envd.stream("filesystem.Filesystem", "WatchDir", json!({"path": "rel", "recursive": true})).await;
         assert!(s.next().await.expect("start").get("start").is_some());
         streams.push(s);
     }
-    let id = fs(&sbx, "CreateWatcher", json!({"path": "rel", "recursive": true})).await.expect("create")["watcherId"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = fs(&sbx, "CreateWatcher", json!({"path": "rel", "recursive": true})).await.expect("create")["watcherId"].as_str().expect("id").to_string();
     assert_eq!(inotify_fds(pid), base + 4, "one inotify instance per watch");
     // A client that goes away ends its stream's watch.
     drop(streams);
@@ -500,9 +471,7 @@ async fn watches_release_their_inotify_instances() {
 async fn polling_watcher_accumulates_and_drains_events() {
     let sbx = Sandbox::new();
     ok(&sbx, "mkdir ~/pw").await;
-    let r = fs(&sbx, "CreateWatcher", json!({"path": "/home/user/pw", "includeEntry": true}))
-        .await
-        .expect("create watcher");
+    let r = fs(&sbx, "CreateWatcher", json!({"path": "/home/user/pw", "includeEntry": true})).await.expect("create watcher");
     let id = r["watcherId"].as_str().expect("watcherId").to_string();
     assert!(id.starts_with('w') && id.len() > 8, "{id}");
 
@@ -542,11 +511,7 @@ async fn multipart_upload_writes_files_owned_by_user() {
     let sbx = Sandbox::new();
     let bin = Noise::bytes(1, 200_000);
     // No `path`: each part's filename is its destination; other fields are ignored.
-    let body = multipart(&[
-        ("file", Some("/home/user/up/a.txt"), b"alpha\n"),
-        ("note", None, b"not a file"),
-        ("file", Some("up/nested/deep/b.bin"), &bin),
-    ]);
+    let body = multipart(&[("file", Some("/home/user/up/a.txt"), b"alpha\n"), ("note", None, b"not a file"), ("file", Some("up/nested/deep/b.bin"), &bin)]);
     let r = sbx.envd.request("POST", "/files?username=user", &[("content-type", multipart_type())], body).await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
@@ -559,14 +524,8 @@ async fn multipart_upload_writes_files_owned_by_user() {
         ])
     );
     assert_eq!(ok(&sbx, "cat ~/up/a.txt").await, "alpha\n");
-    assert_eq!(
-        ok(&sbx, "sha256sum < ~/up/nested/deep/b.bin").await.split_whitespace().next(),
-        Some(sha256_hex(&bin).as_str())
-    );
-    assert_eq!(
-        ok(&sbx, "stat -c %U:%G:%a ~/up ~/up/nested ~/up/nested/deep ~/up/a.txt ~/up/nested/deep/b.bin").await,
-        "user:user:755\n".repeat(3) + &"user:user:644\n".repeat(2)
-    );
+    assert_eq!(ok(&sbx, "sha256sum < ~/up/nested/deep/b.bin").await.split_whitespace().next(), Some(sha256_hex(&bin).as_str()));
+    assert_eq!(ok(&sbx, "stat -c %U:%G:%a ~/up ~/up/nested ~/up/nested/deep ~/up/a.txt ~/up/nested/deep/b.bin").await, "user:user:755\n".repeat(3) + &"user:user:644\n".repeat(2));
     // The user can overwrite what was uploaded for them.
     ok(&sbx, "echo mine > ~/up/a.txt").await;
 
@@ -621,10 +580,7 @@ async fn octet_stream_upload_and_exact_download() {
     assert_eq!(header(&headers, "content-length"), Some("0"));
 
     // `path` is required for a raw body.
-    let r = sbx
-        .envd
-        .request("POST", "/files?username=user", &[("content-type", "application/octet-stream".into())], "x")
-        .await;
+    let r = sbx.envd.request("POST", "/files?username=user", &[("content-type", "application/octet-stream".into())], "x").await;
     assert_eq!(r.status, 400);
 }
 
@@ -636,11 +592,7 @@ async fn uploaded_metadata_is_reported_by_stat() {
         .request(
             "POST",
             &files_url("/home/user/meta.txt"),
-            &[
-                ("content-type", "application/octet-stream".into()),
-                ("x-metadata-author", "mish".into()),
-                ("x-metadata-purpose", "test upload".into()),
-            ],
+            &[("content-type", "application/octet-stream".into()), ("x-metadata-author", "mish".into()), ("x-metadata-purpose", "test upload".into())],
             "with metadata",
         )
         .await;
@@ -650,24 +602,13 @@ async fn uploaded_metadata_is_reported_by_stat() {
     let e = stat(&sbx, "/home/user/meta.txt").await.expect("stat");
     assert_eq!(e["metadata"], json!({"author": "mish", "purpose": "test upload"}));
     let listed = fs(&sbx, "ListDir", json!({"path": "/home/user"})).await.expect("list");
-    let m = listed["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .find(|e| e["name"] == "meta.txt")
-        .expect("listed")
-        .clone();
+    let m = listed["entries"].as_array().expect("entries").iter().find(|e| e["name"] == "meta.txt").expect("listed").clone();
     assert_eq!(m["metadata"]["author"], "mish");
 
     // A later upload's headers replace the metadata.
     let r = sbx
         .envd
-        .request(
-            "POST",
-            &files_url("/home/user/meta.txt"),
-            &[("content-type", "application/octet-stream".into()), ("x-metadata-author", "someone else".into())],
-            "v2",
-        )
+        .request("POST", &files_url("/home/user/meta.txt"), &[("content-type", "application/octet-stream".into()), ("x-metadata-author", "someone else".into())], "v2")
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(stat(&sbx, "meta.txt").await.expect("stat")["metadata"], json!({"author": "someone else"}));
@@ -676,15 +617,7 @@ async fn uploaded_metadata_is_reported_by_stat() {
     assert!(stat(&sbx, "meta.txt").await.expect("stat").get("metadata").is_none(), "no headers, no metadata");
 
     // Invalid metadata is refused before anything is written.
-    let r = sbx
-        .envd
-        .request(
-            "POST",
-            &files_url("/home/user/meta2.txt"),
-            &[("content-type", "application/octet-stream".into()), ("x-metadata-big", "v".repeat(5000))],
-            "x",
-        )
-        .await;
+    let r = sbx.envd.request("POST", &files_url("/home/user/meta2.txt"), &[("content-type", "application/octet-stream".into()), ("x-metadata-big", "v".repeat(5000))], "x").await;
     assert_eq!(r.status, 400);
     assert!(!exists(&sbx, "~/meta2.txt").await);
 }
@@ -699,15 +632,7 @@ async fn gzip_upload_and_download() {
     let gz = enc.finish().expect("gzip");
     assert!(gz.len() < data.len() / 4);
 
-    let r = sbx
-        .envd
-        .request(
-            "POST",
-            &files_url("/home/user/gz/text.txt"),
-            &[("content-type", "application/octet-stream".into()), ("content-encoding", "gzip".into())],
-            gz,
-        )
-        .await;
+    let r = sbx.envd.request("POST", &files_url("/home/user/gz/text.txt"), &[("content-type", "application/octet-stream".into()), ("content-encoding", "gzip".into())], gz).await;
     assert_eq!(r.status, 200);
     assert_eq!(ok(&sbx, "stat -c %s:%U ~/gz/text.txt").await, format!("{}:user\n", data.len()), "stored decompressed");
     assert_eq!(ok(&sbx, "sha256sum < ~/gz/text.txt").await.split_whitespace().next(), Some(sha256_hex(&data).as_str()));
@@ -715,20 +640,11 @@ async fn gzip_upload_and_download() {
     // Multipart bodies can be gzip-encoded too.
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(&multipart(&[("file", Some("gz/part.txt"), b"from a gzipped form")])).expect("gzip");
-    let r = sbx
-        .envd
-        .request(
-            "POST",
-            "/files",
-            &[("content-type", multipart_type()), ("content-encoding", "gzip".into())],
-            enc.finish().expect("gzip"),
-        )
-        .await;
+    let r = sbx.envd.request("POST", "/files", &[("content-type", multipart_type()), ("content-encoding", "gzip".into())], enc.finish().expect("gzip")).await;
     assert_eq!(r.status, 200);
     assert_eq!(ok(&sbx, "cat ~/gz/part.txt").await, "from a gzipped form");
 
-    let r =
-        sbx.envd.request("GET", &files_url("/home/user/gz/text.txt"), &[("accept-encoding", "gzip".into())], "").await;
+    let r = sbx.envd.request("GET", &files_url("/home/user/gz/text.txt"), &[("accept-encoding", "gzip".into())], "").await;
     assert_eq!(r.status, 200);
     assert_eq!(header(&r.headers, "content-encoding"), Some("gzip"));
     let compressed = r.bytes().await;
@@ -741,19 +657,13 @@ async fn gzip_upload_and_download() {
     let (status, headers, body) = download(&sbx.envd, "/home/user/gz/text.txt").await;
     assert_eq!((status, body.len()), (200, data.len()));
     assert!(headers.get("content-encoding").is_none());
-    let r =
-        sbx.envd.request("GET", &files_url("/home/user/gz/text.txt"), &[("accept-encoding", "br".into())], "").await;
+    let r = sbx.envd.request("GET", &files_url("/home/user/gz/text.txt"), &[("accept-encoding", "br".into())], "").await;
     assert_eq!(r.status, 406);
 
     // A corrupt gzip body fails and leaves no file behind.
     let r = sbx
         .envd
-        .request(
-            "POST",
-            &files_url("/home/user/gz/bad.txt"),
-            &[("content-type", "application/octet-stream".into()), ("content-encoding", "gzip".into())],
-            "definitely not gzip",
-        )
+        .request("POST", &files_url("/home/user/gz/bad.txt"), &[("content-type", "application/octet-stream".into()), ("content-encoding", "gzip".into())], "definitely not gzip")
         .await;
     assert_eq!(r.status, 400);
     assert!(!exists(&sbx, "~/gz/bad.txt").await);
@@ -781,28 +691,12 @@ async fn download_errors_are_envd_json() {
 #[tokio::test]
 async fn upload_as_root_is_owned_by_root() {
     let sbx = Sandbox::new();
-    let r = sbx
-        .envd
-        .request(
-            "POST",
-            "/files?path=%2Froot%2Fr%2Fx&username=root",
-            &[("content-type", "application/octet-stream".into())],
-            "r",
-        )
-        .await;
+    let r = sbx.envd.request("POST", "/files?path=%2Froot%2Fr%2Fx&username=root", &[("content-type", "application/octet-stream".into())], "r").await;
     assert_eq!(r.status, 200);
     let r = sbx.sh_as("root", "stat -c %U:%G /root/r /root/r/x").await;
     assert_eq!(r.stdout, "root:root\nroot:root\n", "{}", r.stderr);
     // `~` is the uploading user's home.
-    let r = sbx
-        .envd
-        .request(
-            "POST",
-            "/files?path=~%2Fhomed&username=root",
-            &[("content-type", "application/octet-stream".into())],
-            "h",
-        )
-        .await;
+    let r = sbx.envd.request("POST", "/files?path=~%2Fhomed&username=root", &[("content-type", "application/octet-stream".into())], "h").await;
     assert_eq!(r.status, 200);
     let v: Value = serde_json::from_slice(&r.bytes().await).expect("json");
     assert_eq!(v[0]["path"], "/root/homed");
@@ -810,11 +704,7 @@ async fn upload_as_root_is_owned_by_root() {
 
 /// Streams `total` bytes of noise as the body of an upload, 1 MiB at a
 /// time; the hash of what was sent comes back from the returned task.
-fn noise_body(
-    seed: u64,
-    total: usize,
-) -> (StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>>, tokio::task::JoinHandle<String>)
-{
+fn noise_body(seed: u64, total: usize) -> (StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>>>, tokio::task::JoinHandle<String>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let producer = tokio::spawn(async move {
         let mut noise = Noise(seed);
@@ -831,8 +721,7 @@ fn noise_body(
         }
         hex(&h.finalize())
     });
-    let stream =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(Frame::data(c)), rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(Frame::data(c)), rx)) });
     (StreamBody::new(stream), producer)
 }
 
@@ -849,15 +738,7 @@ async fn hundred_mib_streams_both_ways_in_bounded_agent_memory() {
 
     let rss = RssWatch::start(pid);
     let (body, producer) = noise_body(42, SIZE);
-    let r = sbx
-        .envd
-        .request_body(
-            "POST",
-            &files_url("/home/user/big.bin"),
-            &[("content-type", "application/octet-stream".into())],
-            body,
-        )
-        .await;
+    let r = sbx.envd.request_body("POST", &files_url("/home/user/big.bin"), &[("content-type", "application/octet-stream".into())], body).await;
     let status = r.status;
     let v: Value = serde_json::from_slice(&r.bytes().await).unwrap_or(Value::Null);
     assert_eq!(status, 200, "{v}");
@@ -899,9 +780,8 @@ async fn hundred_mib_multipart_upload_streams_in_bounded_agent_memory() {
     let sbx = Sandbox::new();
     let pid = sbx.info.pid;
     let before = vm_rss_kib(pid);
-    let head = Bytes::from(format!(
-        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/mp/big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-    ));
+    let head =
+        Bytes::from(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/mp/big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"));
     let tail = Bytes::from(format!("\r\n--{BOUNDARY}--\r\n"));
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let producer = tokio::spawn(async move {
@@ -917,14 +797,9 @@ async fn hundred_mib_multipart_upload_streams_in_bounded_agent_memory() {
         tx.send(tail).await.expect("send tail");
         hex(&h.finalize())
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (Ok::<_, std::io::Error>(Frame::data(c)), rx))
-    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(Frame::data(c)), rx)) });
     let rss = RssWatch::start(pid);
-    let r = sbx
-        .envd
-        .request_body("POST", "/files?username=user", &[("content-type", multipart_type())], StreamBody::new(stream))
-        .await;
+    let r = sbx.envd.request_body("POST", "/files?username=user", &[("content-type", multipart_type())], StreamBody::new(stream)).await;
     let status = r.status;
     let v: Value = serde_json::from_slice(&r.bytes().await).unwrap_or(Value::Null);
     let peak = rss.finish().await;
@@ -956,22 +831,12 @@ async fn access_token_guards_rpc_and_files() {
 
     let e = anon.unary("filesystem.Filesystem", "Stat", json!({"path": "/home/user"})).await.expect_err("no token");
     assert_eq!((e.status, e.code.as_str()), (401, "unauthenticated"));
-    let e =
-        wrong.unary("filesystem.Filesystem", "ListDir", json!({"path": "/home/user"})).await.expect_err("wrong token");
+    let e = wrong.unary("filesystem.Filesystem", "ListDir", json!({"path": "/home/user"})).await.expect_err("wrong token");
     assert_eq!((e.status, e.code.as_str()), (401, "unauthenticated"));
-    let r = anon
-        .request(
-            "POST",
-            "/filesystem.Filesystem/WatchDir",
-            &[("content-type", "application/connect+json".into())],
-            &b"\0\0\0\0\x02{}"[..],
-        )
-        .await;
+    let r = anon.request("POST", "/filesystem.Filesystem/WatchDir", &[("content-type", "application/connect+json".into())], &b"\0\0\0\0\x02{}"[..]).await;
     assert_eq!(r.status, 401);
 
-    let r = anon
-        .request("POST", &files_url("/home/user/t.txt"), &[("content-type", "application/octet-stream".into())], "x")
-        .await;
+    let r = anon.request("POST", &files_url("/home/user/t.txt"), &[("content-type", "application/octet-stream".into())], "x").await;
     assert_eq!(r.status, 401);
     assert_eq!(&r.bytes().await[..], br#"{"code":401,"message":"missing signature query parameter"}"#);
     assert!(!exists(&sbx, "~/t.txt").await, "refused upload wrote nothing");
@@ -1052,11 +917,7 @@ async fn client_disconnecting_mid_transfer_does_not_break_the_agent() {
 
     // An upload whose client vanishes after 1 MiB of a promised 64 MiB.
     let mut sock = tokio::net::UnixStream::connect(&sbx.envd.socket).await.expect("connect");
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-        files_url("/home/user/partial.bin"),
-        64 << 20
-    );
+    let head = format!("POST {} HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", files_url("/home/user/partial.bin"), 64 << 20);
     tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes()).await.expect("write head");
     tokio::io::AsyncWriteExt::write_all(&mut sock, &Noise::bytes(3, 1 << 20)).await.expect("write some body");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1067,8 +928,7 @@ async fn client_disconnecting_mid_transfer_does_not_break_the_agent() {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let sock = tokio::net::UnixStream::connect(&sbx.envd.socket).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await.expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await.expect("handshake");
     let conn = tokio::spawn(conn);
     let req = http::Request::post(format!("http://sandbox{}", files_url("/home/user/partial2.bin")))
         .header("host", "sandbox")
@@ -1090,11 +950,7 @@ async fn client_disconnecting_mid_transfer_does_not_break_the_agent() {
     body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
     body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"/home/user/mp-second.bin\"\r\n\r\n").as_bytes());
     body.extend_from_slice(&Noise::bytes(5, 1 << 20));
-    let head = format!(
-        "POST /files HTTP/1.1\r\nHost: sandbox\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
-        multipart_type(),
-        32 << 20
-    );
+    let head = format!("POST /files HTTP/1.1\r\nHost: sandbox\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n", multipart_type(), 32 << 20);
     tokio::io::AsyncWriteExt::write_all(&mut sock, head.as_bytes()).await.expect("write head");
     tokio::io::AsyncWriteExt::write_all(&mut sock, &body).await.expect("write some body");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1110,10 +966,7 @@ async fn client_disconnecting_mid_transfer_does_not_break_the_agent() {
 
     // The agent carries on, and the half-written files it created are gone.
     for _ in 0..50 {
-        if ["partial.bin", "partial2.bin", "mp-second.bin"]
-            .iter()
-            .all(|f| !std::path::Path::new(&format!("/proc/{}/root/home/user/{f}", sbx.info.pid)).exists())
-        {
+        if ["partial.bin", "partial2.bin", "mp-second.bin"].iter().all(|f| !std::path::Path::new(&format!("/proc/{}/root/home/user/{f}", sbx.info.pid)).exists()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

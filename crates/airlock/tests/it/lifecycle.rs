@@ -15,7 +15,16 @@ async fn create_run_and_destroy_leaves_nothing_behind() {
     assert_eq!(r.end["status"], "exit status 3");
     let id = sbx.id().to_string();
     let info = h.backend.get(&id).expect("found");
-    let veth = format!("/sys/class/net/alk{}", std::fs::read_dir(h.root.join("slots")).expect("slots").flatten().find(|e| std::fs::read_to_string(e.path()).ok().as_deref() == Some(id.as_str())).expect("slot").file_name().to_string_lossy());
+    let veth = format!(
+        "/sys/class/net/alk{}",
+        std::fs::read_dir(h.root.join("slots"))
+            .expect("slots")
+            .flatten()
+            .find(|e| std::fs::read_to_string(e.path()).ok().as_deref() == Some(id.as_str()))
+            .expect("slot")
+            .file_name()
+            .to_string_lossy()
+    );
     assert!(std::path::Path::new(&veth).exists(), "veth {veth} exists while running");
     drop(sbx);
     assert!(h.backend.get(&id).is_err(), "gone after destroy");
@@ -44,11 +53,7 @@ async fn sandbox_outlives_its_creator_and_is_found_again() {
     // Create with the CLI in a separate process that then exits: the
     // sandbox must keep running and be found by this process.
     let h = harness();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["runtime", "create", "--data-dir"])
-        .arg(&h.root)
-        .output()
-        .expect("run cli");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock")).args(["runtime", "create", "--data-dir"]).arg(&h.root).output().expect("run cli");
     assert!(out.status.success(), "cli create: {}", String::from_utf8_lossy(&out.stderr));
     let id = String::from_utf8_lossy(&out.stdout).split('\t').next().expect("id").to_string();
     let info = h.backend.get(&id).expect("found after creator exited");

@@ -6,10 +6,10 @@ mod support;
 
 mod cli;
 
+mod files;
 mod lifecycle;
 mod process;
+mod seccomp;
+mod security;
 mod server;
 mod templates;
-mod files;
-mod security;
-mod seccomp;

@@ -31,10 +31,7 @@ async fn unknown_user_missing_cwd_and_missing_binary_are_clear_errors() {
     let mut s = sbx.envd.as_user("mallory").stream("process.Process", "Start", start_req("true")).await;
     assert!(s.next().await.is_none());
     assert_eq!(s.end.as_ref().expect("end")["error"]["code"], "unauthenticated");
-    let mut s = sbx
-        .envd
-        .stream("process.Process", "Start", json!({"process": {"cmd": "/bin/true", "cwd": "/does/not/exist"}}))
-        .await;
+    let mut s = sbx.envd.stream("process.Process", "Start", json!({"process": {"cmd": "/bin/true", "cwd": "/does/not/exist"}})).await;
     assert!(s.next().await.is_none());
     let end = s.end.expect("end");
     assert_eq!(end["error"]["code"], "invalid_argument");
@@ -75,7 +72,11 @@ async fn background_process_keeps_running_and_reattach_replays_output() {
     let sbx = Sandbox::new();
     let mut s = sbx
         .envd
-        .stream("process.Process", "Start", json!({"process": {"cmd": "/bin/bash", "args": ["-c", "echo first; read line; echo got:$line; sleep 0.2; echo last"]}, "stdin": true, "tag": "job-1"}))
+        .stream(
+            "process.Process",
+            "Start",
+            json!({"process": {"cmd": "/bin/bash", "args": ["-c", "echo first; read line; echo got:$line; sleep 0.2; echo last"]}, "stdin": true, "tag": "job-1"}),
+        )
         .await;
     let pid = s.next_event().await.expect("start")["event"]["start"]["pid"].as_u64().expect("pid");
     let first = s.next_event().await.expect("data");
@@ -92,10 +93,7 @@ async fn background_process_keeps_running_and_reattach_replays_output() {
     assert_eq!(s.next_event().await.expect("start")["event"]["start"]["pid"].as_u64(), Some(pid));
     let replay = s.next_event().await.expect("replayed");
     assert_eq!(b64(replay["event"]["data"]["stdout"].as_str().expect("stdout")), b"first\n");
-    sbx.envd
-        .unary("process.Process", "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": enc(b"hello\n")}}))
-        .await
-        .expect("send input");
+    sbx.envd.unary("process.Process", "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": enc(b"hello\n")}})).await.expect("send input");
     let r = collect_rest(&mut s).await;
     assert_eq!(r.0, "got:hello\nlast\n");
     assert_eq!(r.1["exited"], true);
@@ -131,10 +129,7 @@ async fn collect_rest(s: &mut Stream) -> (String, serde_json::Value) {
 #[tokio::test]
 async fn stdin_close_and_stream_input() {
     let sbx = Sandbox::new();
-    let mut s = sbx
-        .envd
-        .stream("process.Process", "Start", json!({"process": {"cmd": "/usr/bin/wc", "args": ["-c"]}, "stdin": true}))
-        .await;
+    let mut s = sbx.envd.stream("process.Process", "Start", json!({"process": {"cmd": "/usr/bin/wc", "args": ["-c"]}, "stdin": true})).await;
     let pid = s.next_event().await.expect("start")["event"]["start"]["pid"].as_u64().expect("pid");
     // Client-streaming input: start, two data messages, end of body.
     let mut body = Vec::new();
@@ -157,11 +152,7 @@ async fn stdin_close_and_stream_input() {
     assert_eq!(end["exited"], true);
     // Input to a process started without stdin is refused.
     let r = sbx.sh("true").await;
-    let e = sbx
-        .envd
-        .unary("process.Process", "SendInput", json!({"process": {"pid": r.pid}, "input": {"stdin": enc(b"x")}}))
-        .await
-        .expect_err("finished process");
+    let e = sbx.envd.unary("process.Process", "SendInput", json!({"process": {"pid": r.pid}, "input": {"stdin": enc(b"x")}})).await.expect_err("finished process");
     assert_eq!(e.code, "not_found");
 }
 
@@ -170,20 +161,13 @@ async fn signals_kill_the_whole_process_group() {
     let sbx = Sandbox::new();
     let mut s = sbx.envd.stream("process.Process", "Start", start_req("sleep 300 & sleep 301; echo never")).await;
     let pid = s.next_event().await.expect("start")["event"]["start"]["pid"].as_u64().expect("pid");
-    sbx.envd
-        .unary("process.Process", "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}))
-        .await
-        .expect("signal");
+    sbx.envd.unary("process.Process", "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})).await.expect("signal");
     let (out, end) = tokio::time::timeout(Duration::from_secs(10), collect_rest(&mut s)).await.expect("ends promptly");
     assert_eq!(out, "");
     assert_eq!(end["status"], "signal: killed");
     let ps = sbx.sh("ps -eo comm | grep -c '^sleep' || true").await;
     assert_eq!(ps.stdout.trim(), "0", "no sleep left behind");
-    let e = sbx
-        .envd
-        .unary("process.Process", "SendSignal", json!({"process": {"pid": 99999}, "signal": "SIGNAL_SIGTERM"}))
-        .await
-        .expect_err("unknown pid");
+    let e = sbx.envd.unary("process.Process", "SendSignal", json!({"process": {"pid": 99999}, "signal": "SIGNAL_SIGTERM"})).await.expect_err("unknown pid");
     assert_eq!((e.status, e.code.as_str()), (404, "not_found"));
     assert!(e.message.contains("99999"));
 }
@@ -196,10 +180,7 @@ async fn connect_timeout_bounds_the_process_lifetime() {
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     body.extend_from_slice(&payload);
     let t = std::time::Instant::now();
-    let r = sbx
-        .envd
-        .request("POST", "/process.Process/Start", &[("content-type", "application/connect+json".into()), ("connect-timeout-ms", "500".into())], body)
-        .await;
+    let r = sbx.envd.request("POST", "/process.Process/Start", &[("content-type", "application/connect+json".into()), ("connect-timeout-ms", "500".into())], body).await;
     let bytes = r.bytes().await;
     assert!(t.elapsed() < Duration::from_secs(10), "killed at the deadline, not after 30 s");
     assert!(String::from_utf8_lossy(&bytes).contains("signal: killed"));
@@ -210,18 +191,12 @@ async fn pty_sessions_echo_input_and_resize() {
     let sbx = Sandbox::new();
     let mut s = sbx
         .envd
-        .stream(
-            "process.Process",
-            "Start",
-            json!({"process": {"cmd": "/bin/bash", "args": ["-i", "-l"], "envs": {"PS1": "prompt$ "}}, "pty": {"size": {"cols": 80, "rows": 24}}}),
-        )
+        .stream("process.Process", "Start", json!({"process": {"cmd": "/bin/bash", "args": ["-i", "-l"], "envs": {"PS1": "prompt$ "}}, "pty": {"size": {"cols": 80, "rows": 24}}}))
         .await;
     let pid = s.next_event().await.expect("start")["event"]["start"]["pid"].as_u64().expect("pid");
     let send = |data: &'static [u8]| {
         let envd = sbx.envd.clone();
-        async move {
-            envd.unary("process.Process", "SendInput", json!({"process": {"pid": pid}, "input": {"pty": enc(data)}})).await.expect("input")
-        }
+        async move { envd.unary("process.Process", "SendInput", json!({"process": {"pid": pid}, "input": {"pty": enc(data)}})).await.expect("input") }
     };
     send(b"tty; stty size\n").await;
     let mut seen = String::new();
@@ -232,21 +207,14 @@ async fn pty_sessions_echo_input_and_resize() {
             seen.push_str(&String::from_utf8_lossy(&b64(p)));
         }
     }
-    sbx.envd
-        .unary("process.Process", "Update", json!({"process": {"pid": pid}, "pty": {"size": {"cols": 132, "rows": 43}}}))
-        .await
-        .expect("resize");
+    sbx.envd.unary("process.Process", "Update", json!({"process": {"pid": pid}, "pty": {"size": {"cols": 132, "rows": 43}}})).await.expect("resize");
     send(b"stty size; exit 7\n").await;
     let (out, end) = tokio::time::timeout(Duration::from_secs(10), collect_rest(&mut s)).await.expect("exits");
     assert!(out.contains("43 132"), "resized: {out:?}");
     assert_eq!(end["exitCode"], 7);
     // Resizing a non-PTY process is refused.
     let r = sbx.sh("true").await;
-    let e = sbx
-        .envd
-        .unary("process.Process", "Update", json!({"process": {"pid": r.pid}, "pty": {"size": {"cols": 1, "rows": 1}}}))
-        .await
-        .expect_err("no pty");
+    let e = sbx.envd.unary("process.Process", "Update", json!({"process": {"pid": r.pid}, "pty": {"size": {"cols": 1, "rows": 1}}})).await.expect_err("no pty");
     assert_eq!(e.code, "failed_precondition");
 }
 

@@ -9,7 +9,6 @@
 //! through Python's ctypes with numbers from the `libc` crate. Nothing
 //! here connects anywhere: the vsock sockets are only created.
 
-
 use crate::probe::{expect_results, kv, numbers, run, WHO};
 use crate::support::*;
 
@@ -185,21 +184,9 @@ oserr("memfd_create-py", lambda: os.close(os.memfd_create("py")))
     // The i386 ABI kills the process (SIGSYS: 128 + 31 in the shell).
     #[cfg(target_arch = "x86_64")]
     {
-        let r = run(
-            &sbx,
-            "root",
-            "command -v gcc >/dev/null && echo GCC yes || echo GCC no",
-        )
-        .await;
+        let r = run(&sbx, "root", "command -v gcc >/dev/null && echo GCC yes || echo GCC no").await;
         if kv(&r.stdout).get("GCC").map(String::as_str) == Some("yes") {
-            let r = run(
-                &sbx,
-                "user",
-                &format!(
-                    "cd /tmp && cat > i386.c <<'CEOF'\n{I386_C}\nCEOF\ngcc -o i386 i386.c || exit 1\nulimit -c 0\n./i386\necho \"STATUS $?\""
-                ),
-            )
-            .await;
+            let r = run(&sbx, "user", &format!("cd /tmp && cat > i386.c <<'CEOF'\n{I386_C}\nCEOF\ngcc -o i386 i386.c || exit 1\nulimit -c 0\n./i386\necho \"STATUS $?\"")).await;
             expect_results("user", &r, &[("before", ""), ("STATUS", "159")]);
             assert!(!r.stdout.contains("survived"), "{r:#?}");
         } else {
@@ -286,25 +273,18 @@ int main(void) {
 #[tokio::test]
 async fn ordinary_programs_still_work_under_the_allow_list() {
     let sbx = Sandbox::new();
-    let tools = run(
-        &sbx,
-        "root",
-        "for t in gcc node; do command -v $t >/dev/null && echo \"HAVE $t\"; done; true",
-    )
-    .await;
+    let tools = run(&sbx, "root", "for t in gcc node; do command -v $t >/dev/null && echo \"HAVE $t\"; done; true").await;
     let have = |t: &str| tools.stdout.lines().any(|l| l == format!("HAVE {t}"));
     if have("gcc") {
         let r = run(
             &sbx,
             "root",
-            &format!("cat > /tmp/everyday.c <<'CEOF'\n{EVERYDAY_C}\nCEOF\ntimeout -s KILL 60 gcc -O1 -pthread -o /tmp/everyday /tmp/everyday.c && chmod 755 /tmp/everyday && echo built"),
+            &format!(
+                "cat > /tmp/everyday.c <<'CEOF'\n{EVERYDAY_C}\nCEOF\ntimeout -s KILL 60 gcc -O1 -pthread -o /tmp/everyday /tmp/everyday.c && chmod 755 /tmp/everyday && echo built"
+            ),
         )
         .await;
-        assert_eq!(
-            r.stdout.trim(),
-            "built",
-            "gcc (cc1, as, ld) works inside\n{r:#?}"
-        );
+        assert_eq!(r.stdout.trim(), "built", "gcc (cc1, as, ld) works inside\n{r:#?}");
     } else {
         eprintln!("gcc is not in the sandbox: the C part is skipped");
     }

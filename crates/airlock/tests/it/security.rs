@@ -234,7 +234,6 @@ async fn compile(sbx: &Sandbox, name: &str, src: &str) -> String {
     bin
 }
 
-
 // ---------------------------------------------------------------------------
 // 1. Host files
 // ---------------------------------------------------------------------------
@@ -669,11 +668,8 @@ async fn ptrace_reaches_own_children_but_never_the_agent() {
 async fn devices_cannot_be_created_and_host_devices_are_absent() {
     // A real block device of the host, for the positive control and for
     // its numbers.
-    let host_blk = std::fs::read_dir("/dev")
-        .expect("host /dev")
-        .flatten()
-        .find(|e| e.file_type().map(|t| t.is_block_device()).unwrap_or(false))
-        .expect("the host has a block device");
+    let host_blk =
+        std::fs::read_dir("/dev").expect("host /dev").flatten().find(|e| e.file_type().map(|t| t.is_block_device()).unwrap_or(false)).expect("the host has a block device");
     let rdev = host_blk.metadata().expect("stat").rdev();
     let (maj, min) = (libc::major(rdev), libc::minor(rdev));
     let host_name = host_blk.file_name().to_string_lossy().to_string();
@@ -770,10 +766,11 @@ for ns in ["user", "mnt", "net", "pid", "uts"]:
 "#,
         )
         .await;
-        let mut want: Vec<(String, &str)> = [("unshare-none", "ok"), ("clone-plain", "ok"), ("clone-user", "EPERM"), ("clone-user-mount", "EPERM"), ("clone-net", "EPERM"), ("clone3-user", "ENOSYS")]
-            .iter()
-            .map(|(l, r)| (l.to_string(), *r))
-            .collect();
+        let mut want: Vec<(String, &str)> =
+            [("unshare-none", "ok"), ("clone-plain", "ok"), ("clone-user", "EPERM"), ("clone-user-mount", "EPERM"), ("clone-net", "EPERM"), ("clone3-user", "ENOSYS")]
+                .iter()
+                .map(|(l, r)| (l.to_string(), *r))
+                .collect();
         for n in ["user", "mount", "net", "pid", "uts", "ipc", "cgroup", "time"] {
             want.push((format!("unshare-{n}"), "EPERM"));
         }
@@ -802,10 +799,7 @@ async fn the_host_is_unreachable_from_inside() {
     lo.assert_reachable_from_host(Ipv4Addr::LOCALHOST);
     let host_peers = any.peers().len() + lo.peers().len();
 
-    let (on, off) = tokio::join!(
-        tokio::task::spawn_blocking(Sandbox::new),
-        tokio::task::spawn_blocking(|| Sandbox::with(|s| s.internet = false))
-    );
+    let (on, off) = tokio::join!(tokio::task::spawn_blocking(Sandbox::new), tokio::task::spawn_blocking(|| Sandbox::with(|s| s.internet = false)));
     let (on, off) = (on.expect("create"), off.expect("create"));
     let ip = on.info.ip.expect("a sandbox with internet has an address");
     let gw = Ipv4Addr::from(u32::from(ip) - 1);
@@ -852,10 +846,7 @@ print("own-listener", "ok", flush=True)
             want_on.push((format!("host-{ifname}"), "timeout"));
         }
         expect_results(who, &a, &want_on);
-        let want_off: Vec<(String, &str)> = want_on
-            .iter()
-            .map(|(l, r)| (l.clone(), if *r == "timeout" { "ENETUNREACH" } else { *r }))
-            .collect();
+        let want_off: Vec<(String, &str)> = want_on.iter().map(|(l, r)| (l.clone(), if *r == "timeout" { "ENETUNREACH" } else { *r })).collect();
         expect_results(who, &b, &want_off);
         for r in [&a, &b] {
             let v6 = kv(&r.stdout).remove("ipv6-loopback").unwrap_or_default();
@@ -1012,11 +1003,8 @@ oserr("host", lambda: socket.socket(socket.AF_UNIX).connect("\0{name}"))
 
 #[tokio::test]
 async fn sandboxes_cannot_reach_or_see_each_other() {
-    let (a, b, off) = tokio::join!(
-        tokio::task::spawn_blocking(Sandbox::new),
-        tokio::task::spawn_blocking(Sandbox::new),
-        tokio::task::spawn_blocking(|| Sandbox::with(|s| s.internet = false))
-    );
+    let (a, b, off) =
+        tokio::join!(tokio::task::spawn_blocking(Sandbox::new), tokio::task::spawn_blocking(Sandbox::new), tokio::task::spawn_blocking(|| Sandbox::with(|s| s.internet = false)));
     let (a, b, off) = (a.expect("a"), b.expect("b"), off.expect("off"));
     let b_ip = b.info.ip.expect("b has an address");
     let b_gw = Ipv4Addr::from(u32::from(b_ip) - 1);
@@ -1161,7 +1149,11 @@ for k in kids:
     };
     let (b, (o, _other)) = tokio::join!(bomb, other);
     assert_eq!(b.stdout, "RC 137\n", "the bomb ran until timeout killed it\n{}", &b.stdout);
-    assert!(b.stderr.contains("fork: retry: Resource temporarily unavailable") || b.stderr.contains("fork: Resource temporarily unavailable"), "bash hit EAGAIN\n{}", &b.stderr[..b.stderr.len().min(2000)]);
+    assert!(
+        b.stderr.contains("fork: retry: Resource temporarily unavailable") || b.stderr.contains("fork: Resource temporarily unavailable"),
+        "bash hit EAGAIN\n{}",
+        &b.stderr[..b.stderr.len().min(2000)]
+    );
     let refused_after = refused();
     assert!(refused_after > refused_before, "the sandbox's pids limit refused the bomb's forks ({refused_before} -> {refused_after})");
     assert_eq!(o.stdout, "fine\n", "another sandbox works during the bomb");
@@ -1314,7 +1306,12 @@ async fn root_inside_lacks_dangerous_capabilities_and_setuid_gives_nothing() {
     let setup = run_ok(&sbx, "root", "cp /usr/bin/id /opt/suid-id && chmod 4755 /opt/suid-id && stat -c '%a %u' /opt/suid-id && findmnt -no OPTIONS --target /opt").await;
     assert!(setup.stdout.starts_with("4755 0\n"), "positive control: a setuid-root copy exists\n{setup:#?}");
     assert!(!setup.stdout.contains("nosuid"), "the copy sits on a mount that honours setuid, so only no_new_privs stops it\n{setup:#?}");
-    let r = run(&sbx, "user", "echo \"EUID $(/opt/suid-id -u) RUID $(/opt/suid-id -ru)\"; su -c 'id -u' root </dev/null; echo \"SU $?\"; python3 -c 'import os; os.setuid(0)' 2>&1 | tail -1").await;
+    let r = run(
+        &sbx,
+        "user",
+        "echo \"EUID $(/opt/suid-id -u) RUID $(/opt/suid-id -ru)\"; su -c 'id -u' root </dev/null; echo \"SU $?\"; python3 -c 'import os; os.setuid(0)' 2>&1 | tail -1",
+    )
+    .await;
     assert!(r.stdout.contains("EUID 1000 RUID 1000"), "setuid bit ignored\n{r:#?}");
     assert!(!r.stdout.lines().any(|l| l.trim() == "0"), "su gave root\n{r:#?}");
     assert!(r.stdout.contains("PermissionError: [Errno 1] Operation not permitted"), "{r:#?}");
@@ -1363,13 +1360,17 @@ async fn destroy_does_not_follow_links_planted_inside() {
     let dir = tempfile::Builder::new().prefix("airlock-victim-").tempdir().expect("victim dir");
     let victim = HostFile::new(dir.path().join("precious"));
     let sbx = Sandbox::new();
-    run_ok(&sbx, "root", &format!("ln -s {d} /root/link-dir; ln -s {f} /root/link-file; mkdir -p /root/nest && ln -s {d} /root/nest/deeper", d = dir.path().display(), f = victim.path.display())).await;
+    run_ok(
+        &sbx,
+        "root",
+        &format!("ln -s {d} /root/link-dir; ln -s {f} /root/link-file; mkdir -p /root/nest && ln -s {d} /root/nest/deeper", d = dir.path().display(), f = victim.path.display()),
+    )
+    .await;
     let upper = sandbox_dir(&sbx).join("upper/root/root");
     assert!(std::fs::symlink_metadata(upper.join("link-dir")).expect("planted").file_type().is_symlink(), "positive control: the links are on the host");
     drop(sbx);
     assert_eq!(std::fs::read_to_string(&victim.path).expect("victim still there"), victim.content);
 }
-
 
 /// Descriptors the server inherited without close-on-exec must not reach
 /// the sandbox: a directory descriptor would be a way out of the mount
@@ -1416,7 +1417,6 @@ echo "PARENT $(ls /proc/self/fd/{fd}/.. 2>&1 | grep -c '^airlock-leak-')"
         );
     }
 }
-
 
 /// A stand-in for a machine on the host's own network, built entirely on
 /// this host: a network namespace behind a veth pair on a TEST-NET-2
@@ -1595,11 +1595,17 @@ async fn every_sandbox_route_refuses_a_missing_or_wrong_token() {
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&out).contains("1000"), "code ran with the token: {}", String::from_utf8_lossy(&out));
     let (s, _, out) = srv
-        .req("POST", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("content-type", "application/json"), ("e2b-traffic-access-token", &traffic)], Bytes::from_static(b"{}"))
+        .req(
+            "POST",
+            "/contexts",
+            &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("content-type", "application/json"), ("e2b-traffic-access-token", &traffic)],
+            Bytes::from_static(b"{}"),
+        )
         .await
         .expect("contexts");
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&out));
-    let (s, _, _) = srv.req("GET", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("e2b-traffic-access-token", &traffic)], Bytes::new()).await.expect("contexts");
+    let (s, _, _) =
+        srv.req("GET", "/contexts", &[("e2b-sandbox-id", &id), ("e2b-sandbox-port", "49999"), ("e2b-traffic-access-token", &traffic)], Bytes::new()).await.expect("contexts");
     assert_eq!(s, 200);
 }
 

@@ -296,7 +296,8 @@ async fn ports_inside_are_reachable_through_the_proxy() {
     let srv = Server::start(&["--domain", "sbx.test"]).await;
     let sbx = srv.create(json!({"templateID": "base", "allow_internet_access": false})).await;
     let id = sbx["sandboxID"].as_str().expect("id");
-    srv.run(&sbx, "mkdir -p /tmp/www && echo served-from-inside > /tmp/www/index.html && (cd /tmp/www && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &)").await;
+    srv.run(&sbx, "mkdir -p /tmp/www && echo served-from-inside > /tmp/www/index.html && (cd /tmp/www && nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &)")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         let (s, _, b) = srv.req("GET", "/index.html", &[("e2b-sandbox-id", id), ("e2b-sandbox-port", "8000")], Bytes::new()).await.expect("req");
@@ -401,12 +402,7 @@ async fn template_cli_builds_with_context_start_and_ready_and_guards_delete() {
     )
     .expect("recipe");
     let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_airlock"))
-            .args(args)
-            .env("AIRLOCK_URL", format!("http://127.0.0.1:{}", srv.port))
-            .env("AIRLOCK_API_KEY", KEY)
-            .output()
-            .expect("run cli")
+        Command::new(env!("CARGO_BIN_EXE_airlock")).args(args).env("AIRLOCK_URL", format!("http://127.0.0.1:{}", srv.port)).env("AIRLOCK_API_KEY", KEY).output().expect("run cli")
     };
     let out = cli(&["template", "build", "-t", "web", ctx.path().to_str().expect("utf8")]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -30,12 +30,8 @@ pub fn harness() -> &'static Harness {
         assert_eq!(unsafe { libc::geteuid() }, 0, "the integration tests create real sandboxes and must run as root");
         let tmp = tempfile::Builder::new().prefix("airlock-it-").tempdir().expect("temp dir");
         let root = tmp.path().to_path_buf();
-        let backend = NamespaceBackend::new(airlock_runtime::namespace::Options {
-            root: root.clone(),
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")),
-            network: true,
-        })
-        .expect("namespace backend");
+        let backend = NamespaceBackend::new(airlock_runtime::namespace::Options { root: root.clone(), binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")), network: true })
+            .expect("namespace backend");
         let base = airlock_template::Store::new(root.join("templates")).ensure_base().expect("base template").rootfs();
         Harness { backend, root, base, _tmp: tmp }
     })
@@ -161,7 +157,12 @@ impl Envd {
     /// A unary Connect call: `service` like "process.Process", `method` like "List".
     pub async fn unary(&self, service: &str, method: &str, msg: Value) -> Result<Value, RpcError> {
         let r = self
-            .request("POST", &format!("/{service}/{method}"), &[("content-type", "application/json".into()), ("connect-protocol-version", "1".into())], serde_json::to_vec(&msg).expect("json"))
+            .request(
+                "POST",
+                &format!("/{service}/{method}"),
+                &[("content-type", "application/json".into()), ("connect-protocol-version", "1".into())],
+                serde_json::to_vec(&msg).expect("json"),
+            )
             .await;
         let status = r.status;
         let body = r.bytes().await;
@@ -217,7 +218,11 @@ pub async fn collect(s: &mut Stream) -> CmdResult {
             for k in ["stdout", "stderr", "pty"] {
                 if let Some(b) = d.get(k).and_then(|v| v.as_str()) {
                     let text = String::from_utf8_lossy(&b64(b)).to_string();
-                    if k == "stderr" { r.stderr.push_str(&text) } else { r.stdout.push_str(&text) }
+                    if k == "stderr" {
+                        r.stderr.push_str(&text)
+                    } else {
+                        r.stdout.push_str(&text)
+                    }
                 }
             }
         } else if let Some(e) = ev.get("end") {

@@ -26,7 +26,8 @@ fn env() -> &'static Env {
         let _ = harness();
         let tmp = tempfile::Builder::new().prefix("airlock-tpl-").tempdir().expect("tmp");
         let root = tmp.path().to_path_buf();
-        let backend = NamespaceBackend::new(airlock_runtime::namespace::Options { root: root.clone(), binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")), network: true }).expect("backend");
+        let backend = NamespaceBackend::new(airlock_runtime::namespace::Options { root: root.clone(), binary: PathBuf::from(env!("CARGO_BIN_EXE_airlock")), network: true })
+            .expect("backend");
         airlock_template::Store::new(root.join("templates")).ensure_base().expect("base template");
         Env { backend: Arc::new(backend), root, _tmp: tmp }
     })
