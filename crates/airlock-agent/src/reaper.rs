@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-pub fn start(agent: Arc<crate::Agent>) {
+pub(crate) fn start(agent: Arc<crate::Agent>) {
     let mut sigchld = match signal(SignalKind::child()) {
         Ok(s) => s,
         Err(e) => {

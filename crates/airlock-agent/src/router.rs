@@ -49,7 +49,7 @@ fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
     auth::interpreter_token_ok(agent.config.access_token.as_deref(), agent.traffic_token.as_deref(), req.headers())
 }
 
-pub async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
+pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
     if req.headers().get(airlock_proto::wire::AGENT_PORT_HEADER).and_then(|v| v.to_str().ok()) == Some("49999") {
         // Only `/health` is public, as on envd: everything else on the
         // interpreter runs code or reveals it.

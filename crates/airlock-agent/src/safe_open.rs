@@ -66,6 +66,7 @@ pub fn canonicalize(path: &Path) -> io::Result<PathBuf> {
 fn is_agents_own_proc(file: &File) -> io::Result<bool> {
     // SAFETY: fstatfs into a zeroed struct on a descriptor we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: the struct is ours and large enough.
     if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }

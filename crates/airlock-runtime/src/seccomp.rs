@@ -84,33 +84,33 @@ const FOREIGN_ABI_FROM: Option<u32> = None;
 /// on aarch64, where it leaves out the numbers the ILP32 ABI lacks).
 #[allow(non_upper_case_globals)]
 mod nr {
-    pub use libc::*;
+    pub(super) use libc::*;
 
     // Numbers from 424 up are the same on every architecture.
-    pub const SYS_cachestat: c_long = 451;
-    pub const SYS_map_shadow_stack: c_long = 453;
-    pub const SYS_futex_wake: c_long = 454;
-    pub const SYS_futex_wait: c_long = 455;
-    pub const SYS_futex_requeue: c_long = 456;
-    pub const SYS_statmount: c_long = 457;
-    pub const SYS_listmount: c_long = 458;
-    pub const SYS_setxattrat: c_long = 463;
-    pub const SYS_getxattrat: c_long = 464;
-    pub const SYS_listxattrat: c_long = 465;
-    pub const SYS_removexattrat: c_long = 466;
-    pub const SYS_open_tree_attr: c_long = 467;
+    pub(super) const SYS_cachestat: c_long = 451;
+    pub(super) const SYS_map_shadow_stack: c_long = 453;
+    pub(super) const SYS_futex_wake: c_long = 454;
+    pub(super) const SYS_futex_wait: c_long = 455;
+    pub(super) const SYS_futex_requeue: c_long = 456;
+    pub(super) const SYS_statmount: c_long = 457;
+    pub(super) const SYS_listmount: c_long = 458;
+    pub(super) const SYS_setxattrat: c_long = 463;
+    pub(super) const SYS_getxattrat: c_long = 464;
+    pub(super) const SYS_listxattrat: c_long = 465;
+    pub(super) const SYS_removexattrat: c_long = 466;
+    pub(super) const SYS_open_tree_attr: c_long = 467;
 
     #[cfg(target_arch = "x86_64")]
-    pub const SYS_io_pgetevents: c_long = 333;
+    pub(super) const SYS_io_pgetevents: c_long = 333;
     #[cfg(target_arch = "x86_64")]
-    pub const SYS_uretprobe: c_long = 335;
+    pub(super) const SYS_uretprobe: c_long = 335;
     // Gone from the kernel, still numbers.
     #[cfg(target_arch = "x86_64")]
-    pub const SYS_create_module: c_long = 174;
+    pub(super) const SYS_create_module: c_long = 174;
     #[cfg(target_arch = "x86_64")]
-    pub const SYS_get_kernel_syms: c_long = 177;
+    pub(super) const SYS_get_kernel_syms: c_long = 177;
     #[cfg(target_arch = "x86_64")]
-    pub const SYS_query_module: c_long = 178;
+    pub(super) const SYS_query_module: c_long = 178;
 
     #[cfg(target_arch = "aarch64")]
     pub const SYS_renameat: c_long = 38;

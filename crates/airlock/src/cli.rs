@@ -182,7 +182,7 @@ enum RuntimeCmd {
     },
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = matches!(&cli.command, Cmd::Serve(a) if a.log_format == "json");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -242,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// A 20-character lowercase alphanumeric id, as E2B's are.
-pub fn new_id() -> anyhow::Result<String> {
+pub(crate) fn new_id() -> anyhow::Result<String> {
     Ok(airlock_server::ids::sandbox_id()?)
 }
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use airlock_sdk::{Client, Config, Sandbox};
 
 /// `e2b_` + 40 hex characters, the key format every SDK accepts.
-pub const KEY: &str = "e2b_5dk0000000000000000000000000000000000042";
+pub(crate) const KEY: &str = "e2b_5dk0000000000000000000000000000000000042";
 
 /// The `airlock` binary built from this workspace.
-pub fn airlock_bin() -> PathBuf {
+pub(crate) fn airlock_bin() -> PathBuf {
     let p = if let Some(p) = std::env::var_os("AIRLOCK_BIN") {
         PathBuf::from(p)
     } else if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -29,7 +29,7 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub port: u16,
     pub data: PathBuf,
@@ -38,12 +38,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// A server with extra `airlock serve` flags, ready when this returns.
-    pub fn start_with(extra: &[&str]) -> Self {
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
         let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
         assert_eq!(uid, 0, "the SDK integration tests start a real server that creates sandboxes: run them as root");
         let tmp = tempfile::Builder::new().prefix("airlock-sdk-").tempdir().expect("tmp");
@@ -77,25 +77,25 @@ impl Server {
         }
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> Config {
         Config::new(self.url(), KEY)
     }
 
-    pub fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::new(self.config()).expect("client")
     }
 
     /// A sandbox for a test: no internet (no veth pair to set up), two
     /// minutes to live.
-    pub async fn sandbox(&self) -> Sandbox {
+    pub(crate) async fn sandbox(&self) -> Sandbox {
         Sandbox::builder().client(&self.client()).allow_internet_access(false).timeout(Duration::from_secs(120)).create().await.expect("create sandbox")
     }
 }
@@ -125,7 +125,7 @@ impl Drop for Server {
 }
 
 /// Polls `f` until it returns true or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if f().await {

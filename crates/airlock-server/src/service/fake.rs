@@ -19,7 +19,7 @@ struct Sandbox {
 }
 
 #[derive(Default)]
-pub struct FakeBackend {
+pub(super) struct FakeBackend {
     sandboxes: Mutex<BTreeMap<String, Sandbox>>,
 }
 
@@ -33,7 +33,7 @@ impl FakeBackend {
     }
 
     /// What a host reboot does: every process gone, files kept.
-    pub fn kill_processes(&self, id: &str) {
+    pub(super) fn kill_processes(&self, id: &str) {
         self.with(|m| {
             if let Some(s) = m.get_mut(id) {
                 s.alive = false;
@@ -44,23 +44,23 @@ impl FakeBackend {
 
     /// A sandbox that outlived the store's record of it (a crash between
     /// create and insert).
-    pub fn adopt(&self, id: &str, spec: SandboxSpec) {
+    pub(super) fn adopt(&self, id: &str, spec: SandboxSpec) {
         self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, spec }));
     }
 
-    pub fn exists(&self, id: &str) -> bool {
+    pub(super) fn exists(&self, id: &str) -> bool {
         self.with(|m| m.contains_key(id))
     }
 
-    pub fn frozen(&self, id: &str) -> bool {
+    pub(super) fn frozen(&self, id: &str) -> bool {
         self.with(|m| m.get(id).is_some_and(|s| s.frozen))
     }
 
-    pub fn restarts(&self, id: &str) -> u32 {
+    pub(super) fn restarts(&self, id: &str) -> u32 {
         self.with(|m| m.get(id).map_or(0, |s| s.restarts))
     }
 
-    pub fn spec(&self, id: &str) -> Option<SandboxSpec> {
+    pub(super) fn spec(&self, id: &str) -> Option<SandboxSpec> {
         self.with(|m| m.get(id).map(|s| s.spec.clone()))
     }
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use super::progress::Progress;
 
-pub const SANDBOX_EXAMPLES: &str = "\
+pub(super) const SANDBOX_EXAMPLES: &str = "\
 Examples:
   airlock sandbox create --template base --timeout 600 --metadata owner=me
   airlock sbx list --state running --metadata owner=me
@@ -20,7 +20,7 @@ Examples:
   airlock sbx timeout <id> 3600
   airlock sbx pause <id> && airlock sbx resume <id>
   airlock sbx kill <id> <id2>";
-pub const EXEC_EXAMPLES: &str = "\
+pub(super) const EXEC_EXAMPLES: &str = "\
 Examples:
   airlock exec <id> -- python3 -c 'print(1)'
   airlock exec <id> -- sh -c 'exit 3'; echo $?        # prints 3
@@ -28,24 +28,24 @@ Examples:
   airlock exec -i <id> -- wc -l < local-file.txt       # forward stdin
   airlock exec -d <id> -- python3 -m http.server       # background; prints the pid
 The command runs as given (no shell): use `sh -c '...'` for pipes and variables.";
-pub const SHELL_EXAMPLES: &str = "\
+pub(super) const SHELL_EXAMPLES: &str = "\
 Examples:
   airlock shell <id>
   airlock shell --user root <id>
   airlock shell <id> -- python3                        # any program on the terminal";
-pub const CP_EXAMPLES: &str = "\
+pub(super) const CP_EXAMPLES: &str = "\
 Examples:
   airlock cp ./model.bin <id>:/home/user/               # upload into a directory
   airlock cp <id>:/home/user/out.csv ./results.csv      # download
   airlock cp <id>:/etc/os-release -                     # to stdout
   tar c src | airlock cp - <id>:/tmp/src.tar            # from stdin
 A sandbox path is `<id>:<path>`; relative sandbox paths are under the user's home.";
-pub const RUN_EXAMPLES: &str = "\
+pub(super) const RUN_EXAMPLES: &str = "\
 Examples:
   airlock run base -- uname -a
   airlock run --env N=3 base -- sh -c 'seq $N'
   airlock run --no-internet --memory-mb 256 base -- python3 -c 'print(2**64)'";
-pub const LOGS_EXAMPLES: &str = "\
+pub(super) const LOGS_EXAMPLES: &str = "\
 Examples:
   airlock logs <id>                                     # set-up log and the agent's processes
   airlock logs <id> 42                                  # output of pid 42, followed
@@ -53,7 +53,7 @@ Examples:
 
 /// Where the server is and how to talk to it; every client command has these.
 #[derive(clap::Args, Debug, Clone)]
-pub struct ClientArgs {
+pub(super) struct ClientArgs {
     /// Server URL [default: $AIRLOCK_URL, then $E2B_API_URL, then http://127.0.0.1:3000].
     #[arg(long, global = true)]
     url: Option<String>,
@@ -79,7 +79,7 @@ impl ClientArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct SandboxArgs {
+pub(super) struct SandboxArgs {
     #[command(flatten)]
     client: ClientArgs,
     #[command(subcommand)]
@@ -95,7 +95,7 @@ fn kv(s: &str) -> Result<(String, String), String> {
 
 /// Options that describe a new sandbox (shared by `sandbox create` and `run`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct CreateOpts {
+pub(super) struct CreateOpts {
     /// Seconds the sandbox lives before it is killed (or paused with --auto-pause) [default: the server's, 300].
     #[arg(long)]
     timeout: Option<u64>,
@@ -205,7 +205,7 @@ enum SandboxCmd {
 
 /// Options of a command run in a sandbox (shared by `exec` and `run`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct ExecOpts {
+pub(super) struct ExecOpts {
     /// Working directory in the sandbox.
     #[arg(long = "cwd", short = 'w')]
     cwd: Option<String>,
@@ -224,7 +224,7 @@ pub struct ExecOpts {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ExecArgs {
+pub(super) struct ExecArgs {
     #[command(flatten)]
     client: ClientArgs,
     #[command(flatten)]
@@ -243,7 +243,7 @@ pub struct ExecArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ShellArgs {
+pub(super) struct ShellArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Log in as this sandbox user.
@@ -260,7 +260,7 @@ pub struct ShellArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct CpArgs {
+pub(super) struct CpArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Act as this sandbox user (owner of uploaded files, base of relative paths).
@@ -276,7 +276,7 @@ pub struct CpArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(super) struct RunArgs {
     #[command(flatten)]
     client: ClientArgs,
     #[command(flatten)]
@@ -301,7 +301,7 @@ pub struct RunArgs {
 }
 
 #[derive(clap::Args, Debug)]
-pub struct LogsArgs {
+pub(super) struct LogsArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Sandbox id.
@@ -310,7 +310,7 @@ pub struct LogsArgs {
     process: Option<String>,
 }
 
-pub enum Command {
+pub(super) enum Command {
     Sandbox(SandboxArgs),
     Exec(ExecArgs),
     Shell(ShellArgs),
@@ -320,7 +320,7 @@ pub enum Command {
 }
 
 /// Runs a client command on a fresh runtime; returns the exit code.
-pub fn run(cmd: Command) -> anyhow::Result<u8> {
+pub(super) fn run(cmd: Command) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let r = rt.block_on(async move {
         match cmd {
@@ -552,7 +552,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
 
 /// The shell's convention for a command's status: its exit code, or 128 +
 /// the signal that killed it.
-pub fn exit_status(end: &EndEvent) -> u8 {
+pub(super) fn exit_status(end: &EndEvent) -> u8 {
     if end.exited || end.exit_code >= 0 && !end.status.starts_with("signal") {
         return u8::try_from(end.exit_code).unwrap_or(255);
     }
@@ -573,7 +573,7 @@ pub fn exit_status(end: &EndEvent) -> u8 {
 /// Local stdin, read on a dedicated thread (an async read of a terminal
 /// would hold up the runtime's shutdown) and sent as chunks; `None` marks
 /// the end of input.
-pub fn stdin_pump(tx: tokio::sync::mpsc::Sender<Option<Vec<u8>>>) {
+pub(super) fn stdin_pump(tx: tokio::sync::mpsc::Sender<Option<Vec<u8>>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -593,7 +593,7 @@ pub fn stdin_pump(tx: tokio::sync::mpsc::Sender<Option<Vec<u8>>>) {
 
 /// Streams a started command to this terminal; Ctrl-C sends SIGTERM, a
 /// second one gives up. Returns the command's status for `exit`.
-pub async fn stream_command(mut s: airlock_sdk::CommandStream, interactive: bool, json: bool) -> anyhow::Result<u8> {
+pub(super) async fn stream_command(mut s: airlock_sdk::CommandStream, interactive: bool, json: bool) -> anyhow::Result<u8> {
     let process = s.process().clone();
     let mut input = None;
     if interactive {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-pub struct Progress {
+pub(super) struct Progress {
     label: String,
     total: Option<u64>,
     done: u64,
@@ -22,11 +22,11 @@ fn mib(b: u64) -> f64 {
 }
 
 impl Progress {
-    pub fn new(label: String, total: Option<u64>, enabled: bool) -> Self {
+    pub(super) fn new(label: String, total: Option<u64>, enabled: bool) -> Self {
         Self { label, total, done: 0, start: Instant::now(), last: None, enabled, finished: false }
     }
 
-    pub fn add(&mut self, n: u64) {
+    pub(super) fn add(&mut self, n: u64) {
         self.done += n;
         if !self.enabled || self.finished {
             return;
@@ -62,7 +62,7 @@ impl Progress {
     }
 
     /// Draws the final state and ends the line.
-    pub fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if !self.enabled || self.finished {
             return;
         }

@@ -22,6 +22,7 @@ fn isatty(fd: i32) -> bool {
 fn window_size(fd: i32) -> Option<PtySize> {
     // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_col > 0 && ws.ws_row > 0).then_some(PtySize { cols: u32::from(ws.ws_col), rows: u32::from(ws.ws_row) })
 }
@@ -64,7 +65,7 @@ impl Drop for RawMode {
     }
 }
 
-pub async fn shell(client: Client, id: &str, user: Option<String>, cwd: Option<String>, cmd: Vec<String>) -> anyhow::Result<u8> {
+pub(super) async fn shell(client: Client, id: &str, user: Option<String>, cwd: Option<String>, cmd: Vec<String>) -> anyhow::Result<u8> {
     let sbx = client.get(id).await?;
     if !isatty(0) {
         // Like ssh without a terminal: no PTY, a shell reading commands

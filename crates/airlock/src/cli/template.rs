@@ -9,7 +9,7 @@ use airlock_sdk::{BuildEvent, BuildTemplate};
 use anyhow::{bail, Context};
 use base64::Engine;
 
-pub const EXAMPLES: &str = "Examples:
+pub(super) const EXAMPLES: &str = "Examples:
   airlock template build -t my-python .                  # ./Airlockfile (or ./Dockerfile), context .
   airlock template build -f recipe.txt -t tools --build-arg VERSION=2 ./ctx
   airlock template list
@@ -23,7 +23,7 @@ WORKDIR, USER, COPY, ARG, plus START (a command started in every sandbox)
 and READY (polled until it succeeds before a sandbox is handed out).";
 
 #[derive(clap::Args, Debug)]
-pub struct TemplateArgs {
+pub(super) struct TemplateArgs {
     /// Server URL [default: $AIRLOCK_URL, then $E2B_API_URL, then http://127.0.0.1:3000].
     #[arg(long, global = true)]
     url: Option<String>,
@@ -112,7 +112,7 @@ fn pack_context(recipe: &str, context: &Path) -> anyhow::Result<Option<String>> 
     Ok(Some(base64::engine::general_purpose::STANDARD.encode(bytes)))
 }
 
-pub fn run(a: TemplateArgs) -> anyhow::Result<u8> {
+pub(super) fn run(a: TemplateArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let templates = client(&a)?.templates();

@@ -324,6 +324,7 @@ fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, secs: u64) -> bool {
 fn lflag(fd: i32) -> libc::tcflag_t {
     // SAFETY: tcgetattr fills the struct we pass.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
     t.c_lflag
 }

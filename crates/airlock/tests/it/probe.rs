@@ -9,10 +9,10 @@ use crate::support::{CmdResult, Sandbox};
 
 /// Both attackers: root inside (it holds the capabilities a container
 /// keeps) and the unprivileged user.
-pub const WHO: [&str; 2] = ["root", "user"];
+pub(crate) const WHO: [&str; 2] = ["root", "user"];
 
 /// Runs `cmd` with `bash -l -c` as `who` ("user" or "root"), bounded in time.
-pub async fn run(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
+pub(crate) async fn run(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
     match tokio::time::timeout(Duration::from_secs(120), sbx.sh_as(who, cmd)).await {
         Ok(r) => r,
         Err(_) => panic!("command as {who} did not finish in 120 s: {cmd}"),
@@ -20,7 +20,7 @@ pub async fn run(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
 }
 
 /// Like `run`, but the command itself must succeed.
-pub async fn run_ok(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
+pub(crate) async fn run_ok(sbx: &Sandbox, who: &str, cmd: &str) -> CmdResult {
     let r = run(sbx, who, cmd).await;
     assert_eq!(r.exit_code, 0, "command as {who} failed: {cmd}\n{r:#?}");
     r
@@ -55,19 +55,19 @@ def oserr(label, f):
 "#;
 
 /// System call numbers as the `NR` dict the prelude looks names up in.
-pub fn numbers(nr: &[(&str, libc::c_long)]) -> String {
+pub(crate) fn numbers(nr: &[(&str, libc::c_long)]) -> String {
     let items: Vec<String> = nr.iter().map(|(n, v)| format!("'{n}': {v}")).collect();
     format!("NR = {{{}}}\n", items.join(", "))
 }
 
 /// Runs a Python probe (prelude and `numbers` first) as `who`.
-pub async fn py(sbx: &Sandbox, who: &str, numbers: &str, body: &str) -> CmdResult {
+pub(crate) async fn py(sbx: &Sandbox, who: &str, numbers: &str, body: &str) -> CmdResult {
     let script = format!("{PRELUDE}\n{numbers}\n{body}");
     run(sbx, who, &format!("timeout -s KILL 60 python3 - <<'PYEOF'\n{script}\nPYEOF\n")).await
 }
 
 /// `label value...` lines into a map (the last line with a label wins).
-pub fn kv(out: &str) -> BTreeMap<String, String> {
+pub(crate) fn kv(out: &str) -> BTreeMap<String, String> {
     out.lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(' ').unwrap_or((l, ""));
@@ -77,7 +77,7 @@ pub fn kv(out: &str) -> BTreeMap<String, String> {
 }
 
 /// Asserts that every `label` in `want` printed exactly the given result.
-pub fn expect_results<S: AsRef<str>>(who: &str, r: &CmdResult, want: &[(S, &str)]) {
+pub(crate) fn expect_results<S: AsRef<str>>(who: &str, r: &CmdResult, want: &[(S, &str)]) {
     let got = kv(&r.stdout);
     for (label, res) in want {
         let label = label.as_ref();

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 const KEY: &str = "e2b_00000000000000000000000000000000000000aa";
 
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub port: u16,
     pub data: PathBuf,
@@ -40,7 +40,7 @@ fn spawn(data: &Path, port: u16, extra: &[String]) -> Child {
 }
 
 impl Server {
-    pub async fn start(extra: &[&str]) -> Self {
+    pub(crate) async fn start(extra: &[&str]) -> Self {
         let _ = crate::support::harness();
         let tmp = tempfile::Builder::new().prefix("airlock-srv-").tempdir().expect("tmp");
         let data = tmp.path().join("data");
@@ -66,7 +66,7 @@ impl Server {
     }
 
     /// Kills the server with SIGKILL (no clean-up) and starts a new one on the same data.
-    pub async fn crash_and_restart(&mut self) {
+    pub(crate) async fn crash_and_restart(&mut self) {
         self.child.kill().expect("kill");
         let _ = self.child.wait();
         self.port = free_port();
@@ -74,7 +74,7 @@ impl Server {
         self.wait_ready().await;
     }
 
-    pub async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<(u16, http::HeaderMap, Bytes), String> {
+    pub(crate) async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<(u16, http::HeaderMap, Bytes), String> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
@@ -91,20 +91,20 @@ impl Server {
         Ok((parts.status.as_u16(), parts.headers, bytes))
     }
 
-    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let b = body.map(|v| Bytes::from(serde_json::to_vec(&v).expect("json"))).unwrap_or_default();
         let (s, _, bytes) = self.req(method, path, &[("x-api-key", KEY), ("content-type", "application/json")], b).await.expect("request");
         (s, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    pub async fn create(&self, body: Value) -> Value {
+    pub(crate) async fn create(&self, body: Value) -> Value {
         let (s, v) = self.api("POST", "/v2/sandboxes", Some(body)).await;
         assert_eq!(s, 201, "create: {v}");
         v
     }
 
     /// Runs a command through the proxy with the sandbox's token.
-    pub async fn run(&self, sbx: &Value, cmd: &str) -> (u16, String) {
+    pub(crate) async fn run(&self, sbx: &Value, cmd: &str) -> (u16, String) {
         let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})).expect("json");
         let mut env = vec![0u8];
         env.extend_from_slice(&(payload.len() as u32).to_be_bytes());

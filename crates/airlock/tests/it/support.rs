@@ -14,7 +14,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub backend: NamespaceBackend,
     pub root: PathBuf,
     /// The `base` template's root filesystem, which sandboxes start from.
@@ -23,7 +23,7 @@ pub struct Harness {
 }
 
 /// The shared backend. Tests need root; they fail loudly without it.
-pub fn harness() -> &'static Harness {
+pub(crate) fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
         // SAFETY: geteuid has no preconditions.
@@ -37,7 +37,7 @@ pub fn harness() -> &'static Harness {
     })
 }
 
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut buf = [0u8; 12];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").expect("urandom"), &mut buf).expect("random");
     let a = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -45,17 +45,17 @@ pub fn new_id() -> String {
 }
 
 /// A running sandbox, destroyed on drop.
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     pub info: SandboxInfo,
     pub envd: Envd,
 }
 
 impl Sandbox {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(|_| {})
     }
 
-    pub fn with(f: impl FnOnce(&mut SandboxSpec)) -> Self {
+    pub(crate) fn with(f: impl FnOnce(&mut SandboxSpec)) -> Self {
         let mut spec = SandboxSpec::new(new_id(), harness().base.clone());
         f(&mut spec);
         let info = harness().backend.create(&spec).expect("create sandbox");
@@ -63,16 +63,16 @@ impl Sandbox {
         Self { info, envd }
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.info.id
     }
 
     /// Runs a shell command to completion as `user`.
-    pub async fn sh(&self, cmd: &str) -> CmdResult {
+    pub(crate) async fn sh(&self, cmd: &str) -> CmdResult {
         self.envd.run(cmd).await
     }
 
-    pub async fn sh_as(&self, user: &str, cmd: &str) -> CmdResult {
+    pub(crate) async fn sh_as(&self, user: &str, cmd: &str) -> CmdResult {
         let mut e = self.envd.clone();
         e.user = Some(user.to_string());
         e.run(cmd).await
@@ -86,7 +86,7 @@ impl Drop for Sandbox {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct CmdResult {
+pub(crate) struct CmdResult {
     pub pid: u32,
     pub stdout: String,
     pub stderr: String,
@@ -96,42 +96,42 @@ pub struct CmdResult {
 
 /// A Connect error or HTTP failure as the client saw it.
 #[derive(Debug, Clone)]
-pub struct RpcError {
+pub(crate) struct RpcError {
     pub status: u16,
     pub code: String,
     pub message: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct Envd {
+pub(crate) struct Envd {
     pub socket: PathBuf,
     pub token: Option<String>,
     pub user: Option<String>,
 }
 
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: hyper::body::Incoming,
 }
 
 impl Response {
-    pub async fn bytes(self) -> Bytes {
+    pub(crate) async fn bytes(self) -> Bytes {
         self.body.collect().await.expect("body").to_bytes()
     }
 }
 
 impl Envd {
-    pub fn as_user(&self, user: &str) -> Self {
+    pub(crate) fn as_user(&self, user: &str) -> Self {
         Self { user: Some(user.into()), ..self.clone() }
     }
 
     /// Sends one HTTP/1.1 request over a fresh connection to the socket.
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: impl Into<Bytes>) -> Response {
+    pub(crate) async fn request(&self, method: &str, path: &str, headers: &[(&str, String)], body: impl Into<Bytes>) -> Response {
         self.request_body(method, path, headers, Full::new(body.into())).await
     }
 
-    pub async fn request_body<B>(&self, method: &str, path: &str, headers: &[(&str, String)], body: B) -> Response
+    pub(crate) async fn request_body<B>(&self, method: &str, path: &str, headers: &[(&str, String)], body: B) -> Response
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -155,7 +155,7 @@ impl Envd {
     }
 
     /// A unary Connect call: `service` like "process.Process", `method` like "List".
-    pub async fn unary(&self, service: &str, method: &str, msg: Value) -> Result<Value, RpcError> {
+    pub(crate) async fn unary(&self, service: &str, method: &str, msg: Value) -> Result<Value, RpcError> {
         let r = self
             .request(
                 "POST",
@@ -175,7 +175,7 @@ impl Envd {
     }
 
     /// Opens a server stream; read messages with `Stream::next`.
-    pub async fn stream(&self, service: &str, method: &str, msg: Value) -> Stream {
+    pub(crate) async fn stream(&self, service: &str, method: &str, msg: Value) -> Stream {
         let payload = serde_json::to_vec(&msg).expect("json");
         let mut env = vec![0u8];
         env.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -194,18 +194,18 @@ impl Envd {
     }
 
     /// Starts `/bin/bash -l -c cmd` like the E2B SDK and collects its events.
-    pub async fn run(&self, cmd: &str) -> CmdResult {
+    pub(crate) async fn run(&self, cmd: &str) -> CmdResult {
         self.run_with(json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}, "stdin": false})).await
     }
 
-    pub async fn run_with(&self, req: Value) -> CmdResult {
+    pub(crate) async fn run_with(&self, req: Value) -> CmdResult {
         let mut s = self.stream("process.Process", "Start", req).await;
         collect(&mut s).await
     }
 }
 
 /// Reads a process stream to its end.
-pub async fn collect(s: &mut Stream) -> CmdResult {
+pub(crate) async fn collect(s: &mut Stream) -> CmdResult {
     let mut r = CmdResult::default();
     let first = s.next().await.expect("first message");
     if let Some(err) = s.end.as_ref().and_then(|e| e.get("error")) {
@@ -234,15 +234,15 @@ pub async fn collect(s: &mut Stream) -> CmdResult {
     r
 }
 
-pub fn b64(s: &str) -> Vec<u8> {
+pub(crate) fn b64(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.decode(s).expect("base64")
 }
 
-pub fn enc(b: &[u8]) -> String {
+pub(crate) fn enc(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-pub struct Stream {
+pub(crate) struct Stream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
     /// The end-of-stream payload, once read.
@@ -251,7 +251,7 @@ pub struct Stream {
 
 impl Stream {
     /// Next data message (keepalives included); None at end of stream.
-    pub async fn next(&mut self) -> Option<Value> {
+    pub(crate) async fn next(&mut self) -> Option<Value> {
         loop {
             if self.buf.len() >= 5 {
                 let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
@@ -279,7 +279,7 @@ impl Stream {
     }
 
     /// Next message that is not a keepalive.
-    pub async fn next_event(&mut self) -> Option<Value> {
+    pub(crate) async fn next_event(&mut self) -> Option<Value> {
         loop {
             let m = self.next().await?;
             // Process streams nest the oneof in `event`; watch streams do not.
@@ -290,6 +290,6 @@ impl Stream {
     }
 }
 
-pub fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
