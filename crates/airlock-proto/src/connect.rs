@@ -239,6 +239,96 @@ impl EnvelopeDecoder {
     }
 }
 
+/// Why reading a server stream stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("bad framing")]
+    Frame(#[from] FrameError),
+    #[error("reading the stream")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("undecodable message: {payload}")]
+    Decode {
+        payload: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The end-of-stream envelope carried an error.
+    #[error("{}: {}", .0.code.as_str(), .0.message)]
+    Remote(ConnectError),
+    #[error("the stream ended without an end-of-stream message")]
+    Unterminated,
+}
+
+/// The messages of one server-streaming Connect response, over any HTTP
+/// body: typed messages until the end-of-stream envelope (`None`), its
+/// error as the last item, or why the stream broke. The one decoder the
+/// SDK, the server's agent client and the tests share.
+pub struct MessageReader<B> {
+    body: B,
+    dec: EnvelopeDecoder,
+    done: bool,
+    /// The end-of-stream envelope, once read.
+    pub end: Option<EndStream>,
+}
+
+impl<B> MessageReader<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(body: B) -> Self {
+        Self { body, dec: EnvelopeDecoder::new(), done: false, end: None }
+    }
+
+    pub fn poll_message<T: serde::de::DeserializeOwned>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<T, StreamError>>> {
+        use std::task::Poll;
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match self.dec.next_envelope() {
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(Some(env)) if env.is_end_stream() => {
+                    self.done = true;
+                    let end: EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
+                    let err = end.error.clone();
+                    self.end = Some(end);
+                    return Poll::Ready(err.map(|e| Err(StreamError::Remote(e))));
+                }
+                Ok(Some(env)) => {
+                    let msg = serde_json::from_slice(&env.payload).map_err(|source| StreamError::Decode { payload: String::from_utf8_lossy(&env.payload).into_owned(), source });
+                    return Poll::Ready(Some(msg));
+                }
+                Ok(None) => {}
+            }
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.dec.push(&data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(StreamError::Body(e.into()))));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(StreamError::Unterminated)));
+                }
+            }
+        }
+    }
+
+    /// The next message, `None` after a clean end of stream.
+    pub async fn next_message<T: serde::de::DeserializeOwned>(&mut self) -> Option<Result<T, StreamError>> {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +376,48 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&env[5..]).expect("json");
         assert_eq!(v["error"]["code"], "not_found");
         assert_eq!(Code::NotFound.http_status(), 404);
+    }
+
+    /// A body that hands out fixed chunks, for the reader's tests.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    fn split(parts: &[Bytes], at: usize) -> Chunks {
+        let all: Vec<u8> = parts.iter().flat_map(|b| b.to_vec()).collect();
+        // Cut the whole stream into `at`-byte pieces, across envelope boundaries.
+        Chunks(all.chunks(at).map(Bytes::copy_from_slice).collect())
+    }
+
+    #[tokio::test]
+    async fn the_reader_reassembles_messages_and_reports_how_streams_end() {
+        let msgs = [envelope(0, br#"{"n":1}"#), envelope(0, br#"{"n":2}"#)];
+        for at in [1, 3, 7, 1000] {
+            let mut parts = msgs.to_vec();
+            parts.push(envelope(FLAG_END_STREAM, b"{}"));
+            let mut r = MessageReader::new(split(&parts, at));
+            let a: serde_json::Value = r.next_message().await.expect("one").expect("ok");
+            let b: serde_json::Value = r.next_message().await.expect("two").expect("ok");
+            assert_eq!((a["n"].as_i64(), b["n"].as_i64()), (Some(1), Some(2)));
+            assert!(r.next_message::<serde_json::Value>().await.is_none(), "a clean end");
+            assert!(r.end.as_ref().is_some_and(|e| e.error.is_none()));
+        }
+        let mut parts = msgs.to_vec();
+        parts.push(envelope(FLAG_END_STREAM, br#"{"error":{"code":"not_found","message":"gone"}}"#));
+        let mut r = MessageReader::new(split(&parts, 5));
+        r.next_message::<serde_json::Value>().await;
+        r.next_message::<serde_json::Value>().await;
+        assert!(matches!(r.next_message::<serde_json::Value>().await, Some(Err(StreamError::Remote(e))) if e.message == "gone"));
+        let mut r = MessageReader::new(split(&msgs[..1], 4));
+        r.next_message::<serde_json::Value>().await;
+        assert!(matches!(r.next_message::<serde_json::Value>().await, Some(Err(StreamError::Unterminated))));
+        let mut r = MessageReader::new(split(&[envelope(0, b"not json")], 4));
+        assert!(matches!(r.next_message::<serde_json::Value>().await, Some(Err(StreamError::Decode { .. }))));
     }
 }

@@ -5,28 +5,26 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use airlock_proto::connect::{EndStream, EnvelopeDecoder};
+use airlock_proto::connect::{MessageReader, StreamError};
 use futures_util::Stream;
-use http_body::Body;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
 use crate::error::{self, Error, Result};
 
-/// The messages of one server-streaming RPC, ending at the end-of-stream
-/// envelope (an error there is yielded as the last item). Dropping it
-/// closes the connection and never blocks.
+/// The messages of one server-streaming RPC (airlock-proto's
+/// `MessageReader`), ending at the end-of-stream envelope (an error there
+/// is yielded as the last item). Dropping it closes the connection and
+/// never blocks.
 pub(crate) struct ConnectStream<T> {
-    body: Incoming,
-    dec: EnvelopeDecoder,
-    done: bool,
+    reader: MessageReader<Incoming>,
     url: String,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T> ConnectStream<T> {
     pub(crate) fn new(body: Incoming, url: String) -> Self {
-        Self { body, dec: EnvelopeDecoder::new(), done: false, url, _t: PhantomData }
+        Self { reader: MessageReader::new(body), url, _t: PhantomData }
     }
 }
 
@@ -35,43 +33,15 @@ impl<T: DeserializeOwned> Stream for ConnectStream<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match this.dec.next_envelope() {
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::protocol(format!("{}: {e}", this.url)))));
-                }
-                Ok(Some(env)) if env.is_end_stream() => {
-                    this.done = true;
-                    let end: EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
-                    return Poll::Ready(end.error.map(|e| Err(error::from_connect(e))));
-                }
-                Ok(Some(env)) => {
-                    let msg =
-                        serde_json::from_slice(&env.payload).map_err(|e| Error::protocol(format!("{}: bad message {e}: {}", this.url, String::from_utf8_lossy(&env.payload))));
-                    return Poll::Ready(Some(msg));
-                }
-                Ok(None) => {}
-            }
-            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.dec.push(&data);
-                    }
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::Connection { url: this.url.clone(), source: Box::new(e) })));
-                }
-                None => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::protocol(format!("{}: stream ended without an end-of-stream message", this.url)))));
-                }
-            }
-        }
+        let url = &this.url;
+        Poll::Ready(ready!(this.reader.poll_message(cx)).map(|r| {
+            r.map_err(|e| match e {
+                StreamError::Remote(e) => error::from_connect(e),
+                StreamError::Body(source) => Error::Connection { url: url.clone(), source },
+                StreamError::Decode { payload, source } => Error::protocol(format!("{url}: bad message {source}: {payload}")),
+                other => Error::protocol(format!("{url}: {other}")),
+            })
+        }))
     }
 }
 

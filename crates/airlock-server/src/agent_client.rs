@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use airlock_proto::connect::{self, EnvelopeDecoder};
+use airlock_proto::connect::{self, StreamError};
 use airlock_proto::envd::{DataOutput, ProcessConfig, ProcessEvent, ProcessEventKind, StartRequest};
 use base64::Engine;
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -38,6 +37,13 @@ struct Launch<'a> {
     env: &'a BTreeMap<String, String>,
     cwd: Option<&'a str>,
     tag: Option<&'a str>,
+}
+
+fn stream_err(e: StreamError) -> AgentError {
+    match e {
+        StreamError::Remote(e) => AgentError::Rpc(e.message),
+        other => AgentError::Http(airlock_runtime::init::chain(&other)),
+    }
 }
 
 /// Sends `Process.Start` and returns the response, whose body is the event stream.
@@ -80,28 +86,14 @@ pub async fn run(
         let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         return Err(AgentError::Rpc(String::from_utf8_lossy(&bytes).into_owned()));
     }
-    let mut body = resp.into_body();
-    let mut dec = EnvelopeDecoder::new();
+    let mut reader = connect::MessageReader::new(resp.into_body());
     let mut done: Option<Finished> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| AgentError::Http(e.to_string()))?;
-        let Ok(data): Result<Bytes, _> = frame.into_data() else { continue };
-        dec.push(&data);
-        while let Some(env) = dec.next_envelope().map_err(|e| AgentError::Http(e.to_string()))? {
-            if env.is_end_stream() {
-                let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
-                if let Some(e) = end.error {
-                    return Err(AgentError::Rpc(e.message));
-                }
-                continue;
-            }
-            let Ok(ev) = serde_json::from_slice::<ProcessEvent>(&env.payload) else { continue };
-            match ev.event {
-                ProcessEventKind::Data(DataOutput::Stdout(b)) | ProcessEventKind::Data(DataOutput::Pty(b)) => on_output(&b, false),
-                ProcessEventKind::Data(DataOutput::Stderr(b)) => on_output(&b, true),
-                ProcessEventKind::End(e) => done = Some(Finished { exit_code: e.exit_code, status: e.status }),
-                _ => {}
-            }
+    while let Some(ev) = reader.next_message::<ProcessEvent>().await {
+        match ev.map_err(stream_err)?.event {
+            ProcessEventKind::Data(DataOutput::Stdout(b)) | ProcessEventKind::Data(DataOutput::Pty(b)) => on_output(&b, false),
+            ProcessEventKind::Data(DataOutput::Stderr(b)) => on_output(&b, true),
+            ProcessEventKind::End(e) => done = Some(Finished { exit_code: e.exit_code, status: e.status }),
+            _ => {}
         }
     }
     done.ok_or_else(|| AgentError::Http("the command's stream ended without an exit status".into()))
@@ -111,21 +103,15 @@ pub async fn run(
 /// once the agent has started it; the process outlives this call.
 pub async fn spawn(socket: &Path, token: Option<&str>, user: &str, script: &str, env: &BTreeMap<String, String>, cwd: Option<&str>, tag: &str) -> Result<u32, AgentError> {
     let resp = start(Launch { socket, token, user, script, env, cwd, tag: Some(tag) }).await?;
-    let mut body = resp.into_body();
-    let mut dec = EnvelopeDecoder::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data): Result<Bytes, _> = frame.map_err(|e| AgentError::Http(e.to_string()))?.into_data() else { continue };
-        dec.push(&data);
-        while let Some(env) = dec.next_envelope().map_err(|e| AgentError::Http(e.to_string()))? {
-            if env.is_end_stream() {
-                let end: connect::EndStream = serde_json::from_slice(&env.payload).unwrap_or_default();
-                return Err(AgentError::Rpc(end.error.map(|e| e.message).unwrap_or_else(|| "process ended before starting".into())));
-            }
-            if let Ok(ProcessEvent { event: ProcessEventKind::Start { pid } }) = serde_json::from_slice::<ProcessEvent>(&env.payload) {
-                // Dropping the stream detaches; the agent keeps the process.
-                return Ok(pid);
-            }
+    let mut reader = connect::MessageReader::new(resp.into_body());
+    while let Some(ev) = reader.next_message::<ProcessEvent>().await {
+        if let ProcessEventKind::Start { pid } = ev.map_err(stream_err)?.event {
+            // Dropping the stream detaches; the agent keeps the process.
+            return Ok(pid);
         }
+    }
+    if reader.end.is_some() {
+        return Err(AgentError::Rpc("process ended before starting".into()));
     }
     Err(AgentError::Http("stream ended before the start event".into()))
 }

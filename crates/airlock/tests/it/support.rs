@@ -190,7 +190,7 @@ impl Envd {
             .await;
         assert_eq!(r.status, 200, "streams answer 200");
         assert_eq!(r.headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/connect+json"));
-        Stream { body: r.body, buf: Vec::new(), end: None }
+        Stream { reader: airlock_proto::connect::MessageReader::new(r.body), end: None }
     }
 
     /// Starts `/bin/bash -l -c cmd` like the E2B SDK and collects its events.
@@ -243,38 +243,27 @@ pub(crate) fn enc(b: &[u8]) -> String {
 }
 
 pub(crate) struct Stream {
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
+    reader: airlock_proto::connect::MessageReader<hyper::body::Incoming>,
     /// The end-of-stream payload, once read.
     pub end: Option<Value>,
 }
 
 impl Stream {
-    /// Next data message (keepalives included); None at end of stream.
+    /// Next data message (keepalives included); None at end of stream,
+    /// whose payload is then in `end`.
     pub(crate) async fn next(&mut self) -> Option<Value> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if self.buf.len() >= 5 + len {
-                    let flags = self.buf[0];
-                    let payload: Vec<u8> = self.buf[5..5 + len].to_vec();
-                    self.buf.drain(..5 + len);
-                    let v: Value = serde_json::from_slice(&payload).expect("message is JSON");
-                    if flags & 2 != 0 {
-                        self.end = Some(v);
-                        return None;
-                    }
-                    return Some(v);
-                }
+        let r = self.reader.next_message::<Value>().await;
+        if let Some(end) = &self.reader.end {
+            self.end = Some(serde_json::to_value(end).expect("end-of-stream as JSON"));
+        }
+        match r {
+            Some(Ok(v)) => Some(v),
+            // A stream cut off (a killed sandbox, a closed connection)
+            // simply ends, with no end payload.
+            Some(Err(airlock_proto::connect::StreamError::Remote(_) | airlock_proto::connect::StreamError::Body(_) | airlock_proto::connect::StreamError::Unterminated)) | None => {
+                None
             }
-            match self.body.frame().await {
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        self.buf.extend_from_slice(&d);
-                    }
-                }
-                _ => return None,
-            }
+            Some(Err(e)) => panic!("malformed stream: {e}"),
         }
     }
 
