@@ -183,7 +183,12 @@ impl Cgroups {
 
     /// Creates the sandbox's groups and applies its limits.
     pub fn create(&self, id: &str, r: &Resources) -> Result<SandboxCgroup, CgroupError> {
-        let cg = self.open(id);
+        let mut cg = self.open(id);
+        if matches!(self.flavor, Flavor::V1 { .. }) && r.io_bps == 0 && r.io_iops == 0 && cg.paths.len() > V1_CONTROLLERS.len() {
+            // No limits, no blkio group: on v1 each hierarchy joined costs
+            // the launcher an RCU grace period.
+            cg.paths.truncate(V1_CONTROLLERS.len());
+        }
         for p in &cg.paths {
             fs::create_dir_all(p).map_err(|source| CgroupError::Create { path: p.clone(), source })?;
         }

@@ -87,6 +87,11 @@ impl NamespaceBackend {
         Ok(Self { opts, cgroups, network_ready, disk_ready })
     }
 
+    /// Whether the host's cgroups are the unified (v2) hierarchy.
+    pub fn cgroup_v2(&self) -> bool {
+        matches!(self.cgroups.flavor(), crate::cgroup::Flavor::V2 { .. })
+    }
+
     fn dir(&self, id: &str) -> PathBuf {
         self.opts.root.join("sandboxes").join(id)
     }

@@ -30,6 +30,11 @@ pub struct Config {
     pub io_bps: u64,
     /// Per-sandbox disk operations per second (read and write each); 0 = none.
     pub io_iops: u64,
+    /// `io_bps`/`io_iops` are the defaults, not the operator's choice: they
+    /// apply on cgroup v2 only. On v1 the blkio hierarchy is one more
+    /// cgroup attach per create, an RCU grace period (5 ms here), so there
+    /// they must be asked for.
+    pub io_default: bool,
     /// Default writable-layer limit in MiB; 0 = none (bounded by the host
     /// disk, and by its inodes: one sandbox could exhaust them).
     pub default_disk_mb: u64,
@@ -60,6 +65,7 @@ impl Config {
             // sandbox cannot take a disk from the host and its neighbours.
             io_bps: 256 * 1024 * 1024,
             io_iops: 8192,
+            io_default: true,
             default_disk_mb: 10 * 1024,
             max_disk_mb: 1024 * 1024,
             binary,

@@ -75,6 +75,12 @@ impl Server {
             store.add_key("default", &key, "created on first start", service::now_ms())?;
             new_key = Some(key);
         }
+        let mut cfg = cfg;
+        if cfg.io_default && !backend.cgroup_v2() {
+            tracing::info!("cgroup v1: no default disk I/O limits (set --io-bps/--io-iops to have them)");
+            cfg.io_bps = 0;
+            cfg.io_iops = 0;
+        }
         let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
         let service = Service::new(cfg, store, Arc::new(backend));
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;

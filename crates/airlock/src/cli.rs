@@ -120,10 +120,10 @@ struct ServeArgs {
     #[arg(long, env = "AIRLOCK_DEFAULT_DISK_MB")]
     default_disk_mb: Option<u64>,
     /// Disk bandwidth per sandbox in bytes/s, read and write each, on the
-    /// data directory's disk; 0 = none [default: 268435456].
+    /// data directory's disk; 0 = none [default: 268435456 on cgroup v2, none on v1].
     #[arg(long, env = "AIRLOCK_IO_BPS")]
     io_bps: Option<u64>,
-    /// Disk operations per second per sandbox, read and write each; 0 = none [default: 8192].
+    /// Disk operations per second per sandbox, read and write each; 0 = none [default: 8192 on cgroup v2, none on v1].
     #[arg(long, env = "AIRLOCK_IO_IOPS")]
     io_iops: Option<u64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
@@ -271,6 +271,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     pick!(default_cpus, a.default_cpus, file.default_cpus);
     pick!(default_memory_mb, a.default_memory_mb, file.default_memory_mb);
     pick!(default_disk_mb, a.default_disk_mb, file.default_disk_mb);
+    cfg.io_default = a.io_bps.or(file.io_bps).is_none() && a.io_iops.or(file.io_iops).is_none();
     pick!(io_bps, a.io_bps, file.io_bps);
     pick!(io_iops, a.io_iops, file.io_iops);
     cfg.domain = a.domain.clone().or(file.domain.clone());
