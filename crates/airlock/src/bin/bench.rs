@@ -1158,7 +1158,9 @@ impl Srv {
             let d = Duration::from_secs_f64(ms / 1000.0);
             match f["message"].as_str() {
                 Some("sandbox created") => created.push(d),
-                Some("api request") if f["path"] == "/v2/sandboxes" && f["status"] == 201 => handler.push(d),
+                // The path is a field of the request's span (`api`), or of
+                // the event itself in older servers.
+                Some("api request") if (f["path"] == "/v2/sandboxes" || v["span"]["path"] == "/v2/sandboxes") && f["status"] == 201 => handler.push(d),
                 _ => {}
             }
         }
