@@ -1,150 +1,42 @@
 //! `airlock serve` as a real process, driven over HTTP: the control API,
 //! the proxy, deadlines, pause/resume, and surviving a SIGKILL of the server.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-const KEY: &str = "e2b_00000000000000000000000000000000000000aa";
+pub(crate) use airlock_testkit::KEY;
 
-pub(crate) struct Server {
-    pub child: Child,
-    pub port: u16,
-    pub data: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-    extra: Vec<String>,
+/// The shared test server (airlock-testkit) on this package's binary.
+pub(crate) struct Server(airlock_testkit::Server);
+
+impl std::ops::Deref for Server {
+    type Target = airlock_testkit::Server;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn spawn(data: &Path, port: u16, extra: &[String]) -> Child {
-    let log = std::fs::File::create(data.with_extension("log")).expect("log");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(data)
-        .args(["--api-key", KEY])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    c.spawn().expect("spawn airlock serve")
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Server {
     pub(crate) async fn start(extra: &[&str]) -> Self {
+        // The shared backend first: it installs the host firewall once,
+        // before servers of parallel tests swap their rules in.
         let _ = crate::support::harness();
-        let tmp = tempfile::Builder::new().prefix("airlock-srv-").tempdir().expect("tmp");
-        let data = tmp.path().join("data");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let port = free_port();
-        let child = spawn(&data, port, &extra);
-        let s = Self { child, port, data, _tmp: Some(tmp), extra };
-        s.wait_ready().await;
-        s
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.req("GET", "/health", &[], Bytes::new()).await {
-                if r.0 == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "server did not start: {}", std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Self(airlock_testkit::Server::start(Path::new(env!("CARGO_BIN_EXE_airlock")), extra))
     }
 
     /// Kills the server with SIGKILL (no clean-up) and starts a new one on the same data.
     pub(crate) async fn crash_and_restart(&mut self) {
-        self.child.kill().expect("kill");
-        let _ = self.child.wait();
-        self.port = free_port();
-        self.child = spawn(&self.data, self.port, &self.extra);
-        self.wait_ready().await;
-    }
-
-    pub(crate) async fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<(u16, http::HeaderMap, Bytes), String> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut b = http::Request::builder().method(method).uri(path);
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            b = b.header("host", format!("127.0.0.1:{}", self.port));
-        }
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let resp = tx.send_request(b.body(Full::new(body)).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((parts.status.as_u16(), parts.headers, bytes))
-    }
-
-    pub(crate) async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let b = body.map(|v| Bytes::from(serde_json::to_vec(&v).expect("json"))).unwrap_or_default();
-        let (s, _, bytes) = self.req(method, path, &[("x-api-key", KEY), ("content-type", "application/json")], b).await.expect("request");
-        (s, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    pub(crate) async fn create(&self, body: Value) -> Value {
-        let (s, v) = self.api("POST", "/v2/sandboxes", Some(body)).await;
-        assert_eq!(s, 201, "create: {v}");
-        v
-    }
-
-    /// Runs a command through the proxy with the sandbox's token.
-    pub(crate) async fn run(&self, sbx: &Value, cmd: &str) -> (u16, String) {
-        let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})).expect("json");
-        let mut env = vec![0u8];
-        env.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        env.extend_from_slice(&payload);
-        let id = sbx["sandboxID"].as_str().expect("id");
-        let tok = sbx["envdAccessToken"].as_str().unwrap_or("");
-        let (s, _, bytes) = self
-            .req("POST", "/process.Process/Start", &[("e2b-sandbox-id", id), ("x-access-token", tok), ("content-type", "application/connect+json")], Bytes::from(env))
-            .await
-            .expect("run");
-        let mut out = String::new();
-        if s != 200 {
-            return (s, String::from_utf8_lossy(&bytes).into_owned());
-        }
-        let mut d = &bytes[..];
-        while d.len() >= 5 {
-            let len = u32::from_be_bytes([d[1], d[2], d[3], d[4]]) as usize;
-            assert!(d.len() >= 5 + len, "truncated envelope");
-            let v: Value = serde_json::from_slice(&d[5..5 + len]).unwrap_or(Value::Null);
-            if let Some(o) = v["event"]["data"]["stdout"].as_str() {
-                out.push_str(&String::from_utf8_lossy(&crate::support::b64(o)));
-            }
-            d = &d[5 + len..];
-        }
-        (s, out)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Sandboxes outlive the server by design; the test cleans them up.
-        let _ = Command::new(env!("CARGO_BIN_EXE_airlock")).args(["runtime", "list", "--data-dir"]).arg(&self.data).output().map(|o| {
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                if let Some(id) = line.split('\t').next() {
-                    let _ = Command::new(env!("CARGO_BIN_EXE_airlock")).args(["runtime", "destroy", "--data-dir"]).arg(&self.data).arg(id).output();
-                }
-            }
-        });
+        self.0.crash_and_restart();
     }
 }
 
@@ -379,9 +271,8 @@ async fn sigterm_stops_cleanly_and_a_reboot_resumes_over_the_same_files() {
     while std::path::Path::new(&format!("/proc/{}", info.pid)).exists() && Instant::now() < gone {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    srv.port = free_port();
-    srv.child = spawn(&srv.data, srv.port, &[]);
-    srv.wait_ready().await;
+    // A new server on the same data (the old one already exited).
+    srv.crash_and_restart().await;
     let (_, v) = srv.api("GET", &format!("/sandboxes/{id}"), None).await;
     assert_eq!(v["state"], "paused", "a sandbox whose processes died is shown paused: {v}");
     let (s, _) = srv.api("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
