@@ -88,6 +88,8 @@ pub struct SandboxRow {
     pub internet: bool,
     pub cpus: f64,
     pub memory_mb: u64,
+    /// Size limit of its writable layer in MiB; 0 = none.
+    pub disk_mb: u64,
     /// Insertion order, for stable listing and paging.
     pub seq: i64,
 }
@@ -156,6 +158,14 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS sandboxes_end_at ON sandboxes(state, end_at);",
         )?;
+        // Columns added after the first release, for stores made before.
+        let has = |col: &str| -> Result<bool, rusqlite::Error> {
+            let mut st = conn.prepare("SELECT 1 FROM pragma_table_info('sandboxes') WHERE name = ?1")?;
+            Ok(st.query_row(params![col], |_| Ok(())).optional()?.is_some())
+        };
+        if !has("disk_mb")? {
+            conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 0;")?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -203,8 +213,8 @@ impl Store {
     pub fn insert_sandbox(&self, s: &SandboxRow) -> Result<i64, StoreError> {
         let c = self.c();
         c.execute(
-            "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 s.id,
                 s.template,
@@ -218,6 +228,7 @@ impl Store {
                 s.internet,
                 s.cpus,
                 s.memory_mb as i64,
+                s.disk_mb as i64,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -242,6 +253,7 @@ impl Store {
                 cpus: r.get(10)?,
                 memory_mb: r.get::<_, i64>(11)? as u64,
                 seq: r.get(12)?,
+                disk_mb: r.get::<_, i64>(13)? as u64,
             },
             state,
             metadata,
@@ -257,7 +269,7 @@ impl Store {
         Ok(s)
     }
 
-    const COLS: &'static str = "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq";
+    const COLS: &'static str = "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -319,6 +331,7 @@ mod tests {
             internet: true,
             cpus: 1.5,
             memory_mb: 256,
+            disk_mb: 64,
             seq: 0,
         }
     }
@@ -356,5 +369,31 @@ mod tests {
         }
         assert_eq!(s.revoke_key("e2b_012345").expect("revoke by prefix"), 1);
         assert!(!s.key_valid("e2b_0123456789abcdef").expect("check"));
+    }
+
+    /// Regression guard: stores written before `disk_mb` existed open and
+    /// read as "no limit".
+    #[test]
+    fn stores_from_before_disk_limits_are_migrated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&p).expect("open");
+            c.execute_batch(
+                "CREATE TABLE sandboxes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, template TEXT NOT NULL, state TEXT NOT NULL,
+                 started_at INTEGER NOT NULL, end_at INTEGER NOT NULL, auto_pause INTEGER NOT NULL, metadata TEXT NOT NULL, env TEXT NOT NULL,
+                 access_token TEXT, internet INTEGER NOT NULL, cpus REAL NOT NULL, memory_mb INTEGER NOT NULL);
+                 INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb)
+                 VALUES ('old', 'base', 'running', 1, 2, 0, '{}', '{}', NULL, 1, 2.0, 512);",
+            )
+            .expect("old schema");
+        }
+        let s = Store::open(&p).expect("migrates");
+        let old = s.sandbox("old").expect("read").expect("row");
+        assert_eq!((old.memory_mb, old.disk_mb), (512, 0));
+        s.insert_sandbox(&row("new", 5)).expect("insert after migration");
+        assert_eq!(s.sandbox("new").expect("read").expect("row").disk_mb, 64);
+        drop(s);
+        Store::open(&p).expect("reopening a migrated store is a no-op");
     }
 }

@@ -93,6 +93,7 @@ impl Service {
             internet,
             cpus,
             memory_mb,
+            disk_mb: disk_mb.unwrap_or(0),
             seq: 0,
         };
         let store = self.store.clone();

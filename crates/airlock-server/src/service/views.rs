@@ -15,7 +15,7 @@ impl Service {
             envd_version: ENVD_VERSION.into(),
             cpu_count: row.cpus.ceil().max(1.0) as u32,
             memory_mb: row.memory_mb,
-            disk_size_mb: 0,
+            disk_size_mb: row.disk_mb,
             state: row.state.as_str().into(),
             metadata: row.metadata.clone(),
             envd_access_token: row.access_token.clone(),

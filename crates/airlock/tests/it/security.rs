@@ -1894,6 +1894,10 @@ async fn a_file_flood_exhausts_only_the_sandboxs_own_inodes() {
     assert!((9000..=10240).contains(&size), "default disk limit of 10 GiB, saw {size} MiB");
     // A small one floods quickly.
     let sbx = srv.create(serde_json::json!({"templateID": "base", "diskMB": 32})).await;
+    for (s, want) in [(&plain, 10240), (&sbx, 32)] {
+        let (_, v) = srv.api("GET", &format!("/sandboxes/{}", s["sandboxID"].as_str().expect("id")), None).await;
+        assert_eq!(v["diskSizeMB"], want, "the limit is reported: {v}");
+    }
     let (_, out) = srv
         .run(
             &sbx,
