@@ -27,10 +27,19 @@ pub struct Target {
 }
 
 /// Routing exactly as E2B's edge: headers first, then the host name.
-pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
+/// `None` when the request is not sandbox traffic; `Some(Err)` when it is
+/// but names no valid port (an unparsable `E2b-Sandbox-Port` is refused
+/// rather than sent to envd).
+pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Result<Target, String>> {
     if let Some(id) = headers.get(SANDBOX_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        let port = headers.get(SANDBOX_PORT_HEADER).and_then(|v| v.to_str().ok()).and_then(|p| p.trim().parse().ok()).unwrap_or(ENVD_PORT);
-        return Some(Target { id: id.trim().to_string(), port });
+        let port = match headers.get(SANDBOX_PORT_HEADER) {
+            None => ENVD_PORT,
+            Some(v) => match v.to_str().ok().and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p != 0) {
+                Some(p) => p,
+                None => return Some(Err(format!("invalid E2b-Sandbox-Port {:?}: a port number 1-65535", String::from_utf8_lossy(v.as_bytes())))),
+            },
+        };
+        return Some(Ok(Target { id: id.trim().to_string(), port }));
     }
     let domain = domain?;
     let host = headers.get(header::HOST)?.to_str().ok()?;
@@ -38,7 +47,7 @@ pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
     let sub = host.strip_suffix(domain)?.strip_suffix('.')?;
     let (port, rest) = sub.split_once('-')?;
     let id = rest.split('.').next()?;
-    Some(Target { id: id.to_string(), port: port.parse().ok()? })
+    Some(Ok(Target { id: id.to_string(), port: port.parse().ok().filter(|p| *p != 0)? }))
 }
 
 const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "proxy-authorization", "proxy-authenticate"];
@@ -173,10 +182,14 @@ mod tests {
 
     #[test]
     fn routes_by_header_then_host() {
-        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc")]), None), Some(Target { id: "abc".into(), port: 49983 }));
-        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), None), Some(Target { id: "abc".into(), port: 49999 }));
-        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com")]), Some("sbx.example.com")), Some(Target { id: "abc".into(), port: 8080 }));
-        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com:443")]), Some("sbx.example.com")), Some(Target { id: "abc".into(), port: 8080 }));
+        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc")]), None), Some(Ok(Target { id: "abc".into(), port: 49983 })));
+        assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), None), Some(Ok(Target { id: "abc".into(), port: 49999 })));
+        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
+        assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com:443")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
+        // Regression: an unparsable port went to envd instead of being refused.
+        for bad in ["envd", "70000", "0", "-1", ""] {
+            assert!(matches!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", bad)]), None), Some(Err(_))), "{bad:?}");
+        }
         assert_eq!(target(&hm(&[("host", "api.example.org")]), Some("sbx.example.com")), None);
         assert_eq!(target(&hm(&[("host", "127.0.0.1:3000")]), None), None);
     }

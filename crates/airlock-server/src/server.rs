@@ -135,6 +135,10 @@ async fn dispatch(svc: Arc<Service>, api: axum::Router, req: hyper::Request<Inco
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     if let Some(t) = proxy::target(req.headers(), svc.cfg.domain.as_deref()) {
+        let t = match t {
+            Ok(t) => t,
+            Err(message) => return crate::http::error(400, message),
+        };
         let id = t.id.clone();
         let r = proxy::forward(&svc, req, t).await;
         tracing::debug!(sandbox_id = %id, %method, %path, status = r.status().as_u16(), "sandbox request");

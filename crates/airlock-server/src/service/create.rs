@@ -11,7 +11,7 @@ impl Service {
         let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
         let max_cpus = airlock_runtime::limits::MAX_CPUS;
         if !(cpus > 0.0 && cpus <= max_cpus) {
-            return Err(ApiError::BadRequest(format!("cpuCount must be between 0 and {max_cpus}, got {cpus}")));
+            return Err(ApiError::BadRequest(format!("cpuCount must be more than 0 and at most {max_cpus}, got {cpus}")));
         }
         let memory_mb = req.memory_mb.unwrap_or(self.cfg.default_memory_mb);
         if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {

@@ -138,6 +138,13 @@ async fn api_errors_are_json_with_the_right_status() {
     srv.create(json!({"templateID": "base"})).await;
     let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
     assert_eq!(s, 429, "{v}");
+    // Regression: an unparsable port was sent to envd instead of refused.
+    let (s, _, b) = srv.req("GET", "/health", &[("e2b-sandbox-id", "nosuchsandbox"), ("e2b-sandbox-port", "envd")], Bytes::new()).await.expect("req");
+    assert_eq!(s, 400);
+    assert!(String::from_utf8_lossy(&b).contains("E2b-Sandbox-Port"));
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "cpuCount": 0}))).await;
+    assert_eq!(s, 400);
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("more than 0")), "{v}");
     let (s, _, b) = srv.req("GET", "/", &[("e2b-sandbox-id", "nosuchsandbox")], Bytes::new()).await.expect("req");
     assert_eq!(s, 502);
     let v: Value = serde_json::from_slice(&b).expect("json");
