@@ -20,6 +20,19 @@ use crate::{Backend, Error, SandboxInfo, SandboxSpec, Usage};
 
 /// Number of slots; bounded by the /16 of sandbox subnets (4 addresses each).
 pub const MAX_SLOTS: u32 = 16384;
+/// Slot reservations of every Airlock backend on the host (on tmpfs: slots
+/// are host state and die with a reboot; `reclaim_slots` restores them).
+pub const SLOTS_DIR: &str = "/run/airlock/slots";
+
+/// A slot file whose sandbox directory no longer exists.
+fn slot_is_stale(p: &Path) -> bool {
+    let Ok(s) = fs::read_to_string(p) else { return false };
+    let Some((root, id)) = s.split_once('\n') else {
+        // Half-written by a creator that is writing it right now.
+        return false;
+    };
+    !Path::new(root).join("sandboxes").join(id).exists()
+}
 /// First host id used for sandboxes: far above any real user's uid.
 pub const ID_BASE: u32 = 1 << 20;
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -39,6 +52,10 @@ pub struct NamespaceBackend {
     cgroups: Cgroups,
     network_ready: bool,
     disk_ready: bool,
+    /// The host-wide slot directory, and this data directory as slot
+    /// files name it.
+    slots: PathBuf,
+    root_canon: PathBuf,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -65,7 +82,7 @@ impl NamespaceBackend {
             tracing::warn!(error = %e, "cannot cap the pids of all sandboxes together");
         }
         state::private_dir(&opts.root).map_err(|e| Error::io(format!("securing {}", opts.root.display()), e))?;
-        for d in ["sandboxes", "slots", "templates"] {
+        for d in ["sandboxes", "templates"] {
             fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
         }
         let network_ready = if opts.network {
@@ -84,7 +101,12 @@ impl NamespaceBackend {
             tracing::warn!("no loop devices or mkfs.ext4: sandboxes cannot have disk limits");
         }
         tracing::info!(root = %opts.root.display(), cgroup = ?cgroups.flavor(), network = network_ready, disk_limits = disk_ready, io_device = ?io_device, "namespace backend ready");
-        Ok(Self { opts, cgroups, network_ready, disk_ready })
+        let slots = PathBuf::from(SLOTS_DIR);
+        fs::create_dir_all(&slots).map_err(|e| Error::io(format!("creating {SLOTS_DIR}"), e))?;
+        let root_canon = opts.root.canonicalize().unwrap_or_else(|_| opts.root.clone());
+        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon };
+        b.reclaim_slots();
+        Ok(b)
     }
 
     /// Whether the host's cgroups are the unified (v2) hierarchy.
@@ -96,20 +118,40 @@ impl NamespaceBackend {
         self.opts.root.join("sandboxes").join(id)
     }
 
+    /// What a host-wide slot file holds: which sandbox of which data
+    /// directory owns it.
+    fn slot_owner(&self, id: &str) -> String {
+        format!("{}\n{id}", self.root_canon.display())
+    }
+
+    /// Reserves a slot (a host uid range, a /30, an interface name) for
+    /// `id`. Slots are host-wide, in `SLOTS_DIR`, so two servers with
+    /// different data directories never share them. A slot whose owner's
+    /// sandbox directory is gone (its data directory deleted without
+    /// destroying it) is stale and taken over.
     fn reserve_slot(&self, id: &str) -> Result<u32, Error> {
         // Start where the id hashes to, so concurrent creators rarely race
         // for the same file; `create_new` settles the races that remain.
         let start = id.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % MAX_SLOTS;
+        let owner = self.slot_owner(id);
         for i in 0..MAX_SLOTS {
             let n = (start + i) % MAX_SLOTS;
-            let p = self.opts.root.join("slots").join(n.to_string());
-            match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
-                Ok(_) => {
-                    fs::write(&p, id).map_err(|e| Error::io("writing slot", e))?;
-                    return Ok(n);
+            let p = self.slots.join(n.to_string());
+            for _ in 0..2 {
+                match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+                    Ok(mut f) => {
+                        std::io::Write::write_all(&mut f, owner.as_bytes()).map_err(|e| Error::io("writing slot", e))?;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        if slot_is_stale(&p) {
+                            let _ = fs::remove_file(&p);
+                            continue;
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(Error::io("reserving slot", e)),
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(Error::io("reserving slot", e)),
             }
         }
         Err(Error::Unsupported(format!("all {MAX_SLOTS} sandbox slots are in use")))
@@ -118,9 +160,32 @@ impl NamespaceBackend {
     fn release_slot(&self, id: &str) {
         if let Ok(cfg) = state::read_json::<LaunchConfig>(&self.dir(id).join(state::LAUNCH_FILE)) {
             let n = (cfg.id_base - ID_BASE) / IDS_PER_SANDBOX;
-            let p = self.opts.root.join("slots").join(n.to_string());
-            if fs::read_to_string(&p).map(|s| s == id).unwrap_or(false) {
+            let p = self.slots.join(n.to_string());
+            if fs::read_to_string(&p).map(|s| s == self.slot_owner(id)).unwrap_or(false) {
                 let _ = fs::remove_file(p);
+            }
+        }
+    }
+
+    /// After a reboot (`/run` is empty) the slots of this data directory's
+    /// sandboxes, which restart over their files, are claimed again
+    /// before anything new is created.
+    fn reclaim_slots(&self) {
+        let Ok(rd) = fs::read_dir(self.opts.root.join("sandboxes")) else { return };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let Ok(cfg) = state::read_json::<LaunchConfig>(&e.path().join(state::LAUNCH_FILE)) else { continue };
+            let n = (cfg.id_base - ID_BASE) / IDS_PER_SANDBOX;
+            let p = self.slots.join(n.to_string());
+            match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+                Ok(mut f) => {
+                    let _ = std::io::Write::write_all(&mut f, self.slot_owner(&id).as_bytes());
+                }
+                Err(_) => {
+                    if fs::read_to_string(&p).map(|s| s != self.slot_owner(&id)).unwrap_or(false) {
+                        tracing::warn!(sandbox_id = %id, slot = n, "another data directory's sandbox holds this sandbox's slot");
+                    }
+                }
             }
         }
     }

@@ -15,21 +15,16 @@ async fn create_run_and_destroy_leaves_nothing_behind() {
     assert_eq!(r.end["status"], "exit status 3");
     let id = sbx.id().to_string();
     let info = h.backend.get(&id).expect("found");
-    let veth = format!(
-        "/sys/class/net/alk{}",
-        std::fs::read_dir(h.root.join("slots"))
-            .expect("slots")
-            .flatten()
-            .find(|e| std::fs::read_to_string(e.path()).ok().as_deref() == Some(id.as_str()))
-            .expect("slot")
-            .file_name()
-            .to_string_lossy()
-    );
+    let slot = slot_of(&id);
+    let veth = format!("/sys/class/net/alk{slot}");
+    let slot_file = std::path::Path::new(airlock_runtime::namespace::SLOTS_DIR).join(slot.to_string());
+    assert!(std::fs::read_to_string(&slot_file).expect("host-wide slot file").ends_with(&format!("\n{id}")), "the slot is reserved host-wide");
     assert!(std::path::Path::new(&veth).exists(), "veth {veth} exists while running");
     drop(sbx);
     assert!(h.backend.get(&id).is_err(), "gone after destroy");
     assert!(!h.root.join("sandboxes").join(&id).exists(), "directory removed");
     assert!(!std::path::Path::new(&veth).exists(), "veth removed");
+    assert!(std::fs::read_to_string(&slot_file).map(|s| !s.ends_with(&format!("\n{id}"))).unwrap_or(true), "slot released");
     // Dead: gone, or a zombie the host's init has not collected yet.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", info.pid)).unwrap_or_default();
     let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("gone");
@@ -110,4 +105,41 @@ async fn unknown_ids_and_bad_specs_are_errors() {
     spec.rootfs.root_layers = vec![h.root.join("templates/layers/no-such-layer")];
     assert!(h.backend.create(&spec).is_err());
     assert!(!h.root.join("sandboxes").join(&spec.id).exists(), "failed create cleans up");
+}
+
+/// Regression: slots (host uid ranges, /30s, interface names) were counted
+/// per data directory, so a second backend beside a running one handed out
+/// the same ones: sandboxes of two servers could share host uids.
+#[tokio::test]
+async fn two_backends_on_one_host_never_share_a_slot() {
+    let h = harness();
+    let tmp = tempfile::Builder::new().prefix("airlock-second-").tempdir().expect("tmp");
+    let second = airlock_runtime::NamespaceBackend::new(airlock_runtime::namespace::Options {
+        root: tmp.path().to_path_buf(),
+        binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_airlock")),
+        network: true,
+    })
+    .expect("second backend");
+    // The same ids in both: slot search starts where the id hashes to, so
+    // per-data-directory slots would give each pair the same one.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = if i % 2 == 0 { new_id() } else { ids.last().map(|(_, id): &(usize, String)| id.clone()).expect("previous id") };
+        let b: &dyn Backend = if i % 2 == 0 { &h.backend } else { &second };
+        let mut spec = airlock_runtime::SandboxSpec::new(id, h.base.clone());
+        spec.internet = i < 2;
+        b.create(&spec).expect("create");
+        ids.push((i % 2, spec.id));
+    }
+    let base_of = |root: &std::path::Path, id: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("sandboxes").join(id).join("launch.json")).expect("launch.json")).expect("json");
+        v["id_base"].as_u64().expect("id_base")
+    };
+    let bases: Vec<u64> = ids.iter().map(|(which, id)| base_of(if *which == 0 { &h.root } else { tmp.path() }, id)).collect();
+    let unique: std::collections::BTreeSet<u64> = bases.iter().copied().collect();
+    assert_eq!(unique.len(), bases.len(), "every sandbox of both backends has its own host id range: {bases:?}");
+    for (which, id) in &ids {
+        let b: &dyn Backend = if *which == 0 { &h.backend } else { &second };
+        b.destroy(id).expect("destroy");
+    }
 }

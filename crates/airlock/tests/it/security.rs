@@ -865,14 +865,7 @@ print("own-listener", "ok", flush=True)
 #[tokio::test]
 async fn the_host_is_unreachable_over_ipv6() {
     let sbx = Sandbox::new();
-    let slot = std::fs::read_dir(harness().root.join("slots"))
-        .expect("slots")
-        .flatten()
-        .find(|e| std::fs::read_to_string(e.path()).ok().as_deref() == Some(sbx.id()))
-        .expect("slot")
-        .file_name()
-        .to_string_lossy()
-        .to_string();
+    let slot = slot_of(sbx.id());
     let host_if = format!("alk{slot}");
     // The host side's IPv6 addresses on that veth, if the host runs IPv6,
     // once duplicate address detection is over (a tentative address can't

@@ -282,3 +282,11 @@ impl Stream {
 pub(crate) fn env_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
+
+/// The slot of a sandbox of the shared backend (its host id range, /30 and
+/// interface name `alk<slot>`), from its launch configuration.
+pub(crate) fn slot_of(id: &str) -> u32 {
+    let v: Value = serde_json::from_slice(&std::fs::read(harness().root.join("sandboxes").join(id).join("launch.json")).expect("launch.json")).expect("json");
+    let base = v["id_base"].as_u64().expect("id_base") as u32;
+    (base - airlock_runtime::namespace::ID_BASE) / airlock_runtime::namespace::IDS_PER_SANDBOX
+}
