@@ -89,6 +89,8 @@ pub(crate) fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Re
     let mut child = spawn::spawn(cmd, setup).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ConnectError::invalid_argument(format!("executable '{}' not found", r.process.cmd)),
         std::io::ErrorKind::PermissionDenied => ConnectError::new(Code::PermissionDenied, format!("cannot execute '{}': {e}", r.process.cmd)),
+        // The request's own arguments and environment are too big for exec.
+        _ if e.raw_os_error() == Some(libc::E2BIG) => ConnectError::invalid_argument(format!("cannot execute '{}': arguments and environment are too long", r.process.cmd)),
         _ => ConnectError::internal(format!("starting '{}': {e}", r.process.cmd)),
     })?;
     drop(slave_fd);

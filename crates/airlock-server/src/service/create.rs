@@ -26,6 +26,7 @@ impl Service {
             mb => return Err(ApiError::BadRequest(format!("diskMB must be between 16 and {}, got {mb}", self.cfg.max_disk_mb))),
         };
         let metadata = req.metadata.unwrap_or_default();
+        check_metadata(&metadata)?;
         let env = req.env_vars.unwrap_or_default();
         for k in env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -241,4 +242,23 @@ pub fn setup_script(pk: Option<&api::InstallPackages>, startup: Option<&str>) ->
         s.push('\n');
     }
     Ok((!s.is_empty()).then_some(s))
+}
+
+/// Metadata is for labels, not storage: it is kept in the store, returned
+/// by every list and matched by filters.
+pub(crate) const MAX_METADATA_KEYS: usize = 64;
+pub(crate) const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+fn check_metadata(m: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if m.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::BadRequest(format!("metadata has {} keys; at most {MAX_METADATA_KEYS} are allowed", m.len())));
+    }
+    let size: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > MAX_METADATA_BYTES {
+        return Err(ApiError::BadRequest(format!("metadata is {size} bytes; at most {MAX_METADATA_BYTES} are allowed")));
+    }
+    if let Some(k) = m.keys().find(|k| k.is_empty() || k.len() > 256) {
+        return Err(ApiError::BadRequest(format!("metadata key {:?} must be 1 to 256 bytes", k.chars().take(40).collect::<String>())));
+    }
+    Ok(())
 }

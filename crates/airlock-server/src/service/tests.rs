@@ -187,3 +187,19 @@ async fn the_sandbox_limit_answers_too_many_requests() {
     assert!(matches!(w.svc.create(req(60), true).await, Err(ApiError::TooManyRequests(_))));
     assert_eq!(w.fake.list().expect("list").len(), 2);
 }
+
+/// Regression: 40,000 metadata keys were accepted (and stored, and sent
+/// back by every list).
+#[tokio::test]
+async fn metadata_is_bounded() {
+    let w = world();
+    let many: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let big: BTreeMap<String, String> = [("k".to_string(), "x".repeat(20_000))].into();
+    let empty_key: BTreeMap<String, String> = [(String::new(), "v".to_string())].into();
+    for md in [many, big, empty_key] {
+        assert!(matches!(w.svc.create(NewSandbox { metadata: Some(md), ..req(60) }, true).await, Err(ApiError::BadRequest(_))));
+    }
+    let fine: BTreeMap<String, String> = (0..64).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    w.create(NewSandbox { metadata: Some(fine), ..req(60) }).await;
+    assert_eq!(w.fake.list().expect("list").len(), 1);
+}

@@ -39,6 +39,14 @@ async fn unknown_user_missing_cwd_and_missing_binary_are_clear_errors() {
     let mut s = sbx.envd.stream("process.Process", "Start", json!({"process": {"cmd": "/no/such/binary"}})).await;
     assert!(s.next().await.is_none());
     assert_eq!(s.end.expect("end")["error"]["code"], "invalid_argument");
+    // Regression: an argument longer than exec takes (E2BIG) was an
+    // internal error.
+    let long = "x".repeat(200 * 1024);
+    let mut s = sbx.envd.stream("process.Process", "Start", json!({"process": {"cmd": "/bin/echo", "args": [long]}})).await;
+    assert!(s.next().await.is_none());
+    let end = s.end.expect("end");
+    assert_eq!(end["error"]["code"], "invalid_argument", "{end}");
+    assert!(end["error"]["message"].as_str().expect("msg").contains("too long"));
     // Malformed JSON in a unary call.
     let r = sbx.envd.request("POST", "/process.Process/List", &[("content-type", "application/json".into())], "{not json").await;
     assert_eq!(r.status, 400);
