@@ -56,13 +56,6 @@ pub fn real_path(file: &File) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-/// The fully resolved path of `path` (like `canonicalize`), without
-/// following magic links: a link into the agent's `/proc` resolves to
-/// nothing rather than to a host path.
-pub fn canonicalize(path: &Path) -> io::Result<PathBuf> {
-    real_path(&open(path, libc::O_PATH, 0)?)
-}
-
 fn is_agents_own_proc(file: &File) -> io::Result<bool> {
     // SAFETY: fstatfs into a zeroed struct on a descriptor we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

@@ -163,7 +163,8 @@ pub fn create_and_mount(cache: &Path, dir: &Path, mb: u64) -> Result<(), Error> 
     }
     let master = master(cache, mb)?;
     sparse_copy(&master, &dir.join(IMAGE)).map_err(|e| Error::io("copying disk image", e))?;
-    mount_existing(dir)
+    // A fresh image: nothing to check before mounting it.
+    mount_image(dir)
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -206,17 +207,19 @@ fn attach_loop(img: &Path) -> std::io::Result<(PathBuf, File)> {
     Err(std::io::Error::other("no free loop device"))
 }
 
-/// Mounts the sandbox's image on `upper` if it has one and it is not mounted.
+/// Mounts the sandbox's image on `upper` if it has one and it is not mounted
+/// (a sandbox restarted over its files after a reboot).
 pub fn mount_existing(dir: &Path) -> Result<(), Error> {
-    let img = dir.join(IMAGE);
-    if !img.exists() {
+    if !dir.join(IMAGE).exists() || is_mounted(&dir.join("upper")) {
         return Ok(());
     }
+    mount_image(dir)
+}
+
+fn mount_image(dir: &Path) -> Result<(), Error> {
+    let img = dir.join(IMAGE);
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(|e| Error::io("creating upper", e))?;
-    if is_mounted(&upper) {
-        return Ok(());
-    }
     let (dev, dev_fd) = attach_loop(&img).map_err(|e| Error::io("attaching disk image to a loop device", e))?;
     let mounted = nix::mount::mount(Some(dev.as_path()), &upper, Some("ext4"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some("noinit_itable"));
     // With autoclear set, closing our descriptor detaches the device now if
@@ -225,11 +228,11 @@ pub fn mount_existing(dir: &Path) -> Result<(), Error> {
     mounted.map_err(|e| Error::io("mounting disk image", std::io::Error::from_raw_os_error(e as i32)))
 }
 
-/// Unmounts the image (the loop device is released with it).
+/// Unmounts the image (the loop device is released with it). Not mounted
+/// (EINVAL) is fine: no need to read the mount table first.
 pub fn unmount(dir: &Path) {
-    let upper = dir.join("upper");
-    if dir.join(IMAGE).exists() && is_mounted(&upper) {
-        let _ = nix::mount::umount2(&upper, nix::mount::MntFlags::MNT_DETACH);
+    if dir.join(IMAGE).exists() {
+        let _ = nix::mount::umount2(&dir.join("upper"), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -319,18 +319,6 @@ const NOFILE_LIMIT: u64 = 65536;
 /// Only in the forked, single-threaded helper: it changes the process's
 /// credentials for good.
 unsafe fn become_userns_owner(base: u32) -> bool {
-    #[repr(C)]
-    struct CapHeader {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct CapData {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
     // SAFETY: credential and capability syscalls with valid arguments, in a
     // process that owns its credentials alone (see the function's contract).
     unsafe {
@@ -344,16 +332,14 @@ unsafe fn become_userns_owner(base: u32) -> bool {
         {
             return false;
         }
-        let hdr = CapHeader { version: 0x2008_0522, pid: 0 };
-        let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        if libc::syscall(libc::SYS_capget, &hdr as *const CapHeader, data.as_mut_ptr()) != 0 {
-            return false;
-        }
-        for d in &mut data {
+    }
+    // Raise the effective set back to the permitted one KEEPCAPS kept.
+    crate::seccomp::update_capabilities(|sets| {
+        for d in sets.iter_mut() {
             d.effective = d.permitted;
         }
-        libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) == 0
-    }
+    })
+    .is_ok()
 }
 
 /// Creates a user namespace mapping 0..65536 inside to `base..` outside,
@@ -483,11 +469,10 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     crate::rootfs::pivot(&rootfs).map_err(staged("pivot_root"))?;
     let log = detach_stdio().map_err(|e| Stage::io("stdio", e))?;
     // The OOM killer's last choice inside the sandbox (see airlock-agent's
-    // `spawn_oom_default` for its children): -999, not -1000, so that a
+    // `set_child_oom_score` for its children): -999, not -1000, so that a
     // process inside that copies the value (it may, down to the agent's)
-    // stays killable.
-    // Lowering needs CAP_SYS_RESOURCE, which a server in a container may
-    // lack; the agent then raises its children's score instead.
+    // stays killable. Lowering needs CAP_SYS_RESOURCE, which a server in a
+    // container may lack; the agent then raises its children's score instead.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-999");
 
     // SAFETY: setns on a user-namespace fd; the process is single-threaded

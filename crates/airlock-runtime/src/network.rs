@@ -82,18 +82,25 @@ fn ensure_first(table: &str, chain: &str, rule: &[&str]) -> Result<(), NetworkEr
     iptables(&ins)
 }
 
-/// Nameservers sandboxes may query: the host's, unless they are on the
-/// host's loopback (which sandboxes cannot reach), then public resolvers.
+/// Nameservers sandboxes may query: the host's own, unless they are on
+/// its loopback (which sandboxes cannot reach); then the upstream servers
+/// of a local systemd-resolved. Never a public resolver the operator did
+/// not choose: with none found, sandboxes get no DNS and a warning says so.
 pub fn nameservers() -> Vec<Ipv4Addr> {
-    let mut v: Vec<Ipv4Addr> = std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
-        .filter(|a| !a.is_loopback())
-        .collect();
+    let read = |path: &str| -> Vec<Ipv4Addr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+            .filter(|a| !a.is_loopback())
+            .collect()
+    };
+    let v = read("/etc/resolv.conf");
+    let v = if v.is_empty() { read("/run/systemd/resolve/resolv.conf") } else { v };
     if v.is_empty() {
-        v = vec![Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(8, 8, 8, 8)];
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| tracing::warn!("no nameserver sandboxes can reach (the host's are on loopback): sandboxes have no DNS"));
     }
     v
 }

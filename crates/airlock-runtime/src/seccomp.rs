@@ -368,34 +368,46 @@ pub fn drop_capabilities() -> Result<(), SecurityError> {
     for c in KEPT_CAPS {
         mask |= 1u64 << c;
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let hdr = Header { version: 0x2008_0522, pid: 0 };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header and two data words, as the ABI requires.
-    unsafe {
-        if libc::syscall(libc::SYS_capget, &hdr as *const Header, data.as_mut_ptr()) != 0 {
-            return Err(SecurityError::Sys { what: "reading capabilities", source: std::io::Error::last_os_error() });
-        }
-        for (i, d) in data.iter_mut().enumerate() {
+    update_capabilities(|sets| {
+        for (i, d) in sets.iter_mut().enumerate() {
             let m = (mask >> (32 * i)) as u32;
             d.effective &= m;
             d.permitted &= m;
             d.inheritable = 0;
         }
-        if libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) != 0 {
-            return Err(SecurityError::Sys { what: "setting capabilities", source: std::io::Error::last_os_error() });
-        }
+    })
+    .map_err(|(what, source)| SecurityError::Sys { what, source })?;
+    Ok(())
+}
+
+/// One 32-bit word of each capability set (`struct __user_cap_data_struct`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct CapSets {
+    pub(crate) effective: u32,
+    pub(crate) permitted: u32,
+    pub(crate) inheritable: u32,
+}
+
+/// Reads the calling thread's capability sets (both words of the v3 ABI),
+/// lets `f` change them, and sets them. Only raw syscalls: usable in a
+/// forked child.
+pub(crate) fn update_capabilities(f: impl FnOnce(&mut [CapSets; 2])) -> Result<(), (&'static str, std::io::Error)> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let hdr = Header { version: 0x2008_0522, pid: 0 };
+    let mut sets = [CapSets::default(); 2];
+    // SAFETY: capget with a v3 header and room for two data words, as the ABI requires.
+    if unsafe { libc::syscall(libc::SYS_capget, &hdr as *const Header, sets.as_mut_ptr()) } != 0 {
+        return Err(("reading capabilities", std::io::Error::last_os_error()));
+    }
+    f(&mut sets);
+    // SAFETY: capset with the same header and two initialised data words.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, sets.as_ptr()) } != 0 {
+        return Err(("setting capabilities", std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -41,11 +41,6 @@ impl From<RecipeError> for BuildError {
     }
 }
 
-/// Recipes shipped with Airlock, built on first use.
-pub fn builtin(name: &str) -> Option<&'static str> {
-    recipe::builtin(name)
-}
-
 /// Progress of a build, for logs and progress bars (the API's NDJSON lines).
 pub use airlock_proto::api::BuildEvent;
 

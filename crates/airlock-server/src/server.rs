@@ -71,7 +71,7 @@ impl Server {
         .map_err(|e| ServeError::Other(e.to_string()))??;
         let mut new_key = None;
         if cfg.api_keys.is_empty() && store.key_count()? == 0 {
-            let key = service::new_api_key().map_err(|e| ServeError::Other(e.to_string()))?;
+            let key = crate::ids::api_key().map_err(|e| ServeError::Other(e.to_string()))?;
             store.add_key("default", &key, "created on first start", service::now_ms())?;
             new_key = Some(key);
         }

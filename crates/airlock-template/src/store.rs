@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the generated base layer changes, so old data
 /// directories get a fresh one.
-const BASE_VERSION: u32 = 2;
+const BASE_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Template {
@@ -356,7 +356,8 @@ fn build_base_layer(root: &Path) -> Result<(), TemplateError> {
         ("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n", 0o644),
         ("hostname", "sandbox\n", 0o644),
         ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n", 0o644),
-        ("resolv.conf", "nameserver 1.1.1.1\n", 0o644),
+        // Each sandbox gets its own (the host's nameservers, or none).
+        ("resolv.conf", "", 0o644),
         // Every E2B command is `bash -l -c ...`, so this runs per command:
         // Debian's version forks `id -u`; bash already knows $EUID.
         ("profile", PROFILE, 0o644),

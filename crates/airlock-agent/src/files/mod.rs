@@ -87,9 +87,8 @@ impl FilesError {
             FilesError::NotFound(_) => StatusCode::NOT_FOUND,
             FilesError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             FilesError::NoSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
-            // Refused by the kernel (permissions, a read-only filesystem, a
-            // magic link or the agent's own /proc): the client's doing, 403.
-            FilesError::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ELOOP)) => StatusCode::FORBIDDEN,
+            // The client's doing, not the agent's: 403.
+            FilesError::Io { source, .. } if crate::fs::refused_by_kernel(source) => StatusCode::FORBIDDEN,
             FilesError::MetadataUnsupported(_) | FilesError::User(_) | FilesError::Io { .. } | FilesError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

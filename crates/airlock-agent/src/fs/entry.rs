@@ -61,9 +61,11 @@ pub fn entry_info(path: &Path, names: &mut Names) -> io::Result<EntryInfo> {
         // falls back to the link's own path.
         // Resolved without magic links: a link to /proc/self/exe must not
         // reveal the host path of the agent's binary.
-        let target = crate::safe_open::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        entry.symlink_target = Some(target.to_string_lossy().into_owned());
-        crate::safe_open::open(path, libc::O_PATH, 0).and_then(|f| f.metadata()).ok()
+        // One open of what the link leads to gives both its path and its metadata.
+        let target = crate::safe_open::open(path, libc::O_PATH, 0).ok();
+        let real = target.as_ref().and_then(|f| crate::safe_open::real_path(f).ok()).unwrap_or_else(|| path.to_path_buf());
+        entry.symlink_target = Some(real.to_string_lossy().into_owned());
+        target.and_then(|f| f.metadata().ok())
     } else {
         Some(meta)
     };

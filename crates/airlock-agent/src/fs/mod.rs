@@ -101,6 +101,14 @@ pub enum FsError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// The kernel refused the client's operation: permissions, a read-only
+/// filesystem, or a magic link or the agent's own `/proc` (which
+/// `safe_open` turns away with ELOOP and EACCES). Answered as "forbidden"
+/// by the RPCs and `/files` alike.
+pub(crate) fn refused_by_kernel(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ELOOP))
+}
+
 impl FsError {
     /// An I/O error on `path`; "no such file" (including a path component
     /// that is not a directory) becomes `NotFound`.
@@ -120,8 +128,7 @@ impl FsError {
             FsError::WatchLimit { .. } => Code::ResourceExhausted,
             FsError::WatchFailed(e) => return e.clone(),
             FsError::Io { source, .. } => match source.raw_os_error() {
-                // ELOOP: a magic link refused by safe_open (or a real loop).
-                Some(libc::EACCES | libc::EPERM | libc::EROFS | libc::ELOOP) => Code::PermissionDenied,
+                _ if refused_by_kernel(source) => Code::PermissionDenied,
                 Some(libc::ENOTDIR | libc::EISDIR | libc::ENOTEMPTY | libc::EINVAL | libc::ENAMETOOLONG) => Code::InvalidArgument,
                 Some(libc::EEXIST) => Code::AlreadyExists,
                 _ => Code::Internal,

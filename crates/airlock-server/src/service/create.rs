@@ -55,8 +55,8 @@ impl Service {
             return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
         }
 
-        let id = new_sandbox_id()?;
-        let token = if secure { Some(crate::ids::access_token().map_err(|e| ApiError::Internal(e.to_string()))?) } else { None };
+        let id = crate::ids::sandbox_id()?;
+        let token = if secure { Some(crate::ids::access_token()?) } else { None };
         let mut spec = SandboxSpec::new(id.clone(), tpl.rootfs());
         spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
         spec.internet = internet;
@@ -121,7 +121,7 @@ impl Service {
         if let Some(t) = self.find_template(name).await? {
             return Ok(t);
         }
-        let Some(recipe) = crate::builder::builtin(name) else {
+        let Some(recipe) = airlock_template::recipe::builtin(name) else {
             return Err(ApiError::NotFound(format!("template '{name}' not found")));
         };
         let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
@@ -160,25 +160,24 @@ impl Service {
         env: &BTreeMap<String, String>,
         setup: Option<&str>,
     ) -> Result<(), ApiError> {
-        let tpl = Some(tpl);
-        if tpl.as_ref().is_none_or(|t| t.start_cmd.is_none() && t.ready_cmd.is_none()) && setup.is_none() {
+        if tpl.start_cmd.is_none() && tpl.ready_cmd.is_none() && setup.is_none() {
             return Ok(());
         }
         let backend = self.backend.clone();
         let id2 = id.to_string();
         let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
-        let user = tpl.as_ref().map(|t| t.default_user.clone()).unwrap_or_else(|| "user".into());
-        let workdir = tpl.as_ref().and_then(|t| t.workdir.clone());
-        if let Some(cmd) = tpl.as_ref().and_then(|t| t.start_cmd.clone()) {
+        let user = tpl.default_user.as_str();
+        let workdir = tpl.workdir.as_deref();
+        if let Some(cmd) = &tpl.start_cmd {
             self.append_log(id, &format!("$ {cmd}   # start command, tag 'start'"));
-            crate::agent_client::spawn(&info.socket, token, &user, &cmd, env, workdir.as_deref(), "start")
+            crate::agent_client::spawn(&info.socket, token, user, cmd, env, workdir, "start")
                 .await
                 .map_err(|e| ApiError::BadRequest(format!("the template's start command failed to start: {e}")))?;
         }
-        if let Some(check) = tpl.as_ref().and_then(|t| t.ready_cmd.clone()) {
+        if let Some(check) = &tpl.ready_cmd {
             let deadline = Instant::now() + std::time::Duration::from_secs(120);
             loop {
-                let r = crate::agent_client::run(&info.socket, token, &user, &check, env, workdir.as_deref(), |_, _| {}).await;
+                let r = crate::agent_client::run(&info.socket, token, user, check, env, workdir, |_, _| {}).await;
                 if matches!(r, Ok(ref f) if f.exit_code == 0) {
                     self.append_log(id, &format!("ready: {check}"));
                     break;

@@ -97,14 +97,10 @@ pub fn rfc3339_ms(ms: i64) -> String {
     airlock_proto::time::rfc3339_parts(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32)
 }
 
-/// A new sandbox id (see `ids::sandbox_id`).
-pub fn new_sandbox_id() -> Result<String, ApiError> {
-    crate::ids::sandbox_id().map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// A new API key (see `ids::api_key`).
-pub fn new_api_key() -> Result<String, crate::ids::RandomError> {
-    crate::ids::api_key()
+impl From<crate::ids::RandomError> for ApiError {
+    fn from(e: crate::ids::RandomError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
