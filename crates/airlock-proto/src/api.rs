@@ -36,6 +36,11 @@ pub struct NewSandbox {
     /// Airlock extension: size limit of the writable layer in MiB.
     #[serde(rename = "diskMB", alias = "disk_mb", default)]
     pub disk_mb: Option<u64>,
+    /// With `autoPause`: what the timeout's pause keeps. `false` stops
+    /// the processes and keeps only the files (memory released); unset or
+    /// `true` freezes them, memory held.
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
     /// Airlock extension: packages installed before create returns.
     #[serde(default, alias = "install_packages")]
     pub install_packages: Option<InstallPackages>,
@@ -291,4 +296,131 @@ mod tests {
             assert!(v.get(k).is_some(), "{k}");
         }
     }
+}
+
+// ------------------------------------------------- snapshots, fork, pause
+
+/// `SandboxPauseRequest` (`POST /sandboxes/{id}/pause`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRequest {
+    /// `false`: filesystem-only pause (processes stop, memory is
+    /// released, resume boots afresh over the files). Unset or `true`:
+    /// the sandbox is frozen with its memory held.
+    #[serde(default)]
+    pub memory: Option<bool>,
+    /// Refuse (503) instead of pausing when the agent does not answer.
+    #[serde(default)]
+    pub require_healthy_guest: Option<bool>,
+}
+
+/// `SandboxSnapshotRequest` (`POST /sandboxes/{id}/snapshots`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotRequest {
+    /// A name for the snapshot; taking another with the same name moves
+    /// the name to the new one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Ignored beyond being read: this host cannot checkpoint processes,
+    /// so every snapshot holds the filesystem only (`mode` in the reply).
+    #[serde(default)]
+    pub memory: Option<bool>,
+}
+
+/// `SnapshotInfo`: what taking or listing a snapshot returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotInfo {
+    /// `<id>:default`, or `<name>:default` for a named snapshot; what
+    /// `Sandbox.create` and `DELETE /templates/{id}` take.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// `<name>:default` for a named snapshot.
+    pub names: Vec<String>,
+    /// Airlock extension: always `filesystem` (see `SnapshotRequest::memory`).
+    #[serde(default)]
+    pub mode: String,
+    /// Airlock extension: the sandbox it was taken from.
+    #[serde(rename = "sandboxID", default)]
+    pub sandbox_id: Option<String>,
+    /// Airlock extension: bytes the snapshot's own layer holds.
+    #[serde(default)]
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub created_at: String,
+}
+
+/// `SandboxForkRequest` (`POST /sandboxes/{id}/fork`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ForkRequest {
+    /// Seconds the forks live; default 15, as E2B's.
+    #[serde(default)]
+    pub timeout: Option<i64>,
+    /// 1 to 20; default 1.
+    #[serde(default)]
+    pub count: Option<i64>,
+}
+
+/// `SandboxForkResult`: one per requested fork, exactly one field set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// Airlock's `POST /sandboxes/{id}/reset`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResetRequest {
+    /// `false` (default): soft reset, every process but the agent is
+    /// killed and files stay. `true`: back to the template or snapshot the
+    /// sandbox came from, same id and token.
+    #[serde(default)]
+    pub hard: bool,
+}
+
+/// Airlock's `POST /sandboxes/{id}/restart`: a fresh agent over the same
+/// files, optionally with more environment variables or new resources.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RestartRequest {
+    /// Merged over the sandbox's own.
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default, alias = "cpu_count")]
+    pub cpu_count: Option<f64>,
+    #[serde(rename = "memoryMB", alias = "memory_mb", default)]
+    pub memory_mb: Option<u64>,
+}
+
+/// What an export archive (`GET /sandboxes/{id}/export`, tar + zstd)
+/// carries first, as `airlock-export.json`: what the state sits on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ExportManifest {
+    /// Format version (1).
+    pub version: u32,
+    /// The template (or snapshot) the sandbox was created from.
+    pub template: String,
+    /// That template's digest when it was exported: an import onto a
+    /// template that changed since is refused unless forced.
+    pub template_digest: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    pub exported_at: String,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Whether the archive has a `usr/` part (templates with a `/usr` layer).
+    pub has_usr: bool,
 }

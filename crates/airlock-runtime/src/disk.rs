@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use crate::Error;
 
-const IMAGE: &str = "disk.img";
+pub const IMAGE: &str = "disk.img";
 /// The smallest limit: below it ext4's own metadata crowds out the files.
 pub const MIN_MB: u64 = 16;
 
@@ -118,41 +118,7 @@ fn master(cache: &Path, mb: u64) -> Result<PathBuf, Error> {
 fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
     let s = File::open(src)?;
     let d = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
-    let len = s.metadata()?.len();
-    d.set_len(len)?;
-    let mut pos: i64 = 0;
-    while (pos as u64) < len {
-        // SAFETY: lseek on descriptors we own.
-        let data = unsafe { libc::lseek(s.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole is left
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (mut off_in, mut off_out) = (data, data);
-        let mut left = (hole - data) as usize;
-        while left > 0 {
-            // SAFETY: copy_file_range between two descriptors we own, with
-            // offsets we own.
-            let n = unsafe { libc::copy_file_range(s.as_raw_fd(), &mut off_in, d.as_raw_fd(), &mut off_out, left, 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if n == 0 {
-                break;
-            }
-            left -= n as usize;
-        }
-        pos = hole;
-    }
-    Ok(())
+    airlock_template::copy::copy_sparse(&s, &d).map(|_| ())
 }
 
 /// Creates a `mb`-MiB ext4 image for the sandbox in `dir` and mounts it on
@@ -167,7 +133,7 @@ pub fn create_and_mount(cache: &Path, dir: &Path, mb: u64) -> Result<(), Error> 
     mount_image(dir)
 }
 
-fn is_mounted(p: &Path) -> bool {
+pub fn is_mounted(p: &Path) -> bool {
     let Ok(canon) = p.canonicalize() else { return false };
     std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().any(|l| l.split_whitespace().nth(4).map(Path::new) == Some(canon.as_path()))).unwrap_or(false)
 }
@@ -234,6 +200,16 @@ pub fn unmount(dir: &Path) {
     if dir.join(IMAGE).exists() {
         let _ = nix::mount::umount2(&dir.join("upper"), nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Whether the sandbox in `dir` has a disk image (a size-limited writable layer).
+pub fn has_image(dir: &Path) -> bool {
+    dir.join(IMAGE).exists()
+}
+
+/// The size of the sandbox's disk image in MiB, if it has one.
+pub fn image_mb(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir.join(IMAGE)).ok().map(|m| m.len() >> 20)
 }
 
 /// (used, total) bytes of the sandbox's limited writable layer, if it has one.

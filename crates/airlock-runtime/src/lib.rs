@@ -109,6 +109,16 @@ pub struct SandboxInfo {
     pub ip: Option<std::net::Ipv4Addr>,
 }
 
+/// What `Backend::snapshot` made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The source's layers with the new one on top (parts with nothing in
+    /// them are left out), and its defaults (its whole environment).
+    pub rootfs: RootFs,
+    /// Bytes of file data copied.
+    pub bytes: u64,
+}
+
 /// Resource usage read from the kernel.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
@@ -172,6 +182,28 @@ pub trait Backend: Send + Sync {
     /// template layer at `dest` (`dest/root`, `dest/usr`) with canonical
     /// ownership, then removes the sandbox. Used by the template builder.
     fn capture(&self, id: &str, dest: &std::path::Path) -> Result<(), Error>;
+    /// Copies a sandbox's writable layer, consistently (a running sandbox
+    /// is frozen while it is copied, then thawed; a paused one stays as it
+    /// was), into a new read-only layer at `dest` with canonical ownership,
+    /// and returns the root filesystem it makes: that layer on top of the
+    /// sandbox's own layers, with its defaults. The cost is what the
+    /// sandbox wrote, never its template's size. On error nothing is left
+    /// at `dest` and the sandbox is as it was.
+    fn snapshot(&self, id: &str, dest: &std::path::Path) -> Result<Snapshot, Error>;
+    /// Stops every process and releases the sandbox's memory, cgroups,
+    /// network interface and disk mount, keeping its files and identity:
+    /// `restart` boots a fresh PID 1 over them.
+    fn stop(&self, id: &str) -> Result<(), Error>;
+    /// Kills every process of a running sandbox except its agent (PID 1),
+    /// which keeps serving; files stay.
+    fn kill_processes(&self, id: &str) -> Result<(), Error>;
+    /// Back to the layers it was created from: its writable layer is
+    /// emptied and a fresh PID 1 boots, under the same id, token and
+    /// address.
+    fn reset(&self, id: &str) -> Result<SandboxInfo, Error>;
+    /// Changes what a stopped sandbox's next start gets: environment
+    /// variables merged over its own, and resources.
+    fn reconfigure(&self, id: &str, env: &BTreeMap<String, String>, resources: Option<Resources>) -> Result<(), Error>;
     /// Whether sandboxes can be given internet access on this host.
     fn network_available(&self) -> bool;
     /// Whether sandboxes can be given disk limits (`SandboxSpec::disk_mb`).

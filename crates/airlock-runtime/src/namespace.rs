@@ -7,6 +7,7 @@
 //! Each sandbox holds a slot, reserved by creating `<root>/slots/<n>`
 //! exclusively; the slot fixes its host id range and its /30 subnet.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
@@ -290,6 +291,72 @@ impl NamespaceBackend {
         Ok(self.info(&cfg.id, &rs))
     }
 
+    fn launch_config(&self, id: &str) -> Result<LaunchConfig, Error> {
+        if !valid_id(id) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        state::read_json(&self.dir(id).join(state::LAUNCH_FILE)).map_err(|_| Error::NotFound(id.to_string()))
+    }
+
+    /// Kills PID 1 and everything in the sandbox's cgroup and waits until
+    /// they are gone.
+    fn kill_all(&self, id: &str) -> Result<(), Error> {
+        let rs = self.run_state(id);
+        if let Some(rs) = &rs {
+            if state::is_alive(rs) {
+                // Killing PID 1 tears down the whole pid namespace.
+                // SAFETY: kill(2) of the sandbox's PID 1, verified by start time.
+                unsafe { libc::kill(rs.pid as i32, libc::SIGKILL) };
+            }
+        }
+        self.cgroups.open(id).kill_all()?;
+        if let Some(rs) = &rs {
+            // A frozen sandbox only dies once thawed; kill_all thawed it.
+            Self::wait_gone(rs, Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    /// The snapshot copy proper, of a quiescent writable layer.
+    fn copy_upper(&self, cfg: &LaunchConfig, dir: &Path, dest: &Path) -> Result<crate::Snapshot, Error> {
+        use airlock_template::copy::{copy_tree, is_empty_dir, IdShift};
+        let parent = dest.parent().ok_or_else(|| Error::InvalidSpec("layer destination has no parent".into()))?;
+        fs::create_dir_all(parent).map_err(|e| Error::io("creating layer directory", e))?;
+        let tmp = parent.join(format!(".snap-{}-{}", cfg.id, std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let shift = IdShift { base: cfg.id_base, count: IDS_PER_SANDBOX };
+        // The identity files are written into every sandbox's own layer.
+        let skip = [Path::new("etc/hostname"), Path::new("etc/hosts"), Path::new("etc/resolv.conf")];
+        let r = (|| -> std::io::Result<u64> {
+            fs::create_dir(&tmp)?;
+            let mut bytes = copy_tree(&dir.join("upper/root"), &tmp.join("root"), shift, &skip)?.bytes;
+            if !cfg.usr_layers.is_empty() {
+                bytes += copy_tree(&dir.join("upper/usr"), &tmp.join("usr"), shift, &[])?.bytes;
+            }
+            Ok(bytes)
+        })();
+        let bytes = match r {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(Error::io(format!("copying the writable layer of {}", cfg.id), e));
+            }
+        };
+        airlock_template::layer::install(&tmp, dest).map_err(|e| Error::io("installing the snapshot layer", std::io::Error::other(e)))?;
+        // Empty parts add nothing but overlay depth.
+        let etc_only = |p: &Path| fs::read_dir(p).map(|rd| rd.flatten().all(|e| e.file_name() == "etc" && is_empty_dir(&e.path()))).unwrap_or(true);
+        let mut root_layers = cfg.root_layers.clone();
+        if !etc_only(&dest.join("root")) {
+            root_layers.insert(0, dest.join("root"));
+        }
+        let mut usr_layers = cfg.usr_layers.clone();
+        if !cfg.usr_layers.is_empty() && !is_empty_dir(&dest.join("usr")) {
+            usr_layers.insert(0, dest.join("usr"));
+        }
+        let rootfs = crate::RootFs { root_layers, usr_layers, default_user: cfg.default_user.clone(), workdir: cfg.workdir.clone(), env: cfg.env.clone() };
+        Ok(crate::Snapshot { rootfs, bytes })
+    }
+
     /// Waits until PID 1 is gone (its pid namespace with it).
     fn wait_gone(rs: &RunState, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -383,21 +450,8 @@ impl Backend for NamespaceBackend {
         if !dir.exists() {
             return Err(Error::NotFound(id.to_string()));
         }
-        let cg = self.cgroups.open(id);
-        let rs = self.run_state(id);
-        if let Some(rs) = &rs {
-            if state::is_alive(rs) {
-                // Killing PID 1 tears down the whole pid namespace.
-                // SAFETY: kill(2) of the sandbox's PID 1, verified by start time.
-                unsafe { libc::kill(rs.pid as i32, libc::SIGKILL) };
-            }
-        }
-        cg.kill_all()?;
-        if let Some(rs) = &rs {
-            // A frozen sandbox only dies once thawed; kill_all thawed it.
-            Self::wait_gone(rs, Duration::from_secs(10));
-        }
-        cg.remove()?;
+        self.kill_all(id)?;
+        self.cgroups.open(id).remove()?;
         if let Ok(cfg) = state::read_json::<LaunchConfig>(&dir.join(state::LAUNCH_FILE)) {
             if let Some(net) = cfg.net {
                 // The veth normally dies with the netns; a half-made one may not.
@@ -472,6 +526,108 @@ impl Backend for NamespaceBackend {
             Err(e) => return Err(Error::io("installing layer", e)),
         }
         self.destroy(id)
+    }
+
+    fn snapshot(&self, id: &str, dest: &Path) -> Result<crate::Snapshot, Error> {
+        let cfg = self.launch_config(id)?;
+        let dir = self.dir(id);
+        let alive = self.run_state(id).is_some_and(|rs| state::is_alive(&rs));
+        let cg = self.cgroups.open(id);
+        // Freeze unless it already is (a paused sandbox stays paused).
+        let thaw_after = alive && !cg.is_frozen();
+        if thaw_after {
+            cg.freeze()?;
+        }
+        // A stopped sandbox's disk is not mounted: mount it for the copy.
+        let mounted_here = !alive && crate::disk::has_image(&dir) && !crate::disk::is_mounted(&dir.join("upper"));
+        let r = (|| {
+            if mounted_here {
+                crate::disk::mount_existing(&dir)?;
+            }
+            self.copy_upper(&cfg, &dir, dest)
+        })();
+        if mounted_here {
+            crate::disk::unmount(&dir);
+        }
+        if thaw_after {
+            if let Err(e) = cg.thaw() {
+                tracing::error!(sandbox_id = %id, error = %e, "thawing a sandbox after its snapshot failed");
+            }
+        }
+        r
+    }
+
+    fn stop(&self, id: &str) -> Result<(), Error> {
+        let cfg = self.launch_config(id)?;
+        let dir = self.dir(id);
+        self.kill_all(id)?;
+        self.cgroups.open(id).remove()?;
+        if let Some(net) = &cfg.net {
+            crate::network::delete_veth(&net.host_if);
+        }
+        crate::disk::unmount(&dir);
+        let _ = fs::remove_file(dir.join(state::STATE_FILE));
+        tracing::debug!(sandbox_id = %id, "sandbox stopped");
+        Ok(())
+    }
+
+    fn kill_processes(&self, id: &str) -> Result<(), Error> {
+        let info = self.get(id)?;
+        let cg = self.cgroups.open(id);
+        let was_frozen = cg.is_frozen();
+        // Frozen, nothing can fork while its processes are listed and killed.
+        cg.freeze()?;
+        let victims: Vec<u32> = cg.procs().into_iter().filter(|p| *p != info.pid).collect();
+        for p in &victims {
+            // SAFETY: kill(2) of a process in the sandbox's cgroup.
+            unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+        }
+        if !was_frozen {
+            cg.thaw()?;
+            // Killed processes leave once thawed; the agent reaps them.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cg.procs().iter().any(|p| victims.contains(p)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        tracing::debug!(sandbox_id = %id, killed = victims.len(), "sandbox processes killed");
+        Ok(())
+    }
+
+    fn reset(&self, id: &str) -> Result<SandboxInfo, Error> {
+        let cfg = self.launch_config(id)?;
+        let dir = self.dir(id);
+        self.stop(id)?;
+        // A fresh writable layer: a new image of the same size, or an
+        // emptied directory.
+        match crate::disk::image_mb(&dir) {
+            Some(mb) => {
+                let _ = fs::remove_file(dir.join(crate::disk::IMAGE));
+                crate::disk::create_and_mount(&self.opts.root.join("disk-cache"), &dir, mb)?;
+            }
+            None => {
+                let upper = dir.join("upper");
+                fs::remove_dir_all(&upper).map_err(|e| Error::io("emptying the writable layer", e))?;
+            }
+        }
+        init_dirs(&dir, cfg.root_layers.len(), cfg.usr_layers.len(), cfg.id_base)?;
+        self.write_identity_files(&dir.join("upper/root/etc"), &cfg.hostname, cfg.net.is_some(), cfg.id_base)?;
+        self.launch(&cfg)
+    }
+
+    fn reconfigure(&self, id: &str, env: &BTreeMap<String, String>, resources: Option<crate::Resources>) -> Result<(), Error> {
+        if let Some(r) = &resources {
+            r.validate()?;
+        }
+        let mut cfg = self.launch_config(id)?;
+        if self.get(id).is_ok() {
+            return Err(Error::InvalidSpec(format!("sandbox {id} is running; stop it before changing what it starts with")));
+        }
+        cfg.env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(r) = resources {
+            cfg.resources = r;
+        }
+        state::write_json(&self.dir(id).join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))
     }
 
     fn network_available(&self) -> bool {

@@ -92,6 +92,17 @@ pub struct SandboxRow {
     pub disk_mb: u64,
     /// Insertion order, for stable listing and paging.
     pub seq: i64,
+    /// The read-only layers it runs on (root then `/usr` parts), so layer
+    /// garbage collection keeps them while it exists, whatever happens to
+    /// the template or snapshot it came from.
+    pub layers: Vec<std::path::PathBuf>,
+    /// What a timeout's auto-pause keeps: memory (freeze) or files only.
+    pub auto_pause_memory: bool,
+    /// How the current pause was taken (meaningful while paused): frozen
+    /// with memory held, or stopped with only the files kept.
+    pub paused_memory: bool,
+    /// When the current pause began (unix ms; 0 while running).
+    pub paused_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,8 +174,16 @@ impl Store {
             let mut st = conn.prepare("SELECT 1 FROM pragma_table_info('sandboxes') WHERE name = ?1")?;
             Ok(st.query_row(params![col], |_| Ok(())).optional()?.is_some())
         };
-        if !has("disk_mb")? {
-            conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 0;")?;
+        for (col, decl) in [
+            ("disk_mb", "INTEGER NOT NULL DEFAULT 0"),
+            ("layers", "TEXT NOT NULL DEFAULT '[]'"),
+            ("auto_pause_memory", "INTEGER NOT NULL DEFAULT 1"),
+            ("paused_memory", "INTEGER NOT NULL DEFAULT 1"),
+            ("paused_at", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            if !has(col)? {
+                conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
+            }
         }
         Ok(Self { conn: Mutex::new(conn) })
     }
@@ -213,8 +232,9 @@ impl Store {
     pub fn insert_sandbox(&self, s: &SandboxRow) -> Result<i64, StoreError> {
         let c = self.c();
         c.execute(
-            "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
+                                    layers, auto_pause_memory, paused_memory, paused_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 s.id,
                 s.template,
@@ -229,6 +249,10 @@ impl Store {
                 s.cpus,
                 s.memory_mb as i64,
                 s.disk_mb as i64,
+                serde_json::to_string(&s.layers).unwrap_or_else(|_| "[]".into()),
+                s.auto_pause_memory,
+                s.paused_memory,
+                s.paused_at,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -238,6 +262,7 @@ impl Store {
         let state: String = r.get(2)?;
         let metadata: String = r.get(6)?;
         let env: String = r.get(7)?;
+        let layers: String = r.get(14)?;
         Ok((
             SandboxRow {
                 id: r.get(0)?,
@@ -254,6 +279,12 @@ impl Store {
                 memory_mb: r.get::<_, i64>(11)? as u64,
                 seq: r.get(12)?,
                 disk_mb: r.get::<_, i64>(13)? as u64,
+                // Written by us as JSON; an unreadable list protects nothing
+                // but breaks nothing either.
+                layers: serde_json::from_str(&layers).unwrap_or_default(),
+                auto_pause_memory: r.get(15)?,
+                paused_memory: r.get(16)?,
+                paused_at: r.get(17)?,
             },
             state,
             metadata,
@@ -269,7 +300,8 @@ impl Store {
         Ok(s)
     }
 
-    const COLS: &'static str = "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb";
+    const COLS: &'static str =
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -304,6 +336,17 @@ impl Store {
         Ok(self.c().execute("UPDATE sandboxes SET state = ?2, end_at = ?3 WHERE id = ?1", params![id, state.as_str(), end_at])? > 0)
     }
 
+    /// Marks a sandbox paused, and how: frozen (`memory`) or stopped.
+    pub fn set_paused(&self, id: &str, end_at: i64, memory: bool, at: i64) -> Result<bool, StoreError> {
+        Ok(self.c().execute("UPDATE sandboxes SET state = 'paused', end_at = ?2, paused_memory = ?3, paused_at = ?4 WHERE id = ?1", params![id, end_at, memory, at])? > 0)
+    }
+
+    /// Records a restart's new environment and resources.
+    pub fn set_config(&self, id: &str, env: &BTreeMap<String, String>, cpus: f64, memory_mb: u64) -> Result<bool, StoreError> {
+        let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+        Ok(self.c().execute("UPDATE sandboxes SET env = ?2, cpus = ?3, memory_mb = ?4 WHERE id = ?1", params![id, env, cpus, memory_mb as i64])? > 0)
+    }
+
     pub fn set_end(&self, id: &str, end_at: i64) -> Result<bool, StoreError> {
         Ok(self.c().execute("UPDATE sandboxes SET end_at = ?2 WHERE id = ?1", params![id, end_at])? > 0)
     }
@@ -333,6 +376,10 @@ mod tests {
             memory_mb: 256,
             disk_mb: 64,
             seq: 0,
+            layers: vec!["/l/a/root".into()],
+            auto_pause_memory: false,
+            paused_memory: true,
+            paused_at: 0,
         }
     }
 
@@ -350,6 +397,7 @@ mod tests {
         let s = Store::open(&p).expect("reopen");
         let a = s.sandbox("a").expect("get").expect("present");
         assert_eq!((a.metadata["k"].as_str(), a.cpus, a.access_token.as_deref()), ("v", 1.5, Some("tok")));
+        assert_eq!((a.layers.clone(), a.auto_pause_memory), (vec![std::path::PathBuf::from("/l/a/root")], false));
         assert_eq!(s.due(200).expect("due").iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(s.sandbox("b").expect("get").expect("b").state, State::Paused);
         assert!(s.delete_sandbox("a").expect("delete"));

@@ -4,19 +4,46 @@
 
 use super::*;
 
+/// Everything a new sandbox starts with, checked and resolved: what
+/// `create`, `fork` and `import` hand to `Service::launch`.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    /// The template (or snapshot) name it shows as.
+    pub template: String,
+    /// Its start and ready commands, when the template still exists.
+    pub tpl: Option<airlock_template::Template>,
+    pub rootfs: airlock_runtime::RootFs,
+    pub timeout_s: i64,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_mb: Option<u64>,
+    pub internet: bool,
+    pub env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub secure: bool,
+    pub auto_pause: bool,
+    pub auto_pause_memory: bool,
+    /// Create-time packages and startup script.
+    pub setup: Option<String>,
+}
+
 impl Service {
     pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
-        let template = if req.template_id.trim().is_empty() { "base".to_string() } else { req.template_id.trim().to_string() };
-        let timeout = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let plan = self.plan(req, v2).await?;
+        self.launch(plan).await
+    }
+
+    /// Checks a create request and resolves its template once.
+    async fn plan(&self, req: NewSandbox, v2: bool) -> Result<Plan, ApiError> {
+        let template = if req.template_id.trim().is_empty() { "base".to_string() } else { template_name(&req.template_id).to_string() };
+        let timeout_s = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
         let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
         let max_cpus = airlock_runtime::limits::MAX_CPUS;
         if !(cpus > 0.0 && cpus <= max_cpus) {
             return Err(ApiError::BadRequest(format!("cpuCount must be more than 0 and at most {max_cpus}, got {cpus}")));
         }
         let memory_mb = req.memory_mb.unwrap_or(self.cfg.default_memory_mb);
-        if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
-            return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
-        }
+        self.check_memory(memory_mb)?;
         // The default applies only where the host can enforce it (warned at
         // start otherwise); an explicit diskMB there is refused by the backend.
         let default_disk = if self.backend.disk_limits_available() { self.cfg.default_disk_mb } else { 0 };
@@ -28,11 +55,7 @@ impl Service {
         let metadata = req.metadata.unwrap_or_default();
         check_metadata(&metadata)?;
         let env = req.env_vars.unwrap_or_default();
-        for k in env.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(ApiError::BadRequest(format!("invalid environment variable name {k:?}")));
-            }
-        }
+        check_env(&env)?;
         let internet = req.allow_internet_access.unwrap_or(true);
         if internet && !self.backend.network_available() {
             return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
@@ -42,6 +65,35 @@ impl Service {
         // works from what it resolved to.
         let tpl = self.ensure_template(&template).await?;
         let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
+        Ok(Plan {
+            template,
+            rootfs: tpl.rootfs(),
+            tpl: Some(tpl),
+            timeout_s,
+            cpus,
+            memory_mb,
+            disk_mb,
+            internet,
+            env,
+            metadata,
+            secure,
+            auto_pause: req.auto_pause.unwrap_or(false),
+            auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+            setup,
+        })
+    }
+
+    pub(super) fn check_memory(&self, memory_mb: u64) -> Result<(), ApiError> {
+        if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
+            return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
+        }
+        Ok(())
+    }
+
+    /// Starts a planned sandbox: limits, the backend create, the
+    /// template's start and ready commands, set-up, then the store row.
+    /// Any failure leaves nothing behind.
+    pub(super) async fn launch(&self, plan: Plan) -> Result<SandboxRow, ApiError> {
         let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
         let _slot = CreateSlot(&self.creating);
         if in_flight > self.cfg.max_concurrent_creates {
@@ -56,13 +108,13 @@ impl Service {
         }
 
         let id = crate::ids::sandbox_id()?;
-        let token = if secure { Some(crate::ids::access_token()?) } else { None };
-        let mut spec = SandboxSpec::new(id.clone(), tpl.rootfs());
-        spec.resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
-        spec.internet = internet;
-        spec.env = env.clone();
+        let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
+        let mut spec = SandboxSpec::new(id.clone(), plan.rootfs.clone());
+        spec.resources = Resources { cpus: plan.cpus, memory_mb: plan.memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
+        spec.internet = plan.internet;
+        spec.env = plan.env.clone();
         spec.access_token = token.clone();
-        spec.disk_mb = disk_mb;
+        spec.disk_mb = plan.disk_mb;
         let t0 = Instant::now();
         let backend = self.backend.clone();
         let s2 = spec.clone();
@@ -73,7 +125,7 @@ impl Service {
                 other => runtime_err(&id, other),
             }
         })?;
-        if let Err(e) = self.after_start(&id, &tpl, token.as_deref(), &env, setup.as_deref()).await {
+        if let Err(e) = self.after_start(&id, plan.tpl.as_ref(), token.as_deref(), &plan.env, plan.setup.as_deref()).await {
             let backend = self.backend.clone();
             let id2 = id.clone();
             let _ = self.blocking(move || backend.destroy(&id2)).await;
@@ -83,19 +135,23 @@ impl Service {
         let now = now_ms();
         let row = SandboxRow {
             id: id.clone(),
-            template,
+            template: plan.template,
             state: State::Running,
             started_at: now,
-            end_at: now + timeout * 1000,
-            auto_pause: req.auto_pause.unwrap_or(false),
-            metadata,
-            env,
+            end_at: now + plan.timeout_s * 1000,
+            auto_pause: plan.auto_pause,
+            metadata: plan.metadata,
+            env: plan.env,
             access_token: token,
-            internet,
-            cpus,
-            memory_mb,
-            disk_mb: disk_mb.unwrap_or(0),
+            internet: plan.internet,
+            cpus: plan.cpus,
+            memory_mb: plan.memory_mb,
+            disk_mb: plan.disk_mb.unwrap_or(0),
             seq: 0,
+            layers: plan.rootfs.root_layers.iter().chain(&plan.rootfs.usr_layers).cloned().collect(),
+            auto_pause_memory: plan.auto_pause_memory,
+            paused_memory: true,
+            paused_at: 0,
         };
         let store = self.store.clone();
         let r2 = row.clone();
@@ -155,18 +211,20 @@ impl Service {
     pub(super) async fn after_start(
         &self,
         id: &str,
-        tpl: &airlock_template::Template,
+        tpl: Option<&airlock_template::Template>,
         token: Option<&str>,
         env: &BTreeMap<String, String>,
         setup: Option<&str>,
     ) -> Result<(), ApiError> {
+        let none = airlock_template::Template::default();
+        let tpl = tpl.unwrap_or(&none);
         if tpl.start_cmd.is_none() && tpl.ready_cmd.is_none() && setup.is_none() {
             return Ok(());
         }
         let backend = self.backend.clone();
         let id2 = id.to_string();
         let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
-        let user = tpl.default_user.as_str();
+        let user = if tpl.default_user.is_empty() { "user" } else { tpl.default_user.as_str() };
         let workdir = tpl.workdir.as_deref();
         if let Some(cmd) = &tpl.start_cmd {
             self.append_log(id, &format!("$ {cmd}   # start command, tag 'start'"));
@@ -260,4 +318,20 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<(), ApiError> {
         return Err(ApiError::BadRequest(format!("metadata key {:?} must be 1 to 256 bytes", k.chars().take(40).collect::<String>())));
     }
     Ok(())
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for k in env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApiError::BadRequest(format!("invalid environment variable name {k:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// A template reference without E2B's tag: snapshots are named
+/// `<id>:default` (the only tag there is here).
+pub(crate) fn template_name(r: &str) -> &str {
+    let r = r.trim();
+    r.strip_suffix(":default").unwrap_or(r)
 }

@@ -15,6 +15,8 @@ struct Sandbox {
     frozen: bool,
     alive: bool,
     restarts: u32,
+    /// Soft and hard resets it went through.
+    resets: (u32, u32),
     spec: SandboxSpec,
 }
 
@@ -33,7 +35,7 @@ impl FakeBackend {
     }
 
     /// What a host reboot does: every process gone, files kept.
-    pub(super) fn kill_processes(&self, id: &str) {
+    pub(super) fn lose_processes(&self, id: &str) {
         self.with(|m| {
             if let Some(s) = m.get_mut(id) {
                 s.alive = false;
@@ -45,7 +47,7 @@ impl FakeBackend {
     /// A sandbox that outlived the store's record of it (a crash between
     /// create and insert).
     pub(super) fn adopt(&self, id: &str, spec: SandboxSpec) {
-        self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, spec }));
+        self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec }));
     }
 
     pub(super) fn exists(&self, id: &str) -> bool {
@@ -58,6 +60,14 @@ impl FakeBackend {
 
     pub(super) fn restarts(&self, id: &str) -> u32 {
         self.with(|m| m.get(id).map_or(0, |s| s.restarts))
+    }
+
+    pub(super) fn alive(&self, id: &str) -> bool {
+        self.with(|m| m.get(id).is_some_and(|s| s.alive))
+    }
+
+    pub(super) fn resets(&self, id: &str) -> (u32, u32) {
+        self.with(|m| m.get(id).map_or((0, 0), |s| s.resets))
     }
 
     pub(super) fn spec(&self, id: &str) -> Option<SandboxSpec> {
@@ -75,7 +85,7 @@ impl Backend for FakeBackend {
             if m.contains_key(&spec.id) {
                 return Err(Error::AlreadyExists(spec.id.clone()));
             }
-            let s = Sandbox { frozen: false, alive: true, restarts: 0, spec: spec.clone() };
+            let s = Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec: spec.clone() };
             let info = Self::info(&spec.id, &s);
             m.insert(spec.id.clone(), s);
             Ok(info)
@@ -136,6 +146,59 @@ impl Backend for FakeBackend {
 
     fn capture(&self, id: &str, _dest: &Path) -> Result<(), Error> {
         Err(Error::Unsupported(format!("the fake backend cannot capture {id}")))
+    }
+
+    fn snapshot(&self, id: &str, dest: &Path) -> Result<airlock_runtime::Snapshot, Error> {
+        self.with(|m| {
+            let s = m.get(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            let mut rootfs = s.spec.rootfs.clone();
+            rootfs.root_layers.insert(0, dest.join("root"));
+            rootfs.env.extend(s.spec.env.clone());
+            Ok(airlock_runtime::Snapshot { rootfs, bytes: 0 })
+        })
+    }
+
+    fn stop(&self, id: &str) -> Result<(), Error> {
+        self.with(|m| {
+            let s = m.get_mut(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            s.alive = false;
+            s.frozen = false;
+            Ok(())
+        })
+    }
+
+    fn kill_processes(&self, id: &str) -> Result<(), Error> {
+        self.with(|m| match m.get_mut(id) {
+            Some(s) if s.alive => {
+                s.resets.0 += 1;
+                Ok(())
+            }
+            _ => Err(Error::NotFound(id.to_string())),
+        })
+    }
+
+    fn reset(&self, id: &str) -> Result<SandboxInfo, Error> {
+        self.with(|m| {
+            let s = m.get_mut(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            s.resets.1 += 1;
+            s.alive = true;
+            s.frozen = false;
+            Ok(Self::info(id, s))
+        })
+    }
+
+    fn reconfigure(&self, id: &str, env: &BTreeMap<String, String>, resources: Option<airlock_runtime::Resources>) -> Result<(), Error> {
+        self.with(|m| {
+            let s = m.get_mut(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            if s.alive {
+                return Err(Error::InvalidSpec(format!("sandbox {id} is running")));
+            }
+            s.spec.env.extend(env.clone());
+            if let Some(r) = resources {
+                s.spec.resources = r;
+            }
+            Ok(())
+        })
     }
 
     fn network_available(&self) -> bool {

@@ -127,7 +127,7 @@ async fn reconcile_after_a_restart_keeps_the_store_and_the_kernel_agreeing() {
     let rebooted = w.create(req(600)).await;
     let fine = w.create(req(600)).await;
     // The host rebooted under one; a crash left an orphan the store never had.
-    w.fake.kill_processes(&rebooted.id);
+    w.fake.lose_processes(&rebooted.id);
     let orphan_spec = w.fake.spec(&fine.id).expect("spec");
     w.fake.adopt("orphan", orphan_spec);
     w.svc.reconcile().await.expect("reconcile");
