@@ -81,14 +81,25 @@ class AirlockServer:
     def died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
-    def start(self) -> None:
+    def restart(self, kill: bool = True) -> None:
+        """Stop the server (SIGKILL when `kill`, as a crash would) and start it
+        again on the same port and data dir; sandboxes outlive it."""
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            else:
+                self.stop()
+        self.start(port=self.port)
+
+    def start(self, port: int | None = None) -> None:
         if not self.bin.exists():
             raise RuntimeError(
                 f"airlock binary not found at {self.bin} (set AIRLOCK_BIN or build it first)"
             )
         if os.geteuid() != 0:
             raise RuntimeError("airlock serve must run as root; run the suite as root")
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

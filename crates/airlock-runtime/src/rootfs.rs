@@ -159,7 +159,29 @@ pub fn mount_proc(root: &Path) -> Result<(), MountError> {
             read_only_bind(&t)?;
         }
     }
+    // A boot id of the sandbox's own, new at every boot of its PID 1: the
+    // host's would never change, and a sandbox resumed from a
+    // filesystem-only pause (or restarted) has booted afresh.
+    let boot_id = p.join("sys/kernel/random/boot_id");
+    if boot_id.exists() {
+        let ours = root.join("dev/.boot_id");
+        std::fs::write(&ours, format!("{}\n", new_uuid())).map_err(|e| err("writing the boot id", e))?;
+        mount(Some(&ours), &boot_id, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err("binding the boot id"))?;
+        let _ = std::fs::remove_file(&ours);
+    }
     Ok(())
+}
+
+/// A random (version 4) UUID, from the kernel's generator.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom into a 16-byte buffer we own; a short read (never
+    // for 16 bytes) only weakens the id, which is not a secret.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 fn read_only_bind(t: &Path) -> Result<(), MountError> {

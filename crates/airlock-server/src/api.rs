@@ -9,7 +9,7 @@
 //! Sandbox traffic never comes here: the server hands it to the streaming
 //! proxy on hyper first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -322,13 +322,81 @@ async fn refresh(State(s): State<AppState>, Param(id): Param, body: axum::body::
     Ok(h::empty(204))
 }
 
-/// Pause (freeze) a sandbox; 409 when it already is.
-#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+/// Pause a sandbox; 409 when it already is. `memory: false` stops its
+/// processes and keeps only its files (memory released; resume boots it
+/// afresh); otherwise it is frozen with its memory held.
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::PauseRequest,
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError), (status = 503, body = wire::ApiError)))]
 async fn pause(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
-    let _: BTreeMap<String, serde_json::Value> = read_json(body, MAX_BODY).await?;
-    s.svc.pause(&id).await?;
+    let b: wire::PauseRequest = read_json(body, MAX_BODY).await?;
+    let memory = b.memory.unwrap_or(true);
+    s.svc.pause_checked(&id, memory, b.require_healthy_guest.unwrap_or(false) || !memory).await?;
     Ok(h::empty(204))
+}
+
+/// Snapshot a sandbox's filesystem (the sandbox is frozen while it is
+/// copied, then continues). Filesystem only: `memory` is not honoured on
+/// this host, and the reply's `mode` says so.
+#[utoipa::path(post, path = "/sandboxes/{id}/snapshots", tag = "snapshots", params(("id" = String, Path)), request_body = wire::SnapshotRequest,
+    responses((status = 201, body = wire::SnapshotInfo), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError), (status = 507, body = wire::ApiError)))]
+async fn create_snapshot(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::SnapshotRequest = read_json(body, MAX_BODY).await?;
+    Ok(h::json(201, &s.svc.snapshot(&id, b).await?))
+}
+
+/// Snapshots, newest first; the next page's token is in `X-Next-Token`.
+/// Delete one with `DELETE /templates/{snapshotID}`; create sandboxes from
+/// one by passing its id as the template.
+#[utoipa::path(get, path = "/snapshots", tag = "snapshots",
+    params(("sandboxID" = Option<String>, Query), ("name" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1-100, default 100"), ("nextToken" = Option<String>, Query)),
+    responses((status = 200, body = Vec<wire::SnapshotInfo>, headers(("x-next-token" = String))), (status = 400, body = wire::ApiError)))]
+async fn list_snapshots(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    let get = |k: &str| q.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.clone());
+    let limit = match get("limit") {
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::BadRequest(format!("limit must be between 1 and 100, got {v:?}"))),
+        },
+        None => 100,
+    };
+    let (items, next) = s.svc.snapshots(get("sandboxID").as_deref(), get("name").as_deref(), limit, get("nextToken").as_deref()).await?;
+    let mut resp = h::json(200, &items);
+    if let Some(v) = next.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert("x-next-token", v);
+    }
+    Ok(resp)
+}
+
+/// Fork: `count` (1-20) new running sandboxes with the source's files,
+/// environment, metadata and resources; the source keeps running. Each
+/// entry of the reply holds a sandbox or that fork's error.
+#[utoipa::path(post, path = "/sandboxes/{id}/fork", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::ForkRequest,
+    responses((status = 201, body = Vec<wire::ForkResult>), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 507, body = wire::ApiError)))]
+async fn fork(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::ForkRequest = read_json(body, MAX_BODY).await?;
+    Ok(h::json(201, &s.svc.fork(&id, b).await?))
+}
+
+/// Soft reset (default: every process but the agent killed, files kept)
+/// or hard reset (`hard: true`: back to the template or snapshot it came
+/// from, same id and token).
+#[utoipa::path(post, path = "/sandboxes/{id}/reset", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::ResetRequest,
+    responses((status = 200, body = wire::SandboxDetail), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn reset(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::ResetRequest = read_json(body, MAX_BODY).await?;
+    let row = s.svc.reset(&id, b.hard).await?;
+    Ok(h::json(200, &s.svc.detail(&row)))
+}
+
+/// Restart: a fresh agent over the same files, optionally with more
+/// environment variables or new CPU and memory limits.
+#[utoipa::path(post, path = "/sandboxes/{id}/restart", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::RestartRequest,
+    responses((status = 200, body = wire::SandboxDetail), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn restart(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::RestartRequest = read_json(body, MAX_BODY).await?;
+    let row = s.svc.restart(&id, b).await?;
+    Ok(h::json(200, &s.svc.detail(&row)))
 }
 
 /// Resume a paused sandbox (SDKs 2.0-2.3).
@@ -445,7 +513,7 @@ macro_rules! routes {
         #[openapi(
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
-            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent)),
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent, wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest)),
             modifiers(&ApiKeyAuth),
             security(("api_key" = []))
         )]
@@ -469,6 +537,11 @@ routes! {
         post "/sandboxes/{id}/refreshes" => refresh,
         post "/sandboxes/{id}/pause" => pause,
         post "/sandboxes/{id}/resume" => resume,
+        post "/sandboxes/{id}/snapshots" => create_snapshot,
+        get "/snapshots" => list_snapshots,
+        post "/sandboxes/{id}/fork" => fork,
+        post "/sandboxes/{id}/reset" => reset,
+        post "/sandboxes/{id}/restart" => restart,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,
         get "/sandboxes/{id}/metrics" => metrics,

@@ -230,6 +230,7 @@ impl Builder {
             aliases,
             created_at: crate::service::now_ms(),
             size_bytes: size,
+            snapshot: None,
         };
         self.store.save(&t).map_err(|e| BuildError::Internal(e.to_string()))?;
         let _ = events.send(BuildEvent::Done { name: t.name.clone(), digest: t.digest.clone(), size_bytes: t.size_bytes, elapsed_ms: t0.elapsed().as_millis() as u64 }).await;

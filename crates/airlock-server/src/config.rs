@@ -43,6 +43,9 @@ pub struct Config {
     pub binary: PathBuf,
     /// Install the host firewall/NAT so sandboxes can have internet access.
     pub network: bool,
+    /// Frozen (memory-keeping) paused sandboxes become filesystem-paused
+    /// after this many seconds, releasing their memory; `None` = never.
+    pub fs_pause_after_s: Option<i64>,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             max_disk_mb: 1024 * 1024,
             binary,
             network: true,
+            fs_pause_after_s: None,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct FileConfig {
     pub io_bps: Option<u64>,
     pub io_iops: Option<u64>,
     pub no_network: Option<bool>,
+    /// Seconds a frozen paused sandbox waits before it keeps only its files.
+    pub release_paused_after: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -98,6 +98,7 @@ impl Server {
         let api = api::router(svc.clone(), self.limiter.clone());
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
         let sampler = tokio::spawn(sampler_loop(svc.clone()));
+        let housekeeping = tokio::spawn(housekeeping_loop(svc.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -127,6 +128,7 @@ impl Server {
         }
         lifecycle.abort();
         sampler.abort();
+        housekeeping.abort();
         tracing::info!("server stopped; sandboxes keep running");
     }
 }
@@ -189,6 +191,20 @@ async fn lifecycle_loop(svc: Arc<Service>) {
         tick.tick().await;
         if let Err(e) = svc.expire_due().await {
             tracing::warn!(error = %e, "deadline check failed");
+        }
+    }
+}
+
+/// Slow chores on their own task: unused snapshot layers, and idle
+/// paused sandboxes giving their memory back.
+async fn housekeeping_loop(svc: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        svc.collect_layers_if_wanted().await;
+        if let Err(e) = svc.release_idle().await {
+            tracing::warn!(error = %e, "releasing idle paused sandboxes failed");
         }
     }
 }

@@ -85,7 +85,13 @@ struct Copier {
 }
 
 impl Copier {
+    /// One entry, its errors naming the path (the kind is kept, so a full
+    /// disk is still `StorageFull` to the caller).
     fn entry(&mut self, src: &Path, dst: &Path, rel: &Path, skip: &[&Path]) -> io::Result<()> {
+        self.entry_inner(src, dst, rel, skip).map_err(|e| if e.to_string().starts_with('/') { e } else { io::Error::new(e.kind(), format!("/{}: {e}", rel.display())) })
+    }
+
+    fn entry_inner(&mut self, src: &Path, dst: &Path, rel: &Path, skip: &[&Path]) -> io::Result<()> {
         let md = fs::symlink_metadata(src)?;
         let ft = md.file_type();
         let (uid, gid) = (self.shift.map(md.uid()), self.shift.map(md.gid()));
@@ -205,6 +211,8 @@ pub fn copy_sparse(s: &File, d: &File) -> io::Result<u64> {
     d.set_len(len)?;
     let mut pos: i64 = 0;
     let mut copied = 0;
+    let mut in_kernel = true;
+    let mut buf = vec![0u8; 1 << 20];
     while (pos as u64) < len {
         // SAFETY: lseek on a descriptor we own.
         let data = unsafe { libc::lseek(s.as_raw_fd(), pos, libc::SEEK_DATA) };
@@ -223,16 +231,34 @@ pub fn copy_sparse(s: &File, d: &File) -> io::Result<u64> {
         let (mut off_in, mut off_out) = (data, data);
         let mut left = (hole - data) as usize;
         while left > 0 {
-            // SAFETY: copy_file_range between two descriptors we own, with
-            // offsets we own.
-            let n = unsafe { libc::copy_file_range(s.as_raw_fd(), &mut off_in, d.as_raw_fd(), &mut off_out, left, 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let n = if in_kernel {
+                // SAFETY: copy_file_range between two descriptors we own, with
+                // offsets we own.
+                let n = unsafe { libc::copy_file_range(s.as_raw_fd(), &mut off_in, d.as_raw_fd(), &mut off_out, left, 0) };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    // Across filesystems (a sandbox's disk image to the
+                    // layer store) the kernel may refuse: copy by hand.
+                    if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)) && copied == 0 && off_in == data {
+                        in_kernel = false;
+                        continue;
+                    }
+                    return Err(e);
+                }
+                n as usize
+            } else {
+                use std::os::unix::fs::FileExt;
+                let want = left.min(buf.len());
+                let n = s.read_at(&mut buf[..want], off_in as u64)?;
+                d.write_all_at(&buf[..n], off_out as u64)?;
+                off_in += n as i64;
+                off_out += n as i64;
+                n
+            };
             if n == 0 {
                 break; // the file shrank under us
             }
-            left -= n as usize;
+            left -= n;
             copied += n as u64;
         }
         pos = hole;

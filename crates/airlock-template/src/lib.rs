@@ -21,7 +21,7 @@ pub mod store;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use store::{Store, Template, TemplateError};
+pub use store::{SnapshotOrigin, Store, Template, TemplateError};
 
 /// A sandbox's root filesystem and defaults, resolved by the caller (from
 /// a template, a build step or, later, a snapshot): backends take layers,

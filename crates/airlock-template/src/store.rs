@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Layers taken of sandboxes (snapshots, forks, imports) are named so.
+pub const SNAPSHOT_LAYER_PREFIX: &str = "snap-";
+
 /// Bumped whenever the generated base layer changes, so old data
 /// directories get a fresh one.
 const BASE_VERSION: u32 = 3;
@@ -53,6 +56,24 @@ pub struct Template {
     /// Bytes in the template's own layers (host `/usr` not counted).
     #[serde(default)]
     pub size_bytes: u64,
+    /// Set when this is a snapshot of a sandbox rather than a build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotOrigin>,
+}
+
+/// Where a snapshot came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotOrigin {
+    /// The sandbox it was taken of.
+    pub sandbox_id: String,
+    /// The template (or snapshot) that sandbox was created from.
+    pub template: String,
+    /// Whether it was given a name (else its name is a generated id).
+    #[serde(default)]
+    pub named: bool,
+    /// Bytes of the snapshot's own layer (what the sandbox wrote).
+    #[serde(default)]
+    pub layer_bytes: u64,
 }
 
 impl Template {
@@ -176,9 +197,18 @@ impl Store {
         self.dir.join("layers")
     }
 
-    /// Deletes cached layers no template refers to.
-    pub fn gc_layers(&self) -> Result<usize, TemplateError> {
-        let mut used = std::collections::HashSet::new();
+    /// A new, unique directory name for a snapshot's layer under
+    /// `layers_dir` (`snap-` + `token`).
+    pub fn snapshot_layer(&self, token: &str) -> PathBuf {
+        self.layers_dir().join(format!("{SNAPSHOT_LAYER_PREFIX}{token}"))
+    }
+
+    /// Deletes layers no template refers to and that are not in `in_use`
+    /// (layer directories sandboxes run on, or that are being made). With
+    /// `snapshots_only`, build-cache layers are kept (they are a cache, and
+    /// collected only when a template is deleted).
+    pub fn gc_layers(&self, in_use: &std::collections::HashSet<PathBuf>, snapshots_only: bool) -> Result<usize, TemplateError> {
+        let mut used = in_use.clone();
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 if let Ok(t) = read_json::<Template>(&e.path().join("template.json")) {
@@ -193,7 +223,11 @@ impl Store {
         let mut n = 0;
         if let Ok(rd) = fs::read_dir(self.layers_dir()) {
             for e in rd.flatten() {
-                if !used.contains(&e.path()) && !e.file_name().to_string_lossy().starts_with('.') {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if snapshots_only && !name.starts_with(SNAPSHOT_LAYER_PREFIX) {
+                    continue;
+                }
+                if !used.contains(&e.path()) && !name.starts_with('.') {
                     let _ = fs::remove_dir_all(e.path());
                     n += 1;
                 }

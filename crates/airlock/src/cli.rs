@@ -126,6 +126,11 @@ struct ServeArgs {
     /// Disk operations per second per sandbox, read and write each; 0 = none [default: 8192 on cgroup v2, none on v1].
     #[arg(long, env = "AIRLOCK_IO_IOPS")]
     io_iops: Option<u64>,
+    /// Seconds a frozen (memory-keeping) paused sandbox waits before its
+    /// processes stop and only its files are kept, releasing its memory;
+    /// 0 = never [default: never].
+    #[arg(long, env = "AIRLOCK_RELEASE_PAUSED_AFTER")]
+    release_paused_after: Option<i64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -278,6 +283,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     cfg.api_keys.extend(file.api_key.iter().chain(&file.api_keys).map(|k| k.trim().to_string()).filter(|k| !k.is_empty()));
     cfg.network = !(a.no_network || file.no_network == Some(true));
+    cfg.fs_pause_after_s = a.release_paused_after.or(file.release_paused_after).filter(|s| *s > 0);
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

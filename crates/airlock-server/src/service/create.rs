@@ -320,7 +320,7 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for k in env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(ApiError::BadRequest(format!("invalid environment variable name {k:?}")));

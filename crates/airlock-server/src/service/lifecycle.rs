@@ -36,22 +36,29 @@ impl Service {
         self.connect(id, timeout).await.map(|(r, _)| r)
     }
 
-    /// Thaws a frozen sandbox, or restarts one whose processes are gone.
+    /// Thaws a frozen sandbox, or boots a fresh agent over the files of one
+    /// whose processes are gone (filesystem-paused, or the host rebooted),
+    /// then runs its template's start and ready commands again.
     pub(super) async fn ensure_running(&self, row: &SandboxRow) -> Result<SandboxInfo, ApiError> {
         let backend = self.backend.clone();
         let id = row.id.clone();
         let r = self
             .blocking(move || match backend.get(&id) {
-                Ok(info) if info.frozen => backend.thaw(&id).and_then(|_| backend.get(&id)),
-                Ok(info) => Ok(info),
+                Ok(info) if info.frozen => backend.thaw(&id).and_then(|_| backend.get(&id)).map(|i| (i, false)),
+                Ok(info) => Ok((info, false)),
                 Err(airlock_runtime::Error::NotFound(_)) => {
-                    tracing::info!(sandbox_id = %id, "sandbox processes are gone; restarting it over its files");
-                    backend.restart(&id)
+                    tracing::info!(sandbox_id = %id, "sandbox processes are gone; booting it over its files");
+                    backend.restart(&id).map(|i| (i, true))
                 }
                 Err(e) => Err(e),
             })
             .await?;
-        r.map_err(|e| runtime_err(&row.id, e))
+        let (info, booted) = r.map_err(|e| runtime_err(&row.id, e))?;
+        if booted {
+            let tpl = self.find_template(&row.template).await?;
+            self.after_start(&row.id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
+        }
+        Ok(info)
     }
 
     pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
@@ -73,6 +80,8 @@ impl Service {
         self.blocking(move || store.delete_sandbox(&id2)).await??;
         self.forget(id);
         self.remove_log(id);
+        // Its snapshot layers (a fork's) may be unused now.
+        self.collect_layers_soon();
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }
@@ -102,30 +111,52 @@ impl Service {
         Ok(())
     }
 
-    pub async fn pause(&self, id: &str) -> Result<(), ApiError> {
+    /// Pauses a running sandbox. With `memory`, it is frozen and its memory
+    /// held (resume continues every process); without, it is stopped and
+    /// only its files kept (resume boots it afresh). 409 when paused.
+    pub async fn pause(&self, id: &str, memory: bool) -> Result<(), ApiError> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
-        self.pause_locked(id).await
+        self.pause_locked(id, memory).await
     }
 
-    pub(super) async fn pause_locked(&self, id: &str) -> Result<(), ApiError> {
+    /// `pause`, refused (503) when `healthy` is asked and the sandbox's
+    /// agent is not running (E2B refuses a filesystem-only pause then).
+    pub async fn pause_checked(&self, id: &str, memory: bool, healthy: bool) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        if healthy {
+            let row = self.row(id).await?;
+            let backend = self.backend.clone();
+            if row.state.can_pause() && self.blocking(move || backend.get(&row.id)).await?.is_err() {
+                return Err(ApiError::Unavailable(format!("sandbox {id}'s agent is not running; the pause was refused")));
+            }
+        }
+        self.pause_locked(id, memory).await
+    }
+
+    pub(super) async fn pause_locked(&self, id: &str, memory: bool) -> Result<(), ApiError> {
         let row = self.row(id).await?;
         if !row.state.can_pause() {
             return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
         }
-        let backend = self.backend.clone();
-        let id2 = id.to_string();
-        match self.blocking(move || backend.freeze(&id2)).await? {
-            // Processes already gone (crash, reboot): it is paused in all
-            // but name; resume restarts it over its files.
-            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
-            Err(e) => return Err(runtime_err(id, e)),
+        if memory {
+            let backend = self.backend.clone();
+            let id2 = id.to_string();
+            match self.blocking(move || backend.freeze(&id2)).await? {
+                // Processes already gone (crash, reboot): it is paused in all
+                // but name; resume restarts it over its files.
+                Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+                Err(e) => return Err(runtime_err(id, e)),
+            }
+        } else {
+            self.stop_locked(&row).await?;
         }
         let store = self.store.clone();
         let id2 = id.to_string();
         let end = row.end_at;
-        self.blocking(move || store.set_state(&id2, State::Paused, end)).await??;
-        tracing::info!(sandbox_id = %id, "sandbox paused");
+        self.blocking(move || store.set_paused(&id2, end, memory, now_ms())).await??;
+        tracing::info!(sandbox_id = %id, memory, "sandbox paused");
         Ok(())
     }
 
@@ -143,7 +174,7 @@ impl Service {
             if !cur.state.clock_runs() || cur.end_at > now_ms() {
                 continue;
             }
-            let r = if cur.auto_pause { self.pause_locked(&cur.id).await } else { self.destroy_locked(&cur.id).await };
+            let r = if cur.auto_pause { self.pause_locked(&cur.id, cur.auto_pause_memory).await } else { self.destroy_locked(&cur.id).await };
             match r {
                 Ok(()) => {
                     n += 1;
@@ -170,7 +201,7 @@ impl Service {
                 tracing::warn!(sandbox_id = %row.id, "sandbox processes are gone (host restarted?); marking it paused");
                 let store = self.store.clone();
                 let (id, end) = (row.id.clone(), row.end_at);
-                self.blocking(move || store.set_state(&id, State::Paused, end)).await??;
+                self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;
             }
         }
         for s in live {

@@ -30,6 +30,7 @@ mod create;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod state;
 mod templates;
 mod views;
 
@@ -55,6 +56,9 @@ pub enum ApiError {
     TooManyRequests(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The host's disk is full (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Details are logged, not sent: the client sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests(_) => 429,
             ApiError::Unavailable(_) => 503,
+            ApiError::InsufficientStorage(_) => 507,
             ApiError::Internal(_) => 500,
         }
     }
@@ -85,7 +90,10 @@ fn runtime_err(id: &str, e: airlock_runtime::Error) -> ApiError {
         airlock_runtime::Error::NotFound(_) => ApiError::NotFound(format!("sandbox {id} not found")),
         airlock_runtime::Error::InvalidSpec(m) => ApiError::BadRequest(m),
         airlock_runtime::Error::AlreadyExists(_) => ApiError::Conflict(format!("sandbox {id} already exists")),
-        other => ApiError::Internal(format!("sandbox {id}: {other}")),
+        airlock_runtime::Error::Io { what, source } if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
+            ApiError::InsufficientStorage(format!("sandbox {id}: {what}: the host's disk is full"))
+        }
+        other => ApiError::Internal(format!("sandbox {id}: {}", airlock_runtime::init::chain(&other))),
     }
 }
 
@@ -163,6 +171,12 @@ pub struct Service {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     samples: Mutex<HashMap<String, VecDeque<Sample>>>,
     creating: AtomicUsize,
+    /// Layer directories being made or about to be used (a snapshot
+    /// before its template is saved, a fork's layer before its sandboxes
+    /// exist): layer garbage collection leaves them alone.
+    leases: Mutex<std::collections::HashSet<std::path::PathBuf>>,
+    /// Set when layers may have become unused; the lifecycle loop collects.
+    gc_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// Samples kept per sandbox: an hour at the 5 s sampling interval.
@@ -188,7 +202,18 @@ impl Service {
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
             creating: AtomicUsize::new(0),
+            leases: Mutex::new(Default::default()),
+            gc_wanted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Runs a layer collection if one was asked for since the last.
+    pub async fn collect_layers_if_wanted(&self) {
+        if self.gc_wanted.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.collect_layers(true).await {
+                tracing::warn!(error = %e, "collecting unused layers failed");
+            }
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {

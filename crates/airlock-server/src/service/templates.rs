@@ -6,10 +6,12 @@ impl Service {
     pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
         let store = self.builder.store.clone();
         let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(list.iter().map(template_info).collect())
+        // Snapshots are listed by `GET /snapshots`.
+        Ok(list.iter().filter(|t| t.snapshot.is_none()).map(template_info).collect())
     }
 
     pub async fn template(&self, name: &str) -> Result<TemplateInfo, ApiError> {
+        let name = super::create::template_name(name);
         let store = self.builder.store.clone();
         let n = name.to_string();
         let t = self.blocking(move || store.get(&n)).await?.map_err(|_| ApiError::NotFound(format!("template '{name}' not found")))?;
@@ -63,6 +65,26 @@ impl Service {
         if !users.is_empty() && !force {
             return Err(ApiError::Conflict(format!("template '{name}' is used by {} sandbox(es): {}; kill them or delete with force=true", users.len(), users.join(", "))));
         }
+        // Snapshots stacked on it: its layers stay theirs either way, but
+        // deleting the template they came from is refused unless forced.
+        let tstore = self.builder.store.clone();
+        let tn = t.name.clone();
+        let top = self.find_template(&tn).await?.and_then(|t| t.root_layers.first().cloned());
+        let dependents: Vec<String> = self
+            .blocking(move || tstore.list())
+            .await?
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .into_iter()
+            .filter(|s| s.name != tn && s.snapshot.is_some() && top.as_ref().is_some_and(|l| s.root_layers.contains(l)))
+            .map(|s| format!("{}:default", s.name))
+            .collect();
+        if !dependents.is_empty() && !force {
+            return Err(ApiError::Conflict(format!(
+                "template '{name}' is the base of {} snapshot(s): {}; delete them first or delete with force=true",
+                dependents.len(),
+                dependents.join(", ")
+            )));
+        }
         let tstore = self.builder.store.clone();
         let n = t.name.clone();
         self.blocking(move || -> Result<(), ApiError> {
@@ -70,11 +92,10 @@ impl Service {
                 airlock_template::TemplateError::NotFound(_) => ApiError::NotFound(format!("template '{n}' not found")),
                 other => ApiError::BadRequest(other.to_string()),
             })?;
-            if users.is_empty() {
-                let _ = tstore.gc_layers();
-            }
             Ok(())
         })
-        .await?
+        .await??;
+        // Layers sandboxes or other snapshots still run on stay.
+        self.collect_layers(false).await.map(|_| ())
     }
 }

@@ -111,10 +111,10 @@ async fn at_the_deadline_auto_pause_pauses_and_the_rest_are_killed() {
 async fn pause_twice_conflicts_and_unknown_ids_are_not_found() {
     let w = world();
     let r = w.create(req(600)).await;
-    w.svc.pause(&r.id).await.expect("pause");
-    assert!(matches!(w.svc.pause(&r.id).await, Err(ApiError::Conflict(_))));
+    w.svc.pause(&r.id, true).await.expect("pause");
+    assert!(matches!(w.svc.pause(&r.id, true).await, Err(ApiError::Conflict(_))));
     assert!(matches!(w.svc.route(&r.id).await, Err(ApiError::Conflict(_))), "no traffic to a paused sandbox");
-    for e in [w.svc.kill("nosuch").await.err(), w.svc.pause("nosuch").await.err(), w.svc.set_timeout("nosuch", 5).await.err(), w.svc.connect("nosuch", None).await.err()] {
+    for e in [w.svc.kill("nosuch").await.err(), w.svc.pause("nosuch", true).await.err(), w.svc.set_timeout("nosuch", 5).await.err(), w.svc.connect("nosuch", None).await.err()] {
         assert!(matches!(e, Some(ApiError::NotFound(_))), "{e:?}");
     }
     w.svc.kill(&r.id).await.expect("kill a paused one");
@@ -150,7 +150,7 @@ async fn list_pages_cover_everything_once_and_filters_combine() {
         let md: BTreeMap<String, String> = [("group".to_string(), group.to_string()), ("i".to_string(), i.to_string())].into();
         ids.push(w.create(NewSandbox { metadata: Some(md), ..req(600) }).await.id);
     }
-    w.svc.pause(&ids[1]).await.expect("pause");
+    w.svc.pause(&ids[1], true).await.expect("pause");
     for descending in [false, true] {
         let mut seen = Vec::new();
         let mut token = None;

@@ -1,0 +1,358 @@
+//! Keeping and branching sandbox state: snapshots (a sandbox's filesystem
+//! as a new read-only layer over its own, saved as a template), forks
+//! (one snapshot, N new sandboxes), the filesystem-only pause, soft and
+//! hard reset, and restart.
+//!
+//! This host cannot checkpoint processes, so every snapshot and fork holds
+//! files only: sandboxes made from one boot afresh over those files (the
+//! template's start command runs again). Requests for E2B's memory
+//! snapshots get a filesystem one, and the reply says `mode: filesystem`.
+//!
+//! Layers are shared, never copied: a snapshot's template lists the new
+//! layer and then every layer of the sandbox it was taken of. A layer
+//! lives while a template, a sandbox row or a lease refers to it
+//! (`Service::collect_layers`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use airlock_proto::api::{ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
+
+use super::create::{template_name, Plan};
+use super::*;
+
+/// Forks per request, as E2B's API allows.
+pub(super) const MAX_FORKS: i64 = 20;
+/// Forks' timeout when the request gives none (E2B's default).
+const FORK_DEFAULT_TIMEOUT_S: i64 = 15;
+/// Root layers a sandbox may stack (each snapshot of a snapshot adds
+/// one); overlayfs allows 500, and mount options are one page long.
+pub(super) const MAX_LAYERS: usize = 128;
+
+/// Drops a layer lease when the operation that took it ends, however it ends.
+struct Lease<'a> {
+    svc: &'a Service,
+    dir: PathBuf,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.svc.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.dir);
+    }
+}
+
+fn snapshot_info(t: &airlock_template::Template) -> SnapshotInfo {
+    let origin = t.snapshot.clone().unwrap_or_default();
+    let id = format!("{}:default", t.name);
+    SnapshotInfo {
+        names: if origin.named { vec![id.clone()] } else { Vec::new() },
+        snapshot_id: id,
+        mode: "filesystem".into(),
+        sandbox_id: Some(origin.sandbox_id),
+        size_bytes: origin.layer_bytes,
+        created_at: rfc3339_ms(t.created_at),
+    }
+}
+
+impl Service {
+    fn lease(&self, dir: PathBuf) -> Lease<'_> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone());
+        Lease { svc: self, dir }
+    }
+
+    /// Takes the snapshot layer of a sandbox (under its lock) into a new
+    /// leased layer directory; the caller makes the lease permanent by
+    /// saving a template or sandbox rows that list the layer.
+    async fn take_layer(&self, row: &SandboxRow) -> Result<(airlock_runtime::Snapshot, Lease<'_>), ApiError> {
+        let dest = self.builder.store.snapshot_layer(&crate::ids::sandbox_id()?);
+        let lease = self.lease(dest.clone());
+        let backend = self.backend.clone();
+        let (id, d2) = (row.id.clone(), dest.clone());
+        let t0 = Instant::now();
+        let snap = self.blocking(move || backend.snapshot(&id, &d2)).await?.map_err(|e| runtime_err(&row.id, e))?;
+        if snap.rootfs.root_layers.len() > MAX_LAYERS {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(ApiError::BadRequest(format!(
+                "sandbox {} already stacks {} layers (snapshots of snapshots); at most {MAX_LAYERS} are allowed",
+                row.id,
+                snap.rootfs.root_layers.len() - 1
+            )));
+        }
+        tracing::info!(sandbox_id = %row.id, bytes = snap.bytes, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "snapshot layer taken");
+        Ok((snap, lease))
+    }
+
+    /// `POST /sandboxes/{id}/snapshots`: the sandbox's filesystem as a new
+    /// template. A name already used by a snapshot moves to the new one
+    /// (sandboxes of the old one keep their layers).
+    pub async fn snapshot(&self, id: &str, req: SnapshotRequest) -> Result<SnapshotInfo, ApiError> {
+        let name = req.name.as_deref().map(template_name).filter(|n| !n.is_empty()).map(str::to_string);
+        if let Some(n) = &name {
+            if !airlock_template::Store::valid_name(n) || n.contains(':') {
+                return Err(ApiError::BadRequest(format!("invalid snapshot name {n:?}: use letters, digits, '-', '_' and '.'")));
+            }
+            if let Some(t) = self.find_template(n).await? {
+                if t.snapshot.is_none() || t.name != *n {
+                    return Err(ApiError::Conflict(format!("'{n}' names a template that is not a snapshot")));
+                }
+            }
+        }
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.row(id).await?;
+        let source = self.find_template(&row.template).await?;
+        let (snap, _lease) = self.take_layer(&row).await?;
+        let tname = match &name {
+            Some(n) => n.clone(),
+            None => crate::ids::sandbox_id()?,
+        };
+        let layer_dir = snap.rootfs.root_layers.first().and_then(|p| p.parent()).map(|p| p.to_path_buf()).unwrap_or_default();
+        let t = airlock_template::Template {
+            name: tname.clone(),
+            root_layers: snap.rootfs.root_layers,
+            usr_layers: snap.rootfs.usr_layers,
+            default_user: snap.rootfs.default_user,
+            version: 0,
+            workdir: snap.rootfs.workdir,
+            env: snap.rootfs.env,
+            start_cmd: source.as_ref().and_then(|t| t.start_cmd.clone()),
+            ready_cmd: source.as_ref().and_then(|t| t.ready_cmd.clone()),
+            digest: format!("snapshot-{}", layer_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+            aliases: Vec::new(),
+            created_at: now_ms(),
+            size_bytes: source.as_ref().map_or(0, |t| t.size_bytes) + snap.bytes,
+            snapshot: Some(airlock_template::SnapshotOrigin { sandbox_id: row.id.clone(), template: row.template.clone(), named: name.is_some(), layer_bytes: snap.bytes }),
+        };
+        let store = self.builder.store.clone();
+        let t2 = t.clone();
+        if let Err(e) = self.blocking(move || store.save(&t2)).await? {
+            let _ = std::fs::remove_dir_all(&layer_dir);
+            return Err(ApiError::Internal(format!("saving snapshot {tname}: {e}")));
+        }
+        tracing::info!(sandbox_id = %id, snapshot = %tname, bytes = snap.bytes, "snapshot taken");
+        if name.is_some() {
+            // The name's previous snapshot may now be unused.
+            self.collect_layers_soon();
+        }
+        Ok(snapshot_info(&t))
+    }
+
+    /// `GET /snapshots`: newest first, optionally of one sandbox or by name,
+    /// paged by `limit` and the previous page's last snapshot id.
+    pub async fn snapshots(&self, sandbox: Option<&str>, name: Option<&str>, limit: usize, next: Option<&str>) -> Result<(Vec<SnapshotInfo>, Option<String>), ApiError> {
+        let store = self.builder.store.clone();
+        let mut list: Vec<_> = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?.into_iter().filter(|t| t.snapshot.is_some()).collect();
+        list.retain(|t| sandbox.is_none_or(|s| t.snapshot.as_ref().is_some_and(|o| o.sandbox_id == s)));
+        list.retain(|t| name.is_none_or(|n| t.name == template_name(n)));
+        list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.name.cmp(&b.name)));
+        if let Some(after) = next {
+            let after = template_name(after);
+            match list.iter().position(|t| t.name == after) {
+                Some(i) => drop(list.drain(..=i)),
+                None => return Err(ApiError::BadRequest(format!("invalid nextToken {after:?}"))),
+            }
+        }
+        let limit = if limit == 0 { 100 } else { limit };
+        let more = list.len() > limit;
+        list.truncate(limit);
+        let next = if more { list.last().map(|t| t.name.clone()) } else { None };
+        Ok((list.iter().map(snapshot_info).collect(), next))
+    }
+
+    /// `POST /sandboxes/{id}/fork`: `count` new sandboxes from one snapshot
+    /// layer, each with the source's environment, metadata and resources.
+    /// The source keeps running. Each fork succeeds or fails on its own.
+    pub async fn fork(&self, id: &str, req: ForkRequest) -> Result<Vec<ForkResult>, ApiError> {
+        let count = req.count.unwrap_or(1);
+        if !(1..=MAX_FORKS).contains(&count) {
+            return Err(ApiError::BadRequest(format!("count must be between 1 and {MAX_FORKS}, got {count}")));
+        }
+        let timeout_s = self.check_timeout(req.timeout.unwrap_or(FORK_DEFAULT_TIMEOUT_S))?;
+        let (row, snap, lease) = {
+            let lock = self.lock_for(id);
+            let _g = lock.lock().await;
+            let row = self.row(id).await?;
+            let (snap, lease) = self.take_layer(&row).await?;
+            (row, snap, lease)
+        };
+        let plan = Plan {
+            template: row.template.clone(),
+            tpl: self.find_template(&row.template).await?,
+            rootfs: snap.rootfs,
+            timeout_s,
+            cpus: row.cpus,
+            memory_mb: row.memory_mb,
+            disk_mb: (row.disk_mb > 0).then_some(row.disk_mb),
+            internet: row.internet,
+            // The layer carries the source's whole environment already.
+            env: row.env.clone(),
+            metadata: row.metadata.clone(),
+            secure: true,
+            auto_pause: row.auto_pause,
+            auto_pause_memory: row.auto_pause_memory,
+            setup: None,
+        };
+        let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
+        drop(lease);
+        let out: Vec<ForkResult> = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(row) => ForkResult { sandbox: Some(self.sandbox_body(&row)), error: None },
+                Err(e) => {
+                    let message = if let ApiError::Internal(d) = &e {
+                        tracing::error!(sandbox_id = %id, error = %d, "fork failed");
+                        "internal server error".to_string()
+                    } else {
+                        e.to_string()
+                    };
+                    ForkResult { sandbox: None, error: Some(api::ApiError { code: e.status(), message }) }
+                }
+            })
+            .collect();
+        if out.iter().all(|r| r.sandbox.is_none()) {
+            self.collect_layers_soon();
+        }
+        tracing::info!(sandbox_id = %id, count, started = out.iter().filter(|r| r.sandbox.is_some()).count(), "sandbox forked");
+        Ok(out)
+    }
+
+    /// Filesystem-only pause: every process stops, memory and cgroups are
+    /// released, files stay; connect boots a fresh agent over them.
+    pub(super) async fn stop_locked(&self, row: &SandboxRow) -> Result<(), ApiError> {
+        let backend = self.backend.clone();
+        let id = row.id.clone();
+        match self.blocking(move || backend.stop(&id)).await? {
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(&row.id, e)),
+        }
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(&row.id);
+        Ok(())
+    }
+
+    /// Frozen sandboxes paused longer than `fs_pause_after_s` give their
+    /// memory back: they become filesystem-paused, so thousands of idle
+    /// sessions can wait on one host.
+    pub async fn release_idle(&self) -> Result<usize, ApiError> {
+        let Some(after_ms) = self.cfg.fs_pause_after_s.filter(|s| *s > 0).map(|s| s * 1000) else { return Ok(0) };
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let now = now_ms();
+        let mut n = 0;
+        for r in rows.into_iter().filter(|r| r.state == State::Paused && r.paused_memory && r.paused_at > 0 && now - r.paused_at >= after_ms) {
+            let lock = self.lock_for(&r.id);
+            let _g = lock.lock().await;
+            let Ok(cur) = self.row(&r.id).await else { continue };
+            if cur.state != State::Paused || !cur.paused_memory {
+                continue;
+            }
+            if let Err(e) = self.stop_locked(&cur).await {
+                tracing::warn!(sandbox_id = %cur.id, error = %e, "releasing an idle paused sandbox's memory failed");
+                continue;
+            }
+            let store = self.store.clone();
+            let (id, end, at) = (cur.id.clone(), cur.end_at, cur.paused_at);
+            self.blocking(move || store.set_paused(&id, end, false, at)).await??;
+            tracing::info!(sandbox_id = %cur.id, paused_s = (now - cur.paused_at) / 1000, "idle paused sandbox now keeps only its files");
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// `POST /sandboxes/{id}/reset`. Soft: every process but the agent is
+    /// killed, files stay. Hard: back to the layers it was created from
+    /// (its template or snapshot), same id, token and deadline.
+    pub async fn reset(&self, id: &str, hard: bool) -> Result<SandboxRow, ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        if !hard {
+            if !row.state.takes_traffic() {
+                return Err(ApiError::Conflict(format!("sandbox {id} is paused; connect to it first")));
+            }
+            self.blocking(move || backend.kill_processes(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+            self.append_log(id, "soft reset: every process killed");
+            return Ok(row);
+        }
+        self.blocking(move || backend.reset(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        let tpl = self.find_template(&row.template).await?;
+        self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
+        let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
+        self.append_log(id, "hard reset: back to the template's files");
+        row.state = State::Running;
+        row.end_at = end;
+        Ok(row)
+    }
+
+    /// `POST /sandboxes/{id}/restart`: a fresh agent over the same files,
+    /// optionally with more environment variables or new resources.
+    pub async fn restart(&self, id: &str, req: api::RestartRequest) -> Result<SandboxRow, ApiError> {
+        let env = req.env_vars.unwrap_or_default();
+        super::create::check_env(&env)?;
+        if let Some(c) = req.cpu_count {
+            if !(c > 0.0 && c <= airlock_runtime::limits::MAX_CPUS) {
+                return Err(ApiError::BadRequest(format!("cpuCount must be more than 0 and at most {}, got {c}", airlock_runtime::limits::MAX_CPUS)));
+            }
+        }
+        if let Some(m) = req.memory_mb {
+            self.check_memory(m)?;
+        }
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        row.cpus = req.cpu_count.unwrap_or(row.cpus);
+        row.memory_mb = req.memory_mb.unwrap_or(row.memory_mb);
+        row.env.extend(env.clone());
+        let resources = (req.cpu_count.is_some() || req.memory_mb.is_some()).then_some(Resources {
+            cpus: row.cpus,
+            memory_mb: row.memory_mb,
+            pids: self.cfg.pids_limit,
+            io_bps: self.cfg.io_bps,
+            io_iops: self.cfg.io_iops,
+        });
+        self.stop_locked(&row).await?;
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        self.blocking(move || backend.reconfigure(&id2, &env, resources).and_then(|_| backend.restart(&id2))).await?.map_err(|e| runtime_err(id, e))?;
+        let tpl = self.find_template(&row.template).await?;
+        self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
+        let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
+        let store = self.store.clone();
+        let r2 = row.clone();
+        self.blocking(move || store.set_config(&r2.id, &r2.env, r2.cpus, r2.memory_mb).and_then(|_| store.set_state(&r2.id, State::Running, end))).await??;
+        self.append_log(id, "restarted: a fresh agent over the same files");
+        row.state = State::Running;
+        row.end_at = end;
+        Ok(row)
+    }
+
+    /// Layer directories in use by sandboxes or leased.
+    async fn layers_in_use(&self) -> Result<HashSet<PathBuf>, ApiError> {
+        let store = self.store.clone();
+        let rows = self.blocking(move || store.sandboxes()).await??;
+        let mut used: HashSet<PathBuf> = rows.iter().flat_map(|r| r.layers.iter()).filter_map(|p| p.parent().map(|p| p.to_path_buf())).collect();
+        used.extend(self.leases.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        Ok(used)
+    }
+
+    /// Deletes layers nothing refers to; with `snapshots_only`, only those
+    /// taken of sandboxes (the build cache stays).
+    pub async fn collect_layers(&self, snapshots_only: bool) -> Result<usize, ApiError> {
+        let used = self.layers_in_use().await?;
+        let store = self.builder.store.clone();
+        let n = self.blocking(move || store.gc_layers(&used, snapshots_only)).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        if n > 0 {
+            tracing::info!(layers = n, "unused layers deleted");
+        }
+        Ok(n)
+    }
+
+    /// `collect_layers(true)` in the background: callers need not wait.
+    pub(super) fn collect_layers_soon(&self) {
+        self.gc_wanted.store(true, Ordering::SeqCst);
+    }
+}
