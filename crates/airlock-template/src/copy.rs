@@ -176,7 +176,7 @@ fn set_times(p: &Path, md: &fs::Metadata) -> io::Result<()> {
 }
 
 /// Whether an xattr is one a layer keeps (see the module comment).
-fn kept_xattr(name: &[u8]) -> bool {
+pub(crate) fn kept_xattr(name: &[u8]) -> bool {
     name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.")
 }
 

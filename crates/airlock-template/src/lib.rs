@@ -12,6 +12,7 @@
 //! through a backend) and never sets up isolation. What a backend needs
 //! from a template is a `RootFs`: layers, never a name.
 
+pub mod archive;
 pub mod copy;
 pub mod layer;
 pub mod recipe;
