@@ -248,3 +248,31 @@ def test_soft_and_hard_reset_and_restart(sandbox: Sandbox, airlock_server):
             assert r.status_code == 404, r.text
         r = c.post(f"/sandboxes/{sandbox.sandbox_id}/restart", json={"memoryMB": 1})
         assert r.status_code == 400, r.text
+
+
+def test_export_and_import_round_trip(sandbox: Sandbox, airlock_server, reap):
+    sandbox.files.write("/home/user/exported.txt", "moves between hosts")
+    sandbox.commands.run("mkdir -p /srv/x && ln -s ../exported /srv/x/link && rm -f /etc/issue", user="root")
+    with _api(airlock_server) as c:
+        r = c.get(f"/sandboxes/{sandbox.sandbox_id}/export")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/zstd"
+        archive = r.content
+        assert archive[:4] == b"\x28\xb5\x2f\xfd", "zstd magic"
+        r = c.post("/sandboxes/import", content=archive, params={"timeout": "120"})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        new = Sandbox.connect(body["sandboxID"])
+        reap(new)
+        assert new.sandbox_id != sandbox.sandbox_id
+        assert new.files.read("/home/user/exported.txt") == "moves between hosts"
+        assert new.commands.run("readlink /srv/x/link").stdout == "../exported\n"
+        assert not new.files.exists("/etc/issue")
+        assert new.commands.run("stat -c %U /home/user/exported.txt").stdout.strip() == "user"
+
+        # Garbage and truncated archives are refused with a clear error.
+        for bad in (b"", b"not an archive", archive[: len(archive) // 2]):
+            r = c.post("/sandboxes/import", content=bad)
+            assert r.status_code == 400, (len(bad), r.text)
+        r = c.get("/sandboxes/nosuchsandbox0000000/export")
+        assert r.status_code == 404, r.text

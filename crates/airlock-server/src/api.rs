@@ -491,6 +491,95 @@ async fn alias_template(State(s): State<AppState>, Param(name): Param, body: axu
     Ok(h::empty(204))
 }
 
+/// A `Write` that hands what is written to a response body, chunk by
+/// chunk, from a blocking thread; it fails once the client is gone.
+struct BodyWriter(tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>);
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.blocking_send(Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(buf)))).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Export: the sandbox's state as one archive (tar + zstd: the manifest
+/// `airlock-export.json` naming its template, then its writable layer),
+/// streamed. The sandbox is frozen only while its layer is copied aside.
+#[utoipa::path(get, path = "/sandboxes/{id}/export", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 200, description = "the archive", content_type = "application/zstd"), (status = 404, body = wire::ApiError), (status = 507, body = wire::ApiError)))]
+async fn export(State(s): State<AppState>, Param(id): Param) -> ApiResult {
+    let (manifest, dir) = s.svc.export_prepare(&id).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::task::spawn_blocking(move || {
+        let r = airlock_template::archive::write(&dir, &manifest, std::io::BufWriter::with_capacity(256 * 1024, BodyWriter(tx.clone())))
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()).map(|_| ()));
+        if let Err(e) = r {
+            tracing::warn!(sandbox_id = %id, error = %e, "export stream ended early");
+            let _ = tx.blocking_send(Err(Box::new(e)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/zstd"));
+    Ok(r)
+}
+
+/// Import: a new sandbox from an export archive (the request body), on
+/// this host's copy of the template its manifest names; 409 when that
+/// template changed since, unless `force`.
+#[utoipa::path(post, path = "/sandboxes/import", tag = "sandboxes", params(("timeout" = Option<i64>, Query), ("force" = Option<bool>, Query)),
+    request_body(content = Vec<u8>, content_type = "application/zstd"),
+    responses((status = 201, body = wire::Sandbox), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError), (status = 413, body = wire::ApiError)))]
+async fn import(State(s): State<AppState>, RawQuery(q): RawQuery, body: axum::body::Body) -> ApiResult {
+    let q = q.unwrap_or_default();
+    let timeout = int_param(&q, "timeout")?;
+    let force = query_pairs(&q).iter().any(|(k, v)| k == "force" && (v == "true" || v == "1"));
+    let path = receive_upload(&s.svc, body, crate::service::import_limit_bytes(&s.svc.cfg)).await?;
+    let row = s.svc.import(path, timeout, force).await?;
+    Ok(h::json(201, &s.svc.sandbox_body(&row)))
+}
+
+/// Streams a request body into a new private file under the data
+/// directory, refusing more than `max` bytes (nothing is left behind).
+async fn receive_upload(svc: &Service, body: axum::body::Body, max: u64) -> Result<std::path::PathBuf, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let dir = svc.cfg.data_dir.join("uploads");
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
+    let path = dir.join(crate::ids::sandbox_id()?);
+    let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).await.map_err(|e| ApiError::Internal(format!("creating the upload: {e}")))?;
+    let mut b = body;
+    let mut n = 0u64;
+    let r: Result<(), ApiError> = async {
+        while let Some(frame) = b.frame().await {
+            let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+            if let Ok(d) = frame.into_data() {
+                n += d.len() as u64;
+                if n > max {
+                    return Err(ApiError::PayloadTooLarge(format!("the upload exceeds {max} bytes")));
+                }
+                f.write_all(&d).await.map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::StorageFull {
+                        ApiError::InsufficientStorage("the host's disk is full".into())
+                    } else {
+                        ApiError::Internal(format!("writing the upload: {e}"))
+                    }
+                })?;
+            }
+        }
+        f.flush().await.map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))
+    }
+    .await;
+    if let Err(e) = r {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    Ok(path)
+}
+
 // ----------------------------------------------------------- the router
 
 /// The route table: builds the router and lists what it serves, so a test
@@ -542,6 +631,8 @@ routes! {
         post "/sandboxes/{id}/fork" => fork,
         post "/sandboxes/{id}/reset" => reset,
         post "/sandboxes/{id}/restart" => restart,
+        get "/sandboxes/{id}/export" => export,
+        post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,
         get "/sandboxes/{id}/metrics" => metrics,

@@ -144,7 +144,13 @@ fn special(dest: &Path, at: &Path, whiteout: bool, mode: u32, uid: u32, gid: u32
     }
     let c = CString::new(cp.join(at.file_name().unwrap_or_default()).as_os_str().as_bytes()).map_err(|_| ArchiveError::Invalid("NUL in a name".into()))?;
     // SAFETY: mknod/mkfifo/lchown on a NUL-terminated path we built.
-    let r = unsafe { if whiteout { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, 0) } else { libc::mkfifo(c.as_ptr(), mode) } };
+    let r = unsafe {
+        if whiteout {
+            libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, 0)
+        } else {
+            libc::mkfifo(c.as_ptr(), mode)
+        }
+    };
     // SAFETY: as above.
     if r != 0 || unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
         return Err(io_err(format!("unpacking {}", at.display()))(io::Error::last_os_error()));

@@ -191,6 +191,19 @@ impl Service {
     /// files; sandboxes the runtime has but the store does not (a crash
     /// between create and insert) are destroyed.
     pub async fn reconcile(&self) -> Result<(), ApiError> {
+        // Half-received uploads and half-made layers of a previous life.
+        let (uploads, layers) = (self.cfg.data_dir.join("uploads"), self.builder.store.layers_dir());
+        self.blocking(move || {
+            let _ = std::fs::remove_dir_all(&uploads);
+            for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if [".export-", ".import-", ".snap-"].iter().any(|p| n.starts_with(p)) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        })
+        .await?;
+        self.collect_layers_soon();
         let store = self.store.clone();
         let rows = self.blocking(move || store.sandboxes()).await??;
         let backend = self.backend.clone();

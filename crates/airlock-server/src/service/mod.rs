@@ -40,6 +40,7 @@ mod fake;
 mod tests;
 
 pub use create::setup_script;
+pub use state::import_limit_bytes;
 
 /// A failed action, mapped to an HTTP status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum ApiError {
     TooManyRequests(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The host's disk is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => 429,
             ApiError::Unavailable(_) => 503,
             ApiError::InsufficientStorage(_) => 507,
+            ApiError::PayloadTooLarge(_) => 413,
             ApiError::Internal(_) => 500,
         }
     }

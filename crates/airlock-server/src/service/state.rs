@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use airlock_proto::api::{ForkRequest, ForkResult, SnapshotInfo, SnapshotRequest};
 
-use super::create::{template_name, Plan};
+use super::create::{check_env, template_name, Plan};
 use super::*;
 
 /// Forks per request, as E2B's API allows.
@@ -292,7 +292,7 @@ impl Service {
     /// optionally with more environment variables or new resources.
     pub async fn restart(&self, id: &str, req: api::RestartRequest) -> Result<SandboxRow, ApiError> {
         let env = req.env_vars.unwrap_or_default();
-        super::create::check_env(&env)?;
+        check_env(&env)?;
         if let Some(c) = req.cpu_count {
             if !(c > 0.0 && c <= airlock_runtime::limits::MAX_CPUS) {
                 return Err(ApiError::BadRequest(format!("cpuCount must be more than 0 and at most {}, got {c}", airlock_runtime::limits::MAX_CPUS)));
@@ -354,5 +354,127 @@ impl Service {
     /// `collect_layers(true)` in the background: callers need not wait.
     pub(super) fn collect_layers_soon(&self) {
         self.gc_wanted.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Export archives bigger than this (compressed, or unpacked) are refused.
+pub fn import_limit_bytes(cfg: &Config) -> u64 {
+    cfg.max_disk_mb.max(1024) << 20
+}
+
+impl Service {
+    /// `GET /sandboxes/{id}/export`, first half: the sandbox's writable
+    /// layer copied aside (consistently, as a snapshot is) and the
+    /// manifest. The caller streams `archive::write` of the directory and
+    /// removes it.
+    pub async fn export_prepare(&self, id: &str) -> Result<(Vec<u8>, PathBuf), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.row(id).await?;
+        let digest = self.find_template(&row.template).await?.map(|t| t.digest).unwrap_or_default();
+        let dest = self.builder.store.layers_dir().join(format!(".export-{}", crate::ids::sandbox_id()?));
+        let backend = self.backend.clone();
+        let (id2, d2) = (id.to_string(), dest.clone());
+        let snap = self.blocking(move || backend.snapshot(&id2, &d2)).await?.map_err(|e| runtime_err(id, e))?;
+        let manifest = api::ExportManifest {
+            version: 1,
+            template: row.template.clone(),
+            template_digest: digest,
+            sandbox_id: row.id.clone(),
+            exported_at: rfc3339_ms(now_ms()),
+            env_vars: row.env.clone(),
+            metadata: row.metadata.clone(),
+            has_usr: snap.rootfs.usr_layers.first().is_some_and(|l| l.starts_with(&dest)),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
+        tracing::info!(sandbox_id = %id, bytes = snap.bytes, "sandbox exported");
+        Ok((json, dest))
+    }
+
+    /// `POST /sandboxes/import`: a new sandbox from an export archive
+    /// (already received into `archive`), on this host's copy of the
+    /// template the manifest names. A template whose content changed since
+    /// the export is refused (409) unless `force`.
+    pub async fn import(&self, archive: PathBuf, timeout: Option<i64>, force: bool) -> Result<SandboxRow, ApiError> {
+        let timeout_s = self.check_timeout(timeout.unwrap_or(self.cfg.default_timeout_s))?;
+        let dest = self.builder.store.snapshot_layer(&crate::ids::sandbox_id()?);
+        let lease = self.lease(dest.clone());
+        let tmp = self.builder.store.layers_dir().join(format!(".import-{}", crate::ids::sandbox_id()?));
+        let limit = import_limit_bytes(&self.cfg);
+        let (t2, d2) = (tmp.clone(), dest.clone());
+        let unpacked = self
+            .blocking(move || -> Result<Vec<u8>, ApiError> {
+                let _ = std::fs::create_dir_all(t2.parent().unwrap_or(&t2));
+                let f = std::fs::File::open(&archive).map_err(|e| ApiError::Internal(format!("reading the upload: {e}")))?;
+                let r = airlock_template::archive::read(std::io::BufReader::new(f), &t2, limit);
+                let _ = std::fs::remove_file(&archive);
+                let m = r.map_err(|e| match e {
+                    airlock_template::archive::ArchiveError::Io { what, source } if matches!(source.kind(), std::io::ErrorKind::StorageFull) => {
+                        ApiError::InsufficientStorage(format!("{what}: the host's disk is full"))
+                    }
+                    airlock_template::archive::ArchiveError::Io { what, source } => ApiError::Internal(format!("{what}: {source}")),
+                    other => ApiError::BadRequest(format!("import: {other}")),
+                })?;
+                std::fs::rename(&t2, &d2).map_err(|e| ApiError::Internal(format!("installing the imported layer: {e}")))?;
+                Ok(m)
+            })
+            .await?;
+        let manifest = match unpacked {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let cleanup = |e: ApiError| {
+            let _ = std::fs::remove_dir_all(&dest);
+            e
+        };
+        let m: api::ExportManifest = serde_json::from_slice(&manifest).map_err(|e| cleanup(ApiError::BadRequest(format!("import: the manifest is not valid: {e}"))))?;
+        if m.version != 1 {
+            return Err(cleanup(ApiError::BadRequest(format!("import: export format version {} is not supported (only 1)", m.version))));
+        }
+        let tpl = self
+            .find_template(&m.template)
+            .await?
+            .ok_or_else(|| cleanup(ApiError::NotFound(format!("template '{}' not found on this host; build or import it first", m.template))))?;
+        if tpl.digest != m.template_digest && !force {
+            return Err(cleanup(ApiError::Conflict(format!(
+                "template '{}' changed since the export (digest {} there, {} here); import with force=true to use this host's",
+                m.template, m.template_digest, tpl.digest
+            ))));
+        }
+        if m.has_usr && tpl.usr_layers.is_empty() {
+            return Err(cleanup(ApiError::BadRequest(format!("import: the archive has a /usr layer but template '{}' has none", m.template))));
+        }
+        check_env(&m.env_vars).map_err(cleanup)?;
+        let mut rootfs = tpl.rootfs();
+        rootfs.root_layers.insert(0, dest.join("root"));
+        if m.has_usr {
+            rootfs.usr_layers.insert(0, dest.join("usr"));
+        }
+        let default_disk = if self.backend.disk_limits_available() { self.cfg.default_disk_mb } else { 0 };
+        let plan = Plan {
+            template: m.template.clone(),
+            tpl: Some(tpl),
+            rootfs,
+            timeout_s,
+            cpus: self.cfg.default_cpus,
+            memory_mb: self.cfg.default_memory_mb,
+            disk_mb: (default_disk > 0).then_some(default_disk),
+            internet: self.backend.network_available(),
+            env: m.env_vars,
+            metadata: m.metadata,
+            secure: true,
+            auto_pause: false,
+            auto_pause_memory: true,
+            setup: None,
+        };
+        let r = self.launch(plan).await;
+        drop(lease);
+        if r.is_err() {
+            self.collect_layers_soon();
+        }
+        r
     }
 }
