@@ -54,11 +54,17 @@ impl Server {
     /// A server from `bin` with extra `airlock serve` flags, ready (its
     /// `/health` answering 200) when this returns.
     pub fn start(bin: &Path, extra: &[&str]) -> Self {
+        Self::start_at(bin, None, extra)
+    }
+
+    /// As `start`, on the data directory `data` when given (a test that
+    /// needs it on a filesystem of its own, say a small one that fills up).
+    pub fn start_at(bin: &Path, data: Option<&Path>, extra: &[&str]) -> Self {
         // SAFETY: geteuid has no preconditions.
         let uid = unsafe { libc::geteuid() };
         assert_eq!(uid, 0, "the integration tests start a real server that creates sandboxes: run them as root");
         let tmp = tempfile::Builder::new().prefix("airlock-srv-").tempdir().expect("tmp");
-        let data = tmp.path().join("data");
+        let data = data.map(Path::to_path_buf).unwrap_or_else(|| tmp.path().join("data"));
         let log = tmp.path().join("server.log");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let port = free_port();

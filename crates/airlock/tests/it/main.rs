@@ -12,4 +12,5 @@ mod process;
 mod seccomp;
 mod security;
 mod server;
+mod state;
 mod templates;

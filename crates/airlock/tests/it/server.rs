@@ -34,6 +34,12 @@ impl Server {
         Self(airlock_testkit::Server::start(Path::new(env!("CARGO_BIN_EXE_airlock")), extra))
     }
 
+    /// A server on a data directory the test prepared.
+    pub(crate) async fn start_at(data: &Path, extra: &[&str]) -> Self {
+        let _ = crate::support::harness();
+        Self(airlock_testkit::Server::start_at(Path::new(env!("CARGO_BIN_EXE_airlock")), Some(data), extra))
+    }
+
     /// Kills the server with SIGKILL (no clean-up) and starts a new one on the same data.
     pub(crate) async fn crash_and_restart(&mut self) {
         self.0.crash_and_restart();

@@ -1,0 +1,183 @@
+//! Snapshots, forks and the filesystem-only pause at the edges the SDK
+//! tests do not reach: a disk that fills up mid-snapshot, what a stopped
+//! sandbox still holds on the host, layer collection, and chains of
+//! snapshots of snapshots.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::server::Server;
+
+fn id(v: &Value) -> String {
+    v["sandboxID"].as_str().expect("sandboxID").to_string()
+}
+
+/// Layer directories taken of sandboxes, and half-made ones.
+fn snapshot_layers(data: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(data.join("templates/layers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap-") || n.starts_with(".snap-") || n.starts_with(".export-"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A small tmpfs, unmounted when dropped (after the server using it).
+struct SmallFs(PathBuf, tempfile::TempDir);
+
+impl SmallFs {
+    fn new(mb: u64) -> Self {
+        let t = tempfile::Builder::new().prefix("airlock-smallfs-").tempdir().expect("tmp");
+        let p = t.path().join("data");
+        std::fs::create_dir(&p).expect("mkdir");
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"]).arg(&p).status().expect("mount");
+        assert!(st.success(), "mounting a tmpfs");
+        Self(p, t)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_that_fills_the_disk_fails_cleanly_and_harms_nothing() {
+    let fs = SmallFs::new(160);
+    let srv = Server::start_at(&fs.0, &["--default-disk-mb", "0", "--no-network"]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 300, "allow_internet_access": false})).await;
+    let sid = id(&sbx);
+    // 100 MiB of real blocks: the copy needs as much again, the disk has ~60 left.
+    let (_, out) = srv.run(&sbx, "head -c 100M /dev/urandom > /home/user/big && sha256sum /home/user/big | cut -c1-64").await;
+    let sum = out.trim().to_string();
+    assert_eq!(sum.len(), 64, "{out}");
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/snapshots"), Some(json!({}))).await;
+    assert_eq!(s, 507, "a full disk is its own error: {v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("disk is full"), "{v}");
+    assert_eq!(snapshot_layers(&fs.0), Vec::<String>::new(), "no half snapshot is left behind");
+    let (s, list) = srv.api("GET", "/snapshots", None).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(0)), "{list}");
+    // The source runs on, thawed, its files whole.
+    let (_, out) = srv.run(&sbx, "sha256sum /home/user/big | cut -c1-64").await;
+    assert_eq!(out.trim(), sum);
+    let (s, v) = srv.api("GET", &format!("/sandboxes/{sid}"), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("running")));
+    // Forks hit the same wall, and say so.
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/fork"), Some(json!({"count": 2}))).await;
+    assert_eq!(s, 507, "{v}");
+    // With room again, the same snapshot works.
+    srv.run(&sbx, "rm /home/user/big; echo small > /home/user/small").await;
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/snapshots"), Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    srv.api("DELETE", &format!("/sandboxes/{sid}"), None).await;
+}
+
+#[tokio::test]
+async fn a_filesystem_paused_sandbox_holds_no_process_cgroup_or_disk_mount() {
+    let srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 300, "diskMB": 64})).await;
+    let sid = id(&sbx);
+    srv.run(&sbx, "echo kept > /home/user/f; (sleep 1000 &)").await;
+    let dir = srv.data.join("sandboxes").join(&sid);
+    let mounted = |p: &Path| std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split_whitespace().nth(4) == Some(&*p.to_string_lossy()));
+    let cgroups = || -> Vec<PathBuf> {
+        ["/sys/fs/cgroup/memory/airlock", "/sys/fs/cgroup/pids/airlock", "/sys/fs/cgroup/airlock"].iter().map(|r| Path::new(r).join(&sid)).filter(|p| p.exists()).collect()
+    };
+    assert!(mounted(&dir.join("upper")), "a running sandbox's disk is mounted");
+    assert!(!cgroups().is_empty());
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/pause"), Some(json!({"memory": false}))).await;
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(cgroups(), Vec::<PathBuf>::new(), "no cgroup: no memory charged");
+    assert!(!mounted(&dir.join("upper")), "the disk image is detached (no loop device held)");
+    let (s, v) = srv.api("GET", &format!("/sandboxes/{sid}/metrics"), None).await;
+    assert_eq!(s, 200, "{v}");
+    // Sandbox traffic to a stopped sandbox is refused, not hung.
+    let (s, _) = srv.run(&sbx, "true").await;
+    assert_ne!(s, 200);
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/connect"), Some(json!({"timeout": 60}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, out) = srv.run(&sbx, "cat /home/user/f; pgrep -c sleep || true").await;
+    assert_eq!(out, "kept\n0\n");
+    // A snapshot of a stopped sandbox works too (its disk mounted for the copy).
+    srv.api("POST", &format!("/sandboxes/{sid}/pause"), Some(json!({"memory": false}))).await;
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{sid}/snapshots"), Some(json!({}))).await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!mounted(&dir.join("upper")), "and detached again");
+    let from = srv.create(json!({"templateID": v["snapshotID"], "timeout": 60})).await;
+    let (_, out) = srv.run(&from, "cat /home/user/f").await;
+    assert_eq!(out, "kept\n");
+}
+
+#[tokio::test]
+async fn snapshot_layers_live_exactly_as_long_as_something_uses_them() {
+    let srv = Server::start(&[]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 300})).await;
+    let sid = id(&sbx);
+    srv.run(&sbx, "echo 1 > /home/user/g").await;
+    let (s, forks) = srv.api("POST", &format!("/sandboxes/{sid}/fork"), Some(json!({"count": 2, "timeout": 120}))).await;
+    assert_eq!(s, 201, "{forks}");
+    let forks: Vec<String> = forks.as_array().expect("list").iter().map(|f| id(&f["sandbox"])).collect();
+    assert_eq!(snapshot_layers(&srv.data).len(), 1, "one layer for all the forks");
+    let (s, snap) = srv.api("POST", &format!("/sandboxes/{sid}/snapshots"), Some(json!({}))).await;
+    assert_eq!(s, 201, "{snap}");
+    let snap_id = snap["snapshotID"].as_str().expect("id").to_string();
+    assert_eq!(snapshot_layers(&srv.data).len(), 2);
+    srv.api("DELETE", &format!("/sandboxes/{}", forks[0]), None).await;
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(snapshot_layers(&srv.data).len(), 2, "the other fork still runs on it");
+    srv.api("DELETE", &format!("/sandboxes/{}", forks[1]), None).await;
+    wait_for("the forks' layer to go", || snapshot_layers(&srv.data).len() == 1);
+    // The snapshot's own layer stays while the snapshot exists, even with its
+    // source killed, and goes with it.
+    srv.api("DELETE", &format!("/sandboxes/{sid}"), None).await;
+    let from = srv.create(json!({"templateID": snap_id, "timeout": 60})).await;
+    let (s, v) = srv.api("DELETE", &format!("/templates/{}", snap_id.replace(':', "%3A")), None).await;
+    assert_eq!(s, 409, "in use by a sandbox: {v}");
+    srv.api("DELETE", &format!("/sandboxes/{}", id(&from)), None).await;
+    let (s, v) = srv.api("DELETE", &format!("/templates/{}", snap_id.replace(':', "%3A")), None).await;
+    assert_eq!(s, 204, "{v}");
+    wait_for("the snapshot's layer to go", || snapshot_layers(&srv.data).is_empty());
+    // Garbage collection never touches the template it came from.
+    let from = srv.create(json!({"templateID": "base", "timeout": 60})).await;
+    let (_, out) = srv.run(&from, "echo fine").await;
+    assert_eq!(out, "fine\n");
+}
+
+#[tokio::test]
+async fn snapshots_of_snapshots_stack_and_each_generation_sees_the_last() {
+    let srv = Server::start(&[]).await;
+    let mut cur = srv.create(json!({"templateID": "base", "timeout": 300})).await;
+    let mut snaps = Vec::new();
+    for g in 0..8 {
+        // Each generation adds a file, changes one and deletes one.
+        let rm = if g > 0 { format!("rm /home/user/gen{}", g - 1) } else { String::new() };
+        srv.run(&cur, &format!("echo {g} > /home/user/gen{g}; echo {g} > /home/user/latest; {rm}")).await;
+        let (s, snap) = srv.api("POST", &format!("/sandboxes/{}/snapshots", id(&cur)), Some(json!({}))).await;
+        assert_eq!(s, 201, "{snap}");
+        snaps.push(snap["snapshotID"].as_str().expect("id").to_string());
+        srv.api("DELETE", &format!("/sandboxes/{}", id(&cur)), None).await;
+        cur = srv.create(json!({"templateID": snap["snapshotID"], "timeout": 300})).await;
+    }
+    let (_, out) = srv.run(&cur, "ls /home/user | tr '\\n' ' '; cat /home/user/latest").await;
+    assert_eq!(out, "gen7 latest 7\n", "only the last generation's file is left");
+    let (s, v) = srv.api("GET", &format!("/templates/{}", snaps[7].replace(':', "%3A")), None).await;
+    assert_eq!((s, v["layers"].as_u64()), (200, Some(10)), "base's two layers and one per generation: {v}");
+    // A snapshot with snapshots stacked on it cannot be deleted from under them.
+    let (s, v) = srv.api("DELETE", &format!("/templates/{}", snaps[3].replace(':', "%3A")), None).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("snapshot"), "{v}");
+}
