@@ -203,3 +203,72 @@ async fn metadata_is_bounded() {
     w.create(NewSandbox { metadata: Some(fine), ..req(60) }).await;
     assert_eq!(w.fake.list().expect("list").len(), 1);
 }
+
+#[tokio::test]
+async fn a_filesystem_auto_pause_stops_the_sandbox_and_connect_boots_it() {
+    let w = world();
+    let r = w.create(NewSandbox { auto_pause: Some(true), auto_pause_memory: Some(false), ..req(600) }).await;
+    w.expire(&r.id);
+    assert_eq!(w.svc.expire_due().await.expect("expire"), 1);
+    let row = w.row(&r.id).expect("kept");
+    assert_eq!((row.state, row.paused_memory), (State::Paused, false));
+    assert!(w.fake.exists(&r.id) && !w.fake.alive(&r.id), "stopped: files kept, no processes");
+    let (_, resumed) = w.svc.connect(&r.id, Some(60)).await.expect("connect");
+    assert!(resumed && w.fake.alive(&r.id));
+    assert_eq!(w.fake.restarts(&r.id), 1, "a fresh boot over its files");
+}
+
+#[tokio::test]
+async fn long_frozen_sandboxes_give_their_memory_back() {
+    let mut w = world();
+    Arc::get_mut(&mut w.svc).expect("only owner").cfg.fs_pause_after_s = Some(60);
+    let old = w.create(req(600)).await;
+    let recent = w.create(req(600)).await;
+    w.svc.pause(&old.id, true).await.expect("pause");
+    w.svc.pause(&recent.id, true).await.expect("pause");
+    let end = w.row(&old.id).expect("row").end_at;
+    w.svc.store().set_paused(&old.id, end, true, now_ms() - 61_000).expect("age it");
+    assert_eq!(w.svc.release_idle().await.expect("release"), 1);
+    assert!(!w.fake.alive(&old.id), "the long-paused one is stopped");
+    assert!(!w.row(&old.id).expect("row").paused_memory);
+    assert!(w.fake.frozen(&recent.id), "the recent one stays frozen");
+    assert_eq!(w.svc.release_idle().await.expect("release"), 0, "once");
+}
+
+#[tokio::test]
+async fn forks_copy_the_source_and_bad_counts_fork_nothing() {
+    let w = world();
+    let src = w.create(NewSandbox { env_vars: Some([("K".to_string(), "v".to_string())].into()), memory_mb: Some(256), ..req(600) }).await;
+    for count in [0, 21, -1] {
+        let e = w.svc.fork(&src.id, airlock_proto::api::ForkRequest { count: Some(count), timeout: None }).await.expect_err("refused");
+        assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    }
+    assert!(matches!(w.svc.fork("nosuch", Default::default()).await, Err(ApiError::NotFound(_))));
+    let out = w.svc.fork(&src.id, airlock_proto::api::ForkRequest { count: Some(3), timeout: Some(30) }).await.expect("fork");
+    assert_eq!(out.len(), 3);
+    for f in &out {
+        let sbx = f.sandbox.as_ref().expect("started");
+        let spec = w.fake.spec(&sbx.sandbox_id).expect("backend has it");
+        assert_eq!(spec.resources.memory_mb, 256);
+        assert_eq!(spec.env.get("K").map(String::as_str), Some("v"));
+        assert_eq!(spec.rootfs.root_layers.len(), 2, "the fork layer over the template's");
+        let row = w.row(&sbx.sandbox_id).expect("row");
+        assert!(row.end_at <= now_ms() + 31_000, "the fork's own timeout");
+        assert_eq!(row.layers, spec.rootfs.root_layers.iter().chain(&spec.rootfs.usr_layers).cloned().collect::<Vec<_>>());
+    }
+    assert!(w.fake.alive(&src.id), "the source keeps running");
+}
+
+#[tokio::test]
+async fn soft_reset_keeps_the_sandbox_and_hard_reset_boots_it_afresh() {
+    let w = world();
+    let r = w.create(req(600)).await;
+    w.svc.reset(&r.id, false).await.expect("soft");
+    assert_eq!(w.fake.resets(&r.id), (1, 0));
+    w.svc.reset(&r.id, true).await.expect("hard");
+    assert_eq!(w.fake.resets(&r.id), (1, 1));
+    w.svc.pause(&r.id, true).await.expect("pause");
+    assert!(matches!(w.svc.reset(&r.id, false).await, Err(ApiError::Conflict(_))), "a paused sandbox has no processes to kill");
+    let row = w.svc.reset(&r.id, true).await.expect("hard reset of a paused one");
+    assert_eq!(row.state, State::Running);
+}
