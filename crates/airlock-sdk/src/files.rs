@@ -98,19 +98,7 @@ impl Files {
     where
         R: tokio::io::AsyncRead + Send + 'static,
     {
-        let stream = futures_util::stream::unfold(Box::pin(reader), |mut r| async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; 64 * 1024];
-            match r.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Bytes::from(buf)), r))
-                }
-                Err(e) => Some((Err(e), r)),
-            }
-        });
-        self.write_stream(path, stream, len).await
+        self.upload(path, reader_body(reader), len).await
     }
 
     async fn upload(&self, path: &str, body: crate::client::ReqBody, len: Option<u64>) -> Result<WrittenFile> {
@@ -250,6 +238,23 @@ impl Stream for FileStream {
             }
         }
     }
+}
+
+/// An upload body read from `reader`, 64 KiB at a time.
+pub(crate) fn reader_body<R: tokio::io::AsyncRead + Send + 'static>(reader: R) -> crate::client::ReqBody {
+    let stream = futures_util::stream::unfold(Box::pin(reader), |mut r| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    });
+    StreamBody { inner: Box::pin(stream) }.boxed_unsync()
 }
 
 /// An upload body fed by a caller's stream.

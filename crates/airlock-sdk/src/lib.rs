@@ -28,6 +28,7 @@ mod config;
 mod error;
 pub mod files;
 mod sandbox;
+mod state;
 mod stream;
 pub mod templates;
 
@@ -37,8 +38,9 @@ pub use config::{Config, DEFAULT_URL};
 pub use error::{Error, Result};
 pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
+pub use state::RestartOptions;
 
-pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, TemplateInfo};
+pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
 pub use templates::{BuildStream, Templates};

@@ -139,7 +139,7 @@ impl Sandbox {
     }
 
     /// Pauses the sandbox (processes frozen, memory kept). Returns false if
-    /// it was already paused.
+    /// it was already paused. See also [`Sandbox::pause_filesystem`].
     pub async fn pause(&self) -> Result<bool> {
         self.inner.client.pause(self.id()).await
     }
@@ -210,6 +210,11 @@ impl Client {
     }
 
     fn handle(&self, s: api::Sandbox) -> Sandbox {
+        self.handle_of(s)
+    }
+
+    /// A handle on a sandbox the server just described (create, connect, fork, import).
+    pub(crate) fn handle_of(&self, s: api::Sandbox) -> Sandbox {
         Sandbox::from_parts(self.clone(), s.sandbox_id, s.envd_access_token, s.template_id, s.envd_version)
     }
 
@@ -349,6 +354,14 @@ impl SandboxBuilder {
     /// Pause instead of kill when the timeout expires.
     pub fn auto_pause(mut self, on: bool) -> Self {
         self.req.auto_pause = Some(on);
+        self
+    }
+
+    /// With [`SandboxBuilder::auto_pause`]: whether the timeout's pause keeps
+    /// memory (a freeze, the default) or only the files (processes stop,
+    /// memory is released; resuming boots afresh).
+    pub fn auto_pause_memory(mut self, keep: bool) -> Self {
+        self.req.auto_pause_memory = Some(keep);
         self
     }
 

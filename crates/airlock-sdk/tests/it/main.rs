@@ -13,4 +13,5 @@ mod support;
 mod commands;
 mod files;
 mod sandbox;
+mod state;
 mod templates;
