@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod client;
 mod progress;
 mod shell;
+mod state;
 mod template;
 
 const MAIN_EXAMPLES: &str = "\
@@ -48,6 +49,12 @@ enum Cmd {
     /// Create, list, inspect, pause, resume and kill sandboxes on a server.
     #[command(alias = "sbx", after_help = client::SANDBOX_EXAMPLES)]
     Sandbox(client::SandboxArgs),
+    /// Snapshot sandboxes' filesystems; list and delete snapshots.
+    #[command(subcommand_required = true, after_help = state::SNAPSHOT_EXAMPLES)]
+    Snapshot(state::SnapshotArgs),
+    /// Fork a sandbox: new running sandboxes with its files, environment and metadata.
+    #[command(after_help = state::FORK_EXAMPLES)]
+    Fork(state::ForkArgs),
     /// Run a command in a sandbox, streaming its output; exits with its exit code.
     #[command(after_help = client::EXEC_EXAMPLES)]
     Exec(client::ExecArgs),
@@ -219,6 +226,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Keys(k) => keys(k)?,
         Cmd::Template(a) => return template::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
+        Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
+        Cmd::Fork(a) => return client::run(client::Command::Fork(a)),
         Cmd::Exec(a) => return client::run(client::Command::Exec(a)),
         Cmd::Shell(a) => return client::run(client::Command::Shell(a)),
         Cmd::Cp(a) => return client::run(client::Command::Cp(a)),

@@ -19,6 +19,9 @@ Examples:
   airlock sbx info <id> --json
   airlock sbx timeout <id> 3600
   airlock sbx pause <id> && airlock sbx resume <id>
+  airlock sbx pause <id> --filesystem          # memory released; resume boots afresh
+  airlock sbx reset <id> [--hard]              # kill its processes [or go back to its template]
+  airlock sbx export <id> -o state.tar.zst && airlock sbx import state.tar.zst
   airlock sbx kill <id> <id2>";
 pub(super) const EXEC_EXAMPLES: &str = "\
 Examples:
@@ -62,11 +65,11 @@ pub(super) struct ClientArgs {
     api_key: Option<String>,
     /// Print JSON instead of tables and text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 impl ClientArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(super) fn client(&self) -> anyhow::Result<Client> {
         let mut cfg = Config::from_env();
         if let Some(u) = &self.url {
             cfg = cfg.with_url(u.clone());
@@ -86,7 +89,7 @@ pub(super) struct SandboxArgs {
     cmd: SandboxCmd,
 }
 
-fn kv(s: &str) -> Result<(String, String), String> {
+pub(super) fn kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
@@ -117,6 +120,10 @@ pub(super) struct CreateOpts {
     /// Pause instead of kill when the timeout expires.
     #[arg(long)]
     auto_pause: bool,
+    /// With --auto-pause: keep only the files (processes stop, memory is
+    /// released; resuming boots the sandbox afresh) instead of freezing it.
+    #[arg(long, requires = "auto_pause")]
+    auto_pause_filesystem: bool,
 }
 
 impl CreateOpts {
@@ -140,6 +147,9 @@ impl CreateOpts {
         }
         if self.auto_pause {
             b = b.auto_pause(true);
+        }
+        if self.auto_pause_filesystem {
+            b = b.auto_pause_memory(false);
         }
         b
     }
@@ -180,9 +190,57 @@ enum SandboxCmd {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Pause a sandbox: processes frozen, memory and files kept.
-    #[command(after_help = "Example:\n  airlock sbx pause <id>")]
-    Pause { id: String },
+    /// Pause a sandbox: processes frozen, memory and files kept; with
+    /// --filesystem, processes stopped and memory released, files kept.
+    #[command(after_help = "Examples:\n  airlock sbx pause <id>\n  airlock sbx pause <id> --filesystem   # resume boots it afresh")]
+    Pause {
+        id: String,
+        /// Keep only the files (resume boots a fresh agent over them).
+        #[arg(long)]
+        filesystem: bool,
+    },
+    /// Soft reset (every process but the agent killed, files kept) or, with
+    /// --hard, back to the template or snapshot it came from (same id).
+    #[command(after_help = "Examples:\n  airlock sbx reset <id>\n  airlock sbx reset <id> --hard")]
+    Reset {
+        id: String,
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Restart: a fresh agent over the same files, optionally with more
+    /// environment variables or new resources.
+    #[command(after_help = "Examples:\n  airlock sbx restart <id>\n  airlock sbx restart <id> -e MODE=prod --memory-mb 1024")]
+    Restart {
+        id: String,
+        /// Environment variable KEY=VALUE merged over the sandbox's (repeatable).
+        #[arg(long = "env", short = 'e', value_parser = kv)]
+        env: Vec<(String, String)>,
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[arg(long = "memory-mb")]
+        memory_mb: Option<u64>,
+    },
+    /// Write a sandbox's state (its files over its template) to one archive
+    /// (tar + zstd), to move it to another host.
+    #[command(after_help = "Examples:\n  airlock sbx export <id> -o state.tar.zst\n  airlock sbx export <id> | ssh other 'airlock sbx import -'")]
+    Export {
+        id: String,
+        /// Output file [default: standard output].
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Create a sandbox from an export archive (`-` reads standard input);
+    /// the template it names must exist on the server.
+    #[command(after_help = "Examples:\n  airlock sbx import state.tar.zst\n  airlock sbx import state.tar.zst --force   # the template changed since")]
+    Import {
+        file: std::path::PathBuf,
+        /// Seconds the new sandbox lives [default: the server's].
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Accept a template that changed since the export.
+        #[arg(long)]
+        force: bool,
+    },
     /// Resume a paused sandbox.
     #[command(after_help = "Examples:\n  airlock sbx resume <id>\n  airlock sbx resume <id> --timeout 600")]
     Resume {
@@ -312,6 +370,8 @@ pub(super) struct LogsArgs {
 
 pub(super) enum Command {
     Sandbox(SandboxArgs),
+    Snapshot(super::state::SnapshotArgs),
+    Fork(super::state::ForkArgs),
     Exec(ExecArgs),
     Shell(ShellArgs),
     Cp(CpArgs),
@@ -325,6 +385,8 @@ pub(super) fn run(cmd: Command) -> anyhow::Result<u8> {
     let r = rt.block_on(async move {
         match cmd {
             Command::Sandbox(a) => sandbox(a).await,
+            Command::Snapshot(a) => super::state::snapshot(a).await,
+            Command::Fork(a) => super::state::fork(a).await,
             Command::Exec(a) => exec(a).await,
             Command::Shell(a) => super::shell::shell(a.client.client()?, &a.id, a.user, a.cwd, a.cmd).await,
             Command::Cp(a) => cp(a).await,
@@ -337,13 +399,13 @@ pub(super) fn run(cmd: Command) -> anyhow::Result<u8> {
     r
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// Columns padded to their widest cell; the last column is not padded.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -494,8 +556,12 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 bail!("{}", failed.join("; "));
             }
         }
-        SandboxCmd::Pause { id } => {
-            let paused = client.pause(&id).await?;
+        SandboxCmd::Reset { id, hard } => super::state::reset(&client, &id, hard, json).await?,
+        SandboxCmd::Restart { id, env, cpus, memory_mb } => super::state::restart(&client, &id, env, cpus, memory_mb, json).await?,
+        SandboxCmd::Export { id, output } => super::state::export(&client, &id, output.as_deref()).await?,
+        SandboxCmd::Import { file, timeout, force } => super::state::import(&client, &file, timeout, force, json).await?,
+        SandboxCmd::Pause { id, filesystem } => {
+            let paused = client.pause_with(&id, !filesystem).await?;
             if json {
                 print_json(&serde_json::json!({ "sandboxID": id, "paused": paused }))?;
             } else if paused {

@@ -381,3 +381,45 @@ async fn shell_works_under_a_pseudo_terminal() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(lflag(slave.as_raw_fd()), cooked, "the terminal is restored on exit");
 }
+
+#[tokio::test]
+async fn snapshot_fork_reset_and_export_commands() {
+    let cli = Cli::start().await;
+    let id = cli.ok(&["sbx", "create", "--no-internet", "--timeout", "120"]).trim().to_string();
+    cli.ok(&["exec", &id, "--", "sh", "-c", "echo hi > /home/user/f"]);
+    let snap = cli.ok(&["snapshot", "create", &id, "--name", "cli-snap"]).trim().to_string();
+    assert_eq!(snap, "cli-snap:default");
+    let list = cli.json(&["snapshot", "list", "--sandbox", &id]);
+    assert_eq!(list[0]["snapshotID"], "cli-snap:default", "{list}");
+    let from = cli.ok(&["sbx", "create", "--template", &snap, "--no-internet"]).trim().to_string();
+    assert_eq!(cli.ok(&["exec", &from, "--", "cat", "/home/user/f"]), "hi\n");
+
+    let forks = cli.ok(&["fork", &id, "-n", "2", "--timeout", "60"]);
+    let forks: Vec<&str> = forks.lines().collect();
+    assert_eq!(forks.len(), 2, "{forks:?}");
+    assert_eq!(cli.ok(&["exec", forks[1], "--", "cat", "/home/user/f"]), "hi\n");
+    let o = cli.run(&["fork", &id, "-n", "0"]);
+    assert!(!o.status.success() && stderr_line(&o).contains("count"), "{}", stderr_line(&o));
+
+    cli.ok(&["sbx", "pause", &id, "--filesystem"]);
+    assert_eq!(cli.json(&["sbx", "info", &id])["state"], "paused");
+    cli.ok(&["sbx", "resume", &id]);
+    assert_eq!(cli.ok(&["exec", &id, "--", "cat", "/home/user/f"]), "hi\n");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let archive = dir.path().join("state.tar.zst");
+    cli.ok(&["sbx", "export", &id, "-o", archive.to_str().expect("path")]);
+    let imported = cli.ok(&["sbx", "import", archive.to_str().expect("path"), "--timeout", "60"]).trim().to_string();
+    assert_eq!(cli.ok(&["exec", &imported, "--", "cat", "/home/user/f"]), "hi\n");
+
+    cli.ok(&["sbx", "reset", &id, "--hard"]);
+    let o = cli.run(&["exec", &id, "--", "cat", "/home/user/f"]);
+    assert!(!o.status.success(), "the file is gone after a hard reset");
+
+    let o = cli.run(&["snapshot", "rm", &snap]);
+    assert!(!o.status.success(), "in use by {from}");
+    cli.ok(&["sbx", "kill", &from]);
+    assert_eq!(cli.ok(&["snapshot", "rm", &snap]).trim(), snap);
+    let o = cli.run(&["snapshot", "rm", &snap]);
+    assert!(stderr_line(&o).contains("no such snapshot"), "{}", stderr_line(&o));
+}

@@ -35,8 +35,9 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A small tmpfs, unmounted when dropped (after the server using it).
-struct SmallFs(PathBuf, tempfile::TempDir);
+/// A small tmpfs, unmounted when dropped (after the server using it);
+/// the directory it sits in goes with it.
+struct SmallFs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl SmallFs {
     fn new(mb: u64) -> Self {
