@@ -91,6 +91,10 @@ struct Args {
     /// Server mode: fresh Python contexts timed to their first result.
     #[arg(long, default_value_t = 5)]
     interp_contexts: usize,
+    /// Server mode: runs of each state operation (snapshot, create from a
+    /// snapshot, fork, filesystem pause and resume); 0 skips them.
+    #[arg(long, default_value_t = 10)]
+    state_runs: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -1021,6 +1025,18 @@ impl Srv {
         Ok((Sbx { id, token }, d))
     }
 
+    /// A control-API call that must answer `want`: its JSON and latency.
+    async fn call(&self, method: &str, path: &str, body: Value, want: u16) -> Result<(Value, Duration)> {
+        let req = build_req(method, path, &self.host, &self.api_headers(), if body.is_null() { Vec::new() } else { body.to_string().into_bytes() });
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        let d = r.done - t;
+        if r.status != want {
+            bail!("{method} {path} answered {} (wanted {want}): {}", r.status, r.text());
+        }
+        Ok((serde_json::from_slice(&r.body).unwrap_or(Value::Null), d))
+    }
+
     async fn kill(&self, id: &str) -> Result<Duration> {
         let req = build_req("DELETE", &format!("/sandboxes/{id}"), &self.host, &self.api_headers(), Vec::new());
         let t = Instant::now();
@@ -1585,6 +1601,8 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
 
     let interpreter = if args.interp_runs > 0 || args.interp_contexts > 0 { Some(interpreter_series(args, srv, &mut notes).await?) } else { None };
 
+    let state = if args.state_runs > 0 { Some(state_series(args, srv, modes.first().copied().unwrap_or(true)).await?) } else { None };
+
     let mut targets = Vec::new();
     let p50 = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64);
     let on = create.get("internet_on").or_else(|| create.get("internet_off")).cloned().unwrap_or(Value::Null);
@@ -1597,6 +1615,12 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
     target("commands.run(\"true\") p50 < 5 ms (bash -l -c true via server)", commands.as_ref().and_then(|c| p50(c, "/via_server/bash_l_true/p50_ms")), 5.0);
     target(&format!("{} concurrent creates within 1 s (wall)", args.concurrency), p50(&on, "/concurrent/wall_ms"), 1000.0);
     target("run_code(\"1+1\") warm p50 < 5 ms", interpreter.as_ref().and_then(|c| p50(c, "/warm/end/p50_ms")), 5.0);
+    if let Some(st) = &state {
+        let plain = p50(st, "/create_plain/p50_ms");
+        target("create from a snapshot p50 < 1.5x a plain create", p50(st, "/create_from_snapshot/p50_ms"), plain.map_or(f64::INFINITY, |p| p * 1.5));
+        target("fork x1 of an idle sandbox p50 < 100 ms", p50(st, "/fork_x1/p50_ms"), 100.0);
+        target("snapshot of code-interpreter-v1 with 1 MB written p50 < 100 ms", p50(st, "/snapshot_code_interpreter_1mb/p50_ms"), 100.0);
+    }
 
     Ok(json!({
         "mode": "server",
@@ -1621,10 +1645,113 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
         "create": Value::Object(create),
         "commands": commands,
         "interpreter": interpreter,
+        "state": state,
         "loadavg_by_phase": srv.loads.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(p, l)| json!({"phase": p, "loadavg": l})).collect::<Vec<_>>(),
         "targets": targets,
         "notes": notes,
     }))
+}
+
+/// Snapshots, creates from them, forks and the filesystem-only pause,
+/// through the API as the SDKs call them.
+async fn state_series(args: &Args, srv: &Srv, internet: bool) -> Result<Value> {
+    let n = args.state_runs;
+    let mut out = serde_json::Map::new();
+    let write = |mb: usize| start_envelope("/bin/bash", &["-c", &format!("head -c {mb}M /dev/urandom > /home/user/blob-$RANDOM")]);
+    let enc = |id: &str| id.replace(':', "%3A");
+
+    // What a snapshot costs, by what the sandbox wrote.
+    let snap_of = |label: &'static str, template: &'static str, mb: usize, runs: usize| {
+        let write = write(mb);
+        async move {
+            srv.note_load(&format!("server: {runs} snapshots of a {template} sandbox that wrote {mb} MB"));
+            let (s, _) = srv.create(template, internet, Duration::from_secs(600)).await?;
+            srv.start(&s, &write).await?;
+            let (mut lat, mut ids) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                check_interrupted()?;
+                let (v, d) = srv.call("POST", &format!("/sandboxes/{}/snapshots", s.id), json!({}), 201).await?;
+                lat.push(d);
+                ids.push(v["snapshotID"].as_str().unwrap_or_default().to_string());
+            }
+            for id in &ids {
+                srv.call("DELETE", &format!("/templates/{}", enc(id)), Value::Null, 204).await?;
+            }
+            srv.kill(&s.id).await?;
+            Ok::<_, anyhow::Error>((label, stats(&lat)))
+        }
+    };
+    for (label, template, mb, runs) in [("snapshot_1mb", "base", 1, n), ("snapshot_100mb", "base", 100, n.clamp(1, 5))] {
+        let (l, v) = snap_of(label, template, mb, runs).await?;
+        out.insert(l.into(), v);
+    }
+    // The 326 MB template: the snapshot must cost what was written, not the template.
+    let have_ci = srv.call("GET", "/templates/code-interpreter-v1", Value::Null, 200).await.is_ok();
+    if have_ci {
+        let (l, v) = snap_of("snapshot_code_interpreter_1mb", "code-interpreter-v1", 1, n).await?;
+        out.insert(l.into(), v);
+    }
+
+    // Create from a snapshot against a plain create, alternating.
+    srv.note_load(&format!("server: {n} creates from a snapshot and {n} plain creates, alternating"));
+    let (src, _) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+    srv.start(&src, &write(1)).await?;
+    let (v, _) = srv.call("POST", &format!("/sandboxes/{}/snapshots", src.id), json!({}), 201).await?;
+    let snap = v["snapshotID"].as_str().unwrap_or_default().to_string();
+    let (mut from, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_interrupted()?;
+        let (s, d) = srv.create(&snap, internet, REQUEST_TIMEOUT).await?;
+        from.push(d);
+        srv.kill(&s.id).await?;
+        let (s, d) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+        plain.push(d);
+        srv.kill(&s.id).await?;
+    }
+    out.insert("create_from_snapshot".into(), stats(&from));
+    out.insert("create_plain".into(), stats(&plain));
+    srv.call("DELETE", &format!("/templates/{}", enc(&snap)), Value::Null, 204).await?;
+
+    // Fork of an idle sandbox (it wrote 1 MB), one and ten at a time.
+    for (label, count, runs) in [("fork_x1", 1, n), ("fork_x10", 10, n.div_ceil(2))] {
+        srv.note_load(&format!("server: {runs} forks x{count}"));
+        let mut lat = Vec::new();
+        for _ in 0..runs {
+            check_interrupted()?;
+            let (v, d) = srv.call("POST", &format!("/sandboxes/{}/fork", src.id), json!({"count": count, "timeout": 120}), 201).await?;
+            lat.push(d);
+            let ids: Vec<String> = v.as_array().into_iter().flatten().filter_map(|r| r["sandbox"]["sandboxID"].as_str().map(str::to_string)).collect();
+            if ids.len() != count {
+                bail!("fork x{count} started {} sandboxes: {v}", ids.len());
+            }
+            for chunk in ids.chunks(10) {
+                futures_util::future::join_all(chunk.iter().map(|id| srv.kill(id))).await.into_iter().collect::<Result<Vec<_>>>()?;
+            }
+        }
+        out.insert(label.into(), stats(&lat));
+    }
+
+    // Filesystem-only pause and the resume that boots it again, and the
+    // freeze for comparison.
+    srv.note_load(&format!("server: {n} filesystem pauses and resumes, {n} freezes and thaws"));
+    let (mut fsp, mut fsr, mut frp, mut frr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_interrupted()?;
+        let (_, d) = srv.call("POST", &format!("/sandboxes/{}/pause", src.id), json!({"memory": false}), 204).await?;
+        fsp.push(d);
+        let (_, d) = srv.call("POST", &format!("/v2/sandboxes/{}/connect", src.id), json!({"timeout": 300}), 201).await?;
+        fsr.push(d);
+        let (_, d) = srv.call("POST", &format!("/sandboxes/{}/pause", src.id), json!({}), 204).await?;
+        frp.push(d);
+        let (_, d) = srv.call("POST", &format!("/v2/sandboxes/{}/connect", src.id), json!({"timeout": 300}), 201).await?;
+        frr.push(d);
+    }
+    out.insert("pause_filesystem".into(), stats(&fsp));
+    out.insert("resume_filesystem".into(), stats(&fsr));
+    out.insert("pause_freeze".into(), stats(&frp));
+    out.insert("resume_freeze".into(), stats(&frr));
+    srv.kill(&src.id).await?;
+    Ok(Value::Object(out))
 }
 
 /// Requests per block: the series of a comparison alternate in blocks of
@@ -1927,6 +2054,29 @@ fn print_server_tables(r: &Value) {
         print_cpu(&i["cpu_per_run"]);
         for (n, c) in i["fresh_contexts"].as_array().into_iter().flatten().enumerate() {
             println!("  fresh context #{}: POST /contexts {} ms, first result {} ms, end {} ms", n + 1, f(c, "/create_context_ms"), f(c, "/first_result_ms"), f(c, "/end_ms"));
+        }
+    }
+    let st = &r["state"];
+    if !st.is_null() {
+        println!();
+        println!("State: snapshots, forks, pauses (the source wrote 1 MB unless said)");
+        println!("{}", header());
+        for (k, label) in [
+            ("snapshot_1mb", "snapshot, base, wrote 1 MB"),
+            ("snapshot_100mb", "snapshot, base, wrote 100 MB"),
+            ("snapshot_code_interpreter_1mb", "snapshot, code-interpreter-v1, 1 MB"),
+            ("create_from_snapshot", "create from a snapshot"),
+            ("create_plain", "plain create (alternating with it)"),
+            ("fork_x1", "fork x1 (until 201)"),
+            ("fork_x10", "fork x10 (until 201)"),
+            ("pause_filesystem", "pause, filesystem only"),
+            ("resume_filesystem", "resume after it (a fresh boot)"),
+            ("pause_freeze", "pause, freeze"),
+            ("resume_freeze", "resume after it (a thaw)"),
+        ] {
+            if !st[k].is_null() {
+                println!("{}", stats_row(label, &st[k]));
+            }
         }
     }
     if let Some(t) = r["targets"].as_array().filter(|t| !t.is_empty()) {
