@@ -116,8 +116,9 @@ def test_snapshot_listing_names_and_delete(sandbox: Sandbox, airlock_server, rea
     assert Sandbox.delete_snapshot(again.snapshot_id) is True
     assert Sandbox.delete_snapshot(again.snapshot_id) is False
     assert Sandbox.delete_snapshot(plain.snapshot_id) is True
-    with pytest.raises(Exception):
+    with pytest.raises(SandboxException) as gone:
         Sandbox.create(plain.snapshot_id)
+    assert getattr(gone.value, "status_code", None) == 404, gone.value
 
     with _api(airlock_server) as c:
         r = c.post(f"/sandboxes/{sandbox.sandbox_id}/snapshots", json={"name": "../bad"})

@@ -96,7 +96,12 @@ pub fn make_private() -> Result<(), MountError> {
 
 pub fn overlay(target: &Path, lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<(), MountError> {
     let lower = lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let opts = format!("lowerdir={lower},upperdir={},workdir={}", upper.display(), work.display());
+    // Whatever the module's defaults: a writable layer becomes a read-only
+    // layer when it is snapshotted, copied file by file, so every file in it
+    // must hold its own data (no metacopy) and no directory may stand for
+    // a renamed lower one (no redirects; `rename` of such a directory gives
+    // EXDEV and tools copy instead).
+    let opts = format!("lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off", upper.display(), work.display());
     mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).map_err(nix_err(format!("mounting overlay at {}", target.display())))
 }
 

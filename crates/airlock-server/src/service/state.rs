@@ -334,7 +334,18 @@ impl Service {
     async fn layers_in_use(&self) -> Result<HashSet<PathBuf>, ApiError> {
         let store = self.store.clone();
         let rows = self.blocking(move || store.sandboxes()).await??;
-        let mut used: HashSet<PathBuf> = rows.iter().flat_map(|r| r.layers.iter()).filter_map(|p| p.parent().map(|p| p.to_path_buf())).collect();
+        let mut used: HashSet<PathBuf> = HashSet::new();
+        for r in &rows {
+            let mut layers = r.layers.clone();
+            // Rows from before sandboxes recorded their layers run on their
+            // template's.
+            if layers.is_empty() {
+                if let Some(t) = self.find_template(&r.template).await? {
+                    layers = t.root_layers.iter().chain(&t.usr_layers).cloned().collect();
+                }
+            }
+            used.extend(layers.iter().filter_map(|p| p.parent().map(|p| p.to_path_buf())));
+        }
         used.extend(self.leases.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         Ok(used)
     }
