@@ -22,8 +22,11 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::http::{self as h, Resp};
+
+mod volumes;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
+use volumes::*;
 
 /// Request bodies of the control API are small JSON documents.
 const MAX_BODY: usize = 1024 * 1024;
@@ -445,7 +448,9 @@ macro_rules! routes {
         #[openapi(
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
-            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent)),
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
+                airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
+                airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
             security(("api_key" = []))
         )]
@@ -457,6 +462,14 @@ routes! {
     public: [
         get "/health" => health,
         get "/openapi.json" => openapi_json,
+        // E2B's volume content API: the volume's bearer token, no API key.
+        get "/volumecontent/{id}/dir" => vc_list,
+        post "/volumecontent/{id}/dir" => vc_mkdir,
+        put "/volumecontent/{id}/file" => vc_write,
+        get "/volumecontent/{id}/file" => vc_read,
+        get "/volumecontent/{id}/path" => vc_stat,
+        patch "/volumecontent/{id}/path" => vc_patch,
+        delete "/volumecontent/{id}/path" => vc_remove,
     ],
     private: [
         post "/sandboxes" => create_v1,
@@ -479,6 +492,14 @@ routes! {
         get "/templates/{name}" => get_template,
         delete "/templates/{name}" => delete_template,
         post "/templates/{name}/aliases" => alias_template,
+        post "/volumes" => create_volume,
+        get "/volumes" => list_volumes,
+        get "/volumes/{id}" => get_volume,
+        delete "/volumes/{id}" => delete_volume,
+        get "/volumes/{id}/files" => list_files,
+        delete "/volumes/{id}/files" => delete_file,
+        put "/volumes/{id}/files/upload" => upload_file,
+        get "/volumes/{id}/files/download" => download_file,
     ]
 }
 
@@ -489,6 +510,7 @@ impl utoipa::Modify for ApiKeyAuth {
         use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-KEY"))));
+        components.add_security_scheme("volume_token", SecurityScheme::Http(utoipa::openapi::security::Http::new(utoipa::openapi::security::HttpAuthScheme::Bearer)));
     }
 }
 

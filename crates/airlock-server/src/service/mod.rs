@@ -32,6 +32,7 @@ mod logs;
 mod metrics;
 mod templates;
 mod views;
+mod volumes;
 
 #[cfg(test)]
 mod fake;
@@ -39,6 +40,7 @@ mod fake;
 mod tests;
 
 pub use create::setup_script;
+pub use volumes::{entry_stat, file_info};
 
 /// A failed action, mapped to an HTTP status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// More than fits (a full volume).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
     /// Details are logged, not sent: the client sees a generic message.
@@ -68,6 +73,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests(_) => 429,
+            ApiError::TooLarge(_) => 413,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
