@@ -13,3 +13,4 @@ mod seccomp;
 mod security;
 mod server;
 mod templates;
+mod volumes;
