@@ -13,6 +13,7 @@ mod client;
 mod progress;
 mod shell;
 mod template;
+mod volume;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -45,6 +46,9 @@ enum Cmd {
     /// Low-level sandbox operations on this host (no server needed).
     #[command(subcommand, after_help = "Examples:\n  airlock runtime create --template base\n  airlock runtime list\n  airlock runtime destroy <id>")]
     Runtime(RuntimeCmd),
+    /// Volumes that outlive sandboxes: create, list, rm, and their files (ls, cp).
+    #[command(alias = "vol", after_help = volume::EXAMPLES)]
+    Volume(volume::VolumeArgs),
     /// Create, list, inspect, pause, resume and kill sandboxes on a server.
     #[command(alias = "sbx", after_help = client::SANDBOX_EXAMPLES)]
     Sandbox(client::SandboxArgs),
@@ -220,6 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Serve(args) => serve(args)?,
         Cmd::Keys(k) => keys(k)?,
         Cmd::Template(a) => return template::run(a),
+        Cmd::Volume(a) => return volume::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Exec(a) => return client::run(client::Command::Exec(a)),
         Cmd::Shell(a) => return client::run(client::Command::Shell(a)),

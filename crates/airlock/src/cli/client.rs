@@ -117,6 +117,17 @@ pub(super) struct CreateOpts {
     /// Pause instead of kill when the timeout expires.
     #[arg(long)]
     auto_pause: bool,
+    /// Mount a volume, NAME:/path/inside (name or vol_ id; repeatable).
+    #[arg(long = "volume", value_parser = volume_mount)]
+    volumes: Vec<(String, String)>,
+}
+
+/// `NAME:/mount/path` of `--volume`.
+fn volume_mount(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, p)) if !n.is_empty() && p.starts_with('/') => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("expected NAME:/mount/path, got {s:?}")),
+    }
 }
 
 impl CreateOpts {
@@ -140,6 +151,9 @@ impl CreateOpts {
         }
         if self.auto_pause {
             b = b.auto_pause(true);
+        }
+        for (name, path) in &self.volumes {
+            b = b.volume(name, path);
         }
         b
     }
