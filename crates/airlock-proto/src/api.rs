@@ -47,8 +47,16 @@ pub struct NewSandbox {
     /// Airlock extension: a shell script run as root before create returns.
     #[serde(default, alias = "startup_script")]
     pub startup_script: Option<String>,
+    /// E2B: volumes to mount, by name (or id), at absolute paths.
+    #[serde(default, alias = "volume_mounts")]
+    pub volume_mounts: Option<Vec<crate::volume::VolumeMount>>,
+    /// Moru: one volume by id (note the lowercase `d`), at `volumeMountPath`.
+    #[serde(default, rename = "volumeId", alias = "volumeID")]
+    pub volume_id: Option<String>,
+    #[serde(default)]
+    pub volume_mount_path: Option<String>,
     /// Fields the SDKs may send that Airlock accepts and ignores
-    /// (`mcp`, `network`, `autoResume`, `volumeMounts`, ...).
+    /// (`mcp`, `network`, `autoResume`, ...).
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }

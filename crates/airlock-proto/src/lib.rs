@@ -13,4 +13,5 @@ pub mod envd;
 pub mod json;
 pub mod query;
 pub mod time;
+pub mod volume;
 pub mod wire;

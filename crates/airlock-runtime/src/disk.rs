@@ -124,13 +124,44 @@ fn sparse_copy(src: &Path, dst: &Path) -> std::io::Result<()> {
 /// Creates a `mb`-MiB ext4 image for the sandbox in `dir` and mounts it on
 /// `<dir>/upper`. `cache` holds the formatted masters.
 pub fn create_and_mount(cache: &Path, dir: &Path, mb: u64) -> Result<(), Error> {
+    create_image(cache, &dir.join(IMAGE), mb)?;
+    // A fresh image: nothing to check before mounting it.
+    mount_image(dir)
+}
+
+/// Creates a new `mb`-MiB ext4 image at `img` (a sparse copy of the cached
+/// master for that size); never overwrites one.
+pub fn create_image(cache: &Path, img: &Path, mb: u64) -> Result<(), Error> {
     if mb < MIN_MB {
         return Err(Error::InvalidSpec(format!("disk limit must be at least {MIN_MB} MiB, got {mb}")));
     }
     let master = master(cache, mb)?;
-    sparse_copy(&master, &dir.join(IMAGE)).map_err(|e| Error::io("copying disk image", e))?;
-    // A fresh image: nothing to check before mounting it.
-    mount_image(dir)
+    sparse_copy(&master, img).map_err(|e| Error::io("copying disk image", e))
+}
+
+/// Mounts the ext4 image `img` on `at` (created if missing) unless
+/// something is mounted there already. Other users of images (volumes)
+/// than sandboxes' writable layers use this one.
+pub fn mount_image_at(img: &Path, at: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(at).map_err(|e| Error::io("creating mount point", e))?;
+    if is_mounted(at) {
+        return Ok(());
+    }
+    attach_and_mount(img, at)
+}
+
+/// Unmounts whatever is mounted on `at` (an image's loop device goes with
+/// it). Nothing mounted (EINVAL) is fine.
+pub fn unmount_at(at: &Path) {
+    let _ = nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// (used, total) bytes of the filesystem at `at`.
+pub fn usage_at(at: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(at).ok()?;
+    let total = st.blocks() * st.fragment_size();
+    let free = st.blocks_available() * st.fragment_size();
+    Some((total.saturating_sub(free), total))
 }
 
 pub fn is_mounted(p: &Path) -> bool {
@@ -183,11 +214,14 @@ pub fn mount_existing(dir: &Path) -> Result<(), Error> {
 }
 
 fn mount_image(dir: &Path) -> Result<(), Error> {
-    let img = dir.join(IMAGE);
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(|e| Error::io("creating upper", e))?;
-    let (dev, dev_fd) = attach_loop(&img).map_err(|e| Error::io("attaching disk image to a loop device", e))?;
-    let mounted = nix::mount::mount(Some(dev.as_path()), &upper, Some("ext4"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some("noinit_itable"));
+    attach_and_mount(&dir.join(IMAGE), &upper)
+}
+
+fn attach_and_mount(img: &Path, upper: &Path) -> Result<(), Error> {
+    let (dev, dev_fd) = attach_loop(img).map_err(|e| Error::io("attaching disk image to a loop device", e))?;
+    let mounted = nix::mount::mount(Some(dev.as_path()), upper, Some("ext4"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV, Some("noinit_itable"));
     // With autoclear set, closing our descriptor detaches the device now if
     // the mount failed, or when the filesystem is unmounted.
     drop(dev_fd);

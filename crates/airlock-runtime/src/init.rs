@@ -432,6 +432,10 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     crate::rootfs::mount_proc(&rootfs).map_err(staged("mount /proc"))?;
     crate::rootfs::mount_sys(&rootfs).map_err(staged("mount /sys"))?;
     crate::rootfs::mount_tmp(&rootfs, cfg.id_base, cfg.resources.memory_mb).map_err(staged("mount /tmp"))?;
+    // Volumes last, so no tmpfs above covers one mounted under it.
+    for v in &cfg.volumes {
+        crate::rootfs::bind_volume(&rootfs, v, userns, cfg.id_base).map_err(staged("volume"))?;
+    }
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| Stage::new("hostname", e, Some(e as i32)))?;
 
     // The socket lives on the host, outside the sandbox's tree: bound now,

@@ -88,12 +88,38 @@ pub struct SandboxSpec {
     /// Size of the writable layer in MiB; `None` = bounded only by the host disk.
     #[serde(default)]
     pub disk_mb: Option<u64>,
+    /// Host directories bound into the sandbox (volumes).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
 }
 
 impl SandboxSpec {
     pub fn new(id: impl Into<String>, rootfs: RootFs) -> Self {
-        Self { id: id.into(), rootfs, resources: Resources::default(), internet: true, env: BTreeMap::new(), access_token: None, hostname: None, disk_mb: None }
+        Self {
+            id: id.into(),
+            rootfs,
+            resources: Resources::default(),
+            internet: true,
+            env: BTreeMap::new(),
+            access_token: None,
+            hostname: None,
+            disk_mb: None,
+            volumes: Vec::new(),
+        }
     }
+}
+
+/// A host directory holding canonical ids (0, 1000), bound read-write (or
+/// read-only) into the sandbox at `target` through an idmapped mount, so
+/// the sandbox's ids map onto the canonical ones on disk. Two sandboxes
+/// given one `source` share it: one filesystem, POSIX semantics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeMount {
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox; created if missing.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// What a caller needs to reach a running sandbox.

@@ -249,6 +249,7 @@ impl NamespaceBackend {
             workdir: tpl.workdir.clone(),
             env,
             access_token: spec.access_token.clone(),
+            volumes: spec.volumes.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
         self.launch(&cfg)

@@ -45,8 +45,11 @@ fn cpath(p: &Path) -> Result<CString, MountError> {
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
 #[repr(C)]
 struct MountAttr {
@@ -59,10 +62,22 @@ struct MountAttr {
 /// Attaches an idmapped, read-only copy of `src` at `dst`, mapping ids
 /// through `userns` (the sandbox's user namespace).
 pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
+    let tree = idmapped_tree(src, userns, MOUNT_ATTR_RDONLY)?;
+    move_tree(&tree, None, dst, src)
+}
+
+/// Like `idmapped_bind`, but writable (and `nosuid`, `nodev`): what the
+/// sandbox writes lands on `src` with canonical ids.
+pub fn idmapped_bind_rw(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
+    let tree = idmapped_tree(src, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
+    move_tree(&tree, None, dst, src)
+}
+
+/// A detached, idmapped clone of the mount tree at `src` with `attrs` set.
+fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64) -> Result<OwnedFd, MountError> {
     let csrc = cpath(src)?;
-    let cdst = cpath(dst)?;
-    let ctx = || format!("idmapped mount of {} at {}", src.display(), dst.display());
-    // SAFETY: raw mount-API syscalls with valid NUL-terminated paths and a
+    let ctx = || format!("idmapped mount of {}", src.display());
+    // SAFETY: raw mount-API syscalls with a valid NUL-terminated path and a
     // properly laid out, fully initialised `mount_attr`.
     unsafe {
         let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE);
@@ -70,7 +85,7 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), Mou
             return Err(err(ctx(), std::io::Error::last_os_error()));
         }
         let tree = OwnedFd::from_raw_fd(fd as i32);
-        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | attrs, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
         let empty = c"";
         if libc::syscall(
             libc::SYS_mount_setattr,
@@ -83,11 +98,86 @@ pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), Mou
         {
             return Err(err(ctx(), std::io::Error::last_os_error()));
         }
-        if libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, cdst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH) < 0 {
-            return Err(err(ctx(), std::io::Error::last_os_error()));
+        Ok(tree)
+    }
+}
+
+/// Attaches a detached tree at `dst`, or at the directory `dst_fd` when given.
+fn move_tree(tree: &OwnedFd, dst_fd: Option<&OwnedFd>, dst: &Path, src: &Path) -> Result<(), MountError> {
+    let cdst = cpath(dst)?;
+    let empty = c"";
+    // SAFETY: move_mount with descriptors we own and NUL-terminated paths.
+    let r = unsafe {
+        match dst_fd {
+            Some(fd) => libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), fd.as_raw_fd(), empty.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+            None => libc::syscall(libc::SYS_move_mount, tree.as_raw_fd(), empty.as_ptr(), libc::AT_FDCWD, cdst.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH),
         }
+    };
+    if r < 0 {
+        return Err(err(format!("idmapped mount of {} at {}", src.display(), dst.display()), std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2` of `rel` as an `O_PATH` directory, resolved as if `root` were `/`.
+fn open_dir_in(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(if rel.as_os_str().is_empty() { ".".as_bytes() } else { rel.as_os_str().as_bytes() }).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow { flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64, mode: 0, resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
+    // SAFETY: openat2 with a NUL-terminated path and a fully initialised open_how.
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, root.as_raw_fd(), c.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Binds a volume into the new root at its target, creating the target
+/// directory (owned by the sandbox's root) where it is missing. The target
+/// is resolved inside the new root at every step: on a restart the
+/// writable layer is the sandbox's, and a symlink it planted at the target
+/// must not send the mount anywhere else.
+pub fn bind_volume(root: &Path, v: &crate::VolumeMount, userns: &OwnedFd, id_base: u32) -> Result<(), MountError> {
+    let target = Path::new(&v.target);
+    let ctx = || format!("volume at {}", v.target);
+    if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(err(ctx(), std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let rootfd: OwnedFd = std::fs::File::open(root).map_err(|e| err(ctx(), e))?.into();
+    let mut rel = PathBuf::new();
+    let mut dir = open_dir_in(&rootfd, &rel).map_err(|e| err(ctx(), e))?;
+    for c in target.components() {
+        let std::path::Component::Normal(name) = c else { continue };
+        rel.push(name);
+        dir = match open_dir_in(&rootfd, &rel) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let cname = CString::new(name.as_bytes()).map_err(|_| err(ctx(), std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+                // SAFETY: mkdirat/fchownat on a directory fd we own and a NUL-terminated name.
+                unsafe {
+                    if libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), 0o755) != 0 {
+                        return Err(err(ctx(), std::io::Error::last_os_error()));
+                    }
+                    libc::fchownat(dir.as_raw_fd(), cname.as_ptr(), id_base, id_base, libc::AT_SYMLINK_NOFOLLOW);
+                }
+                open_dir_in(&rootfd, &rel).map_err(|e| err(ctx(), e))?
+            }
+            Err(e) => return Err(err(ctx(), e)),
+        };
+    }
+    let attrs = if v.read_only { MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+    let tree = idmapped_tree(&v.source, userns, attrs)?;
+    move_tree(&tree, Some(&dir), target, &v.source)
 }
 
 pub fn make_private() -> Result<(), MountError> {

@@ -42,6 +42,10 @@ pub struct LaunchConfig {
     pub workdir: Option<String>,
     pub env: BTreeMap<String, String>,
     pub access_token: Option<String>,
+    /// Volumes bound into the root before `pivot_root`; kept here so a
+    /// restart mounts them again.
+    #[serde(default)]
+    pub volumes: Vec<crate::VolumeMount>,
 }
 
 /// Written by the launcher once the agent listens.

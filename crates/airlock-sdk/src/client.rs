@@ -213,24 +213,27 @@ impl Client {
         Err(error::from_api_status(parts.status.as_u16(), &bytes))
     }
 
-    /// A control-API call with any body, whose successful answer is handed
-    /// back unread (an export's archive); errors are read and mapped.
-    pub(crate) async fn api_raw(&self, method: Method, path: &str, body: ReqBody, content_type: &str) -> Result<Incoming> {
+    /// A control-API call with a raw body (an upload, an import), whose
+    /// successful answer is handed back unread (a download, an export). No
+    /// retries: the body is consumed.
+    pub(crate) async fn api_raw(&self, method: Method, path: &str, body: ReqBody, content_type: &str, len: Option<u64>) -> Result<Response<Incoming>> {
         let key = self.inner.cfg.api_key.as_deref().ok_or_else(|| Error::Auth("no API key: set AIRLOCK_API_KEY (or E2B_API_KEY), or pass one in the Config".to_string()))?;
         let url = format!("{}{}", self.inner.cfg.api_url.trim_end_matches('/'), path);
-        let req = Request::builder()
+        let mut b = Request::builder()
             .method(method)
             .uri(&url)
             .header(airlock_proto::wire::API_KEY_HEADER, header_value("API key", key)?)
             .header(header::USER_AGENT, USER_AGENT)
-            .header(header::CONTENT_TYPE, header_value("content type", content_type)?)
-            .body(body)
-            .map_err(|e| Error::Config(format!("building request to {url}: {e}")))?;
-        let resp = self.send(req).await?;
-        let (parts, body) = resp.into_parts();
-        if parts.status.is_success() {
-            return Ok(body);
+            .header(header::CONTENT_TYPE, header_value("content type", content_type)?);
+        if let Some(n) = len {
+            b = b.header(header::CONTENT_LENGTH, n);
         }
+        let req = b.body(body).map_err(|e| Error::Config(format!("building request to {url}: {e}")))?;
+        let resp = self.send(req).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let (parts, body) = resp.into_parts();
         let bytes = self.read_body(body, &url).await?;
         Err(error::from_api_status(parts.status.as_u16(), &bytes))
     }

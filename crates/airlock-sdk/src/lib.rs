@@ -31,6 +31,7 @@ mod sandbox;
 mod state;
 mod stream;
 pub mod templates;
+pub mod volumes;
 
 pub use client::Client;
 pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, CommandStream, Commands, Process, Pty};
@@ -43,7 +44,9 @@ pub use state::RestartOptions;
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
+pub use airlock_proto::volume::{FileInfo as VolumeFile, Uploaded, Volume, VolumeMount};
 pub use templates::{BuildStream, Templates};
+pub use volumes::Volumes;
 
 /// The examples in `docs/rust-sdk.md`, compiled as doctests so the guide
 /// cannot drift from the API.

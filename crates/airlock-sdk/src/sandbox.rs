@@ -379,6 +379,13 @@ impl SandboxBuilder {
         self
     }
 
+    /// Mounts a volume (by name or id) at `path` inside the sandbox (E2B's
+    /// `volumeMounts`); may be given more than once.
+    pub fn volume(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
+        self.req.volume_mounts.get_or_insert_with(Vec::new).push(airlock_proto::volume::VolumeMount { name: name.into(), path: path.into() });
+        self
+    }
+
     /// Use this client instead of one configured from the environment.
     pub fn client(mut self, c: &Client) -> Self {
         self.client = Some(c.clone());

@@ -157,7 +157,7 @@ impl Client {
     /// See [`Sandbox::export`].
     pub async fn export<W: AsyncWrite + Unpin>(&self, id: &str, out: &mut W) -> Result<u64> {
         let path = format!("/sandboxes/{}/export", encode(id));
-        let mut body = self.api_raw(Method::GET, &path, crate::client::full(bytes::Bytes::new()), "application/json").await?;
+        let mut body = self.api_raw(Method::GET, &path, crate::client::full(bytes::Bytes::new()), "application/json", Some(0)).await?.into_body();
         let mut n = 0u64;
         while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
             let frame = frame.map_err(|e| Error::Connection { url: path.clone(), source: Box::new(e) })?;
@@ -182,7 +182,7 @@ impl Client {
             q.push("force=true".to_string());
         }
         let path = format!("/sandboxes/import{}", if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) });
-        let body = self.api_raw(Method::POST, &path, crate::files::reader_body(archive), "application/zstd").await?;
+        let body = self.api_raw(Method::POST, &path, crate::files::reader_body(archive), "application/zstd", None).await?.into_body();
         let bytes = self.read_body(body, &path).await?;
         let s: airlock_proto::api::Sandbox = serde_json::from_slice(&bytes).map_err(|e| Error::protocol(format!("{path}: {e}")))?;
         Ok(self.handle_of(s))

@@ -22,8 +22,11 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::http::{self as h, Resp};
+
+mod volumes;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
+use volumes::*;
 
 /// Request bodies of the control API are small JSON documents.
 const MAX_BODY: usize = 1024 * 1024;
@@ -559,7 +562,7 @@ async fn receive_upload(svc: &Service, body: axum::body::Body, max: u64) -> Resu
             if let Ok(d) = frame.into_data() {
                 n += d.len() as u64;
                 if n > max {
-                    return Err(ApiError::PayloadTooLarge(format!("the upload exceeds {max} bytes")));
+                    return Err(ApiError::TooLarge(format!("the upload exceeds {max} bytes")));
                 }
                 f.write_all(&d).await.map_err(|e| {
                     if e.kind() == std::io::ErrorKind::StorageFull {
@@ -602,7 +605,10 @@ macro_rules! routes {
         #[openapi(
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
-            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent, wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest)),
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
+                wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest,
+                airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
+                airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
             security(("api_key" = []))
         )]
@@ -614,6 +620,14 @@ routes! {
     public: [
         get "/health" => health,
         get "/openapi.json" => openapi_json,
+        // E2B's volume content API: the volume's bearer token, no API key.
+        get "/volumecontent/{id}/dir" => vc_list,
+        post "/volumecontent/{id}/dir" => vc_mkdir,
+        put "/volumecontent/{id}/file" => vc_write,
+        get "/volumecontent/{id}/file" => vc_read,
+        get "/volumecontent/{id}/path" => vc_stat,
+        patch "/volumecontent/{id}/path" => vc_patch,
+        delete "/volumecontent/{id}/path" => vc_remove,
     ],
     private: [
         post "/sandboxes" => create_v1,
@@ -643,6 +657,14 @@ routes! {
         get "/templates/{name}" => get_template,
         delete "/templates/{name}" => delete_template,
         post "/templates/{name}/aliases" => alias_template,
+        post "/volumes" => create_volume,
+        get "/volumes" => list_volumes,
+        get "/volumes/{id}" => get_volume,
+        delete "/volumes/{id}" => delete_volume,
+        get "/volumes/{id}/files" => list_files,
+        delete "/volumes/{id}/files" => delete_file,
+        put "/volumes/{id}/files/upload" => upload_file,
+        get "/volumes/{id}/files/download" => download_file,
     ]
 }
 
@@ -653,6 +675,7 @@ impl utoipa::Modify for ApiKeyAuth {
         use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-KEY"))));
+        components.add_security_scheme("volume_token", SecurityScheme::Http(utoipa::openapi::security::Http::new(utoipa::openapi::security::HttpAuthScheme::Bearer)));
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Config {
     /// disk, and by its inodes: one sandbox could exhaust them).
     pub default_disk_mb: u64,
     pub max_disk_mb: u64,
+    /// Size limit of a volume created without `sizeMB`, in MiB.
+    pub default_volume_mb: u64,
+    /// Largest `sizeMB` a volume create may ask for.
+    pub max_volume_mb: u64,
     /// The `airlock` binary, executed as `airlock __init` for each sandbox.
     pub binary: PathBuf,
     /// Install the host firewall/NAT so sandboxes can have internet access.
@@ -71,6 +75,8 @@ impl Config {
             io_default: true,
             default_disk_mb: 10 * 1024,
             max_disk_mb: 1024 * 1024,
+            default_volume_mb: 1024,
+            max_volume_mb: 1024 * 1024,
             binary,
             network: true,
             fs_pause_after_s: None,
@@ -98,6 +104,8 @@ pub struct FileConfig {
     pub default_cpus: Option<f64>,
     pub default_memory_mb: Option<u64>,
     pub default_disk_mb: Option<u64>,
+    pub default_volume_mb: Option<u64>,
+    pub max_volume_mb: Option<u64>,
     pub io_bps: Option<u64>,
     pub io_iops: Option<u64>,
     pub no_network: Option<bool>,

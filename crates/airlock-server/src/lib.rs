@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod volumes;
 
 pub use config::Config;
 pub use server::Server;

@@ -83,6 +83,8 @@ impl Server {
         }
         let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
         let service = Service::new(cfg, store, Arc::new(backend));
+        // Volumes first: a sandbox restarted by reconcile binds them.
+        service.restore_volumes().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
         Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key })
     }

@@ -180,15 +180,17 @@ impl Store {
             ("auto_pause_memory", "INTEGER NOT NULL DEFAULT 1"),
             ("paused_memory", "INTEGER NOT NULL DEFAULT 1"),
             ("paused_at", "INTEGER NOT NULL DEFAULT 0"),
+            ("volumes", "TEXT NOT NULL DEFAULT '[]'"),
         ] {
             if !has(col)? {
                 conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
             }
         }
+        crate::volumes::store::migrate(&conn)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
-    fn c(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn c(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

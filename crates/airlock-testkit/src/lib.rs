@@ -200,5 +200,15 @@ impl Drop for Server {
                 }
             }
         }
+        // Volumes' images stay mounted while a server runs (and after, by
+        // design): unmount them before the temporary directory goes.
+        if let Ok(rd) = std::fs::read_dir(self.data.join("volumes")) {
+            for e in rd.flatten() {
+                if let Ok(c) = std::ffi::CString::new(e.path().join("data").as_os_str().as_encoded_bytes()) {
+                    // SAFETY: umount2 with a NUL-terminated path; failure (nothing mounted) is fine.
+                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                }
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ mod progress;
 mod shell;
 mod state;
 mod template;
+mod volume;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -46,6 +47,9 @@ enum Cmd {
     /// Low-level sandbox operations on this host (no server needed).
     #[command(subcommand, after_help = "Examples:\n  airlock runtime create --template base\n  airlock runtime list\n  airlock runtime destroy <id>")]
     Runtime(RuntimeCmd),
+    /// Volumes that outlive sandboxes: create, list, rm, and their files (ls, cp).
+    #[command(alias = "vol", after_help = volume::EXAMPLES)]
+    Volume(volume::VolumeArgs),
     /// Create, list, inspect, pause, resume and kill sandboxes on a server.
     #[command(alias = "sbx", after_help = client::SANDBOX_EXAMPLES)]
     Sandbox(client::SandboxArgs),
@@ -126,6 +130,13 @@ struct ServeArgs {
     /// ext4 image, which also bounds its inodes); 0 = none [default: 10240].
     #[arg(long, env = "AIRLOCK_DEFAULT_DISK_MB")]
     default_disk_mb: Option<u64>,
+    /// Size limit of a volume created without one, in MiB (its own sparse
+    /// ext4 image where the host has loop devices) [default: 1024].
+    #[arg(long, env = "AIRLOCK_DEFAULT_VOLUME_MB")]
+    default_volume_mb: Option<u64>,
+    /// Largest size limit a volume may ask for, in MiB [default: 1048576].
+    #[arg(long, env = "AIRLOCK_MAX_VOLUME_MB")]
+    max_volume_mb: Option<u64>,
     /// Disk bandwidth per sandbox in bytes/s, read and write each, on the
     /// data directory's disk; 0 = none [default: 268435456 on cgroup v2, none on v1].
     #[arg(long, env = "AIRLOCK_IO_BPS")]
@@ -225,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Serve(args) => serve(args)?,
         Cmd::Keys(k) => keys(k)?,
         Cmd::Template(a) => return template::run(a),
+        Cmd::Volume(a) => return volume::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),
@@ -285,6 +297,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     pick!(default_cpus, a.default_cpus, file.default_cpus);
     pick!(default_memory_mb, a.default_memory_mb, file.default_memory_mb);
     pick!(default_disk_mb, a.default_disk_mb, file.default_disk_mb);
+    pick!(default_volume_mb, a.default_volume_mb, file.default_volume_mb);
+    pick!(max_volume_mb, a.max_volume_mb, file.max_volume_mb);
     cfg.io_default = a.io_bps.or(file.io_bps).is_none() && a.io_iops.or(file.io_iops).is_none();
     pick!(io_bps, a.io_bps, file.io_bps);
     pick!(io_iops, a.io_iops, file.io_iops);

@@ -25,6 +25,8 @@ pub(super) struct Plan {
     pub auto_pause_memory: bool,
     /// Create-time packages and startup script.
     pub setup: Option<String>,
+    /// Volumes to bind, with what the store records about each.
+    pub volumes: Vec<super::volumes::PlannedMount>,
 }
 
 impl Service {
@@ -35,6 +37,7 @@ impl Service {
 
     /// Checks a create request and resolves its template once.
     async fn plan(&self, req: NewSandbox, v2: bool) -> Result<Plan, ApiError> {
+        let volumes = self.volume_mounts(&req).await?;
         let template = if req.template_id.trim().is_empty() { "base".to_string() } else { template_name(&req.template_id).to_string() };
         let timeout_s = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
         let cpus = req.cpu_count.unwrap_or(self.cfg.default_cpus);
@@ -80,6 +83,7 @@ impl Service {
             auto_pause: req.auto_pause.unwrap_or(false),
             auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
             setup,
+            volumes,
         })
     }
 
@@ -115,6 +119,7 @@ impl Service {
         spec.env = plan.env.clone();
         spec.access_token = token.clone();
         spec.disk_mb = plan.disk_mb;
+        spec.volumes = plan.volumes.iter().map(|v| v.mount.clone()).collect();
         let t0 = Instant::now();
         let backend = self.backend.clone();
         let s2 = spec.clone();
@@ -153,14 +158,12 @@ impl Service {
             paused_memory: true,
             paused_at: 0,
         };
-        let store = self.store.clone();
-        let r2 = row.clone();
-        if let Err(e) = self.blocking(move || store.insert_sandbox(&r2)).await? {
+        if let Err(e) = self.record_sandbox(&row, &plan.volumes).await {
             // Without a row nobody could ever reach or kill it.
             let backend = self.backend.clone();
             let id2 = id.clone();
             let _ = self.blocking(move || backend.destroy(&id2)).await;
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
         Ok(row)

@@ -33,6 +33,7 @@ mod metrics;
 mod state;
 mod templates;
 mod views;
+mod volumes;
 
 #[cfg(test)]
 mod fake;
@@ -41,6 +42,7 @@ mod tests;
 
 pub use create::setup_script;
 pub use state::import_limit_bytes;
+pub use volumes::{entry_stat, file_info};
 
 /// A failed action, mapped to an HTTP status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +57,11 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// More than fits (a full volume, an upload past its limit): 413.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
-    PayloadTooLarge(String),
     /// The host's disk is full (507).
     #[error("{0}")]
     InsufficientStorage(String),
@@ -75,9 +78,9 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests(_) => 429,
+            ApiError::TooLarge(_) => 413,
             ApiError::Unavailable(_) => 503,
             ApiError::InsufficientStorage(_) => 507,
-            ApiError::PayloadTooLarge(_) => 413,
             ApiError::Internal(_) => 500,
         }
     }

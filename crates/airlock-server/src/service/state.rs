@@ -191,6 +191,9 @@ impl Service {
             auto_pause: row.auto_pause,
             auto_pause_memory: row.auto_pause_memory,
             setup: None,
+            // Volumes are shared storage, not the sandbox's files: forks
+            // that mounted them would not be independent of each other.
+            volumes: Vec::new(),
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -480,6 +483,7 @@ impl Service {
             auto_pause: false,
             auto_pause_memory: true,
             setup: None,
+            volumes: Vec::new(),
         };
         let r = self.launch(plan).await;
         drop(lease);

@@ -124,6 +124,17 @@ pub(super) struct CreateOpts {
     /// released; resuming boots the sandbox afresh) instead of freezing it.
     #[arg(long, requires = "auto_pause")]
     auto_pause_filesystem: bool,
+    /// Mount a volume, NAME:/path/inside (name or vol_ id; repeatable).
+    #[arg(long = "volume", value_parser = volume_mount)]
+    volumes: Vec<(String, String)>,
+}
+
+/// `NAME:/mount/path` of `--volume`.
+fn volume_mount(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((n, p)) if !n.is_empty() && p.starts_with('/') => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("expected NAME:/mount/path, got {s:?}")),
+    }
 }
 
 impl CreateOpts {
@@ -150,6 +161,9 @@ impl CreateOpts {
         }
         if self.auto_pause_filesystem {
             b = b.auto_pause_memory(false);
+        }
+        for (name, path) in &self.volumes {
+            b = b.volume(name, path);
         }
         b
     }

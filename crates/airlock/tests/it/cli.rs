@@ -423,3 +423,33 @@ async fn snapshot_fork_reset_and_export_commands() {
     let o = cli.run(&["snapshot", "rm", &snap]);
     assert!(stderr_line(&o).contains("no such snapshot"), "{}", stderr_line(&o));
 }
+
+#[tokio::test]
+async fn volume_commands_create_copy_both_ways_mount_and_remove() {
+    let cli = Cli::start().await;
+    let id = cli.ok(&["volume", "create", "clivol", "--size-mb", "32"]).trim().to_string();
+    assert!(id.starts_with("vol_"), "{id}");
+    let list = cli.json(&["volume", "list"]);
+    assert_eq!(list[0]["name"], "clivol");
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("in.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&src, &data).expect("write");
+    cli.ok(&["volume", "cp", src.to_str().expect("utf8"), "vol:clivol:/sub/in.bin"]);
+    let ls = cli.ok(&["volume", "ls", "clivol", "/sub"]);
+    assert!(ls.contains("/sub/in.bin") && ls.contains("3000000"), "{ls}");
+    // Mounted in a sandbox, it is the same file.
+    let sbx = cli.json(&["sandbox", "create", "--volume", "clivol:/mnt/v"]);
+    let sid = sbx["sandboxID"].as_str().or(sbx["id"].as_str()).expect("id").to_string();
+    let out = cli.ok(&["exec", &sid, "--", "sha256sum", "/mnt/v/sub/in.bin"]);
+    assert!(out.starts_with(&format!("{:x}", Sha256::digest(&data))), "{out}");
+    assert!(!cli.run(&["volume", "rm", "clivol"]).status.success(), "refused while mounted");
+    cli.ok(&["sandbox", "kill", &sid]);
+    let back = dir.path().join("out.bin");
+    cli.ok(&["volume", "cp", &format!("vol:{id}:/sub/in.bin"), back.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&back).expect("read"), data);
+    cli.ok(&["volume", "rm", "clivol:/sub", "-r"]);
+    assert_eq!(cli.ok(&["volume", "ls", "clivol"]), "");
+    cli.ok(&["volume", "rm", "clivol"]);
+    assert!(!cli.run(&["volume", "ls", "clivol"]).status.success(), "gone");
+}

@@ -14,3 +14,4 @@ mod security;
 mod server;
 mod state;
 mod templates;
+mod volumes;
