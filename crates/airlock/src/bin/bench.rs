@@ -1746,6 +1746,29 @@ async fn state_series(args: &Args, srv: &Srv, internet: bool) -> Result<Value> {
         let (_, d) = srv.call("POST", &format!("/v2/sandboxes/{}/connect", src.id), json!({"timeout": 300}), 201).await?;
         frr.push(d);
     }
+    // A volume mounted at create, against the same create without it.
+    srv.note_load(&format!("server: {n} creates with a volume mounted and {n} without, alternating"));
+    let vname = format!("bench-{}", random_hex(4)?);
+    let (vol, _) = srv.call("POST", "/volumes", json!({"name": vname}), 201).await?;
+    let vid = vol["volumeID"].as_str().unwrap_or_default().to_string();
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_interrupted()?;
+        let mut body = json!({"templateID": "base", "timeout": 300, "volumeMounts": [{"name": vname, "path": "/mnt/data"}]});
+        if !internet {
+            body["allow_internet_access"] = json!(false);
+        }
+        let (v, d) = srv.call("POST", "/v2/sandboxes", body, 201).await?;
+        with.push(d);
+        srv.kill(v["sandboxID"].as_str().unwrap_or_default()).await?;
+        let (s, d) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+        without.push(d);
+        srv.kill(&s.id).await?;
+    }
+    srv.call("DELETE", &format!("/volumes/{vid}"), Value::Null, 204).await?;
+    out.insert("create_with_volume".into(), stats(&with));
+    out.insert("create_without_volume".into(), stats(&without));
+
     out.insert("pause_filesystem".into(), stats(&fsp));
     out.insert("resume_filesystem".into(), stats(&fsr));
     out.insert("pause_freeze".into(), stats(&frp));
@@ -2069,6 +2092,8 @@ fn print_server_tables(r: &Value) {
             ("create_plain", "plain create (alternating with it)"),
             ("fork_x1", "fork x1 (until 201)"),
             ("fork_x10", "fork x10 (until 201)"),
+            ("create_with_volume", "create with a volume mounted"),
+            ("create_without_volume", "create without (alternating)"),
             ("pause_filesystem", "pause, filesystem only"),
             ("resume_filesystem", "resume after it (a fresh boot)"),
             ("pause_freeze", "pause, freeze"),
