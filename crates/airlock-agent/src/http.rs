@@ -122,3 +122,24 @@ pub async fn read_limited(mut body: hyper::body::Incoming, limit: usize) -> Resu
     }
     Ok(buf.freeze())
 }
+
+/// Reads and drops what is left of a small request body before the
+/// request is refused. Answering before reading lets hyper close the
+/// connection while the client (the server's proxy) is still writing the
+/// body, and the client then sees a write error instead of the answer.
+/// Bounded: past 64 KiB, or two seconds, the connection is let go.
+pub(crate) async fn drain(req: hyper::Request<hyper::body::Incoming>) {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.data_ref() {
+                Some(d) if d.len() < left => left -= d.len(),
+                Some(_) => return,
+                None => {}
+            }
+        }
+    })
+    .await;
+}

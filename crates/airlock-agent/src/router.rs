@@ -55,6 +55,7 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
         // interpreter runs code or reveals it.
         let health = matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().trim_end_matches('/') == "/health";
         if !health && !interpreter_token_ok(&agent, &req) {
+            h::drain(req).await;
             return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
         }
         return crate::interp::handle(&agent, req).await;
@@ -74,6 +75,7 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
         Route::FilesPost => files::upload(&agent, req).await,
         Route::Process(m) => {
             if !token_ok(&agent, &req) {
+                h::drain(req).await;
                 return unauthenticated(m.is_stream());
             }
             match RequestCtx::from_headers(&agent, req.headers()) {
@@ -84,6 +86,7 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
         }
         Route::Fs(m) => {
             if !token_ok(&agent, &req) {
+                h::drain(req).await;
                 return unauthenticated(m.is_stream());
             }
             match RequestCtx::from_headers(&agent, req.headers()) {

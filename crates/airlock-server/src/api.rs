@@ -189,7 +189,11 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
             "state" if v2 => {
                 let mut states = Vec::new();
                 for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    states.push(SandboxState::parse(s).ok_or_else(|| ApiError::BadRequest(format!("invalid state {s:?}: use running or paused")))?);
+                    states.push(match s {
+                        "running" => SandboxState::Running,
+                        "paused" => SandboxState::Paused,
+                        _ => return Err(ApiError::BadRequest(format!("invalid state {s:?}: use running or paused"))),
+                    });
                 }
                 if !states.is_empty() {
                     f.states = Some(states);

@@ -31,12 +31,23 @@ pub enum StoreError {
 /// predicates; the service asks them rather than comparing states, and a
 /// transition happens only under the sandbox's lock, after re-reading the
 /// row (and, where it matters, the kernel: `Service::ensure_running`).
-/// Creation and destruction have no stored state: a sandbox is in the store
-/// only once its backend create succeeded, and leaves it when destroyed.
+///
+/// The transitional states are written before the work they name starts,
+/// so a server killed in the middle finds out at start what it was doing
+/// (`Service::reconcile`): a create is undone, a kill finished, a pause or
+/// resume settled by what the kernel says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Admitted and being made: counted against the limits, invisible.
+    Creating,
     Running,
+    /// Being frozen or stopped.
+    Pausing,
     Paused,
+    /// Being thawed or booted again.
+    Resuming,
+    /// Being destroyed: invisible, its row goes last.
+    Killing,
 }
 
 impl State {
@@ -56,20 +67,57 @@ impl State {
     pub fn takes_traffic(self) -> bool {
         self == State::Running
     }
+    /// The API shows it (get, list, kill, ...); one being created or
+    /// destroyed is not there yet, or any more.
+    pub fn visible(self) -> bool {
+        !matches!(self, State::Creating | State::Killing)
+    }
+    /// A create in flight, for the limit on concurrent creates.
+    pub fn in_flight(self) -> bool {
+        self == State::Creating
+    }
+
+    /// What the API calls it: E2B knows `running` and `paused` only, so a
+    /// pause in progress is still running and a resume still paused.
+    pub fn api_str(self) -> &'static str {
+        match self {
+            State::Running | State::Pausing | State::Creating => "running",
+            State::Paused | State::Resuming | State::Killing => "paused",
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Creating => "creating",
             State::Running => "running",
+            State::Pausing => "pausing",
             State::Paused => "paused",
+            State::Resuming => "resuming",
+            State::Killing => "killing",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "running" => Some(State::Running),
-            "paused" => Some(State::Paused),
-            _ => None,
-        }
+        Some(match s {
+            "creating" => State::Creating,
+            "running" => State::Running,
+            "pausing" => State::Pausing,
+            "paused" => State::Paused,
+            "resuming" => State::Resuming,
+            "killing" => State::Killing,
+            _ => return None,
+        })
     }
+}
+
+/// Why `Store::admit` turned a create away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_creating` creates are in flight.
+    Busy(usize),
+    /// `max_total` sandboxes exist.
+    Full(usize),
+    /// A volume it would mount is gone.
+    VolumeGone(String),
 }
 
 /// One sandbox as the server knows it. Times are unix milliseconds.
@@ -232,7 +280,10 @@ impl Store {
     // ----------------------------------------------------------- sandboxes
 
     pub fn insert_sandbox(&self, s: &SandboxRow) -> Result<i64, StoreError> {
-        let c = self.c();
+        Self::insert_with(&self.c(), s)
+    }
+
+    fn insert_with(c: &Connection, s: &SandboxRow) -> Result<i64, StoreError> {
         c.execute(
             "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
                                     layers, auto_pause_memory, paused_memory, paused_at)
@@ -328,6 +379,39 @@ impl Store {
         let mut st = c.prepare(&format!("SELECT {} FROM sandboxes WHERE state = 'running' AND end_at <= ?1 ORDER BY end_at", Self::COLS))?;
         let raws = st.query_map(params![now], Self::row)?.collect::<Result<Vec<_>, _>>()?;
         raws.into_iter().map(Self::finish).collect()
+    }
+
+    /// Admits a new sandbox: its row (state `Creating`, with the volumes it
+    /// mounts) is inserted only if fewer than `max_creating` creates are in
+    /// flight, fewer than `max_total` sandboxes exist and every volume still
+    /// does; the checks and the insert are one transaction.
+    pub fn admit(&self, s: &SandboxRow, volumes: &[crate::volumes::store::SandboxVolume], max_creating: usize, max_total: usize) -> Result<Result<(), Refusal>, StoreError> {
+        let mut c = self.c();
+        let tx = c.transaction()?;
+        let (creating, total): (i64, i64) = tx.query_row("SELECT COALESCE(SUM(state = 'creating'), 0), COUNT(*) FROM sandboxes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if creating as usize >= max_creating {
+            return Ok(Err(Refusal::Busy(max_creating)));
+        }
+        if total as usize >= max_total {
+            return Ok(Err(Refusal::Full(max_total)));
+        }
+        for v in volumes {
+            if tx.query_row("SELECT 1 FROM volumes WHERE id = ?1", params![v.id], |_| Ok(())).optional()?.is_none() {
+                return Ok(Err(Refusal::VolumeGone(v.id.clone())));
+            }
+        }
+        Self::insert_with(&tx, s)?;
+        if !volumes.is_empty() {
+            let json = serde_json::to_string(volumes).unwrap_or_else(|_| "[]".into());
+            tx.execute("UPDATE sandboxes SET volumes = ?2 WHERE id = ?1", params![s.id, json])?;
+        }
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// A created sandbox goes live: running, with its real start and deadline.
+    pub fn finish_create(&self, id: &str, started_at: i64, end_at: i64) -> Result<bool, StoreError> {
+        Ok(self.c().execute("UPDATE sandboxes SET state = 'running', started_at = ?2, end_at = ?3 WHERE id = ?1 AND state = 'creating'", params![id, started_at, end_at])? > 0)
     }
 
     pub fn count(&self) -> Result<usize, StoreError> {

@@ -98,56 +98,20 @@ impl Service {
     /// template's start and ready commands, set-up, then the store row.
     /// Any failure leaves nothing behind.
     pub(super) async fn launch(&self, plan: Plan) -> Result<SandboxRow, ApiError> {
-        let in_flight = self.creating.fetch_add(1, Ordering::SeqCst) + 1;
-        let _slot = CreateSlot(&self.creating);
-        if in_flight > self.cfg.max_concurrent_creates {
-            return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once (limit {})", self.cfg.max_concurrent_creates)));
-        }
-        let existing = {
-            let store = self.store.clone();
-            self.blocking(move || store.count()).await??
-        };
-        if existing + in_flight > self.cfg.max_sandboxes {
-            return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({} sandboxes)", self.cfg.max_sandboxes)));
-        }
-
+        let t0 = Instant::now();
         let id = crate::ids::sandbox_id()?;
         let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
-        let mut spec = SandboxSpec::new(id.clone(), plan.rootfs.clone());
-        spec.resources = Resources { cpus: plan.cpus, memory_mb: plan.memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
-        spec.internet = plan.internet;
-        spec.env = plan.env.clone();
-        spec.access_token = token.clone();
-        spec.disk_mb = plan.disk_mb;
-        spec.volumes = plan.volumes.iter().map(|v| v.mount.clone()).collect();
-        let t0 = Instant::now();
-        let backend = self.backend.clone();
-        let s2 = spec.clone();
-        self.blocking(move || backend.create(&s2)).await?.map_err(|e| {
-            tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
-            match e {
-                airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
-                other => runtime_err(&id, other),
-            }
-        })?;
-        if let Err(e) = self.after_start(&id, plan.tpl.as_ref(), token.as_deref(), &plan.env, plan.setup.as_deref()).await {
-            let backend = self.backend.clone();
-            let id2 = id.clone();
-            let _ = self.blocking(move || backend.destroy(&id2)).await;
-            self.remove_log(&id);
-            return Err(e);
-        }
         let now = now_ms();
-        let row = SandboxRow {
+        let mut row = SandboxRow {
             id: id.clone(),
-            template: plan.template,
-            state: State::Running,
+            template: plan.template.clone(),
+            state: State::Creating,
             started_at: now,
             end_at: now + plan.timeout_s * 1000,
             auto_pause: plan.auto_pause,
-            metadata: plan.metadata,
-            env: plan.env,
-            access_token: token,
+            metadata: plan.metadata.clone(),
+            env: plan.env.clone(),
+            access_token: token.clone(),
             internet: plan.internet,
             cpus: plan.cpus,
             memory_mb: plan.memory_mb,
@@ -158,15 +122,67 @@ impl Service {
             paused_memory: true,
             paused_at: 0,
         };
-        if let Err(e) = self.record_sandbox(&row, &plan.volumes).await {
-            // Without a row nobody could ever reach or kill it.
-            let backend = self.backend.clone();
-            let id2 = id.clone();
-            let _ = self.blocking(move || backend.destroy(&id2)).await;
-            return Err(e);
+        // Admission first: the limits and the row in one transaction, so
+        // concurrent creates cannot overshoot them and a crash from here on
+        // leaves a `creating` row that start-up undoes.
+        let store = self.store.clone();
+        let (r2, vols) = (row.clone(), plan.volumes.iter().map(|m| m.vol.clone()).collect::<Vec<_>>());
+        let (max_creating, max_total) = (self.cfg.max_concurrent_creates, self.cfg.max_sandboxes);
+        match self.blocking(move || store.admit(&r2, &vols, max_creating, max_total)).await?? {
+            Ok(()) => {}
+            Err(Refusal::Busy(n)) => return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once (limit {n})"))),
+            Err(Refusal::Full(n)) => return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({n} sandboxes)"))),
+            Err(Refusal::VolumeGone(v)) => return Err(ApiError::NotFound(format!("volume '{v}' was deleted while the sandbox was created"))),
         }
+        let (started, end) = match self.start_admitted(&row, &plan, token.as_deref()).await {
+            Ok(times) => times,
+            Err(e) => {
+                let (backend, store, id2) = (self.backend.clone(), self.store.clone(), id.clone());
+                let _ = self
+                    .blocking(move || {
+                        let _ = backend.destroy(&id2);
+                        store.delete_sandbox(&id2)
+                    })
+                    .await;
+                self.remove_log(&id);
+                return Err(e);
+            }
+        };
+        row.state = State::Running;
+        row.started_at = started;
+        row.end_at = end;
         tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
         Ok(row)
+    }
+
+    /// The part of a create after admission: the backend, the template's
+    /// commands, set-up, and the row going live (its start and deadline
+    /// are returned). The caller undoes it all on error.
+    async fn start_admitted(&self, row: &SandboxRow, plan: &Plan, token: Option<&str>) -> Result<(i64, i64), ApiError> {
+        let id = row.id.clone();
+        let mut spec = SandboxSpec::new(id.clone(), plan.rootfs.clone());
+        spec.resources = Resources { cpus: plan.cpus, memory_mb: plan.memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
+        spec.internet = plan.internet;
+        spec.env = plan.env.clone();
+        spec.access_token = token.map(str::to_string);
+        spec.disk_mb = plan.disk_mb;
+        spec.volumes = plan.volumes.iter().map(|v| v.mount.clone()).collect();
+        let backend = self.backend.clone();
+        self.blocking(move || backend.create(&spec)).await?.map_err(|e| {
+            tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
+            match e {
+                airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
+                other => runtime_err(&id, other),
+            }
+        })?;
+        self.after_start(&id, plan.tpl.as_ref(), token, &plan.env, plan.setup.as_deref()).await?;
+        let now = now_ms();
+        let store = self.store.clone();
+        let (id2, end) = (id.clone(), now + plan.timeout_s * 1000);
+        if !self.blocking(move || store.finish_create(&id2, now, end)).await?? {
+            return Err(ApiError::Internal(format!("sandbox {id}'s row left the creating state during its create")));
+        }
+        Ok((now, end))
     }
 
     pub(super) async fn find_template(&self, name: &str) -> Result<Option<airlock_template::Template>, ApiError> {

@@ -23,6 +23,8 @@ struct Sandbox {
 #[derive(Default)]
 pub(super) struct FakeBackend {
     sandboxes: Mutex<BTreeMap<String, Sandbox>>,
+    /// Creates fail (as a boot failure would) while set.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBackend {
@@ -48,6 +50,10 @@ impl FakeBackend {
     /// create and insert).
     pub(super) fn adopt(&self, id: &str, spec: SandboxSpec) {
         self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec }));
+    }
+
+    pub(super) fn fail_creates(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(super) fn exists(&self, id: &str) -> bool {
@@ -78,6 +84,9 @@ impl FakeBackend {
 impl Backend for FakeBackend {
     fn create(&self, spec: &SandboxSpec) -> Result<SandboxInfo, Error> {
         spec.resources.validate()?;
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Boot { stage: "fake".into(), message: "creates fail in this test".into(), errno: None });
+        }
         if spec.rootfs.root_layers.is_empty() {
             return Err(Error::InvalidSpec("a sandbox needs at least one root layer".into()));
         }

@@ -14,7 +14,15 @@ impl Service {
         let _g = lock.lock().await;
         let mut row = self.row(id).await?;
         let resumed = row.state.needs_resume();
-        self.ensure_running(&row).await?;
+        if resumed {
+            self.set_state(id, State::Resuming, row.end_at).await?;
+        }
+        if let Err(e) = self.ensure_running(&row).await {
+            if resumed {
+                self.set_state(id, State::Paused, row.end_at).await?;
+            }
+            return Err(e);
+        }
         let now = now_ms();
         let end = if resumed { now + timeout * 1000 } else { row.end_at.max(now + timeout * 1000) };
         let store = self.store.clone();
@@ -69,11 +77,17 @@ impl Service {
     }
 
     pub(super) async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
+        let before = self.row(id).await?;
+        self.set_state(id, State::Killing, before.end_at).await?;
         let backend = self.backend.clone();
         let id2 = id.to_string();
         match self.blocking(move || backend.destroy(&id2)).await? {
             Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
-            Err(e) => return Err(runtime_err(id, e)),
+            Err(e) => {
+                // Still there: visible again, so the kill can be retried.
+                self.set_state(id, before.state, before.end_at).await?;
+                return Err(runtime_err(id, e));
+            }
         }
         let store = self.store.clone();
         let id2 = id.to_string();
@@ -140,6 +154,21 @@ impl Service {
         if !row.state.can_pause() {
             return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
         }
+        self.set_state(id, State::Pausing, row.end_at).await?;
+        if let Err(e) = self.pause_work(&row, memory).await {
+            self.set_state(id, State::Running, row.end_at).await?;
+            return Err(e);
+        }
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let end = row.end_at;
+        self.blocking(move || store.set_paused(&id2, end, memory, now_ms())).await??;
+        tracing::info!(sandbox_id = %id, memory, "sandbox paused");
+        Ok(())
+    }
+
+    async fn pause_work(&self, row: &SandboxRow, memory: bool) -> Result<(), ApiError> {
+        let id = row.id.as_str();
         if memory {
             let backend = self.backend.clone();
             let id2 = id.to_string();
@@ -150,13 +179,8 @@ impl Service {
                 Err(e) => return Err(runtime_err(id, e)),
             }
         } else {
-            self.stop_locked(&row).await?;
+            self.stop_locked(row).await?;
         }
-        let store = self.store.clone();
-        let id2 = id.to_string();
-        let end = row.end_at;
-        self.blocking(move || store.set_paused(&id2, end, memory, now_ms())).await??;
-        tracing::info!(sandbox_id = %id, memory, "sandbox paused");
         Ok(())
     }
 
@@ -209,12 +233,32 @@ impl Service {
         let backend = self.backend.clone();
         let live = self.blocking(move || backend.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
         for row in &rows {
-            let alive = live.iter().any(|s| s.id == row.id);
-            if !alive && row.state.takes_traffic() {
-                tracing::warn!(sandbox_id = %row.id, "sandbox processes are gone (host restarted?); marking it paused");
-                let store = self.store.clone();
-                let (id, end) = (row.id.clone(), row.end_at);
-                self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;
+            let info = live.iter().find(|s| s.id == row.id);
+            let (alive, frozen) = (info.is_some(), info.is_some_and(|i| i.frozen));
+            let store = self.store.clone();
+            let (id, end) = (row.id.clone(), row.end_at);
+            match row.state {
+                // A create or a kill a crash interrupted: finish undoing it.
+                State::Creating | State::Killing => {
+                    tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "a create or kill was interrupted; destroying the sandbox");
+                    let backend = self.backend.clone();
+                    self.blocking(move || {
+                        let _ = backend.destroy(&id);
+                        store.delete_sandbox(&id)
+                    })
+                    .await??;
+                    self.remove_log(&row.id);
+                }
+                // Otherwise the kernel says where it got to.
+                _ if alive && frozen && row.state != State::Paused => {
+                    self.blocking(move || store.set_paused(&id, end, true, now_ms())).await??;
+                }
+                State::Pausing | State::Resuming if alive => self.set_state(&row.id, State::Running, end).await?,
+                _ if !alive && (row.state != State::Paused || row.paused_memory) => {
+                    tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "sandbox processes are gone (host restarted?); it keeps its files and boots on connect");
+                    self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;
+                }
+                _ => {}
             }
         }
         for s in live {

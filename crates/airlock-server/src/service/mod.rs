@@ -10,10 +10,12 @@
 //! processes are gone (host reboot) is restarted over its writable layer.
 //!
 //! Operations on one sandbox are serialised by a per-sandbox async mutex,
-//! so a pause racing a kill or a deadline sees a consistent state.
+//! so a pause racing a kill or a deadline sees a consistent state; each
+//! writes its transitional state (`store::State`) before it starts, so a
+//! crash in the middle is settled at the next start (`reconcile`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +26,7 @@ use airlock_proto::envd::ENVD_VERSION;
 use airlock_runtime::{Backend, Resources, SandboxInfo, SandboxSpec};
 
 use crate::config::Config;
-use crate::store::{SandboxRow, State, Store, StoreError};
+use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
 mod create;
 mod lifecycle;
@@ -177,7 +179,6 @@ pub struct Service {
     build_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     samples: Mutex<HashMap<String, VecDeque<Sample>>>,
-    creating: AtomicUsize,
     /// Layer directories being made or about to be used (a snapshot
     /// before its template is saved, a fork's layer before its sandboxes
     /// exist): layer garbage collection leaves them alone.
@@ -188,13 +189,6 @@ pub struct Service {
 
 /// Samples kept per sandbox: an hour at the 5 s sampling interval.
 const MAX_SAMPLES: usize = 720;
-
-struct CreateSlot<'a>(&'a AtomicUsize);
-impl Drop for CreateSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
@@ -208,7 +202,6 @@ impl Service {
             build_locks: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
-            creating: AtomicUsize::new(0),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
         })
@@ -246,10 +239,19 @@ impl Service {
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
+    /// The row of a sandbox the API can see (not one being created or killed).
     async fn row(&self, id: &str) -> Result<SandboxRow, ApiError> {
         let store = self.store.clone();
         let id2 = id.to_string();
-        self.blocking(move || store.sandbox(&id2)).await??.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))
+        self.blocking(move || store.sandbox(&id2)).await??.filter(|r| r.state.visible()).ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))
+    }
+
+    /// Writes a state (a transition under the sandbox's lock), keeping the deadline.
+    async fn set_state(&self, id: &str, state: State, end_at: i64) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_state(&id2, state, end_at)).await??;
+        Ok(())
     }
 
     fn check_timeout(&self, t: i64) -> Result<i64, ApiError> {

@@ -278,7 +278,11 @@ impl Service {
             self.append_log(id, "soft reset: every process killed");
             return Ok(row);
         }
-        self.blocking(move || backend.reset(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        self.set_state(id, State::Resuming, row.end_at).await?;
+        if let Err(e) = self.blocking(move || backend.reset(&id2)).await?.map_err(|e| runtime_err(id, e)) {
+            self.settle_after_failed_boot(&row).await?;
+            return Err(e);
+        }
         let tpl = self.find_template(&row.template).await?;
         self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
         let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
@@ -317,10 +321,14 @@ impl Service {
             io_bps: self.cfg.io_bps,
             io_iops: self.cfg.io_iops,
         });
+        self.set_state(id, State::Resuming, row.end_at).await?;
         self.stop_locked(&row).await?;
         let backend = self.backend.clone();
         let id2 = id.to_string();
-        self.blocking(move || backend.reconfigure(&id2, &env, resources).and_then(|_| backend.restart(&id2))).await?.map_err(|e| runtime_err(id, e))?;
+        if let Err(e) = self.blocking(move || backend.reconfigure(&id2, &env, resources).and_then(|_| backend.restart(&id2))).await?.map_err(|e| runtime_err(id, e)) {
+            self.settle_after_failed_boot(&row).await?;
+            return Err(e);
+        }
         let tpl = self.find_template(&row.template).await?;
         self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
         let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
@@ -331,6 +339,15 @@ impl Service {
         row.state = State::Running;
         row.end_at = end;
         Ok(row)
+    }
+
+    /// After a reset or restart failed to boot: the sandbox keeps its
+    /// files and shows paused, so connect can try again.
+    async fn settle_after_failed_boot(&self, row: &SandboxRow) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let (id, end) = (row.id.clone(), row.end_at);
+        self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;
+        Ok(())
     }
 
     /// Layer directories in use by sandboxes or leased.

@@ -272,3 +272,82 @@ async fn soft_reset_keeps_the_sandbox_and_hard_reset_boots_it_afresh() {
     let row = w.svc.reset(&r.id, true).await.expect("hard reset of a paused one");
     assert_eq!(row.state, State::Running);
 }
+
+#[tokio::test]
+async fn a_failed_create_leaves_no_row_and_frees_its_admission() {
+    let w = world();
+    w.fake.fail_creates(true);
+    assert!(matches!(w.svc.create(req(60), true).await, Err(ApiError::Internal(_))));
+    assert_eq!(w.svc.store().count().expect("count"), 0, "no row, not even a creating one");
+    w.fake.fail_creates(false);
+    w.create(req(60)).await;
+}
+
+#[test]
+fn admission_counts_creates_in_flight_and_every_sandbox() {
+    let w = world();
+    let row = |id: &str, state: State| SandboxRow {
+        id: id.into(),
+        template: "base".into(),
+        state,
+        started_at: 0,
+        end_at: 0,
+        auto_pause: false,
+        metadata: Default::default(),
+        env: Default::default(),
+        access_token: None,
+        internet: false,
+        cpus: 1.0,
+        memory_mb: 64,
+        disk_mb: 0,
+        seq: 0,
+        layers: vec![],
+        auto_pause_memory: true,
+        paused_memory: true,
+        paused_at: 0,
+    };
+    let s = w.svc.store();
+    assert_eq!(s.admit(&row("a", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
+    assert_eq!(s.admit(&row("b", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
+    assert_eq!(s.admit(&row("c", State::Creating), &[], 2, 3).expect("admit"), Err(Refusal::Busy(2)), "two in flight");
+    assert!(s.finish_create("a", 1, 2).expect("finish"));
+    assert!(!s.finish_create("a", 1, 2).expect("finish"), "only a creating row goes live");
+    assert_eq!(s.admit(&row("c", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
+    assert_eq!(s.admit(&row("d", State::Creating), &[], 5, 3).expect("admit"), Err(Refusal::Full(3)), "three in all");
+    assert!(s.sandbox("d").expect("read").is_none(), "a refused create writes nothing");
+}
+
+#[tokio::test]
+async fn start_up_settles_what_a_crash_interrupted() {
+    let w = world();
+    let creating = w.create(req(600)).await;
+    let killing = w.create(req(600)).await;
+    let pausing_frozen = w.create(req(600)).await;
+    let pausing_running = w.create(req(600)).await;
+    let resuming_dead = w.create(req(600)).await;
+    let s = w.svc.store();
+    // What the rows would say had the server died in the middle of each.
+    for (r, st) in
+        [(&creating, State::Creating), (&killing, State::Killing), (&pausing_frozen, State::Pausing), (&pausing_running, State::Pausing), (&resuming_dead, State::Resuming)]
+    {
+        s.set_state(&r.id, st, r.end_at).expect("state");
+    }
+    w.fake.freeze(&pausing_frozen.id).expect("freeze");
+    w.fake.lose_processes(&resuming_dead.id);
+    // Invisible while being made or destroyed.
+    assert!(matches!(w.svc.get(&creating.id).await, Err(ApiError::NotFound(_))));
+    assert!(matches!(w.svc.kill(&killing.id).await, Err(ApiError::NotFound(_))));
+    let listed: Vec<String> = w.svc.list(ListFilter::default()).await.expect("list").items.into_iter().map(|d| d.sandbox_id).collect();
+    assert!(!listed.contains(&creating.id) && !listed.contains(&killing.id) && listed.contains(&pausing_frozen.id), "{listed:?}");
+
+    w.svc.reconcile().await.expect("reconcile");
+    for gone in [&creating, &killing] {
+        assert!(w.row(&gone.id).is_none() && !w.fake.exists(&gone.id), "{} is undone", gone.id);
+    }
+    let p = w.row(&pausing_frozen.id).expect("row");
+    assert_eq!((p.state, p.paused_memory), (State::Paused, true), "frozen: the pause got there");
+    assert_eq!(w.row(&pausing_running.id).expect("row").state, State::Running, "not frozen: it never paused");
+    let r = w.row(&resuming_dead.id).expect("row");
+    assert_eq!((r.state, r.paused_memory), (State::Paused, false), "no processes: files only, booted on connect");
+    assert_eq!(w.svc.get(&pausing_running.id).await.expect("get").state, "running");
+}

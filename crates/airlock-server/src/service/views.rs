@@ -16,7 +16,7 @@ impl Service {
             cpu_count: row.cpus.ceil().max(1.0) as u32,
             memory_mb: row.memory_mb,
             disk_size_mb: row.disk_mb,
-            state: row.state.as_str().into(),
+            state: row.state.api_str().into(),
             metadata: row.metadata.clone(),
             envd_access_token: row.access_token.clone(),
             allow_internet_access: Some(row.internet),
@@ -44,15 +44,17 @@ impl Service {
 
     pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
         let store = self.store.clone();
-        let rows = self.blocking(move || store.sandboxes()).await??;
-        let running = rows.iter().filter(|r| r.state == State::Running).count();
+        let mut rows = self.blocking(move || store.sandboxes()).await??;
+        rows.retain(|r| r.state.visible());
+        let running = rows.iter().filter(|r| r.state.api_str() == "running").count();
         let after: Option<i64> = match &f.next_token {
             Some(t) if !t.is_empty() => Some(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?),
             _ => None,
         };
         let mut matching: Vec<&SandboxRow> = rows
             .iter()
-            .filter(|r| f.states.as_ref().is_none_or(|s| s.contains(&r.state)))
+            // Filters name the states the API shows.
+            .filter(|r| f.states.as_ref().is_none_or(|s| s.iter().any(|x| x.api_str() == r.state.api_str())))
             .filter(|r| f.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
             .filter(|r| f.template.as_ref().is_none_or(|t| &r.template == t))
             .collect();

@@ -232,23 +232,6 @@ impl Service {
         Ok(out)
     }
 
-    /// Inserts a new sandbox's row and records its volumes, refusing (and
-    /// removing the row) when a volume was deleted since the plan.
-    pub(super) async fn record_sandbox(&self, row: &SandboxRow, vols: &[PlannedMount]) -> Result<(), ApiError> {
-        let store = self.store.clone();
-        let r2 = row.clone();
-        let list: Vec<SandboxVolume> = vols.iter().map(|m| m.vol.clone()).collect();
-        self.blocking(move || {
-            store.insert_sandbox(&r2)?;
-            if list.is_empty() {
-                return Ok(Ok(()));
-            }
-            store.attach_volumes(&r2.id, &list)
-        })
-        .await??
-        .map_err(|id| ApiError::NotFound(format!("volume '{id}' was deleted while the sandbox was created")))
-    }
-
     /// At start: mounts every volume's image again and removes directories
     /// a crash left without a row.
     pub async fn restore_volumes(&self) -> Result<(), ApiError> {
