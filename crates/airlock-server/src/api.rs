@@ -545,6 +545,7 @@ async fn import(State(s): State<AppState>, RawQuery(q): RawQuery, body: axum::bo
     let q = q.unwrap_or_default();
     let timeout = int_param(&q, "timeout")?;
     let force = query_pairs(&q).iter().any(|(k, v)| k == "force" && (v == "true" || v == "1"));
+    s.svc.check_disk("an import")?;
     let path = receive_upload(&s.svc, body, crate::service::import_limit_bytes(&s.svc.cfg)).await?;
     let row = s.svc.import(path, timeout, force).await?;
     Ok(h::json(201, &s.svc.sandbox_body(&row)))

@@ -204,6 +204,7 @@ async fn housekeeping_loop(svc: Arc<Service>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        svc.watch_disk().await;
         svc.collect_layers_if_wanted().await;
         if let Err(e) = svc.release_idle().await {
             tracing::warn!(error = %e, "releasing idle paused sandboxes failed");

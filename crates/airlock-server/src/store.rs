@@ -163,6 +163,19 @@ pub struct KeyRow {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The data disk's reserve file (see `service::disk`): given back when
+    /// a state change cannot be written for lack of space, so it can.
+    reserve: Option<std::path::PathBuf>,
+}
+
+/// The data disk's reserve, next to the store (see `service::disk`).
+pub const RESERVE_FILE: &str = ".disk-reserve";
+
+impl StoreError {
+    /// SQLite could not write for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -235,11 +248,28 @@ impl Store {
             }
         }
         crate::volumes::store::migrate(&conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
+        Ok(Self { conn: Mutex::new(conn), reserve })
     }
 
     pub(crate) fn c(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A state change of an existing sandbox (kill, pause, resume, a new
+    /// deadline): if the disk is too full to write it, the reserve is given
+    /// back and it is tried once more, so what users do to the sandboxes
+    /// they have is recorded even while new ones are refused.
+    fn change(&self, sql: &str, p: impl rusqlite::Params + Clone) -> Result<usize, StoreError> {
+        let c = self.c();
+        match c.execute(sql, p.clone()) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull => {
+                let released = self.reserve.as_ref().is_some_and(|r| std::fs::remove_file(r).is_ok());
+                tracing::error!(released, "the data disk is full; released its reserve to record a state change");
+                Ok(c.execute(sql, p)?)
+            }
+            r => Ok(r?),
+        }
     }
 
     // ---------------------------------------------------------------- keys
@@ -411,7 +441,7 @@ impl Store {
 
     /// A created sandbox goes live: running, with its real start and deadline.
     pub fn finish_create(&self, id: &str, started_at: i64, end_at: i64) -> Result<bool, StoreError> {
-        Ok(self.c().execute("UPDATE sandboxes SET state = 'running', started_at = ?2, end_at = ?3 WHERE id = ?1 AND state = 'creating'", params![id, started_at, end_at])? > 0)
+        Ok(self.change("UPDATE sandboxes SET state = 'running', started_at = ?2, end_at = ?3 WHERE id = ?1 AND state = 'creating'", params![id, started_at, end_at])? > 0)
     }
 
     pub fn count(&self) -> Result<usize, StoreError> {
@@ -419,26 +449,26 @@ impl Store {
     }
 
     pub fn set_state(&self, id: &str, state: State, end_at: i64) -> Result<bool, StoreError> {
-        Ok(self.c().execute("UPDATE sandboxes SET state = ?2, end_at = ?3 WHERE id = ?1", params![id, state.as_str(), end_at])? > 0)
+        Ok(self.change("UPDATE sandboxes SET state = ?2, end_at = ?3 WHERE id = ?1", params![id, state.as_str(), end_at])? > 0)
     }
 
     /// Marks a sandbox paused, and how: frozen (`memory`) or stopped.
     pub fn set_paused(&self, id: &str, end_at: i64, memory: bool, at: i64) -> Result<bool, StoreError> {
-        Ok(self.c().execute("UPDATE sandboxes SET state = 'paused', end_at = ?2, paused_memory = ?3, paused_at = ?4 WHERE id = ?1", params![id, end_at, memory, at])? > 0)
+        Ok(self.change("UPDATE sandboxes SET state = 'paused', end_at = ?2, paused_memory = ?3, paused_at = ?4 WHERE id = ?1", params![id, end_at, memory, at])? > 0)
     }
 
     /// Records a restart's new environment and resources.
     pub fn set_config(&self, id: &str, env: &BTreeMap<String, String>, cpus: f64, memory_mb: u64) -> Result<bool, StoreError> {
         let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
-        Ok(self.c().execute("UPDATE sandboxes SET env = ?2, cpus = ?3, memory_mb = ?4 WHERE id = ?1", params![id, env, cpus, memory_mb as i64])? > 0)
+        Ok(self.change("UPDATE sandboxes SET env = ?2, cpus = ?3, memory_mb = ?4 WHERE id = ?1", params![id, env, cpus, memory_mb as i64])? > 0)
     }
 
     pub fn set_end(&self, id: &str, end_at: i64) -> Result<bool, StoreError> {
-        Ok(self.c().execute("UPDATE sandboxes SET end_at = ?2 WHERE id = ?1", params![id, end_at])? > 0)
+        Ok(self.change("UPDATE sandboxes SET end_at = ?2 WHERE id = ?1", params![id, end_at])? > 0)
     }
 
     pub fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.c().execute("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)
+        Ok(self.change("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)
     }
 }
 

@@ -98,6 +98,7 @@ impl Service {
     /// template's start and ready commands, set-up, then the store row.
     /// Any failure leaves nothing behind.
     pub(super) async fn launch(&self, plan: Plan) -> Result<SandboxRow, ApiError> {
+        self.disk.check("a new sandbox")?;
         let t0 = Instant::now();
         let id = crate::ids::sandbox_id()?;
         let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
@@ -171,6 +172,9 @@ impl Service {
         self.blocking(move || backend.create(&spec)).await?.map_err(|e| {
             tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
             match e {
+                airlock_runtime::Error::Boot { errno: Some(libc::ENOSPC | libc::EDQUOT), stage, .. } => {
+                    ApiError::InsufficientStorage(format!("not enough disk space: the sandbox could not start (stage: {stage})"))
+                }
                 airlock_runtime::Error::Boot { stage, .. } => ApiError::Internal(format!("sandbox failed to start (stage: {stage})")),
                 other => runtime_err(&id, other),
             }

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
 mod create;
+mod disk;
 mod lifecycle;
 mod logs;
 mod metrics;
@@ -90,6 +91,9 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            return ApiError::InsufficientStorage("not enough disk space: the server's data disk is full and this change could not be recorded".into());
+        }
         ApiError::Internal(format!("store: {e:?}"))
     }
 }
@@ -185,6 +189,8 @@ pub struct Service {
     leases: Mutex<std::collections::HashSet<std::path::PathBuf>>,
     /// Set when layers may have become unused; the lifecycle loop collects.
     gc_wanted: std::sync::atomic::AtomicBool,
+    /// The data disk's reserve and create floor.
+    disk: disk::DiskGuard,
 }
 
 /// Samples kept per sandbox: an hour at the 5 s sampling interval.
@@ -194,6 +200,7 @@ impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
         let builder =
             crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
+        let disk = disk::DiskGuard::new(&cfg.data_dir);
         Arc::new(Self {
             cfg,
             store,
@@ -204,7 +211,14 @@ impl Service {
             samples: Mutex::new(HashMap::new()),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
+            disk,
         })
+    }
+
+    /// Keeps the data disk's reserve (see `disk`).
+    pub async fn watch_disk(self: &Arc<Self>) {
+        let svc = self.clone();
+        let _ = self.blocking(move || svc.disk.tick()).await;
     }
 
     /// Runs a layer collection if one was asked for since the last.

@@ -64,6 +64,7 @@ impl Service {
     /// leased layer directory; the caller makes the lease permanent by
     /// saving a template or sandbox rows that list the layer.
     async fn take_layer(&self, row: &SandboxRow) -> Result<(airlock_runtime::Snapshot, Lease<'_>), ApiError> {
+        self.disk.check("a snapshot")?;
         let dest = self.builder.store.snapshot_layer(&crate::ids::sandbox_id()?);
         let lease = self.lease(dest.clone());
         let backend = self.backend.clone();
@@ -399,6 +400,7 @@ impl Service {
     /// manifest. The caller streams `archive::write` of the directory and
     /// removes it.
     pub async fn export_prepare(&self, id: &str) -> Result<(Vec<u8>, PathBuf), ApiError> {
+        self.disk.check("an export")?;
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let row = self.row(id).await?;
@@ -426,6 +428,11 @@ impl Service {
     /// (already received into `archive`), on this host's copy of the
     /// template the manifest names. A template whose content changed since
     /// the export is refused (409) unless `force`.
+    /// Whether an import (or another upload into the data directory) can start.
+    pub fn check_disk(&self, what: &str) -> Result<(), ApiError> {
+        self.disk.check(what)
+    }
+
     pub async fn import(&self, archive: PathBuf, timeout: Option<i64>, force: bool) -> Result<SandboxRow, ApiError> {
         let timeout_s = self.check_timeout(timeout.unwrap_or(self.cfg.default_timeout_s))?;
         let dest = self.builder.store.snapshot_layer(&crate::ids::sandbox_id()?);

@@ -182,3 +182,72 @@ async fn snapshots_of_snapshots_stack_and_each_generation_sees_the_last() {
     assert_eq!(s, 409, "{v}");
     assert!(v["message"].as_str().unwrap_or("").contains("snapshot"), "{v}");
 }
+
+/// Hardening: a sandbox that filled the data disk once took every agent and
+/// the store down with it. Now the one that filled it gets the errors, the
+/// rest keep working (reads, their agents, their state changes), new work
+/// is refused with 507, and everything recovers once there is room.
+#[tokio::test]
+async fn a_full_data_disk_is_an_error_for_what_filled_it_and_nobody_else() {
+    let fs = SmallFs::new(200);
+    let srv = Server::start_at(&fs.0, &["--default-disk-mb", "0", "--no-network"]).await;
+    let off = json!({"templateID": "base", "timeout": 300, "allow_internet_access": false});
+    let filler = srv.create(off.clone()).await;
+    let bystander = srv.create(off.clone()).await;
+    let (fid, bid) = (id(&filler), id(&bystander));
+    srv.run(&bystander, "echo precious > /home/user/keep").await;
+    wait_for("the data disk's reserve", || fs.0.join(".disk-reserve").exists());
+
+    let (_, out) = srv.run(&filler, "head -c 400M /dev/zero 2>&1 > /home/user/fill; echo rc=$?").await;
+    assert!(out.contains("No space left") && !out.contains("rc=0"), "the writer is told: {out}");
+
+    // The bystander's agent lives and its files read back.
+    let (s, out) = srv.run(&bystander, "cat /home/user/keep").await;
+    assert_eq!((s, out.as_str()), (200, "precious\n"));
+    // A write of its own fails cleanly: 507, the SDKs' NotEnoughSpaceException.
+    let tok = bystander["envdAccessToken"].as_str().expect("token");
+    let (s, _, body) = srv
+        .req(
+            "POST",
+            "/files?path=/home/user/more&username=user",
+            &[("e2b-sandbox-id", &bid), ("x-access-token", tok), ("content-type", "application/octet-stream")],
+            vec![7u8; 8 << 20].into(),
+        )
+        .await
+        .expect("upload");
+    assert_eq!(s, 507, "{}", String::from_utf8_lossy(&body));
+    // State changes of existing sandboxes are still recorded.
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{bid}/timeout"), Some(json!({"timeout": 600}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{bid}/pause"), Some(json!({}))).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{bid}/connect"), Some(json!({"timeout": 600}))).await;
+    assert_eq!(s, 201, "{v}");
+    // New work is refused, with the reason.
+    let (s, v) = srv.api("POST", "/v2/sandboxes", Some(off.clone())).await;
+    assert_eq!(s, 507, "{v}");
+    assert!(v["message"].as_str().unwrap_or("").contains("disk space"), "{v}");
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{bid}/snapshots"), Some(json!({}))).await;
+    assert_eq!(s, 507, "{v}");
+
+    // Room again: everything works, and nothing was lost.
+    let (s, _) = srv.run(&filler, "rm /home/user/fill").await;
+    assert_eq!(s, 200, "the filler's agent survived too");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let third = loop {
+        let (s, v) = srv.api("POST", "/v2/sandboxes", Some(off.clone())).await;
+        if s == 201 {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "creates never came back: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(srv.run(&third, "echo up").await.1, "up\n");
+    assert_eq!(srv.run(&bystander, "cat /home/user/keep").await.1, "precious\n");
+    let (s, list) = srv.api("GET", "/v2/sandboxes", None).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(3)), "{list}");
+    wait_for("the reserve to be taken again", || fs.0.join(".disk-reserve").exists());
+    for sbx in [&fid, &bid, &id(&third)] {
+        srv.api("DELETE", &format!("/sandboxes/{sbx}"), None).await;
+    }
+}
