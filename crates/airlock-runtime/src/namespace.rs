@@ -90,7 +90,10 @@ impl NamespaceBackend {
             match crate::network::install_host_rules() {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(error = %e, "host firewall unavailable: sandboxes will be created without internet access");
+                    tracing::warn!(
+                        error = %e,
+                        "host firewall unavailable: sandboxes get loopback only (no internet). Install iptables (Debian/Ubuntu: apt install iptables) and restart the server, or start it with --no-network to say this is intended"
+                    );
                     false
                 }
             }

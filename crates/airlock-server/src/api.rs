@@ -245,8 +245,17 @@ async fn openapi_json() -> Resp {
 
 async fn create(svc: &Service, body: axum::body::Body, v2: bool) -> ApiResult {
     let b: NewSandbox = read_json(body, MAX_BODY).await?;
+    let fallback = b.allow_internet_access.is_none() && !svc.backend().network_available();
     let row = svc.create(b, v2).await?;
-    Ok(h::json(201, &svc.sandbox_body(&row)))
+    let mut r = h::json(201, &svc.sandbox_body(&row));
+    if fallback {
+        // The SDKs ignore unknown headers; people and logs see it.
+        let msg = format!("the sandbox has no internet access: {}", crate::service::NO_FIREWALL_HINT);
+        if let Ok(v) = http::HeaderValue::from_str(&msg) {
+            r.headers_mut().insert("x-airlock-warning", v);
+        }
+    }
+    Ok(r)
 }
 
 /// Create a sandbox (SDKs up to 2.50; `secure` honoured).

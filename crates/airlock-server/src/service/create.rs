@@ -59,10 +59,18 @@ impl Service {
         check_metadata(&metadata)?;
         let env = req.env_vars.unwrap_or_default();
         check_env(&env)?;
-        let internet = req.allow_internet_access.unwrap_or(true);
-        if internet && !self.backend.network_available() {
-            return Err(ApiError::BadRequest("this host cannot give sandboxes internet access (no firewall); create with allow_internet_access=false".into()));
-        }
+        // Without a firewall a sandbox gets loopback only: by default that
+        // is what it gets (the API answer carries a warning), and a request
+        // that insists on internet is told how to get it.
+        let internet = match req.allow_internet_access {
+            Some(true) if !self.backend.network_available() => {
+                return Err(ApiError::BadRequest(format!(
+                    "this server cannot give sandboxes internet access: {NO_FIREWALL_HINT}; or create without it (allow_internet_access=false, CLI --no-internet)"
+                )));
+            }
+            Some(on) => on,
+            None => self.backend.network_available(),
+        };
         let secure = v2 || req.secure.unwrap_or(true);
         // The one lookup of the template for this create: everything below
         // works from what it resolved to.
@@ -351,6 +359,9 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> 
     }
     Ok(())
 }
+
+/// What a host without a firewall needs, for messages.
+pub const NO_FIREWALL_HINT: &str = "the host has no firewall tool (install iptables, e.g. `apt install iptables`, and restart `airlock serve`)";
 
 /// A template reference without E2B's tag: snapshots are named
 /// `<id>:default` (the only tag there is here).

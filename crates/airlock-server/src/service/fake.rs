@@ -25,6 +25,8 @@ pub(super) struct FakeBackend {
     sandboxes: Mutex<BTreeMap<String, Sandbox>>,
     /// Creates fail (as a boot failure would) while set.
     failing: std::sync::atomic::AtomicBool,
+    /// A host without a firewall tool while set.
+    no_firewall: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBackend {
@@ -50,6 +52,10 @@ impl FakeBackend {
     /// create and insert).
     pub(super) fn adopt(&self, id: &str, spec: SandboxSpec) {
         self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec }));
+    }
+
+    pub(super) fn lose_firewall(&self) {
+        self.no_firewall.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(super) fn fail_creates(&self, on: bool) {
@@ -211,7 +217,7 @@ impl Backend for FakeBackend {
     }
 
     fn network_available(&self) -> bool {
-        true
+        !self.no_firewall.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn disk_limits_available(&self) -> bool {

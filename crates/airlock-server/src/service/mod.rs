@@ -43,7 +43,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use create::setup_script;
+pub use create::{setup_script, NO_FIREWALL_HINT};
 pub use state::import_limit_bytes;
 pub use volumes::{entry_stat, file_info};
 

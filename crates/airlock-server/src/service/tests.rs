@@ -351,3 +351,18 @@ async fn start_up_settles_what_a_crash_interrupted() {
     assert_eq!((r.state, r.paused_memory), (State::Paused, false), "no processes: files only, booted on connect");
     assert_eq!(w.svc.get(&pausing_running.id).await.expect("get").state, "running");
 }
+
+/// Hardening: on a host without iptables every default create failed with
+/// a message naming an API field. Now a default create gets loopback only
+/// (the API adds a warning), and one that insists on internet is told how
+/// to get it.
+#[tokio::test]
+async fn without_a_firewall_default_creates_get_loopback_and_explicit_ones_a_hint() {
+    let w = world();
+    w.fake.lose_firewall();
+    let r = w.create(req(60)).await;
+    assert!(!r.internet && !w.fake.spec(&r.id).expect("spec").internet, "loopback only");
+    let e = w.svc.create(NewSandbox { allow_internet_access: Some(true), ..req(60) }, true).await.expect_err("refused");
+    assert!(matches!(&e, ApiError::BadRequest(m) if m.contains("apt install iptables") && m.contains("--no-internet")), "{e:?}");
+    w.create(NewSandbox { allow_internet_access: Some(false), ..req(60) }).await;
+}

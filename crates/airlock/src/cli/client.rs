@@ -496,8 +496,11 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
     match a.cmd {
         SandboxCmd::Create { template, opts } => {
             let sbx = opts.builder(&client, &template).create().await?;
+            let d = client.info(sbx.id()).await?;
+            if !opts.no_internet && d.allow_internet_access == Some(false) {
+                eprintln!("warning: {} has no internet access: the server's host has no firewall tool (install iptables there and restart `airlock serve`)", sbx.id());
+            }
             if json {
-                let d = client.info(sbx.id()).await?;
                 print_json(&d)?;
             } else {
                 println!("{}", sbx.id());
