@@ -147,6 +147,9 @@ pub struct SandboxDetail {
     pub allow_internet_access: Option<bool>,
     pub lifecycle: Lifecycle,
     pub domain: Option<String>,
+    /// Airlock extension, state `dead` only: why the sandbox died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub death: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

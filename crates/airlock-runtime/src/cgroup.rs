@@ -402,6 +402,16 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    /// Processes the OOM killer killed in this group (v2 `memory.events`,
+    /// v1 `memory.oom_control`); 0 when the group is gone.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = match &self.flavor {
+            Flavor::V2 { .. } => (self.main().join("memory.events"), "oom_kill "),
+            Flavor::V1 { .. } => (self.v1("memory").join("memory.oom_control"), "oom_kill "),
+        };
+        fs::read_to_string(file).ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))).unwrap_or(0)
+    }
+
     pub fn usage(&self) -> Usage {
         let num = |p: PathBuf| fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
         match &self.flavor {

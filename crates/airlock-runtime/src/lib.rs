@@ -200,6 +200,9 @@ pub trait Backend: Send + Sync {
     /// Kills every process and removes every trace: mounts, cgroups, veth, directories.
     fn destroy(&self, id: &str) -> Result<(), Error>;
     fn usage(&self, id: &str) -> Result<Usage, Error>;
+    /// Why a sandbox whose PID 1 is gone died, read before `destroy` (which
+    /// removes the evidence): the OOM killer's count in its memory group.
+    fn oom_kills(&self, id: &str) -> u64;
     /// Starts a fresh PID 1 over a sandbox's existing writable layer, for a
     /// sandbox whose processes are gone (the host rebooted). Its files
     /// survive; its processes and memory do not.

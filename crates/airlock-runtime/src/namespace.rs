@@ -642,6 +642,13 @@ impl Backend for NamespaceBackend {
         self.disk_ready
     }
 
+    fn oom_kills(&self, id: &str) -> u64 {
+        if !valid_id(id) {
+            return 0;
+        }
+        self.cgroups.open(id).oom_kills()
+    }
+
     fn usage(&self, id: &str) -> Result<Usage, Error> {
         self.get(id)?;
         let mut u = self.cgroups.open(id).usage();

@@ -44,6 +44,10 @@ impl std::fmt::Debug for Sandbox {
 pub enum SandboxState {
     Running,
     Paused,
+    /// Airlock's: its PID 1 died on its own (the OOM killer, a kill from
+    /// the host); listed only when asked for, with the cause in
+    /// `SandboxDetail::death`, for an hour.
+    Dead,
 }
 
 impl SandboxState {
@@ -51,6 +55,7 @@ impl SandboxState {
         match self {
             SandboxState::Running => "running",
             SandboxState::Paused => "paused",
+            SandboxState::Dead => "dead",
         }
     }
 }
@@ -61,7 +66,8 @@ impl std::str::FromStr for SandboxState {
         match s.trim().to_ascii_lowercase().as_str() {
             "running" => Ok(SandboxState::Running),
             "paused" => Ok(SandboxState::Paused),
-            o => Err(Error::Config(format!("unknown sandbox state {o:?}: use running or paused"))),
+            "dead" => Ok(SandboxState::Dead),
+            o => Err(Error::Config(format!("unknown sandbox state {o:?}: use running, paused or dead"))),
         }
     }
 }

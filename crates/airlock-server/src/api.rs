@@ -192,7 +192,9 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
                     states.push(match s {
                         "running" => SandboxState::Running,
                         "paused" => SandboxState::Paused,
-                        _ => return Err(ApiError::BadRequest(format!("invalid state {s:?}: use running or paused"))),
+                        // Airlock's: sandboxes whose PID 1 died, with the cause.
+                        "dead" => SandboxState::Dead,
+                        _ => return Err(ApiError::BadRequest(format!("invalid state {s:?}: use running, paused or dead"))),
                     });
                 }
                 if !states.is_empty() {
@@ -747,7 +749,8 @@ mod tests {
         assert_eq!(f.states, Some(vec![SandboxState::Running, SandboxState::Paused]));
         assert_eq!((f.limit, f.descending), (1, true));
         assert!(parse_list_filter("limit=0", true).is_err());
-        assert!(parse_list_filter("state=dead", true).is_err());
+        assert!(parse_list_filter("state=zombie", true).is_err());
+        assert_eq!(parse_list_filter("state=dead", true).expect("dead").states, Some(vec![SandboxState::Dead]), "Airlock's own state");
         assert_eq!(parse_list_filter("", false).expect("v1").states, Some(vec![SandboxState::Running]));
     }
 

@@ -50,6 +50,8 @@ pub struct Config {
     /// Frozen (memory-keeping) paused sandboxes become filesystem-paused
     /// after this many seconds, releasing their memory; `None` = never.
     pub fs_pause_after_s: Option<i64>,
+    /// How long the record of a sandbox that died on its own is kept.
+    pub dead_retention_s: i64,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             binary,
             network: true,
             fs_pause_after_s: None,
+            dead_retention_s: 3600,
         }
     }
 }

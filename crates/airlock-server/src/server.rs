@@ -205,6 +205,9 @@ async fn housekeeping_loop(svc: Arc<Service>) {
     loop {
         tick.tick().await;
         svc.watch_disk().await;
+        if let Err(e) = svc.purge_dead().await {
+            tracing::warn!(error = %e, "forgetting dead sandboxes failed");
+        }
         svc.collect_layers_if_wanted().await;
         if let Err(e) = svc.release_idle().await {
             tracing::warn!(error = %e, "releasing idle paused sandboxes failed");

@@ -48,6 +48,9 @@ pub enum State {
     Resuming,
     /// Being destroyed: invisible, its row goes last.
     Killing,
+    /// Its PID 1 died on its own (the OOM killer, a kill from the host):
+    /// its resources are gone, its row stays a while with the cause.
+    Dead,
 }
 
 impl State {
@@ -70,7 +73,7 @@ impl State {
     /// The API shows it (get, list, kill, ...); one being created or
     /// destroyed is not there yet, or any more.
     pub fn visible(self) -> bool {
-        !matches!(self, State::Creating | State::Killing)
+        !matches!(self, State::Creating | State::Killing | State::Dead)
     }
     /// A create in flight, for the limit on concurrent creates.
     pub fn in_flight(self) -> bool {
@@ -83,6 +86,7 @@ impl State {
         match self {
             State::Running | State::Pausing | State::Creating => "running",
             State::Paused | State::Resuming | State::Killing => "paused",
+            State::Dead => "dead",
         }
     }
 
@@ -94,6 +98,7 @@ impl State {
             State::Paused => "paused",
             State::Resuming => "resuming",
             State::Killing => "killing",
+            State::Dead => "dead",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -104,6 +109,7 @@ impl State {
             "paused" => State::Paused,
             "resuming" => State::Resuming,
             "killing" => State::Killing,
+            "dead" => State::Dead,
             _ => return None,
         })
     }
@@ -151,6 +157,9 @@ pub struct SandboxRow {
     pub paused_memory: bool,
     /// When the current pause began (unix ms; 0 while running).
     pub paused_at: i64,
+    /// When and why it died (`State::Dead` only).
+    pub died_at: i64,
+    pub death: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +250,8 @@ impl Store {
             ("auto_pause_memory", "INTEGER NOT NULL DEFAULT 1"),
             ("paused_memory", "INTEGER NOT NULL DEFAULT 1"),
             ("paused_at", "INTEGER NOT NULL DEFAULT 0"),
+            ("died_at", "INTEGER NOT NULL DEFAULT 0"),
+            ("death", "TEXT NOT NULL DEFAULT ''"),
             ("volumes", "TEXT NOT NULL DEFAULT '[]'"),
         ] {
             if !has(col)? {
@@ -368,6 +379,8 @@ impl Store {
                 auto_pause_memory: r.get(15)?,
                 paused_memory: r.get(16)?,
                 paused_at: r.get(17)?,
+                died_at: r.get(18)?,
+                death: r.get(19)?,
             },
             state,
             metadata,
@@ -384,7 +397,7 @@ impl Store {
     }
 
     const COLS: &'static str =
-        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at";
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -418,7 +431,9 @@ impl Store {
     pub fn admit(&self, s: &SandboxRow, volumes: &[crate::volumes::store::SandboxVolume], max_creating: usize, max_total: usize) -> Result<Result<(), Refusal>, StoreError> {
         let mut c = self.c();
         let tx = c.transaction()?;
-        let (creating, total): (i64, i64) = tx.query_row("SELECT COALESCE(SUM(state = 'creating'), 0), COUNT(*) FROM sandboxes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // The dead hold nothing: they do not count.
+        let (creating, total): (i64, i64) =
+            tx.query_row("SELECT COALESCE(SUM(state = 'creating'), 0), COALESCE(SUM(state != 'dead'), 0) FROM sandboxes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if creating as usize >= max_creating {
             return Ok(Err(Refusal::Busy(max_creating)));
         }
@@ -467,6 +482,17 @@ impl Store {
         Ok(self.change("UPDATE sandboxes SET end_at = ?2 WHERE id = ?1", params![id, end_at])? > 0)
     }
 
+    /// Records that a sandbox died and why; it mounts and runs on nothing
+    /// any more (its volumes and layers are free).
+    pub fn set_dead(&self, id: &str, death: &str, at: i64) -> Result<bool, StoreError> {
+        Ok(self.change("UPDATE sandboxes SET state = 'dead', died_at = ?2, death = ?3, volumes = '[]', layers = '[]' WHERE id = ?1", params![id, at, death])? > 0)
+    }
+
+    /// Forgets sandboxes that died before `before`.
+    pub fn purge_dead(&self, before: i64) -> Result<usize, StoreError> {
+        Ok(self.c().execute("DELETE FROM sandboxes WHERE state = 'dead' AND died_at < ?1", params![before])?)
+    }
+
     pub fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.change("DELETE FROM sandboxes WHERE id = ?1", params![id])? > 0)
     }
@@ -496,6 +522,8 @@ mod tests {
             auto_pause_memory: false,
             paused_memory: true,
             paused_at: 0,
+            died_at: 0,
+            death: String::new(),
         }
     }
 

@@ -130,6 +130,8 @@ impl Service {
             auto_pause_memory: plan.auto_pause_memory,
             paused_memory: true,
             paused_at: 0,
+            died_at: 0,
+            death: String::new(),
         };
         // Admission first: the limits and the row in one transaction, so
         // concurrent creates cannot overshoot them and a crash from here on

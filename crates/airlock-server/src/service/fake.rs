@@ -17,6 +17,8 @@ struct Sandbox {
     restarts: u32,
     /// Soft and hard resets it went through.
     resets: (u32, u32),
+    /// What its memory group's OOM counter would say.
+    oom_kills: u64,
     spec: SandboxSpec,
 }
 
@@ -38,6 +40,16 @@ impl FakeBackend {
         SandboxInfo { id: id.to_string(), pid: 4242, socket: PathBuf::from(format!("/nonexistent/{id}.sock")), frozen: s.frozen, ip: None }
     }
 
+    /// What the OOM killer taking PID 1 does.
+    pub(super) fn oom_kill(&self, id: &str) {
+        self.with(|m| {
+            if let Some(s) = m.get_mut(id) {
+                s.alive = false;
+                s.oom_kills += 1;
+            }
+        });
+    }
+
     /// What a host reboot does: every process gone, files kept.
     pub(super) fn lose_processes(&self, id: &str) {
         self.with(|m| {
@@ -51,7 +63,7 @@ impl FakeBackend {
     /// A sandbox that outlived the store's record of it (a crash between
     /// create and insert).
     pub(super) fn adopt(&self, id: &str, spec: SandboxSpec) {
-        self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec }));
+        self.with(|m| m.insert(id.to_string(), Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), oom_kills: 0, spec }));
     }
 
     pub(super) fn lose_firewall(&self) {
@@ -100,7 +112,7 @@ impl Backend for FakeBackend {
             if m.contains_key(&spec.id) {
                 return Err(Error::AlreadyExists(spec.id.clone()));
             }
-            let s = Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), spec: spec.clone() };
+            let s = Sandbox { frozen: false, alive: true, restarts: 0, resets: (0, 0), oom_kills: 0, spec: spec.clone() };
             let info = Self::info(&spec.id, &s);
             m.insert(spec.id.clone(), s);
             Ok(info)
@@ -144,6 +156,10 @@ impl Backend for FakeBackend {
 
     fn usage(&self, id: &str) -> Result<Usage, Error> {
         self.get(id).map(|_| Usage { memory_limit_bytes: 512 << 20, ..Usage::default() })
+    }
+
+    fn oom_kills(&self, id: &str) -> u64 {
+        self.with(|m| m.get(id).map_or(0, |s| s.oom_kills))
     }
 
     fn restart(&self, id: &str) -> Result<SandboxInfo, Error> {

@@ -72,8 +72,70 @@ impl Service {
     pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
+        if let Some(dead) = self.dead_row(id).await? {
+            // Nothing is left of it but the record: killing forgets it.
+            let store = self.store.clone();
+            self.blocking(move || store.delete_sandbox(&dead.id)).await??;
+            self.forget(id);
+            return Ok(());
+        }
         self.row(id).await?;
         self.destroy_locked(id).await
+    }
+
+    /// A sandbox whose PID 1 died on its own: its resources are released
+    /// now, and its record stays (state `dead`, with the cause) for
+    /// `dead_retention_s`, so users learn what happened instead of a bare 404.
+    pub(super) async fn record_death(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let Ok(row) = self.row(id).await else { return Ok(()) };
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        // Re-checked under the lock (a pause or kill may have just run), and
+        // the evidence read before destroy removes it.
+        let (alive, ooms) = self.blocking(move || (backend.get(&id2).is_ok(), backend.oom_kills(&id2))).await?;
+        if alive || !row.state.takes_traffic() {
+            return Ok(());
+        }
+        let death = if ooms > 0 {
+            format!("out of memory: the OOM killer ended its PID 1 (memory limit {} MiB)", row.memory_mb)
+        } else {
+            "its PID 1 (the agent) exited or was killed from outside the sandbox".to_string()
+        };
+        tracing::warn!(sandbox_id = %id, cause = %death, "sandbox died");
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.destroy(&id2)).await? {
+            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+            Err(e) => return Err(runtime_err(id, e)),
+        }
+        let store = self.store.clone();
+        let (id2, d2) = (id.to_string(), death.clone());
+        self.blocking(move || store.set_dead(&id2, &d2, now_ms())).await??;
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.collect_layers_soon();
+        Ok(())
+    }
+
+    /// The row of a dead sandbox, if `id` is one.
+    pub(super) async fn dead_row(&self, id: &str) -> Result<Option<SandboxRow>, ApiError> {
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        Ok(self.blocking(move || store.sandbox(&id2)).await??.filter(|r| r.state == State::Dead))
+    }
+
+    /// The 404 a dead sandbox answers with: when and why it died.
+    pub(super) fn death_error(row: &SandboxRow) -> ApiError {
+        ApiError::NotFound(format!("sandbox {} was not found: it died at {}: {}", row.id, rfc3339_ms(row.died_at), row.death))
+    }
+
+    /// Forgets the dead after `dead_retention_s`.
+    pub async fn purge_dead(&self) -> Result<usize, ApiError> {
+        let store = self.store.clone();
+        let before = now_ms() - self.cfg.dead_retention_s * 1000;
+        let n = self.blocking(move || store.purge_dead(before)).await??;
+        Ok(n)
     }
 
     pub(super) async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
@@ -238,6 +300,7 @@ impl Service {
             let store = self.store.clone();
             let (id, end) = (row.id.clone(), row.end_at);
             match row.state {
+                State::Dead => {}
                 // A create or a kill a crash interrupted: finish undoing it.
                 State::Creating | State::Killing => {
                     tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "a create or kill was interrupted; destroying the sandbox");
@@ -300,6 +363,9 @@ impl Service {
             })
             .await??;
         let row = row.ok_or_else(|| ApiError::NotFound(format!("sandbox {id} not found")))?;
+        if row.state == State::Dead {
+            return Err(Self::death_error(&row));
+        }
         if !row.state.takes_traffic() {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
         }

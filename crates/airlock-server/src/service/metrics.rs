@@ -75,10 +75,9 @@ impl Service {
             let id = row.id.clone();
             let alive = self.blocking(move || backend.get(&id).is_ok()).await.unwrap_or(true);
             if !alive {
-                let lock = self.lock_for(&row.id);
-                let _g = lock.lock().await;
-                tracing::warn!(sandbox_id = %row.id, "sandbox died unexpectedly; cleaning up");
-                let _ = self.destroy_locked(&row.id).await;
+                if let Err(e) = self.record_death(&row.id).await {
+                    tracing::warn!(sandbox_id = %row.id, error = %e, "recording a sandbox's death failed");
+                }
                 continue;
             }
             self.sample(&row).await;

@@ -305,6 +305,8 @@ fn admission_counts_creates_in_flight_and_every_sandbox() {
         auto_pause_memory: true,
         paused_memory: true,
         paused_at: 0,
+        died_at: 0,
+        death: String::new(),
     };
     let s = w.svc.store();
     assert_eq!(s.admit(&row("a", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
@@ -365,4 +367,35 @@ async fn without_a_firewall_default_creates_get_loopback_and_explicit_ones_a_hin
     let e = w.svc.create(NewSandbox { allow_internet_access: Some(true), ..req(60) }, true).await.expect_err("refused");
     assert!(matches!(&e, ApiError::BadRequest(m) if m.contains("apt install iptables") && m.contains("--no-internet")), "{e:?}");
     w.create(NewSandbox { allow_internet_access: Some(false), ..req(60) }).await;
+}
+
+/// Hardening: a sandbox whose PID 1 died was cleaned up and then only 404.
+/// Now its record says when and why, in info, in list (when asked for)
+/// and to its traffic, for a while.
+#[tokio::test]
+async fn a_sandbox_that_died_says_why() {
+    let mut w = world();
+    let oom = w.create(req(600)).await;
+    let shot = w.create(req(600)).await;
+    let fine = w.create(req(600)).await;
+    w.fake.oom_kill(&oom.id);
+    w.fake.lose_processes(&shot.id);
+    w.svc.sample_all().await;
+    assert!(!w.fake.exists(&oom.id) && !w.fake.exists(&shot.id), "their resources are released");
+    let e = w.svc.get(&oom.id).await.expect_err("dead");
+    assert!(matches!(&e, ApiError::NotFound(m) if m.contains("out of memory") && m.contains("died at")), "{e:?}");
+    let e = w.svc.route(&shot.id).await.expect_err("dead");
+    assert!(matches!(&e, ApiError::NotFound(m) if m.contains("exited or was killed")), "{e:?}");
+    let ids = |p: Page| p.items.into_iter().map(|d| d.sandbox_id).collect::<Vec<_>>();
+    assert_eq!(ids(w.svc.list(ListFilter::default()).await.expect("list")), vec![fine.id.clone()], "not listed unless asked");
+    let dead = w.svc.list(ListFilter { states: Some(vec![State::Dead]), ..Default::default() }).await.expect("list");
+    assert_eq!(dead.items.len(), 2);
+    assert!(dead.items.iter().all(|d| d.state == "dead" && d.death.is_some()));
+    // They count against nothing, and killing one forgets it.
+    w.svc.kill(&shot.id).await.expect("kill a dead one");
+    assert!(matches!(w.svc.get(&shot.id).await, Err(ApiError::NotFound(m)) if !m.contains("died")));
+    Arc::get_mut(&mut w.svc).expect("only owner").cfg.dead_retention_s = 0;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(w.svc.purge_dead().await.expect("purge"), 1);
+    assert!(w.row(&oom.id).is_none());
 }

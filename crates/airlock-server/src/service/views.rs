@@ -20,6 +20,7 @@ impl Service {
             metadata: row.metadata.clone(),
             envd_access_token: row.access_token.clone(),
             allow_internet_access: Some(row.internet),
+            death: (row.state == State::Dead).then(|| row.death.clone()),
             lifecycle: api::Lifecycle { auto_resume: false, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
             domain: None,
         }
@@ -39,13 +40,19 @@ impl Service {
     }
 
     pub async fn get(&self, id: &str) -> Result<SandboxDetail, ApiError> {
+        if let Some(dead) = self.dead_row(id).await? {
+            return Err(Self::death_error(&dead));
+        }
         Ok(self.detail(&self.row(id).await?))
     }
 
     pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
         let store = self.store.clone();
         let mut rows = self.blocking(move || store.sandboxes()).await??;
-        rows.retain(|r| r.state.visible());
+        // The dead only when asked for (`state=dead`): the E2B SDKs know
+        // no such state.
+        let want_dead = f.states.as_ref().is_some_and(|s| s.contains(&State::Dead));
+        rows.retain(|r| r.state.visible() || want_dead && r.state == State::Dead);
         let running = rows.iter().filter(|r| r.state.api_str() == "running").count();
         let after: Option<i64> = match &f.next_token {
             Some(t) if !t.is_empty() => Some(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?),

@@ -251,3 +251,57 @@ async fn a_full_data_disk_is_an_error_for_what_filled_it_and_nobody_else() {
         srv.api("DELETE", &format!("/sandboxes/{sbx}"), None).await;
     }
 }
+
+/// Hardening: a sandbox whose PID 1 died (the OOM killer, a kill from the
+/// host) was cleaned up and then only 404. Now it says why.
+#[tokio::test]
+async fn a_sandbox_whose_pid_1_died_says_why() {
+    let srv = Server::start(&["--no-network"]).await;
+    let off = json!({"templateID": "base", "timeout": 300, "allow_internet_access": false, "memoryMB": 64});
+    let shot = srv.create(off.clone()).await;
+    let starved = srv.create(off.clone()).await;
+    let pid_of = |sbx: &Value| -> i32 {
+        let st: Value = serde_json::from_slice(&std::fs::read(srv.data.join("sandboxes").join(id(sbx)).join("state.json")).expect("state.json")).expect("json");
+        st["pid"].as_i64().expect("pid") as i32
+    };
+    // SAFETY: kill(2) of the test's own sandbox's PID 1.
+    assert_eq!(unsafe { libc::kill(pid_of(&shot), libc::SIGKILL) }, 0);
+    // Run out of memory with PID 1 the OOM killer's first choice: the
+    // memory goes to a tmpfs file, which no process's size counts, and PID
+    // 1's score is raised from the host (lowering others' would need
+    // CAP_SYS_RESOURCE, which root here may lack).
+    std::fs::write(format!("/proc/{}/oom_score_adj", pid_of(&starved)), "1000").expect("oom_score_adj");
+    let payload = serde_json::to_vec(&json!({"process": {"cmd": "/bin/bash", "args": ["-c", "head -c 100M /dev/zero > /dev/shm/fill"]}})).expect("json");
+    let tok = starved["envdAccessToken"].as_str().expect("token");
+    let sid = id(&starved);
+    let headers = [("e2b-sandbox-id", sid.as_str()), ("x-access-token", tok), ("content-type", "application/connect+json")];
+    // The stream breaks when PID 1 goes: that is the point.
+    let _ = srv.req("POST", "/process.Process/Start", &headers, airlock_proto::connect::envelope(0, &payload).into()).await;
+    for (sbx, cause) in [(&shot, "exited or was killed"), (&starved, "out of memory")] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, v) = srv.api("GET", &format!("/sandboxes/{}", id(sbx)), None).await;
+            if s == 404 {
+                let m = v["message"].as_str().unwrap_or("").to_string();
+                assert!(m.contains("died at") && m.contains(cause), "{m}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} was never noticed dead: {s} {v}", id(sbx));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let (s, list) = srv.api("GET", "/v2/sandboxes?state=dead", None).await;
+    assert_eq!(s, 200, "{list}");
+    let listed = list.as_array().expect("list");
+    assert_eq!(listed.len(), 2, "{list}");
+    assert!(listed.iter().all(|d| d["state"] == "dead" && d["death"].is_string()), "{list}");
+    let (s, v) = srv.api("GET", "/v2/sandboxes", None).await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(0)), "not in the default list: {v}");
+    let (s, _) = srv.run(&shot, "true").await;
+    assert_ne!(s, 200);
+    assert!(!srv.data.join("sandboxes").join(id(&shot)).exists(), "its resources are gone");
+    let (s, _) = srv.api("DELETE", &format!("/sandboxes/{}", id(&shot)), None).await;
+    assert_eq!(s, 204, "killing a dead one forgets it");
+    let (s, v) = srv.api("GET", &format!("/sandboxes/{}", id(&shot)), None).await;
+    assert!(s == 404 && !v["message"].as_str().unwrap_or("").contains("died"), "{v}");
+}
