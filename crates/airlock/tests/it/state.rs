@@ -276,7 +276,7 @@ async fn a_sandbox_whose_pid_1_died_says_why() {
     let sid = id(&starved);
     let headers = [("e2b-sandbox-id", sid.as_str()), ("x-access-token", tok), ("content-type", "application/connect+json")];
     // The stream breaks when PID 1 goes: that is the point.
-    let _ = srv.req("POST", "/process.Process/Start", &headers, airlock_proto::connect::envelope(0, &payload).into()).await;
+    let _ = srv.req("POST", "/process.Process/Start", &headers, airlock_proto::connect::envelope(0, &payload)).await;
     for (sbx, cause) in [(&shot, "exited or was killed"), (&starved, "out of memory")] {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
