@@ -2,7 +2,8 @@
 //! (a fresh data directory, a free port on loopback, one API key, and on
 //! drop the sandboxes it leaves, which outlive servers by design, cleaned
 //! up), and a raw HTTP/1.1 client for its API and sandbox traffic, for
-//! tests that must see exact statuses, headers and bodies.
+//! tests that must see exact statuses, headers and bodies; and an envd
+//! client for an agent's unix socket (`envd`).
 //!
 //! It is test code: it asserts and panics instead of returning errors.
 
@@ -17,6 +18,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+
+pub mod envd;
 
 /// `e2b_` + 40 hex characters, the key format every SDK accepts.
 pub const KEY: &str = "e2b_00000000000000000000000000000000000000aa";
