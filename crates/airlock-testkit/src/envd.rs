@@ -18,6 +18,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
+/// What a process stream told, read to its end by `collect`: the start
+/// event's pid, the output (PTY output counts as stdout) and the end event.
 #[derive(Debug, Clone, Default)]
 pub struct CmdResult {
     pub pid: u32,
@@ -44,6 +46,7 @@ pub struct Envd {
     pub user: Option<String>,
 }
 
+/// A response whose body has not been read yet (streams stay open).
 pub struct Response {
     pub status: u16,
     pub headers: http::HeaderMap,
