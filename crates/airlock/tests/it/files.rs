@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_testkit::envd::*;
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};

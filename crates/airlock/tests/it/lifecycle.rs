@@ -1,6 +1,7 @@
 //! Creating, finding, freezing and destroying sandboxes.
 
 use airlock_runtime::Backend;
+use airlock_testkit::envd::*;
 
 use crate::support::*;
 

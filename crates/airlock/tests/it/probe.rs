@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{CmdResult, Sandbox};
+use airlock_testkit::envd::CmdResult;
+
+use crate::support::Sandbox;
 
 /// Both attackers: root inside (it holds the capabilities a container
 /// keeps) and the unprivileged user.

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use airlock_testkit::envd::*;
 use serde_json::json;
 
 use crate::support::*;
@@ -147,10 +148,7 @@ async fn stdin_close_and_stream_input() {
         json!({"keepalive": {}}),
         json!({"data": {"input": {"stdin": enc(b"678")}}}),
     ] {
-        let p = serde_json::to_vec(&m).expect("json");
-        body.push(0u8);
-        body.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        body.extend_from_slice(&p);
+        body.extend_from_slice(&airlock_proto::connect::json_envelope(&m));
     }
     let r = sbx.envd.request("POST", "/process.Process/StreamInput", &[("content-type", "application/connect+json".into())], body).await;
     assert_eq!(r.status, 200);
@@ -183,10 +181,7 @@ async fn signals_kill_the_whole_process_group() {
 #[tokio::test]
 async fn connect_timeout_bounds_the_process_lifetime() {
     let sbx = Sandbox::new();
-    let payload = serde_json::to_vec(&start_req("sleep 30")).expect("json");
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    body.extend_from_slice(&payload);
+    let body = airlock_proto::connect::json_envelope(&start_req("sleep 30"));
     let t = std::time::Instant::now();
     let r = sbx.envd.request("POST", "/process.Process/Start", &[("content-type", "application/connect+json".into()), ("connect-timeout-ms", "500".into())], body).await;
     let bytes = r.bytes().await;

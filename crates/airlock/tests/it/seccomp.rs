@@ -9,6 +9,8 @@
 //! through Python's ctypes with numbers from the `libc` crate. Nothing
 //! here connects anywhere: the vsock sockets are only created.
 
+use airlock_testkit::envd::*;
+
 use crate::probe::{expect_results, kv, numbers, run, WHO};
 use crate::support::*;
 

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use airlock_testkit::envd::*;
 use bytes::Bytes;
 
 use crate::probe::{expect_results, kv, numbers, run, run_ok, WHO};
@@ -1497,13 +1498,7 @@ async fn mount_table_and_pid1_show_no_host_paths() {
 /// Every route the proxy carries to a sandbox's agent, as `(port, method,
 /// path, content type, body)`. A route added to the agent belongs here too.
 fn token_guarded_routes() -> Vec<(&'static str, &'static str, &'static str, &'static str, Vec<u8>)> {
-    let envelope = |msg: serde_json::Value| {
-        let p = serde_json::to_vec(&msg).expect("json");
-        let mut e = vec![0u8];
-        e.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        e.extend_from_slice(&p);
-        e
-    };
+    let envelope = |msg: serde_json::Value| airlock_proto::connect::json_envelope(&msg).to_vec();
     let json = |msg: serde_json::Value| serde_json::to_vec(&msg).expect("json");
     let start = serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-c", "id -u"]}, "stdin": false});
     let pid = serde_json::json!({"process": {"pid": 1}});

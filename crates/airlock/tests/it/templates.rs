@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use airlock_runtime::{Backend, NamespaceBackend, SandboxSpec};
 use airlock_server::builder::{BuildError, BuildEvent, Builder};
+use airlock_testkit::envd::*;
 use tokio::sync::mpsc;
 
 use crate::support::*;

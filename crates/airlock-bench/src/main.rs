@@ -23,7 +23,15 @@
 //! warm and on fresh contexts, after the template's first build), with the
 //! server's own log times and the CPU spent by server, sandbox and client.
 //!
-//! It needs root. Build with `cargo build --release -p airlock` and run
+//! The server is started and stopped through airlock-testkit, as the
+//! integration tests start theirs; the requests straight to an agent's
+//! socket use the small blocking client below, not testkit's async envd
+//! client, because the create-to-ready probe runs on plain threads (the
+//! concurrent creates) and every series straight to the agent, in both
+//! modes, must cost the client the same for the figures to compare.
+//!
+//! It needs root. Build with `cargo build --release -p airlock -p
+//! airlock-bench` (it runs the `airlock` next to it) and run
 //! `./target/release/airlock-bench` (`--help` for the knobs, `--json` for
 //! machine-readable output, `--render FILE` to print a saved report).
 //! Progress goes to stderr, results to stdout. BENCHMARKS.md has results.
@@ -220,7 +228,7 @@ fn agent_binary(args: &Args) -> Result<PathBuf> {
         }
     };
     if !p.is_file() {
-        bail!("agent binary {} not found: build it next to the bench with `cargo build --release -p airlock` (or pass --binary)", p.display());
+        bail!("agent binary {} not found: build it next to the bench with `cargo build --release -p airlock -p airlock-bench` (or pass --binary)", p.display());
     }
     Ok(p)
 }
@@ -743,10 +751,7 @@ fn command_round_trip(b: &Bench, runs: usize, internet: bool) -> Result<Value> {
             }
             Ok(t.elapsed())
         };
-        let payload = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        body.extend_from_slice(payload);
+        let body = airlock_proto::connect::envelope(0, br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#);
         let mut req = format!(
             "POST /process.Process/Start HTTP/1.1\r\nHost: sandbox\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
@@ -779,17 +784,12 @@ fn check_process_stream(r: &HttpResp) -> Result<()> {
     if r.status != 200 {
         bail!("Start answered {}: {}", r.status, String::from_utf8_lossy(&r.body));
     }
-    let mut b = &r.body[..];
+    let mut dec = airlock_proto::connect::EnvelopeDecoder::new();
+    dec.push(&r.body);
     let (mut started, mut exit) = (false, None);
-    while b.len() >= 5 {
-        let flags = b[0];
-        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
-        if b.len() < 5 + len {
-            bail!("truncated Connect envelope");
-        }
-        let v: Value = serde_json::from_slice(&b[5..5 + len]).context("Connect message is not JSON")?;
-        b = &b[5 + len..];
-        if flags & 2 != 0 {
+    while let Some(env) = dec.next_envelope().context("bad Connect framing")? {
+        let v: Value = serde_json::from_slice(&env.payload).context("Connect message is not JSON")?;
+        if env.is_end_stream() {
             if let Some(e) = v.get("error") {
                 bail!("stream ended with error: {e}");
             }
@@ -806,6 +806,7 @@ fn check_process_stream(r: &HttpResp) -> Result<()> {
             exit = Some(e["exitCode"].as_i64().unwrap_or(0));
         }
     }
+    dec.finish().context("truncated Connect envelope")?;
     bail!("stream ended without an end-of-stream message")
 }
 
@@ -979,11 +980,9 @@ struct Sbx {
 }
 
 struct Srv {
+    server: airlock_testkit::Server,
     pool: Pool,
     host: String,
-    key: String,
-    data: PathBuf,
-    log: PathBuf,
     live: Mutex<Vec<String>>,
     loads: Mutex<Vec<(String, String)>>,
     server_pid: u32,
@@ -991,7 +990,7 @@ struct Srv {
 
 impl Srv {
     fn api_headers(&self) -> Vec<(&str, &str)> {
-        vec![("x-api-key", self.key.as_str()), ("content-type", "application/json"), ("user-agent", "e2b-python-sdk/2.63.0")]
+        vec![("x-api-key", self.server.key()), ("content-type", "application/json"), ("user-agent", "e2b-python-sdk/2.63.0")]
     }
 
     fn note_load(&self, phase: &str) {
@@ -1002,7 +1001,7 @@ impl Srv {
 
     /// Server log size: phases remember it to read their own lines later.
     fn log_mark(&self) -> u64 {
-        std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0)
+        std::fs::metadata(self.server.log_path()).map(|m| m.len()).unwrap_or(0)
     }
 
     /// `POST /v2/sandboxes` until 201; the elapsed time is the SDK's create.
@@ -1142,12 +1141,12 @@ impl Srv {
 
     /// The agent's socket, for the same requests without the server.
     fn agent_socket(&self, s: &Sbx) -> PathBuf {
-        self.data.join("sandboxes").join(&s.id).join("agent.sock")
+        self.server.data.join("sandboxes").join(&s.id).join("agent.sock")
     }
 
     /// The sandbox's PID 1 (its agent), from the runtime's state file.
     fn agent_pid(&self, s: &Sbx) -> Option<u32> {
-        let st: Value = serde_json::from_slice(&std::fs::read(self.data.join("sandboxes").join(&s.id).join("state.json")).ok()?).ok()?;
+        let st: Value = serde_json::from_slice(&std::fs::read(self.server.data.join("sandboxes").join(&s.id).join("state.json")).ok()?).ok()?;
         st["pid"].as_u64().map(|p| p as u32)
     }
 
@@ -1160,7 +1159,7 @@ impl Srv {
     /// created` (runtime create + template start + store insert) and the
     /// runtime's own `sandbox created` (`Backend::create`, logged at debug).
     fn server_times(&self, from: u64, to: u64) -> Value {
-        let Ok(all) = std::fs::read(&self.log) else { return Value::Null };
+        let Ok(all) = std::fs::read(self.server.log_path()) else { return Value::Null };
         let seg = &all[(from as usize).min(all.len())..(to as usize).min(all.len())];
         let (mut handler, mut created, mut runtime) = (Vec::new(), Vec::new(), Vec::new());
         for line in seg.split(|b| *b == b'\n') {
@@ -1186,14 +1185,15 @@ impl Srv {
 
 /// Byte offset just past the end-of-stream envelope of a Connect stream.
 fn connect_eos_offset(body: &[u8]) -> Option<usize> {
+    let mut dec = airlock_proto::connect::EnvelopeDecoder::new();
+    dec.push(body);
     let mut off = 0;
-    while body.len() >= off + 5 {
-        let len = u32::from_be_bytes([body[off + 1], body[off + 2], body[off + 3], body[off + 4]]) as usize;
-        let end = off + 5 + len;
-        if body[off] & 2 != 0 {
-            return (end <= body.len()).then_some(end);
+    while let Ok(Some(env)) = dec.next_envelope() {
+        // Each envelope is its flag byte, its length and its payload.
+        off += 5 + env.payload.len();
+        if env.is_end_stream() {
+            return Some(off);
         }
-        off = end;
     }
     None
 }
@@ -1325,21 +1325,13 @@ fn start_envelope(cmd: &str, args: &[&str]) -> Vec<u8> {
     if !args.is_empty() {
         p["args"] = json!(args);
     }
-    let payload = json!({"process": p, "stdin": false}).to_string();
-    let mut b = vec![0u8];
-    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    b.extend_from_slice(payload.as_bytes());
-    b
+    airlock_proto::connect::json_envelope(&json!({"process": p, "stdin": false})).to_vec()
 }
 
 fn random_hex(n: usize) -> Result<String> {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).context("reading /dev/urandom")?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
 }
 
 fn run_server_mode(args: &Args) -> Result<Value> {
@@ -1350,62 +1342,24 @@ fn run_server_mode(args: &Args) -> Result<Value> {
     };
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let log = std::env::temp_dir().join(format!("airlock-bench-server-{}.log", std::process::id()));
-    let port = free_port()?;
     let key = format!("e2b_{}", random_hex(20)?);
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let logf = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    progress(&format!("starting `airlock serve` on {addr}, data dir {}, log {}", data.display(), log.display()));
+    progress(&format!("starting `airlock serve`, data dir {}, log {}", data.display(), log.display()));
     let t_spawn = Instant::now();
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(&binary)
-            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(&data)
-            .args(["--api-key", &key, "--log-format", "json"])
-            // The runtime logs its own create time at debug level.
-            .env("RUST_LOG", "info,airlock_runtime::namespace=debug")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            // Its own process group: Ctrl-C reaches only this program,
-            // which stops the server itself after cleaning up.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {} serve", binary.display()))?
+    let started = airlock_testkit::Server::builder(&binary)
+        .data_dir(&data)
+        .log_file(&log)
+        .api_key(key)
+        .args(&["--log-format", "json"])
+        // The runtime logs its own create time at debug level.
+        .env("RUST_LOG", "info,airlock_runtime::namespace=debug")
+        .own_process_group()
+        .try_start();
+    let startup = t_spawn.elapsed();
+    let (result, clean) = match started {
+        Ok(server) => serve_and_measure(args, server, startup),
+        // testkit has already stopped the failed server and destroyed what it left.
+        Err(e) => (Err(anyhow::Error::new(e).context("starting the server")), true),
     };
-    let srv = Srv {
-        pool: Pool::new(addr),
-        host: addr.to_string(),
-        key,
-        data: data.clone(),
-        log: log.clone(),
-        live: Mutex::new(Vec::new()),
-        loads: Mutex::new(Vec::new()),
-        server_pid: child.id(),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the client runtime")?;
-    let result = rt.block_on(async {
-        let interrupted = async {
-            while !INTERRUPTED.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        let r = tokio::select! {
-            r = async {
-                wait_server(&srv, &mut child).await?;
-                let startup = t_spawn.elapsed();
-                measure_server(args, &srv, startup).await
-            } => r,
-            _ = interrupted => Err(anyhow!("interrupted")),
-        };
-        // Delete what this run made while the server still runs (a second
-        // Ctrl-C is ignored here; the runtime sweep below catches the rest).
-        tokio::time::timeout(Duration::from_secs(60), srv.kill_live()).await.ok();
-        r
-    });
-    drop(rt);
-    stop_server(&mut child);
-    let clean = destroy_leftovers(&binary, &data);
     if result.is_err() {
         eprintln!("[bench] server log kept at {}", log.display());
     } else {
@@ -1423,63 +1377,38 @@ fn run_server_mode(args: &Args) -> Result<Value> {
     result
 }
 
-async fn wait_server(srv: &Srv, child: &mut std::process::Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(st) = child.try_wait()? {
-            let log = std::fs::read_to_string(&srv.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            bail!("airlock serve exited ({st}) before answering /health:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+/// Measures against a started server, then stops it: the report, and
+/// whether no sandbox was left behind.
+fn serve_and_measure(args: &Args, server: airlock_testkit::Server, startup: Duration) -> (Result<Value>, bool) {
+    let addr = server.addr();
+    progress(&format!("`airlock serve` on {addr} answered /health after {:.0} ms", ms(startup)));
+    let mut srv = Srv { pool: Pool::new(addr), host: addr.to_string(), live: Mutex::new(Vec::new()), loads: Mutex::new(Vec::new()), server_pid: server.pid(), server };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let clean = srv.server.stop();
+            return (Err(anyhow::Error::new(e).context("starting the client runtime")), clean);
         }
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), srv.pool.send(build_req("GET", "/health", &srv.host, &[], Vec::new()), REQUEST_TIMEOUT)).await {
-            if r.status == 200 {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("airlock serve did not answer GET /health with 200 within 60 s (log: {})", srv.log.display());
-        }
-        // A refused connection was not pooled; try again shortly.
-        srv.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn stop_server(child: &mut std::process::Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: signalling our own child by pid; it has not been reaped yet.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// `airlock runtime list`, then `destroy` each; true when none is left.
-fn destroy_leftovers(binary: &Path, data: &Path) -> bool {
-    let list = || -> Option<Vec<String>> {
-        let out = Command::new(binary).args(["runtime", "list", "--data-dir"]).arg(data).stderr(Stdio::null()).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split('\t').next()).filter(|s| !s.is_empty()).map(str::to_string).collect())
     };
-    if !data.join("sandboxes").is_dir() {
-        return true;
-    }
-    let Some(ids) = list() else { return false };
-    if !ids.is_empty() {
-        progress(&format!("destroying {} leftover sandbox(es) with `airlock runtime destroy`", ids.len()));
-    }
-    for id in &ids {
-        let _ = Command::new(binary).args(["runtime", "destroy", "--data-dir"]).arg(data).arg(id).stdout(Stdio::null()).stderr(Stdio::null()).status();
-    }
-    list().is_some_and(|v| v.is_empty())
+    let result = rt.block_on(async {
+        let interrupted = async {
+            while !INTERRUPTED.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let r = tokio::select! {
+            r = measure_server(args, &srv, startup) => r,
+            _ = interrupted => Err(anyhow!("interrupted")),
+        };
+        // Delete what this run made while the server still runs (a second
+        // Ctrl-C is ignored here; the runtime sweep below catches the rest).
+        tokio::time::timeout(Duration::from_secs(60), srv.kill_live()).await.ok();
+        r
+    });
+    drop(rt);
+    progress("stopping the server; destroying leftover sandboxes with `airlock runtime destroy`");
+    let clean = srv.server.stop();
+    (result, clean)
 }
 
 fn has_mounts_under(dir: &Path) -> bool {
