@@ -19,7 +19,7 @@ pub struct User {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("user '{0}' does not exist")]
+    #[error("user '{0}' does not exist in the sandbox's /etc/passwd (was the file replaced or edited?)")]
     Unknown(String),
     #[error("reading {path}")]
     Read {

@@ -314,8 +314,10 @@ impl Service {
             return Err(ApiError::BadRequest("path must name a file, not the volume's root".into()));
         }
         let full = || ApiError::TooLarge(format!("the upload does not fit: volume '{}' is limited to {} MiB", v.name, v.size_mb));
+        let mut body = body;
         if let (Some(len), Some((used, total))) = (length, self.vols().space(&v.id)) {
             if len > total.saturating_sub(used) {
+                drain(&mut body).await;
                 return Err(full());
             }
         }
@@ -325,16 +327,19 @@ impl Service {
         let mut pending = self.blocking(move || root()?.begin_write(&p2, u, g, m)).await?.map_err(fs_err)?;
         let file = pending.take_file().ok_or_else(|| ApiError::Internal("upload without a file".into()))?;
         let mut file = tokio::fs::File::from_std(file);
-        let mut body = body;
         let mut written = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
             if let Ok(d) = frame.into_data() {
                 written += d.len() as u64;
-                file.write_all(&d).await.map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT) => full(),
-                    _ => ApiError::Internal(format!("writing {}: {e}", p.display())),
-                })?;
+                if let Err(e) = file.write_all(&d).await {
+                    let e = match e.raw_os_error() {
+                        Some(libc::ENOSPC) | Some(libc::EDQUOT) => full(),
+                        _ => ApiError::Internal(format!("writing {}: {e}", p.display())),
+                    };
+                    drain(&mut body).await;
+                    return Err(e);
+                }
             }
         }
         // Blocks are allocated at write-back on ext4 (delayed allocation):
@@ -439,4 +444,24 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
     }
+}
+
+/// Reads and drops what is left of a refused upload, within bounds (64 MiB,
+/// ten seconds), so the client finishes sending and reads the refusal
+/// instead of failing on a connection closed under its writes.
+async fn drain<B>(body: &mut B)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut left: usize = 64 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            match frame.data_ref() {
+                Some(d) if d.len() < left => left -= d.len(),
+                Some(_) => return,
+                None => {}
+            }
+        }
+    })
+    .await;
 }
