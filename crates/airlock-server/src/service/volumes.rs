@@ -434,18 +434,6 @@ pub fn file_info(e: &Entry) -> wire::FileInfo {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
-    }
-}
-
 /// Reads and drops what is left of a refused upload, within bounds (64 MiB,
 /// ten seconds), so the client finishes sending and reads the refusal
 /// instead of failing on a connection closed under its writes.
@@ -464,4 +452,16 @@ where
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+    }
 }
