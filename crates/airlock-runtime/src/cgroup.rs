@@ -380,8 +380,13 @@ impl SandboxCgroup {
             // SAFETY: kill(2) on pids read from the sandbox's own cgroup.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        // SIGKILL is delivered to frozen tasks only once they thaw.
-        self.thaw()
+        // SIGKILL is delivered to frozen tasks only once they thaw. A create
+        // cut short may have made some v1 groups and not the freezer's:
+        // nothing was frozen there, nothing to thaw.
+        match (&self.flavor, self.thaw()) {
+            (Flavor::V1 { .. }, Err(_)) if !self.v1("freezer").exists() => Ok(()),
+            (_, r) => r,
+        }
     }
 
     /// Removes the groups, waiting briefly for killed processes to go.

@@ -162,11 +162,21 @@ impl NamespaceBackend {
     }
 
     fn release_slot(&self, id: &str) {
+        let owner = self.slot_owner(id);
         if let Ok(cfg) = state::read_json::<LaunchConfig>(&self.dir(id).join(state::LAUNCH_FILE)) {
             let n = (cfg.id_base - ID_BASE) / IDS_PER_SANDBOX;
             let p = self.slots.join(n.to_string());
-            if fs::read_to_string(&p).map(|s| s == self.slot_owner(id)).unwrap_or(false) {
+            if fs::read_to_string(&p).map(|s| s == owner).unwrap_or(false) {
                 let _ = fs::remove_file(p);
+            }
+            return;
+        }
+        // A create cut short between reserving its slot and writing
+        // launch.json (a crash): find the slot by its owner. Only on this
+        // path, and the directory holds one file per live sandbox.
+        for e in fs::read_dir(&self.slots).into_iter().flatten().flatten() {
+            if fs::read_to_string(e.path()).map(|s| s == owner).unwrap_or(false) {
+                let _ = fs::remove_file(e.path());
             }
         }
     }
@@ -273,7 +283,26 @@ impl NamespaceBackend {
         // The launch path goes through the environment, not argv: PID 1's
         // command line is readable inside the sandbox and must not show host
         // paths, while its environment is not (the agent is non-dumpable).
-        let status = Command::new(&self.opts.binary)
+        let parent = std::process::id();
+        let mut cmd = Command::new(&self.opts.binary);
+        // The launcher dies with its caller: a server killed mid-create must
+        // not leave a launcher building a sandbox behind the back of the
+        // next server, which undoes that create at start. (PID 1, once
+        // forked, does not inherit this and outlives everyone, by design.)
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the caller exited before the launcher started"));
+                }
+                Ok(())
+            });
+        }
+        let status = cmd
             .arg0("/sbin/airlock-agent")
             .arg("__init")
             .stdin(Stdio::null())

@@ -472,6 +472,11 @@ impl Store {
         Ok(self.change("UPDATE sandboxes SET state = 'paused', end_at = ?2, paused_memory = ?3, paused_at = ?4 WHERE id = ?1", params![id, end_at, memory, at])? > 0)
     }
 
+    /// A pause begins: `memory` says which kind (kept in `paused_memory`).
+    pub fn set_pausing(&self, id: &str, memory: bool) -> Result<bool, StoreError> {
+        Ok(self.change("UPDATE sandboxes SET state = 'pausing', paused_memory = ?2 WHERE id = ?1", params![id, memory])? > 0)
+    }
+
     /// Records a restart's new environment and resources.
     pub fn set_config(&self, id: &str, env: &BTreeMap<String, String>, cpus: f64, memory_mb: u64) -> Result<bool, StoreError> {
         let env = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());

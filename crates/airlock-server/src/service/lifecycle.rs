@@ -216,7 +216,12 @@ impl Service {
         if !row.state.can_pause() {
             return Err(ApiError::Conflict(format!("sandbox {id} is already paused")));
         }
-        self.set_state(id, State::Pausing, row.end_at).await?;
+        // The kind is recorded with the state: a start-up after a crash must
+        // know whether a frozen sandbox was being frozen (a pause that got
+        // there) or stopped (its PID 1 may be frozen with a SIGKILL pending).
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_pausing(&id2, memory)).await??;
         if let Err(e) = self.pause_work(&row, memory).await {
             self.set_state(id, State::Running, row.end_at).await?;
             return Err(e);
@@ -305,18 +310,48 @@ impl Service {
                 State::Creating | State::Killing => {
                     tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "a create or kill was interrupted; destroying the sandbox");
                     let backend = self.backend.clone();
-                    self.blocking(move || {
-                        let _ = backend.destroy(&id);
-                        store.delete_sandbox(&id)
-                    })
-                    .await??;
-                    self.remove_log(&row.id);
+                    let done = self
+                        .blocking(move || match backend.destroy(&id) {
+                            Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => store.delete_sandbox(&id).map(|_| None),
+                            // The row stays (invisible): the next start tries again.
+                            Err(e) => Ok(Some(e.to_string())),
+                        })
+                        .await??;
+                    match done {
+                        None => self.remove_log(&row.id),
+                        Some(e) => tracing::error!(sandbox_id = %row.id, error = %e, "undoing an interrupted create or kill failed; it is retried at the next start"),
+                    }
                 }
-                // Otherwise the kernel says where it got to.
-                _ if alive && frozen && row.state != State::Paused => {
+                // A filesystem pause cut short: finish it (whatever was
+                // killed, frozen or not, goes; the files stay).
+                State::Pausing if !row.paused_memory => {
+                    let backend = self.backend.clone();
+                    let id2 = id.clone();
+                    match self.blocking(move || backend.stop(&id2)).await? {
+                        Ok(()) | Err(airlock_runtime::Error::NotFound(_)) => {}
+                        Err(e) => tracing::error!(sandbox_id = %row.id, error = %e, "finishing an interrupted pause failed"),
+                    }
+                    self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;
+                }
+                // Otherwise the kernel says where it got to: a freeze that
+                // got there is a pause; anything else frozen was frozen for
+                // a moment (a snapshot's copy, a soft reset's kill, a thaw)
+                // and goes on running.
+                State::Pausing if alive && frozen => {
                     self.blocking(move || store.set_paused(&id, end, true, now_ms())).await??;
                 }
-                State::Pausing | State::Resuming if alive => self.set_state(&row.id, State::Running, end).await?,
+                State::Running | State::Pausing | State::Resuming if alive => {
+                    if frozen {
+                        let backend = self.backend.clone();
+                        let id2 = id.clone();
+                        if let Err(e) = self.blocking(move || backend.thaw(&id2)).await? {
+                            tracing::error!(sandbox_id = %row.id, error = %e, "thawing a sandbox left frozen by a crash failed");
+                        }
+                    }
+                    if row.state != State::Running {
+                        self.set_state(&row.id, State::Running, end).await?;
+                    }
+                }
                 _ if !alive && (row.state != State::Paused || row.paused_memory) => {
                     tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "sandbox processes are gone (host restarted?); it keeps its files and boots on connect");
                     self.blocking(move || store.set_paused(&id, end, false, now_ms())).await??;

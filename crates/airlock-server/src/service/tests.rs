@@ -327,7 +327,14 @@ async fn start_up_settles_what_a_crash_interrupted() {
     let pausing_frozen = w.create(req(600)).await;
     let pausing_running = w.create(req(600)).await;
     let resuming_dead = w.create(req(600)).await;
+    let stopping = w.create(req(600)).await;
+    let snapshotting = w.create(req(600)).await;
     let s = w.svc.store();
+    // A filesystem pause cut short (its PID 1 may be frozen, a SIGKILL
+    // pending), and a snapshot's freeze the crash never undid.
+    s.set_pausing(&stopping.id, false).expect("pausing");
+    w.fake.freeze(&stopping.id).expect("freeze");
+    w.fake.freeze(&snapshotting.id).expect("freeze");
     // What the rows would say had the server died in the middle of each.
     for (r, st) in
         [(&creating, State::Creating), (&killing, State::Killing), (&pausing_frozen, State::Pausing), (&pausing_running, State::Pausing), (&resuming_dead, State::Resuming)]
@@ -352,6 +359,11 @@ async fn start_up_settles_what_a_crash_interrupted() {
     let r = w.row(&resuming_dead.id).expect("row");
     assert_eq!((r.state, r.paused_memory), (State::Paused, false), "no processes: files only, booted on connect");
     assert_eq!(w.svc.get(&pausing_running.id).await.expect("get").state, "running");
+    let st = w.row(&stopping.id).expect("row");
+    assert_eq!((st.state, st.paused_memory), (State::Paused, false), "the filesystem pause is finished, not taken for a freeze");
+    assert!(!w.fake.alive(&stopping.id), "and its processes are gone");
+    assert_eq!(w.row(&snapshotting.id).expect("row").state, State::Running);
+    assert!(!w.fake.frozen(&snapshotting.id), "a freeze nobody asked to keep is undone");
 }
 
 /// Hardening: on a host without iptables every default create failed with

@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 
+mod faults;
 mod files;
 mod lifecycle;
 mod process;
