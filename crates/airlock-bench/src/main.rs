@@ -103,6 +103,12 @@ struct Args {
     /// snapshot, fork, filesystem pause and resume); 0 skips them.
     #[arg(long, default_value_t = 10)]
     state_runs: usize,
+    /// Server mode: instead of the measurements, a soak of this many
+    /// seconds: `--concurrency` workers (at most 16) loop create, exec,
+    /// upload, download, kill; errors, latencies and the server's memory
+    /// and descriptors over time are reported.
+    #[arg(long, default_value_t = 0)]
+    soak: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -1396,8 +1402,15 @@ fn serve_and_measure(args: &Args, server: airlock_testkit::Server, startup: Dura
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
+        let work = async {
+            if args.soak > 0 {
+                soak(args, &srv).await
+            } else {
+                measure_server(args, &srv, startup).await
+            }
+        };
         let r = tokio::select! {
-            r = measure_server(args, &srv, startup) => r,
+            r = work => r,
             _ = interrupted => Err(anyhow!("interrupted")),
         };
         // Delete what this run made while the server still runs (a second
@@ -1414,6 +1427,135 @@ fn serve_and_measure(args: &Args, server: airlock_testkit::Server, startup: Dura
 fn has_mounts_under(dir: &Path) -> bool {
     let d = dir.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| p == d || p.starts_with(&format!("{d}/"))))).unwrap_or(true)
+}
+
+/// The server process's resident memory (KiB) and open descriptors.
+fn server_footprint(pid: u32) -> (u64, usize) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())))
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    (rss, fds)
+}
+
+/// One soak iteration: create, a command, a 256 KiB upload and its
+/// download, two more commands, kill. Each step's latency goes to `lat`.
+async fn soak_once(srv: &Srv, internet: bool, lat: &Mutex<std::collections::BTreeMap<&'static str, Vec<Duration>>>) -> Result<()> {
+    let rec = |k: &'static str, d: Duration| lat.lock().unwrap_or_else(|p| p.into_inner()).entry(k).or_default().push(d);
+    let (s, d) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+    rec("create", d);
+    let r = async {
+        rec("exec", srv.start(&s, &start_envelope("/bin/bash", &["-c", "echo soak"])).await?);
+        let payload: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut h = srv.sandbox_headers(&s, "49983");
+        h.push(("content-type", "application/octet-stream"));
+        let req = build_req("POST", "/files?path=/home/user/soak.bin&username=user", &srv.host, &h, payload.clone());
+        let t = Instant::now();
+        let up = srv.pool.send(req, REQUEST_TIMEOUT).await?;
+        if up.status != 200 {
+            bail!("upload answered {}: {}", up.status, up.text());
+        }
+        rec("upload_256k", up.done - t);
+        let req = build_req("GET", "/files?path=/home/user/soak.bin&username=user", &srv.host, &srv.sandbox_headers(&s, "49983"), Vec::new());
+        let t = Instant::now();
+        let down = srv.pool.send(req, REQUEST_TIMEOUT).await?;
+        if down.status != 200 || down.body[..] != payload[..] {
+            bail!("download answered {} with {} bytes (wanted the 262144 uploaded)", down.status, down.body.len());
+        }
+        rec("download_256k", down.done - t);
+        for _ in 0..2 {
+            rec("exec", srv.start(&s, &start_envelope("/bin/true", &[])).await?);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let k = srv.kill(&s.id).await;
+    r?;
+    rec("kill", k?);
+    Ok(())
+}
+
+/// `--soak`: mixed work for a while against one server; what failed, how
+/// long things took, and whether its memory stayed flat.
+async fn soak(args: &Args, srv: &Srv) -> Result<Value> {
+    let workers = args.concurrency.clamp(1, 16);
+    let internet = args.network != NetMode::Off;
+    let until = Instant::now() + Duration::from_secs(args.soak);
+    let started = Instant::now();
+    srv.note_load(&format!("soak: {workers} workers for {} s (create, exec, upload, download, kill)", args.soak));
+    let lat = Mutex::new(std::collections::BTreeMap::<&'static str, Vec<Duration>>::new());
+    let errors = Mutex::new(Vec::<String>::new());
+    let iterations = std::sync::atomic::AtomicUsize::new(0);
+    let samples = Mutex::new(Vec::<Value>::new());
+    let sampler = async {
+        while Instant::now() < until {
+            let (rss, fds) = server_footprint(srv.server_pid);
+            samples.lock().unwrap_or_else(|p| p.into_inner()).push(json!({"t_s": started.elapsed().as_secs(), "rss_kib": rss, "fds": fds, "iterations": iterations.load(Ordering::Relaxed)}));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    };
+    let work = futures_util::future::join_all((0..workers).map(|_| async {
+        while Instant::now() < until && !INTERRUPTED.load(Ordering::SeqCst) {
+            match soak_once(srv, internet, &lat).await {
+                Ok(()) => {
+                    iterations.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{e:#}")),
+            }
+        }
+    }));
+    tokio::join!(sampler, work);
+    // Memory after the work, once connections closed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_end, fds_end) = server_footprint(srv.server_pid);
+    let samples = samples.into_inner().unwrap_or_else(|p| p.into_inner());
+    let errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    let lat = lat.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Flat: the last samples within 20% (plus 8 MiB) of the first after warm-up.
+    let warm = samples.get(2).or(samples.last()).and_then(|v| v["rss_kib"].as_u64()).unwrap_or(0);
+    let flat = rss_end <= warm + warm / 5 + 8 * 1024;
+    Ok(json!({
+        "mode": "soak",
+        "seconds": args.soak,
+        "workers": workers,
+        "iterations": iterations.load(Ordering::Relaxed),
+        "errors": errors.len(),
+        "first_errors": errors.iter().take(10).collect::<Vec<_>>(),
+        "latency": lat.iter().map(|(k, v)| (k.to_string(), stats(v))).collect::<serde_json::Map<_, _>>(),
+        "server_memory": samples,
+        "server_after": {"rss_kib": rss_end, "fds": fds_end},
+        "memory_flat": flat,
+        "host": {"kernel": kernel(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "loadavg_after": loadavg()},
+    }))
+}
+
+fn print_soak(r: &Value) {
+    println!("airlock-bench --server --soak {} ({} workers, create/exec/upload/download/kill)", f(r, "/seconds"), f(r, "/workers"));
+    println!("  iterations {}, errors {}", f(r, "/iterations"), f(r, "/errors"));
+    for e in r["first_errors"].as_array().into_iter().flatten() {
+        println!("    error: {}", e.as_str().unwrap_or_default());
+    }
+    println!("{}", header());
+    for (k, v) in r["latency"].as_object().into_iter().flatten() {
+        println!("{}", stats_row(k, v));
+    }
+    println!("  server memory over time (t s: RSS MiB, fds, iterations):");
+    let line: Vec<String> = r["server_memory"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{}: {:.1}, {}, {}", f(s, "/t_s"), s["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0, f(s, "/fds"), f(s, "/iterations")))
+        .collect();
+    for chunk in line.chunks(6) {
+        println!("    {}", chunk.join("  |  "));
+    }
+    println!(
+        "  after the work: RSS {:.1} MiB, {} fds; memory flat: {}",
+        r["server_after"]["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        f(r, "/server_after/fds"),
+        if r["memory_flat"].as_bool().unwrap_or(false) { "yes" } else { "NO" }
+    );
 }
 
 async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Value> {
@@ -2186,7 +2328,9 @@ fn header() -> String {
 }
 
 fn print_report(r: &Value) {
-    if r["mode"] == "server" {
+    if r["mode"] == "soak" {
+        print_soak(r);
+    } else if r["mode"] == "server" {
         print_server_tables(r);
     } else {
         print_tables(r);
