@@ -50,6 +50,17 @@ pub struct Config {
     /// Frozen (memory-keeping) paused sandboxes become filesystem-paused
     /// after this many seconds, releasing their memory; `None` = never.
     pub fs_pause_after_s: Option<i64>,
+    /// Connections served at once; `None` = derived from `RLIMIT_NOFILE`
+    /// (see `server::conn::default_max`). Past it, 503 and close.
+    pub max_connections: Option<usize>,
+    /// Connections served at once for one client (an IPv4 address or an
+    /// IPv6 /64); `None` = half of `max_connections`.
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds from a request head's first byte to its end; 0 = none.
+    pub header_timeout_s: u64,
+    /// Seconds a connection may wait for the next request with nothing
+    /// sent, and a response wait for a client that reads nothing; 0 = none.
+    pub idle_timeout_s: u64,
 }
 
 impl Config {
@@ -80,6 +91,15 @@ impl Config {
             binary,
             network: true,
             fs_pause_after_s: None,
+            max_connections: None,
+            max_connections_per_client: None,
+            // Generous for any real client (SDKs send a head in one write),
+            // short enough that a slow-loris holds a slot for little time.
+            header_timeout_s: 10,
+            // Above the Rust SDK's 60 s pool idle timeout (and far above
+            // undici's 4 s and httpx's 5 s), so a pooled connection is
+            // dropped by its client first and never raced by our close.
+            idle_timeout_s: 75,
         }
     }
 }
@@ -111,6 +131,12 @@ pub struct FileConfig {
     pub no_network: Option<bool>,
     /// Seconds a frozen paused sandbox waits before it keeps only its files.
     pub release_paused_after: Option<i64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds; 0 = none.
+    pub header_timeout: Option<u64>,
+    /// Seconds; 0 = none.
+    pub idle_timeout: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
