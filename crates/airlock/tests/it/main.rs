@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 
+mod connections;
 mod files;
 mod lifecycle;
 mod process;
