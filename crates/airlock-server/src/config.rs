@@ -180,6 +180,8 @@ mod tests {
         assert_eq!(f.listen, Some("127.0.0.1:4000".parse().expect("addr")));
         assert_eq!((f.max_sandboxes, f.default_cpus, f.no_network), (Some(5), Some(1.5), Some(true)));
         assert_eq!(f.api_keys, vec!["e2b_1".to_string()]);
+        let f = FileConfig::parse("max-connections = 100\nmax_connections_per_client = 10\nheader-timeout = 5\nidle_timeout = 0\n").expect("parse");
+        assert_eq!((f.max_connections, f.max_connections_per_client, f.header_timeout, f.idle_timeout), (Some(100), Some(10), Some(5), Some(0)));
         assert!(FileConfig::parse("max_sandboxs = 5").is_err(), "a typo is an error");
         assert!(FileConfig::parse("max_sandboxes = \"many\"").is_err(), "so is a wrong type");
         assert!(FileConfig::parse("listen = \"nowhere\"").is_err());
