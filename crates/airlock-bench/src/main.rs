@@ -1491,7 +1491,10 @@ async fn soak(args: &Args, srv: &Srv) -> Result<Value> {
     let sampler = async {
         while Instant::now() < until {
             let (rss, fds) = server_footprint(srv.server_pid);
-            samples.lock().unwrap_or_else(|p| p.into_inner()).push(json!({"t_s": started.elapsed().as_secs(), "rss_kib": rss, "fds": fds, "iterations": iterations.load(Ordering::Relaxed)}));
+            samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(json!({"t_s": started.elapsed().as_secs(), "rss_kib": rss, "fds": fds, "iterations": iterations.load(Ordering::Relaxed)}));
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     };

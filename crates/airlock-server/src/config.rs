@@ -52,6 +52,17 @@ pub struct Config {
     pub fs_pause_after_s: Option<i64>,
     /// How long the record of a sandbox that died on its own is kept.
     pub dead_retention_s: i64,
+    /// Connections served at once; `None` = derived from `RLIMIT_NOFILE`
+    /// (see `server::conn::default_max`). Past it, 503 and close.
+    pub max_connections: Option<usize>,
+    /// Connections served at once for one client (an IPv4 address or an
+    /// IPv6 /64); `None` = half of `max_connections`.
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds from a request head's first byte to its end; 0 = none.
+    pub header_timeout_s: u64,
+    /// Seconds a connection may wait for the next request with nothing
+    /// sent, and a response wait for a client that reads nothing; 0 = none.
+    pub idle_timeout_s: u64,
 }
 
 impl Config {
@@ -83,6 +94,15 @@ impl Config {
             network: true,
             fs_pause_after_s: None,
             dead_retention_s: 3600,
+            max_connections: None,
+            max_connections_per_client: None,
+            // Generous for any real client (SDKs send a head in one write),
+            // short enough that a slow-loris holds a slot for little time.
+            header_timeout_s: 10,
+            // Above the Rust SDK's 60 s pool idle timeout (and far above
+            // undici's 4 s and httpx's 5 s), so a pooled connection is
+            // dropped by its client first and never raced by our close.
+            idle_timeout_s: 75,
         }
     }
 }
@@ -114,6 +134,12 @@ pub struct FileConfig {
     pub no_network: Option<bool>,
     /// Seconds a frozen paused sandbox waits before it keeps only its files.
     pub release_paused_after: Option<i64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds; 0 = none.
+    pub header_timeout: Option<u64>,
+    /// Seconds; 0 = none.
+    pub idle_timeout: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +183,8 @@ mod tests {
         assert_eq!(f.listen, Some("127.0.0.1:4000".parse().expect("addr")));
         assert_eq!((f.max_sandboxes, f.default_cpus, f.no_network), (Some(5), Some(1.5), Some(true)));
         assert_eq!(f.api_keys, vec!["e2b_1".to_string()]);
+        let f = FileConfig::parse("max-connections = 100\nmax_connections_per_client = 10\nheader-timeout = 5\nidle_timeout = 0\n").expect("parse");
+        assert_eq!((f.max_connections, f.max_connections_per_client, f.header_timeout, f.idle_timeout), (Some(100), Some(10), Some(5), Some(0)));
         assert!(FileConfig::parse("max_sandboxs = 5").is_err(), "a typo is an error");
         assert!(FileConfig::parse("max_sandboxes = \"many\"").is_err(), "so is a wrong type");
         assert!(FileConfig::parse("listen = \"nowhere\"").is_err());

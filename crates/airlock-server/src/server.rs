@@ -2,13 +2,16 @@
 //! traffic, the lifecycle loop (deadlines, metrics), and clean shutdown.
 //! Sandboxes are not children of the server: stopping it, even with
 //! SIGKILL, leaves them running, and the next start finds them again.
+//! Connections are admitted and timed out by `conn`.
+
+mod conn;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::{self, RateLimiter};
 use crate::config::Config;
@@ -98,15 +101,44 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let svc = self.service.clone();
         let api = api::router(svc.clone(), self.limiter.clone());
+        let nofile = conn::nofile_limit();
+        let limits = conn::Limits::new(svc.cfg.max_connections, svc.cfg.max_connections_per_client, nofile);
+        if let Some(n) = nofile.filter(|n| (limits.max as u64).saturating_mul(2) + limits.reserve as u64 > *n) {
+            tracing::warn!(
+                max_connections = limits.max,
+                nofile = n,
+                "the connection limit can exhaust the descriptor limit (a proxied connection holds two): raise RLIMIT_NOFILE or lower --max-connections"
+            );
+        }
+        tracing::info!(
+            max_connections = limits.max,
+            per_client = limits.per_client,
+            reserve = limits.reserve,
+            header_timeout_s = svc.cfg.header_timeout_s,
+            idle_timeout_s = svc.cfg.idle_timeout_s,
+            "connection limits"
+        );
+        let gate = conn::Gate::new(limits);
+        let conns = Arc::new(ConnSettings {
+            header: secs(svc.cfg.header_timeout_s),
+            idle: secs(svc.cfg.idle_timeout_s),
+            full: crate::http::refusal_bytes(&conn::Refusal::Full.message(&limits)),
+            client: crate::http::refusal_bytes(&conn::Refusal::Client.message(&limits)),
+            limits,
+        });
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
         let sampler = tokio::spawn(sampler_loop(svc.clone()));
         let housekeeping = tokio::spawn(housekeeping_loop(svc.clone()));
+        let trimmer = tokio::spawn(trim_loop(gate.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
+                        // EMFILE and friends: the limits should keep us
+                        // below the descriptor limit, but if not, back off
+                        // instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -114,24 +146,108 @@ impl Server {
                 },
                 _ = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let svc = svc.clone();
-            let api = api.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let svc = svc.clone();
-                    let api = api.clone();
-                    async move { Ok::<_, std::convert::Infallible>(dispatch(svc, api, req).await) }
-                });
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await {
-                    tracing::debug!(%peer, error = %e, "connection ended with error");
+            // Accept and answer rather than leave connections in the
+            // kernel's backlog, where a client sees only a hang.
+            match gate.admit(peer.ip()) {
+                conn::Admission::Serve(slot) => {
+                    tokio::spawn(serve_connection(svc.clone(), api.clone(), conns.clone(), stream, peer, slot));
                 }
-            });
+                conn::Admission::Refuse(slot, why) => {
+                    tokio::spawn(serve_refusal(svc.clone(), api.clone(), conns.clone(), stream, slot, why));
+                }
+                conn::Admission::Reject(why) => {
+                    // One non-blocking read of what already came (closing
+                    // over unread data would reset the connection and
+                    // could lose the answer), one non-blocking write of the
+                    // 503 (it fits any fresh socket's buffer), and close.
+                    let mut sink = [0u8; 4096];
+                    let _ = stream.try_read(&mut sink);
+                    let bytes = match why {
+                        conn::Refusal::Full => &conns.full,
+                        conn::Refusal::Client => &conns.client,
+                    };
+                    let _ = stream.try_write(bytes);
+                }
+            }
         }
         lifecycle.abort();
         sampler.abort();
         housekeeping.abort();
+        trimmer.abort();
         tracing::info!("server stopped; sandboxes keep running");
+    }
+}
+
+/// What every connection task needs from the configuration.
+struct ConnSettings {
+    header: Option<Duration>,
+    idle: Option<Duration>,
+    /// The canned 503s for connections past the reserve.
+    full: bytes::Bytes,
+    client: bytes::Bytes,
+    limits: conn::Limits,
+}
+
+fn secs(s: u64) -> Option<Duration> {
+    (s > 0).then(|| Duration::from_secs(s))
+}
+
+/// A connection within the limits: HTTP/1.1 with upgrades, the header and
+/// idle timeouts on hyper's header timer (`conn::HeadTimer`) and the
+/// stall timeout on the socket (`conn::ConnIo`).
+async fn serve_connection(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnSettings>, stream: TcpStream, peer: std::net::SocketAddr, slot: conn::Slot) {
+    let _ = stream.set_nodelay(true);
+    conn::set_keepalive(&stream);
+    let act = conn::Activity::new();
+    let io = conn::ConnIo::new(stream, act.clone(), conns.idle, slot);
+    let service = hyper::service::service_fn(move |req| {
+        let svc = svc.clone();
+        let api = api.clone();
+        async move { Ok::<_, std::convert::Infallible>(dispatch(svc, api, req).await) }
+    });
+    let mut b = hyper::server::conn::http1::Builder::new();
+    if conns.header.is_some() || conns.idle.is_some() {
+        // hyper needs some duration to arm its timer; the timer itself
+        // decides which of our two timeouts applies.
+        b.timer(conn::HeadTimer::new(act, conns.header, conns.idle)).header_read_timeout(conns.header.or(conns.idle));
+    } else {
+        b.header_read_timeout(None);
+    }
+    if let Err(e) = b.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
+}
+
+/// The longest a refused connection may take to send its request head.
+const REFUSAL_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection over a limit but within the reserve: one request, then
+/// close. `/health` is answered for real, so monitoring sees a live server
+/// at its limit; anything else gets the 503.
+async fn serve_refusal(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnSettings>, stream: TcpStream, slot: conn::Slot, why: conn::Refusal) {
+    let _ = stream.set_nodelay(true);
+    let header = conns.header.map_or(REFUSAL_HEADER_TIMEOUT, |h| h.min(REFUSAL_HEADER_TIMEOUT));
+    let io = conn::ConnIo::new(stream, conn::Activity::new(), Some(header), slot);
+    let message = why.message(&conns.limits);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let svc = svc.clone();
+        let api = api.clone();
+        let message = message.clone();
+        async move {
+            let health = req.method() == hyper::Method::GET && req.uri().path() == "/health" && proxy::target(req.headers(), svc.cfg.domain.as_deref()).is_none();
+            if health {
+                return Ok::<_, std::convert::Infallible>(dispatch(svc, api, req).await);
+            }
+            // Read a small body before answering: closing a socket with
+            // unread data resets it, and the client may never see the 503.
+            let body = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+            let _ = tokio::time::timeout(Duration::from_secs(1), http_body_util::BodyExt::collect(body)).await;
+            Ok(crate::http::refusal(message))
+        }
+    });
+    let r = hyper::server::conn::http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(header).keep_alive(false).serve_connection(TokioIo::new(io), service).await;
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "refused connection ended with error");
     }
 }
 
@@ -211,6 +327,19 @@ async fn housekeeping_loop(svc: Arc<Service>) {
         svc.collect_layers_if_wanted().await;
         if let Err(e) = svc.release_idle().await {
             tracing::warn!(error = %e, "releasing idle paused sandboxes failed");
+        }
+    }
+}
+
+/// After a burst of connections has closed, hands the freed heap back
+/// (`conn::trim_heap`), off the async workers since it walks the heap.
+async fn trim_loop(gate: Arc<conn::Gate>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if gate.take_trim_hint() {
+            let _ = tokio::task::spawn_blocking(conn::trim_heap).await;
         }
     }
 }

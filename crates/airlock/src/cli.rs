@@ -149,6 +149,24 @@ struct ServeArgs {
     /// 0 = never [default: never].
     #[arg(long, env = "AIRLOCK_RELEASE_PAUSED_AFTER")]
     release_paused_after: Option<i64>,
+    /// Connections served at once; past it (and a small reserve that still
+    /// answers /health) a 503 and close [default: from RLIMIT_NOFILE, about
+    /// (limit - limit/4) / 2, at most 16384].
+    #[arg(long, env = "AIRLOCK_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Connections served at once for one client (an IPv4 address or an IPv6
+    /// /64; all local SDKs share one) [default: half of --max-connections].
+    #[arg(long, env = "AIRLOCK_MAX_CONNECTIONS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_client: Option<u64>,
+    /// Seconds a client has from the first byte of a request head to its
+    /// end; 0 = none [default: 10].
+    #[arg(long, env = "AIRLOCK_HEADER_TIMEOUT")]
+    header_timeout: Option<u64>,
+    /// Seconds a connection may wait for its next request with nothing
+    /// sent, or a response for a client that reads nothing; requests
+    /// waiting on a sandbox and tunnels are never idle; 0 = none [default: 75].
+    #[arg(long, env = "AIRLOCK_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -306,6 +324,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     cfg.api_keys.extend(file.api_key.iter().chain(&file.api_keys).map(|k| k.trim().to_string()).filter(|k| !k.is_empty()));
     cfg.network = !(a.no_network || file.no_network == Some(true));
+    pick!(header_timeout_s, a.header_timeout, file.header_timeout);
+    pick!(idle_timeout_s, a.idle_timeout, file.idle_timeout);
+    cfg.max_connections = a.max_connections.map(|n| n as usize).or(file.max_connections).filter(|n| *n > 0);
+    cfg.max_connections_per_client = a.max_connections_per_client.map(|n| n as usize).or(file.max_connections_per_client).filter(|n| *n > 0);
     cfg.fs_pause_after_s = a.release_paused_after.or(file.release_paused_after).filter(|s| *s > 0);
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

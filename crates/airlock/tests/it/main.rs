@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 
+mod connections;
 mod faults;
 mod files;
 mod lifecycle;
