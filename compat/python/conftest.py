@@ -164,6 +164,19 @@ class AirlockServer:
                     pass
         except Exception:
             pass
+        # Volumes are images mounted under the data dir: delete them too, or
+        # the data dir cannot be removed (the fuzzing suite makes some).
+        try:
+            import httpx
+
+            h = {"X-API-KEY": self.api_key}
+            vols = httpx.get(f"{self.url}/volumes", headers=h, timeout=30).json()
+            for v in vols if isinstance(vols, list) else []:
+                vid = v.get("volumeID") or v.get("id")
+                if vid:
+                    httpx.delete(f"{self.url}/volumes/{vid}", headers=h, timeout=30)
+        except Exception:
+            pass
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -10,8 +10,10 @@ impl Service {
         if !has && row.state.takes_traffic() {
             self.sample(&row).await;
         }
-        let start_ms = start.map(|s| s * 1000).unwrap_or(i64::MIN);
-        let end_ms = end.map(|e| e * 1000 + 999).unwrap_or(i64::MAX);
+        // Any i64 a client sends: saturate, never overflow (an overflow
+        // would be a panic in debug builds and a wrapped range in release).
+        let start_ms = start.map(|s| s.saturating_mul(1000)).unwrap_or(i64::MIN);
+        let end_ms = end.map(|e| e.saturating_mul(1000).saturating_add(999)).unwrap_or(i64::MAX);
         let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let cpu_count = row.cpus.ceil().max(1.0) as u32;
         Ok(samples
