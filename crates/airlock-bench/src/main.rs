@@ -336,14 +336,7 @@ fn measure(args: &Args, binary: &Path, b: &Bench) -> Result<Value> {
 
     Ok(json!({
         "started_unix": started,
-        "host": {
-            "kernel": kernel(),
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "cgroup": cgroup_flavor(),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-            "mem_total_kib": meminfo("MemTotal"),
-        },
+        "host": host_info(&load_before),
         "params": {
             "n": args.n, "concurrency": args.concurrency, "idle": args.idle, "idle_secs": args.idle_secs,
             "cmd_runs": args.cmd_runs, "warmup": args.warmup,
@@ -1429,6 +1422,18 @@ fn has_mounts_under(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|p| p == d || p.starts_with(&format!("{d}/"))))).unwrap_or(true)
 }
 
+/// What a report says of the machine it ran on.
+fn host_info(load_before: &str) -> Value {
+    json!({
+        "kernel": kernel(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cgroup": cgroup_flavor(),
+        "loadavg_before": load_before,
+        "loadavg_after": loadavg(),
+        "mem_total_kib": meminfo("MemTotal"),
+    })
+}
+
 /// The server process's resident memory (KiB) and open descriptors.
 fn server_footprint(pid: u32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -1699,14 +1704,7 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
     Ok(json!({
         "mode": "server",
         "started_unix": started,
-        "host": {
-            "kernel": kernel(),
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "cgroup": cgroup_flavor(),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-            "mem_total_kib": meminfo("MemTotal"),
-        },
+        "host": host_info(&load_before),
         "params": {
             "n": args.n, "concurrency": args.concurrency, "cmd_runs": args.cmd_runs, "warmup": args.warmup,
             "interp_runs": args.interp_runs, "interp_contexts": args.interp_contexts,

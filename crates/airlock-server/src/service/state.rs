@@ -284,9 +284,7 @@ impl Service {
             self.settle_after_failed_boot(&row).await?;
             return Err(e);
         }
-        let tpl = self.find_template(&row.template).await?;
-        self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
-        let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
+        let end = self.after_boot(&row).await?;
         let store = self.store.clone();
         let id2 = id.to_string();
         self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
@@ -330,9 +328,7 @@ impl Service {
             self.settle_after_failed_boot(&row).await?;
             return Err(e);
         }
-        let tpl = self.find_template(&row.template).await?;
-        self.after_start(id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
-        let end = if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 };
+        let end = self.after_boot(&row).await?;
         let store = self.store.clone();
         let r2 = row.clone();
         self.blocking(move || store.set_config(&r2.id, &r2.env, r2.cpus, r2.memory_mb).and_then(|_| store.set_state(&r2.id, State::Running, end))).await??;
@@ -340,6 +336,15 @@ impl Service {
         row.state = State::Running;
         row.end_at = end;
         Ok(row)
+    }
+
+    /// After a reset or restart booted a fresh agent: the template's start
+    /// and ready commands again; returns the deadline it runs to (its own,
+    /// or a fresh default one if it was paused, its clock stopped).
+    async fn after_boot(&self, row: &SandboxRow) -> Result<i64, ApiError> {
+        let tpl = self.find_template(&row.template).await?;
+        self.after_start(&row.id, tpl.as_ref(), row.access_token.as_deref(), &row.env, None).await?;
+        Ok(if row.state.clock_runs() { row.end_at } else { now_ms() + self.cfg.default_timeout_s * 1000 })
     }
 
     /// After a reset or restart failed to boot: the sandbox keeps its

@@ -70,15 +70,24 @@ pub(super) struct ClientArgs {
 
 impl ClientArgs {
     pub(super) fn client(&self) -> anyhow::Result<Client> {
-        let mut cfg = Config::from_env();
-        if let Some(u) = &self.url {
-            cfg = cfg.with_url(u.clone());
-        }
-        if let Some(k) = &self.api_key {
-            cfg.api_key = Some(k.clone());
-        }
-        Ok(Client::new(cfg)?)
+        api_client(self.url.as_deref(), self.api_key.as_deref())
     }
+}
+
+/// A client from the environment, with `--url` and `--api-key` over it;
+/// every client command builds its client here.
+pub(super) fn api_client(url: Option<&str>, api_key: Option<&str>) -> anyhow::Result<Client> {
+    let mut cfg = Config::from_env();
+    if let Some(u) = url {
+        cfg = cfg.with_url(u.to_string());
+    }
+    if let Some(k) = api_key {
+        cfg.api_key = Some(k.to_string());
+    }
+    if cfg.api_key.is_none() {
+        bail!("no API key: set AIRLOCK_API_KEY or E2B_API_KEY, or pass --api-key");
+    }
+    Ok(Client::new(cfg)?)
 }
 
 #[derive(clap::Args, Debug)]

@@ -69,17 +69,7 @@ enum TemplateCmd {
 }
 
 fn client(a: &TemplateArgs) -> anyhow::Result<airlock_sdk::Client> {
-    let mut cfg = airlock_sdk::Config::from_env();
-    if let Some(u) = &a.url {
-        cfg.api_url = u.clone();
-    }
-    if let Some(k) = &a.api_key {
-        cfg.api_key = Some(k.clone());
-    }
-    if cfg.api_key.is_none() {
-        bail!("no API key: set AIRLOCK_API_KEY or E2B_API_KEY, or pass --api-key");
-    }
-    Ok(airlock_sdk::Client::new(cfg)?)
+    super::client::api_client(a.url.as_deref(), a.api_key.as_deref())
 }
 
 fn find_recipe(file: Option<PathBuf>, context: &Path) -> anyhow::Result<PathBuf> {
