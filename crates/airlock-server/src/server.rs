@@ -156,17 +156,11 @@ impl Server {
                     tokio::spawn(serve_refusal(svc.clone(), api.clone(), conns.clone(), stream, slot, why));
                 }
                 conn::Admission::Reject(why) => {
-                    // One non-blocking read of what already came (closing
-                    // over unread data would reset the connection and
-                    // could lose the answer), one non-blocking write of the
-                    // 503 (it fits any fresh socket's buffer), and close.
-                    let mut sink = [0u8; 4096];
-                    let _ = stream.try_read(&mut sink);
                     let bytes = match why {
-                        conn::Refusal::Full => &conns.full,
-                        conn::Refusal::Client => &conns.client,
+                        conn::Refusal::Full => conns.full.clone(),
+                        conn::Refusal::Client => conns.client.clone(),
                     };
-                    let _ = stream.try_write(bytes);
+                    reject(stream, bytes);
                 }
             }
         }
@@ -311,6 +305,43 @@ async fn lifecycle_loop(svc: Arc<Service>) {
             tracing::warn!(error = %e, "deadline check failed");
         }
     }
+}
+
+/// Rejected connections lingering at once (see `reject`); past this many
+/// a rejection closes at once.
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_LINGERING: usize = 256;
+
+/// Answers a connection past every limit with a canned 503 (written
+/// without reading the request: it fits any fresh socket's buffer), then
+/// shuts the write side and drains what the client still sends for up to a
+/// second: closing over unread data resets the connection, and the client
+/// (which was still sending its request) would lose the answer. Bounded:
+/// at most `MAX_LINGERING` linger, each for a second and 64 KiB.
+fn reject(stream: tokio::net::TcpStream, bytes: impl AsRef<[u8]> + Send + 'static) {
+    use std::sync::atomic::Ordering;
+    let _ = stream.try_write(bytes.as_ref());
+    if LINGERING.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        LINGERING.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 /// Slow chores on their own task: unused snapshot layers, and idle
