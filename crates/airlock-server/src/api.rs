@@ -509,6 +509,119 @@ async fn alias_template(State(s): State<AppState>, Param(name): Param, body: axu
     Ok(h::empty(204))
 }
 
+/// Server-sent events: the stored events after `after` that match, then
+/// live ones, each once and in order, with a comment every 15 s so proxies
+/// and idle timeouts see a stream that lives. Ends when the client goes.
+fn event_stream(svc: Arc<Service>, filter: crate::events::EventFilter, after: i64) -> Resp {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>(64);
+    tokio::spawn(async move {
+        let send = |text: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(http_body::Frame::data(text.into()))).await.is_ok() }
+        };
+        // Subscribed before the store is read: nothing falls between the two.
+        let mut live = svc.subscribe();
+        let mut last = after;
+        loop {
+            // The backlog (again after a lagging subscriber missed some).
+            loop {
+                let page = match svc.events_after(last, filter.sandbox.clone(), 1000).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading events failed");
+                        return;
+                    }
+                };
+                let n = page.len();
+                for e in page {
+                    last = e.id;
+                    if filter.matches(&e) && !send(crate::events::sse(&e)).await {
+                        return;
+                    }
+                }
+                if n < 1000 {
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(e) if e.id <= last => {}
+                        Ok(e) => {
+                            last = e.id;
+                            if filter.matches(&e) && !send(crate::events::sse(&e)).await {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {
+                        if !send(": keepalive\n\n".to_string()).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The filter and resume point of an events request: `type` (comma
+/// separated), `metadata` (as the list filter takes it), and where to
+/// resume, from `Last-Event-ID` or `lastEventId`.
+fn event_request(headers: &http::HeaderMap, query: &str, sandbox: Option<String>) -> Result<(crate::events::EventFilter, i64), ApiError> {
+    let mut f = crate::events::EventFilter { sandbox, ..Default::default() };
+    let mut after = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "type" => f.kinds.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)),
+            "metadata" => {
+                for (mk, mv) in query_pairs(&v) {
+                    f.metadata.insert(percent_decode_strict(&mk), percent_decode_strict(&mv));
+                }
+            }
+            "lastEventId" if !v.is_empty() => after = Some(v),
+            _ => {}
+        }
+    }
+    let after = match after {
+        Some(a) => a.trim().parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid Last-Event-ID {a:?}: it is an event's id")))?,
+        None => 0,
+    };
+    Ok((f, after))
+}
+
+/// Lifecycle events of every sandbox, as server-sent events (`id`,
+/// `event`: its type, `data`: the event as JSON). Resumes after
+/// `Last-Event-ID` with no gap, across server restarts (the newest 100,000
+/// events are kept); without it, starts from the oldest kept.
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(("type" = Option<String>, Query, description = "comma-separated event types"), ("metadata" = Option<String>, Query, description = "url-encoded k=v&k2=v2, all must match"), ("lastEventId" = Option<i64>, Query, description = "or the Last-Event-ID header")),
+    responses((status = 200, description = "an endless text/event-stream", content_type = "text/event-stream"), (status = 400, body = wire::ApiError)))]
+async fn events(State(s): State<AppState>, headers: http::HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    let (f, after) = event_request(&headers, q.as_deref().unwrap_or(""), None)?;
+    Ok(event_stream(s.svc.clone(), f, after))
+}
+
+/// One sandbox's lifecycle events, as `/events` streams them; its history
+/// stays readable after it was killed.
+#[utoipa::path(get, path = "/sandboxes/{id}/events", tag = "events", params(("id" = String, Path), ("type" = Option<String>, Query), ("lastEventId" = Option<i64>, Query)),
+    responses((status = 200, description = "an endless text/event-stream", content_type = "text/event-stream"), (status = 404, body = wire::ApiError)))]
+async fn sandbox_events(State(s): State<AppState>, Param(id): Param, headers: http::HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    let known = s.svc.get(&id).await.is_ok() || !s.svc.events_after(0, Some(id.clone()), 1).await?.is_empty();
+    if !known {
+        return Err(ApiError::NotFound(format!("sandbox {id} not found")));
+    }
+    let (f, after) = event_request(&headers, q.as_deref().unwrap_or(""), Some(id))?;
+    Ok(event_stream(s.svc.clone(), f, after))
+}
+
 /// A `Write` that hands what is written to a response body, chunk by
 /// chunk, from a blocking thread; it fails once the client is gone.
 struct BodyWriter(tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>);
@@ -662,6 +775,8 @@ routes! {
         post "/sandboxes/{id}/reset" => reset,
         post "/sandboxes/{id}/restart" => restart,
         get "/sandboxes/{id}/export" => export,
+        get "/events" => events,
+        get "/sandboxes/{id}/events" => sandbox_events,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,

@@ -12,6 +12,7 @@ pub mod agent_client;
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod proxy;

@@ -352,6 +352,10 @@ async fn housekeeping_loop(svc: Arc<Service>) {
     loop {
         tick.tick().await;
         svc.watch_disk().await;
+        let store = svc.store().clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.trim_events(crate::events::KEEP)).await {
+            tracing::warn!(error = %e, "trimming events failed");
+        }
         if let Err(e) = svc.purge_dead().await {
             tracing::warn!(error = %e, "forgetting dead sandboxes failed");
         }

@@ -259,6 +259,7 @@ impl Store {
             }
         }
         crate::volumes::store::migrate(&conn)?;
+        crate::events::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })
     }

@@ -30,6 +30,9 @@ impl Service {
         self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
         row.state = State::Running;
         row.end_at = end;
+        if resumed {
+            self.emit(&row, "resumed", serde_json::json!({"endAt": rfc3339_ms(end)})).await;
+        }
         Ok((row, resumed))
     }
 
@@ -74,12 +77,14 @@ impl Service {
         let _g = lock.lock().await;
         if let Some(dead) = self.dead_row(id).await? {
             // Nothing is left of it but the record: killing forgets it.
+            self.emit(&dead, "destroyed", serde_json::json!({"cause": "the record of a dead sandbox was deleted"})).await;
             let store = self.store.clone();
             self.blocking(move || store.delete_sandbox(&dead.id)).await??;
             self.forget(id);
             return Ok(());
         }
-        self.row(id).await?;
+        let row = self.row(id).await?;
+        self.emit(&row, "killed", serde_json::json!({"by": "api"})).await;
         self.destroy_locked(id).await
     }
 
@@ -104,6 +109,10 @@ impl Service {
             "its PID 1 (the agent) exited or was killed from outside the sandbox".to_string()
         };
         tracing::warn!(sandbox_id = %id, cause = %death, "sandbox died");
+        if ooms > 0 {
+            self.emit(&row, "oom", serde_json::json!({"oomKills": ooms, "memoryMB": row.memory_mb})).await;
+        }
+        self.emit(&row, "died", serde_json::json!({"cause": death})).await;
         let backend = self.backend.clone();
         let id2 = id.to_string();
         match self.blocking(move || backend.destroy(&id2)).await? {
@@ -158,6 +167,7 @@ impl Service {
         self.remove_log(id);
         // Its snapshot layers (a fork's) may be unused now.
         self.collect_layers_soon();
+        self.emit(&before, "destroyed", serde_json::json!({})).await;
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }
@@ -171,6 +181,8 @@ impl Service {
         let id2 = id.to_string();
         let end = now_ms() + timeout * 1000;
         self.blocking(move || store.set_end(&id2, end)).await??;
+        let row = self.row(id).await?;
+        self.emit(&row, "timeout_changed", serde_json::json!({"endAt": rfc3339_ms(end)})).await;
         Ok(())
     }
 
@@ -230,6 +242,7 @@ impl Service {
         let id2 = id.to_string();
         let end = row.end_at;
         self.blocking(move || store.set_paused(&id2, end, memory, now_ms())).await??;
+        self.emit(&row, "paused", serde_json::json!({"memory": memory})).await;
         tracing::info!(sandbox_id = %id, memory, "sandbox paused");
         Ok(())
     }
@@ -265,6 +278,7 @@ impl Service {
             if !cur.state.clock_runs() || cur.end_at > now_ms() {
                 continue;
             }
+            self.emit(&cur, "timeout", serde_json::json!({"action": if cur.auto_pause { "pause" } else { "kill" }})).await;
             let r = if cur.auto_pause { self.pause_locked(&cur.id, cur.auto_pause_memory).await } else { self.destroy_locked(&cur.id).await };
             match r {
                 Ok(()) => {

@@ -191,6 +191,8 @@ pub struct Service {
     gc_wanted: std::sync::atomic::AtomicBool,
     /// The data disk's reserve and create floor.
     disk: disk::DiskGuard,
+    /// Live event subscribers (the store keeps the history).
+    events: tokio::sync::broadcast::Sender<crate::events::Event>,
 }
 
 /// Samples kept per sandbox: an hour at the 5 s sampling interval.
@@ -201,6 +203,7 @@ impl Service {
         let builder =
             crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         let disk = disk::DiskGuard::new(&cfg.data_dir);
+        let (events, _) = tokio::sync::broadcast::channel(1024);
         Arc::new(Self {
             cfg,
             store,
@@ -212,7 +215,33 @@ impl Service {
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
+            events,
         })
+    }
+
+    /// Records an event (store, then live subscribers). Never fails the
+    /// operation it describes: an event that cannot be written is logged.
+    pub(crate) async fn emit(&self, row: &SandboxRow, kind: &str, data: serde_json::Value) {
+        let store = self.store.clone();
+        let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
+        match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
+            Ok(Ok(e)) => {
+                let _ = self.events.send(e);
+            }
+            Ok(Err(e)) => tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed"),
+            Err(e) => tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed"),
+        }
+    }
+
+    /// A live feed of events from now on (see `events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
+        self.events.subscribe()
+    }
+
+    /// Stored events after `after` (see `events`).
+    pub async fn events_after(&self, after: i64, sandbox: Option<String>, limit: usize) -> Result<Vec<crate::events::Event>, ApiError> {
+        let store = self.store.clone();
+        Ok(self.blocking(move || store.events_after(after, sandbox.as_deref(), limit)).await??)
     }
 
     /// Keeps the data disk's reserve (see `disk`).

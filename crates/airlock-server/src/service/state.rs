@@ -131,6 +131,7 @@ impl Service {
             return Err(ApiError::Internal(format!("saving snapshot {tname}: {e}")));
         }
         tracing::info!(sandbox_id = %id, snapshot = %tname, bytes = snap.bytes, "snapshot taken");
+        self.emit(&row, "snapshot", serde_json::json!({"snapshotID": format!("{tname}:default"), "bytes": snap.bytes})).await;
         if name.is_some() {
             // The name's previous snapshot may now be unused.
             self.collect_layers_soon();
@@ -277,6 +278,7 @@ impl Service {
             }
             self.blocking(move || backend.kill_processes(&id2)).await?.map_err(|e| runtime_err(id, e))?;
             self.append_log(id, "soft reset: every process killed");
+            self.emit(&row, "reset", serde_json::json!({"hard": false})).await;
             return Ok(row);
         }
         self.set_state(id, State::Resuming, row.end_at).await?;
@@ -289,6 +291,7 @@ impl Service {
         let id2 = id.to_string();
         self.blocking(move || store.set_state(&id2, State::Running, end)).await??;
         self.append_log(id, "hard reset: back to the template's files");
+        self.emit(&row, "reset", serde_json::json!({"hard": true})).await;
         row.state = State::Running;
         row.end_at = end;
         Ok(row)
@@ -333,6 +336,7 @@ impl Service {
         let r2 = row.clone();
         self.blocking(move || store.set_config(&r2.id, &r2.env, r2.cpus, r2.memory_mb).and_then(|_| store.set_state(&r2.id, State::Running, end))).await??;
         self.append_log(id, "restarted: a fresh agent over the same files");
+        self.emit(&row, "restarted", serde_json::json!({"cpuCount": row.cpus, "memoryMB": row.memory_mb})).await;
         row.state = State::Running;
         row.end_at = end;
         Ok(row)

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 
 mod connections;
+mod events;
 mod faults;
 mod files;
 mod lifecycle;
