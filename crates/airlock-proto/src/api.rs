@@ -435,3 +435,29 @@ pub struct ExportManifest {
     /// Whether the archive has a `usr/` part (templates with a `/usr` layer).
     pub has_usr: bool,
 }
+
+// --------------------------------------------------------------- events
+
+/// A lifecycle event, as `GET /events` streams it (the SSE `data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Sequence number, increasing: the SSE `id`, what `Last-Event-ID` takes.
+    pub id: i64,
+    /// `created`, `error`, `paused`, `resumed`, `timeout`,
+    /// `timeout_changed`, `snapshot`, `reset`, `restarted`, `oom`, `died`,
+    /// `killed`, `destroyed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// The sandbox's metadata when it happened (streams filter on it).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// What else there is to say (a cause, a deadline, a snapshot id).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}

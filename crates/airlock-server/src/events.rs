@@ -8,33 +8,14 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection};
-use serde::Serialize;
 
 use crate::store::{Store, StoreError};
 
 /// Events kept in the store; older ones are dropped by housekeeping.
 pub const KEEP: i64 = 100_000;
 
-/// One event as streams and the API show it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    /// Sequence number, increasing: the SSE `id`.
-    pub id: i64,
-    /// `created`, `error`, `paused`, `resumed`, `timeout_changed`,
-    /// `restarted`, `reset`, `snapshot`, `oom`, `died`, `killed`,
-    /// `destroyed`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(rename = "sandboxID")]
-    pub sandbox_id: String,
-    /// RFC 3339.
-    pub timestamp: String,
-    /// The sandbox's metadata when it happened (streams filter on it).
-    pub metadata: BTreeMap<String, String>,
-    /// What else there is to say (a cause, a deadline, a snapshot id).
-    pub data: serde_json::Value,
-}
+/// One event as streams and the API show it (a wire type).
+pub use airlock_proto::api::Event;
 
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(

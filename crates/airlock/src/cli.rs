@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod client;
+mod events;
 mod progress;
 mod shell;
 mod state;
@@ -56,6 +57,9 @@ enum Cmd {
     /// Snapshot sandboxes' filesystems; list and delete snapshots.
     #[command(subcommand_required = true, after_help = state::SNAPSHOT_EXAMPLES)]
     Snapshot(state::SnapshotArgs),
+    /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
+    #[command(after_help = events::EXAMPLES)]
+    Events(events::EventsArgs),
     /// Fork a sandbox: new running sandboxes with its files, environment and metadata.
     #[command(after_help = state::FORK_EXAMPLES)]
     Fork(state::ForkArgs),
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),
+        Cmd::Events(a) => return client::run(client::Command::Events(a)),
         Cmd::Exec(a) => return client::run(client::Command::Exec(a)),
         Cmd::Shell(a) => return client::run(client::Command::Shell(a)),
         Cmd::Cp(a) => return client::run(client::Command::Cp(a)),

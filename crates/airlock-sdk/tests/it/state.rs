@@ -73,3 +73,27 @@ async fn reset_restart_and_export_import_through_the_sdk() {
     sbx.reset(true).await.expect("hard reset");
     assert!(!sbx.files().exists("/home/user/keep").await.expect("exists"), "back to the template");
 }
+
+#[tokio::test]
+async fn events_follow_a_sandbox_and_resume_after_an_id() {
+    use futures_util::StreamExt;
+    let srv = Server::start();
+    let client = srv.client();
+    let sbx = srv.sandbox().await;
+    let id = sbx.id().to_string();
+    sbx.pause().await.expect("pause");
+    sbx.kill().await.expect("kill");
+    let q = airlock_sdk::EventQuery { sandbox: Some(id.clone()), ..Default::default() };
+    let mut s = client.events(&q).await.expect("events");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("in time").expect("open").expect("event");
+        assert_eq!(e.sandbox_id, id);
+        seen.push(e);
+    }
+    assert_eq!(seen.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created", "paused", "killed", "destroyed"]);
+    let q = airlock_sdk::EventQuery { sandbox: Some(id.clone()), after: Some(seen[1].id), kinds: vec!["destroyed".into()], ..Default::default() };
+    let mut s = client.events(&q).await.expect("events");
+    let e = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("in time").expect("open").expect("event");
+    assert_eq!((e.kind.as_str(), e.id), ("destroyed", seen[3].id));
+}
