@@ -29,8 +29,11 @@ pub const SLOTS_DIR: &str = "/run/airlock/slots";
 fn slot_is_stale(p: &Path) -> bool {
     let Ok(s) = fs::read_to_string(p) else { return false };
     let Some((root, id)) = s.split_once('\n') else {
-        // Half-written by a creator that is writing it right now.
-        return false;
+        // Half-written by a creator that is writing it right now, or left
+        // so by one killed between creating and writing it: after a minute,
+        // nobody is writing it.
+        let old = fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > Duration::from_secs(60));
+        return old;
     };
     !Path::new(root).join("sandboxes").join(id).exists()
 }

@@ -622,6 +622,24 @@ async fn sandbox_events(State(s): State<AppState>, Param(id): Param, headers: ht
     Ok(event_stream(s.svc.clone(), f, after))
 }
 
+/// The server's metrics in the Prometheus text format: sandboxes by
+/// state, create and kill latency histograms, responses by status class
+/// (API and sandbox traffic), events. Needs the API key, like every
+/// private route (Prometheus sends it with `http_headers`).
+#[utoipa::path(get, path = "/metrics", tag = "server", responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain")))]
+async fn prometheus(State(s): State<AppState>) -> ApiResult {
+    let store = s.svc.store().clone();
+    let rows = s.svc.blocking(move || store.sandboxes()).await??;
+    let mut by: std::collections::BTreeMap<&'static str, usize> = ["creating", "running", "pausing", "paused", "resuming", "killing", "dead"].into_iter().map(|k| (k, 0)).collect();
+    for r in &rows {
+        *by.entry(r.state.as_str()).or_default() += 1;
+    }
+    let body = crate::telemetry::render(&by.into_iter().collect::<Vec<_>>());
+    let mut r = http::Response::new(h::full(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    Ok(r)
+}
+
 /// A `Write` that hands what is written to a response body, chunk by
 /// chunk, from a blocking thread; it fails once the client is gone.
 struct BodyWriter(tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>);
@@ -776,6 +794,7 @@ routes! {
         post "/sandboxes/{id}/restart" => restart,
         get "/sandboxes/{id}/export" => export,
         get "/events" => events,
+        get "/metrics" => prometheus,
         get "/sandboxes/{id}/events" => sandbox_events,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
@@ -832,6 +851,7 @@ async fn trace(req: axum::extract::Request, next: axum::middleware::Next) -> Res
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let span = tracing::info_span!("api", request_id = %id, %method, %path);
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    crate::telemetry::TELEMETRY.api_responses.record(resp.status().as_u16());
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod volumes;
 
 pub use config::Config;

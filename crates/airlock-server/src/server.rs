@@ -255,6 +255,7 @@ async fn dispatch(svc: Arc<Service>, api: axum::Router, req: hyper::Request<Inco
         };
         let id = t.id.clone();
         let r = proxy::forward(&svc, req, t).await;
+        crate::telemetry::TELEMETRY.proxy_responses.record(r.status().as_u16());
         tracing::debug!(sandbox_id = %id, %method, %path, status = r.status().as_u16(), "sandbox request");
         return r;
     }

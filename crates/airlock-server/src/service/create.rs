@@ -148,6 +148,7 @@ impl Service {
         let (started, end) = match self.start_admitted(&row, &plan, token.as_deref()).await {
             Ok(times) => times,
             Err(e) => {
+                crate::telemetry::TELEMETRY.create_failures.fetch_add(1, Ordering::Relaxed);
                 let message = if matches!(e, ApiError::Internal(_)) { "internal server error".to_string() } else { e.to_string() };
                 self.emit(&row, "error", serde_json::json!({"message": message, "status": e.status()})).await;
                 let (backend, store, id2) = (self.backend.clone(), self.store.clone(), id.clone());
@@ -164,6 +165,7 @@ impl Service {
         row.state = State::Running;
         row.started_at = started;
         row.end_at = end;
+        crate::telemetry::TELEMETRY.create_seconds.observe(t0.elapsed());
         self.emit(&row, "created", serde_json::json!({"templateID": row.template, "endAt": rfc3339_ms(end)})).await;
         tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
         Ok(row)

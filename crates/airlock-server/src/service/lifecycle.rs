@@ -149,6 +149,7 @@ impl Service {
 
     pub(super) async fn destroy_locked(&self, id: &str) -> Result<(), ApiError> {
         let before = self.row(id).await?;
+        let t0 = Instant::now();
         self.set_state(id, State::Killing, before.end_at).await?;
         let backend = self.backend.clone();
         let id2 = id.to_string();
@@ -167,6 +168,7 @@ impl Service {
         self.remove_log(id);
         // Its snapshot layers (a fork's) may be unused now.
         self.collect_layers_soon();
+        crate::telemetry::TELEMETRY.kill_seconds.observe(t0.elapsed());
         self.emit(&before, "destroyed", serde_json::json!({})).await;
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())

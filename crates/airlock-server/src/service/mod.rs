@@ -226,10 +226,17 @@ impl Service {
         let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
         match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
             Ok(Ok(e)) => {
+                crate::telemetry::TELEMETRY.events.fetch_add(1, Ordering::Relaxed);
                 let _ = self.events.send(e);
             }
-            Ok(Err(e)) => tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed"),
-            Err(e) => tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed"),
+            Ok(Err(e)) => {
+                crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed");
+            }
+            Err(e) => {
+                crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed");
+            }
         }
     }
 

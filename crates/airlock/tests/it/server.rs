@@ -409,7 +409,12 @@ async fn openapi_document_lists_every_route_the_server_answers() {
     // And every documented route is answered by its handler, not by the
     // router's fallback.
     for (m, p) in &documented {
-        let path = p.replace("{id}", "doesnotexist").replace("{name}", "doesnotexist");
+        let mut path = p.replace("{id}", "doesnotexist").replace("{name}", "doesnotexist");
+        if path == "/events" {
+            // An endless stream once it starts: a bad resume point is
+            // answered (400) by the handler at once.
+            path.push_str("?lastEventId=bogus");
+        }
         let (s, _, body) = srv.req(m, &path, &[("x-api-key", KEY), ("content-type", "application/json")], Bytes::from_static(b"{}")).await.expect("req");
         let text = String::from_utf8_lossy(&body);
         assert!(s != 405 && !text.contains("no such endpoint"), "{m} {p} is routed: {s} {text}");
