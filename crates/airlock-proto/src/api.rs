@@ -461,3 +461,24 @@ pub struct Event {
     #[serde(default)]
     pub data: serde_json::Value,
 }
+
+/// `GET /sandboxes/{id}/health`: whether the sandbox works, and why not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SandboxHealth {
+    /// Every check passed.
+    pub healthy: bool,
+    /// `running` or `paused` (a paused sandbox is not healthy: it runs nothing).
+    pub state: String,
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One health check: `agent` (a command runs), `disk` (below 95% full),
+/// `memory` (below 95% of the limit), or a caller's `check` command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}

@@ -622,6 +622,16 @@ async fn sandbox_events(State(s): State<AppState>, Param(id): Param, headers: ht
     Ok(event_stream(s.svc.clone(), f, after))
 }
 
+/// Whether a sandbox works (its agent runs a command, disk and memory are
+/// below 95%), plus any `check` commands given (repeatable; each must exit
+/// 0 within 10 s). Always 200 for a sandbox that exists; `healthy` says.
+#[utoipa::path(get, path = "/sandboxes/{id}/health", tag = "sandboxes", params(("id" = String, Path), ("check" = Option<String>, Query, description = "a shell command that must succeed; repeatable")),
+    responses((status = 200, body = wire::SandboxHealth), (status = 404, body = wire::ApiError)))]
+async fn sandbox_health(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    let checks: Vec<String> = query_pairs(q.as_deref().unwrap_or("")).into_iter().filter(|(k, v)| k == "check" && !v.is_empty()).map(|(_, v)| v).take(16).collect();
+    Ok(h::json(200, &s.svc.health(&id, checks).await?))
+}
+
 /// The server's metrics in the Prometheus text format: sandboxes by
 /// state, create and kill latency histograms, responses by status class
 /// (API and sandbox traffic), events. Needs the API key, like every
@@ -753,7 +763,7 @@ macro_rules! routes {
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
-                wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest,
+                wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -795,6 +805,7 @@ routes! {
         get "/sandboxes/{id}/export" => export,
         get "/events" => events,
         get "/metrics" => prometheus,
+        get "/sandboxes/{id}/health" => sandbox_health,
         get "/sandboxes/{id}/events" => sandbox_events,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,

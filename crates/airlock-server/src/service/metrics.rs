@@ -66,6 +66,64 @@ impl Service {
         }
     }
 
+    /// Whether a sandbox works: its agent runs a command within three
+    /// seconds, its disk and memory are below 95% of their limits, and
+    /// each of the caller's `checks` (shell commands, run as the template's
+    /// user, ten seconds each) exits 0.
+    pub async fn health(&self, id: &str, checks: Vec<String>) -> Result<api::SandboxHealth, ApiError> {
+        if let Some(dead) = self.dead_row(id).await? {
+            return Err(Self::death_error(&dead));
+        }
+        let row = self.row(id).await?;
+        let mut out = Vec::new();
+        let check = |name: &str, ok: bool, detail: String| api::HealthCheck { name: name.to_string(), ok, detail };
+        if !row.state.takes_traffic() {
+            out.push(check("agent", false, format!("the sandbox is {}: nothing runs in it until it is resumed", row.state.api_str())));
+            return Ok(api::SandboxHealth { healthy: false, state: row.state.api_str().into(), checks: out });
+        }
+        let info = self.route(id).await?;
+        let t0 = Instant::now();
+        let token = row.access_token.clone();
+        let agent =
+            tokio::time::timeout(std::time::Duration::from_secs(3), crate::agent_client::run(&info.socket, token.as_deref(), "root", "true", &BTreeMap::new(), None, |_, _| {}))
+                .await;
+        out.push(match agent {
+            Ok(Ok(f)) if f.exit_code == 0 => check("agent", true, format!("a command ran in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3)),
+            Ok(Ok(f)) => check("agent", false, format!("`true` exited with {}", f.exit_code)),
+            Ok(Err(e)) => check("agent", false, format!("the agent failed: {e}")),
+            Err(_) => check("agent", false, "the agent did not run a command within 3 s".into()),
+        });
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        if let Ok(u) = self.blocking(move || backend.usage(&id2)).await? {
+            let pct = |used: u64, total: u64| if total == 0 { 0.0 } else { used as f64 * 100.0 / total as f64 };
+            let d = pct(u.disk_bytes, u.disk_limit_bytes);
+            out.push(check("disk", d < 95.0, format!("{:.1}% of {} MiB used", d, u.disk_limit_bytes >> 20)));
+            let m = pct(u.memory_bytes, u.memory_limit_bytes);
+            out.push(check("memory", m < 95.0, format!("{:.1}% of {} MiB used", m, u.memory_limit_bytes >> 20)));
+        }
+        let tpl = self.find_template(&row.template).await?;
+        let user = tpl.as_ref().map(|t| t.default_user.clone()).filter(|u| !u.is_empty()).unwrap_or_else(|| "user".into());
+        for c in checks {
+            let mut output = String::new();
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                crate::agent_client::run(&info.socket, token.as_deref(), &user, &c, &row.env, None, |b, _| {
+                    if output.len() < 2000 {
+                        output.push_str(&String::from_utf8_lossy(b));
+                    }
+                }),
+            )
+            .await;
+            out.push(match r {
+                Ok(Ok(f)) => check(&c, f.exit_code == 0, format!("exit {}: {}", f.exit_code, output.trim())),
+                Ok(Err(e)) => check(&c, false, format!("could not run: {e}")),
+                Err(_) => check(&c, false, "did not finish within 10 s".into()),
+            });
+        }
+        Ok(api::SandboxHealth { healthy: out.iter().all(|c| c.ok), state: "running".into(), checks: out })
+    }
+
     /// Samples usage of running sandboxes and notices ones whose PID 1
     /// died while the server was up (OOM of the agent, a crash): those are
     /// cleaned up like a kill.

@@ -426,3 +426,26 @@ async fn openapi_document_lists_every_route_the_server_answers() {
     let (_, h, _) = srv.req("GET", "/v2/sandboxes", &[("x-api-key", KEY)], Bytes::new()).await.expect("req");
     assert!(h.get("x-request-id").is_some_and(|v| v.len() == 16));
 }
+
+#[tokio::test]
+async fn sandbox_health_reports_each_check() {
+    let srv = Server::start(&["--no-network"]).await;
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 120, "allow_internet_access": false})).await;
+    let sid = sbx["sandboxID"].as_str().expect("id");
+    let (s, h) = srv.api("GET", &format!("/sandboxes/{sid}/health"), None).await;
+    assert_eq!((s, h["healthy"].as_bool(), h["state"].as_str()), (200, Some(true), Some("running")), "{h}");
+    let names: Vec<&str> = h["checks"].as_array().expect("checks").iter().map(|c| c["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["agent", "disk", "memory"], "{h}");
+    let q = "check=echo%20fine&check=test%20-f%20/nope";
+    let (s, h) = srv.api("GET", &format!("/sandboxes/{sid}/health?{q}"), None).await;
+    assert_eq!((s, h["healthy"].as_bool()), (200, Some(false)), "a failing check makes it unhealthy: {h}");
+    let checks = h["checks"].as_array().expect("checks");
+    assert_eq!((checks[3]["name"].as_str(), checks[3]["ok"].as_bool()), (Some("echo fine"), Some(true)), "{h}");
+    assert!(checks[3]["detail"].as_str().unwrap_or("").contains("fine"), "{h}");
+    assert_eq!((checks[4]["name"].as_str(), checks[4]["ok"].as_bool()), (Some("test -f /nope"), Some(false)), "{h}");
+    srv.api("POST", &format!("/sandboxes/{sid}/pause"), Some(json!({}))).await;
+    let (s, h) = srv.api("GET", &format!("/sandboxes/{sid}/health"), None).await;
+    assert_eq!((s, h["healthy"].as_bool(), h["state"].as_str()), (200, Some(false), Some("paused")), "{h}");
+    let (s, _) = srv.api("GET", "/sandboxes/nosuchsandbox0000000/health", None).await;
+    assert_eq!(s, 404);
+}
