@@ -72,6 +72,12 @@ impl Sandbox {
         self.client().restart(self.id(), opts).await
     }
 
+    /// Whether the sandbox works: its agent runs a command, disk and memory
+    /// are below 95%, and each of `checks` (shell commands) exits 0.
+    pub async fn health(&self, checks: &[&str]) -> Result<airlock_proto::api::SandboxHealth> {
+        self.client().health(self.id(), checks).await
+    }
+
     /// Writes the sandbox's state (an archive: tar + zstd) to `out`;
     /// returns the bytes written.
     pub async fn export<W: AsyncWrite + Unpin>(&self, out: &mut W) -> Result<u64> {
@@ -152,6 +158,13 @@ impl Client {
         let req = RestartRequest { env_vars: (!opts.envs.is_empty()).then_some(opts.envs), cpu_count: opts.cpu_count, memory_mb: opts.memory_mb };
         let body = serde_json::to_value(req).map_err(|e| Error::Config(e.to_string()))?;
         self.api(Method::POST, &format!("/sandboxes/{}/restart", encode(id)), Some(body)).await.map(|_| ())
+    }
+
+    /// See [`Sandbox::health`].
+    pub async fn health(&self, id: &str, checks: &[&str]) -> Result<airlock_proto::api::SandboxHealth> {
+        let q: Vec<String> = checks.iter().map(|c| format!("check={}", encode(c))).collect();
+        let qs = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+        Ok(self.api_json(Method::GET, &format!("/sandboxes/{}/health{qs}", encode(id)), None).await?.2)
     }
 
     /// See [`Sandbox::export`].

@@ -222,6 +222,15 @@ enum SandboxCmd {
         #[arg(long)]
         filesystem: bool,
     },
+    /// Check that a sandbox works: its agent runs a command, disk and memory
+    /// below 95%, and any --check commands succeed. Exits 1 when unhealthy.
+    #[command(after_help = "Examples:\n  airlock sbx health <id>\n  airlock sbx health <id> --check 'curl -sf localhost:8080/ready'")]
+    Health {
+        id: String,
+        /// A shell command that must exit 0 (repeatable).
+        #[arg(long)]
+        check: Vec<String>,
+    },
     /// Soft reset (every process but the agent killed, files kept) or, with
     /// --hard, back to the template or snapshot it came from (same id).
     #[command(after_help = "Examples:\n  airlock sbx reset <id>\n  airlock sbx reset <id> --hard")]
@@ -582,6 +591,21 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
             }
             if !failed.is_empty() {
                 bail!("{}", failed.join("; "));
+            }
+        }
+        SandboxCmd::Health { id, check } => {
+            let checks: Vec<&str> = check.iter().map(String::as_str).collect();
+            let h = client.health(&id, &checks).await?;
+            if json {
+                print_json(&h)?;
+            } else {
+                for c in &h.checks {
+                    println!("{:<4} {:<24} {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+                }
+                println!("{}", if h.healthy { "healthy" } else { "unhealthy" });
+            }
+            if !h.healthy {
+                return Ok(1);
             }
         }
         SandboxCmd::Reset { id, hard } => super::state::reset(&client, &id, hard, json).await?,

@@ -412,6 +412,9 @@ async fn snapshot_fork_reset_and_export_commands() {
     let imported = cli.ok(&["sbx", "import", archive.to_str().expect("path"), "--timeout", "60"]).trim().to_string();
     assert_eq!(cli.ok(&["exec", &imported, "--", "cat", "/home/user/f"]), "hi\n");
 
+    assert!(cli.ok(&["sbx", "health", &id, "--check", "test -f /home/user/f"]).contains("healthy"));
+    let o = cli.run(&["sbx", "health", &id, "--check", "false"]);
+    assert_eq!(o.status.code(), Some(1), "unhealthy exits 1");
     cli.ok(&["sbx", "reset", &id, "--hard"]);
     let o = cli.run(&["exec", &id, "--", "cat", "/home/user/f"]);
     assert!(!o.status.success(), "the file is gone after a hard reset");
