@@ -24,15 +24,8 @@ and READY (polled until it succeeds before a sandbox is handed out).";
 
 #[derive(clap::Args, Debug)]
 pub(super) struct TemplateArgs {
-    /// Server URL [default: $AIRLOCK_URL, then $E2B_API_URL, then http://127.0.0.1:3000].
-    #[arg(long, global = true)]
-    url: Option<String>,
-    /// API key [default: $AIRLOCK_API_KEY, then $E2B_API_KEY].
-    #[arg(long = "api-key", global = true)]
-    api_key: Option<String>,
-    /// Print JSON instead of tables and text.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    client: super::client::ClientArgs,
     #[command(subcommand)]
     cmd: TemplateCmd,
 }
@@ -68,10 +61,6 @@ enum TemplateCmd {
     },
 }
 
-fn client(a: &TemplateArgs) -> anyhow::Result<airlock_sdk::Client> {
-    super::client::api_client(a.url.as_deref(), a.api_key.as_deref())
-}
-
 fn find_recipe(file: Option<PathBuf>, context: &Path) -> anyhow::Result<PathBuf> {
     if let Some(f) = file {
         return Ok(f);
@@ -105,7 +94,7 @@ fn pack_context(recipe: &str, context: &Path) -> anyhow::Result<Option<String>> 
 pub(super) fn run(a: TemplateArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let templates = client(&a)?.templates();
+        let templates = a.client.client()?.templates();
         match a.cmd {
             TemplateCmd::Build { file, name, build_args, context } => {
                 let path = find_recipe(file, &context)?;
@@ -117,11 +106,11 @@ pub(super) fn run(a: TemplateArgs) -> anyhow::Result<u8> {
                 }
                 let context = pack_context(&recipe, &context)?;
                 let stream = templates.build(&BuildTemplate { name, recipe, build_args: args, context }).await?;
-                follow_build(stream, a.json).await
+                follow_build(stream, a.client.json).await
             }
             TemplateCmd::List => {
                 let list = templates.list().await?;
-                if a.json {
+                if a.client.json {
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
                     println!("{:<24} {:>10} {:>7}  {:<25} ALIASES", "NAME", "SIZE", "LAYERS", "CREATED");

@@ -24,15 +24,8 @@ the kernel gives).";
 
 #[derive(clap::Args, Debug)]
 pub(super) struct VolumeArgs {
-    /// Server URL [default: $AIRLOCK_URL, then $E2B_API_URL, then http://127.0.0.1:3000].
-    #[arg(long, global = true)]
-    url: Option<String>,
-    /// API key [default: $AIRLOCK_API_KEY, then $E2B_API_KEY].
-    #[arg(long = "api-key", global = true)]
-    api_key: Option<String>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    client: super::client::ClientArgs,
     #[command(subcommand)]
     cmd: VolumeCmd,
 }
@@ -67,10 +60,6 @@ enum VolumeCmd {
     Cp { src: String, dst: String },
 }
 
-fn client(a: &VolumeArgs) -> anyhow::Result<airlock_sdk::Client> {
-    super::client::api_client(a.url.as_deref(), a.api_key.as_deref())
-}
-
 /// `vol:<volume>:/path` → (volume, path).
 fn remote(s: &str) -> Option<(String, String)> {
     let rest = s.strip_prefix("vol:")?;
@@ -81,11 +70,11 @@ fn remote(s: &str) -> Option<(String, String)> {
 pub(super) fn run(a: VolumeArgs) -> anyhow::Result<u8> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let vols = client(&a)?.volumes();
+        let vols = a.client.client()?.volumes();
         match a.cmd {
             VolumeCmd::Create { name, size_mb } => {
                 let v = vols.create(&name, size_mb).await?;
-                if a.json {
+                if a.client.json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
                     println!("{}", v.volume_id);
@@ -96,7 +85,7 @@ pub(super) fn run(a: VolumeArgs) -> anyhow::Result<u8> {
             }
             VolumeCmd::List => {
                 let list = vols.list().await?;
-                if a.json {
+                if a.client.json {
                     println!("{}", serde_json::to_string_pretty(&list)?);
                 } else {
                     println!("{:<26} {:<24} {:>10} {:>8} {:>7}  CREATED", "ID", "NAME", "USED", "LIMIT", "FILES");
@@ -111,7 +100,7 @@ pub(super) fn run(a: VolumeArgs) -> anyhow::Result<u8> {
             },
             VolumeCmd::Ls { volume, path } => {
                 let files = vols.list_files(&volume, &path).await?;
-                if a.json {
+                if a.client.json {
                     println!("{}", serde_json::to_string_pretty(&files)?);
                 } else {
                     for f in files {
