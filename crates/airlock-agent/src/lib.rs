@@ -62,11 +62,31 @@ impl Default for AgentConfig {
     }
 }
 
+/// What a claim may change after start: the sandbox-wide environment and
+/// the access token (a pooled sandbox is started with the server's own
+/// token and empty environment, and given its user's at claim time).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub env: BTreeMap<String, String>,
+    pub access_token: Option<String>,
+    /// The `trafficAccessToken` derived from the access token, computed
+    /// once per token.
+    pub traffic_token: Option<String>,
+}
+
+impl Session {
+    fn new(env: BTreeMap<String, String>, access_token: Option<String>) -> Self {
+        let traffic_token = access_token.as_deref().map(airlock_proto::envd::traffic_token);
+        Self { env, access_token, traffic_token }
+    }
+}
+
 /// Shared state of a running agent.
 pub struct Agent {
+    /// As started; `env` and `access_token` here are the first session's,
+    /// and `session()` is what holds now.
     pub config: AgentConfig,
-    /// The `trafficAccessToken` derived from the access token, computed once.
-    pub traffic_token: Option<String>,
+    session: std::sync::RwLock<Arc<Session>>,
     pub processes: process::Table,
     pub watchers: fs::Watchers,
     pub interpreter: interp::Interpreter,
@@ -74,8 +94,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
-        let traffic_token = config.access_token.as_deref().map(airlock_proto::envd::traffic_token);
-        Arc::new(Self { config, traffic_token, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+        let session = std::sync::RwLock::new(Arc::new(Session::new(config.env.clone(), config.access_token.clone())));
+        Arc::new(Self { config, session, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+    }
+
+    /// The environment and token in force (cheap: an `Arc` clone).
+    pub fn session(&self) -> Arc<Session> {
+        self.session.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A claim: from now on commands get `env` and requests need `token`.
+    pub fn set_session(&self, env: BTreeMap<String, String>, token: Option<String>) {
+        *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Session::new(env, token));
     }
 
     /// The default user's home, the working directory of new code contexts.

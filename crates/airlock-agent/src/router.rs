@@ -21,6 +21,8 @@ enum Route {
     /// `CONNECT 127.0.0.1:<port>`: a raw tunnel to a TCP port inside the
     /// sandbox, used by the host proxy for port forwarding (WebSockets too).
     Tunnel(u16),
+    /// `POST /init`: the server claims a pooled sandbox (never proxied).
+    Init,
 }
 
 fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
@@ -31,6 +33,7 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
         (&Method::GET, "/health") | (&Method::HEAD, "/health") => Some(Route::Health),
         (&Method::GET, "/files") => Some(Route::FilesGet),
         (&Method::POST, "/files") => Some(Route::FilesPost),
+        (&Method::POST, airlock_proto::wire::AGENT_INIT_PATH) => Some(Route::Init),
         (&Method::POST, p) => {
             let rpc = airlock_proto::wire::Rpc::from_path(p)?;
             process::Method::from_rpc(rpc).map(Route::Process).or_else(|| fs::Method::from_rpc(rpc).map(Route::Fs))
@@ -41,12 +44,13 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
 
 /// envd routes: the sandbox's access token in `X-Access-Token`.
 fn token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
-    auth::access_token_ok(agent.config.access_token.as_deref(), req.headers())
+    auth::access_token_ok(agent.session().access_token.as_deref(), req.headers())
 }
 
 /// Code-interpreter routes: the access token, or the traffic token.
 fn interpreter_token_ok(agent: &Agent, req: &Request<Incoming>) -> bool {
-    auth::interpreter_token_ok(agent.config.access_token.as_deref(), agent.traffic_token.as_deref(), req.headers())
+    let s = agent.session();
+    auth::interpreter_token_ok(s.access_token.as_deref(), s.traffic_token.as_deref(), req.headers())
 }
 
 pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
@@ -73,6 +77,13 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
         Route::Tunnel(port) => tunnel(req, port).await,
         Route::FilesGet => files::download(&agent, req).await,
         Route::FilesPost => files::upload(&agent, req).await,
+        Route::Init => {
+            if !token_ok(&agent, &req) {
+                h::drain(req).await;
+                return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+            }
+            init(&agent, req).await
+        }
         Route::Process(m) => {
             if !token_ok(&agent, &req) {
                 h::drain(req).await;
@@ -96,6 +107,34 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
             }
         }
     }
+}
+
+/// The claim's body: the sandbox's whole environment from now on (it
+/// replaces, unlike E2B's envd, which merges) and its access token (empty:
+/// none).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct InitRequest {
+    #[serde(default)]
+    env_vars: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    access_token: String,
+}
+
+async fn init(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
+    let body = match h::read_limited(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let r: InitRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, format!("invalid init request: {e}")),
+    };
+    let token = (!r.access_token.is_empty()).then_some(r.access_token);
+    agent.set_session(r.env_vars, token);
+    let mut resp = hyper::Response::new(h::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
 }
 
 fn unauthenticated(stream: bool) -> Resp {

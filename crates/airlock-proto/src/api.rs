@@ -36,6 +36,9 @@ pub struct NewSandbox {
     /// Airlock extension: size limit of the writable layer in MiB.
     #[serde(rename = "diskMB", alias = "disk_mb", default)]
     pub disk_mb: Option<u64>,
+    /// Resource alert thresholds (Airlock's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertThresholds>,
     /// With `autoPause`: what the timeout's pause keeps. `false` stops
     /// the processes and keeps only the files (memory released); unset or
     /// `true` freezes them, memory held.
@@ -150,6 +153,9 @@ pub struct SandboxDetail {
     /// Airlock extension, state `dead` only: why the sandbox died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub death: Option<String>,
+    /// Resource alert thresholds, when any are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertThresholds>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +172,94 @@ pub struct SandboxMetric {
     pub mem_cache: u64,
     pub disk_used: u64,
     pub disk_total: u64,
+    /// Bytes the sandbox received and sent on its network interface since
+    /// it started (Airlock's; the E2B SDKs keep unknown fields aside).
+    #[serde(default, rename = "netRxBytes")]
+    pub net_rx_bytes: u64,
+    #[serde(default, rename = "netTxBytes")]
+    pub net_tx_bytes: u64,
+}
+
+/// `GET /sandboxes/metrics?sandbox_ids=a,b`: each sandbox's latest sample.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// Resource alert thresholds, in percent of the sandbox's limit: crossing
+/// one upwards records one `resource_alert` event; falling back below it
+/// arms it again. Unset: no alert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AlertThresholds {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_pct: Option<f64>,
+}
+
+impl AlertThresholds {
+    pub fn is_empty(&self) -> bool {
+        self.cpu_pct.is_none() && self.memory_pct.is_none() && self.disk_pct.is_none()
+    }
+}
+
+/// `PATCH /sandboxes/{id}/resources`: new limits for a running sandbox;
+/// what is left out stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResourceChange {
+    #[serde(default, rename = "cpuCount", alias = "cpu_count")]
+    pub cpu_count: Option<f64>,
+    #[serde(default, rename = "memoryMB", alias = "memory_mb")]
+    pub memory_mb: Option<u64>,
+    /// Grows the disk limit (it cannot shrink while the sandbox runs).
+    #[serde(default, rename = "diskSizeMB", alias = "diskMB", alias = "disk_mb")]
+    pub disk_mb: Option<u64>,
+}
+
+/// A warm pool: `size` ready sandboxes of one template and resource shape,
+/// kept by the server; a create that matches takes one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    #[serde(rename = "templateID", alias = "template")]
+    pub template_id: String,
+    pub size: u32,
+    /// The shape a create must ask for (left out: the server's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<f64>,
+    #[serde(default, rename = "memoryMB", skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, rename = "diskMB", skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    #[serde(default, rename = "allow_internet_access", alias = "allowInternetAccess", skip_serializing_if = "Option::is_none")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// A pool as `GET /pools` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolInfo {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    /// Sandboxes ready to be claimed now.
+    pub ready: u32,
+    /// Being started for the pool.
+    pub filling: u32,
+    /// Creates served from the pool, and creates of its shape that found it empty.
+    pub claims: u64,
+    pub misses: u64,
+    /// Why the last refill failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// `{"timeout": seconds}` of set-timeout, and the optional bodies of

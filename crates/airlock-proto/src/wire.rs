@@ -11,6 +11,10 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// Set by Airlock's proxy only (a client's is removed): tells the agent a
 /// request is for the code interpreter (E2B's port 49999).
 pub const AGENT_PORT_HEADER: &str = "x-airlock-port";
+/// The agent's claim route (`POST`: a pooled sandbox gets its user's
+/// environment and access token). Only the server calls it, on the
+/// agent's socket; the proxy refuses it from outside.
+pub const AGENT_INIT_PATH: &str = "/init";
 
 pub use crate::envd::{ACCESS_TOKEN_HEADER, CODE_INTERPRETER_PORT, ENVD_PORT, TRAFFIC_TOKEN_HEADER};
 

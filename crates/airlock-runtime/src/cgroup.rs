@@ -222,6 +222,14 @@ fn disk_of(path: &Path) -> Option<String> {
     Some(format!("{major}:{minor}"))
 }
 
+/// One `key value` line of a cgroup stat file (0 when absent).
+fn stat_value(file: &Path, key: &str) -> u64 {
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxCgroup {
     flavor: Flavor,
@@ -426,23 +434,28 @@ impl SandboxCgroup {
                     .ok()
                     .and_then(|s| s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok())))
                     .unwrap_or(0);
+                let memory_bytes = num(p.join("memory.current"));
                 Usage {
                     cpu_usage_ns: cpu * 1000,
-                    memory_bytes: num(p.join("memory.current")),
+                    memory_bytes,
                     memory_limit_bytes: num(p.join("memory.max")),
+                    memory_working_bytes: memory_bytes.saturating_sub(stat_value(&p.join("memory.stat"), "inactive_file")),
                     pids: num(p.join("pids.current")),
-                    disk_bytes: 0,
-                    disk_limit_bytes: 0,
+                    ..Usage::default()
                 }
             }
-            Flavor::V1 { .. } => Usage {
-                cpu_usage_ns: num(self.v1("cpuacct").join("cpuacct.usage")),
-                memory_bytes: num(self.v1("memory").join("memory.usage_in_bytes")),
-                memory_limit_bytes: num(self.v1("memory").join("memory.limit_in_bytes")),
-                pids: num(self.v1("pids").join("pids.current")),
-                disk_bytes: 0,
-                disk_limit_bytes: 0,
-            },
+            Flavor::V1 { .. } => {
+                let m = self.v1("memory");
+                let memory_bytes = num(m.join("memory.usage_in_bytes"));
+                Usage {
+                    cpu_usage_ns: num(self.v1("cpuacct").join("cpuacct.usage")),
+                    memory_bytes,
+                    memory_limit_bytes: num(m.join("memory.limit_in_bytes")),
+                    memory_working_bytes: memory_bytes.saturating_sub(stat_value(&m.join("memory.stat"), "total_inactive_file")),
+                    pids: num(self.v1("pids").join("pids.current")),
+                    ..Usage::default()
+                }
+            }
         }
     }
 }

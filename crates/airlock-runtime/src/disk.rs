@@ -246,6 +246,79 @@ pub fn image_mb(dir: &Path) -> Option<u64> {
     std::fs::metadata(dir.join(IMAGE)).ok().map(|m| m.len() >> 20)
 }
 
+const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
+/// `_IOW('f', 16, __u64)`: grow a mounted ext4 to a block count.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+/// Grows a sandbox's disk limit to `mb` while it runs: the image file is
+/// extended (sparse), its loop device told the new size, and the mounted
+/// ext4 grown online by the kernel, so the sandbox sees the room at once
+/// and loses nothing. Shrinking is refused: ext4 cannot shrink mounted.
+pub fn grow(dir: &Path, mb: u64) -> Result<(), Error> {
+    let img = dir.join(IMAGE);
+    let upper = dir.join("upper");
+    let have = std::fs::metadata(&img).map_err(|e| Error::io("reading the disk image", e))?.len();
+    let want = mb << 20;
+    if want < have {
+        return Err(Error::InvalidSpec(format!("the disk limit cannot be lowered while the sandbox runs ({} MiB now, {mb} MiB asked)", have >> 20)));
+    }
+    if want == have {
+        return Ok(());
+    }
+    // The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE: without
+    // it, say so before anything changes.
+    if !can_grow() {
+        return Err(Error::InvalidSpec("this server cannot grow a running sandbox's disk: growing a mounted ext4 needs CAP_SYS_RESOURCE, which the server lacks".into()));
+    }
+    let dev = loop_device_of(&upper).ok_or_else(|| Error::InvalidSpec("the sandbox's disk is not mounted".into()))?;
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(&img).map_err(|e| Error::io("opening the disk image", e))?;
+    let d = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC).open(&dev).map_err(|e| Error::io("opening the loop device", e))?;
+    let set_capacity = || {
+        // SAFETY: LOOP_SET_CAPACITY takes no argument; the fd is a loop device.
+        if unsafe { libc::ioctl(d.as_raw_fd(), LOOP_SET_CAPACITY, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    f.set_len(want).map_err(|e| Error::io("extending the disk image", e))?;
+    let grown = set_capacity().map_err(|e| Error::io("resizing the loop device", e)).and_then(|()| {
+        let st = nix::sys::statvfs::statvfs(&upper).map_err(|e| Error::io("reading the disk's block size", std::io::Error::from_raw_os_error(e as i32)))?;
+        let blocks: u64 = want / st.fragment_size().max(1);
+        let m = OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY).open(&upper).map_err(|e| Error::io("opening the disk", e))?;
+        // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer.
+        if unsafe { libc::ioctl(m.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks as *const u64) } != 0 {
+            return Err(Error::io("growing the sandbox's filesystem", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    });
+    if grown.is_err() {
+        // The filesystem is still the old size: so is the image again.
+        let _ = f.set_len(have);
+        let _ = set_capacity();
+    }
+    grown
+}
+
+/// Whether this process may grow a mounted ext4 (`CAP_SYS_RESOURCE` in
+/// its effective set).
+pub fn can_grow() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok())))
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// The loop device mounted on `at`, from the mount table.
+fn loop_device_of(at: &Path) -> Option<PathBuf> {
+    let canon = at.canonicalize().ok()?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().rev().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (pre.split_whitespace().nth(4).map(Path::new) == Some(canon.as_path())).then(|| post.split_whitespace().nth(1).map(PathBuf::from))?
+    })
+}
+
 /// (used, total) bytes of the sandbox's limited writable layer, if it has one.
 pub fn limit(dir: &Path) -> Option<(u64, u64)> {
     if !dir.join(IMAGE).exists() {

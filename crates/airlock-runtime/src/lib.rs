@@ -155,6 +155,14 @@ pub struct Usage {
     pub disk_bytes: u64,
     /// The writable layer's size limit, 0 when unlimited.
     pub disk_limit_bytes: u64,
+    /// Memory the sandbox cannot give back without an OOM kill: its usage
+    /// less the inactive file cache the kernel reclaims first (what a
+    /// lower limit must leave room for).
+    pub memory_working_bytes: u64,
+    /// Bytes the sandbox received and sent over its network interface
+    /// (0 without one: loopback is not counted).
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +241,16 @@ pub trait Backend: Send + Sync {
     /// Changes what a stopped sandbox's next start gets: environment
     /// variables merged over its own, and resources.
     fn reconfigure(&self, id: &str, env: &BTreeMap<String, String>, resources: Option<Resources>) -> Result<(), Error>;
+    /// Changes a running sandbox's limits in place: CPU and memory in its
+    /// cgroups at once, and its disk limit grown online (the image, its loop
+    /// device and the ext4 filesystem on it); its next boot gets them too.
+    /// A disk limit never shrinks (ext4 cannot, mounted) and a sandbox made
+    /// without one cannot gain one: both are `InvalidSpec`.
+    fn resize(&self, id: &str, resources: &Resources, disk_mb: Option<u64>) -> Result<(), Error>;
+    /// Replaces the environment and access token a running sandbox's next
+    /// boot gets (a pooled sandbox claimed: the agent was told the same),
+    /// so a restart does not bring back the pool's.
+    fn rekey(&self, id: &str, env: &BTreeMap<String, String>, access_token: Option<&str>) -> Result<(), Error>;
     /// Whether sandboxes can be given internet access on this host.
     fn network_available(&self) -> bool;
     /// Whether sandboxes can be given disk limits (`SandboxSpec::disk_mb`).

@@ -666,6 +666,28 @@ impl Backend for NamespaceBackend {
         state::write_json(&self.dir(id).join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))
     }
 
+    fn resize(&self, id: &str, resources: &crate::Resources, disk_mb: Option<u64>) -> Result<(), Error> {
+        resources.validate()?;
+        let mut cfg = self.launch_config(id)?;
+        self.get(id)?;
+        if let Some(mb) = disk_mb {
+            if !crate::disk::has_image(&self.dir(id)) {
+                return Err(Error::InvalidSpec("the sandbox was created without a disk limit; one cannot be added while it runs".into()));
+            }
+            crate::disk::grow(&self.dir(id), mb)?;
+        }
+        self.cgroups.open(id).set_limits(resources)?;
+        cfg.resources = *resources;
+        state::write_json(&self.dir(id).join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))
+    }
+
+    fn rekey(&self, id: &str, env: &BTreeMap<String, String>, access_token: Option<&str>) -> Result<(), Error> {
+        let mut cfg = self.launch_config(id)?;
+        cfg.env = env.clone();
+        cfg.access_token = access_token.map(str::to_string);
+        state::write_json(&self.dir(id).join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))
+    }
+
     fn network_available(&self) -> bool {
         self.network_ready
     }
@@ -695,6 +717,13 @@ impl Backend for NamespaceBackend {
                 // Unlimited: the sandbox can use what the data directory's filesystem has.
                 u.disk_limit_bytes = nix::sys::statvfs::statvfs(&upper).map(|s| s.blocks() * s.fragment_size()).unwrap_or(0);
             }
+        }
+        if let Some(net) = self.launch_config(id).ok().and_then(|c| c.net) {
+            // The host end's counters, turned round: what the host end
+            // received, the sandbox sent.
+            let stat = |f: &str| fs::read_to_string(format!("/sys/class/net/{}/statistics/{f}", net.host_if)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+            u.net_rx_bytes = stat("tx_bytes");
+            u.net_tx_bytes = stat("rx_bytes");
         }
         Ok(u)
     }

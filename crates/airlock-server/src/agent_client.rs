@@ -115,3 +115,25 @@ pub async fn spawn(socket: &Path, token: Option<&str>, user: &str, script: &str,
     }
     Err(AgentError::Http("stream ended before the start event".into()))
 }
+
+/// Claims a pooled sandbox: from now on its agent gives commands `env`
+/// (all of it) and wants `new_token` (`None`: no token). `token` is the
+/// pool's, which the agent wants until then.
+pub async fn init(socket: &Path, token: Option<&str>, env: &BTreeMap<String, String>, new_token: Option<&str>) -> Result<(), AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let body = serde_json::json!({"envVars": env, "accessToken": new_token.unwrap_or("")});
+    let mut b = http::Request::builder().method("POST").uri(airlock_proto::wire::AGENT_INIT_PATH).header("host", "sandbox").header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
+    }
+    let req = b.body(Full::new(bytes::Bytes::from(body.to_string()))).map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = tx.send_request(req).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        return Err(AgentError::Rpc(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+    }
+    Ok(())
+}

@@ -233,10 +233,23 @@ fn int_param(query: &str, name: &str) -> Result<Option<i64>, ApiError> {
 // ------------------------------------------------------------- handlers
 // The `responses` of each annotation are the statuses the SDKs branch on.
 
-/// Liveness of the server (no authentication).
-#[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, description = "the server is up")))]
-async fn health() -> Resp {
-    h::json(200, &serde_json::json!({"status": "ok"}))
+/// Health of the server (no authentication): `ok`, or `degraded` with
+/// 503 when its store fails or its data disk is too full for creates; each
+/// dependency's verdict under `checks` (details at `/health/details`).
+#[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, description = "the server is up and can create sandboxes"), (status = 503, description = "degraded")))]
+async fn health(State(s): State<AppState>) -> Resp {
+    let full = s.svc.server_health().await;
+    let checks: serde_json::Map<String, serde_json::Value> =
+        full["checks"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v["ok"].clone())).collect()).unwrap_or_default();
+    let status = if full["status"] == "ok" { 200 } else { 503 };
+    h::json(status, &serde_json::json!({"status": full["status"], "checks": checks}))
+}
+
+/// The server's health with details: the store's answer time, the data
+/// disk's free space and create floor, what the host offers sandboxes.
+#[utoipa::path(get, path = "/health/details", tag = "server", responses((status = 200, description = "health with details")))]
+async fn health_details(State(s): State<AppState>) -> ApiResult {
+    Ok(h::json(200, &s.svc.server_health().await))
 }
 
 /// This document.
@@ -446,7 +459,9 @@ async fn connect_v2(State(s): State<AppState>, Param(id): Param, body: axum::bod
     connect(&s.svc, &id, body).await
 }
 
-/// Usage samples (every 5 s, an hour kept), optionally between two Unix times.
+/// Usage history (a sample every 5 s by default, kept a day, network bytes
+/// included), optionally between two Unix times; readable for a while
+/// after a sandbox died.
 #[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "sandboxes",
     params(("id" = String, Path), ("start" = Option<i64>, Query, description = "Unix seconds"), ("end" = Option<i64>, Query, description = "Unix seconds")),
     responses((status = 200, body = Vec<wire::SandboxMetric>), (status = 404, body = wire::ApiError)))]
@@ -454,6 +469,107 @@ async fn metrics(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQu
     let q = q.unwrap_or_default();
     let (start, end) = (int_param(&q, "start")?, int_param(&q, "end")?);
     Ok(h::json(200, &s.svc.metrics(&id, start, end).await?))
+}
+
+/// E2B's bulk metrics: the newest sample of each sandbox named in
+/// `sandbox_ids` (comma separated, at most 100); unknown ids are left out.
+#[utoipa::path(get, path = "/sandboxes/metrics", tag = "sandboxes", params(("sandbox_ids" = String, Query, description = "comma-separated sandbox ids")),
+    responses((status = 200, body = wire::SandboxesWithMetrics), (status = 400, body = wire::ApiError)))]
+async fn metrics_bulk(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let ids: Vec<String> = query_pairs(q.as_deref().unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| k == "sandbox_ids" || k == "sandboxIds")
+        .flat_map(|(_, v)| v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect::<Vec<_>>())
+        .collect();
+    Ok(h::json(200, &s.svc.metrics_bulk(ids).await?))
+}
+
+/// A live stream of a sandbox's usage as server-sent events (`metrics`,
+/// one fresh reading every `interval` seconds, 0.5 to 60, default 5),
+/// ending with an `end` event when the sandbox stops running.
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics/stream", tag = "sandboxes", params(("id" = String, Path), ("interval" = Option<f64>, Query, description = "seconds")),
+    responses((status = 200, description = "text/event-stream of SandboxMetric", content_type = "text/event-stream"), (status = 404, body = wire::ApiError)))]
+async fn metrics_stream(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    let interval = match query_pairs(q.as_deref().unwrap_or("")).into_iter().find(|(k, _)| k == "interval") {
+        Some((_, v)) => v.parse::<f64>().ok().filter(|x| (0.5..=60.0).contains(x)).ok_or_else(|| ApiError::BadRequest(format!("interval must be 0.5 to 60 seconds, got {v:?}")))?,
+        None => 5.0,
+    };
+    s.svc.get(&id).await?;
+    let svc = s.svc.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>(4);
+    tokio::spawn(async move {
+        let mut prev = None;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs_f64(interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let text = match svc.live_sample(&id, prev.as_ref()).await {
+                Ok(Some(sample)) => {
+                    let m = Service::sample_to_metric(&sample);
+                    prev = Some(sample);
+                    format!("event: metrics\ndata: {}\n\n", serde_json::to_string(&m).unwrap_or_default())
+                }
+                Ok(None) => {
+                    let _ = tx.send(Ok(http_body::Frame::data(format!("event: end\ndata: {{\"sandboxID\":\"{id}\"}}\n\n").into()))).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "reading usage for a stream failed");
+                    return;
+                }
+            };
+            if tx.send(Ok(http_body::Frame::data(text.into()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(sse_response(rx))
+}
+
+/// Changes a running sandbox's limits in place: CPU, memory (refused
+/// below what its processes hold) and disk (it only grows).
+#[utoipa::path(patch, path = "/sandboxes/{id}/resources", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::ResourceChange,
+    responses((status = 200, body = wire::SandboxDetail), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn set_resources(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::ResourceChange = read_json(body, MAX_BODY).await?;
+    Ok(h::json(200, &s.svc.set_resources(&id, b).await?))
+}
+
+/// Sets a sandbox's resource alert thresholds (replacing any; `{}`
+/// removes them). Crossing one records a `resource_alert` event.
+#[utoipa::path(put, path = "/sandboxes/{id}/alerts", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::AlertThresholds,
+    responses((status = 200, body = wire::SandboxDetail), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn set_alerts(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::AlertThresholds = read_json(body, MAX_BODY).await?;
+    Ok(h::json(200, &s.svc.set_alerts(&id, b).await?))
+}
+
+/// Warm pools with their levels and counters.
+#[utoipa::path(get, path = "/pools", tag = "pools", responses((status = 200, body = Vec<wire::PoolInfo>)))]
+async fn list_pools(State(s): State<AppState>) -> ApiResult {
+    Ok(h::json(200, &s.svc.list_pools().await?))
+}
+
+#[utoipa::path(get, path = "/pools/{name}", tag = "pools", params(("name" = String, Path)), responses((status = 200, body = wire::PoolInfo), (status = 404, body = wire::ApiError)))]
+async fn get_pool(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.get_pool(&name).await?))
+}
+
+/// Creates or changes a warm pool: `size` ready sandboxes of a template
+/// and shape; creates asking for that shape are served from it.
+#[utoipa::path(put, path = "/pools/{name}", tag = "pools", params(("name" = String, Path)), request_body = wire::PoolSpec,
+    responses((status = 200, body = wire::PoolInfo), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn put_pool(State(s): State<AppState>, Param(name): Param, body: axum::body::Body) -> ApiResult {
+    let b: wire::PoolSpec = read_json(body, MAX_BODY).await?;
+    Ok(h::json(200, &s.svc.put_pool(&name, b).await?))
+}
+
+/// Deletes a pool made through the API; its ready sandboxes are discarded.
+#[utoipa::path(delete, path = "/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn delete_pool(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    s.svc.delete_pool(&name).await?;
+    Ok(h::empty(204))
 }
 
 /// The set-up log: start command, ready check, create-time set-up.
@@ -565,6 +681,11 @@ fn event_stream(svc: Arc<Service>, filter: crate::events::EventFilter, after: i6
             }
         }
     });
+    sse_response(rx)
+}
+
+/// A text/event-stream response fed by a channel.
+fn sse_response(rx: tokio::sync::mpsc::Receiver<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>) -> Resp {
     let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
     let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
@@ -640,11 +761,12 @@ async fn sandbox_health(State(s): State<AppState>, Param(id): Param, RawQuery(q)
 async fn prometheus(State(s): State<AppState>) -> ApiResult {
     let store = s.svc.store().clone();
     let rows = s.svc.blocking(move || store.sandboxes()).await??;
-    let mut by: std::collections::BTreeMap<&'static str, usize> = ["creating", "running", "pausing", "paused", "resuming", "killing", "dead"].into_iter().map(|k| (k, 0)).collect();
+    let mut by: std::collections::BTreeMap<&'static str, usize> = ["creating", "running", "pausing", "paused", "resuming", "killing", "dead", "pooled"].into_iter().map(|k| (k, 0)).collect();
     for r in &rows {
         *by.entry(r.state.as_str()).or_default() += 1;
     }
-    let body = crate::telemetry::render(&by.into_iter().collect::<Vec<_>>());
+    let pools = s.svc.pool_levels().await;
+    let body = crate::telemetry::render(&by.into_iter().collect::<Vec<_>>(), &pools);
     let mut r = http::Response::new(h::full(body));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)
@@ -811,6 +933,15 @@ routes! {
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,
         get "/sandboxes/{id}/metrics" => metrics,
+        get "/sandboxes/metrics" => metrics_bulk,
+        get "/sandboxes/{id}/metrics/stream" => metrics_stream,
+        patch "/sandboxes/{id}/resources" => set_resources,
+        put "/sandboxes/{id}/alerts" => set_alerts,
+        get "/pools" => list_pools,
+        get "/pools/{name}" => get_pool,
+        put "/pools/{name}" => put_pool,
+        delete "/pools/{name}" => delete_pool,
+        get "/health/details" => health_details,
         get "/sandboxes/{id}/logs" => logs_v1,
         get "/v2/sandboxes/{id}/logs" => logs_v2,
         get "/templates" => list_templates,

@@ -63,6 +63,11 @@ pub struct Config {
     /// Seconds a connection may wait for the next request with nothing
     /// sent, and a response wait for a client that reads nothing; 0 = none.
     pub idle_timeout_s: u64,
+    /// Warm pools from `--pool` (name, what to keep ready), written to the
+    /// store at start; pools made through the API are kept there too.
+    pub pools: Vec<(String, airlock_proto::api::PoolSpec)>,
+    /// How often running sandboxes' usage is sampled (history, alerts).
+    pub sample_interval_ms: u64,
 }
 
 impl Config {
@@ -103,6 +108,8 @@ impl Config {
             // undici's 4 s and httpx's 5 s), so a pooled connection is
             // dropped by its client first and never raced by our close.
             idle_timeout_s: 75,
+            pools: Vec::new(),
+            sample_interval_ms: 5000,
         }
     }
 }
@@ -140,6 +147,11 @@ pub struct FileConfig {
     pub header_timeout: Option<u64>,
     /// Seconds; 0 = none.
     pub idle_timeout: Option<u64>,
+    /// Warm pools, as `--pool` takes them (`base=8,cpu=1`).
+    #[serde(default)]
+    pub pool: Vec<String>,
+    /// Seconds between usage samples (may be fractional).
+    pub sample_interval: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -64,6 +64,11 @@ fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
+    // The claim route changes the token and environment the server
+    // recorded: only the server itself may call it.
+    if t.port == ENVD_PORT && req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH {
+        return h::error(404, format!("no route for {} {}", req.method(), req.uri().path()));
+    }
     let info = match svc.route(&t.id).await {
         Ok(i) => i,
         Err(ApiError::Conflict(m)) => return h::sandbox_not_found(&t.id, Some(format!("The sandbox was not found: {m}"))),

@@ -89,6 +89,7 @@ impl Server {
         // Volumes first: a sandbox restarted by reconcile binds them.
         service.restore_volumes().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
+        service.init_pools().await.map_err(|e| ServeError::Other(e.to_string()))?;
         Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key })
     }
 
@@ -128,6 +129,7 @@ impl Server {
         });
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
         let sampler = tokio::spawn(sampler_loop(svc.clone()));
+        let pooler = tokio::spawn(svc.clone().pool_loop());
         let housekeeping = tokio::spawn(housekeeping_loop(svc.clone()));
         let trimmer = tokio::spawn(trim_loop(gate.clone()));
         tokio::pin!(shutdown);
@@ -166,6 +168,7 @@ impl Server {
         }
         lifecycle.abort();
         sampler.abort();
+        pooler.abort();
         housekeeping.abort();
         trimmer.abort();
         tracing::info!("server stopped; sandboxes keep running");
@@ -350,9 +353,17 @@ fn reject(stream: tokio::net::TcpStream, bytes: impl AsRef<[u8]> + Send + 'stati
 async fn housekeeping_loop(svc: Arc<Service>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in 0u64.. {
         tick.tick().await;
         svc.watch_disk().await;
+        // Counting the samples is a scan: once a minute is enough.
+        if round % 30 == 0 {
+            let store = svc.store().clone();
+            let before = crate::service::now_ms() - crate::samples::RETENTION_MS;
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.trim_samples(before, crate::samples::MAX_ROWS)).await {
+                tracing::warn!(error = %e, "trimming metric history failed");
+            }
+        }
         let store = svc.store().clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.trim_events(crate::events::KEEP)).await {
             tracing::warn!(error = %e, "trimming events failed");
@@ -384,7 +395,7 @@ async fn trim_loop(gate: Arc<conn::Gate>) {
 /// sandbox without a disk limit is measured by walking its files), it
 /// never delays a deadline.
 async fn sampler_loop(svc: Arc<Service>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_millis(svc.cfg.sample_interval_ms.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {

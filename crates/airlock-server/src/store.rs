@@ -51,6 +51,10 @@ pub enum State {
     /// Its PID 1 died on its own (the OOM killer, a kill from the host):
     /// its resources are gone, its row stays a while with the cause.
     Dead,
+    /// Started for a warm pool and waiting to be claimed: invisible, no
+    /// clock, no traffic; a claim makes it `Running` under its user's
+    /// environment, token and metadata.
+    Pooled,
 }
 
 impl State {
@@ -73,7 +77,7 @@ impl State {
     /// The API shows it (get, list, kill, ...); one being created or
     /// destroyed is not there yet, or any more.
     pub fn visible(self) -> bool {
-        !matches!(self, State::Creating | State::Killing | State::Dead)
+        !matches!(self, State::Creating | State::Killing | State::Dead | State::Pooled)
     }
     /// A create in flight, for the limit on concurrent creates.
     pub fn in_flight(self) -> bool {
@@ -87,6 +91,7 @@ impl State {
             State::Running | State::Pausing | State::Creating => "running",
             State::Paused | State::Resuming | State::Killing => "paused",
             State::Dead => "dead",
+            State::Pooled => "pooled",
         }
     }
 
@@ -99,6 +104,7 @@ impl State {
             State::Resuming => "resuming",
             State::Killing => "killing",
             State::Dead => "dead",
+            State::Pooled => "pooled",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -110,6 +116,7 @@ impl State {
             "resuming" => State::Resuming,
             "killing" => State::Killing,
             "dead" => State::Dead,
+            "pooled" => State::Pooled,
             _ => return None,
         })
     }
@@ -160,6 +167,10 @@ pub struct SandboxRow {
     /// When and why it died (`State::Dead` only).
     pub died_at: i64,
     pub death: String,
+    /// Resource alert thresholds.
+    pub alerts: airlock_proto::api::AlertThresholds,
+    /// The warm pool it was started for ('' for one created on demand).
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,6 +264,8 @@ impl Store {
             ("died_at", "INTEGER NOT NULL DEFAULT 0"),
             ("death", "TEXT NOT NULL DEFAULT ''"),
             ("volumes", "TEXT NOT NULL DEFAULT '[]'"),
+            ("alerts", "TEXT NOT NULL DEFAULT '{}'"),
+            ("pool", "TEXT NOT NULL DEFAULT ''"),
         ] {
             if !has(col)? {
                 conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
@@ -260,6 +273,8 @@ impl Store {
         }
         crate::volumes::store::migrate(&conn)?;
         crate::events::migrate(&conn)?;
+        crate::samples::migrate(&conn)?;
+        crate::pools::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })
     }
@@ -328,8 +343,8 @@ impl Store {
     fn insert_with(c: &Connection, s: &SandboxRow) -> Result<i64, StoreError> {
         c.execute(
             "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
-                                    layers, auto_pause_memory, paused_memory, paused_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 s.id,
                 s.template,
@@ -348,6 +363,8 @@ impl Store {
                 s.auto_pause_memory,
                 s.paused_memory,
                 s.paused_at,
+                serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
+                s.pool,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -358,6 +375,7 @@ impl Store {
         let metadata: String = r.get(6)?;
         let env: String = r.get(7)?;
         let layers: String = r.get(14)?;
+        let alerts: String = r.get(20)?;
         Ok((
             SandboxRow {
                 id: r.get(0)?,
@@ -382,6 +400,8 @@ impl Store {
                 paused_at: r.get(17)?,
                 died_at: r.get(18)?,
                 death: r.get(19)?,
+                alerts: serde_json::from_str(&alerts).unwrap_or_default(),
+                pool: r.get(21)?,
             },
             state,
             metadata,
@@ -398,7 +418,7 @@ impl Store {
     }
 
     const COLS: &'static str =
-        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death";
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -455,9 +475,72 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// A created sandbox goes live: running, with its real start and deadline.
-    pub fn finish_create(&self, id: &str, started_at: i64, end_at: i64) -> Result<bool, StoreError> {
-        Ok(self.change("UPDATE sandboxes SET state = 'running', started_at = ?2, end_at = ?3 WHERE id = ?1 AND state = 'creating'", params![id, started_at, end_at])? > 0)
+    /// A created sandbox goes live: running (or pooled, for a pool's),
+    /// with its real start and deadline.
+    pub fn finish_create(&self, id: &str, started_at: i64, end_at: i64, state: State) -> Result<bool, StoreError> {
+        Ok(self.change("UPDATE sandboxes SET state = ?4, started_at = ?2, end_at = ?3 WHERE id = ?1 AND state = 'creating'", params![id, started_at, end_at, state.as_str()])? > 0)
+    }
+
+    /// Claims the oldest ready sandbox of `pool` that runs on `layers`:
+    /// in one transaction it becomes `Creating` again under its new
+    /// owner's settings (from `s`: template name, deadline, metadata,
+    /// environment, token, pause options, alerts) and takes a new place in
+    /// the creation order, so it lists as what it now is, a new sandbox.
+    /// Returns the row and the pool's token (which its agent still wants);
+    /// `None` when the pool has none.
+    pub fn claim_pooled(&self, pool: &str, s: &SandboxRow) -> Result<Option<(SandboxRow, Option<String>)>, StoreError> {
+        let mut c = self.c();
+        let tx = c.transaction()?;
+        let layers = serde_json::to_string(&s.layers).unwrap_or_else(|_| "[]".into());
+        let found: Option<(String, Option<String>)> = tx
+            .query_row("SELECT id, access_token FROM sandboxes WHERE state = 'pooled' AND pool = ?1 AND layers = ?2 ORDER BY seq LIMIT 1", params![pool, layers], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((id, old_token)) = found else { return Ok(None) };
+        tx.execute(
+            "UPDATE sandboxes SET state = 'creating', pool = '', template = ?2, started_at = ?3, end_at = ?4, auto_pause = ?5, metadata = ?6, env = ?7,
+                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10,
+                    seq = (SELECT MAX(seq) + 1 FROM sandboxes)
+             WHERE id = ?1",
+            params![
+                id,
+                s.template,
+                s.started_at,
+                s.end_at,
+                s.auto_pause,
+                serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()),
+                serde_json::to_string(&s.env).unwrap_or_else(|_| "{}".into()),
+                s.access_token,
+                s.auto_pause_memory,
+                serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
+            ],
+        )?;
+        let raw = tx.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row)?;
+        tx.commit()?;
+        Self::finish(raw).map(|r| Some((r, old_token)))
+    }
+
+    /// Pool sandboxes counted by pool, state and layers (JSON, as stored).
+    pub fn pool_levels(&self) -> Result<Vec<(String, State, String, i64)>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT pool, state, layers, COUNT(*) FROM sandboxes WHERE pool != '' GROUP BY pool, state, layers")?;
+        let rows = st.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get::<_, String>(0)?, State::parse(&state).unwrap_or(State::Creating), r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a sandbox's alert thresholds.
+    pub fn set_alerts(&self, id: &str, alerts: &airlock_proto::api::AlertThresholds) -> Result<bool, StoreError> {
+        let a = serde_json::to_string(alerts).unwrap_or_else(|_| "{}".into());
+        Ok(self.change("UPDATE sandboxes SET alerts = ?2 WHERE id = ?1", params![id, a])? > 0)
+    }
+
+    /// Records a running sandbox's new limits.
+    pub fn set_resources(&self, id: &str, cpus: f64, memory_mb: u64, disk_mb: u64) -> Result<bool, StoreError> {
+        Ok(self.change("UPDATE sandboxes SET cpus = ?2, memory_mb = ?3, disk_mb = ?4 WHERE id = ?1", params![id, cpus, memory_mb as i64, disk_mb as i64])? > 0)
     }
 
     pub fn count(&self) -> Result<usize, StoreError> {
@@ -530,6 +613,8 @@ mod tests {
             paused_at: 0,
             died_at: 0,
             death: String::new(),
+            alerts: Default::default(),
+            pool: String::new(),
         }
     }
 

@@ -74,6 +74,11 @@ pub struct Telemetry {
     pub create_failures: AtomicU64,
     pub events: AtomicU64,
     pub events_failed: AtomicU64,
+    pub pool_claims: AtomicU64,
+    pub pool_misses: AtomicU64,
+    pub pool_fill_seconds: Histogram,
+    pub proxy_bytes_in: AtomicU64,
+    pub proxy_bytes_out: AtomicU64,
 }
 
 /// The one registry of the process.
@@ -85,14 +90,25 @@ pub static TELEMETRY: Telemetry = Telemetry {
     create_failures: AtomicU64::new(0),
     events: AtomicU64::new(0),
     events_failed: AtomicU64::new(0),
+    pool_claims: AtomicU64::new(0),
+    pool_misses: AtomicU64::new(0),
+    pool_fill_seconds: Histogram::new(),
+    proxy_bytes_in: AtomicU64::new(0),
+    proxy_bytes_out: AtomicU64::new(0),
 };
+
+/// A label value in the exposition format's escaping.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
 }
 
-/// The exposition, with `sandboxes` (state, count) read by the caller.
-pub fn render(sandboxes: &[(&str, usize)]) -> String {
+/// The exposition, with `sandboxes` (state, count) and `pools` (name,
+/// ready, size) read by the caller.
+pub fn render(sandboxes: &[(&str, usize)], pools: &[(String, u32, u32)]) -> String {
     let t = &TELEMETRY;
     let mut out = String::new();
     let _ = writeln!(out, "# HELP airlock_sandboxes Sandboxes the server knows, by state.\n# TYPE airlock_sandboxes gauge");
@@ -106,6 +122,19 @@ pub fn render(sandboxes: &[(&str, usize)]) -> String {
     t.proxy_responses.render(&mut out, "airlock_proxy_responses_total", "Sandbox-traffic responses by status class.");
     counter(&mut out, "airlock_events_total", "Lifecycle events recorded.", t.events.load(Ordering::Relaxed));
     counter(&mut out, "airlock_events_failed_total", "Lifecycle events that could not be recorded.", t.events_failed.load(Ordering::Relaxed));
+    counter(&mut out, "airlock_proxy_received_bytes_total", "Bytes of request bodies proxied into sandboxes.", t.proxy_bytes_in.load(Ordering::Relaxed));
+    counter(&mut out, "airlock_proxy_sent_bytes_total", "Bytes of response bodies proxied out of sandboxes.", t.proxy_bytes_out.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP airlock_pool_ready Sandboxes ready in a warm pool.\n# TYPE airlock_pool_ready gauge");
+    for (name, ready, _) in pools {
+        let _ = writeln!(out, "airlock_pool_ready{{pool=\"{}\"}} {ready}", label(name));
+    }
+    let _ = writeln!(out, "# HELP airlock_pool_size Sandboxes a warm pool keeps.\n# TYPE airlock_pool_size gauge");
+    for (name, _, size) in pools {
+        let _ = writeln!(out, "airlock_pool_size{{pool=\"{}\"}} {size}", label(name));
+    }
+    counter(&mut out, "airlock_pool_claims_total", "Creates served from a warm pool.", t.pool_claims.load(Ordering::Relaxed));
+    counter(&mut out, "airlock_pool_misses_total", "Creates of a pool's shape that found it empty.", t.pool_misses.load(Ordering::Relaxed));
+    t.pool_fill_seconds.render(&mut out, "airlock_pool_fill_seconds", "Starting one sandbox for a warm pool.");
     out
 }
 

@@ -171,6 +171,15 @@ struct ServeArgs {
     /// waiting on a sandbox and tunnels are never idle; 0 = none [default: 75].
     #[arg(long, env = "AIRLOCK_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
+    /// Keep ready sandboxes for fast creates (repeatable):
+    /// TEMPLATE=SIZE[,cpu=N][,memory=MB][,disk=MB][,internet=BOOL][,name=NAME];
+    /// a create asking for that template and shape takes one.
+    #[arg(long = "pool", env = "AIRLOCK_POOL", value_delimiter = ';')]
+    pools: Vec<String>,
+    /// Seconds between usage samples of running sandboxes (metrics
+    /// history, resource alerts) [default: 5].
+    #[arg(long, env = "AIRLOCK_SAMPLE_INTERVAL")]
+    sample_interval: Option<f64>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -334,6 +343,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.max_connections = a.max_connections.map(|n| n as usize).or(file.max_connections).filter(|n| *n > 0);
     cfg.max_connections_per_client = a.max_connections_per_client.map(|n| n as usize).or(file.max_connections_per_client).filter(|n| *n > 0);
     cfg.fs_pause_after_s = a.release_paused_after.or(file.release_paused_after).filter(|s| *s > 0);
+    for p in a.pools.iter().chain(&file.pool).filter(|p| !p.trim().is_empty()) {
+        let (name, spec) = airlock_server::pools::parse_flag(p.trim()).map_err(anyhow::Error::msg)?;
+        cfg.pools.retain(|(n, _)| *n != name);
+        cfg.pools.push((name, spec));
+    }
+    if let Some(s) = a.sample_interval.or(file.sample_interval) {
+        anyhow::ensure!((0.1..=3600.0).contains(&s), "--sample-interval must be between 0.1 and 3600 seconds, got {s}");
+        cfg.sample_interval_ms = (s * 1000.0) as u64;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -42,7 +42,7 @@ pub(crate) async fn download(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp
 
 async fn download_inner(agent: &Agent, req: Request<Incoming>) -> Result<Resp, FilesError> {
     let q = parse_query(req.uri().query().unwrap_or(""));
-    authorize(agent.config.access_token.as_deref(), req.headers(), &q, Op::Read, unix_now())?;
+    authorize(agent.session().access_token.as_deref(), req.headers(), &q, Op::Read, unix_now())?;
     let user = user_for(agent, &q)?;
     let path = resolve(agent, &user, q.path.as_deref().unwrap_or(""));
 

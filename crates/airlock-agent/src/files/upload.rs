@@ -43,7 +43,7 @@ pub(crate) async fn upload(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
 async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<WrittenFile>, FilesError> {
     let (parts, body) = req.into_parts();
     let q = parse_query(parts.uri.query().unwrap_or(""));
-    authorize(agent.config.access_token.as_deref(), &parts.headers, &q, Op::Write, unix_now())?;
+    authorize(agent.session().access_token.as_deref(), &parts.headers, &q, Op::Write, unix_now())?;
     let user = user_for(agent, &q)?;
     // Validated before anything touches the disk: a rejected upload leaves
     // no file behind.

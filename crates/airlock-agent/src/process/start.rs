@@ -32,7 +32,7 @@ pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, Str
     if pty {
         env.insert("TERM".to_string(), "xterm-256color".to_string());
     }
-    for (k, v) in &agent.config.env {
+    for (k, v) in &agent.session().env {
         env.insert(k.clone(), v.clone());
     }
     for (k, v) in req {

@@ -27,16 +27,25 @@ pub(super) struct Plan {
     pub setup: Option<String>,
     /// Volumes to bind, with what the store records about each.
     pub volumes: Vec<super::volumes::PlannedMount>,
+    pub alerts: api::AlertThresholds,
+    /// Set when the sandbox is started for this warm pool: it waits,
+    /// `Pooled`, for a create to claim it.
+    pub pool: Option<String>,
 }
 
 impl Service {
     pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
         let plan = self.plan(req, v2).await?;
+        if let Some(pool) = self.matching_pool(&plan) {
+            if let Some(row) = self.claim(&pool, &plan).await? {
+                return Ok(row);
+            }
+        }
         self.launch(plan).await
     }
 
     /// Checks a create request and resolves its template once.
-    async fn plan(&self, req: NewSandbox, v2: bool) -> Result<Plan, ApiError> {
+    pub(super) async fn plan(&self, req: NewSandbox, v2: bool) -> Result<Plan, ApiError> {
         let volumes = self.volume_mounts(&req).await?;
         let template = if req.template_id.trim().is_empty() { "base".to_string() } else { template_name(&req.template_id).to_string() };
         let timeout_s = self.check_timeout(req.timeout.unwrap_or(self.cfg.default_timeout_s))?;
@@ -76,7 +85,10 @@ impl Service {
         // works from what it resolved to.
         let tpl = self.ensure_template(&template).await?;
         let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
+        let alerts = super::metrics::check_alerts(req.alerts.as_ref())?;
         Ok(Plan {
+            alerts,
+            pool: None,
             template,
             rootfs: tpl.rootfs(),
             tpl: Some(tpl),
@@ -132,14 +144,24 @@ impl Service {
             paused_at: 0,
             died_at: 0,
             death: String::new(),
+            alerts: plan.alerts,
+            pool: plan.pool.clone().unwrap_or_default(),
         };
         // Admission first: the limits and the row in one transaction, so
         // concurrent creates cannot overshoot them and a crash from here on
         // leaves a `creating` row that start-up undoes.
-        let store = self.store.clone();
-        let (r2, vols) = (row.clone(), plan.volumes.iter().map(|m| m.vol.clone()).collect::<Vec<_>>());
         let (max_creating, max_total) = (self.cfg.max_concurrent_creates, self.cfg.max_sandboxes);
-        match self.blocking(move || store.admit(&r2, &vols, max_creating, max_total)).await?? {
+        let admit = || {
+            let store = self.store.clone();
+            let (r2, vols) = (row.clone(), plan.volumes.iter().map(|m| m.vol.clone()).collect::<Vec<_>>());
+            self.blocking(move || store.admit(&r2, &vols, max_creating, max_total))
+        };
+        let mut admitted = admit().await??;
+        // Warm sandboxes never take a place a create needs: one goes.
+        if matches!(admitted, Err(Refusal::Full(_))) && plan.pool.is_none() && self.evict_pooled().await {
+            admitted = admit().await??;
+        }
+        match admitted {
             Ok(()) => {}
             Err(Refusal::Busy(n)) => return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once (limit {n})"))),
             Err(Refusal::Full(n)) => return Err(ApiError::TooManyRequests(format!("sandbox limit reached ({n} sandboxes)"))),
@@ -150,7 +172,9 @@ impl Service {
             Err(e) => {
                 crate::telemetry::TELEMETRY.create_failures.fetch_add(1, Ordering::Relaxed);
                 let message = if matches!(e, ApiError::Internal(_)) { "internal server error".to_string() } else { e.to_string() };
-                self.emit(&row, "error", serde_json::json!({"message": message, "status": e.status()})).await;
+                if plan.pool.is_none() {
+                    self.emit(&row, "error", serde_json::json!({"message": message, "status": e.status()})).await;
+                }
                 let (backend, store, id2) = (self.backend.clone(), self.store.clone(), id.clone());
                 let _ = self
                     .blocking(move || {
@@ -162,11 +186,17 @@ impl Service {
                 return Err(e);
             }
         };
-        row.state = State::Running;
         row.started_at = started;
         row.end_at = end;
+        if plan.pool.is_some() {
+            row.state = State::Pooled;
+            crate::telemetry::TELEMETRY.pool_fill_seconds.observe(t0.elapsed());
+            tracing::debug!(sandbox_id = %id, pool = ?plan.pool, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "pooled sandbox ready");
+            return Ok(row);
+        }
+        row.state = State::Running;
         crate::telemetry::TELEMETRY.create_seconds.observe(t0.elapsed());
-        self.emit(&row, "created", serde_json::json!({"templateID": row.template, "endAt": rfc3339_ms(end)})).await;
+        self.emit(&row, "ready", serde_json::json!({"endAt": rfc3339_ms(end)})).await;
         tracing::info!(sandbox_id = %id, template = %row.template, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created");
         Ok(row)
     }
@@ -194,11 +224,15 @@ impl Service {
                 other => runtime_err(&id, other),
             }
         })?;
+        if plan.pool.is_none() {
+            self.emit(row, "created", serde_json::json!({"templateID": row.template, "cpuCount": plan.cpus, "memoryMB": plan.memory_mb})).await;
+        }
         self.after_start(&id, plan.tpl.as_ref(), token, &plan.env, plan.setup.as_deref()).await?;
         let now = now_ms();
         let store = self.store.clone();
         let (id2, end) = (id.clone(), now + plan.timeout_s * 1000);
-        if !self.blocking(move || store.finish_create(&id2, now, end)).await?? {
+        let state = if plan.pool.is_some() { State::Pooled } else { State::Running };
+        if !self.blocking(move || store.finish_create(&id2, now, end, state)).await?? {
             return Err(ApiError::Internal(format!("sandbox {id}'s row left the creating state during its create")));
         }
         Ok((now, end))

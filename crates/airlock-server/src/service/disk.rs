@@ -81,6 +81,12 @@ impl DiskGuard {
         std::fs::rename(&tmp, self.reserve())
     }
 
+    /// (free, total, the create floor) bytes of the data disk.
+    pub(crate) fn status(&self) -> (u64, u64, u64) {
+        let (free, total) = space(&self.dir).unwrap_or((0, 0));
+        (free, total, self.min_free)
+    }
+
     /// 507 when the disk has less free space than a new sandbox (or
     /// snapshot, or import) should start with.
     pub(crate) fn check(&self, what: &str) -> Result<(), ApiError> {

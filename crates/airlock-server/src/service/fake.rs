@@ -218,6 +218,23 @@ impl Backend for FakeBackend {
         })
     }
 
+    fn resize(&self, id: &str, resources: &airlock_runtime::Resources, _disk_mb: Option<u64>) -> Result<(), Error> {
+        self.with(|m| {
+            let s = m.get_mut(id).filter(|s| s.alive).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            s.spec.resources = *resources;
+            Ok(())
+        })
+    }
+
+    fn rekey(&self, id: &str, env: &BTreeMap<String, String>, access_token: Option<&str>) -> Result<(), Error> {
+        self.with(|m| {
+            let s = m.get_mut(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
+            s.spec.env = env.clone();
+            s.spec.access_token = access_token.map(str::to_string);
+            Ok(())
+        })
+    }
+
     fn reconfigure(&self, id: &str, env: &BTreeMap<String, String>, resources: Option<airlock_runtime::Resources>) -> Result<(), Error> {
         self.with(|m| {
             let s = m.get_mut(id).ok_or_else(|| Error::NotFound(id.to_string()))?;

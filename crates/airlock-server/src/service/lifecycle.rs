@@ -322,8 +322,11 @@ impl Service {
             let (id, end) = (row.id.clone(), row.end_at);
             match row.state {
                 State::Dead => {}
+                // A pooled sandbox that still runs waits on; one that does
+                // not is gone like an interrupted create.
+                State::Pooled if alive && !frozen => {}
                 // A create or a kill a crash interrupted: finish undoing it.
-                State::Creating | State::Killing => {
+                State::Creating | State::Killing | State::Pooled => {
                     tracing::warn!(sandbox_id = %row.id, state = row.state.as_str(), "a create or kill was interrupted; destroying the sandbox");
                     let backend = self.backend.clone();
                     let done = self

@@ -1,69 +1,277 @@
-//! Usage samples: taken on the sampler's schedule, kept an hour per
-//! sandbox, served as E2B's metrics.
+//! Usage: samples taken on the sampler's schedule and kept in the store
+//! (E2B's metrics, with history and network bytes), live samples for
+//! streams, resource alerts, health, and changing a running sandbox's
+//! limits.
 
 use super::*;
 
+/// The most samples one history request returns (a day at 5 s is 17,280).
+const MAX_HISTORY: usize = 20_000;
+
+/// E2B's metric entry from a sample.
+fn metric(s: &Sample) -> SandboxMetric {
+    SandboxMetric {
+        timestamp: rfc3339_ms(s.at_ms),
+        timestamp_unix: s.at_ms / 1000,
+        cpu_count: s.cpus.ceil().max(1.0) as u32,
+        cpu_used_pct: (s.cpu_pct * 100.0).round() / 100.0,
+        mem_used: s.mem,
+        mem_total: s.mem_limit,
+        mem_cache: s.mem_cache,
+        disk_used: s.disk,
+        disk_total: s.disk_limit,
+        net_rx_bytes: s.net_rx,
+        net_tx_bytes: s.net_tx,
+    }
+}
+
+/// A reading turned into a sample, its CPU share measured from `prev`.
+fn to_sample(u: &airlock_runtime::Usage, now: i64, cpus: f64, prev: Option<&Sample>) -> Sample {
+    let cpu_pct = match prev {
+        Some(p) if now > p.at_ms && u.cpu_usage_ns >= p.cpu_ns => {
+            let used = (u.cpu_usage_ns - p.cpu_ns) as f64;
+            let avail = (now - p.at_ms) as f64 * 1e6 * cpus.max(0.01);
+            (used / avail * 100.0).clamp(0.0, 100.0)
+        }
+        _ => 0.0,
+    };
+    Sample {
+        at_ms: now,
+        cpu_ns: u.cpu_usage_ns,
+        cpu_pct,
+        mem: u.memory_bytes,
+        mem_limit: u.memory_limit_bytes,
+        mem_cache: u.memory_bytes.saturating_sub(u.memory_working_bytes),
+        disk: u.disk_bytes,
+        disk_limit: u.disk_limit_bytes,
+        net_rx: u.net_rx_bytes,
+        net_tx: u.net_tx_bytes,
+        cpus,
+    }
+}
+
+fn pct(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / total as f64
+    }
+}
+
+fn check_thresholds(a: &api::AlertThresholds) -> Result<(), ApiError> {
+    for (name, v) in [("cpuPct", a.cpu_pct), ("memoryPct", a.memory_pct), ("diskPct", a.disk_pct)] {
+        if let Some(v) = v {
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(ApiError::BadRequest(format!("alert threshold {name} must be a percentage above 0 and at most 100, got {v}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_alerts(a: Option<&api::AlertThresholds>) -> Result<api::AlertThresholds, ApiError> {
+    let a = a.copied().unwrap_or_default();
+    check_thresholds(&a)?;
+    Ok(a)
+}
+
 impl Service {
+    /// A sandbox's metric history between `start` and `end` (unix seconds,
+    /// inclusive), oldest first. Readable while the sandbox lives and for
+    /// as long as a dead one's record is kept.
     pub async fn metrics(&self, id: &str, start: Option<i64>, end: Option<i64>) -> Result<Vec<SandboxMetric>, ApiError> {
-        let row = self.row(id).await?;
-        let has = self.samples.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|v| !v.is_empty());
-        if !has && row.state.takes_traffic() {
-            self.sample(&row).await;
+        let row = match self.dead_row(id).await? {
+            Some(dead) => dead,
+            None => self.row(id).await?,
+        };
+        // A sandbox younger than one sampling interval still has a figure.
+        if row.state.takes_traffic() && !self.samples.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+            self.sample_rows(vec![row.clone()]).await;
         }
         // Any i64 a client sends: saturate, never overflow (an overflow
         // would be a panic in debug builds and a wrapped range in release).
         let start_ms = start.map(|s| s.saturating_mul(1000)).unwrap_or(i64::MIN);
         let end_ms = end.map(|e| e.saturating_mul(1000).saturating_add(999)).unwrap_or(i64::MAX);
-        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let cpu_count = row.cpus.ceil().max(1.0) as u32;
-        Ok(samples
-            .get(id)
-            .map(|v| {
-                v.iter()
-                    .filter(|s| s.at_ms >= start_ms && s.at_ms <= end_ms)
-                    .map(|s| SandboxMetric {
-                        timestamp: rfc3339_ms(s.at_ms),
-                        timestamp_unix: s.at_ms / 1000,
-                        cpu_count,
-                        cpu_used_pct: (s.cpu_pct * 100.0).round() / 100.0,
-                        mem_used: s.mem,
-                        mem_total: s.mem_limit,
-                        mem_cache: 0,
-                        disk_used: s.disk,
-                        disk_total: s.disk_limit,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        let v = self.blocking(move || store.samples(&id2, start_ms, end_ms, MAX_HISTORY)).await??;
+        Ok(v.iter().map(metric).collect())
     }
 
-    pub(super) async fn sample(&self, row: &SandboxRow) {
-        let backend = self.backend.clone();
-        let id = row.id.clone();
-        let Ok(Ok(u)) = self.blocking(move || backend.usage(&id)).await else { return };
-        let now = now_ms();
-        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let v = all.entry(row.id.clone()).or_default();
-        let cpu_pct = match v.back() {
-            Some(prev) if now > prev.at_ms && u.cpu_usage_ns >= prev.cpu_ns => {
-                let used = (u.cpu_usage_ns - prev.cpu_ns) as f64;
-                let avail = (now - prev.at_ms) as f64 * 1e6 * row.cpus.max(0.01);
-                (used / avail * 100.0).clamp(0.0, 100.0)
-            }
-            _ => 0.0,
-        };
-        v.push_back(Sample {
-            at_ms: now,
-            cpu_ns: u.cpu_usage_ns,
-            cpu_pct,
-            mem: u.memory_bytes,
-            mem_limit: u.memory_limit_bytes,
-            disk: u.disk_bytes,
-            disk_limit: u.disk_limit_bytes,
-        });
-        while v.len() > MAX_SAMPLES {
-            v.pop_front();
+    /// E2B's bulk metrics: each named sandbox's newest sample; sandboxes
+    /// that do not exist (or have no sample yet) are left out.
+    pub async fn metrics_bulk(&self, ids: Vec<String>) -> Result<api::SandboxesWithMetrics, ApiError> {
+        if ids.len() > 100 {
+            return Err(ApiError::BadRequest(format!("at most 100 sandbox ids at once, got {}", ids.len())));
         }
+        let store = self.store.clone();
+        let found = self
+            .blocking(move || -> Result<Vec<(String, Sample)>, StoreError> {
+                let mut out = Vec::new();
+                for id in ids {
+                    let visible = store.sandbox(&id)?.is_some_and(|r| r.state.visible() || r.state == State::Dead);
+                    if let Some(s) = store.latest_sample(&id)?.filter(|_| visible) {
+                        out.push((id, s));
+                    }
+                }
+                Ok(out)
+            })
+            .await??;
+        Ok(api::SandboxesWithMetrics { sandboxes: found.into_iter().map(|(id, s)| (id, metric(&s))).collect() })
+    }
+
+    /// One fresh reading for a live stream, its CPU share measured from the
+    /// stream's own previous one (`prev`), so streams at any interval never
+    /// disturb the sampler's. `None` once the sandbox no longer runs.
+    pub async fn live_sample(&self, id: &str, prev: Option<&Sample>) -> Result<Option<Sample>, ApiError> {
+        let row = match self.row(id).await {
+            Ok(r) if r.state.takes_traffic() => r,
+            Ok(_) | Err(ApiError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        match self.blocking(move || backend.usage(&id2)).await? {
+            Ok(u) => Ok(Some(to_sample(&u, now_ms(), row.cpus, prev))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub fn sample_to_metric(s: &Sample) -> SandboxMetric {
+        metric(s)
+    }
+
+    /// Samples these sandboxes (all readings on the blocking pool, one
+    /// store transaction), then checks their alert thresholds.
+    pub(super) async fn sample_rows(&self, rows: Vec<SandboxRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        let backend = self.backend.clone();
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let Ok(readings) = self.blocking(move || ids.into_iter().map(|id| backend.usage(&id).ok()).collect::<Vec<_>>()).await else { return };
+        let now = now_ms();
+        let mut batch = Vec::new();
+        {
+            let mut last = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            for (row, u) in rows.iter().zip(readings) {
+                let Some(u) = u else { continue };
+                let s = to_sample(&u, now, row.cpus, last.get(&row.id));
+                last.insert(row.id.clone(), s);
+                batch.push((row.id.clone(), s));
+            }
+        }
+        for (row, (_, s)) in rows.iter().zip(batch.iter()) {
+            self.check_alerts(row, s).await;
+        }
+        let store = self.store.clone();
+        if let Ok(Err(e)) = self.blocking(move || store.add_samples(&batch)).await {
+            tracing::warn!(error = %e, "recording metric samples failed");
+        }
+    }
+
+    /// Fires `resource_alert` for each threshold the sample is above and
+    /// the previous one was not.
+    async fn check_alerts(&self, row: &SandboxRow, s: &Sample) {
+        if row.alerts.is_empty() {
+            return;
+        }
+        let a = row.alerts;
+        let values = [(a.cpu_pct, s.cpu_pct, "cpu"), (a.memory_pct, pct(s.mem.saturating_sub(s.mem_cache), s.mem_limit), "memory"), (a.disk_pct, pct(s.disk, s.disk_limit), "disk")];
+        let mut fire = Vec::new();
+        {
+            let mut on = self.alerts_on.lock().unwrap_or_else(|p| p.into_inner());
+            let flags = on.entry(row.id.clone()).or_default();
+            for (i, (threshold, value, name)) in values.iter().enumerate() {
+                let above = threshold.is_some_and(|t| *value >= t);
+                if above && !flags[i] {
+                    fire.push((*name, *value, threshold.unwrap_or_default()));
+                }
+                flags[i] = above;
+            }
+        }
+        for (resource, value, threshold) in fire {
+            tracing::info!(sandbox_id = %row.id, resource, value, threshold, "resource alert");
+            self.emit(row, "resource_alert", serde_json::json!({"resource": resource, "valuePct": (value * 100.0).round() / 100.0, "thresholdPct": threshold})).await;
+        }
+    }
+
+    /// Sets (replaces) a sandbox's alert thresholds; an empty set removes them.
+    pub async fn set_alerts(&self, id: &str, alerts: api::AlertThresholds) -> Result<SandboxDetail, ApiError> {
+        check_thresholds(&alerts)?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_alerts(&id2, &alerts)).await??;
+        // A new threshold starts armed: if the sandbox is above it, the
+        // next sample fires it.
+        self.alerts_on.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        row.alerts = alerts;
+        Ok(self.detail(&row))
+    }
+
+    /// Changes a running sandbox's CPU, memory and disk limits in place.
+    /// Memory below what its processes hold (beyond the page cache the
+    /// kernel would drop) is refused, not enforced by an OOM kill; the disk
+    /// limit only grows.
+    pub async fn set_resources(&self, id: &str, change: api::ResourceChange) -> Result<SandboxDetail, ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut row = self.row(id).await?;
+        if !row.state.takes_traffic() {
+            return Err(ApiError::Conflict(format!("sandbox {id} is {}: resume it before changing its resources", row.state.api_str())));
+        }
+        let cpus = change.cpu_count.unwrap_or(row.cpus);
+        let max_cpus = airlock_runtime::limits::MAX_CPUS;
+        if !(cpus > 0.0 && cpus <= max_cpus) {
+            return Err(ApiError::BadRequest(format!("cpuCount must be more than 0 and at most {max_cpus}, got {cpus}")));
+        }
+        let memory_mb = change.memory_mb.unwrap_or(row.memory_mb);
+        self.check_memory(memory_mb)?;
+        let disk_mb = match change.disk_mb {
+            None => None,
+            Some(mb) if row.disk_mb == 0 => return Err(ApiError::BadRequest(format!("sandbox {id} has no disk limit to change (asked for {mb} MiB)"))),
+            Some(mb) if mb < row.disk_mb => {
+                return Err(ApiError::Conflict(format!("the disk limit cannot be lowered while the sandbox runs ({} MiB now, {mb} MiB asked)", row.disk_mb)))
+            }
+            Some(mb) if mb > self.cfg.max_disk_mb => return Err(ApiError::BadRequest(format!("diskSizeMB must be at most {}, got {mb}", self.cfg.max_disk_mb))),
+            Some(mb) => Some(mb),
+        };
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let usage = self.blocking(move || backend.usage(&id2)).await?.map_err(|e| runtime_err(id, e))?;
+        let need = usage.memory_working_bytes;
+        if memory_mb < row.memory_mb && need > memory_mb << 20 {
+            return Err(ApiError::Conflict(format!(
+                "sandbox {id} uses {} MiB of memory; its limit cannot go below that (asked for {memory_mb} MiB): free memory in it first or ask for more",
+                need.div_ceil(1 << 20)
+            )));
+        }
+        let resources = Resources { cpus, memory_mb, pids: self.cfg.pids_limit, io_bps: self.cfg.io_bps, io_iops: self.cfg.io_iops };
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        self.blocking(move || backend.resize(&id2, &resources, disk_mb)).await?.map_err(|e| match e {
+            airlock_runtime::Error::Cgroup(c) => ApiError::Conflict(format!("the kernel refused the new limits: {c}")),
+            airlock_runtime::Error::InvalidSpec(m) => ApiError::Conflict(m),
+            other => runtime_err(id, other),
+        })?;
+        let before = (row.cpus, row.memory_mb, row.disk_mb);
+        row.cpus = cpus;
+        row.memory_mb = memory_mb;
+        row.disk_mb = disk_mb.unwrap_or(row.disk_mb);
+        let store = self.store.clone();
+        let (id2, d) = (id.to_string(), row.disk_mb);
+        self.blocking(move || store.set_resources(&id2, cpus, memory_mb, d)).await??;
+        self.emit(
+            &row,
+            "resources_changed",
+            serde_json::json!({"cpuCount": cpus, "memoryMB": memory_mb, "diskSizeMB": row.disk_mb, "before": {"cpuCount": before.0, "memoryMB": before.1, "diskSizeMB": before.2}}),
+        )
+        .await;
+        tracing::info!(sandbox_id = %id, cpus, memory_mb, disk_mb = row.disk_mb, "resources changed");
+        Ok(self.detail(&row))
     }
 
     /// Whether a sandbox works: its agent runs a command within three
@@ -96,10 +304,9 @@ impl Service {
         let backend = self.backend.clone();
         let id2 = id.to_string();
         if let Ok(u) = self.blocking(move || backend.usage(&id2)).await? {
-            let pct = |used: u64, total: u64| if total == 0 { 0.0 } else { used as f64 * 100.0 / total as f64 };
             let d = pct(u.disk_bytes, u.disk_limit_bytes);
             out.push(check("disk", d < 95.0, format!("{:.1}% of {} MiB used", d, u.disk_limit_bytes >> 20)));
-            let m = pct(u.memory_bytes, u.memory_limit_bytes);
+            let m = pct(u.memory_working_bytes, u.memory_limit_bytes);
             out.push(check("memory", m < 95.0, format!("{:.1}% of {} MiB used", m, u.memory_limit_bytes >> 20)));
         }
         let tpl = self.find_template(&row.template).await?;
@@ -130,6 +337,7 @@ impl Service {
     pub async fn sample_all(&self) {
         let store = self.store.clone();
         let Ok(Ok(rows)) = self.blocking(move || store.sandboxes()).await else { return };
+        let mut live = Vec::new();
         for row in rows.into_iter().filter(|r| r.state.takes_traffic()) {
             let backend = self.backend.clone();
             let id = row.id.clone();
@@ -140,7 +348,8 @@ impl Service {
                 }
                 continue;
             }
-            self.sample(&row).await;
+            live.push(row);
         }
+        self.sample_rows(live).await;
     }
 }

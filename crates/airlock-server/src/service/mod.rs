@@ -14,7 +14,7 @@
 //! writes its transitional state (`store::State`) before it starts, so a
 //! crash in the middle is settled at the next start (`reconcile`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,7 @@ mod disk;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod pools;
 mod state;
 mod templates;
 mod views;
@@ -124,16 +125,7 @@ impl From<crate::ids::RandomError> for ApiError {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at_ms: i64,
-    cpu_ns: u64,
-    cpu_pct: f64,
-    mem: u64,
-    mem_limit: u64,
-    disk: u64,
-    disk_limit: u64,
-}
+use crate::samples::Sample;
 
 /// A template as the API shows it.
 pub use airlock_proto::api::TemplateInfo;
@@ -182,7 +174,16 @@ pub struct Service {
     /// One build at a time per template name.
     build_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    samples: Mutex<HashMap<String, VecDeque<Sample>>>,
+    /// Each running sandbox's newest sample (the store has the history):
+    /// the next one's CPU share is measured from it.
+    samples: Mutex<HashMap<String, Sample>>,
+    /// Which of a sandbox's alert thresholds (cpu, memory, disk) it is
+    /// above: an alert fires on the way up only.
+    alerts_on: Mutex<HashMap<String, [bool; 3]>>,
+    /// Warm pools' counters; the pools are in the store.
+    pools: Mutex<HashMap<String, pools::PoolStats>>,
+    /// Wakes the pool filler (a claim, a pool changed).
+    pool_wake: tokio::sync::Notify,
     /// Layer directories being made or about to be used (a snapshot
     /// before its template is saved, a fork's layer before its sandboxes
     /// exist): layer garbage collection leaves them alone.
@@ -195,8 +196,6 @@ pub struct Service {
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
 }
 
-/// Samples kept per sandbox: an hour at the 5 s sampling interval.
-const MAX_SAMPLES: usize = 720;
 
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
@@ -212,6 +211,9 @@ impl Service {
             build_locks: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
+            alerts_on: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            pool_wake: tokio::sync::Notify::new(),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
@@ -287,6 +289,7 @@ impl Service {
     fn forget(&self, id: &str) {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.alerts_on.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// The row of a sandbox the API can see (not one being created or killed).
@@ -309,6 +312,36 @@ impl Service {
             return Err(ApiError::BadRequest(format!("timeout must be between 0 and {} seconds, got {t}", self.cfg.max_timeout_s)));
         }
         Ok(t)
+    }
+
+    /// The server's own health and what it depends on: the store answers,
+    /// the data disk has room for creates, and what the host offers
+    /// sandboxes (firewall, disk limits). `ok` is false when the store
+    /// fails or creates are refused for disk space.
+    pub async fn server_health(&self) -> serde_json::Value {
+        let store = self.store.clone();
+        let t0 = Instant::now();
+        let store_ok = self.blocking(move || store.count()).await.map(|r| r.map_err(|e| e.to_string()));
+        let store_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let (free, total, floor) = self.disk.status();
+        let disk_ok = free >= floor;
+        let (store_ok, store_detail, sandboxes) = match store_ok {
+            Ok(Ok(n)) => (true, format!("answered in {store_ms:.1} ms"), n),
+            Ok(Err(e)) => (false, e, 0),
+            Err(e) => (false, e.to_string(), 0),
+        };
+        let ok = store_ok && disk_ok;
+        serde_json::json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "sandboxes": sandboxes,
+            "checks": {
+                "store": {"ok": store_ok, "detail": store_detail},
+                "disk": {"ok": disk_ok, "freeBytes": free, "totalBytes": total, "minFreeBytes": floor},
+                "network": {"ok": self.backend.network_available(), "detail": if self.backend.network_available() { "sandboxes can be given internet access".to_string() } else { format!("loopback only: {NO_FIREWALL_HINT}") }},
+                "diskLimits": {"ok": self.backend.disk_limits_available()},
+            },
+        })
     }
 
     pub async fn key_valid(&self, key: &str) -> Result<bool, ApiError> {

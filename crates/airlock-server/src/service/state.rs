@@ -196,6 +196,8 @@ impl Service {
             // Volumes are shared storage, not the sandbox's files: forks
             // that mounted them would not be independent of each other.
             volumes: Vec::new(),
+            alerts: row.alerts,
+            pool: None,
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -517,6 +519,8 @@ impl Service {
             auto_pause_memory: true,
             setup: None,
             volumes: Vec::new(),
+            alerts: Default::default(),
+            pool: None,
         };
         let r = self.launch(plan).await;
         drop(lease);

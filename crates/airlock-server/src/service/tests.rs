@@ -307,13 +307,15 @@ fn admission_counts_creates_in_flight_and_every_sandbox() {
         paused_at: 0,
         died_at: 0,
         death: String::new(),
+        alerts: Default::default(),
+        pool: String::new(),
     };
     let s = w.svc.store();
     assert_eq!(s.admit(&row("a", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
     assert_eq!(s.admit(&row("b", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
     assert_eq!(s.admit(&row("c", State::Creating), &[], 2, 3).expect("admit"), Err(Refusal::Busy(2)), "two in flight");
-    assert!(s.finish_create("a", 1, 2).expect("finish"));
-    assert!(!s.finish_create("a", 1, 2).expect("finish"), "only a creating row goes live");
+    assert!(s.finish_create("a", 1, 2, State::Running).expect("finish"));
+    assert!(!s.finish_create("a", 1, 2, State::Running).expect("finish"), "only a creating row goes live");
     assert_eq!(s.admit(&row("c", State::Creating), &[], 2, 3).expect("admit"), Ok(()));
     assert_eq!(s.admit(&row("d", State::Creating), &[], 5, 3).expect("admit"), Err(Refusal::Full(3)), "three in all");
     assert!(s.sandbox("d").expect("read").is_none(), "a refused create writes nothing");

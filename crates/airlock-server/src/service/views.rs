@@ -21,6 +21,7 @@ impl Service {
             envd_access_token: row.access_token.clone(),
             allow_internet_access: Some(row.internet),
             death: (row.state == State::Dead).then(|| row.death.clone()),
+            alerts: (!row.alerts.is_empty()).then_some(row.alerts),
             lifecycle: api::Lifecycle { auto_resume: false, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
             domain: None,
         }
