@@ -224,10 +224,7 @@ fn disk_of(path: &Path) -> Option<String> {
 
 /// One `key value` line of a cgroup stat file (0 when absent).
 fn stat_value(file: &Path, key: &str) -> u64 {
-    fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())))
-        .unwrap_or(0)
+    fs::read_to_string(file).ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))).unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -289,7 +286,9 @@ impl SandboxCgroup {
                 let c = self.v1("cpu");
                 write(&c.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&c.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                if let (Some(dev), Some(b)) = (&self.io_device, self.paths.get(V1_CONTROLLERS.len())) {
+                // A sandbox made without I/O limits has no blkio group
+                // (see `create`): nothing to change then.
+                if let (Some(dev), Some(b)) = (&self.io_device, self.paths.get(V1_CONTROLLERS.len()).filter(|b| b.exists())) {
                     // v1 throttles only direct I/O (buffered writeback is not
                     // attributed to cgroups there); 0 removes a limit.
                     for (f, n) in [

@@ -239,8 +239,7 @@ fn int_param(query: &str, name: &str) -> Result<Option<i64>, ApiError> {
 #[utoipa::path(get, path = "/health", tag = "server", responses((status = 200, description = "the server is up and can create sandboxes"), (status = 503, description = "degraded")))]
 async fn health(State(s): State<AppState>) -> Resp {
     let full = s.svc.server_health().await;
-    let checks: serde_json::Map<String, serde_json::Value> =
-        full["checks"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v["ok"].clone())).collect()).unwrap_or_default();
+    let checks: serde_json::Map<String, serde_json::Value> = full["checks"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v["ok"].clone())).collect()).unwrap_or_default();
     let status = if full["status"] == "ok" { 200 } else { 503 };
     h::json(status, &serde_json::json!({"status": full["status"], "checks": checks}))
 }
@@ -761,7 +760,8 @@ async fn sandbox_health(State(s): State<AppState>, Param(id): Param, RawQuery(q)
 async fn prometheus(State(s): State<AppState>) -> ApiResult {
     let store = s.svc.store().clone();
     let rows = s.svc.blocking(move || store.sandboxes()).await??;
-    let mut by: std::collections::BTreeMap<&'static str, usize> = ["creating", "running", "pausing", "paused", "resuming", "killing", "dead", "pooled"].into_iter().map(|k| (k, 0)).collect();
+    let mut by: std::collections::BTreeMap<&'static str, usize> =
+        ["creating", "running", "pausing", "paused", "resuming", "killing", "dead", "pooled"].into_iter().map(|k| (k, 0)).collect();
     for r in &rows {
         *by.entry(r.state.as_str()).or_default() += 1;
     }

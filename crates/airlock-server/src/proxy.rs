@@ -17,6 +17,10 @@ use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
 use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
+use std::sync::atomic::Ordering;
+
+use crate::telemetry::TELEMETRY;
+
 pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
 
 /// Where sandbox traffic should go.
@@ -147,7 +151,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
         Ok(u) => u,
         Err(_) => return h::error(400, "invalid request path"),
     };
-    let out = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    let out = Request::from_parts(parts, body.map_frame(|f| count(&TELEMETRY.proxy_bytes_in, f)).map_err(Into::into).boxed_unsync());
     let mut resp = match sender.send_request(out).await {
         Ok(r) => r,
         Err(e) => {
@@ -160,7 +164,10 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
             let client_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {
                 if let (Ok(a), Ok(b)) = (server_upgrade.await, client_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+                    if let Ok((into, out)) = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await {
+                        TELEMETRY.proxy_bytes_in.fetch_add(into, Ordering::Relaxed);
+                        TELEMETRY.proxy_bytes_out.fetch_add(out, Ordering::Relaxed);
+                    }
                 }
             });
         }
@@ -169,7 +176,15 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_headers(&mut parts.headers, false);
-    Resp::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    Resp::from_parts(parts, body.map_frame(|f| count(&TELEMETRY.proxy_bytes_out, f)).map_err(Into::into).boxed_unsync())
+}
+
+/// Adds a data frame's size to a byte counter, passing the frame on.
+fn count(c: &std::sync::atomic::AtomicU64, f: http_body::Frame<bytes::Bytes>) -> http_body::Frame<bytes::Bytes> {
+    if let Some(d) = f.data_ref() {
+        c.fetch_add(d.len() as u64, Ordering::Relaxed);
+    }
+    f
 }
 
 #[cfg(test)]

@@ -149,20 +149,30 @@ impl Service {
         }
         let backend = self.backend.clone();
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let Ok(readings) = self.blocking(move || ids.into_iter().map(|id| backend.usage(&id).ok()).collect::<Vec<_>>()).await else { return };
+        let Ok(readings) = self.blocking(move || ids.into_iter().map(|id| backend.usage(&id).ok().map(|u| (u, backend.oom_kills(&id)))).collect::<Vec<_>>()).await else { return };
         let now = now_ms();
         let mut batch = Vec::new();
+        let mut checks = Vec::new();
         {
             let mut last = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-            for (row, u) in rows.iter().zip(readings) {
-                let Some(u) = u else { continue };
+            let mut ooms = self.ooms.lock().unwrap_or_else(|p| p.into_inner());
+            for (row, r) in rows.iter().zip(readings) {
+                let Some((u, oom_kills)) = r else { continue };
                 let s = to_sample(&u, now, row.cpus, last.get(&row.id));
                 last.insert(row.id.clone(), s);
                 batch.push((row.id.clone(), s));
+                // The kernel's count of OOM kills in its memory group: a
+                // rise is a process of the sandbox killed since the last look.
+                let seen = ooms.insert(row.id.clone(), oom_kills).unwrap_or(0);
+                checks.push((row, s, oom_kills.saturating_sub(seen)));
             }
         }
-        for (row, (_, s)) in rows.iter().zip(batch.iter()) {
-            self.check_alerts(row, s).await;
+        for (row, s, new_ooms) in checks {
+            if new_ooms > 0 {
+                tracing::info!(sandbox_id = %row.id, kills = new_ooms, "a process in a sandbox was killed for lack of memory");
+                self.emit(row, "oom", serde_json::json!({"kills": new_ooms, "memoryMB": row.memory_mb})).await;
+            }
+            self.check_alerts(row, &s).await;
         }
         let store = self.store.clone();
         if let Ok(Err(e)) = self.blocking(move || store.add_samples(&batch)).await {
@@ -177,7 +187,8 @@ impl Service {
             return;
         }
         let a = row.alerts;
-        let values = [(a.cpu_pct, s.cpu_pct, "cpu"), (a.memory_pct, pct(s.mem.saturating_sub(s.mem_cache), s.mem_limit), "memory"), (a.disk_pct, pct(s.disk, s.disk_limit), "disk")];
+        let values =
+            [(a.cpu_pct, s.cpu_pct, "cpu"), (a.memory_pct, pct(s.mem.saturating_sub(s.mem_cache), s.mem_limit), "memory"), (a.disk_pct, pct(s.disk, s.disk_limit), "disk")];
         let mut fire = Vec::new();
         {
             let mut on = self.alerts_on.lock().unwrap_or_else(|p| p.into_inner());

@@ -180,6 +180,9 @@ pub struct Service {
     /// Which of a sandbox's alert thresholds (cpu, memory, disk) it is
     /// above: an alert fires on the way up only.
     alerts_on: Mutex<HashMap<String, [bool; 3]>>,
+    /// Each running sandbox's OOM kill count at the last sample (a rise
+    /// is an `oom` event).
+    ooms: Mutex<HashMap<String, u64>>,
     /// Warm pools' counters; the pools are in the store.
     pools: Mutex<HashMap<String, pools::PoolStats>>,
     /// Wakes the pool filler (a claim, a pool changed).
@@ -196,7 +199,6 @@ pub struct Service {
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
 }
 
-
 impl Service {
     pub fn new(cfg: Config, store: Arc<Store>, backend: Arc<dyn Backend>) -> Arc<Self> {
         let builder =
@@ -212,6 +214,7 @@ impl Service {
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
             alerts_on: Mutex::new(HashMap::new()),
+            ooms: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             leases: Mutex::new(Default::default()),
@@ -290,6 +293,7 @@ impl Service {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.alerts_on.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.ooms.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// The row of a sandbox the API can see (not one being created or killed).

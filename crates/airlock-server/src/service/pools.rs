@@ -83,7 +83,11 @@ impl Service {
         }
         let total: u64 = self.pool_specs().await?.iter().map(|(_, s)| s.size as u64).sum();
         if total >= self.cfg.max_sandboxes as u64 {
-            tracing::warn!(total, max_sandboxes = self.cfg.max_sandboxes, "warm pools ask for as many sandboxes as the limit allows; creates will discard pooled ones to make room");
+            tracing::warn!(
+                total,
+                max_sandboxes = self.cfg.max_sandboxes,
+                "warm pools ask for as many sandboxes as the limit allows; creates will discard pooled ones to make room"
+            );
         }
         Ok(())
     }
@@ -249,11 +253,7 @@ impl Service {
                 let st = pools.get(&name);
                 let layers = st.and_then(|s| s.shape.as_ref()).map(|s| serde_json::to_string(&s.layers).unwrap_or_default());
                 let count = |state: State, fresh: bool| -> u32 {
-                    levels
-                        .iter()
-                        .filter(|(p, s, l, _)| *p == name && *s == state && (!fresh || Some(l) == layers.as_ref()))
-                        .map(|(.., n)| *n as u32)
-                        .sum()
+                    levels.iter().filter(|(p, s, l, _)| *p == name && *s == state && (!fresh || Some(l) == layers.as_ref())).map(|(.., n)| *n as u32).sum()
                 };
                 PoolInfo {
                     ready: count(State::Pooled, true),

@@ -12,7 +12,7 @@ use crate::server::{Server, KEY};
 
 /// Reads an SSE stream until `done` says so (or 20 s pass): the events'
 /// JSON payloads, in order.
-async fn read_events(port: u16, path: &str, last_event_id: Option<i64>, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) async fn read_events(port: u16, path: &str, last_event_id: Option<i64>, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
@@ -43,7 +43,7 @@ async fn read_events(port: u16, path: &str, last_event_id: Option<i64>, mut done
     events
 }
 
-fn kinds(events: &[Value], sid: &str) -> Vec<String> {
+pub(crate) fn kinds(events: &[Value], sid: &str) -> Vec<String> {
     events.iter().filter(|e| e["sandboxID"] == sid).map(|e| e["type"].as_str().unwrap_or_default().to_string()).collect()
 }
 
@@ -66,16 +66,16 @@ async fn a_sandbox_life_streams_in_order_and_resumes_across_a_crash() {
         assert!((200..300).contains(&s), "{method} {path}: {s} {v}");
     }
     let seen = watch.await.expect("watcher");
-    let want = ["created", "paused", "resumed", "timeout_changed", "killed", "destroyed"];
+    let want = ["created", "ready", "paused", "resumed", "timeout_changed", "killed", "destroyed"];
     assert_eq!(kinds(&seen, &sid), want, "{seen:?}");
     assert!(kinds(&seen, other["sandboxID"].as_str().expect("id")).is_empty(), "the metadata filter holds");
     let ids: Vec<i64> = seen.iter().map(|e| e["id"].as_i64().expect("id")).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
-    assert_eq!(seen[1]["data"]["memory"], true);
+    assert_eq!(seen[2]["data"]["memory"], true);
 
     // After a crash, resuming after `paused` gives the rest, nothing twice.
     srv.crash_and_restart().await;
-    let paused_id = seen[1]["id"].as_i64().expect("id");
+    let paused_id = seen[2]["id"].as_i64().expect("id");
     let rest = read_events(srv.port, &format!("/sandboxes/{sid}/events"), Some(paused_id), |e| e.len() >= 4).await;
     assert_eq!(kinds(&rest, &sid), ["resumed", "timeout_changed", "killed", "destroyed"], "{rest:?}");
     // Type filters, and the query form of the resume point.

@@ -11,6 +11,7 @@ mod events;
 mod faults;
 mod files;
 mod lifecycle;
+mod operations;
 mod process;
 mod seccomp;
 mod security;
