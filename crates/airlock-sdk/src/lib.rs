@@ -28,6 +28,7 @@ mod config;
 mod error;
 pub mod events;
 pub mod files;
+pub mod operations;
 mod sandbox;
 mod state;
 mod stream;
@@ -43,11 +44,12 @@ pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 pub use state::RestartOptions;
 
+pub use airlock_proto::api::{AlertThresholds, Event, HealthCheck, PoolInfo, PoolSpec, ResourceChange, SandboxHealth};
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
-pub use airlock_proto::api::{Event, HealthCheck, SandboxHealth};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
 pub use airlock_proto::volume::{FileInfo as VolumeFile, Uploaded, Volume, VolumeMount};
+pub use operations::MetricStream;
 pub use templates::{BuildStream, Templates};
 pub use volumes::Volumes;
 

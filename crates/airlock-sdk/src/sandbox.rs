@@ -345,6 +345,19 @@ impl SandboxBuilder {
         self
     }
 
+    /// Disk limit of the writable layer in MiB.
+    pub fn disk_mb(mut self, mb: u64) -> Self {
+        self.req.disk_mb = Some(mb);
+        self
+    }
+
+    /// Resource alert thresholds (percent of each limit): crossing one
+    /// records a `resource_alert` event.
+    pub fn alerts(mut self, a: airlock_proto::api::AlertThresholds) -> Self {
+        self.req.alerts = Some(a);
+        self
+    }
+
     /// Memory limit in MiB. An Airlock extension of the E2B API.
     pub fn memory_mb(mut self, mb: u64) -> Self {
         self.req.memory_mb = Some(mb);

@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod client;
 mod events;
+mod ops;
 mod progress;
 mod shell;
 mod state;
@@ -57,6 +58,9 @@ enum Cmd {
     /// Snapshot sandboxes' filesystems; list and delete snapshots.
     #[command(subcommand_required = true, after_help = state::SNAPSHOT_EXAMPLES)]
     Snapshot(state::SnapshotArgs),
+    /// Warm pools: ready sandboxes a matching create takes (list, set, delete).
+    #[command(subcommand_required = true, after_help = ops::POOL_EXAMPLES)]
+    Pool(ops::PoolArgs),
     /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
     #[command(after_help = events::EXAMPLES)]
     Events(events::EventsArgs),
@@ -268,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Keys(k) => keys(k)?,
         Cmd::Template(a) => return template::run(a),
         Cmd::Volume(a) => return volume::run(a),
+        Cmd::Pool(a) => return ops::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),

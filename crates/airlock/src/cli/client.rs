@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use airlock_sdk::{Client, CommandEvent, Config, EndEvent, Error, Sandbox, SandboxDetail, SandboxState, Signal};
+use airlock_sdk::{AlertThresholds, Client, CommandEvent, Config, EndEvent, Error, Sandbox, SandboxDetail, SandboxState, Signal};
 use anyhow::{anyhow, bail, Context};
 use futures_util::StreamExt;
 
@@ -230,6 +230,42 @@ enum SandboxCmd {
         /// A shell command that must exit 0 (repeatable).
         #[arg(long)]
         check: Vec<String>,
+    },
+    /// Change a running sandbox's limits in place (memory below what it
+    /// holds is refused; the disk limit only grows).
+    #[command(after_help = "Examples:\n  airlock sbx resources <id> --memory-mb 2048\n  airlock sbx resources <id> --cpus 4 --disk-mb 20480")]
+    Resources {
+        id: String,
+        #[arg(long)]
+        cpus: Option<f64>,
+        #[arg(long = "memory-mb")]
+        memory_mb: Option<u64>,
+        #[arg(long = "disk-mb")]
+        disk_mb: Option<u64>,
+    },
+    /// Set resource alert thresholds in percent (none given: remove them);
+    /// crossing one records a `resource_alert` event.
+    #[command(after_help = "Examples:\n  airlock sbx alerts <id> --memory 90 --disk 80\n  airlock events --sandbox <id> --type resource_alert")]
+    Alerts {
+        id: String,
+        #[arg(long)]
+        cpu: Option<f64>,
+        #[arg(long)]
+        memory: Option<f64>,
+        #[arg(long)]
+        disk: Option<f64>,
+    },
+    /// Running sandboxes' CPU, memory, disk and network, refreshed; with an
+    /// id, that sandbox's live readings.
+    #[command(after_help = "Examples:\n  airlock sbx top\n  airlock sbx top <id> --interval 1\n  airlock sbx top --once --json")]
+    Top {
+        id: Option<String>,
+        /// Seconds between readings (0.5 to 60).
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// One reading, then exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Soft reset (every process but the agent killed, files kept) or, with
     /// --hard, back to the template or snapshot it came from (same id).
@@ -608,6 +644,9 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         }
+        SandboxCmd::Resources { id, cpus, memory_mb, disk_mb } => super::ops::resources(&client, &id, cpus, memory_mb, disk_mb, json).await?,
+        SandboxCmd::Alerts { id, cpu, memory, disk } => super::ops::alerts(&client, &id, AlertThresholds { cpu_pct: cpu, memory_pct: memory, disk_pct: disk }, json).await?,
+        SandboxCmd::Top { id, interval, once } => super::ops::top(&client, id.as_deref(), interval, once, json).await?,
         SandboxCmd::Reset { id, hard } => super::state::reset(&client, &id, hard, json).await?,
         SandboxCmd::Restart { id, env, cpus, memory_mb } => super::state::restart(&client, &id, env, cpus, memory_mb, json).await?,
         SandboxCmd::Export { id, output } => super::state::export(&client, &id, output.as_deref()).await?,
@@ -658,10 +697,11 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                             format!("{:.1} MiB", s.mem_used as f64 / 1048576.0),
                             format!("{:.0} MiB", s.mem_total as f64 / 1048576.0),
                             format!("{:.1} MiB", s.disk_used as f64 / 1048576.0),
+                            format!("{} / {}", s.net_rx_bytes, s.net_tx_bytes),
                         ]
                     })
                     .collect();
-                println!("{}", table(&["TIME", "CPU", "MEMORY", "LIMIT", "DISK"], &rows));
+                println!("{}", table(&["TIME", "CPU", "MEMORY", "LIMIT", "DISK", "NET IN / OUT (bytes)"], &rows));
             }
         }
     }

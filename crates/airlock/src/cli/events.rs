@@ -11,8 +11,9 @@ pub(super) const EXAMPLES: &str = "Examples:
   airlock events --type created,killed -m team=a
   airlock events --after 1234 --json             # resume after event 1234, one JSON object per line
 
-Types: created, error, paused, resumed, timeout, timeout_changed, snapshot,
-reset, restarted, oom, died, killed, destroyed. Follows until interrupted.";
+Types: created, ready, error, paused, resumed, timeout, timeout_changed,
+snapshot, reset, restarted, resources_changed, resource_alert, oom, died,
+killed, destroyed. Follows until interrupted.";
 
 #[derive(clap::Args, Debug)]
 pub(super) struct EventsArgs {

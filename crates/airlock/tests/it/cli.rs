@@ -456,3 +456,36 @@ async fn volume_commands_create_copy_both_ways_mount_and_remove() {
     cli.ok(&["volume", "rm", "clivol"]);
     assert!(!cli.run(&["volume", "ls", "clivol"]).status.success(), "gone");
 }
+
+#[tokio::test]
+async fn pool_resources_alerts_and_top_commands() {
+    let cli = Cli::start().await;
+    let p = cli.json(&["pool", "set", "small", "--template", "base", "--size", "1", "--memory-mb", "128", "--no-internet"]);
+    assert_eq!((p["name"].as_str(), p["size"].as_u64()), (Some("small"), Some(1)), "{p}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cli.json(&["pool", "list"])[0]["ready"] != 1 {
+        assert!(Instant::now() < deadline, "the pool did not fill");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(cli.ok(&["pool", "list"]).contains("1/1"));
+    // A create of the pool's shape is served from it.
+    let id = cli.ok(&["sbx", "create", "--no-internet", "--memory-mb", "128", "-e", "FROM=cli"]).trim().to_string();
+    assert_eq!(cli.ok(&["exec", &id, "--", "sh", "-c", "echo $FROM"]), "cli\n");
+    assert_eq!(cli.json(&["pool", "list"])[0]["claims"], 1);
+
+    let d = cli.json(&["sbx", "resources", &id, "--memory-mb", "256", "--cpus", "1"]);
+    assert_eq!((d["memoryMB"].as_u64(), d["cpuCount"].as_u64()), (Some(256), Some(1)), "{d}");
+    let o = cli.run(&["sbx", "resources", &id]);
+    assert!(!o.status.success() && stderr_line(&o).contains("nothing to change"), "{}", stderr_line(&o));
+    assert!(cli.ok(&["sbx", "alerts", &id, "--memory", "90"]).contains("memory 90%"));
+    assert_eq!(cli.json(&["sbx", "info", &id])["alerts"]["memoryPct"], 90.0);
+    assert!(cli.ok(&["sbx", "alerts", &id]).contains("no alerts"));
+
+    let top = cli.ok(&["sbx", "top", "--once"]);
+    assert!(top.contains(&id) && top.contains("NET IN / OUT"), "{top}");
+    let one = cli.ok(&["sbx", "top", &id, "--once", "--interval", "0.5"]);
+    assert!(one.contains("MiB"), "{one}");
+    assert_eq!(cli.ok(&["pool", "delete", "small"]).trim(), "small");
+    let o = cli.run(&["pool", "delete", "small"]);
+    assert!(!o.status.success(), "gone");
+}
