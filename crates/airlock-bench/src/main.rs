@@ -103,6 +103,13 @@ struct Args {
     /// snapshot, fork, filesystem pause and resume); 0 skips them.
     #[arg(long, default_value_t = 10)]
     state_runs: usize,
+    /// Server mode: pooled and cold creates each (a warm pool of 8 is set
+    /// up for it), and rounds of event fan-out to `--subscribers`; 0 skips.
+    #[arg(long, default_value_t = 50)]
+    ops_runs: usize,
+    /// Server mode: event-stream subscribers for the fan-out measurement.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
     /// Server mode: instead of the measurements, a soak of this many
     /// seconds: `--concurrency` workers (at most 16) loop create, exec,
     /// upload, download, kill; errors, latencies and the server's memory
@@ -1682,6 +1689,8 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
 
     let state = if args.state_runs > 0 { Some(state_series(args, srv, modes.first().copied().unwrap_or(true)).await?) } else { None };
 
+    let ops = if args.ops_runs > 0 { Some(ops_series(args, srv, modes.first().copied().unwrap_or(true)).await?) } else { None };
+
     let mut targets = Vec::new();
     let p50 = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64);
     let on = create.get("internet_on").or_else(|| create.get("internet_off")).cloned().unwrap_or(Value::Null);
@@ -1694,6 +1703,9 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
     target("commands.run(\"true\") p50 < 5 ms (bash -l -c true via server)", commands.as_ref().and_then(|c| p50(c, "/via_server/bash_l_true/p50_ms")), 5.0);
     target(&format!("{} concurrent creates within 1 s (wall)", args.concurrency), p50(&on, "/concurrent/wall_ms"), 1000.0);
     target("run_code(\"1+1\") warm p50 < 5 ms", interpreter.as_ref().and_then(|c| p50(c, "/warm/end/p50_ms")), 5.0);
+    if let Some(o) = &ops {
+        target("pooled create p50 < 3 ms (HTTP API)", p50(o, "/create_pooled/p50_ms"), 3.0);
+    }
     if let Some(st) = &state {
         let plain = p50(st, "/create_plain/p50_ms");
         target("create from a snapshot p50 < 1.5x a plain create", p50(st, "/create_from_snapshot/p50_ms"), plain.map_or(f64::INFINITY, |p| p * 1.5));
@@ -1718,9 +1730,142 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
         "commands": commands,
         "interpreter": interpreter,
         "state": state,
+        "operations": ops,
         "loadavg_by_phase": srv.loads.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(p, l)| json!({"phase": p, "loadavg": l})).collect::<Vec<_>>(),
         "targets": targets,
         "notes": notes,
+    }))
+}
+
+/// Warm pools (a create of the pool's shape against one of another shape,
+/// each killed before the next, the pool refilled in between so every
+/// pooled create is a claim) and event fan-out (the time from an API call
+/// to each of `--subscribers` SSE streams receiving its event).
+async fn ops_series(args: &Args, srv: &Srv, internet: bool) -> Result<Value> {
+    const POOL: usize = 8;
+    let n = args.ops_runs;
+    srv.note_load(&format!("server: warm pool of {POOL}: {n} pooled and {n} cold creates, alternating"));
+    srv.call("PUT", "/pools/bench", json!({"templateID": "base", "size": POOL, "allow_internet_access": internet}), 200).await?;
+    let level = || async {
+        let (v, _) = srv.call("GET", "/pools/bench", Value::Null, 200).await?;
+        Ok::<_, anyhow::Error>((v["ready"].as_u64().unwrap_or(0) as usize, v["claims"].as_u64().unwrap_or(0)))
+    };
+    let full = || async {
+        let t = Instant::now();
+        loop {
+            check_interrupted()?;
+            if level().await?.0 >= POOL {
+                return Ok::<_, anyhow::Error>(());
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("the warm pool did not fill within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    full().await?;
+    let claims0 = level().await?.1;
+    let cold_body = |internet: bool| {
+        let mut b = json!({"templateID": "base", "timeout": 300, "memoryMB": 768});
+        if !internet {
+            b["allow_internet_access"] = json!(false);
+        }
+        b
+    };
+    let (mut pooled, mut cold) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_interrupted()?;
+        full().await?;
+        let (s, d) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+        pooled.push(d);
+        srv.kill(&s.id).await?;
+        full().await?;
+        let (v, d) = srv.call("POST", "/v2/sandboxes", cold_body(internet), 201).await?;
+        cold.push(d);
+        srv.kill(v["sandboxID"].as_str().unwrap_or_default()).await?;
+    }
+    let claims = level().await?.1 - claims0;
+    if claims as usize != n {
+        bail!("{claims} of {n} pooled creates were served from the pool");
+    }
+    srv.call("DELETE", "/pools/bench", Value::Null, 204).await?;
+
+    // Event fan-out: every subscriber follows one sandbox's events; each
+    // round moves its deadline (one `timeout_changed` event).
+    let subs = args.subscribers;
+    srv.note_load(&format!("server: event fan-out to {subs} subscribers, {n} rounds"));
+    let (s, _) = srv.create("base", internet, REQUEST_TIMEOUT).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant)>();
+    let mut tasks = Vec::new();
+    for i in 0..subs {
+        let (addr, host, key, id, tx) = (srv.pool.addr, srv.host.clone(), srv.server.key().to_string(), s.id.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let r: Result<()> = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await?;
+                tokio::spawn(conn);
+                let req = build_req("GET", &format!("/sandboxes/{id}/events?type=timeout_changed"), &host, &[("x-api-key", &key)], Vec::new());
+                let mut body = send.send_request(req).await?.into_body();
+                let mut buf = String::new();
+                while let Some(f) = body.frame().await {
+                    if let Ok(d) = f?.into_data() {
+                        buf.push_str(&String::from_utf8_lossy(&d));
+                    }
+                    while let Some(end) = buf.find("\n\n") {
+                        let msg: String = buf.drain(..end + 2).collect();
+                        if let Some(eid) = msg.lines().find_map(|l| l.strip_prefix("id: ")).and_then(|v| v.trim().parse().ok()) {
+                            let _ = tx.send((i, eid, Instant::now()));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                progress(&format!("event subscriber {i}: {e:#}"));
+            }
+        }));
+    }
+    drop(tx);
+    // Rounds: one event each; wait until every subscriber has it. Round 0
+    // warms up (a subscriber still connecting replays it from the store);
+    // an id at or below the last round's is such a replay.
+    let (mut delivery, mut last_of_round) = (Vec::new(), Vec::new());
+    let mut last_round_id = 0i64;
+    for round in 0..=n {
+        check_interrupted()?;
+        let t0 = Instant::now();
+        srv.call("POST", &format!("/sandboxes/{}/timeout", s.id), json!({"timeout": 300 + round}), 204).await?;
+        let (mut got, mut round_id, mut slowest) = (std::collections::BTreeSet::new(), last_round_id, Duration::ZERO);
+        while got.len() < subs {
+            let Ok(Some((i, eid, at))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
+                bail!("round {round}: {} of {subs} subscribers received the event within 10 s", got.len());
+            };
+            if eid <= last_round_id || !got.insert(i) {
+                continue;
+            }
+            round_id = round_id.max(eid);
+            if round > 0 {
+                delivery.push(at - t0);
+                slowest = slowest.max(at - t0);
+            }
+        }
+        if round > 0 {
+            last_of_round.push(slowest);
+        }
+        last_round_id = round_id;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    srv.kill(&s.id).await?;
+    Ok(json!({
+        "pool_size": POOL,
+        "create_pooled": stats(&pooled),
+        "create_cold": stats(&cold),
+        "event_subscribers": subs,
+        "event_delivery": stats(&delivery),
+        "event_last_subscriber": stats(&last_of_round),
     }))
 }
 
@@ -2173,6 +2318,22 @@ fn print_server_tables(r: &Value) {
         ] {
             if !st[k].is_null() {
                 println!("{}", stats_row(label, &st[k]));
+            }
+        }
+    }
+    let o = &r["operations"];
+    if !o.is_null() {
+        println!();
+        println!("Operations: warm pool of {} vs cold creates; events to {} subscribers", f(o, "/pool_size"), f(o, "/event_subscribers"));
+        println!("{}", header());
+        for (k, label) in [
+            ("create_pooled", "create served from the pool"),
+            ("create_cold", "cold create (alternating)"),
+            ("event_delivery", "event: API call to each subscriber"),
+            ("event_last_subscriber", "event: API call to the last one"),
+        ] {
+            if !o[k].is_null() {
+                println!("{}", stats_row(label, &o[k]));
             }
         }
     }

@@ -230,17 +230,24 @@ impl Service {
         let store = self.store.clone();
         let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
         match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
-            Ok(Ok(e)) => {
-                crate::telemetry::TELEMETRY.events.fetch_add(1, Ordering::Relaxed);
-                let _ = self.events.send(e);
-            }
-            Ok(Err(e)) => {
-                crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed");
-            }
+            Ok(r) => self.publish(&row.id, kind, r),
             Err(e) => {
                 crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sandbox_id = %row.id, kind, error = %e, "recording an event failed");
+            }
+        }
+    }
+
+    /// Sends a stored event to live subscribers (or counts it failed).
+    pub(crate) fn publish(&self, sandbox_id: &str, kind: &str, r: Result<crate::events::Event, StoreError>) {
+        match r {
+            Ok(e) => {
+                crate::telemetry::TELEMETRY.events.fetch_add(1, Ordering::Relaxed);
+                let _ = self.events.send(e);
+            }
+            Err(e) => {
+                crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sandbox_id, kind, error = %e, "recording an event failed");
             }
         }
     }

@@ -140,25 +140,31 @@ impl Service {
             alerts: plan.alerts,
             pool: String::new(),
         };
-        let store = self.store.clone();
-        let p = pool.to_string();
-        let claimed = self.blocking(move || store.claim_pooled(&p, &want)).await??;
+        // One trip to the blocking pool for the claim, the agent's socket
+        // and what a restart boots with; one for going live with its
+        // events. The create path's cost is these trips, not their work.
+        let (store, backend, p) = (self.store.clone(), self.backend.clone(), pool.to_string());
+        let claimed = self
+            .blocking(move || -> Result<_, StoreError> {
+                let Some((row, pool_token)) = store.claim_pooled(&p, &want)? else { return Ok(None) };
+                let info = backend.get(&row.id).and_then(|info| backend.rekey(&row.id, &row.env, row.access_token.as_deref()).map(|()| info));
+                Ok(Some((row, pool_token, info)))
+            })
+            .await??;
         self.pool_wake.notify_one();
-        let Some((mut row, pool_token)) = claimed else {
+        let Some((mut row, pool_token, info)) = claimed else {
             self.pool_stats(pool, |s| s.misses += 1);
             crate::telemetry::TELEMETRY.pool_misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         };
         let id = row.id.clone();
-        match self.hand_over(&row, pool_token.as_deref(), plan).await {
+        match self.hand_over(&row, info, pool_token.as_deref(), plan, pool).await {
             Ok(end) => {
                 row.state = State::Running;
                 row.end_at = end;
                 self.pool_stats(pool, |s| s.claims += 1);
                 crate::telemetry::TELEMETRY.pool_claims.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::TELEMETRY.create_seconds.observe(t0.elapsed());
-                self.emit(&row, "created", serde_json::json!({"templateID": row.template, "cpuCount": row.cpus, "memoryMB": row.memory_mb, "pool": pool})).await;
-                self.emit(&row, "ready", serde_json::json!({"endAt": rfc3339_ms(end)})).await;
                 tracing::info!(sandbox_id = %id, pool, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "sandbox created from a warm pool");
                 Ok(Some(row))
             }
@@ -177,26 +183,49 @@ impl Service {
     }
 
     /// The claim's work after the store: the agent's new environment and
-    /// token, what a restart boots with, set-up, and the row going live.
-    /// Errors say whether they are the request's (its set-up failed).
-    async fn hand_over(&self, row: &SandboxRow, pool_token: Option<&str>, plan: &Plan) -> Result<i64, (ApiError, bool)> {
+    /// token, set-up, and the row going live with its `created` and
+    /// `ready` events. Errors say whether they are the request's (its
+    /// set-up failed).
+    async fn hand_over(
+        &self,
+        row: &SandboxRow,
+        info: Result<SandboxInfo, airlock_runtime::Error>,
+        pool_token: Option<&str>,
+        plan: &Plan,
+        pool: &str,
+    ) -> Result<i64, (ApiError, bool)> {
         let sys = |e: ApiError| (e, false);
-        let backend = self.backend.clone();
-        let id = row.id.clone();
-        let info = self.blocking(move || backend.get(&id)).await.map_err(sys)?.map_err(|e| sys(runtime_err(&row.id, e)))?;
+        let info = info.map_err(|e| sys(runtime_err(&row.id, e)))?;
         crate::agent_client::init(&info.socket, pool_token, &row.env, row.access_token.as_deref()).await.map_err(|e| sys(ApiError::Internal(e.to_string())))?;
-        let backend = self.backend.clone();
-        let (id, env, token) = (row.id.clone(), row.env.clone(), row.access_token.clone());
-        self.blocking(move || backend.rekey(&id, &env, token.as_deref())).await.map_err(sys)?.map_err(|e| sys(runtime_err(&row.id, e)))?;
         if plan.setup.is_some() {
+            self.emit(row, "created", serde_json::json!({"templateID": row.template, "cpuCount": row.cpus, "memoryMB": row.memory_mb, "pool": pool})).await;
             self.after_start(&row.id, None, row.access_token.as_deref(), &row.env, plan.setup.as_deref()).await.map_err(|e| (e, true))?;
         }
         let now = now_ms();
         let end = now + plan.timeout_s * 1000;
         let store = self.store.clone();
-        let id = row.id.clone();
-        if !self.blocking(move || store.finish_create(&id, now, end, State::Running)).await.map_err(sys)?.map_err(|e| sys(e.into()))? {
+        let (id, meta) = (row.id.clone(), row.metadata.clone());
+        let created = plan.setup.is_none().then(|| serde_json::json!({"templateID": row.template, "cpuCount": row.cpus, "memoryMB": row.memory_mb, "pool": pool}));
+        let (live, events) = self
+            .blocking(move || -> Result<_, StoreError> {
+                if !store.finish_create(&id, now, end, State::Running)? {
+                    return Ok((false, Vec::new()));
+                }
+                let mut evs = Vec::new();
+                if let Some(c) = created {
+                    evs.push(store.append_event(now, &id, "created", &meta, &c));
+                }
+                evs.push(store.append_event(now, &id, "ready", &meta, &serde_json::json!({"endAt": rfc3339_ms(end)})));
+                Ok((true, evs))
+            })
+            .await
+            .map_err(sys)?
+            .map_err(|e| sys(e.into()))?;
+        if !live {
             return Err(sys(ApiError::Internal(format!("sandbox {}'s row left the creating state during its claim", row.id))));
+        }
+        for e in events {
+            self.publish(&row.id, "claim", e);
         }
         Ok(end)
     }
