@@ -113,6 +113,9 @@ async fn resources_change_live_and_the_life_records_oom_and_alerts() {
     let hog = "head -c 100M /dev/zero | tail > /dev/null; echo rc=$?";
     let (_, out) = srv.run(&sbx, hog).await;
     assert!(out.contains("rc=137"), "the hog was killed: {out}");
+    // The sampler notices the kill (it looks every 0.3 s).
+    let oom = read_events(srv.port, &format!("/sandboxes/{id}/events?type=oom"), Some(0), |e| !e.is_empty()).await;
+    assert!(oom[0]["data"]["kills"].as_u64() >= Some(1), "{oom:?}");
     let (s, v) = srv.api("PATCH", &format!("/sandboxes/{id}/resources"), Some(json!({"memoryMB": 256, "cpuCount": 1}))).await;
     assert_eq!((s, v["memoryMB"].as_u64(), v["cpuCount"].as_u64()), (200, Some(256), Some(1)), "{v}");
     let (_, out) = srv.run(&sbx, hog).await;
@@ -170,10 +173,12 @@ async fn resources_change_live_and_the_life_records_oom_and_alerts() {
     assert_eq!(&k[..2], ["created", "ready"], "{k:?}");
     assert!(count("oom") >= 1, "the OOM kill is an event: {k:?}");
     assert_eq!(count("resources_changed"), 1, "{k:?}");
-    // Three crossings: the hog filling 64 MiB, then each holder.
-    assert_eq!(count("resource_alert"), 3, "one alert per crossing: {k:?}");
+    // One per holder (each stays above the threshold for many samples);
+    // the hog filling 64 MiB may have made one more before the resize,
+    // if a sample caught it.
     let resized = k.iter().position(|x| x == "resources_changed").unwrap_or(0);
-    assert_eq!(k[resized + 1..].iter().filter(|x| *x == "resource_alert").count(), 2, "{k:?}");
+    assert_eq!(k[resized + 1..].iter().filter(|x| *x == "resource_alert").count(), 2, "one alert per crossing: {k:?}");
+    assert!(count("resource_alert") <= 3, "{k:?}");
     assert_eq!(&k[k.len() - 2..], ["killed", "destroyed"], "{k:?}");
     let oom_at = k.iter().position(|x| x == "oom").unwrap_or(usize::MAX);
     let resized_at = k.iter().position(|x| x == "resources_changed").unwrap_or(0);
