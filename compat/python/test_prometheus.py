@@ -38,6 +38,12 @@ def test_metrics_parse_and_count(airlock_server):
         assert _value(after, "airlock_proxy_responses", code="2xx") > _value(before, "airlock_proxy_responses", code="2xx")
         assert _value(after, "airlock_api_responses", code="2xx") > 0
         assert after["airlock_sandbox_kill_seconds"].type == "histogram"
+        assert _value(after, "airlock_proxy_sent_bytes") > _value(before, "airlock_proxy_sent_bytes")
+        missing = httpx.get(f"{airlock_server.url}/sandboxes/nosuchsandbox0000000", headers={"X-API-KEY": airlock_server.api_key}, timeout=30)
+        assert missing.status_code == 404
+        errs = _families(airlock_server)
+        assert _value(errs, "airlock_api_errors", kind="not_found") >= 1
+        assert errs["airlock_pool_ready"].type == "gauge"
     finally:
         kill_later(sbx)
     r = httpx.get(f"{airlock_server.url}/metrics", timeout=30)

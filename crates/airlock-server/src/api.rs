@@ -10,6 +10,7 @@
 //! proxy on hyper first.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -161,6 +162,7 @@ async fn unpack_context(b64: Option<&str>) -> Result<Option<tempfile::TempDir>, 
 }
 
 fn err(e: ApiError) -> Resp {
+    crate::telemetry::TELEMETRY.api_errors.record(e.kind());
     if let ApiError::Internal(detail) = &e {
         tracing::error!(error = %detail, "internal error");
         return h::error(500, "internal server error");
@@ -668,7 +670,10 @@ fn event_stream(svc: Arc<Service>, filter: crate::events::EventFilter, after: i6
                                 return;
                             }
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            crate::telemetry::TELEMETRY.event_stream_lagged.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {

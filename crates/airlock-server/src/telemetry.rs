@@ -66,6 +66,26 @@ impl ByClass {
     }
 }
 
+/// Errors the control API answered, by `ApiError::kind`.
+pub struct ByKind(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl ByKind {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(std::collections::BTreeMap::new()))
+    }
+
+    pub fn record(&self, kind: &'static str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (k, v) in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(out, "{name}{{kind=\"{k}\"}} {v}");
+        }
+    }
+}
+
 pub struct Telemetry {
     pub api_responses: ByClass,
     pub proxy_responses: ByClass,
@@ -79,6 +99,10 @@ pub struct Telemetry {
     pub pool_fill_seconds: Histogram,
     pub proxy_bytes_in: AtomicU64,
     pub proxy_bytes_out: AtomicU64,
+    pub api_errors: ByKind,
+    /// Times a live event stream fell behind the broadcast and caught up
+    /// from the store (events are never lost to it, only delayed).
+    pub event_stream_lagged: AtomicU64,
 }
 
 /// The one registry of the process.
@@ -95,6 +119,8 @@ pub static TELEMETRY: Telemetry = Telemetry {
     pool_fill_seconds: Histogram::new(),
     proxy_bytes_in: AtomicU64::new(0),
     proxy_bytes_out: AtomicU64::new(0),
+    api_errors: ByKind::new(),
+    event_stream_lagged: AtomicU64::new(0),
 };
 
 /// A label value in the exposition format's escaping.
@@ -122,6 +148,8 @@ pub fn render(sandboxes: &[(&str, usize)], pools: &[(String, u32, u32)]) -> Stri
     t.proxy_responses.render(&mut out, "airlock_proxy_responses_total", "Sandbox-traffic responses by status class.");
     counter(&mut out, "airlock_events_total", "Lifecycle events recorded.", t.events.load(Ordering::Relaxed));
     counter(&mut out, "airlock_events_failed_total", "Lifecycle events that could not be recorded.", t.events_failed.load(Ordering::Relaxed));
+    t.api_errors.render(&mut out, "airlock_api_errors_total", "Control-API errors by kind.");
+    counter(&mut out, "airlock_event_stream_lagged_total", "Times a live event stream fell behind and caught up from the store.", t.event_stream_lagged.load(Ordering::Relaxed));
     counter(&mut out, "airlock_proxy_received_bytes_total", "Bytes of request bodies proxied into sandboxes.", t.proxy_bytes_in.load(Ordering::Relaxed));
     counter(&mut out, "airlock_proxy_sent_bytes_total", "Bytes of response bodies proxied out of sandboxes.", t.proxy_bytes_out.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP airlock_pool_ready Sandboxes ready in a warm pool.\n# TYPE airlock_pool_ready gauge");

@@ -75,6 +75,21 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The kind, as metrics label it (`airlock_api_errors_total{kind}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
