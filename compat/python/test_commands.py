@@ -291,3 +291,21 @@ def test_background_process_survives_other_commands(sandbox: Sandbox):
 def test_python_and_node_available(sandbox: Sandbox):
     assert sandbox.commands.run("python3 -c 'print(6*7)'").stdout == "42\n"
     assert sandbox.commands.run("node -e 'console.log(6*7)'").stdout == "42\n"
+
+
+def test_a_sandbox_killed_mid_stream_is_reported_killed():
+    # E2B's answer: the stream ends with `unavailable`, the SDK probes the
+    # sandbox, finds it gone and says it was killed (not a read error or a
+    # timeout).
+    from e2b.exceptions import SandboxNotRunningException
+    from _support import run_metadata
+    sbx = Sandbox.create(metadata=run_metadata())
+    lines = []
+    killer = threading.Timer(1.0, lambda: Sandbox.kill(sbx.sandbox_id))
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(SandboxNotRunningException, match="killed or reached its end of life"):
+        sbx.commands.run("for i in $(seq 60); do echo $i; sleep 0.2; done", on_stdout=lambda s: lines.append(s), timeout=60)
+    killer.join()
+    assert lines, "output streamed before the kill"
+    assert time.monotonic() - t0 < 20, "the failure is prompt, not a timeout"

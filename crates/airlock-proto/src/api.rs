@@ -39,6 +39,9 @@ pub struct NewSandbox {
     /// Resource alert thresholds (Airlock's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertThresholds>,
+    /// E2B's auto-resume: traffic to the sandbox while it is paused wakes it.
+    #[serde(default, rename = "autoResume", skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
     /// With `autoPause`: what the timeout's pause keeps. `false` stops
     /// the processes and keeps only the files (memory released); unset or
     /// `true` freezes them, memory held.
@@ -178,6 +181,14 @@ pub struct SandboxMetric {
     pub net_rx_bytes: u64,
     #[serde(default, rename = "netTxBytes")]
     pub net_tx_bytes: u64,
+}
+
+/// `{"enabled": true}`: as E2B's SDKs send it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: each sandbox's latest sample.

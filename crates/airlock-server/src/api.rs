@@ -175,7 +175,8 @@ fn err(e: ApiError) -> Resp {
 }
 
 fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
-    let mut f = ListFilter { limit: if v2 { 100 } else { 0 }, ..Default::default() };
+    // Newest first unless asked otherwise, as E2B lists.
+    let mut f = ListFilter { limit: if v2 { 100 } else { 0 }, descending: true, ..Default::default() };
     if !v2 {
         f.states = Some(vec![SandboxState::Running]);
     }
@@ -213,12 +214,24 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
             "nextToken" if v2 => f.next_token = Some(v),
             "order" if v2 => {
                 f.descending = match v.as_str() {
-                    "asc" | "" => false,
-                    "desc" => true,
+                    "asc" => false,
+                    "desc" | "" => true,
                     o => return Err(ApiError::BadRequest(format!("invalid order {o:?}: use asc or desc"))),
                 }
             }
             "template" if v2 && !v.is_empty() => f.template = Some(v),
+            "startedAfter" | "started_after" | "startedBefore" | "started_before" if v2 && !v.is_empty() => {
+                let t = airlock_proto::time::parse_rfc3339(&v).ok_or_else(|| ApiError::BadRequest(format!("invalid {k} {v:?}: an RFC 3339 time, e.g. 2026-01-02T03:04:05Z")))?;
+                let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+                    Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
+                };
+                if k.contains("fter") {
+                    f.started_after = Some(ms);
+                } else {
+                    f.started_before = Some(ms);
+                }
+            }
             _ => {}
         }
     }

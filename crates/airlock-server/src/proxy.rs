@@ -73,7 +73,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     if t.port == ENVD_PORT && req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH {
         return h::error(404, format!("no route for {} {}", req.method(), req.uri().path()));
     }
-    let info = match svc.route(&t.id).await {
+    let info = match svc.route_waking(&t.id).await {
         Ok(i) => i,
         Err(ApiError::Conflict(m)) => return h::sandbox_not_found(&t.id, Some(format!("The sandbox was not found: {m}"))),
         Err(ApiError::NotFound(_)) => return h::sandbox_not_found(&t.id, None),
@@ -176,7 +176,87 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_headers(&mut parts.headers, false);
-    Resp::from_parts(parts, body.map_frame(|f| count(&TELEMETRY.proxy_bytes_out, f)).map_err(Into::into).boxed_unsync())
+    let connect_stream =
+        parts.status == StatusCode::OK && parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/connect+"));
+    let body = body.map_frame(|f| count(&TELEMETRY.proxy_bytes_out, f)).map_err(Into::into);
+    if connect_stream {
+        return Resp::from_parts(parts, EndOnCut { inner: body.boxed_unsync(), frames: Framing::default(), done: false }.boxed_unsync());
+    }
+    Resp::from_parts(parts, body.boxed_unsync())
+}
+
+/// A Connect stream whose agent connection broke (the sandbox was killed,
+/// or died) ends with a Connect error, `unavailable`, instead of a cut
+/// connection: the SDKs then report that the sandbox was killed or
+/// reached its end of life (after checking it is gone) rather than a read
+/// error or a timeout. Only at an envelope boundary: a cut inside an
+/// envelope cannot be followed by another, so it stays a cut.
+struct EndOnCut {
+    inner: http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::http::BoxError>,
+    frames: Framing,
+    done: bool,
+}
+
+/// Where a Connect stream is in its envelopes (5-byte header: flags and a
+/// big-endian length, then the payload).
+#[derive(Default)]
+struct Framing {
+    header: Vec<u8>,
+    left: usize,
+}
+
+impl Framing {
+    fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(b.len());
+                self.left -= n;
+                b = &b[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(b.len());
+            self.header.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.header.len() == 5 {
+                self.left = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]) as usize;
+                self.header.clear();
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.left == 0 && self.header.is_empty()
+    }
+}
+
+impl http_body::Body for EndOnCut {
+    type Data = bytes::Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.frames.feed(d);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) if self.frames.at_boundary() => {
+                tracing::debug!(error = %e, "a sandbox stream broke; ending it with a Connect error");
+                self.done = true;
+                let err = airlock_proto::connect::ConnectError::new(
+                    airlock_proto::connect::Code::Unavailable,
+                    "the sandbox was killed or reached its end of life: its connection ended before the stream completed",
+                );
+                Poll::Ready(Some(Ok(http_body::Frame::data(airlock_proto::connect::end_stream(Some(&err))))))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Adds a data frame's size to a byte counter, passing the frame on.

@@ -171,6 +171,11 @@ pub struct SandboxRow {
     pub alerts: airlock_proto::api::AlertThresholds,
     /// The warm pool it was started for ('' for one created on demand).
     pub pool: String,
+    /// Traffic to it while it is paused resumes it (E2B's auto-resume).
+    pub auto_resume: bool,
+    /// The timeout it was created with, in seconds: what an auto-resume
+    /// gives it.
+    pub timeout_s: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -266,6 +271,8 @@ impl Store {
             ("volumes", "TEXT NOT NULL DEFAULT '[]'"),
             ("alerts", "TEXT NOT NULL DEFAULT '{}'"),
             ("pool", "TEXT NOT NULL DEFAULT ''"),
+            ("auto_resume", "INTEGER NOT NULL DEFAULT 0"),
+            ("timeout_s", "INTEGER NOT NULL DEFAULT 300"),
         ] {
             if !has(col)? {
                 conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
@@ -343,8 +350,8 @@ impl Store {
     fn insert_with(c: &Connection, s: &SandboxRow) -> Result<i64, StoreError> {
         c.execute(
             "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
-                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool, auto_resume, timeout_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
             params![
                 s.id,
                 s.template,
@@ -365,6 +372,8 @@ impl Store {
                 s.paused_at,
                 serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
                 s.pool,
+                s.auto_resume,
+                s.timeout_s,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -402,6 +411,8 @@ impl Store {
                 death: r.get(19)?,
                 alerts: serde_json::from_str(&alerts).unwrap_or_default(),
                 pool: r.get(21)?,
+                auto_resume: r.get(22)?,
+                timeout_s: r.get(23)?,
             },
             state,
             metadata,
@@ -418,7 +429,7 @@ impl Store {
     }
 
     const COLS: &'static str =
-        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool";
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool, auto_resume, timeout_s";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -500,7 +511,7 @@ impl Store {
         let Some((id, old_token)) = found else { return Ok(None) };
         tx.execute(
             "UPDATE sandboxes SET state = 'creating', pool = '', template = ?2, started_at = ?3, end_at = ?4, auto_pause = ?5, metadata = ?6, env = ?7,
-                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10,
+                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10, auto_resume = ?11, timeout_s = ?12,
                     seq = (SELECT MAX(seq) + 1 FROM sandboxes)
              WHERE id = ?1",
             params![
@@ -514,6 +525,8 @@ impl Store {
                 s.access_token,
                 s.auto_pause_memory,
                 serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
+                s.auto_resume,
+                s.timeout_s,
             ],
         )?;
         let raw = tx.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row)?;
@@ -615,6 +628,8 @@ mod tests {
             death: String::new(),
             alerts: Default::default(),
             pool: String::new(),
+            auto_resume: false,
+            timeout_s: 300,
         }
     }
 

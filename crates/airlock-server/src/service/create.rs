@@ -28,6 +28,8 @@ pub(super) struct Plan {
     /// Volumes to bind, with what the store records about each.
     pub volumes: Vec<super::volumes::PlannedMount>,
     pub alerts: api::AlertThresholds,
+    /// Traffic wakes it when paused (E2B's auto-resume).
+    pub auto_resume: bool,
     /// Set when the sandbox is started for this warm pool: it waits,
     /// `Pooled`, for a create to claim it.
     pub pool: Option<String>,
@@ -86,9 +88,17 @@ impl Service {
         let tpl = self.ensure_template(&template).await?;
         let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
         let alerts = super::metrics::check_alerts(req.alerts.as_ref())?;
+        let auto_pause = req.auto_pause.unwrap_or(false);
+        let auto_pause_memory = req.auto_pause_memory.unwrap_or(true);
+        let auto_resume = req.auto_resume.is_some_and(|a| a.enabled);
+        // As E2B's SDKs check it: auto-resume wakes what a timeout paused.
+        if auto_resume && !auto_pause {
+            return Err(ApiError::BadRequest("autoResume needs autoPause: a sandbox that is killed at its timeout cannot be resumed".into()));
+        }
         Ok(Plan {
             alerts,
             pool: None,
+            auto_resume,
             template,
             rootfs: tpl.rootfs(),
             tpl: Some(tpl),
@@ -100,8 +110,8 @@ impl Service {
             env,
             metadata,
             secure,
-            auto_pause: req.auto_pause.unwrap_or(false),
-            auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+            auto_pause,
+            auto_pause_memory,
             setup,
             volumes,
         })
@@ -146,6 +156,8 @@ impl Service {
             death: String::new(),
             alerts: plan.alerts,
             pool: plan.pool.clone().unwrap_or_default(),
+            auto_resume: plan.auto_resume,
+            timeout_s: plan.timeout_s,
         };
         // Admission first: the limits and the row in one transaction, so
         // concurrent creates cannot overshoot them and a crash from here on

@@ -399,6 +399,24 @@ impl Service {
             .map(|r| r.id)
     }
 
+    /// `route`, but a paused sandbox created with auto-resume is resumed
+    /// first (with the timeout it was created with), as E2B's proxy does:
+    /// the request that found it paused is the one that wakes it.
+    pub async fn route_waking(&self, id: &str) -> Result<SandboxInfo, ApiError> {
+        match self.route(id).await {
+            Err(ApiError::Conflict(m)) => {
+                let row = self.row(id).await?;
+                if !row.auto_resume || !(row.state.needs_resume() || row.state == State::Pausing || row.state == State::Resuming) {
+                    return Err(ApiError::Conflict(m));
+                }
+                tracing::info!(sandbox_id = %id, "traffic to a paused sandbox with auto-resume: resuming it");
+                self.connect(id, Some(row.timeout_s)).await?;
+                self.route(id).await
+            }
+            r => r,
+        }
+    }
+
     /// The agent socket of a running sandbox, for the proxy: the store row
     /// and the kernel's view in one trip to the blocking pool, since this
     /// runs for every proxied request.

@@ -173,6 +173,9 @@ pub struct ListFilter {
     /// Opaque token from a previous page (the last seen sequence number).
     pub next_token: Option<String>,
     pub template: Option<String>,
+    /// Started at or after / before (unix ms).
+    pub started_after: Option<i64>,
+    pub started_before: Option<i64>,
 }
 
 pub struct Page {

@@ -139,6 +139,8 @@ impl Service {
             death: String::new(),
             alerts: plan.alerts,
             pool: String::new(),
+            auto_resume: plan.auto_resume,
+            timeout_s: plan.timeout_s,
         };
         // One trip to the blocking pool for the claim, the agent's socket
         // and what a restart boots with; one for going live with its

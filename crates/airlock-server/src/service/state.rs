@@ -198,6 +198,7 @@ impl Service {
             volumes: Vec::new(),
             alerts: row.alerts,
             pool: None,
+            auto_resume: row.auto_resume,
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -521,6 +522,7 @@ impl Service {
             volumes: Vec::new(),
             alerts: Default::default(),
             pool: None,
+            auto_resume: false,
         };
         let r = self.launch(plan).await;
         drop(lease);

@@ -309,6 +309,8 @@ fn admission_counts_creates_in_flight_and_every_sandbox() {
         death: String::new(),
         alerts: Default::default(),
         pool: String::new(),
+        auto_resume: false,
+        timeout_s: 300,
     };
     let s = w.svc.store();
     assert_eq!(s.admit(&row("a", State::Creating), &[], 2, 3).expect("admit"), Ok(()));

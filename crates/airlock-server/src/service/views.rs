@@ -22,7 +22,7 @@ impl Service {
             allow_internet_access: Some(row.internet),
             death: (row.state == State::Dead).then(|| row.death.clone()),
             alerts: (!row.alerts.is_empty()).then_some(row.alerts),
-            lifecycle: api::Lifecycle { auto_resume: false, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
+            lifecycle: api::Lifecycle { auto_resume: row.auto_resume, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
             domain: None,
         }
     }
@@ -55,6 +55,11 @@ impl Service {
         let want_dead = f.states.as_ref().is_some_and(|s| s.contains(&State::Dead));
         rows.retain(|r| r.state.visible() || want_dead && r.state == State::Dead);
         let running = rows.iter().filter(|r| r.state.api_str() == "running").count();
+        // A template filter names a template by name or alias.
+        let template_alias = match &f.template {
+            Some(t) => self.find_template(super::create::template_name(t)).await?.map(|t| t.name),
+            None => None,
+        };
         let after: Option<i64> = match &f.next_token {
             Some(t) if !t.is_empty() => Some(t.parse().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?),
             _ => None,
@@ -64,7 +69,8 @@ impl Service {
             // Filters name the states the API shows.
             .filter(|r| f.states.as_ref().is_none_or(|s| s.iter().any(|x| x.api_str() == r.state.api_str())))
             .filter(|r| f.metadata.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
-            .filter(|r| f.template.as_ref().is_none_or(|t| &r.template == t))
+            .filter(|r| f.template.as_ref().is_none_or(|t| &r.template == t || template_alias.as_ref() == Some(&r.template)))
+            .filter(|r| f.started_after.is_none_or(|t| r.started_at >= t) && f.started_before.is_none_or(|t| r.started_at < t))
             .collect();
         if f.descending {
             matching.reverse();
