@@ -554,6 +554,43 @@ pub struct Event {
     /// What else there is to say (a cause, a deadline, a snapshot id).
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The template the sandbox was made from (empty for events recorded
+    /// before servers kept it).
+    #[serde(rename = "templateID", default, skip_serializing_if = "String::is_empty")]
+    pub template_id: String,
+}
+
+/// E2B's `SandboxEvent`: an event as `GET /events/sandboxes` lists it and
+/// as a webhook delivery's body carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxEvent {
+    /// `v2`: the format with `type` (E2B's `v1` had a category and a label).
+    pub version: String,
+    /// The event's Airlock id (its sequence number) as a string: the same
+    /// event always has the same id, so receivers can drop repeats.
+    pub id: String,
+    /// E2B's type (`sandbox.lifecycle.created`, `.killed`, `.paused`,
+    /// `.resumed`, `.updated`, `.checkpointed`), or `airlock.<type>` for
+    /// events E2B has no name for.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The event's data, with `sandbox_metadata` (and `set_timeout` on a
+    /// timeout change) as E2B puts them.
+    pub event_data: Option<serde_json::Value>,
+    /// The template (Airlock has no separate builds).
+    pub sandbox_build_id: String,
+    /// Derived from the sandbox id: one per sandbox on Airlock.
+    pub sandbox_execution_id: String,
+    pub sandbox_id: String,
+    /// Airlock has one team: the nil UUID.
+    pub sandbox_team_id: String,
+    pub sandbox_template_id: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Airlock's own type of the event (`killed`, `timeout`, `oom`, ...).
+    pub airlock_type: String,
 }
 
 /// `GET /sandboxes/{id}/health`: whether the sandbox works, and why not.

@@ -243,8 +243,8 @@ impl Service {
     /// operation it describes: an event that cannot be written is logged.
     pub(crate) async fn emit(&self, row: &SandboxRow, kind: &str, data: serde_json::Value) {
         let store = self.store.clone();
-        let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
-        match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
+        let (id, template, meta, k) = (row.id.clone(), row.template.clone(), row.metadata.clone(), kind.to_string());
+        match self.blocking(move || store.append_event(now_ms(), (&id, &template), &k, &meta, &data)).await {
             Ok(r) => self.publish(&row.id, kind, r),
             Err(e) => {
                 crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
