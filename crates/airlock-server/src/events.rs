@@ -417,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn a_store_from_before_templates_were_kept_gains_the_column() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, sandbox_id TEXT NOT NULL, kind TEXT NOT NULL, metadata TEXT NOT NULL, data TEXT NOT NULL);
+                 INSERT INTO events (at, sandbox_id, kind, metadata, data) VALUES (1, 'old', 'created', '{}', '{\"templateID\":\"py\"}');",
+            )
+            .expect("old schema");
+        }
+        let s = Store::open(&path).expect("migrate");
+        let old = s.events_after(0, None, 10).expect("read");
+        assert_eq!((old.len(), old[0].template_id.as_str()), (1, ""));
+        assert_eq!(sandbox_event(&old[0]).sandbox_template_id, "py");
+        let new = s.append_event(2, ("new", "base"), "created", &BTreeMap::new(), &serde_json::json!({})).expect("append");
+        assert_eq!(s.events_after(old[0].id, None, 10).expect("read")[0].template_id, "base");
+        assert_eq!(new.template_id, "base");
+    }
+
+    #[test]
     fn listings_page_filter_and_order() {
         let dir = tempfile::tempdir().expect("tmp");
         let s = Store::open(&dir.path().join("db")).expect("open");
