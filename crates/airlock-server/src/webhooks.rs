@@ -409,6 +409,7 @@ fn delivery_id() -> String {
 /// Delivers one event to one webhook with retries; whether it got a 2xx.
 async fn deliver(svc: &Service, hook: &WebhookRow, e: &Event) -> bool {
     let body = Bytes::from(serde_json::to_vec(&crate::events::sandbox_event(e)).unwrap_or_default());
+    let mut last_error = String::new();
     for n in 1..=MAX_ATTEMPTS {
         let h = headers(hook, e, &body, n, &delivery_id(), now_ms() / 1000);
         let r = attempt(&hook.url, &h, body.clone()).await;
@@ -429,6 +430,7 @@ async fn deliver(svc: &Service, hook: &WebhookRow, e: &Event) -> bool {
             return true;
         }
         if n == MAX_ATTEMPTS {
+            last_error = error;
             break;
         }
         TELEMETRY.webhook_retries.fetch_add(1, Ordering::Relaxed);
@@ -436,7 +438,7 @@ async fn deliver(svc: &Service, hook: &WebhookRow, e: &Event) -> bool {
         tokio::time::sleep(Duration::from_secs(1 << (n - 1))).await;
     }
     TELEMETRY.webhook_failures.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(webhook_id = %hook.id, event_id = e.id, attempts = MAX_ATTEMPTS, "webhook delivery given up");
+    tracing::warn!(webhook_id = %hook.id, event_id = e.id, attempts = MAX_ATTEMPTS, error = %last_error, "webhook delivery given up");
     false
 }
 
@@ -644,6 +646,47 @@ mod tests {
         assert!(wants(&["sandbox.lifecycle.killed".into()], &event("timeout", serde_json::json!({"action": "kill"}))));
         assert!(!wants(&["created".into(), "sandbox.lifecycle.paused".into()], &e));
         assert_eq!(delivery_id().len(), 36);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_posts_the_exact_body_and_follows_no_redirect() {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen2.clone();
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let host = parts.headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push((parts.method.to_string(), parts.uri.to_string(), host, body));
+                        // Somewhere else: a client that follows would ask again.
+                        let mut r = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                        *r.status_mut() = http::StatusCode::FOUND;
+                        r.headers_mut().insert("location", http::HeaderValue::from_static("/elsewhere"));
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+            }
+        });
+        let body = Bytes::from_static(br#"{"id":"1"}"#);
+        let r = attempt(&format!("http://127.0.0.1:{port}/hook?x=1"), &[("x-airlock-event", "created".into())], body.clone()).await;
+        assert_eq!(r.expect("an answer"), 302, "a redirect is the answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(seen, [("POST".to_string(), "/hook?x=1".to_string(), format!("127.0.0.1:{port}"), body)], "one request, not followed");
+
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let err = attempt(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new()).await.expect_err("refused");
+        assert!(chain(&err).starts_with(&format!("connecting to 127.0.0.1:{port}: ")), "{}", chain(&err));
     }
 
     #[test]

@@ -78,7 +78,9 @@ impl Service {
             return Err(ApiError::Conflict(format!("this server keeps at most {MAX_WEBHOOKS} webhooks: delete one first")));
         }
         self.webhook_hub.changed();
-        tracing::info!(webhook_id = %row.id, url = %row.url, "webhook registered");
+        // The host only: a URL's path or query may carry the receiver's own token.
+        let host = crate::webhooks::Target::parse(&row.url).map(|t| t.host).unwrap_or_default();
+        tracing::info!(webhook_id = %row.id, %host, "webhook registered");
         Ok(view(&row))
     }
 
