@@ -571,9 +571,9 @@ pub struct SandboxEvent {
     /// The event's Airlock id (its sequence number) as a string: the same
     /// event always has the same id, so receivers can drop repeats.
     pub id: String,
-    /// E2B's type (`sandbox.lifecycle.created`, `.killed`, `.paused`,
-    /// `.resumed`, `.updated`, `.checkpointed`), or `airlock.<type>` for
-    /// events E2B has no name for.
+    /// E2B's type (`sandbox.lifecycle.created` for Airlock's `ready`,
+    /// `.killed`, `.paused`, `.resumed`, `.updated`, `.checkpointed`), or
+    /// `airlock.<type>` for events E2B has no name for.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's data, with `sandbox_metadata` (and `set_timeout` on a

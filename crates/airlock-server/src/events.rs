@@ -55,12 +55,15 @@ pub const E2B_CHECKPOINTED: &str = "sandbox.lifecycle.checkpointed";
 /// E2B's six lifecycle types.
 pub const E2B_TYPES: &[&str] = &[E2B_CREATED, E2B_KILLED, E2B_PAUSED, E2B_RESUMED, E2B_UPDATED, E2B_CHECKPOINTED];
 
-/// The kinds E2B has a name for, whatever their data. A sandbox's end is
-/// reported once as `killed`: by the kill (`killed`), by a timeout that
-/// kills (see `e2b_type`) or by its death (`died`); the `destroyed` that
-/// follows some of these is Airlock's alone.
+/// The kinds E2B has a name for, whatever their data. E2B's `created` is
+/// Airlock's `ready`: Airlock's `created` comes before the template's start
+/// command and the create's set-up, and a create that fails there ends in
+/// `error`, never `killed`; E2B's receivers pair each `created` with a
+/// `killed`. A sandbox's end is reported once as `killed`: by the kill
+/// (`killed`), by a timeout that kills (see `e2b_type`) or by its death
+/// (`died`); the `destroyed` that follows some of these is Airlock's alone.
 const E2B_NAMES: &[(&str, &str)] = &[
-    ("created", E2B_CREATED),
+    ("ready", E2B_CREATED),
     ("killed", E2B_KILLED),
     ("died", E2B_KILLED),
     ("paused", E2B_PAUSED),
@@ -372,7 +375,8 @@ mod tests {
     #[test]
     fn kinds_map_onto_e2b_types_once_per_sandbox_end() {
         let none = serde_json::json!({});
-        assert_eq!(e2b_type("created", &none), Some(E2B_CREATED));
+        assert_eq!(e2b_type("ready", &none), Some(E2B_CREATED));
+        assert_eq!(e2b_type("created", &none), None, "a create can still fail after it: E2B's created is ready");
         assert_eq!(e2b_type("killed", &none), Some(E2B_KILLED));
         assert_eq!(e2b_type("died", &none), Some(E2B_KILLED));
         assert_eq!(e2b_type("timeout", &serde_json::json!({"action": "kill"})), Some(E2B_KILLED));
@@ -443,10 +447,10 @@ mod tests {
         let s = Store::open(&dir.path().join("db")).expect("open");
         let none = BTreeMap::new();
         for (sbx, kind, data) in [
-            ("sa", "created", serde_json::json!({})),
+            ("sa", "ready", serde_json::json!({})),
             ("sa", "timeout", serde_json::json!({"action": "pause"})),
             ("sa", "paused", serde_json::json!({})),
-            ("sb", "created", serde_json::json!({})),
+            ("sb", "ready", serde_json::json!({})),
             ("sb", "timeout", serde_json::json!({"action": "kill"})),
             ("sb", "destroyed", serde_json::json!({})),
             ("sa", "oom", serde_json::json!({})),
@@ -456,9 +460,9 @@ mod tests {
         assert_eq!(s.last_event_id().expect("last"), 7);
         let kinds = |q: &EventPage| s.events_page(q).expect("page").iter().map(|e| format!("{}:{}", e.sandbox_id, e.kind)).collect::<Vec<_>>();
         let e2b = EventPage { kinds: Some(KindSet::e2b()), limit: 10, ..Default::default() };
-        assert_eq!(kinds(&e2b), ["sb:timeout", "sb:created", "sa:paused", "sa:created"], "newest first, E2B's types only");
-        assert_eq!(kinds(&EventPage { ascending: true, offset: 1, limit: 2, ..e2b.clone() }), ["sa:paused", "sb:created"]);
-        assert_eq!(kinds(&EventPage { sandbox: Some("sa".into()), ascending: true, ..e2b.clone() }), ["sa:created", "sa:paused"]);
+        assert_eq!(kinds(&e2b), ["sb:timeout", "sb:ready", "sa:paused", "sa:ready"], "newest first, E2B's types only");
+        assert_eq!(kinds(&EventPage { ascending: true, offset: 1, limit: 2, ..e2b.clone() }), ["sa:paused", "sb:ready"]);
+        assert_eq!(kinds(&EventPage { sandbox: Some("sa".into()), ascending: true, ..e2b.clone() }), ["sa:ready", "sa:paused"]);
         assert_eq!(kinds(&EventPage { kinds: KindSet::of(&["oom".into(), "destroyed".into()]), limit: 10, ..Default::default() }), ["sa:oom", "sb:destroyed"]);
         assert_eq!(kinds(&EventPage { limit: 10, ..Default::default() }).len(), 7, "no filter: every event");
     }

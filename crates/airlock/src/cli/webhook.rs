@@ -4,7 +4,7 @@
 use airlock_sdk::{NewWebhook, Webhook};
 
 pub(super) const EXAMPLES: &str = "Examples:
-  airlock webhook create http://hooks.example:8080/airlock --event created,killed --name ci
+  airlock webhook create http://hooks.example:8080/airlock --event ready,killed --name ci
   AIRLOCK_WEBHOOK_SECRET=... airlock webhook create http://hooks.example/e2b --event sandbox.lifecycle.killed
   airlock webhook list
   airlock webhook show wh_...                   # delivery state: last status, attempts, last error

@@ -164,7 +164,8 @@ async fn webhooks_deliver_signed_events_in_order_retry_and_survive_a_crash() {
         assert_eq!(s, 400, "{body}: {v}");
         assert!(v["message"].as_str().unwrap_or_default().contains(needle), "{body}: {v}");
     }
-    let (s, hook) = srv.api("POST", "/webhooks", Some(json!({"url": url, "events": ["created", "sandbox.lifecycle.killed"], "secret": SECRET, "name": "ours"}))).await;
+    // Both spellings: E2B's created (Airlock's ready) and Airlock's killed.
+    let (s, hook) = srv.api("POST", "/webhooks", Some(json!({"url": url, "events": ["sandbox.lifecycle.created", "killed"], "secret": SECRET, "name": "ours"}))).await;
     assert_eq!(s, 201, "{hook}");
     assert!(!hook.to_string().contains(SECRET), "the secret is never echoed: {hook}");
     assert_eq!((hook["signed"].as_bool(), hook["enabled"].as_bool(), hook["name"].as_str()), (Some(true), Some(true), Some("ours")), "{hook}");
@@ -191,7 +192,7 @@ async fn webhooks_deliver_signed_events_in_order_retry_and_survive_a_crash() {
     let got = rx.wait("/hook", "created (500, then 200) and killed", |g| g.iter().filter(|g| g.status == 200).count() >= 2).await;
     let created = "sandbox.lifecycle.created".to_string();
     let killed = "sandbox.lifecycle.killed".to_string();
-    assert_eq!(types(&got), [(500, created.clone(), sid.clone()), (200, created.clone(), sid.clone()), (200, killed.clone(), sid.clone())], "destroyed is not wanted");
+    assert_eq!(types(&got), [(500, created.clone(), sid.clone()), (200, created.clone(), sid.clone()), (200, killed.clone(), sid.clone())], "created and destroyed are not wanted");
     for g in &got {
         assert_signed(g);
         assert_eq!(g.header("e2b-webhook-id"), hid);
@@ -202,10 +203,10 @@ async fn webhooks_deliver_signed_events_in_order_retry_and_survive_a_crash() {
     assert_eq!((first.header("x-airlock-attempt"), retry.header("x-airlock-attempt")), ("1", "2"));
     assert_eq!(first.header("x-airlock-delivery"), retry.header("x-airlock-delivery"), "one delivery id per event");
     assert_ne!(first.header("e2b-delivery-id"), retry.header("e2b-delivery-id"), "E2B's is per attempt");
-    assert_eq!((retry.header("x-airlock-event"), last.header("x-airlock-event")), ("created", "killed"));
+    assert_eq!((retry.header("x-airlock-event"), last.header("x-airlock-event")), ("ready", "killed"));
     let (c, k) = (retry.json(), last.json());
     assert!(c["id"].as_str().expect("id").parse::<i64>().expect("seq") < k["id"].as_str().expect("id").parse::<i64>().expect("seq"), "in order");
-    assert_eq!((c["version"].as_str(), c["sandboxTemplateId"].as_str(), c["airlockType"].as_str()), (Some("v2"), Some("base"), Some("created")), "{c}");
+    assert_eq!((c["version"].as_str(), c["sandboxTemplateId"].as_str(), c["airlockType"].as_str()), (Some("v2"), Some("base"), Some("ready")), "{c}");
     assert_eq!(c["eventData"]["sandbox_metadata"]["run"], "webhooks", "{c}");
     assert_eq!(k["eventData"]["by"], "api", "{k}");
     for f in ["sandboxBuildId", "sandboxExecutionId", "sandboxTeamId", "timestamp"] {
