@@ -25,9 +25,11 @@ use utoipa::OpenApi;
 use crate::http::{self as h, Resp};
 
 mod volumes;
+mod webhooks;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
 use volumes::*;
+use webhooks::*;
 
 /// Request bodies of the control API are small JSON documents.
 const MAX_BODY: usize = 1024 * 1024;
@@ -904,6 +906,7 @@ macro_rules! routes {
             paths($($ph,)* $($h,)*),
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -947,6 +950,18 @@ routes! {
         get "/metrics" => prometheus,
         get "/sandboxes/{id}/health" => sandbox_health,
         get "/sandboxes/{id}/events" => sandbox_events,
+        get "/events/sandboxes" => e2b_events,
+        get "/events/sandboxes/{id}" => e2b_sandbox_events,
+        post "/webhooks" => create_webhook,
+        get "/webhooks" => list_webhooks,
+        get "/webhooks/{id}" => get_webhook,
+        patch "/webhooks/{id}" => patch_webhook,
+        delete "/webhooks/{id}" => delete_webhook,
+        post "/events/webhooks" => e2b_create_webhook,
+        get "/events/webhooks" => e2b_list_webhooks,
+        get "/events/webhooks/{id}" => e2b_get_webhook,
+        patch "/events/webhooks/{id}" => e2b_patch_webhook,
+        delete "/events/webhooks/{id}" => e2b_delete_webhook,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,

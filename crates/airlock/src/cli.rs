@@ -17,6 +17,7 @@ mod shell;
 mod state;
 mod template;
 mod volume;
+mod webhook;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -64,6 +65,9 @@ enum Cmd {
     /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
     #[command(after_help = events::EXAMPLES)]
     Events(events::EventsArgs),
+    /// Lifecycle webhooks: URLs the server POSTs events to (create, list, show, rm).
+    #[command(alias = "webhooks", after_help = webhook::EXAMPLES)]
+    Webhook(webhook::WebhookArgs),
     /// Fork a sandbox: new running sandboxes with its files, environment and metadata.
     #[command(after_help = state::FORK_EXAMPLES)]
     Fork(state::ForkArgs),
@@ -273,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Template(a) => return template::run(a),
         Cmd::Volume(a) => return volume::run(a),
         Cmd::Pool(a) => return ops::run(a),
+        Cmd::Webhook(a) => return webhook::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),

@@ -38,6 +38,7 @@ mod state;
 mod templates;
 mod views;
 mod volumes;
+mod webhooks;
 
 #[cfg(test)]
 mod fake;
@@ -47,6 +48,7 @@ mod tests;
 pub use create::{setup_script, NO_FIREWALL_HINT};
 pub use state::import_limit_bytes;
 pub use volumes::{entry_stat, file_info};
+pub use webhooks::EventListing;
 
 /// A failed action, mapped to an HTTP status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +217,8 @@ pub struct Service {
     disk: disk::DiskGuard,
     /// Live event subscribers (the store keeps the history).
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
+    /// Tells the webhook deliveries that webhooks changed.
+    webhook_hub: crate::webhooks::Hub,
 }
 
 impl Service {
@@ -239,6 +243,7 @@ impl Service {
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
             events,
+            webhook_hub: Default::default(),
         })
     }
 
@@ -246,8 +251,8 @@ impl Service {
     /// operation it describes: an event that cannot be written is logged.
     pub(crate) async fn emit(&self, row: &SandboxRow, kind: &str, data: serde_json::Value) {
         let store = self.store.clone();
-        let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
-        match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
+        let (id, template, meta, k) = (row.id.clone(), row.template.clone(), row.metadata.clone(), kind.to_string());
+        match self.blocking(move || store.append_event(now_ms(), (&id, &template), &k, &meta, &data)).await {
             Ok(r) => self.publish(&row.id, kind, r),
             Err(e) => {
                 crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +278,10 @@ impl Service {
     /// A live feed of events from now on (see `events`).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
         self.events.subscribe()
+    }
+
+    pub fn webhook_hub(&self) -> &crate::webhooks::Hub {
+        &self.webhook_hub
     }
 
     /// Stored events after `after` (see `events`).

@@ -206,7 +206,7 @@ impl Service {
         let now = now_ms();
         let end = now + plan.timeout_s * 1000;
         let store = self.store.clone();
-        let (id, meta) = (row.id.clone(), row.metadata.clone());
+        let (id, template, meta) = (row.id.clone(), row.template.clone(), row.metadata.clone());
         let created = plan.setup.is_none().then(|| serde_json::json!({"templateID": row.template, "cpuCount": row.cpus, "memoryMB": row.memory_mb, "pool": pool}));
         let (live, events) = self
             .blocking(move || -> Result<_, StoreError> {
@@ -215,9 +215,9 @@ impl Service {
                 }
                 let mut evs = Vec::new();
                 if let Some(c) = created {
-                    evs.push(store.append_event(now, &id, "created", &meta, &c));
+                    evs.push(store.append_event(now, (&id, &template), "created", &meta, &c));
                 }
-                evs.push(store.append_event(now, &id, "ready", &meta, &serde_json::json!({"endAt": rfc3339_ms(end)})));
+                evs.push(store.append_event(now, (&id, &template), "ready", &meta, &serde_json::json!({"endAt": rfc3339_ms(end)})));
                 Ok((true, evs))
             })
             .await

@@ -489,3 +489,30 @@ async fn pool_resources_alerts_and_top_commands() {
     let o = cli.run(&["pool", "delete", "small"]);
     assert!(!o.status.success(), "gone");
 }
+
+#[tokio::test]
+async fn webhook_commands_create_list_show_and_remove() {
+    let cli = Cli::start().await;
+    // No sandbox runs here, so nothing is ever delivered to the URL.
+    let mut c = cli.cmd(&["webhook", "create", "http://127.0.0.1:9/hook", "--event", "created,sandbox.lifecycle.killed", "--name", "cli"]);
+    let o = c.env("AIRLOCK_WEBHOOK_SECRET", "from-the-env").output().expect("run");
+    assert!(o.status.success(), "{}", stderr_line(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(id.starts_with("wh_"), "{id}");
+    let list = cli.json(&["webhook", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!((list[0]["id"].as_str(), list[0]["signed"].as_bool()), (Some(id.as_str()), Some(true)), "the secret came from the environment: {list}");
+    assert!(!list.to_string().contains("from-the-env"), "never shown: {list}");
+    let show = cli.ok(&["webhook", "show", &id]);
+    assert!(show.contains("created,sandbox.lifecycle.killed") && show.contains("delivered:  0"), "{show}");
+    let table = cli.ok(&["webhooks", "ls"]);
+    assert!(table.contains(&id) && table.contains("http://127.0.0.1:9/hook"), "{table}");
+    let o = cli.run(&["webhook", "create", "https://127.0.0.1:9/hook"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("no TLS client"), "{}", stderr_line(&o));
+    let o = cli.run(&["webhook", "create", "http://127.0.0.1:9/hook", "-e", "exploded"]);
+    assert!(stderr_line(&o).contains("unknown event type"), "{}", stderr_line(&o));
+    cli.ok(&["webhook", "rm", &id]);
+    assert_eq!(cli.json(&["webhook", "list"]), Value::Array(vec![]));
+    assert_eq!(cli.run(&["webhook", "rm", &id]).status.code(), Some(1), "removing twice is an error");
+}

@@ -19,3 +19,4 @@ mod server;
 mod state;
 mod templates;
 mod volumes;
+mod webhooks;
