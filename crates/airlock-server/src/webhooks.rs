@@ -14,8 +14,9 @@
 //! tried again, and after the last attempt it is given up and the next one
 //! goes.
 //!
-//! Plain `http://` only: the server has no TLS client, so `https://` URLs
-//! are refused when registered. Redirects are never followed (the status
+//! `http://` and `https://` (rustls; the system's CA bundle, or
+//! `SSL_CERT_FILE`, plus `--webhook-ca` for a private CA; certificates are
+//! always verified). Redirects are never followed (the status
 //! is the answer). There are no address rules beyond the scheme: a
 //! receiver inside a sandbox's network is a fine target.
 
@@ -207,9 +208,7 @@ pub enum Invalid {
     UrlTooLong,
     #[error("url {0:?} is not a URL: {1}")]
     BadUrl(String, String),
-    #[error("url {0:?} is not supported: this server has no TLS client, so webhook URLs must be http:// (put a relay in front of an https receiver)")]
-    Https(String),
-    #[error("url {0:?} must be http://host[:port]/path")]
+    #[error("url {0:?} must be http:// or https://host[:port]/path")]
     Scheme(String),
     #[error("url {0:?} has no host")]
     NoHost(String),
@@ -225,9 +224,10 @@ pub enum Invalid {
     Type(String),
 }
 
-/// Where deliveries go: a checked `http://` URL.
+/// Where deliveries go: a checked `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    pub tls: bool,
     /// Without IPv6 brackets: what a socket address takes.
     pub host: String,
     pub port: u16,
@@ -245,11 +245,11 @@ impl Target {
             return Err(Invalid::UrlTooLong);
         }
         let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| Invalid::BadUrl(url.to_string(), e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(s) if s.eq_ignore_ascii_case("https") => return Err(Invalid::Https(url.to_string())),
+        let tls = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => false,
+            Some(s) if s.eq_ignore_ascii_case("https") => true,
             _ => return Err(Invalid::Scheme(url.to_string())),
-        }
+        };
         let Some(auth) = uri.authority() else { return Err(Invalid::NoHost(url.to_string())) };
         if auth.as_str().contains('@') {
             return Err(Invalid::UserInfo(url.to_string()));
@@ -259,8 +259,9 @@ impl Target {
             return Err(Invalid::NoHost(url.to_string()));
         }
         Ok(Target {
+            tls,
             host: host.to_string(),
-            port: auth.port_u16().unwrap_or(80),
+            port: auth.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             authority: auth.as_str().to_string(),
             path: uri.path_and_query().map(|p| p.as_str().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into()),
         })
@@ -358,15 +359,82 @@ pub enum DeliveryError {
     Request(#[source] http::Error),
     #[error("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())]
     Timeout,
+    #[error("TLS with {addr}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    TlsSetup(String),
+}
+
+/// Where Linux distributions keep their CA bundle.
+const SYSTEM_BUNDLES: [&str; 3] = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// The TLS client for `https://` receivers, built once per process: the
+/// system's CA bundle (`SSL_CERT_FILE` first) and the `--webhook-ca` file.
+pub fn tls_client(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    static TLS: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| build_tls(extra_ca)).clone()
+}
+
+fn build_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).into_iter().chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from)).find(|p| p.is_file());
+    if let Some(p) = &system {
+        if let Ok(certs) = CertificateDer::pem_file_iter(p) {
+            // A bundle with a certificate rustls cannot parse still gives the rest.
+            let (added, _) = roots.add_parsable_certificates(certs.flatten());
+            tracing::debug!(bundle = %p.display(), added, "CA bundle for webhook deliveries");
+        }
+    }
+    if let Some(p) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(p).map_err(|e| format!("reading the webhook CA file {}: {e}", p.display()))?;
+        let mut n = 0;
+        for c in certs {
+            let c = c.map_err(|e| format!("the webhook CA file {}: {e}", p.display()))?;
+            roots.add(c).map_err(|e| format!("the webhook CA file {}: {e}", p.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("the webhook CA file {} holds no certificate", p.display()));
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificates for https:// webhooks: install the system's CA bundle (ca-certificates) or pass --webhook-ca".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 /// POSTs `body` to the target; the status of the answer. Redirects are
 /// answers like any other: nothing is followed.
-async fn post(t: &Target, headers: &[(&'static str, String)], body: Bytes) -> Result<u16, DeliveryError> {
+async fn post(t: &Target, headers: &[(&'static str, String)], body: Bytes, extra_ca: Option<&std::path::Path>) -> Result<u16, DeliveryError> {
     let addr = if t.host.contains(':') { format!("[{}]:{}", t.host, t.port) } else { format!("{}:{}", t.host, t.port) };
     let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|source| DeliveryError::Connect { addr: addr.clone(), source })?;
     let _ = stream.set_nodelay(true);
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|source| DeliveryError::Http { addr: addr.clone(), source })?;
+    if !t.tls {
+        return exchange(stream, t, headers, body, addr).await;
+    }
+    let cfg = tls_client(extra_ca).map_err(DeliveryError::TlsSetup)?;
+    let name = rustls::pki_types::ServerName::try_from(t.host.clone()).map_err(|e| DeliveryError::TlsSetup(format!("{}: not a TLS server name: {e}", t.host)))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, stream).await.map_err(|source| DeliveryError::Tls { addr: addr.clone(), source })?;
+    exchange(tls, t, headers, body, addr).await
+}
+
+/// The HTTP/1.1 request and its answer's status, over either stream.
+async fn exchange<I>(io: I, t: &Target, headers: &[(&'static str, String)], body: Bytes, addr: String) -> Result<u16, DeliveryError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|source| DeliveryError::Http { addr: addr.clone(), source })?;
     // The connection lives until the answer's head is in; its body is
     // never read, so the connection goes with this task.
     let conn = tokio::spawn(conn);
@@ -381,9 +449,9 @@ async fn post(t: &Target, headers: &[(&'static str, String)], body: Bytes) -> Re
 }
 
 /// One attempt with its timeout: the status, or why there was none.
-async fn attempt(url: &str, headers: &[(&'static str, String)], body: Bytes) -> Result<u16, DeliveryError> {
+async fn attempt(url: &str, headers: &[(&'static str, String)], body: Bytes, extra_ca: Option<&std::path::Path>) -> Result<u16, DeliveryError> {
     let t = Target::parse(url).map_err(DeliveryError::Url)?;
-    tokio::time::timeout(ATTEMPT_TIMEOUT, post(&t, headers, body)).await.unwrap_or(Err(DeliveryError::Timeout))
+    tokio::time::timeout(ATTEMPT_TIMEOUT, post(&t, headers, body, extra_ca)).await.unwrap_or(Err(DeliveryError::Timeout))
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -412,7 +480,7 @@ async fn deliver(svc: &Service, hook: &WebhookRow, e: &Event) -> bool {
     let mut last_error = String::new();
     for n in 1..=MAX_ATTEMPTS {
         let h = headers(hook, e, &body, n, &delivery_id(), now_ms() / 1000);
-        let r = attempt(&hook.url, &h, body.clone()).await;
+        let r = attempt(&hook.url, &h, body.clone(), svc.cfg.webhook_ca.as_deref()).await;
         let (status, error) = match &r {
             Ok(s) if (200..300).contains(s) => (*s, String::new()),
             Ok(s) => (*s, format!("the receiver answered {s}")),
@@ -591,13 +659,14 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("::1", 80));
         assert_eq!(Target::parse("http://receiver.test").expect("bare").path, "/");
         assert!(matches!(Target::parse(""), Err(Invalid::NoUrl)));
-        assert!(matches!(Target::parse("https://receiver.test/"), Err(Invalid::Https(_))));
+        let t = Target::parse("https://receiver.test/hook").expect("https");
+        assert_eq!((t.tls, t.port, t.path.as_str()), (true, 443, "/hook"));
         assert!(matches!(Target::parse("ftp://receiver.test/"), Err(Invalid::Scheme(_))));
         assert!(matches!(Target::parse("/relative"), Err(Invalid::Scheme(_))));
         assert!(matches!(Target::parse("http://user:pw@receiver.test/"), Err(Invalid::UserInfo(_))));
         assert!(matches!(Target::parse("http://exa mple/"), Err(Invalid::BadUrl(..))));
         assert!(matches!(Target::parse(&format!("http://receiver.test/{}", "a".repeat(MAX_URL))), Err(Invalid::UrlTooLong)));
-        assert!(Invalid::Https("u".into()).to_string().contains("no TLS client"));
+        assert!(Invalid::Scheme("u".into()).to_string().contains("https://"));
         assert!(check("http://receiver.test/", "n", "s", &["created".into(), "sandbox.lifecycle.killed".into()]).is_ok());
         assert!(matches!(check("http://receiver.test/", "n", "s", &["exploded".into()]), Err(Invalid::Type(m)) if m.contains("exploded")));
         assert!(matches!(check("http://receiver.test/", &"n".repeat(MAX_NAME + 1), "", &[]), Err(Invalid::NameTooLong)));
@@ -676,7 +745,7 @@ mod tests {
             }
         });
         let body = Bytes::from_static(br#"{"id":"1"}"#);
-        let r = attempt(&format!("http://127.0.0.1:{port}/hook?x=1"), &[("x-airlock-event", "created".into())], body.clone()).await;
+        let r = attempt(&format!("http://127.0.0.1:{port}/hook?x=1"), &[("x-airlock-event", "created".into())], body.clone(), None).await;
         assert_eq!(r.expect("an answer"), 302, "a redirect is the answer");
         tokio::time::sleep(Duration::from_millis(100)).await;
         let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -685,7 +754,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = closed.local_addr().expect("addr").port();
         drop(closed);
-        let err = attempt(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new()).await.expect_err("refused");
+        let err = attempt(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), None).await.expect_err("refused");
         assert!(chain(&err).starts_with(&format!("connecting to 127.0.0.1:{port}: ")), "{}", chain(&err));
     }
 

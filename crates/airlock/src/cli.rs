@@ -188,6 +188,10 @@ struct ServeArgs {
     /// history, resource alerts) [default: 5].
     #[arg(long, env = "AIRLOCK_SAMPLE_INTERVAL")]
     sample_interval: Option<f64>,
+    /// CA certificates (PEM) to trust for https:// webhook receivers, beyond
+    /// the system's CA bundle (for a private CA).
+    #[arg(long, env = "AIRLOCK_WEBHOOK_CA")]
+    webhook_ca: Option<PathBuf>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -357,6 +361,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let (name, spec) = airlock_server::pools::parse_flag(p.trim()).map_err(anyhow::Error::msg)?;
         cfg.pools.retain(|(n, _)| *n != name);
         cfg.pools.push((name, spec));
+    }
+    cfg.webhook_ca = a.webhook_ca.clone().or(file.webhook_ca.clone());
+    if let Some(ca) = &cfg.webhook_ca {
+        // A bad CA file is an error at start, not at the first delivery.
+        airlock_server::webhooks::tls_client(Some(ca)).map_err(anyhow::Error::msg)?;
     }
     if let Some(s) = a.sample_interval.or(file.sample_interval) {
         anyhow::ensure!((0.1..=3600.0).contains(&s), "--sample-interval must be between 0.1 and 3600 seconds, got {s}");

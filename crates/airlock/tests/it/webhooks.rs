@@ -54,6 +54,11 @@ impl Drop for Receiver {
 
 impl Receiver {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same receiver behind TLS.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -63,7 +68,7 @@ impl Receiver {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (g, f, a) = (g.clone(), f.clone(), a.clone());
+                let (g, f, a, tls) = (g.clone(), f.clone(), a.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (g, f, a) = (g.clone(), f.clone(), a.clone());
@@ -79,7 +84,18 @@ impl Receiver {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        // A handshake the client refuses (an untrusted
+                        // certificate) ends here, before any request.
+                        Some(t) => {
+                            if let Ok(s) = t.accept(stream).await {
+                                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -154,7 +170,6 @@ async fn webhooks_deliver_signed_events_in_order_retry_and_survive_a_crash() {
 
     // Registration is checked, and never shows the secret again.
     for (body, needle) in [
-        (json!({"url": format!("https://127.0.0.1:{}/hook", rx.port)}), "no TLS client"),
         (json!({"url": "ftp://receiver.test/"}), "http://"),
         (json!({"url": ""}), "url is required"),
         (json!({"url": url, "events": ["exploded"]}), "unknown event type"),
@@ -264,4 +279,77 @@ async fn webhooks_deliver_signed_events_in_order_retry_and_survive_a_crash() {
     assert_eq!(srv.api("DELETE", &format!("/sandboxes/{oid}"), None).await.0, 204);
     assert_eq!(srv.api("DELETE", &format!("/webhooks/{hid}"), None).await.0, 204);
     assert_eq!(srv.api("GET", "/webhooks", None).await, (200, json!([])));
+}
+
+/// A CA and a certificate it signs for 127.0.0.1, made with `openssl` in
+/// `dir` under `name`: (the CA's PEM path, a TLS acceptor serving the
+/// certificate).
+fn test_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let f = |x: &str| dir.join(format!("{name}-{x}"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).output().expect("openssl");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let p = |x: &str| f(x).to_string_lossy().into_owned();
+    let mut a = vec!["req", "-x509"];
+    a.extend(ec);
+    let (cak, cap, subj) = (p("ca.key"), p("ca.pem"), format!("/CN=airlock test CA {name}"));
+    a.extend(["-keyout", &cak, "-out", &cap, "-days", "2", "-subj", &subj, "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    run(&a);
+    let (sk, csr, sp, ext) = (p("srv.key"), p("srv.csr"), p("srv.pem"), p("ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").expect("ext");
+    let mut a = vec!["req"];
+    a.extend(ec);
+    a.extend(["-keyout", &sk, "-out", &csr, "-subj", "/CN=127.0.0.1"]);
+    run(&a);
+    run(&["x509", "-req", "-in", &csr, "-CA", &cap, "-CAkey", &cak, "-CAcreateserial", "-out", &sp, "-days", "2", "-extfile", &ext]);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&sp).expect("cert").map(|c| c.expect("cert")).collect();
+    let key = PrivateKeyDer::from_pem_file(&sk).expect("key");
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    (f("ca.pem"), tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
+}
+
+#[tokio::test]
+async fn https_receivers_get_signed_deliveries_and_untrusted_ones_none() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, trusted) = test_ca(dir.path(), "good");
+    let (_, untrusted) = test_ca(dir.path(), "rogue");
+    let good = Receiver::start_with(Some(trusted)).await;
+    let rogue = Receiver::start_with(Some(untrusted)).await;
+    let srv = Server::start(&["--no-network", "--webhook-ca", ca.to_str().expect("path")]).await;
+    let mut ids = Vec::new();
+    for r in [&good, &rogue] {
+        let (s, h) = srv.api("POST", "/webhooks", Some(json!({"url": format!("https://127.0.0.1:{}/ok", r.port), "events": ["killed"], "secret": SECRET}))).await;
+        assert_eq!(s, 201, "{h}");
+        ids.push(h["id"].as_str().expect("id").to_string());
+    }
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 60})).await;
+    let sid = sbx["sandboxID"].as_str().expect("id").to_string();
+    assert_eq!(srv.api("DELETE", &format!("/sandboxes/{sid}"), None).await.0, 204);
+    let got = good.wait("/ok", "a delivery over TLS", |g| !g.is_empty()).await;
+    assert_signed(&got[0]);
+    assert_eq!(got[0].json()["sandboxId"], sid.as_str(), "{:?}", got[0].json());
+    // The rogue receiver's certificate is from a CA nobody trusts: every
+    // attempt fails at the handshake, and the webhook says why.
+    let h = wait_hook(&srv, &ids[1], |h| h["delivery"]["lastError"].as_str().is_some_and(|e| !e.is_empty())).await;
+    assert!(h["delivery"]["lastError"].as_str().unwrap_or_default().contains("invalid peer certificate: UnknownIssuer"), "{h}");
+    assert!(rogue.got("/ok").is_empty(), "no request reached the untrusted receiver");
+    // A CA file that is not one is refused at start.
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").expect("write");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--webhook-ca")
+        .arg(&bad)
+        .output()
+        .expect("serve");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("webhook CA"), "{}", String::from_utf8_lossy(&o.stderr));
 }
