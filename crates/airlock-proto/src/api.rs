@@ -183,6 +183,27 @@ pub struct SandboxMetric {
     pub net_tx_bytes: u64,
 }
 
+/// Moru's `GET /v2/sandbox-runs`: one run of a sandbox, live or ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRun {
+    pub created_at: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// running, paused, stopped or error.
+    pub status: String,
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// killed, shutdown, timeout or error (ended runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
 /// `{"enabled": true}`: as E2B's SDKs send it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -487,6 +487,33 @@ async fn metrics(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQu
     Ok(h::json(200, &s.svc.metrics(&id, start, end).await?))
 }
 
+/// Moru's sandbox runs: live and ended sandboxes the event store
+/// remembers, newest first; `status` (repeatable or comma separated:
+/// running, paused, stopped, error), `limit` (1 to 100, default 100) and
+/// `nextToken` (from `X-Next-Token`).
+#[utoipa::path(get, path = "/v2/sandbox-runs", tag = "sandboxes",
+    params(("status" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query)),
+    responses((status = 200, body = Vec<wire::SandboxRun>), (status = 400, body = wire::ApiError)))]
+async fn sandbox_runs(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let (mut statuses, mut limit, mut token) = (Vec::new(), 100usize, None);
+    for (k, v) in query_pairs(q.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "status" => statuses.extend(v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string)),
+            "limit" => {
+                limit = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::BadRequest(format!("limit must be between 1 and 100, got {v:?}")))?;
+            }
+            "nextToken" => token = Some(v),
+            _ => {}
+        }
+    }
+    let (runs, next) = s.svc.sandbox_runs(statuses, limit, token).await?;
+    let mut r = h::json(200, &runs);
+    if let Some(t) = next.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        r.headers_mut().insert("x-next-token", t);
+    }
+    Ok(r)
+}
+
 /// E2B's bulk metrics: the newest sample of each sandbox named in
 /// `sandbox_ids` (comma separated, at most 100); unknown ids are left out.
 #[utoipa::path(get, path = "/sandboxes/metrics", tag = "sandboxes", params(("sandbox_ids" = String, Query, description = "comma-separated sandbox ids")),
@@ -600,6 +627,13 @@ async fn logs_v1(State(s): State<AppState>, Param(id): Param) -> ApiResult {
     responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
 async fn logs_v2(State(s): State<AppState>, Param(id): Param) -> ApiResult {
     Ok(h::json(200, &s.svc.logs(&id).await?))
+}
+
+/// E2B's default templates: `base` and the shipped recipes, in E2B's
+/// `Template` shape.
+#[utoipa::path(get, path = "/default-templates", tag = "templates", responses((status = 200, description = "E2B Template objects")))]
+async fn default_templates(State(s): State<AppState>) -> ApiResult {
+    Ok(h::json(200, &s.svc.default_templates().await?))
 }
 
 /// Every template.
@@ -967,6 +1001,7 @@ routes! {
         post "/v2/sandboxes/{id}/connect" => connect_v2,
         get "/sandboxes/{id}/metrics" => metrics,
         get "/sandboxes/metrics" => metrics_bulk,
+        get "/v2/sandbox-runs" => sandbox_runs,
         get "/sandboxes/{id}/metrics/stream" => metrics_stream,
         patch "/sandboxes/{id}/resources" => set_resources,
         put "/sandboxes/{id}/alerts" => set_alerts,
@@ -978,6 +1013,7 @@ routes! {
         get "/sandboxes/{id}/logs" => logs_v1,
         get "/v2/sandboxes/{id}/logs" => logs_v2,
         get "/templates" => list_templates,
+        get "/default-templates" => default_templates,
         post "/templates" => build_template,
         get "/templates/{name}" => get_template,
         delete "/templates/{name}" => delete_template,

@@ -315,6 +315,27 @@ impl Store {
         Ok(rows)
     }
 
+    /// `created` events with a sequence number below `before`, newest
+    /// first: one per sandbox run the store still remembers.
+    pub fn creations_before(&self, before: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM events WHERE kind = 'created' AND seq < ?1 ORDER BY seq DESC LIMIT ?2"))?;
+        let v = st.query_map(params![before, limit as i64], event_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// How a sandbox's run ended, if it did: its last terminal event.
+    pub fn run_end(&self, sandbox_id: &str) -> Result<Option<Event>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached(&format!(
+            // What ended it (a kill, its timeout, its death) over the
+            // `destroyed` that follows each.
+            "SELECT {COLS} FROM events WHERE sandbox_id = ?1 AND kind IN ('killed', 'died', 'error', 'destroyed', 'timeout')
+             ORDER BY kind = 'destroyed', seq DESC LIMIT 1"
+        ))?;
+        Ok(st.query_row(params![sandbox_id], event_row).optional()?)
+    }
+
     /// Drops all but the newest `keep` events; returns how many went.
     pub fn trim_events(&self, keep: i64) -> Result<usize, StoreError> {
         Ok(self.c().execute("DELETE FROM events WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM events) - ?1", params![keep])?)

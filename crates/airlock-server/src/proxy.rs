@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
-use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
+use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
 use std::sync::atomic::Ordering;
 
 use crate::telemetry::TELEMETRY;
@@ -35,12 +35,14 @@ pub struct Target {
 /// but names no valid port (an unparsable `E2b-Sandbox-Port` is refused
 /// rather than sent to envd).
 pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Result<Target, String>> {
-    if let Some(id) = headers.get(SANDBOX_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        let port = match headers.get(SANDBOX_PORT_HEADER) {
+    // E2B's headers, or Moru's (its SDK is E2B's with its own names).
+    for (id_header, port_header, name) in [(SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, "E2b-Sandbox-Port"), (MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER, "Moru-Sandbox-Port")] {
+        let Some(id) = headers.get(id_header).and_then(|v| v.to_str().ok()) else { continue };
+        let port = match headers.get(port_header) {
             None => ENVD_PORT,
             Some(v) => match v.to_str().ok().and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p != 0) {
                 Some(p) => p,
-                None => return Some(Err(format!("invalid E2b-Sandbox-Port {:?}: a port number 1-65535", String::from_utf8_lossy(v.as_bytes())))),
+                None => return Some(Err(format!("invalid {name} {:?}: a port number 1-65535", String::from_utf8_lossy(v.as_bytes())))),
             },
         };
         return Some(Ok(Target { id: id.trim().to_string(), port }));
@@ -63,8 +65,9 @@ fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::UPGRADE);
     }
-    h.remove(SANDBOX_ID_HEADER);
-    h.remove(SANDBOX_PORT_HEADER);
+    for n in [SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER] {
+        h.remove(n);
+    }
 }
 
 pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
@@ -284,6 +287,8 @@ mod tests {
     fn routes_by_header_then_host() {
         assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc")]), None), Some(Ok(Target { id: "abc".into(), port: 49983 })));
         assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), None), Some(Ok(Target { id: "abc".into(), port: 49999 })));
+        assert_eq!(target(&hm(&[("moru-sandbox-id", "abc"), ("moru-sandbox-port", "8080")]), None), Some(Ok(Target { id: "abc".into(), port: 8080 })));
+        assert!(matches!(target(&hm(&[("moru-sandbox-id", "abc"), ("moru-sandbox-port", "x")]), None), Some(Err(m)) if m.contains("Moru-Sandbox-Port")));
         assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
         assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com:443")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
         // Regression: an unparsable port went to envd instead of being refused.

@@ -85,3 +85,81 @@ impl Service {
         Ok(Page { items: matching.into_iter().map(|r| self.detail(r)).collect(), next_token, running })
     }
 }
+
+impl Service {
+    /// Moru's sandbox runs: every run the event store remembers (the newest
+    /// 100,000 events), newest first, live ones with their state and ended
+    /// ones with how and when they ended. `statuses` filters (running,
+    /// paused, stopped, error); the page token is a `created` event's id.
+    pub async fn sandbox_runs(&self, statuses: Vec<String>, limit: usize, next_token: Option<String>) -> Result<(Vec<api::SandboxRun>, Option<String>), ApiError> {
+        for s in &statuses {
+            if !["running", "paused", "stopped", "error"].contains(&s.as_str()) {
+                return Err(ApiError::BadRequest(format!("invalid status {s:?}: use running, paused, stopped or error")));
+            }
+        }
+        let mut before = match next_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => t.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid nextToken {t:?}")))?,
+            None => i64::MAX,
+        };
+        let store = self.store.clone();
+        self.blocking(move || -> Result<_, StoreError> {
+            let mut out = Vec::new();
+            loop {
+                let batch = store.creations_before(before, 200)?;
+                let exhausted = batch.len() < 200;
+                for created in batch {
+                    before = created.id;
+                    let row = store.sandbox(&created.sandbox_id)?;
+                    let run = match row.filter(|r| r.state.visible() || r.state == State::Dead) {
+                        Some(r) if r.state == State::Dead => ended(&created, "error", "error", Some(rfc3339_ms(r.died_at))),
+                        Some(r) => api::SandboxRun {
+                            created_at: created.timestamp.clone(),
+                            sandbox_id: created.sandbox_id.clone(),
+                            status: r.state.api_str().to_string(),
+                            template_id: created.template_id.clone(),
+                            alias: Some(r.template.clone()),
+                            end_reason: None,
+                            ended_at: None,
+                        },
+                        None => match store.run_end(&created.sandbox_id)? {
+                            Some(end) => {
+                                let (status, reason) = match end.kind.as_str() {
+                                    "timeout" => ("stopped", "timeout"),
+                                    "died" | "error" => ("error", "error"),
+                                    "killed" => ("stopped", "killed"),
+                                    _ => ("stopped", "shutdown"),
+                                };
+                                ended(&created, status, reason, Some(end.timestamp))
+                            }
+                            // Gone without a word (its end was trimmed away).
+                            None => ended(&created, "stopped", "shutdown", None),
+                        },
+                    };
+                    if statuses.is_empty() || statuses.contains(&run.status) {
+                        out.push(run);
+                        if out.len() == limit {
+                            return Ok((out, Some(before.to_string())));
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok((out, None));
+                }
+            }
+        })
+        .await?
+        .map_err(Into::into)
+    }
+}
+
+fn ended(created: &crate::events::Event, status: &str, reason: &str, at: Option<String>) -> api::SandboxRun {
+    api::SandboxRun {
+        created_at: created.timestamp.clone(),
+        sandbox_id: created.sandbox_id.clone(),
+        status: status.to_string(),
+        template_id: created.template_id.clone(),
+        alias: Some(created.template_id.clone()).filter(|t| !t.is_empty()),
+        end_reason: Some(reason.to_string()),
+        ended_at: at,
+    }
+}
