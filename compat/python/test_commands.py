@@ -309,3 +309,22 @@ def test_a_sandbox_killed_mid_stream_is_reported_killed():
     killer.join()
     assert lines, "output streamed before the kill"
     assert time.monotonic() - t0 < 20, "the failure is prompt, not a timeout"
+
+
+def test_sudo_works_as_on_e2b(sandbox: Sandbox):
+    # E2B's templates let `user` run anything as root without a password.
+    r = sandbox.commands.run("sudo id -u; id -u; echo via-pipe | sudo tee /root/t >/dev/null && sudo cat /root/t")
+    assert r.stdout == "0\n1000\nvia-pipe\n", r
+    assert sandbox.commands.run("sudo -u user id -un").stdout == "user\n"
+    assert sandbox.commands.run("sudo -i pwd").stdout == "/root\n"
+    env = sandbox.commands.run("sudo env").stdout
+    assert "SUDO_USER=user" in env and "HOME=/root" in env, env
+    with pytest.raises(CommandExitException) as e:
+        sandbox.commands.run("sudo sh -c 'echo oops >&2; exit 7'")
+    assert e.value.exit_code == 7 and "oops" in e.value.stderr
+    # A signal to sudo reaches the command (timeout sends SIGTERM).
+    r = sandbox.commands.run("timeout 1 sudo sleep 30; echo rc=$?; sleep 0.3; pgrep -x sleep || echo gone")
+    assert r.stdout == "rc=124\ngone\n", r
+    # Root inside the sandbox only: it may not mount (or touch the host).
+    r = sandbox.commands.run("sudo mount -t tmpfs none /mnt 2>/dev/null; echo rc=$?")
+    assert r.stdout != "rc=0\n", r

@@ -22,6 +22,7 @@ mod router;
 pub mod rpc;
 pub mod safe_open;
 mod spawn;
+pub mod sudo;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -90,12 +91,21 @@ pub struct Agent {
     pub processes: process::Table,
     pub watchers: fs::Watchers,
     pub interpreter: interp::Interpreter,
+    /// `sudo` commands running, by pid: where the reaper sends each status.
+    pub(crate) sudo_waiters: std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::oneshot::Sender<i32>>>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
         let session = std::sync::RwLock::new(Arc::new(Session::new(config.env.clone(), config.access_token.clone())));
-        Arc::new(Self { config, session, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+        Arc::new(Self {
+            config,
+            session,
+            processes: process::Table::default(),
+            watchers: fs::Watchers::default(),
+            interpreter: interp::Interpreter::default(),
+            sudo_waiters: Default::default(),
+        })
     }
 
     /// The environment and token in force (cheap: an `Arc` clone).
@@ -150,6 +160,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConf
     init_oom_policy();
     let agent = Agent::new(config);
     reaper::start(agent.clone());
+    sudo::serve(agent.clone());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -32,5 +32,8 @@ fn reap_all(agent: &crate::Agent) {
             return;
         }
         agent.processes.reaped(pid as u32, status);
+        if let Some(w) = agent.sudo_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pid as u32)) {
+            let _ = w.send(status);
+        }
     }
 }

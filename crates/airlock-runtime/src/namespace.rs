@@ -60,6 +60,8 @@ pub struct NamespaceBackend {
     /// files name it.
     slots: PathBuf,
     root_canon: PathBuf,
+    /// The `sudo` shim's layer, handed to every sandbox it launches.
+    shim: Option<PathBuf>,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -103,6 +105,13 @@ impl NamespaceBackend {
         } else {
             false
         };
+        let shim = match crate::shim::prepare(&opts.root.join("shim"), &opts.binary) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sudo in sandboxes: cannot prepare its layer");
+                None
+            }
+        };
         let disk_ready = crate::disk::available();
         if !disk_ready {
             tracing::warn!("no loop devices or mkfs.ext4: sandboxes cannot have disk limits");
@@ -111,7 +120,7 @@ impl NamespaceBackend {
         let slots = PathBuf::from(SLOTS_DIR);
         fs::create_dir_all(&slots).map_err(|e| Error::io(format!("creating {SLOTS_DIR}"), e))?;
         let root_canon = opts.root.canonicalize().unwrap_or_else(|_| opts.root.clone());
-        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon };
+        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon, shim };
         b.reclaim_slots();
         Ok(b)
     }
@@ -266,6 +275,7 @@ impl NamespaceBackend {
             env,
             access_token: spec.access_token.clone(),
             volumes: spec.volumes.clone(),
+            sudo_layer: self.shim.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
         self.launch(&cfg)
