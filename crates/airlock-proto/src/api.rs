@@ -204,6 +204,32 @@ pub struct SandboxRun {
     pub ended_at: Option<String>,
 }
 
+/// The `network` create option of E2B's and Moru's SDKs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkOptions {
+    /// Whether the sandbox's ports take requests without its traffic
+    /// access token (`e2b-traffic-access-token`); default true.
+    #[serde(default, alias = "allowPublicTraffic")]
+    pub allow_public_traffic: Option<bool>,
+    #[serde(default, alias = "allowOut")]
+    pub allow_out: Vec<String>,
+    #[serde(default, alias = "denyOut")]
+    pub deny_out: Vec<String>,
+    #[serde(default, alias = "dnsServers")]
+    pub dns_servers: Option<Vec<String>>,
+    #[serde(default, alias = "egressProxy")]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// The `Host` requests to the sandbox's ports carry (`${PORT}` is the port).
+    #[serde(default, alias = "maskRequestHost")]
+    pub mask_request_host: Option<String>,
+    #[serde(default, alias = "httpsPorts")]
+    pub https_ports: Vec<u16>,
+    /// Per-host request transforms (secret injection).
+    #[serde(default)]
+    pub rules: Option<serde_json::Value>,
+}
+
 /// `{"enabled": true}`: as E2B's SDKs send it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 
 use crate::telemetry::TELEMETRY;
 
+use airlock_proto::envd::TRAFFIC_TOKEN_HEADER;
 pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
 
 /// Where sandbox traffic should go.
@@ -76,7 +77,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     if t.port == ENVD_PORT && req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH {
         return h::error(404, format!("no route for {} {}", req.method(), req.uri().path()));
     }
-    let info = match svc.route_waking(&t.id).await {
+    let (info, row) = match svc.route_waking(&t.id).await {
         Ok(i) => i,
         Err(ApiError::Conflict(m)) => return h::sandbox_not_found(&t.id, Some(format!("The sandbox was not found: {m}"))),
         Err(ApiError::NotFound(_)) => return h::sandbox_not_found(&t.id, None),
@@ -102,6 +103,29 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
         }
     });
 
+    let is_port = t.port != ENVD_PORT && t.port != INTERPRETER_PORT;
+    // A sandbox made with `allow_public_traffic: false`: its ports answer
+    // only requests carrying its traffic access token.
+    if is_port && !row.public_traffic {
+        let want = row.access_token.as_deref().map(airlock_proto::envd::traffic_token);
+        let got = req.headers().get(TRAFFIC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
+        let ok = match (&want, got) {
+            (Some(w), Some(g)) => airlock_proto::envd::constant_time_eq(w.as_bytes(), g.as_bytes()),
+            _ => false,
+        };
+        if !ok {
+            return h::error(403, format!("sandbox {}: this port needs the sandbox's traffic access token in {TRAFFIC_TOKEN_HEADER} (allow_public_traffic is false)", t.id));
+        }
+    }
+    if is_port {
+        // The token is the proxy's business, not the service's inside.
+        req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
+    }
+    if is_port && !row.mask_host.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&row.mask_host.replace("${PORT}", &t.port.to_string())) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     let wants_upgrade = req.headers().contains_key(header::UPGRADE);
     if t.port != ENVD_PORT && t.port != INTERPRETER_PORT {
         // Ask the agent for a tunnel to the port, then speak HTTP through it.

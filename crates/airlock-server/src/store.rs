@@ -176,6 +176,10 @@ pub struct SandboxRow {
     /// The timeout it was created with, in seconds: what an auto-resume
     /// gives it.
     pub timeout_s: i64,
+    /// Its ports take requests without the traffic access token.
+    pub public_traffic: bool,
+    /// The `Host` its ports see (`${PORT}` replaced), '' to keep the client's.
+    pub mask_host: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -273,6 +277,8 @@ impl Store {
             ("pool", "TEXT NOT NULL DEFAULT ''"),
             ("auto_resume", "INTEGER NOT NULL DEFAULT 0"),
             ("timeout_s", "INTEGER NOT NULL DEFAULT 300"),
+            ("public_traffic", "INTEGER NOT NULL DEFAULT 1"),
+            ("mask_host", "TEXT NOT NULL DEFAULT ''"),
         ] {
             if !has(col)? {
                 conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
@@ -351,8 +357,8 @@ impl Store {
     fn insert_with(c: &Connection, s: &SandboxRow) -> Result<i64, StoreError> {
         c.execute(
             "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
-                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool, auto_resume, timeout_s)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool, auto_resume, timeout_s, public_traffic, mask_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             params![
                 s.id,
                 s.template,
@@ -375,6 +381,8 @@ impl Store {
                 s.pool,
                 s.auto_resume,
                 s.timeout_s,
+                s.public_traffic,
+                s.mask_host,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -414,6 +422,8 @@ impl Store {
                 pool: r.get(21)?,
                 auto_resume: r.get(22)?,
                 timeout_s: r.get(23)?,
+                public_traffic: r.get(24)?,
+                mask_host: r.get(25)?,
             },
             state,
             metadata,
@@ -430,7 +440,7 @@ impl Store {
     }
 
     const COLS: &'static str =
-        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool, auto_resume, timeout_s";
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool, auto_resume, timeout_s, public_traffic, mask_host";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -512,7 +522,7 @@ impl Store {
         let Some((id, old_token)) = found else { return Ok(None) };
         tx.execute(
             "UPDATE sandboxes SET state = 'creating', pool = '', template = ?2, started_at = ?3, end_at = ?4, auto_pause = ?5, metadata = ?6, env = ?7,
-                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10, auto_resume = ?11, timeout_s = ?12,
+                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10, auto_resume = ?11, timeout_s = ?12, public_traffic = ?13, mask_host = ?14,
                     seq = (SELECT MAX(seq) + 1 FROM sandboxes)
              WHERE id = ?1",
             params![
@@ -528,6 +538,8 @@ impl Store {
                 serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
                 s.auto_resume,
                 s.timeout_s,
+                s.public_traffic,
+                s.mask_host,
             ],
         )?;
         let raw = tx.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row)?;
@@ -631,6 +643,8 @@ mod tests {
             pool: String::new(),
             auto_resume: false,
             timeout_s: 300,
+            public_traffic: true,
+            mask_host: String::new(),
         }
     }
 

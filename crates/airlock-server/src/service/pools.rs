@@ -141,6 +141,8 @@ impl Service {
             pool: String::new(),
             auto_resume: plan.auto_resume,
             timeout_s: plan.timeout_s,
+            public_traffic: plan.public_traffic,
+            mask_host: plan.mask_host.clone(),
         };
         // One trip to the blocking pool for the claim, the agent's socket
         // and what a restart boots with; one for going live with its

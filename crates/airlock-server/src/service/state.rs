@@ -199,6 +199,8 @@ impl Service {
             alerts: row.alerts,
             pool: None,
             auto_resume: row.auto_resume,
+            public_traffic: row.public_traffic,
+            mask_host: row.mask_host.clone(),
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -523,6 +525,8 @@ impl Service {
             alerts: Default::default(),
             pool: None,
             auto_resume: false,
+            public_traffic: true,
+            mask_host: String::new(),
         };
         let r = self.launch(plan).await;
         drop(lease);
