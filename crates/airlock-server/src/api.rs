@@ -24,10 +24,12 @@ use utoipa::OpenApi;
 
 use crate::http::{self as h, Resp};
 
+mod e2b_templates;
 mod volumes;
 mod webhooks;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
+use e2b_templates::*;
 use volumes::*;
 use webhooks::*;
 
@@ -1014,6 +1016,13 @@ routes! {
         get "/v2/sandboxes/{id}/logs" => logs_v2,
         get "/templates" => list_templates,
         get "/default-templates" => default_templates,
+        post "/v3/templates" => request_build,
+        get "/templates/{name}/files/{hash}" => file_link,
+        put "/templates/{name}/files/{hash}" => file_upload,
+        post "/v2/templates/{id}/builds/{build}" => start_build,
+        get "/templates/{name}/builds/{build}/status" => build_status,
+        get "/templates/{name}/builds/{build}/logs" => build_logs,
+        get "/templates/aliases/{alias}" => template_alias,
         post "/templates" => build_template,
         get "/templates/{name}" => get_template,
         delete "/templates/{name}" => delete_template,

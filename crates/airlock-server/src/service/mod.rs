@@ -30,6 +30,7 @@ use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
 mod create;
 mod disk;
+pub mod e2b_builds;
 mod lifecycle;
 mod logs;
 mod metrics;
@@ -207,6 +208,8 @@ pub struct Service {
     pools: Mutex<HashMap<String, pools::PoolStats>>,
     /// Wakes the pool filler (a claim, a pool changed).
     pool_wake: tokio::sync::Notify,
+    /// E2B template builds requested or running, by build id.
+    e2b_builds: Arc<Mutex<HashMap<String, e2b_builds::Build>>>,
     /// Layer directories being made or about to be used (a snapshot
     /// before its template is saved, a fork's layer before its sandboxes
     /// exist): layer garbage collection leaves them alone.
@@ -239,6 +242,7 @@ impl Service {
             ooms: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
+            e2b_builds: Default::default(),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
