@@ -37,6 +37,20 @@ fn slot_is_stale(p: &Path) -> bool {
     };
     !Path::new(root).join("sandboxes").join(id).exists()
 }
+/// Removes host-wide slot files whose sandbox is gone (its data
+/// directory's sandbox directory no longer exists, or a half-written file
+/// older than a minute); returns their names. For `airlock cleanup`.
+pub fn remove_stale_slots() -> Vec<String> {
+    let mut gone = Vec::new();
+    for e in fs::read_dir(SLOTS_DIR).into_iter().flatten().flatten() {
+        if slot_is_stale(&e.path()) && fs::remove_file(e.path()).is_ok() {
+            gone.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    gone.sort();
+    gone
+}
+
 /// First host id used for sandboxes: far above any real user's uid.
 pub const ID_BASE: u32 = 1 << 20;
 pub const IDS_PER_SANDBOX: u32 = 65536;

@@ -516,3 +516,34 @@ async fn webhook_commands_create_list_show_and_remove() {
     assert_eq!(cli.json(&["webhook", "list"]), Value::Array(vec![]));
     assert_eq!(cli.run(&["webhook", "rm", &id]).status.code(), Some(1), "removing twice is an error");
 }
+
+/// `airlock cleanup` in a network namespace of the test's own (so the
+/// host's rules, which other tests' sandboxes use, are never touched):
+/// refused while a sandbox interface exists, then Airlock's chains and
+/// jumps go and a rule of someone else's stays.
+#[test]
+fn cleanup_removes_the_firewall_only_when_no_sandbox_needs_it() {
+    let ns = format!("t-cleanup-{}", std::process::id());
+    let sh = |script: &str| Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", script]).output().expect("ip netns exec");
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(ns.clone());
+    let o = sh("iptables -N AIRLOCK-FORWARD && iptables -A AIRLOCK-FORWARD -j ACCEPT && iptables -I FORWARD 1 -i alk+ -j AIRLOCK-FORWARD \
+                && iptables -A FORWARD -s 203.0.113.9 -j DROP && ip link add alk77777 type veth peer name peer77777");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = sh(&format!("{BIN} cleanup"));
+    assert_eq!(o.status.code(), Some(1), "refused while alk77777 exists");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("alk77777"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&sh("iptables -S").stdout).contains("AIRLOCK-FORWARD"), "kept");
+    let o = sh(&format!("ip link del alk77777 && {BIN} cleanup"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("removed chain AIRLOCK-FORWARD"), "{}", String::from_utf8_lossy(&o.stdout));
+    let rules = String::from_utf8_lossy(&sh("iptables -S").stdout).into_owned();
+    assert!(!rules.contains("AIRLOCK") && rules.contains("203.0.113.9"), "{rules}");
+    assert!(String::from_utf8_lossy(&sh(&format!("{BIN} cleanup")).stdout).contains("nothing to clean up"));
+}
