@@ -208,6 +208,8 @@ pub struct Service {
     pools: Mutex<HashMap<String, pools::PoolStats>>,
     /// Wakes the pool filler (a claim, a pool changed).
     pool_wake: tokio::sync::Notify,
+    /// When this server started (unix ms).
+    started_ms: i64,
     /// E2B template builds requested or running, by build id.
     e2b_builds: Arc<Mutex<HashMap<String, e2b_builds::Build>>>,
     /// Layer directories being made or about to be used (a snapshot
@@ -243,6 +245,7 @@ impl Service {
             pools: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             e2b_builds: Default::default(),
+            started_ms: now_ms(),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
