@@ -13,12 +13,7 @@ from moru import Sandbox  # noqa: E402
 from _support import run_metadata, wait_until  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _moru_env(airlock_server, monkeypatch):
-    monkeypatch.setenv("MORU_API_URL", airlock_server.url)
-    monkeypatch.setenv("MORU_SANDBOX_URL", airlock_server.url)
-    monkeypatch.setenv("MORU_API_KEY", airlock_server.api_key)
-    monkeypatch.delenv("MORU_DEBUG", raising=False)
+from test_volumes_moru import _moru_env  # noqa: E402,F401  (the same autouse fixture: Moru pointed at the server)
 
 
 def test_moru_commands_and_files_work_unchanged():

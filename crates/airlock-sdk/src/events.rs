@@ -7,8 +7,6 @@ use std::task::{Context, Poll};
 use airlock_proto::api::Event;
 use futures_util::Stream;
 use http::Method;
-use http_body::Body;
-use hyper::body::Incoming;
 
 use crate::client::{encode, Client};
 use crate::error::{Error, Result};
@@ -46,48 +44,19 @@ impl Client {
         };
         let path = if params.is_empty() { base } else { format!("{base}?{}", params.join("&")) };
         let body = self.api_raw(Method::GET, &path, crate::client::full(bytes::Bytes::new()), "application/json", Some(0)).await?.into_body();
-        Ok(EventStream { body, buf: Vec::new(), done: false })
+        Ok(EventStream { sse: crate::sse::SseReader::new(body, "events") })
     }
 }
 
 /// Events as they come (one per server-sent-events message).
 pub struct EventStream {
-    body: Incoming,
-    buf: Vec<u8>,
-    done: bool,
+    sse: crate::sse::SseReader,
 }
 
 impl Stream for EventStream {
     type Item = Result<Event>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(end) = this.buf.windows(2).position(|w| w == b"\n\n") {
-                let msg: Vec<u8> = this.buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&msg);
-                // Comments (keepalives) and messages without data are skipped.
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return Poll::Ready(Some(serde_json::from_str(data).map_err(|e| Error::protocol(format!("event {data:?}: {e}")))));
-                }
-                continue;
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::Connection { url: "events".into(), source: Box::new(e) })));
-                }
-                Poll::Ready(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        this.buf.extend_from_slice(&d);
-                    }
-                }
-            }
-        }
+        self.get_mut().sse.poll_message(cx).map(|m| m.map(|m| m.and_then(|m| serde_json::from_str(&m.data).map_err(|e| Error::protocol(format!("event {:?}: {e}", m.data))))))
     }
 }

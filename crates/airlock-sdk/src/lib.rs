@@ -30,6 +30,7 @@ pub mod events;
 pub mod files;
 pub mod operations;
 mod sandbox;
+mod sse;
 mod state;
 mod stream;
 pub mod templates;

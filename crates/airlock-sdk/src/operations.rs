@@ -10,8 +10,6 @@ use std::time::Duration;
 use airlock_proto::api::{AlertThresholds, PoolInfo, PoolSpec, ResourceChange, SandboxDetail, SandboxMetric, SandboxesWithMetrics};
 use futures_util::Stream;
 use http::Method;
-use http_body::Body;
-use hyper::body::Incoming;
 
 use crate::client::{encode, Client};
 use crate::error::{Error, Result};
@@ -62,7 +60,7 @@ impl Client {
     pub async fn metrics_stream(&self, id: &str, interval: Duration) -> Result<MetricStream> {
         let path = format!("/sandboxes/{}/metrics/stream?interval={}", encode(id), interval.as_secs_f64());
         let body = self.api_raw(Method::GET, &path, crate::client::full(bytes::Bytes::new()), "application/json", Some(0)).await?.into_body();
-        Ok(MetricStream { body, buf: Vec::new(), done: false })
+        Ok(MetricStream { sse: crate::sse::SseReader::new(body, "metrics stream"), done: false })
     }
 
     /// Every warm pool with its level and counters.
@@ -93,8 +91,7 @@ impl Client {
 
 /// Readings as they come; ends when the sandbox stops running.
 pub struct MetricStream {
-    body: Incoming,
-    buf: Vec<u8>,
+    sse: crate::sse::SseReader,
     done: bool,
 }
 
@@ -104,34 +101,18 @@ impl Stream for MetricStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(end) = this.buf.windows(2).position(|w| w == b"\n\n") {
-                let msg: Vec<u8> = this.buf.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&msg);
-                let event = text.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("message");
-                if event == "end" {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")).filter(|_| event == "metrics") {
-                    return Poll::Ready(Some(serde_json::from_str(data).map_err(|e| Error::protocol(format!("metrics {data:?}: {e}")))));
-                }
-                continue;
-            }
             if this.done {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.body).poll_frame(cx) {
+            match this.sse.poll_message(cx) {
+                Poll::Ready(Some(Ok(m))) if m.event == "end" => this.done = true,
+                Poll::Ready(Some(Ok(m))) if m.event == "metrics" => {
+                    return Poll::Ready(Some(serde_json::from_str(&m.data).map_err(|e| Error::protocol(format!("metrics {:?}: {e}", m.data)))));
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::Connection { url: "metrics stream".into(), source: Box::new(e) })));
-                }
-                Poll::Ready(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        this.buf.extend_from_slice(&d);
-                    }
-                }
             }
         }
     }

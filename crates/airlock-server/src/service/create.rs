@@ -38,6 +38,41 @@ pub(super) struct Plan {
     pub pool: Option<String>,
 }
 
+impl Plan {
+    /// The store row of a sandbox started (or claimed) from this plan at
+    /// `now`: creating, with the plan's settings and the given id and token.
+    pub(super) fn row(&self, id: &str, token: Option<String>, now: i64) -> SandboxRow {
+        SandboxRow {
+            id: id.to_string(),
+            template: self.template.clone(),
+            state: State::Creating,
+            started_at: now,
+            end_at: now + self.timeout_s * 1000,
+            auto_pause: self.auto_pause,
+            metadata: self.metadata.clone(),
+            env: self.env.clone(),
+            access_token: token,
+            internet: self.internet,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            disk_mb: self.disk_mb.unwrap_or(0),
+            seq: 0,
+            layers: self.rootfs.root_layers.iter().chain(&self.rootfs.usr_layers).cloned().collect(),
+            auto_pause_memory: self.auto_pause_memory,
+            paused_memory: true,
+            paused_at: 0,
+            died_at: 0,
+            death: String::new(),
+            alerts: self.alerts,
+            pool: self.pool.clone().unwrap_or_default(),
+            auto_resume: self.auto_resume,
+            timeout_s: self.timeout_s,
+            public_traffic: self.public_traffic,
+            mask_host: self.mask_host.clone(),
+        }
+    }
+}
+
 impl Service {
     pub async fn create(&self, req: NewSandbox, v2: bool) -> Result<SandboxRow, ApiError> {
         let plan = self.plan(req, v2).await?;
@@ -140,34 +175,7 @@ impl Service {
         let id = crate::ids::sandbox_id()?;
         let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
         let now = now_ms();
-        let mut row = SandboxRow {
-            id: id.clone(),
-            template: plan.template.clone(),
-            state: State::Creating,
-            started_at: now,
-            end_at: now + plan.timeout_s * 1000,
-            auto_pause: plan.auto_pause,
-            metadata: plan.metadata.clone(),
-            env: plan.env.clone(),
-            access_token: token.clone(),
-            internet: plan.internet,
-            cpus: plan.cpus,
-            memory_mb: plan.memory_mb,
-            disk_mb: plan.disk_mb.unwrap_or(0),
-            seq: 0,
-            layers: plan.rootfs.root_layers.iter().chain(&plan.rootfs.usr_layers).cloned().collect(),
-            auto_pause_memory: plan.auto_pause_memory,
-            paused_memory: true,
-            paused_at: 0,
-            died_at: 0,
-            death: String::new(),
-            alerts: plan.alerts,
-            pool: plan.pool.clone().unwrap_or_default(),
-            auto_resume: plan.auto_resume,
-            timeout_s: plan.timeout_s,
-            public_traffic: plan.public_traffic,
-            mask_host: plan.mask_host.clone(),
-        };
+        let mut row = plan.row(&id, token.clone(), now);
         // Admission first: the limits and the row in one transaction, so
         // concurrent creates cannot overshoot them and a crash from here on
         // leaves a `creating` row that start-up undoes.

@@ -116,34 +116,8 @@ impl Service {
         let t0 = Instant::now();
         let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
         let now = now_ms();
-        let want = SandboxRow {
-            id: String::new(),
-            template: plan.template.clone(),
-            state: State::Creating,
-            started_at: now,
-            end_at: now + plan.timeout_s * 1000,
-            auto_pause: plan.auto_pause,
-            metadata: plan.metadata.clone(),
-            env: plan.env.clone(),
-            access_token: token.clone(),
-            internet: plan.internet,
-            cpus: plan.cpus,
-            memory_mb: plan.memory_mb,
-            disk_mb: plan.disk_mb.unwrap_or(0),
-            seq: 0,
-            layers: Shape::of(plan).layers,
-            auto_pause_memory: plan.auto_pause_memory,
-            paused_memory: true,
-            paused_at: 0,
-            died_at: 0,
-            death: String::new(),
-            alerts: plan.alerts,
-            pool: String::new(),
-            auto_resume: plan.auto_resume,
-            timeout_s: plan.timeout_s,
-            public_traffic: plan.public_traffic,
-            mask_host: plan.mask_host.clone(),
-        };
+        // The id is the pooled sandbox's, chosen by the claim.
+        let want = plan.row("", token.clone(), now);
         // One trip to the blocking pool for the claim, the agent's socket
         // and what a restart boots with; one for going live with its
         // events. The create path's cost is these trips, not their work.
