@@ -11,6 +11,7 @@
 //! `/etc/passwd` itself rather than through NSS.
 
 mod auth;
+pub mod execlog;
 pub mod files;
 pub mod fs;
 pub mod http;
@@ -90,12 +91,14 @@ pub struct Agent {
     pub processes: process::Table,
     pub watchers: fs::Watchers,
     pub interpreter: interp::Interpreter,
+    /// Every execution and its outcome (see `execlog`).
+    pub log: Arc<execlog::ExecLog>,
 }
 
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
         let session = std::sync::RwLock::new(Arc::new(Session::new(config.env.clone(), config.access_token.clone())));
-        Arc::new(Self { config, session, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default() })
+        Arc::new(Self { config, session, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default(), log: Arc::default() })
     }
 
     /// The environment and token in force (cheap: an `Arc` clone).

@@ -23,6 +23,8 @@ enum Route {
     Tunnel(u16),
     /// `POST /init`: the server claims a pooled sandbox (never proxied).
     Init,
+    /// `GET /airlock/log`: the execution log, for the server (never proxied).
+    Log,
 }
 
 fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
@@ -34,6 +36,7 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
         (&Method::GET, "/files") => Some(Route::FilesGet),
         (&Method::POST, "/files") => Some(Route::FilesPost),
         (&Method::POST, airlock_proto::wire::AGENT_INIT_PATH) => Some(Route::Init),
+        (&Method::GET, airlock_proto::wire::AGENT_LOG_PATH) => Some(Route::Log),
         (&Method::POST, p) => {
             let rpc = airlock_proto::wire::Rpc::from_path(p)?;
             process::Method::from_rpc(rpc).map(Route::Process).or_else(|| fs::Method::from_rpc(rpc).map(Route::Fs))
@@ -83,6 +86,13 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
                 return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
             }
             init(&agent, req).await
+        }
+        Route::Log => {
+            if !token_ok(&agent, &req) {
+                h::drain(req).await;
+                return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+            }
+            read_log(&agent, req.uri().query().unwrap_or("")).await
         }
         Route::Process(m) => {
             if !token_ok(&agent, &req) {
@@ -135,6 +145,26 @@ async fn init(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     let mut resp = hyper::Response::new(h::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp
+}
+
+/// `?after=<seq>&wait=<ms>`: entries after `after` (all without it),
+/// waiting up to `wait` for one when there are none yet.
+async fn read_log(agent: &Arc<Agent>, query: &str) -> Resp {
+    let (mut after, mut wait) = (None, 0u64);
+    for (k, v) in airlock_proto::query::pairs(query) {
+        let n = match v.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => return h::json_err(StatusCode::BAD_REQUEST, format!("invalid {k} {v:?}")),
+        };
+        match k.as_str() {
+            "after" => after = Some(n),
+            "wait" => wait = n,
+            _ => {}
+        }
+    }
+    let mut log = agent.log.read(after, std::time::Duration::from_millis(wait)).await;
+    log.env_names = agent.session().env.keys().cloned().collect();
+    h::json_ok(StatusCode::OK, &log)
 }
 
 fn unauthenticated(stream: bool) -> Resp {

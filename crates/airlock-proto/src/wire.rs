@@ -15,6 +15,9 @@ pub const AGENT_PORT_HEADER: &str = "x-airlock-port";
 /// environment and access token). Only the server calls it, on the
 /// agent's socket; the proxy refuses it from outside.
 pub const AGENT_INIT_PATH: &str = "/init";
+/// The agent's execution log (`GET`, `?after=<seq>&wait=<ms>`), which the
+/// server reads on the agent's socket; the proxy refuses it from outside.
+pub const AGENT_LOG_PATH: &str = "/airlock/log";
 
 pub use crate::envd::{ACCESS_TOKEN_HEADER, CODE_INTERPRETER_PORT, ENVD_PORT, TRAFFIC_TOKEN_HEADER};
 
