@@ -98,7 +98,14 @@ pub struct Agent {
 impl Agent {
     pub fn new(config: AgentConfig) -> Arc<Self> {
         let session = std::sync::RwLock::new(Arc::new(Session::new(config.env.clone(), config.access_token.clone())));
-        Arc::new(Self { config, session, processes: process::Table::default(), watchers: fs::Watchers::default(), interpreter: interp::Interpreter::default(), log: Arc::default() })
+        Arc::new(Self {
+            config,
+            session,
+            processes: process::Table::default(),
+            watchers: fs::Watchers::default(),
+            interpreter: interp::Interpreter::default(),
+            log: Arc::default(),
+        })
     }
 
     /// The environment and token in force (cheap: an `Arc` clone).

@@ -137,3 +137,27 @@ pub async fn init(socket: &Path, token: Option<&str>, env: &BTreeMap<String, Str
     }
     Ok(())
 }
+
+/// Reads the agent's execution log: entries after `after` (all: `None`),
+/// waiting up to `wait_ms` for a first new one.
+pub async fn read_log(socket: &Path, token: Option<&str>, after: Option<u64>, wait_ms: u64) -> Result<airlock_proto::execlog::AgentLog, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut uri = format!("{}?wait={wait_ms}", airlock_proto::wire::AGENT_LOG_PATH);
+    if let Some(a) = after {
+        uri.push_str(&format!("&after={a}"));
+    }
+    let mut b = http::Request::builder().method("GET").uri(uri).header("host", "sandbox");
+    if let Some(t) = token {
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
+    }
+    let req = b.body(Full::new(bytes::Bytes::new())).map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = tx.send_request(req).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| AgentError::Http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(AgentError::Rpc(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(format!("reading the execution log: {e}")))
+}

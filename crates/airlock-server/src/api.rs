@@ -573,18 +573,94 @@ async fn delete_pool(State(s): State<AppState>, Param(name): Param) -> ApiResult
     Ok(h::empty(204))
 }
 
-/// The set-up log: start command, ready check, create-time set-up.
-#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
-    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
-async fn logs_v1(State(s): State<AppState>, Param(id): Param) -> ApiResult {
-    Ok(h::json(200, &s.svc.logs(&id).await?))
+/// The sandbox's log: E2B's `logs` (the set-up log: start command, ready
+/// check, create-time set-up, configure) and Airlock's `logEntries` (every
+/// command and code execution with its output lines and outcome, lifecycle
+/// events, the set-up log; each with a level and a source) with `stats`.
+/// `lines`: the newest that many (default 1000); `level`: that level and
+/// above; `since`: RFC 3339 or Unix ms (E2B's `start`); `follow=true`:
+/// NDJSON, one entry per line, the backlog then live entries until the
+/// sandbox stops running.
+#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), ("lines" = Option<u64>, Query), ("level" = Option<String>, Query), ("since" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, body = airlock_proto::execlog::ExecutionLog), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn logs_v1(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    logs(s, id, q.as_deref().unwrap_or("")).await
 }
 
-/// The set-up log (v2 path).
-#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
-    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
-async fn logs_v2(State(s): State<AppState>, Param(id): Param) -> ApiResult {
-    Ok(h::json(200, &s.svc.logs(&id).await?))
+/// The sandbox's log (v2 path); see `GET /sandboxes/{id}/logs`.
+#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), ("lines" = Option<u64>, Query), ("level" = Option<String>, Query), ("since" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, body = airlock_proto::execlog::ExecutionLog), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn logs_v2(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    logs(s, id, q.as_deref().unwrap_or("")).await
+}
+
+async fn logs(s: AppState, id: String, q: &str) -> ApiResult {
+    let (query, follow) = log_query(q)?;
+    if !follow {
+        return Ok(h::json(200, &s.svc.execution_log(&id, &query).await?));
+    }
+    let rx = s.svc.follow_log(&id, query).await?;
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        let e = rx.recv().await?;
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, crate::http::BoxError>(http_body::Frame::data(bytes::Bytes::from(line))), rx))
+    }));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// `lines`/`limit`, `level`, `since`/`start`, `follow`.
+fn log_query(q: &str) -> Result<(crate::service::LogQuery, bool), ApiError> {
+    let mut out = crate::service::LogQuery::default();
+    let mut follow = false;
+    for (k, v) in query_pairs(q) {
+        if v.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "lines" | "limit" => {
+                let n: usize = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid {k} {v:?}")))?;
+                if !(1..=100_000).contains(&n) {
+                    return Err(ApiError::BadRequest(format!("{k} must be between 1 and 100000, got {n}")));
+                }
+                out.lines = Some(n);
+            }
+            "level" => {
+                out.level = Some(airlock_proto::execlog::LogLevel::parse(&v).ok_or_else(|| ApiError::BadRequest(format!("invalid level {v:?}: use debug, info, warn or error")))?)
+            }
+            "since" | "start" => {
+                let ms = match v.parse::<i64>() {
+                    Ok(n) => n,
+                    Err(_) => airlock_proto::time::parse_rfc3339(&v)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64)
+                        .ok_or_else(|| ApiError::BadRequest(format!("invalid {k} {v:?}: use RFC 3339 or Unix milliseconds")))?,
+                };
+                out.since_ms = Some(ms);
+            }
+            "follow" => {
+                follow = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    o => return Err(ApiError::BadRequest(format!("invalid follow {o:?}: use true or false"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((out, follow))
+}
+
+/// Changes a running sandbox: environment variables that every later
+/// command and new code context sees, packages (pip, npm, apt; names
+/// checked), commands whose output goes to the set-up log, and a restart.
+#[utoipa::path(post, path = "/sandboxes/{id}/configure", tag = "sandboxes", params(("id" = String, Path)), request_body = airlock_proto::execlog::ConfigureSandbox,
+    responses((status = 200, body = airlock_proto::execlog::ConfigureResult), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn configure(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: airlock_proto::execlog::ConfigureSandbox = read_json(body, MAX_BODY).await?;
+    Ok(h::json(200, &s.svc.configure(&id, b).await?))
 }
 
 /// Every template.
@@ -889,7 +965,8 @@ macro_rules! routes {
         #[openapi(
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
-            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
+                airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
@@ -949,6 +1026,7 @@ routes! {
         get "/health/details" => health_details,
         get "/sandboxes/{id}/logs" => logs_v1,
         get "/v2/sandboxes/{id}/logs" => logs_v2,
+        post "/sandboxes/{id}/configure" => configure,
         get "/templates" => list_templates,
         post "/templates" => build_template,
         get "/templates/{name}" => get_template,

@@ -503,7 +503,13 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
             }
         }
     }
-    let error = if dead { Some("the kernel stopped during execution".to_string()) } else if interrupted_at.is_some() { Some("interrupted".to_string()) } else { failed };
+    let error = if dead {
+        Some("the kernel stopped during execution".to_string())
+    } else if interrupted_at.is_some() {
+        Some("interrupted".to_string())
+    } else {
+        failed
+    };
     agent.log.ended(logged, crate::execlog::Outcome { exit_code: i32::from(error.is_some()), error, cpu_ms: None, max_rss_bytes: None });
     if dead {
         let _ = tx

@@ -43,7 +43,11 @@ pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, Str
 
 /// A process's command as the log shows it: `bash -l -c 'x'` as `x`.
 fn command_line(c: &ProcessConfig) -> String {
-    if matches!(c.cmd.as_str(), "/bin/bash" | "bash" | "/bin/sh" | "sh") && c.args.len() >= 2 && c.args[c.args.len() - 2].ends_with('c') && c.args[c.args.len() - 2].starts_with('-') {
+    if matches!(c.cmd.as_str(), "/bin/bash" | "bash" | "/bin/sh" | "sh")
+        && c.args.len() >= 2
+        && c.args[c.args.len() - 2].ends_with('c')
+        && c.args[c.args.len() - 2].starts_with('-')
+    {
         return c.args[c.args.len() - 1].clone();
     }
     std::iter::once(c.cmd.as_str()).chain(c.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
