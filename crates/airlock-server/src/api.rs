@@ -1090,9 +1090,38 @@ async fn not_found(method: http::Method, uri: http::Uri) -> Resp {
 
 /// The control API as a tower service.
 pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
+    router_with(svc, limiter, None)
+}
+
+/// The control API with `extra` routes (the MCP endpoint) mounted behind
+/// the same authentication and rate limit, which take the key from
+/// `X-API-KEY` or, on these routes only, `Authorization: Bearer` (what
+/// remote MCP clients are configured to send).
+pub fn router_with(svc: Arc<Service>, limiter: Arc<RateLimiter>, extra: Option<axum::Router>) -> axum::Router {
     let state = AppState { svc, limiter };
     let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    public_routes().merge(private).fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace)).with_state(state)
+    let mut api = public_routes().merge(private).with_state(state.clone());
+    if let Some(extra) = extra {
+        api = api.merge(extra.route_layer(axum::middleware::from_fn_with_state(state, authenticate)).route_layer(axum::middleware::from_fn(bearer_key)));
+    }
+    api.fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace))
+}
+
+/// `Authorization: Bearer <key>` as `X-API-KEY` when that is absent.
+async fn bearer_key(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !req.headers().contains_key(airlock_proto::wire::API_KEY_HEADER) {
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim().to_string());
+        if let Some(v) = bearer.and_then(|k| http::HeaderValue::from_str(&k).ok()) {
+            req.headers_mut().insert(airlock_proto::wire::API_KEY_HEADER, v);
+        }
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub(super) const LOGS_EXAMPLES: &str = "\
 Examples:
   airlock logs <id>                                     # set-up log and the agent's processes
   airlock logs <id> 42                                  # output of pid 42, followed
-  airlock logs <id> web                                 # output of the process tagged `web`";
+  airlock logs <id> web                                 # output of the process tagged `web`
+  airlock logs <id> --exec -n 50 --level warn           # the execution log: runs, output, outcomes
+  airlock logs <id> -f                                  # follow the execution log";
 
 /// Where the server is and how to talk to it; every client command has these.
 #[derive(clap::Args, Debug, Clone)]
@@ -230,6 +232,32 @@ enum SandboxCmd {
         /// A shell command that must exit 0 (repeatable).
         #[arg(long)]
         check: Vec<String>,
+    },
+    /// Change a running sandbox's environment (every later command sees
+    /// it), install packages, run set-up commands (output in the set-up log).
+    #[command(
+        after_help = "Examples:\n  airlock sbx configure <id> --env API_URL=http://127.0.0.1:8080 --pip requests\n  airlock sbx configure <id> --run 'git config --global user.name bot' --restart"
+    )]
+    Configure {
+        id: String,
+        /// KEY=VALUE (repeatable; an empty value removes the variable).
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// A pip package to install (repeatable).
+        #[arg(long)]
+        pip: Vec<String>,
+        /// An npm package to install globally (repeatable).
+        #[arg(long)]
+        npm: Vec<String>,
+        /// An apt package to install (repeatable; Debian-based templates).
+        #[arg(long)]
+        apt: Vec<String>,
+        /// A shell command to run as the default user (repeatable, in order).
+        #[arg(long)]
+        run: Vec<String>,
+        /// Restart the sandbox afterwards, so running processes get the new environment too.
+        #[arg(long)]
+        restart: bool,
     },
     /// Change a running sandbox's limits in place (memory below what it
     /// holds is refused; the disk limit only grows).
@@ -434,6 +462,21 @@ pub(super) struct LogsArgs {
     id: String,
     /// A process's pid or tag: show its output.
     process: Option<String>,
+    /// Show the execution log: every command and code run, its output and outcome.
+    #[arg(long = "exec")]
+    exec: bool,
+    /// Follow the execution log until the sandbox stops.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only entries at this level and above (debug, info, warn, error).
+    #[arg(long)]
+    level: Option<String>,
+    /// The newest this many entries.
+    #[arg(short = 'n', long)]
+    lines: Option<u32>,
+    /// Only entries at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 pub(super) enum Command {
@@ -644,6 +687,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         }
+        SandboxCmd::Configure { id, env, pip, npm, apt, run, restart } => super::mcp::configure(&client, &id, env, pip, npm, apt, run, restart, json).await?,
         SandboxCmd::Resources { id, cpus, memory_mb, disk_mb } => super::ops::resources(&client, &id, cpus, memory_mb, disk_mb, json).await?,
         SandboxCmd::Alerts { id, cpu, memory, disk } => super::ops::alerts(&client, &id, AlertThresholds { cpu_pct: cpu, memory_pct: memory, disk_pct: disk }, json).await?,
         SandboxCmd::Top { id, interval, once } => super::ops::top(&client, id.as_deref(), interval, once, json).await?,
@@ -883,6 +927,11 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
 
 async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
     let client = a.client.client()?;
+    if a.process.is_none() && (a.exec || a.follow || a.level.is_some() || a.lines.is_some() || a.since.is_some()) {
+        let f = super::mcp::LogFlags { follow: a.follow, level: a.level, lines: a.lines, since: a.since };
+        super::mcp::execution_log(&client, &a.id, f, a.client.json).await?;
+        return Ok(0);
+    }
     let sbx = client.get(&a.id).await?;
     let Some(sel) = a.process else {
         let setup = match sbx.logs().await {
