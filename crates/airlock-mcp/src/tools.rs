@@ -636,7 +636,13 @@ impl AirlockTools {
             check_id(&a.sandbox_id)?;
             let d = c.info(&a.sandbox_id).await.map_err(|e| ToolError::sandbox(&a.sandbox_id, e))?;
             let running = d.state == "running";
-            let metrics = if running { c.latest_metrics(&[a.sandbox_id.as_str()]).await.unwrap_or_default() } else { Default::default() };
+            let mut metrics = if running { c.latest_metrics(&[a.sandbox_id.as_str()]).await.unwrap_or_default() } else { Default::default() };
+            if running && metrics.is_empty() {
+                // Not sampled yet (a new sandbox): one live reading.
+                if let Some(m) = live_metric(&c, &a.sandbox_id).await {
+                    metrics.insert(a.sandbox_id.clone(), m);
+                }
+            }
             // Counters first: the environment probe below is an execution too.
             let log = c.execution_log(&a.sandbox_id, &LogQuery { lines: Some(1), ..Default::default() }).await.ok();
             let stats = log.as_ref().map(|l| l.stats.clone()).unwrap_or_default();
@@ -947,6 +953,16 @@ impl AirlockTools {
         })
         .await
     }
+}
+
+/// One reading from the live metrics stream, for a sandbox the sampler
+/// has not reached yet.
+async fn live_metric(c: &Client, id: &str) -> Option<airlock_sdk::SandboxMetric> {
+    let read = async {
+        let mut s = c.metrics_stream(id, Duration::from_secs(1)).await.ok()?;
+        s.next().await?.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.ok().flatten()
 }
 
 fn hex(b: &[u8]) -> String {
