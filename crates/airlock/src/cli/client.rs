@@ -238,27 +238,7 @@ enum SandboxCmd {
     #[command(
         after_help = "Examples:\n  airlock sbx configure <id> --env API_URL=http://127.0.0.1:8080 --pip requests\n  airlock sbx configure <id> --run 'git config --global user.name bot' --restart"
     )]
-    Configure {
-        id: String,
-        /// KEY=VALUE (repeatable; an empty value removes the variable).
-        #[arg(short, long)]
-        env: Vec<String>,
-        /// A pip package to install (repeatable).
-        #[arg(long)]
-        pip: Vec<String>,
-        /// An npm package to install globally (repeatable).
-        #[arg(long)]
-        npm: Vec<String>,
-        /// An apt package to install (repeatable; Debian-based templates).
-        #[arg(long)]
-        apt: Vec<String>,
-        /// A shell command to run as the default user (repeatable, in order).
-        #[arg(long)]
-        run: Vec<String>,
-        /// Restart the sandbox afterwards, so running processes get the new environment too.
-        #[arg(long)]
-        restart: bool,
-    },
+    Configure(super::mcp::ConfigureArgs),
     /// Change a running sandbox's limits in place (memory below what it
     /// holds is refused; the disk limit only grows).
     #[command(after_help = "Examples:\n  airlock sbx resources <id> --memory-mb 2048\n  airlock sbx resources <id> --cpus 4 --disk-mb 20480")]
@@ -687,7 +667,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         }
-        SandboxCmd::Configure { id, env, pip, npm, apt, run, restart } => super::mcp::configure(&client, &id, env, pip, npm, apt, run, restart, json).await?,
+        SandboxCmd::Configure(a) => super::mcp::configure(&client, a, json).await?,
         SandboxCmd::Resources { id, cpus, memory_mb, disk_mb } => super::ops::resources(&client, &id, cpus, memory_mb, disk_mb, json).await?,
         SandboxCmd::Alerts { id, cpu, memory, disk } => super::ops::alerts(&client, &id, AlertThresholds { cpu_pct: cpu, memory_pct: memory, disk_pct: disk }, json).await?,
         SandboxCmd::Top { id, interval, once } => super::ops::top(&client, id.as_deref(), interval, once, json).await?,

@@ -33,17 +33,32 @@ pub(super) fn run(a: McpArgs) -> anyhow::Result<u8> {
 }
 
 /// `airlock sbx configure`.
-pub(super) async fn configure(
-    client: &Client,
-    id: &str,
+#[derive(clap::Args, Debug)]
+pub(super) struct ConfigureArgs {
+    id: String,
+    /// KEY=VALUE (repeatable; an empty value removes the variable).
+    #[arg(short, long)]
     env: Vec<String>,
+    /// A pip package to install (repeatable).
+    #[arg(long)]
     pip: Vec<String>,
+    /// An npm package to install globally (repeatable).
+    #[arg(long)]
     npm: Vec<String>,
+    /// An apt package to install (repeatable; Debian-based templates).
+    #[arg(long)]
     apt: Vec<String>,
+    /// A shell command to run as the default user (repeatable, in order).
+    #[arg(long)]
     run: Vec<String>,
+    /// Restart the sandbox afterwards, so running processes get the new environment too.
+    #[arg(long)]
     restart: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+}
+
+pub(super) async fn configure(client: &Client, a: ConfigureArgs, json: bool) -> anyhow::Result<()> {
+    let ConfigureArgs { id, env, pip, npm, apt, run, restart } = a;
+    let id = id.as_str();
     let mut env_vars = BTreeMap::new();
     for kv in env {
         let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;

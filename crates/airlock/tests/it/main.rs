@@ -8,6 +8,7 @@ mod cli;
 
 mod connections;
 mod events;
+mod execlog;
 mod faults;
 mod files;
 mod lifecycle;
