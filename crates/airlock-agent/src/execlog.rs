@@ -40,10 +40,16 @@ struct Inner {
     stats: ExecutionStats,
 }
 
-#[derive(Default)]
 pub struct ExecLog {
     inner: Mutex<Inner>,
     grew: tokio::sync::Notify,
+    started_ms: i64,
+}
+
+impl Default for ExecLog {
+    fn default() -> Self {
+        Self { inner: Mutex::default(), grew: tokio::sync::Notify::new(), started_ms: now_ms() }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -212,8 +218,11 @@ impl ExecLog {
     }
 
     /// Entries after sequence number `after` (all: `None`), waiting up to
-    /// `wait` for the first new one when there are none yet.
-    pub async fn read(&self, after: Option<u64>, wait: Duration) -> AgentLog {
+    /// `wait` for the first new one when there are none yet. A reader whose
+    /// `after` came from another agent (`boot`, that agent's start time, is
+    /// not this one's) gets everything at once: this log started over.
+    pub async fn read(&self, after: Option<u64>, wait: Duration, boot: Option<i64>) -> AgentLog {
+        let (after, wait) = if boot.is_some_and(|b| b != self.started_ms) { (None, Duration::ZERO) } else { (after, wait) };
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
             // Registered before looking, so an entry pushed in between
@@ -238,7 +247,7 @@ impl ExecLog {
             Some(i) => g.entries.get(i + entries.len() - 1).map(|(s, _)| *s).or(after).unwrap_or(0),
             None => after.unwrap_or_else(|| g.next_seq.saturating_sub(1)),
         };
-        AgentLog { entries, stats: g.stats.clone(), next, env_names: Vec::new() }
+        AgentLog { entries, stats: g.stats.clone(), next, env_names: Vec::new(), started_ms: self.started_ms }
     }
 }
 
@@ -258,7 +267,7 @@ mod tests {
         log.output(&mut x, true, b"oops\n");
         log.output(&mut x, false, b"o\r\n");
         log.ended(x, outcome(3));
-        let r = log.read(None, Duration::ZERO).await;
+        let r = log.read(None, Duration::ZERO, None).await;
         let msgs: Vec<(LogSource, &str)> = r.entries.iter().map(|e| (e.source, e.message.as_str())).collect();
         assert_eq!(
             msgs,
@@ -274,7 +283,7 @@ mod tests {
         assert_eq!(r.entries[4].level, LogLevel::Error);
         assert_eq!((r.stats.total, r.stats.failed, r.stats.successful, r.stats.running), (1, 1, 0, 0));
         // Reading after the last entry returns nothing new.
-        assert!(log.read(Some(r.next), Duration::ZERO).await.entries.is_empty());
+        assert!(log.read(Some(r.next), Duration::ZERO, None).await.entries.is_empty());
     }
 
     #[tokio::test]
@@ -283,7 +292,7 @@ mod tests {
         for i in 0..(MAX_ENTRIES + 10) {
             log.system(LogLevel::Info, format!("entry {i}"));
         }
-        let r = log.read(None, Duration::ZERO).await;
+        let r = log.read(None, Duration::ZERO, None).await;
         assert_eq!(r.stats.dropped_entries, 10);
         assert_eq!(r.entries.len(), MAX_READ, "one read is bounded too");
         assert_eq!(r.entries[0].message, "entry 10");
@@ -293,14 +302,17 @@ mod tests {
     async fn a_waiting_reader_wakes_on_a_new_entry() {
         let log = std::sync::Arc::new(ExecLog::default());
         log.system(LogLevel::Info, "first");
-        let after = log.read(None, Duration::ZERO).await.next;
+        let after = log.read(None, Duration::ZERO, None).await.next;
         let l2 = log.clone();
-        let reader = tokio::spawn(async move { l2.read(Some(after), Duration::from_secs(10)).await });
+        let reader = tokio::spawn(async move { l2.read(Some(after), Duration::from_secs(10), None).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         log.system(LogLevel::Warn, "second");
         let r = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("woken").expect("join");
         assert_eq!(r.entries.len(), 1);
         assert_eq!(r.entries[0].message, "second");
+        // A reader that followed another agent starts over, without waiting.
+        let r = tokio::time::timeout(Duration::from_secs(1), log.read(Some(after + 1), Duration::from_secs(10), Some(log.started_ms - 1))).await.expect("no wait");
+        assert_eq!(r.entries.len(), 2);
     }
 
     #[test]

@@ -147,10 +147,11 @@ async fn init(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     resp
 }
 
-/// `?after=<seq>&wait=<ms>`: entries after `after` (all without it),
-/// waiting up to `wait` for one when there are none yet.
+/// `?after=<seq>&wait=<ms>&boot=<ms>`: entries after `after` (all without
+/// it), waiting up to `wait` for one when there are none yet; `boot` is the
+/// start time of the agent `after` came from.
 async fn read_log(agent: &Arc<Agent>, query: &str) -> Resp {
-    let (mut after, mut wait) = (None, 0u64);
+    let (mut after, mut wait, mut boot) = (None, 0u64, None);
     for (k, v) in airlock_proto::query::pairs(query) {
         let n = match v.parse::<u64>() {
             Ok(n) => n,
@@ -159,10 +160,11 @@ async fn read_log(agent: &Arc<Agent>, query: &str) -> Resp {
         match k.as_str() {
             "after" => after = Some(n),
             "wait" => wait = n,
+            "boot" => boot = Some(n as i64),
             _ => {}
         }
     }
-    let mut log = agent.log.read(after, std::time::Duration::from_millis(wait)).await;
+    let mut log = agent.log.read(after, std::time::Duration::from_millis(wait), boot).await;
     log.env_names = agent.session().env.keys().cloned().collect();
     h::json_ok(StatusCode::OK, &log)
 }

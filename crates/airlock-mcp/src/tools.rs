@@ -283,6 +283,13 @@ fn resource_usage(m: Option<&airlock_sdk::SandboxMetric>, d: &SandboxDetail) -> 
     }
 }
 
+/// Seconds from the sandbox's start to its deadline.
+fn lifetime_s(d: &SandboxDetail) -> Option<u64> {
+    let start = airlock_proto::time::parse_rfc3339(&d.started_at)?;
+    let end = airlock_proto::time::parse_rfc3339(&d.end_at)?;
+    end.duration_since(start).ok().map(|x| x.as_secs())
+}
+
 fn status_of(d: &SandboxDetail) -> &str {
     match d.state.as_str() {
         "paused" => "stopped",
@@ -494,11 +501,7 @@ impl AirlockTools {
                 "env_vars_configured": a.env_vars.len(),
                 "packages_to_install": a.install_packages,
                 "startup_script_configured": a.startup_script.as_deref().is_some_and(|s| !s.trim().is_empty()),
-                "timeout": secs_since(&d.started_at).zip(airlock_proto::time::parse_rfc3339(&d.end_at)).and_then(|_| {
-                    let end = airlock_proto::time::parse_rfc3339(&d.end_at)?;
-                    let start = airlock_proto::time::parse_rfc3339(&d.started_at)?;
-                    end.duration_since(start).ok().map(|x| x.as_secs())
-                }),
+                "timeout": lifetime_s(&d),
                 "metadata": d.metadata,
                 "url": format!("{}/sandboxes/{}", c.config().api_url.trim_end_matches('/'), sbx.id()),
                 "created_at": d.started_at,

@@ -127,6 +127,10 @@ pub struct AgentLog {
     /// Environment variables every new command gets (their names only).
     #[serde(default)]
     pub env_names: Vec<String>,
+    /// When this agent started (Unix ms): a reader that sees it change
+    /// knows the sequence numbers started over.
+    #[serde(default)]
+    pub started_ms: i64,
 }
 
 /// `POST /sandboxes/{id}/configure`: what to change on a running sandbox.

@@ -140,13 +140,14 @@ pub async fn init(socket: &Path, token: Option<&str>, env: &BTreeMap<String, Str
 
 /// Reads the agent's execution log: entries after `after` (all: `None`),
 /// waiting up to `wait_ms` for a first new one.
-pub async fn read_log(socket: &Path, token: Option<&str>, after: Option<u64>, wait_ms: u64) -> Result<airlock_proto::execlog::AgentLog, AgentError> {
+/// `boot` is the start time of the agent `after` came from.
+pub async fn read_log(socket: &Path, token: Option<&str>, after: Option<u64>, wait_ms: u64, boot: i64) -> Result<airlock_proto::execlog::AgentLog, AgentError> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
     tokio::spawn(conn);
     let mut uri = format!("{}?wait={wait_ms}", airlock_proto::wire::AGENT_LOG_PATH);
     if let Some(a) = after {
-        uri.push_str(&format!("&after={a}"));
+        uri.push_str(&format!("&after={a}&boot={}", boot.max(0)));
     }
     let mut b = http::Request::builder().method("GET").uri(uri).header("host", "sandbox");
     if let Some(t) = token {

@@ -77,6 +77,16 @@ impl Store {
         Ok(rows)
     }
 
+    /// One sandbox's newest `limit` events, oldest first (what its
+    /// execution log shows of its lifecycle).
+    pub fn last_events(&self, sandbox: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached("SELECT seq, at, sandbox_id, kind, metadata, data FROM events WHERE sandbox_id = ?1 ORDER BY seq DESC LIMIT ?2")?;
+        let mut v = st.query_map(params![sandbox, limit.min(i64::MAX as usize) as i64], event_row)?.collect::<Result<Vec<_>, _>>()?;
+        v.reverse();
+        Ok(v)
+    }
+
     /// Drops all but the newest `keep` events; returns how many went.
     pub fn trim_events(&self, keep: i64) -> Result<usize, StoreError> {
         Ok(self.c().execute("DELETE FROM events WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM events) - ?1", params![keep])?)

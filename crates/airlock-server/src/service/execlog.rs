@@ -69,6 +69,18 @@ fn event_entry(e: &crate::events::Event) -> LogEntry {
     LogEntry { timestamp: rfc3339_ms(ms), timestamp_ms: ms, level, source: LogSource::System, message: format!("{}{data}", e.kind), ..Default::default() }
 }
 
+/// Waits for a lifecycle event of sandbox `id` (or for having missed some).
+async fn own_event(bus: &mut tokio::sync::broadcast::Receiver<crate::events::Event>, id: &str) {
+    loop {
+        match bus.recv().await {
+            Ok(e) if e.sandbox_id == id => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 impl Service {
     /// Changes a running sandbox: environment variables (every later
     /// command and new code context gets them, and so does the sandbox
@@ -167,14 +179,14 @@ impl Service {
 
     /// The agent's log and counters, if the sandbox runs and its agent
     /// answers; `None` otherwise (paused, or an agent that is gone).
-    async fn agent_log(&self, row: &SandboxRow, after: Option<u64>, wait_ms: u64) -> Option<airlock_proto::execlog::AgentLog> {
+    async fn agent_log(&self, row: &SandboxRow, after: Option<u64>, wait_ms: u64, boot: i64) -> Option<airlock_proto::execlog::AgentLog> {
         if row.state != State::Running {
             return None;
         }
         let backend = self.backend.clone();
         let id = row.id.clone();
         let info = self.blocking(move || backend.get(&id)).await.ok()?.ok()?;
-        let read = crate::agent_client::read_log(&info.socket, row.access_token.as_deref(), after, wait_ms);
+        let read = crate::agent_client::read_log(&info.socket, row.access_token.as_deref(), after, wait_ms, boot);
         match tokio::time::timeout(Duration::from_millis(wait_ms + 5000), read).await {
             Ok(Ok(l)) => Some(l),
             Ok(Err(e)) => {
@@ -197,24 +209,26 @@ impl Service {
 
     /// The merged log (see the module's comment), filtered, the newest
     /// `lines` of it; with the execution counters. Also the agent's next
-    /// sequence number and the newest event id, where a follower goes on.
-    pub async fn execution_log_at(&self, id: &str, q: &LogQuery) -> Result<(ExecutionLog, Option<u64>, i64), ApiError> {
+    /// sequence number, the newest event id and the agent's start time,
+    /// where a follower goes on.
+    pub async fn execution_log_at(&self, id: &str, q: &LogQuery) -> Result<(ExecutionLog, Option<u64>, i64, i64), ApiError> {
         let row = self.row(id).await?;
         let p = self.log_path(id);
         let text = self.blocking(move || std::fs::read_to_string(p).unwrap_or_default()).await?;
         let mut entries = Self::setup_entries(&text);
         let lines: Vec<api::LogLine> =
             entries.iter().filter(|e| q.since_ms.is_none_or(|s| e.timestamp_ms >= s)).map(|e| api::LogLine { timestamp: e.timestamp.clone(), line: e.message.clone() }).collect();
-        let events = self.events_after(0, Some(id.to_string()), usize::MAX).await?;
+        let (store, id2) = (self.store.clone(), id.to_string());
+        let events = self.blocking(move || store.last_events(&id2, MAX_EVENTS)).await??;
         let last_event = events.last().map(|e| e.id).unwrap_or(0);
-        entries.extend(events.iter().rev().take(MAX_EVENTS).rev().map(event_entry));
-        let agent = self.agent_log(&row, None, 0).await;
-        let (stats, next) = match agent {
+        entries.extend(events.iter().map(event_entry));
+        let agent = self.agent_log(&row, None, 0, 0).await;
+        let (stats, next, boot) = match agent {
             Some(a) => {
                 entries.extend(a.entries);
-                (a.stats, Some(a.next))
+                (a.stats, Some(a.next), a.started_ms)
             }
-            None => (ExecutionStats::default(), None),
+            None => (ExecutionStats::default(), None, 0),
         };
         // Stable: entries of one source keep their order at equal times.
         entries.sort_by_key(|e| e.timestamp_ms);
@@ -223,7 +237,7 @@ impl Service {
         let total = entries.len();
         let log_entries = entries.split_off(total.saturating_sub(n));
         let logs = lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect();
-        Ok((ExecutionLog { logs, log_entries, stats, total_lines: total as u64 }, next, last_event))
+        Ok((ExecutionLog { logs, log_entries, stats, total_lines: total as u64 }, next, last_event, boot))
     }
 
     pub async fn execution_log(&self, id: &str, q: &LogQuery) -> Result<ExecutionLog, ApiError> {
@@ -234,10 +248,13 @@ impl Service {
     /// entry as it comes, until the sandbox stops running or the receiver
     /// is dropped. The last entry says why it ended.
     pub async fn follow_log(self: &Arc<Self>, id: &str, q: LogQuery) -> Result<mpsc::Receiver<LogEntry>, ApiError> {
-        let (first, mut next, mut last_event) = self.execution_log_at(id, &q).await?;
+        let (first, mut next, mut last_event, mut boot) = self.execution_log_at(id, &q).await?;
         let (tx, rx) = mpsc::channel(256);
         let svc = self.clone();
         let id = id.to_string();
+        // Lifecycle events cut a wait on the agent short: a restart or a
+        // pause can leave the old agent's connection open a while.
+        let mut bus = self.subscribe();
         tokio::spawn(async move {
             for e in first.log_entries {
                 if tx.send(e).await.is_err() {
@@ -253,7 +270,8 @@ impl Service {
                     break format!("the sandbox is {}", row.state.as_str());
                 }
                 let read = tokio::select! {
-                    r = svc.agent_log(&row, next, FOLLOW_WAIT_MS) => r,
+                    r = svc.agent_log(&row, next, FOLLOW_WAIT_MS, boot) => Some(r),
+                    _ = own_event(&mut bus, &id) => None,
                     _ = tx.closed() => return,
                 };
                 let mut fresh = Vec::new();
@@ -264,13 +282,22 @@ impl Service {
                     fresh.extend(events.iter().map(event_entry));
                 }
                 match read {
-                    Some(a) => {
+                    // A new agent (a restart, a resume that booted afresh)
+                    // numbers its log from the start: read it all.
+                    Some(Some(a)) if a.started_ms != boot => {
+                        boot = a.started_ms;
+                        next = Some(a.next);
+                        fresh.extend(a.entries);
+                    }
+                    Some(Some(a)) => {
                         next = Some(a.next);
                         fresh.extend(a.entries);
                     }
                     // The agent did not answer: it is stopping, or it was
                     // restarted (a fresh log). Look at the row again soon.
-                    None => tokio::time::sleep(Duration::from_millis(500)).await,
+                    Some(None) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    // An event of this sandbox: shown below, then a new round.
+                    None => {}
                 }
                 fresh.sort_by_key(|e| e.timestamp_ms);
                 for e in fresh.into_iter().filter(|e| q.level.is_none_or(|l| e.level >= l)) {

@@ -90,17 +90,29 @@ async fn every_execution_through_the_proxy_is_logged_with_its_outcome() {
     }
     sbx.commands().run("echo live").await.expect("run");
     let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(20), follow.next()).await {
+    // Each entry within 5 s: lifecycle events and a new agent cut the
+    // follower's long wait on the agent short (regression: a restart left
+    // it waiting 15 s on the old agent's connection, then on the new
+    // agent with the old sequence number).
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), follow.next()).await {
         let e = e.expect("entry");
         seen.push(e.message.clone());
         if e.message == "live" {
+            // A restart boots a new agent, whose log starts over: the
+            // follower reads it from its start.
+            c.restart(sbx.id(), airlock_sdk::RestartOptions::default()).await.expect("restart");
+            let again = c.get(sbx.id()).await.expect("get");
+            again.commands().run("echo after-restart").await.expect("run");
+        }
+        if e.message == "after-restart" {
             c.kill(sbx.id()).await.expect("kill");
         }
         if e.message.starts_with("end of log stream") {
             break;
         }
     }
-    assert!(seen.iter().any(|m| m == "live"), "{seen:?}");
+    assert!(seen.iter().any(|m| m == "live") && seen.iter().any(|m| m == "after-restart"), "{seen:?}");
+    assert!(seen.iter().any(|m| m.starts_with("restarted")), "the restart is a system entry: {seen:?}");
     assert!(seen.last().is_some_and(|m| m.starts_with("end of log stream")), "{seen:?}");
 }
 
