@@ -12,6 +12,7 @@ mod execlog;
 mod faults;
 mod files;
 mod lifecycle;
+mod mcp;
 mod operations;
 mod process;
 mod seccomp;
