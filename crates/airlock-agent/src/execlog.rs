@@ -145,11 +145,29 @@ impl ExecLog {
     /// partial one waits for its end (or the execution's).
     pub(crate) fn output(&self, x: &mut Execution, stderr: bool, data: &[u8]) {
         let i = usize::from(stderr);
-        x.carry[i].extend_from_slice(data);
-        while let Some(nl) = x.carry[i].iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = x.carry[i].drain(..=nl).collect();
-            self.line(x, stderr, &line[..line.len() - 1]);
+        let mut rest = data;
+        // One pass over the chunk (no shifting of a buffer per line: a
+        // chunk can hold thousands of short lines).
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            if x.lines >= MAX_LINES_PER_EXECUTION {
+                // Past the limit only the count matters.
+                x.dropped += 1 + rest[nl + 1..].iter().filter(|b| **b == b'\n').count() as u64;
+                x.carry[i].clear();
+                return;
+            }
+            if x.carry[i].is_empty() {
+                self.line(x, stderr, &rest[..nl]);
+            } else {
+                let mut line = std::mem::take(&mut x.carry[i]);
+                line.extend_from_slice(&rest[..nl]);
+                self.line(x, stderr, &line);
+            }
+            rest = &rest[nl + 1..];
         }
+        if x.lines >= MAX_LINES_PER_EXECUTION {
+            return;
+        }
+        x.carry[i].extend_from_slice(rest);
         if x.carry[i].len() > MAX_LINE {
             let line = std::mem::take(&mut x.carry[i]);
             self.line(x, stderr, &line);
@@ -284,6 +302,25 @@ mod tests {
         assert_eq!((r.stats.total, r.stats.failed, r.stats.successful, r.stats.running), (1, 1, 0, 0));
         // Reading after the last entry returns nothing new.
         assert!(log.read(Some(r.next), Duration::ZERO, None).await.entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_output_logs_the_first_lines_and_counts_the_rest() {
+        let log = ExecLog::default();
+        let mut x = log.started(9, "seq 1 100000");
+        let text: String = (1..=100_000).map(|n| format!("{n}\n")).collect();
+        let t = std::time::Instant::now();
+        for chunk in text.as_bytes().chunks(65536) {
+            log.output(&mut x, false, chunk);
+        }
+        log.ended(x, outcome(0));
+        assert!(t.elapsed() < Duration::from_secs(2), "one pass per chunk: {:?}", t.elapsed());
+        let r = log.read(None, Duration::ZERO, None).await;
+        let lines: Vec<&str> = r.entries.iter().filter(|e| e.source == LogSource::Stdout).map(|e| e.message.as_str()).collect();
+        assert_eq!(lines.len(), MAX_LINES_PER_EXECUTION as usize);
+        assert_eq!((lines[0], lines[999]), ("1", "1000"), "split across chunks correctly");
+        let note = r.entries.iter().find(|e| e.message.contains("more output lines")).expect("the rest is counted");
+        assert!(note.message.starts_with("99000 more"), "{}", note.message);
     }
 
     #[tokio::test]

@@ -42,6 +42,10 @@ pub(crate) enum Clients {
     PerKey { url: String, cache: Mutex<HashMap<String, Client>> },
 }
 
+/// The largest MCP message over HTTP, as stdio's line limit (rmcp's) is:
+/// an upload's base64 content travels in one.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Keys whose clients are kept; past it the cache starts over, so a stream
 /// of wrong keys cannot grow it.
 const MAX_CACHED_KEYS: usize = 64;
@@ -106,7 +110,7 @@ pub fn http_service(api_url: impl Into<String>) -> StreamableHttpService<Airlock
     // The Host check guards servers without authentication against DNS
     // rebinding; every request here needs the API key (checked by the
     // server before it gets here), and the server answers any host name.
-    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    let config = StreamableHttpServerConfig::default().disable_allowed_hosts().with_max_request_body_bytes(MAX_MESSAGE_BYTES);
     StreamableHttpService::new(move || Ok(tools.clone()), Arc::new(LocalSessionManager::default()), config)
 }
 

@@ -39,9 +39,11 @@ const MAX_OUTPUT: usize = 256 * 1024;
 const MAX_INLINE_CODE: usize = 64 * 1024;
 /// `sandbox_read_file` reads this much unless told otherwise, and at most.
 const DEFAULT_READ_BYTES: u64 = 1024 * 1024;
-const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
-/// `sandbox_upload` takes at most this much (decoded).
-const MAX_UPLOAD_BYTES: usize = 32 * 1024 * 1024;
+const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+/// `sandbox_upload` takes at most this much (decoded): as base64 in JSON
+/// it must fit one MCP message (see `crate::MAX_MESSAGE_BYTES`). Larger
+/// files go through the REST API's `/files` or signed URLs.
+const MAX_UPLOAD_BYTES: usize = 8 * 1024 * 1024;
 /// A followed `sandbox_logs` call lasts this long unless told otherwise,
 /// and at most.
 const DEFAULT_FOLLOW_S: u64 = 10;
@@ -221,8 +223,9 @@ impl AirlockTools {
         c.get(id).await.map_err(|e| ToolError::sandbox(id, e))
     }
 
-    async fn finish(&self, ctx: &RequestContext<RoleServer>, f: impl std::future::Future<Output = ToolResult>) -> Result<CallToolResult, ErrorData> {
-        let _ = ctx;
+    /// A tool's outcome as MCP's result: failures are tool errors (the
+    /// agent reads them), never protocol errors.
+    async fn finish(&self, f: impl std::future::Future<Output = ToolResult>) -> Result<CallToolResult, ErrorData> {
         Ok(match f.await {
             Ok((summary, v)) => ok(summary, v),
             Err(e) => fail(e),
@@ -446,7 +449,7 @@ pub(crate) struct ReadFileArgs {
     #[serde(default)]
     #[schemars(extend("enum" = ["text", "base64", "auto"]))]
     pub(crate) encoding: Option<String>,
-    /// Read at most this many bytes (default 1 MiB, at most 16 MiB).
+    /// Read at most this many bytes (default 1 MiB, at most 8 MiB).
     #[serde(default)]
     pub(crate) max_bytes: Option<u64>,
 }
@@ -468,7 +471,7 @@ pub(crate) struct ListFilesArgs {
 impl AirlockTools {
     #[tool(description = "Create a sandbox from a template, with environment variables, packages to install, a startup script and metadata. Returns its id.")]
     async fn sandbox_create(&self, Parameters(a): Parameters<CreateArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let c = self.client(&ctx)?;
             let template = a.template.clone().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| airlock_sdk::DEFAULT_TEMPLATE.to_string());
             let mut b = Sandbox::builder().client(&c).template(template.clone()).envs(a.env_vars.clone());
@@ -516,7 +519,7 @@ impl AirlockTools {
         description = "Run code in a running sandbox: python, javascript (Node.js) or bash. Returns its output, exit code and timings. Sends progress while it runs; cancelling the call kills the execution."
     )]
     async fn sandbox_execute(&self, Parameters(a): Parameters<ExecuteArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let language = a.language.as_deref().unwrap_or("python").trim().to_ascii_lowercase();
             let (program, flag, ext) = match language.as_str() {
                 "python" | "python3" | "py" => ("python3", "-c", "py"),
@@ -570,7 +573,7 @@ impl AirlockTools {
 
     #[tool(description = "List sandboxes with their status, uptime and resource usage.")]
     async fn sandbox_list(&self, Parameters(a): Parameters<ListArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let c = self.client(&ctx)?;
             let mut list = c.list();
             match a.status.as_deref().unwrap_or("all") {
@@ -634,7 +637,7 @@ impl AirlockTools {
         description = "A sandbox's status: uptime, resource usage, environment (language versions, packages, variables, working directory), execution statistics, last activity and expiry."
     )]
     async fn sandbox_status(&self, Parameters(a): Parameters<IdArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let c = self.client(&ctx)?;
             check_id(&a.sandbox_id)?;
             let d = c.info(&a.sandbox_id).await.map_err(|e| ToolError::sandbox(&a.sandbox_id, e))?;
@@ -679,7 +682,7 @@ impl AirlockTools {
         description = "Configure a running sandbox: set environment variables for every later command, install packages (pip, npm, apt), run set-up commands, optionally restart it."
     )]
     async fn sandbox_configure(&self, Parameters(a): Parameters<ConfigureArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let c = self.client(&ctx)?;
             let sbx = self.running(&c, &a.sandbox_id).await?;
             let req = ConfigureSandbox { env_vars: a.env_vars.clone(), install_packages: packages(&a.install_packages, sbx.template_id())?, run_commands: a.run_commands.clone(), restart: a.restart };
@@ -718,7 +721,7 @@ impl AirlockTools {
 
     #[tool(description = "Write a file into a running sandbox (text or base64 content). Returns its size, SHA-256 and permissions.")]
     async fn sandbox_upload(&self, Parameters(a): Parameters<UploadArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let bytes = match a.encoding.as_deref().unwrap_or("text") {
                 "text" => a.content.clone().into_bytes(),
                 "base64" => base64::engine::general_purpose::STANDARD.decode(a.content.trim()).map_err(|e| ToolError::invalid(format!("content is not valid base64: {e}")))?,
@@ -754,7 +757,7 @@ impl AirlockTools {
         description = "A sandbox's execution log: commands and code runs with their outcome, their stdout/stderr lines, and system events, each with timestamp and level. With follow, keeps reading new entries for follow_seconds."
     )]
     async fn sandbox_logs(&self, Parameters(a): Parameters<LogsArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             check_id(&a.sandbox_id)?;
             let level = match a.log_level.as_deref().filter(|l| !l.is_empty()) {
                 Some(l) => Some(LogLevel::parse(l).ok_or_else(|| ToolError::invalid(format!("invalid log_level '{l}': use debug, info, warn or error")))?),
@@ -825,7 +828,7 @@ impl AirlockTools {
 
     #[tool(description = "Stop a sandbox: its processes stop, its files are kept, and sandbox_start starts it again.")]
     async fn sandbox_stop(&self, Parameters(a): Parameters<IdArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             check_id(&a.sandbox_id)?;
             let c = self.client(&ctx)?;
             let changed = c.pause_with(&a.sandbox_id, false).await.map_err(|e| ToolError::sandbox(&a.sandbox_id, e))?;
@@ -837,7 +840,7 @@ impl AirlockTools {
 
     #[tool(description = "Start a stopped sandbox again (a fresh boot over its kept files).")]
     async fn sandbox_start(&self, Parameters(a): Parameters<IdArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             check_id(&a.sandbox_id)?;
             let c = self.client(&ctx)?;
             c.connect(&a.sandbox_id).await.map_err(|e| ToolError::sandbox(&a.sandbox_id, e))?;
@@ -850,7 +853,7 @@ impl AirlockTools {
 
     #[tool(description = "Delete a sandbox: its processes, files, network and resources are all released.")]
     async fn sandbox_delete(&self, Parameters(a): Parameters<IdArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             check_id(&a.sandbox_id)?;
             let c = self.client(&ctx)?;
             c.kill(&a.sandbox_id).await.map_err(|e| ToolError::sandbox(&a.sandbox_id, e))?;
@@ -864,7 +867,7 @@ impl AirlockTools {
         description = "Run a shell command (bash -c) in a running sandbox and return its stdout, stderr and exit code. Sends progress while it runs; cancelling the call kills it."
     )]
     async fn sandbox_run_command(&self, Parameters(a): Parameters<RunCommandArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             if a.command.trim().is_empty() {
                 return Err(ToolError::invalid("command is required"));
             }
@@ -893,7 +896,7 @@ impl AirlockTools {
 
     #[tool(description = "Read a file from a running sandbox, as text or base64.")]
     async fn sandbox_read_file(&self, Parameters(a): Parameters<ReadFileArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let max = a.max_bytes.unwrap_or(DEFAULT_READ_BYTES);
             if !(1..=MAX_READ_BYTES).contains(&max) {
                 return Err(ToolError::invalid(format!("max_bytes must be between 1 and {MAX_READ_BYTES}, got {max}")));
@@ -935,7 +938,7 @@ impl AirlockTools {
 
     #[tool(description = "List a directory in a running sandbox: names, types, sizes, permissions and modification times.")]
     async fn sandbox_list_files(&self, Parameters(a): Parameters<ListFilesArgs>, ctx: RequestContext<RoleServer>) -> Result<CallToolResult, ErrorData> {
-        self.finish(&ctx, async {
+        self.finish(async {
             let depth = a.depth.unwrap_or(1);
             if !(1..=10).contains(&depth) {
                 return Err(ToolError::invalid(format!("depth must be between 1 and 10, got {depth}")));
