@@ -294,6 +294,10 @@ async def test_the_rest_log_api_follows_and_filters(airlock_server):
         assert httpx.get(f"{airlock_server.url}/sandboxes/{sid}/logs", params={"level": "loud"}, headers=h, timeout=30).status_code == 400
         future = int(time.time() * 1000) + 3_600_000
         assert httpx.get(f"{airlock_server.url}/sandboxes/{sid}/logs", params={"since": future}, headers=h, timeout=30).json()["logEntries"] == []
+        for bad in ({"lines": "0"}, {"lines": "x"}, {"since": "yesterday"}, {"follow": "maybe"}, {"level": ""}):
+            r = httpx.get(f"{airlock_server.url}/sandboxes/{sid}/logs", params=bad, headers=h, timeout=30)
+            assert r.status_code in (200, 400) and (r.status_code == 400) == (bad != {"level": ""}), (bad, r.text)
+        assert httpx.get(f"{airlock_server.url}/sandboxes/nosuchsandbox/logs", params={"follow": "true"}, headers=h, timeout=30).status_code == 404
         one = httpx.get(f"{airlock_server.url}/sandboxes/{sid}/logs", params={"lines": 1}, headers=h, timeout=30).json()
         assert len(one["logEntries"]) == 1 and one["totalLines"] >= 3
 
