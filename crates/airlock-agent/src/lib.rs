@@ -118,6 +118,19 @@ impl Agent {
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Session::new(env, token));
     }
 
+    /// Sets and removes sandbox-wide variables (a configure), keeping the
+    /// token; returns the environment new commands get from now on.
+    pub fn update_env(&self, set: BTreeMap<String, String>, unset: &[String]) -> BTreeMap<String, String> {
+        let mut g = self.session.write().unwrap_or_else(|p| p.into_inner());
+        let mut env = g.env.clone();
+        for k in unset {
+            env.remove(k);
+        }
+        env.extend(set);
+        *g = Arc::new(Session::new(env.clone(), g.access_token.clone()));
+        env
+    }
+
     /// The default user's home, the working directory of new code contexts.
     pub fn default_home(&self) -> String {
         users::lookup(&self.config.default_user).map(|u| u.home.display().to_string()).unwrap_or_else(|_| "/".into())

@@ -25,6 +25,8 @@ enum Route {
     Init,
     /// `GET /airlock/log`: the execution log, for the server (never proxied).
     Log,
+    /// `POST /airlock/env`: set and unset sandbox-wide variables (never proxied).
+    Env,
 }
 
 fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
@@ -37,6 +39,7 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
         (&Method::POST, "/files") => Some(Route::FilesPost),
         (&Method::POST, airlock_proto::wire::AGENT_INIT_PATH) => Some(Route::Init),
         (&Method::GET, airlock_proto::wire::AGENT_LOG_PATH) => Some(Route::Log),
+        (&Method::POST, airlock_proto::wire::AGENT_ENV_PATH) => Some(Route::Env),
         (&Method::POST, p) => {
             let rpc = airlock_proto::wire::Rpc::from_path(p)?;
             process::Method::from_rpc(rpc).map(Route::Process).or_else(|| fs::Method::from_rpc(rpc).map(Route::Fs))
@@ -94,6 +97,13 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
             }
             read_log(&agent, req.uri().query().unwrap_or("")).await
         }
+        Route::Env => {
+            if !token_ok(&agent, &req) {
+                h::drain(req).await;
+                return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+            }
+            update_env(&agent, req).await
+        }
         Route::Process(m) => {
             if !token_ok(&agent, &req) {
                 h::drain(req).await;
@@ -145,6 +155,27 @@ async fn init(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     let mut resp = hyper::Response::new(h::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp
+}
+
+/// Sets and unsets variables in what every new command gets; answers with
+/// the whole environment after the change.
+async fn update_env(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
+    let body = match h::read_limited(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let r: airlock_proto::execlog::AgentEnvChange = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment change: {e}")),
+    };
+    if let Some(k) = r.set.keys().chain(&r.unset).find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment variable name {k:?}"));
+    }
+    if let Some(v) = r.set.values().find(|v| v.contains('\0')) {
+        return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment variable value {:?}", v.chars().take(40).collect::<String>()));
+    }
+    let env = agent.update_env(r.set, &r.unset);
+    h::json_ok(StatusCode::OK, &airlock_proto::execlog::AgentEnv { env })
 }
 
 /// `?after=<seq>&wait=<ms>&boot=<ms>`: entries after `after` (all without

@@ -133,6 +133,23 @@ pub struct AgentLog {
     pub started_ms: i64,
 }
 
+/// The agent's environment change (`POST /airlock/env`): the variables to
+/// set and to remove; the answer is the whole environment after it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentEnvChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// The agent's environment after a change: what new commands get (the
+/// template's variables, the sandbox's, and every change so far).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentEnv {
+    pub env: BTreeMap<String, String>,
+}
+
 /// `POST /sandboxes/{id}/configure`: what to change on a running sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

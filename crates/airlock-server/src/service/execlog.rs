@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use airlock_proto::execlog::{rfc3339_ms, CommandOutcome, ConfigureResult, ConfigureSandbox, ExecutionLog, ExecutionStats, LogEntry, LogLevel, LogSource};
+use airlock_proto::execlog::{rfc3339_ms, AgentEnvChange, CommandOutcome, ConfigureResult, ConfigureSandbox, ExecutionLog, ExecutionStats, LogEntry, LogLevel, LogSource};
 
 use super::create::check_env;
 use super::*;
@@ -91,6 +91,11 @@ impl Service {
         let started = Instant::now();
         let env_names: Vec<String> = req.env_vars.keys().cloned().collect();
         check_env(&req.env_vars)?;
+        // exec cannot pass a NUL inside a value (regression: schemathesis
+        // found the agent's refusal answered as a 500).
+        if let Some((k, _)) = req.env_vars.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(ApiError::BadRequest(format!("environment variable {k:?} has a NUL byte in its value")));
+        }
         let packages = setup_script(req.install_packages.as_ref(), None)?;
         if req.run_commands.len() > MAX_COMMANDS {
             return Err(ApiError::BadRequest(format!("at most {MAX_COMMANDS} commands, got {}", req.run_commands.len())));
@@ -112,24 +117,31 @@ impl Service {
             let backend = self.backend.clone();
             let id2 = id.to_string();
             let info = self.blocking(move || backend.get(&id2)).await?.map_err(|e| runtime_err(id, e))?;
-            if !req.env_vars.is_empty() {
-                for (k, v) in &req.env_vars {
-                    if v.is_empty() {
-                        row.env.remove(k);
-                    } else {
-                        row.env.insert(k.clone(), v.clone());
-                    }
+            let mut change = AgentEnvChange::default();
+            for (k, v) in &req.env_vars {
+                if v.is_empty() {
+                    row.env.remove(k);
+                    change.unset.push(k.clone());
+                } else {
+                    row.env.insert(k.clone(), v.clone());
+                    change.set.insert(k.clone(), v.clone());
                 }
-                crate::agent_client::init(&info.socket, row.access_token.as_deref(), &row.env, row.access_token.as_deref()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-                let (store, backend, r2) = (self.store.clone(), self.backend.clone(), row.clone());
+            }
+            // The agent's environment is the template's plus the
+            // sandbox's: the agent applies the change to it and says what
+            // it became, which is what the next boot must get too
+            // (launch.json); the row keeps the sandbox's own variables.
+            let env = crate::agent_client::update_env(&info.socket, row.access_token.as_deref(), &change).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !req.env_vars.is_empty() {
+                let (store, backend, r2, full) = (self.store.clone(), self.backend.clone(), row.clone(), env.clone());
                 self.blocking(move || -> Result<(), ApiError> {
                     store.set_config(&r2.id, &r2.env, r2.cpus, r2.memory_mb)?;
-                    backend.rekey(&r2.id, &r2.env, r2.access_token.as_deref()).map_err(|e| runtime_err(&r2.id, e))
+                    backend.rekey(&r2.id, &full, r2.access_token.as_deref()).map_err(|e| runtime_err(&r2.id, e))
                 })
                 .await??;
                 self.append_log(id, &format!("configured: environment variables {}", env_names.join(", ")));
             }
-            (info.socket, row.access_token.clone(), row.env.clone())
+            (info.socket, row.access_token.clone(), env)
         };
         let mut result = ConfigureResult { env_vars_updated: env_names, ..Default::default() };
         if let Some(script) = packages {

@@ -46,8 +46,10 @@ async fn configured_variables_reach_later_commands_and_survive_a_restart() {
     // Bad input is refused before anything runs; a paused sandbox is not configured.
     let bad = ConfigureSandbox { install_packages: Some(InstallPackages { pip: vec!["x; rm -rf /".into()], ..Default::default() }), ..Default::default() };
     assert!(matches!(sbx.configure(&bad).await, Err(airlock_sdk::Error::Http { status: 400, .. })));
-    let bad = ConfigureSandbox { env_vars: [("A=B".to_string(), "x".to_string())].into(), ..Default::default() };
-    assert!(matches!(sbx.configure(&bad).await, Err(airlock_sdk::Error::Http { status: 400, .. })));
+    for (k, v) in [("A=B", "x"), ("", "x"), ("NUL", "a\0b")] {
+        let bad = ConfigureSandbox { env_vars: [(k.to_string(), v.to_string())].into(), ..Default::default() };
+        assert!(matches!(sbx.configure(&bad).await, Err(airlock_sdk::Error::Http { status: 400, .. })), "{k:?}={v:?}");
+    }
     sbx.pause().await.expect("pause");
     assert!(matches!(c.configure(sbx.id(), &ConfigureSandbox::default()).await, Err(airlock_sdk::Error::Http { status: 409, .. })));
     assert!(matches!(c.configure("nosuchsandbox", &ConfigureSandbox::default()).await, Err(e) if e.is_not_found()));
@@ -79,9 +81,12 @@ async fn every_execution_through_the_proxy_is_logged_with_its_outcome() {
     assert_eq!(last.log_entries.len(), 1);
     assert!(last.total_lines as usize >= log.log_entries.len());
 
-    // The agent's log route is the server's only.
-    let (s, _, _) = srv.req("GET", "/airlock/log", &[("e2b-sandbox-id", sbx.id()), ("x-access-token", sbx.access_token().unwrap_or(""))], bytes::Bytes::new()).await.expect("req");
-    assert_eq!(s, 404, "the proxy refuses the agent's log route");
+    // The agent's own routes are the server's only.
+    for (method, path, body) in [("GET", "/airlock/log", ""), ("POST", "/airlock/env", r#"{"set":{"PATH":"/evil"}}"#), ("GET", "/airlock/anything", "")] {
+        let headers = [("e2b-sandbox-id", sbx.id()), ("x-access-token", sbx.access_token().unwrap_or("")), ("content-type", "application/json")];
+        let (s, _, _) = srv.req(method, path, &headers, bytes::Bytes::from(body)).await.expect("req");
+        assert_eq!(s, 404, "the proxy refuses {method} {path}");
+    }
 
     // A follower gets the backlog, then new entries, then the end.
     let mut follow = sbx.follow_log(&LogQuery { lines: Some(3), ..Default::default() }).await.expect("follow");
@@ -132,4 +137,44 @@ async fn the_agents_log_route_wants_the_token() {
     assert!(log.entries.iter().any(|e| e.message == "logged"), "{:?}", log.entries);
     let r = sbx.envd.request("GET", &format!("{}?after=x", airlock_proto::wire::AGENT_LOG_PATH), &[], bytes::Bytes::new()).await;
     assert_eq!(r.status, 400, "a bad query is a clear error");
+
+    // The environment route: the token, checked names, a merge that keeps
+    // what it does not name.
+    let change = |body: &'static str| bytes::Bytes::from(body);
+    let ct = [("content-type", "application/json".to_string())];
+    bare.token = None;
+    assert_eq!(bare.request("POST", airlock_proto::wire::AGENT_ENV_PATH, &ct, change(r#"{"set":{"A":"1"}}"#)).await.status, 401);
+    assert_eq!(sbx.envd.request("POST", airlock_proto::wire::AGENT_ENV_PATH, &ct, change(r#"{"set":{"A=B":"1"}}"#)).await.status, 400);
+    assert_eq!(sbx.envd.request("POST", airlock_proto::wire::AGENT_ENV_PATH, &ct, change("not json")).await.status, 400);
+    let r = sbx.envd.request("POST", airlock_proto::wire::AGENT_ENV_PATH, &ct, change(r#"{"set":{"A":"1","B":"2"}}"#)).await;
+    assert_eq!(r.status, 200);
+    let r = sbx.envd.request("POST", airlock_proto::wire::AGENT_ENV_PATH, &ct, change(r#"{"unset":["A"]}"#)).await;
+    let env: airlock_proto::execlog::AgentEnv = serde_json::from_slice(&r.bytes().await).expect("json");
+    assert_eq!((env.env.get("A"), env.env.get("B").map(String::as_str)), (None, Some("2")));
+    assert_eq!(sbx.sh("echo [$A] [$B]").await.stdout, "[] [2]\n", "new commands get it");
+}
+
+/// Regression: configure replaced the agent's whole environment with the
+/// sandbox's own variables, dropping the template's `ENV`s.
+#[tokio::test]
+async fn configure_keeps_the_templates_variables() {
+    let srv = Server::start(&["--no-network"]).await;
+    let c = client(&srv);
+    let name = format!("envtpl{}", &crate::support::new_id()[1..9]);
+    let mut build =
+        c.templates().build(&airlock_sdk::BuildTemplate { name: name.clone(), recipe: "FROM base\nENV FROM_TEMPLATE=kept\n".into(), ..Default::default() }).await.expect("build");
+    while let Some(ev) = build.next().await {
+        if let airlock_sdk::BuildEvent::Error { message } = ev.expect("event") {
+            panic!("build failed: {message}");
+        }
+    }
+    let sbx = Sandbox::builder().client(&c).template(name.clone()).timeout(Duration::from_secs(120)).create().await.expect("create");
+    assert_eq!(sbx.commands().run("echo $FROM_TEMPLATE").await.expect("run").stdout, "kept\n");
+    sbx.configure(&ConfigureSandbox { env_vars: [("ADDED".to_string(), "1".to_string())].into(), ..Default::default() }).await.expect("configure");
+    assert_eq!(sbx.commands().run("echo $FROM_TEMPLATE $ADDED").await.expect("run").stdout, "kept 1\n");
+    sbx.restart(airlock_sdk::RestartOptions::default()).await.expect("restart");
+    let sbx = c.get(sbx.id()).await.expect("get");
+    assert_eq!(sbx.commands().run("echo $FROM_TEMPLATE $ADDED").await.expect("run").stdout, "kept 1\n", "and so does the next boot");
+    c.kill(sbx.id()).await.expect("kill");
+    let _ = c.templates().delete(&name, true).await;
 }
