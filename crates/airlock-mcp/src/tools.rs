@@ -220,7 +220,7 @@ impl AirlockTools {
         if d.state != "running" {
             return Err(ToolError::new(Code::SandboxNotRunning, format!("sandbox {id} is {} (stopped): start it with sandbox_start", d.state)));
         }
-        c.get(id).await.map_err(|e| ToolError::sandbox(id, e))
+        Ok(c.from_detail(&d))
     }
 
     /// A tool's outcome as MCP's result: failures are tool errors (the
