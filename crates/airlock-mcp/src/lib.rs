@@ -31,6 +31,8 @@ pub enum McpError {
     Init(#[source] Box<rmcp::service::ServerInitializeError>),
     #[error("running the MCP session")]
     Run(#[source] tokio::task::JoinError),
+    #[error("configuring the client")]
+    Config(#[source] airlock_sdk::Error),
 }
 
 /// How a tool call finds the Airlock server to talk to.
@@ -46,6 +48,12 @@ pub(crate) enum Clients {
 /// an upload's base64 content travels in one.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a call may wait for the server's answer: creating a sandbox
+/// with packages or configuring one runs installs before the answer, for
+/// minutes (an SDK's default of 60 s would report a timeout while the work
+/// goes on). Executions stream and are bounded by their own timeouts.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Keys whose clients are kept; past it the cache starts over, so a stream
 /// of wrong keys cannot grow it.
 const MAX_CACHED_KEYS: usize = 64;
@@ -60,7 +68,7 @@ impl Clients {
                 if let Some(c) = m.get(&key) {
                     return Ok(c.clone());
                 }
-                let c = Client::new(Config::new(url.clone(), key.clone())).map_err(|e| ToolError::new(Code::ExecutionError, e.to_line()))?;
+                let c = Client::new(Config::new(url.clone(), key.clone()).with_request_timeout(CALL_TIMEOUT)).map_err(|e| ToolError::new(Code::ExecutionError, e.to_line()))?;
                 if m.len() >= MAX_CACHED_KEYS {
                     m.clear();
                 }
@@ -83,8 +91,10 @@ pub fn api_key(h: &http::HeaderMap) -> Option<String> {
 }
 
 /// Serves the tools on stdin/stdout until the client closes them, every
-/// call through `client`.
-pub async fn serve_stdio(client: Client) -> Result<(), McpError> {
+/// call to the server `config` names (its request timeout raised to
+/// [`CALL_TIMEOUT`]).
+pub async fn serve_stdio(config: Config) -> Result<(), McpError> {
+    let client = Client::new(config.with_request_timeout(CALL_TIMEOUT)).map_err(McpError::Config)?;
     let tools = AirlockTools::new(Arc::new(Clients::Fixed(client)));
     let running = tools.serve(rmcp::transport::stdio()).await.map_err(|e| McpError::Init(Box::new(e)))?;
     running.waiting().await.map_err(McpError::Run)?;

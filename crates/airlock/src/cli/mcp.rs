@@ -28,7 +28,7 @@ pub(super) struct McpArgs {
 pub(super) fn run(a: McpArgs) -> anyhow::Result<u8> {
     let client = a.client.client()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(airlock_mcp::serve_stdio(client))?;
+    rt.block_on(airlock_mcp::serve_stdio(client.config().clone()))?;
     Ok(0)
 }
 
