@@ -172,3 +172,33 @@ def test_unknown_context_is_an_error(ci):
     with pytest.raises(Exception) as e:
         ci.run_code("1", context=Context(context_id="nope", language="python", cwd="/"))
     assert "not found" in str(e.value).lower()
+
+
+def test_matplotlib_figures_come_back_as_charts_too(ci):
+    """`result.chart`, as e2b-code-interpreter reads it: line, bar, scatter,
+    pie, box-and-whisker, and a superchart of several axes."""
+    from e2b_code_interpreter.charts import ChartType
+
+    def chart(code):
+        ex = ci.run_code("import matplotlib.pyplot as plt\nplt.figure()\n" + code + "\nplt.show()")
+        assert ex.error is None, ex.error
+        r = next(r for r in ex.results if r.chart is not None)
+        assert r.png, "the PNG is still there"
+        return r.chart
+
+    c = chart("plt.plot([1, 2, 3], [1, 4, 9], label='squares'); plt.title('Squares'); plt.xlabel('x'); plt.ylabel('y')")
+    assert (c.type, c.title, c.x_label, c.y_label) == (ChartType.LINE, "Squares", "x", "y")
+    assert [(e.label, e.points) for e in c.elements] == [("squares", [(1, 1), (2, 4), (3, 9)])]
+    c = chart("plt.bar(['a', 'b', 'c'], [3, 1, 2], label='counts')")
+    assert c.type == ChartType.BAR and [(e.label, e.value, e.group) for e in c.elements] == [("a", 3, "counts"), ("b", 1, "counts"), ("c", 2, "counts")]
+    c = chart("plt.scatter([1, 2], [3, 4], label='pts')")
+    assert c.type == ChartType.SCATTER and c.elements[0].points == [(1.0, 3.0), (2.0, 4.0)]
+    c = chart("plt.pie([1, 1, 2], labels=['x', 'y', 'z'])")
+    assert c.type == ChartType.PIE and [(e.label, round(e.angle)) for e in c.elements] == [("x", 90), ("y", 90), ("z", 180)]
+    c = chart("plt.boxplot([[1, 2, 3, 4, 5, 100], [2, 3, 4]], tick_labels=['A', 'B'])")
+    assert c.type == ChartType.BOX_AND_WHISKER
+    a = c.elements[0]
+    assert (a.label, a.min, a.median, a.max, a.outliers) == ("A", 1, 3.5, 5, [100]), vars(a)
+    ex = ci.run_code("import matplotlib.pyplot as plt\nfig, (l, r) = plt.subplots(1, 2)\nl.plot([0, 1], [0, 1]); r.bar(['p', 'q'], [1, 2])\nfig.suptitle('Both')\nplt.show()")
+    c = next(r.chart for r in ex.results if r.chart is not None)
+    assert c.type == ChartType.SUPERCHART and c.title == "Both" and [e.type for e in c.elements] == [ChartType.LINE, ChartType.BAR]

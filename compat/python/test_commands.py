@@ -291,3 +291,40 @@ def test_background_process_survives_other_commands(sandbox: Sandbox):
 def test_python_and_node_available(sandbox: Sandbox):
     assert sandbox.commands.run("python3 -c 'print(6*7)'").stdout == "42\n"
     assert sandbox.commands.run("node -e 'console.log(6*7)'").stdout == "42\n"
+
+
+def test_a_sandbox_killed_mid_stream_is_reported_killed():
+    # E2B's answer: the stream ends with `unavailable`, the SDK probes the
+    # sandbox, finds it gone and says it was killed (not a read error or a
+    # timeout).
+    from e2b.exceptions import SandboxNotRunningException
+    from _support import run_metadata
+    sbx = Sandbox.create(metadata=run_metadata())
+    lines = []
+    killer = threading.Timer(1.0, lambda: Sandbox.kill(sbx.sandbox_id))
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(SandboxNotRunningException, match="killed or reached its end of life"):
+        sbx.commands.run("for i in $(seq 60); do echo $i; sleep 0.2; done", on_stdout=lambda s: lines.append(s), timeout=60)
+    killer.join()
+    assert lines, "output streamed before the kill"
+    assert time.monotonic() - t0 < 20, "the failure is prompt, not a timeout"
+
+
+def test_sudo_works_as_on_e2b(sandbox: Sandbox):
+    # E2B's templates let `user` run anything as root without a password.
+    r = sandbox.commands.run("sudo id -u; id -u; echo via-pipe | sudo tee /root/t >/dev/null && sudo cat /root/t")
+    assert r.stdout == "0\n1000\nvia-pipe\n", r
+    assert sandbox.commands.run("sudo -u user id -un").stdout == "user\n"
+    assert sandbox.commands.run("sudo -i pwd").stdout == "/root\n"
+    env = sandbox.commands.run("sudo env").stdout
+    assert "SUDO_USER=user" in env and "HOME=/root" in env, env
+    with pytest.raises(CommandExitException) as e:
+        sandbox.commands.run("sudo sh -c 'echo oops >&2; exit 7'")
+    assert e.value.exit_code == 7 and "oops" in e.value.stderr
+    # A signal to sudo reaches the command (timeout sends SIGTERM).
+    r = sandbox.commands.run("timeout 1 sudo sleep 30; echo rc=$?; sleep 0.3; pgrep -x sleep || echo gone")
+    assert r.stdout == "rc=124\ngone\n", r
+    # Root inside the sandbox only: it may not mount (or touch the host).
+    r = sandbox.commands.run("sudo mount -t tmpfs none /mnt 2>/dev/null; echo rc=$?")
+    assert r.stdout != "rc=0\n", r

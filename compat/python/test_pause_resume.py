@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import pytest
@@ -148,3 +149,33 @@ def test_auto_pause_on_timeout(airlock_server):
         assert resumed.files.read("/home/user/auto.txt") == "kept across auto-pause"
     finally:
         kill_later(sbx)
+
+
+def test_auto_resume_wakes_a_paused_sandbox_on_traffic(airlock_server):
+    """lifecycle auto_resume: a request to a paused sandbox's port resumes it."""
+    import httpx
+    sbx = Sandbox.create(timeout=120, lifecycle={"on_timeout": "pause", "auto_resume": True},
+                         metadata=run_metadata(case=unique()))
+    try:
+        info = sbx.get_info()
+        assert info.lifecycle and info.lifecycle.get("auto_resume") is True, info.lifecycle
+        sbx.commands.run("mkdir -p /tmp/www && echo awake > /tmp/www/index.html && "
+                         "cd /tmp/www && setsid nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+        port = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        wait_until(lambda: httpx.get(airlock_server.url + "/index.html", headers=port, timeout=5).status_code == 200,
+                   timeout=15, what="the web server in the sandbox")
+        assert sbx.pause() is True
+        assert sbx.get_info().state == SandboxState.PAUSED
+        r = httpx.get(airlock_server.url + "/index.html", headers=port, timeout=30)
+        assert (r.status_code, r.text.strip()) == (200, "awake"), r.text
+        assert sbx.get_info().state == SandboxState.RUNNING
+    finally:
+        kill_later(sbx)
+
+
+def test_without_auto_resume_traffic_does_not_wake_it(sandbox: Sandbox):
+    import httpx
+    sandbox.pause()
+    r = httpx.get(os.environ["E2B_API_URL"] + "/health", headers={"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "49983"}, timeout=10)
+    assert r.status_code in (409, 502, 503, 404), r.status_code
+    assert sandbox.get_info().state == SandboxState.PAUSED

@@ -332,3 +332,44 @@ def test_parallel_creates(airlock_server):
     finally:
         for s, _ in results:
             kill_later(s)
+
+
+def test_private_ports_need_the_traffic_token_and_egress_rules_are_refused(airlock_server):
+    """network={"allow_public_traffic": False}: a port answers only with the
+    sandbox's traffic access token; egress rules this server cannot enforce
+    are refused rather than silently ignored."""
+    import httpx
+    from e2b import SandboxException
+    sbx = Sandbox.create(network={"allow_public_traffic": False, "mask_request_host": "inside.test:${PORT}"}, metadata=run_metadata())
+    try:
+        assert sbx.traffic_access_token, "the create answer carries the traffic token"
+        sbx.commands.run(
+            "cat > /tmp/host.py <<'PY'\n"
+            "import http.server\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    def do_GET(self):\n"
+            "        b = (self.headers.get('Host', '') + '|' + str(self.headers.get('e2b-traffic-access-token'))).encode()\n"
+            "        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)\n"
+            "http.server.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n"
+            "PY\n"
+            "setsid nohup python3 /tmp/host.py >/dev/null 2>&1 &"
+        )
+        port = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+        def up():
+            r = httpx.get(airlock_server.url + "/", headers={**port, "e2b-traffic-access-token": sbx.traffic_access_token}, timeout=5)
+            return r if r.status_code == 200 else None
+        r = wait_until(up, timeout=15, what="the server in the sandbox")
+        assert r.text == "inside.test:8000|None", "the host is masked and the token stays at the proxy: " + r.text
+        assert httpx.get(airlock_server.url + "/", headers=port, timeout=5).status_code == 403
+        assert httpx.get(airlock_server.url + "/", headers={**port, "e2b-traffic-access-token": "wrong"}, timeout=5).status_code == 403
+        # envd itself still takes the access token as always.
+        assert sbx.commands.run("echo ok").stdout == "ok\n"
+    finally:
+        kill_later(sbx)
+    with pytest.raises(SandboxException, match="egress rules"):
+        Sandbox.create(network={"allow_out": ["198.51.100.7"]}, metadata=run_metadata())
+    no_net = Sandbox.create(network={"deny_out": ["0.0.0.0/0"]}, metadata=run_metadata())
+    try:
+        assert no_net.get_info().allow_internet_access is False
+    finally:
+        kill_later(no_net)

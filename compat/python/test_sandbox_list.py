@@ -175,3 +175,28 @@ def test_list_template_filter(tagged):
     none = _ids(_collect(Sandbox.list(query=SandboxQuery(metadata={"group": tag},
                                                          template=unique("notmpl")))))
     assert none == []
+
+
+def test_list_is_newest_first_by_default_and_pages_in_that_order(tagged):
+    tag, sbxs = tagged
+    query = SandboxQuery(metadata={"group": tag})
+    default = _ids(_collect(Sandbox.list(query=query)))
+    assert default == [s.sandbox_id for s in reversed(sbxs)], "newest first, as E2B lists"
+    paged = _ids(_collect(Sandbox.list(query=query, limit=1)))
+    assert paged == default, "each page is the next sandbox in that order"
+    sbxs[1].pause()
+    for states in ([SandboxState.RUNNING], [SandboxState.PAUSED], [SandboxState.RUNNING, SandboxState.PAUSED]):
+        want = [i for i in default if (i == sbxs[1].sandbox_id) == (states == [SandboxState.PAUSED]) or len(states) == 2]
+        got = _ids(_collect(Sandbox.list(query=SandboxQuery(metadata={"group": tag}, state=states), limit=1)))
+        assert got == want, (states, got, want)
+
+
+def test_list_started_after(tagged):
+    import datetime
+    tag, sbxs = tagged
+    infos = {s.sandbox_id: s.get_info() for s in sbxs}
+    second = infos[sbxs[1].sandbox_id].started_at
+    later = _ids(_collect(Sandbox.list(query=SandboxQuery(metadata={"group": tag}, started_after=second))))
+    assert later == [sbxs[2].sandbox_id, sbxs[1].sandbox_id], later
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    assert _ids(_collect(Sandbox.list(query=SandboxQuery(metadata={"group": tag}, started_after=future)))) == []

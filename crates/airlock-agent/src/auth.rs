@@ -10,14 +10,7 @@
 use airlock_proto::envd::{ACCESS_TOKEN_HEADER, TRAFFIC_TOKEN_HEADER};
 use http::HeaderMap;
 
-/// Whether `a` and `b` are equal, in time that depends only on their
-/// lengths, so a wrong token reveals nothing of the right one.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use airlock_proto::envd::constant_time_eq;
 
 /// Whether header `name` carries exactly `want` (compared in constant time).
 fn header_is(headers: &HeaderMap, name: &str, want: &str) -> bool {

@@ -23,6 +23,7 @@ mod router;
 pub mod rpc;
 pub mod safe_open;
 mod spawn;
+pub mod sudo;
 pub mod users;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,8 @@ pub struct Agent {
     pub interpreter: interp::Interpreter,
     /// Every execution and its outcome (see `execlog`).
     pub log: Arc<execlog::ExecLog>,
+    /// `sudo` commands running, by pid: where the reaper sends each status.
+    pub(crate) sudo_waiters: std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::oneshot::Sender<i32>>>,
 }
 
 impl Agent {
@@ -105,6 +108,7 @@ impl Agent {
             watchers: fs::Watchers::default(),
             interpreter: interp::Interpreter::default(),
             log: Arc::default(),
+            sudo_waiters: Default::default(),
         })
     }
 
@@ -173,6 +177,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, config: AgentConf
     init_oom_policy();
     let agent = Agent::new(config);
     reaper::start(agent.clone());
+    sudo::serve(agent.clone());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -38,5 +38,8 @@ fn reap_all(agent: &crate::Agent) {
         let ms = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000;
         let usage = crate::process::table::Usage { cpu_ms: ms(ru.ru_utime) + ms(ru.ru_stime), max_rss_bytes: (ru.ru_maxrss.max(0) as u64) * 1024 };
         agent.processes.reaped(pid as u32, status, Some(usage));
+        if let Some(w) = agent.sudo_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pid as u32)) {
+            let _ = w.send(status);
+        }
     }
 }

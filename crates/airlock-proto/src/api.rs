@@ -39,6 +39,9 @@ pub struct NewSandbox {
     /// Resource alert thresholds (Airlock's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertThresholds>,
+    /// E2B's auto-resume: traffic to the sandbox while it is paused wakes it.
+    #[serde(default, rename = "autoResume", skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
     /// With `autoPause`: what the timeout's pause keeps. `false` stops
     /// the processes and keeps only the files (memory released); unset or
     /// `true` freezes them, memory held.
@@ -178,6 +181,61 @@ pub struct SandboxMetric {
     pub net_rx_bytes: u64,
     #[serde(default, rename = "netTxBytes")]
     pub net_tx_bytes: u64,
+}
+
+/// Moru's `GET /v2/sandbox-runs`: one run of a sandbox, live or ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRun {
+    pub created_at: String,
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// running, paused, stopped or error.
+    pub status: String,
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// killed, shutdown, timeout or error (ended runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// The `network` create option of E2B's and Moru's SDKs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkOptions {
+    /// Whether the sandbox's ports take requests without its traffic
+    /// access token (`e2b-traffic-access-token`); default true.
+    #[serde(default, alias = "allowPublicTraffic")]
+    pub allow_public_traffic: Option<bool>,
+    #[serde(default, alias = "allowOut")]
+    pub allow_out: Vec<String>,
+    #[serde(default, alias = "denyOut")]
+    pub deny_out: Vec<String>,
+    #[serde(default, alias = "dnsServers")]
+    pub dns_servers: Option<Vec<String>>,
+    #[serde(default, alias = "egressProxy")]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// The `Host` requests to the sandbox's ports carry (`${PORT}` is the port).
+    #[serde(default, alias = "maskRequestHost")]
+    pub mask_request_host: Option<String>,
+    #[serde(default, alias = "httpsPorts")]
+    pub https_ports: Vec<u16>,
+    /// Per-host request transforms (secret injection).
+    #[serde(default)]
+    pub rules: Option<serde_json::Value>,
+}
+
+/// `{"enabled": true}`: as E2B's SDKs send it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoResume {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: each sandbox's latest sample.
@@ -554,6 +612,132 @@ pub struct Event {
     /// What else there is to say (a cause, a deadline, a snapshot id).
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The template the sandbox was made from (empty for events recorded
+    /// before servers kept it).
+    #[serde(rename = "templateID", default, skip_serializing_if = "String::is_empty")]
+    pub template_id: String,
+}
+
+/// E2B's `SandboxEvent`: an event as `GET /events/sandboxes` lists it and
+/// as a webhook delivery's body carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxEvent {
+    /// `v2`: the format with `type` (E2B's `v1` had a category and a label).
+    pub version: String,
+    /// The event's Airlock id (its sequence number) as a string: the same
+    /// event always has the same id, so receivers can drop repeats.
+    pub id: String,
+    /// E2B's type (`sandbox.lifecycle.created` for Airlock's `ready`,
+    /// `.killed`, `.paused`, `.resumed`, `.updated`, `.checkpointed`), or
+    /// `airlock.<type>` for events E2B has no name for.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The event's data, with `sandbox_metadata` (and `set_timeout` on a
+    /// timeout change) as E2B puts them.
+    pub event_data: Option<serde_json::Value>,
+    /// The template (Airlock has no separate builds).
+    pub sandbox_build_id: String,
+    /// Derived from the sandbox id: one per sandbox on Airlock.
+    pub sandbox_execution_id: String,
+    pub sandbox_id: String,
+    /// Airlock has one team: the nil UUID.
+    pub sandbox_team_id: String,
+    pub sandbox_template_id: String,
+    /// RFC 3339.
+    pub timestamp: String,
+    /// Airlock's own type of the event (`killed`, `timeout`, `oom`, ...).
+    pub airlock_type: String,
+}
+
+// ------------------------------------------------------------- webhooks
+
+/// `POST /webhooks` and E2B's `POST /events/webhooks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NewWebhook {
+    /// `http://host[:port]/path` that each delivery is POSTed to.
+    #[serde(default)]
+    pub url: String,
+    /// Event types in either style (`killed`, `sandbox.lifecycle.killed`);
+    /// absent or empty: every event.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Signs every delivery (`e2b-signature`, `X-Airlock-Signature`); never
+    /// shown again. E2B's name for it is `signatureSecret`.
+    #[serde(default, alias = "signatureSecret")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `PATCH /webhooks/{id}`: the fields given replace the stored ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookPatch {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// A new secret; an empty string stops signing.
+    #[serde(default, alias = "signatureSecret")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// A registered webhook (its secret is never shown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub id: String,
+    /// E2B's field; Airlock has one team, the nil UUID.
+    #[serde(rename = "teamID")]
+    pub team_id: String,
+    pub name: String,
+    pub url: String,
+    /// As registered; empty: every event.
+    pub events: Vec<String>,
+    pub enabled: bool,
+    /// Whether deliveries are signed (a secret was given).
+    pub signed: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    pub delivery: WebhookDelivery,
+}
+
+/// Where a webhook's deliveries stand.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDelivery {
+    /// The last event handled (delivered, given up on, or not wanted):
+    /// after a restart, deliveries resume after it.
+    pub last_event_id: i64,
+    /// The HTTP status of the last attempt (absent: none yet, or no answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (absent when it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    /// Attempts made for the latest event delivered or being delivered.
+    pub attempts: u32,
+    /// Events delivered (a 2xx answer).
+    pub delivered: u64,
+    /// Events given up on after every attempt failed.
+    pub failed: u64,
 }
 
 /// `GET /sandboxes/{id}/health`: whether the sandbox works, and why not.

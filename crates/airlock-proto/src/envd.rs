@@ -30,6 +30,15 @@ pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 /// without another secret: hex SHA-256 over a fixed label and the token,
 /// which reveals nothing about the access token itself. It grants only the
 /// code-interpreter routes, never envd.
+/// Whether `a` and `b` are equal, in time that depends only on their
+/// lengths, so a wrong token reveals nothing of the right one.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn traffic_token(access_token: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("airlock-traffic-token-v1:{access_token}").as_bytes());

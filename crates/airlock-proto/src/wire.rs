@@ -6,6 +6,9 @@
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 /// The port inside the sandbox a request is for (default: envd's).
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+/// The same two as Moru's SDK names them.
+pub const MORU_SANDBOX_ID_HEADER: &str = "moru-sandbox-id";
+pub const MORU_SANDBOX_PORT_HEADER: &str = "moru-sandbox-port";
 /// Control-API authentication.
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Set by Airlock's proxy only (a client's is removed): tells the agent a

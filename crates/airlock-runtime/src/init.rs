@@ -417,6 +417,15 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
         crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
         usr_lowers.push(at);
     }
+    // The `sudo` shim: a one-file layer above the template's, in the
+    // overlay that holds /usr (see `crate::shim`).
+    if let Some(shim) = &cfg.sudo_layer {
+        let (part, lowers) = if usr_lowers.is_empty() { ("root", &mut root_lowers) } else { ("usr", &mut usr_lowers) };
+        let at = cfg.dir.join("lower").join("shim");
+        std::fs::create_dir_all(&at).map_err(|e| Stage::io("sudo shim", e))?;
+        crate::rootfs::idmapped_bind(&shim.join(part), &at, userns).map_err(staged("sudo shim"))?;
+        lowers.insert(0, at);
+    }
     // Overlay options are visible in /proc/self/mountinfo inside the
     // sandbox: give them paths relative to the sandbox directory so no host
     // path shows.

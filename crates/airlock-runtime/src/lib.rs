@@ -21,6 +21,7 @@ pub mod netlink;
 pub mod network;
 pub mod rootfs;
 pub mod seccomp;
+pub mod shim;
 pub mod state;
 
 use std::collections::BTreeMap;

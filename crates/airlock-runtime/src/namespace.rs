@@ -37,6 +37,20 @@ fn slot_is_stale(p: &Path) -> bool {
     };
     !Path::new(root).join("sandboxes").join(id).exists()
 }
+/// Removes host-wide slot files whose sandbox is gone (its data
+/// directory's sandbox directory no longer exists, or a half-written file
+/// older than a minute); returns their names. For `airlock cleanup`.
+pub fn remove_stale_slots() -> Vec<String> {
+    let mut gone = Vec::new();
+    for e in fs::read_dir(SLOTS_DIR).into_iter().flatten().flatten() {
+        if slot_is_stale(&e.path()) && fs::remove_file(e.path()).is_ok() {
+            gone.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    gone.sort();
+    gone
+}
+
 /// First host id used for sandboxes: far above any real user's uid.
 pub const ID_BASE: u32 = 1 << 20;
 pub const IDS_PER_SANDBOX: u32 = 65536;
@@ -60,6 +74,8 @@ pub struct NamespaceBackend {
     /// files name it.
     slots: PathBuf,
     root_canon: PathBuf,
+    /// The `sudo` shim's layer, handed to every sandbox it launches.
+    shim: Option<PathBuf>,
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -103,6 +119,13 @@ impl NamespaceBackend {
         } else {
             false
         };
+        let shim = match crate::shim::prepare(&opts.root.join("shim"), &opts.binary) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "no sudo in sandboxes: cannot prepare its layer");
+                None
+            }
+        };
         let disk_ready = crate::disk::available();
         if !disk_ready {
             tracing::warn!("no loop devices or mkfs.ext4: sandboxes cannot have disk limits");
@@ -111,7 +134,7 @@ impl NamespaceBackend {
         let slots = PathBuf::from(SLOTS_DIR);
         fs::create_dir_all(&slots).map_err(|e| Error::io(format!("creating {SLOTS_DIR}"), e))?;
         let root_canon = opts.root.canonicalize().unwrap_or_else(|_| opts.root.clone());
-        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon };
+        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon, shim };
         b.reclaim_slots();
         Ok(b)
     }
@@ -266,6 +289,7 @@ impl NamespaceBackend {
             env,
             access_token: spec.access_token.clone(),
             volumes: spec.volumes.clone(),
+            sudo_layer: self.shim.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
         self.launch(&cfg)

@@ -170,6 +170,53 @@ pub fn install_host_rules() -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// Host interfaces of sandboxes (`alk<N>`) that exist now.
+pub fn sandbox_interfaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.strip_prefix(IF_PREFIX).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Removes what `install_host_rules` installed: the jumps into Airlock's
+/// chains, the chains, and the NAT rule. The caller makes sure no sandbox
+/// needs them (`sandbox_interfaces` is empty). Returns what was removed;
+/// missing pieces are not errors (nothing was installed, or half).
+pub fn remove_host_rules() -> Result<Vec<String>, NetworkError> {
+    let wildcard = format!("{IF_PREFIX}+");
+    let sub = subnet();
+    let mut removed = Vec::new();
+    let rules: [(&str, &str, Vec<&str>); 4] = [
+        ("filter", "INPUT", vec!["-i", &wildcard, "-j", CHAIN_IN]),
+        ("filter", "FORWARD", vec!["-i", &wildcard, "-j", CHAIN_FWD]),
+        ("filter", "FORWARD", vec!["-o", &wildcard, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+        ("nat", "POSTROUTING", vec!["-s", &sub, "!", "-o", &wildcard, "-j", "MASQUERADE"]),
+    ];
+    for (table, chain, rule) in &rules {
+        // A rule installed twice (two servers racing) goes twice.
+        for _ in 0..16 {
+            let mut del = vec!["-t", table, "-D", chain];
+            del.extend_from_slice(rule);
+            if iptables(&del).is_err() {
+                break;
+            }
+            removed.push(format!("{table} {chain}: {}", rule.join(" ")));
+        }
+    }
+    for chain in [CHAIN_IN, CHAIN_FWD] {
+        if iptables(&["-t", "filter", "-F", chain]).is_ok() && iptables(&["-t", "filter", "-X", chain]).is_ok() {
+            removed.push(format!("chain {chain}"));
+        }
+    }
+    *INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    Ok(removed)
+}
+
 fn restore(script: &str) -> Result<(), NetworkError> {
     use std::io::Write;
     let err = |m: String| NetworkError::Command { cmd: "iptables-restore --noflush".into(), message: m };

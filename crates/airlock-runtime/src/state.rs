@@ -46,6 +46,9 @@ pub struct LaunchConfig {
     /// restart mounts them again.
     #[serde(default)]
     pub volumes: Vec<crate::VolumeMount>,
+    /// The `sudo` shim's layer (`crate::shim`), when the backend made one.
+    #[serde(default)]
+    pub sudo_layer: Option<PathBuf>,
 }
 
 /// Written by the launcher once the agent listens.

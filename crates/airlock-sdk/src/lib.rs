@@ -19,8 +19,8 @@
 //! in the API ([`SandboxDetail`], [`EntryInfo`], ...). The SDK talks
 //! HTTP/1.1 over plain `http://` with one pooled client per [`Client`];
 //! every handle is cheap to clone and dropping one never blocks. It manages
-//! templates ([`Client::templates`]) but not API keys, and has no TLS of
-//! its own.
+//! templates ([`Client::templates`]) and webhooks
+//! ([`Client::create_webhook`]) but not API keys, and has no TLS of its own.
 
 mod client;
 pub mod commands;
@@ -35,6 +35,7 @@ mod state;
 mod stream;
 pub mod templates;
 pub mod volumes;
+pub mod webhooks;
 
 pub use client::Client;
 pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, CommandStream, Commands, Process, Pty};
@@ -48,6 +49,7 @@ pub use state::RestartOptions;
 
 pub use airlock_proto::api::{AlertThresholds, Event, HealthCheck, PoolInfo, PoolSpec, ResourceChange, SandboxHealth};
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
+pub use airlock_proto::api::{NewWebhook, SandboxEvent, Webhook, WebhookDelivery, WebhookPatch};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
 pub use airlock_proto::execlog::{CommandOutcome, ConfigureResult, ConfigureSandbox, ExecutionLog, ExecutionStats, LogEntry, LogLevel, LogSource};

@@ -24,10 +24,14 @@ use utoipa::OpenApi;
 
 use crate::http::{self as h, Resp};
 
+mod e2b_templates;
 mod volumes;
+mod webhooks;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
+use e2b_templates::*;
 use volumes::*;
+use webhooks::*;
 
 /// Request bodies of the control API are small JSON documents.
 const MAX_BODY: usize = 1024 * 1024;
@@ -175,7 +179,8 @@ fn err(e: ApiError) -> Resp {
 }
 
 fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
-    let mut f = ListFilter { limit: if v2 { 100 } else { 0 }, ..Default::default() };
+    // Newest first unless asked otherwise, as E2B lists.
+    let mut f = ListFilter { limit: if v2 { 100 } else { 0 }, descending: true, ..Default::default() };
     if !v2 {
         f.states = Some(vec![SandboxState::Running]);
     }
@@ -213,12 +218,24 @@ fn parse_list_filter(query: &str, v2: bool) -> Result<ListFilter, ApiError> {
             "nextToken" if v2 => f.next_token = Some(v),
             "order" if v2 => {
                 f.descending = match v.as_str() {
-                    "asc" | "" => false,
-                    "desc" => true,
+                    "asc" => false,
+                    "desc" | "" => true,
                     o => return Err(ApiError::BadRequest(format!("invalid order {o:?}: use asc or desc"))),
                 }
             }
             "template" if v2 && !v.is_empty() => f.template = Some(v),
+            "startedAfter" | "started_after" | "startedBefore" | "started_before" if v2 && !v.is_empty() => {
+                let t = airlock_proto::time::parse_rfc3339(&v).ok_or_else(|| ApiError::BadRequest(format!("invalid {k} {v:?}: an RFC 3339 time, e.g. 2026-01-02T03:04:05Z")))?;
+                let ms = match t.duration_since(std::time::UNIX_EPOCH) {
+                    Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
+                    Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
+                };
+                if k.contains("fter") {
+                    f.started_after = Some(ms);
+                } else {
+                    f.started_before = Some(ms);
+                }
+            }
             _ => {}
         }
     }
@@ -472,6 +489,33 @@ async fn metrics(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQu
     Ok(h::json(200, &s.svc.metrics(&id, start, end).await?))
 }
 
+/// Moru's sandbox runs: live and ended sandboxes the event store
+/// remembers, newest first; `status` (repeatable or comma separated:
+/// running, paused, stopped, error), `limit` (1 to 100, default 100) and
+/// `nextToken` (from `X-Next-Token`).
+#[utoipa::path(get, path = "/v2/sandbox-runs", tag = "sandboxes",
+    params(("status" = Option<String>, Query), ("limit" = Option<u32>, Query), ("nextToken" = Option<String>, Query)),
+    responses((status = 200, body = Vec<wire::SandboxRun>), (status = 400, body = wire::ApiError)))]
+async fn sandbox_runs(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let (mut statuses, mut limit, mut token) = (Vec::new(), 100usize, None);
+    for (k, v) in query_pairs(q.as_deref().unwrap_or("")) {
+        match k.as_str() {
+            "status" => statuses.extend(v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string)),
+            "limit" => {
+                limit = v.parse().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::BadRequest(format!("limit must be between 1 and 100, got {v:?}")))?;
+            }
+            "nextToken" => token = Some(v),
+            _ => {}
+        }
+    }
+    let (runs, next) = s.svc.sandbox_runs(statuses, limit, token).await?;
+    let mut r = h::json(200, &runs);
+    if let Some(t) = next.and_then(|t| http::HeaderValue::from_str(&t).ok()) {
+        r.headers_mut().insert("x-next-token", t);
+    }
+    Ok(r)
+}
+
 /// E2B's bulk metrics: the newest sample of each sandbox named in
 /// `sandbox_ids` (comma separated, at most 100); unknown ids are left out.
 #[utoipa::path(get, path = "/sandboxes/metrics", tag = "sandboxes", params(("sandbox_ids" = String, Query, description = "comma-separated sandbox ids")),
@@ -661,6 +705,13 @@ fn log_query(q: &str) -> Result<(crate::service::LogQuery, bool), ApiError> {
 async fn configure(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
     let b: airlock_proto::execlog::ConfigureSandbox = read_json(body, MAX_BODY).await?;
     Ok(h::json(200, &s.svc.configure(&id, b).await?))
+}
+
+/// E2B's default templates: `base` and the shipped recipes, in E2B's
+/// `Template` shape.
+#[utoipa::path(get, path = "/default-templates", tag = "templates", responses((status = 200, description = "E2B Template objects")))]
+async fn default_templates(State(s): State<AppState>) -> ApiResult {
+    Ok(h::json(200, &s.svc.default_templates().await?))
 }
 
 /// Every template.
@@ -968,6 +1019,7 @@ macro_rules! routes {
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
                 airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -1011,11 +1063,24 @@ routes! {
         get "/metrics" => prometheus,
         get "/sandboxes/{id}/health" => sandbox_health,
         get "/sandboxes/{id}/events" => sandbox_events,
+        get "/events/sandboxes" => e2b_events,
+        get "/events/sandboxes/{id}" => e2b_sandbox_events,
+        post "/webhooks" => create_webhook,
+        get "/webhooks" => list_webhooks,
+        get "/webhooks/{id}" => get_webhook,
+        patch "/webhooks/{id}" => patch_webhook,
+        delete "/webhooks/{id}" => delete_webhook,
+        post "/events/webhooks" => e2b_create_webhook,
+        get "/events/webhooks" => e2b_list_webhooks,
+        get "/events/webhooks/{id}" => e2b_get_webhook,
+        patch "/events/webhooks/{id}" => e2b_patch_webhook,
+        delete "/events/webhooks/{id}" => e2b_delete_webhook,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,
         get "/sandboxes/{id}/metrics" => metrics,
         get "/sandboxes/metrics" => metrics_bulk,
+        get "/v2/sandbox-runs" => sandbox_runs,
         get "/sandboxes/{id}/metrics/stream" => metrics_stream,
         patch "/sandboxes/{id}/resources" => set_resources,
         put "/sandboxes/{id}/alerts" => set_alerts,
@@ -1028,6 +1093,14 @@ routes! {
         get "/v2/sandboxes/{id}/logs" => logs_v2,
         post "/sandboxes/{id}/configure" => configure,
         get "/templates" => list_templates,
+        get "/default-templates" => default_templates,
+        post "/v3/templates" => request_build,
+        get "/templates/{name}/files/{hash}" => file_link,
+        put "/templates/{name}/files/{hash}" => file_upload,
+        post "/v2/templates/{id}/builds/{build}" => start_build,
+        get "/templates/{name}/builds/{build}/status" => build_status,
+        get "/templates/{name}/builds/{build}/logs" => build_logs,
+        get "/templates/aliases/{alias}" => template_alias,
         post "/templates" => build_template,
         get "/templates/{name}" => get_template,
         delete "/templates/{name}" => delete_template,

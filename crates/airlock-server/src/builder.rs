@@ -83,6 +83,22 @@ impl Builder {
             return Err(BuildError::Invalid(format!("invalid template name {name:?}")));
         }
         let instrs = recipe::parse(recipe, build_args)?;
+        self.build_instrs(name, instrs, context, events, t0).await
+    }
+
+    /// Builds parsed instructions (a recipe's, or E2B's template build
+    /// steps, which carry commands no recipe line could: newlines, `$`).
+    pub async fn build_instrs(
+        &self,
+        name: &str,
+        instrs: Vec<Instr>,
+        context: Option<&Path>,
+        events: &mpsc::Sender<BuildEvent>,
+        t0: std::time::Instant,
+    ) -> Result<Template, BuildError> {
+        if !Store::valid_name(name) || name == "base" {
+            return Err(BuildError::Invalid(format!("invalid template name {name:?}")));
+        }
         let total = instrs.len();
         let mut st: Option<BuildState> = None;
         let mut pre_from_args: BTreeMap<String, String> = BTreeMap::new();

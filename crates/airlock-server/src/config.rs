@@ -68,6 +68,8 @@ pub struct Config {
     pub pools: Vec<(String, airlock_proto::api::PoolSpec)>,
     /// How often running sandboxes' usage is sampled (history, alerts).
     pub sample_interval_ms: u64,
+    /// Extra CA certificates (PEM) trusted for `https://` webhook receivers.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -110,6 +112,7 @@ impl Config {
             idle_timeout_s: 75,
             pools: Vec::new(),
             sample_interval_ms: 5000,
+            webhook_ca: None,
         }
     }
 }
@@ -152,6 +155,8 @@ pub struct FileConfig {
     pub pool: Vec<String>,
     /// Seconds between usage samples (may be fractional).
     pub sample_interval: Option<f64>,
+    /// PEM file of extra CAs for https:// webhook receivers.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

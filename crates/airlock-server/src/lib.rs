@@ -7,6 +7,8 @@
 //! served by the service layer (`service`), which owns the lifecycle rules
 //! and persists sandboxes and keys in SQLite (`store`). The runtime backend
 //! does the isolation; this crate never touches namespaces itself.
+//! Lifecycle events are recorded (`events`) and delivered to registered
+//! URLs (`webhooks`).
 
 pub mod agent_client;
 pub mod api;
@@ -23,6 +25,7 @@ pub mod service;
 pub mod store;
 pub mod telemetry;
 pub mod volumes;
+pub mod webhooks;
 
 pub use config::Config;
 pub use server::Server;

@@ -16,11 +16,12 @@ use tokio::net::UnixStream;
 use crate::http::{self as h, Resp};
 use crate::service::{ApiError, Service};
 
-use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
+use airlock_proto::wire::{AGENT_PORT_HEADER as PORT_HEADER, MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER, SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER};
 use std::sync::atomic::Ordering;
 
 use crate::telemetry::TELEMETRY;
 
+use airlock_proto::envd::TRAFFIC_TOKEN_HEADER;
 pub use airlock_proto::wire::{CODE_INTERPRETER_PORT as INTERPRETER_PORT, ENVD_PORT};
 
 /// Where sandbox traffic should go.
@@ -35,12 +36,14 @@ pub struct Target {
 /// but names no valid port (an unparsable `E2b-Sandbox-Port` is refused
 /// rather than sent to envd).
 pub fn target(headers: &HeaderMap, domain: Option<&str>) -> Option<Result<Target, String>> {
-    if let Some(id) = headers.get(SANDBOX_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        let port = match headers.get(SANDBOX_PORT_HEADER) {
+    // E2B's headers, or Moru's (its SDK is E2B's with its own names).
+    for (id_header, port_header, name) in [(SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, "E2b-Sandbox-Port"), (MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER, "Moru-Sandbox-Port")] {
+        let Some(id) = headers.get(id_header).and_then(|v| v.to_str().ok()) else { continue };
+        let port = match headers.get(port_header) {
             None => ENVD_PORT,
             Some(v) => match v.to_str().ok().and_then(|p| p.trim().parse::<u16>().ok()).filter(|p| *p != 0) {
                 Some(p) => p,
-                None => return Some(Err(format!("invalid E2b-Sandbox-Port {:?}: a port number 1-65535", String::from_utf8_lossy(v.as_bytes())))),
+                None => return Some(Err(format!("invalid {name} {:?}: a port number 1-65535", String::from_utf8_lossy(v.as_bytes())))),
             },
         };
         return Some(Ok(Target { id: id.trim().to_string(), port }));
@@ -63,8 +66,9 @@ fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         h.remove(header::UPGRADE);
     }
-    h.remove(SANDBOX_ID_HEADER);
-    h.remove(SANDBOX_PORT_HEADER);
+    for n in [SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER, MORU_SANDBOX_ID_HEADER, MORU_SANDBOX_PORT_HEADER] {
+        h.remove(n);
+    }
 }
 
 pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
@@ -74,7 +78,7 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     if t.port == ENVD_PORT && (req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH || req.uri().path().starts_with(airlock_proto::wire::AGENT_PRIVATE_PREFIX)) {
         return h::error(404, format!("no route for {} {}", req.method(), req.uri().path()));
     }
-    let info = match svc.route(&t.id).await {
+    let (info, row) = match svc.route_waking(&t.id).await {
         Ok(i) => i,
         Err(ApiError::Conflict(m)) => return h::sandbox_not_found(&t.id, Some(format!("The sandbox was not found: {m}"))),
         Err(ApiError::NotFound(_)) => return h::sandbox_not_found(&t.id, None),
@@ -100,6 +104,29 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
         }
     });
 
+    let is_port = t.port != ENVD_PORT && t.port != INTERPRETER_PORT;
+    // A sandbox made with `allow_public_traffic: false`: its ports answer
+    // only requests carrying its traffic access token.
+    if is_port && !row.public_traffic {
+        let want = row.access_token.as_deref().map(airlock_proto::envd::traffic_token);
+        let got = req.headers().get(TRAFFIC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
+        let ok = match (&want, got) {
+            (Some(w), Some(g)) => airlock_proto::envd::constant_time_eq(w.as_bytes(), g.as_bytes()),
+            _ => false,
+        };
+        if !ok {
+            return h::error(403, format!("sandbox {}: this port needs the sandbox's traffic access token in {TRAFFIC_TOKEN_HEADER} (allow_public_traffic is false)", t.id));
+        }
+    }
+    if is_port {
+        // The token is the proxy's business, not the service's inside.
+        req.headers_mut().remove(TRAFFIC_TOKEN_HEADER);
+    }
+    if is_port && !row.mask_host.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&row.mask_host.replace("${PORT}", &t.port.to_string())) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
     let wants_upgrade = req.headers().contains_key(header::UPGRADE);
     if t.port != ENVD_PORT && t.port != INTERPRETER_PORT {
         // Ask the agent for a tunnel to the port, then speak HTTP through it.
@@ -177,7 +204,87 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_headers(&mut parts.headers, false);
-    Resp::from_parts(parts, body.map_frame(|f| count(&TELEMETRY.proxy_bytes_out, f)).map_err(Into::into).boxed_unsync())
+    let connect_stream =
+        parts.status == StatusCode::OK && parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/connect+"));
+    let body = body.map_frame(|f| count(&TELEMETRY.proxy_bytes_out, f)).map_err(Into::into);
+    if connect_stream {
+        return Resp::from_parts(parts, EndOnCut { inner: body.boxed_unsync(), frames: Framing::default(), done: false }.boxed_unsync());
+    }
+    Resp::from_parts(parts, body.boxed_unsync())
+}
+
+/// A Connect stream whose agent connection broke (the sandbox was killed,
+/// or died) ends with a Connect error, `unavailable`, instead of a cut
+/// connection: the SDKs then report that the sandbox was killed or
+/// reached its end of life (after checking it is gone) rather than a read
+/// error or a timeout. Only at an envelope boundary: a cut inside an
+/// envelope cannot be followed by another, so it stays a cut.
+struct EndOnCut {
+    inner: http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::http::BoxError>,
+    frames: Framing,
+    done: bool,
+}
+
+/// Where a Connect stream is in its envelopes (5-byte header: flags and a
+/// big-endian length, then the payload).
+#[derive(Default)]
+struct Framing {
+    header: Vec<u8>,
+    left: usize,
+}
+
+impl Framing {
+    fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(b.len());
+                self.left -= n;
+                b = &b[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(b.len());
+            self.header.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.header.len() == 5 {
+                self.left = u32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]) as usize;
+                self.header.clear();
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.left == 0 && self.header.is_empty()
+    }
+}
+
+impl http_body::Body for EndOnCut {
+    type Data = bytes::Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.frames.feed(d);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) if self.frames.at_boundary() => {
+                tracing::debug!(error = %e, "a sandbox stream broke; ending it with a Connect error");
+                self.done = true;
+                let err = airlock_proto::connect::ConnectError::new(
+                    airlock_proto::connect::Code::Unavailable,
+                    "the sandbox was killed or reached its end of life: its connection ended before the stream completed",
+                );
+                Poll::Ready(Some(Ok(http_body::Frame::data(airlock_proto::connect::end_stream(Some(&err))))))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Adds a data frame's size to a byte counter, passing the frame on.
@@ -205,6 +312,8 @@ mod tests {
     fn routes_by_header_then_host() {
         assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc")]), None), Some(Ok(Target { id: "abc".into(), port: 49983 })));
         assert_eq!(target(&hm(&[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "49999")]), None), Some(Ok(Target { id: "abc".into(), port: 49999 })));
+        assert_eq!(target(&hm(&[("moru-sandbox-id", "abc"), ("moru-sandbox-port", "8080")]), None), Some(Ok(Target { id: "abc".into(), port: 8080 })));
+        assert!(matches!(target(&hm(&[("moru-sandbox-id", "abc"), ("moru-sandbox-port", "x")]), None), Some(Err(m)) if m.contains("Moru-Sandbox-Port")));
         assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
         assert_eq!(target(&hm(&[("host", "8080-abc.sbx.example.com:443")]), Some("sbx.example.com")), Some(Ok(Target { id: "abc".into(), port: 8080 })));
         // Regression: an unparsable port went to envd instead of being refused.

@@ -1,5 +1,6 @@
 //! `airlock serve`: one HTTP listener for the control API and sandbox
-//! traffic, the lifecycle loop (deadlines, metrics), and clean shutdown.
+//! traffic, the lifecycle loop (deadlines, metrics), webhook deliveries,
+//! and clean shutdown.
 //! Sandboxes are not children of the server: stopping it, even with
 //! SIGKILL, leaves them running, and the next start finds them again.
 //! Connections are admitted and timed out by `conn`.
@@ -142,6 +143,9 @@ impl Server {
         let pooler = tokio::spawn(svc.clone().pool_loop());
         let housekeeping = tokio::spawn(housekeeping_loop(svc.clone()));
         let trimmer = tokio::spawn(trim_loop(gate.clone()));
+        // Deliveries read the store on their own tasks: a slow receiver
+        // never holds up a sandbox or another webhook.
+        let webhooks = tokio::spawn(crate::webhooks::run(svc.clone()));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -181,6 +185,7 @@ impl Server {
         pooler.abort();
         housekeeping.abort();
         trimmer.abort();
+        webhooks.abort();
         tracing::info!("server stopped; sandboxes keep running");
     }
 }

@@ -171,6 +171,15 @@ pub struct SandboxRow {
     pub alerts: airlock_proto::api::AlertThresholds,
     /// The warm pool it was started for ('' for one created on demand).
     pub pool: String,
+    /// Traffic to it while it is paused resumes it (E2B's auto-resume).
+    pub auto_resume: bool,
+    /// The timeout it was created with, in seconds: what an auto-resume
+    /// gives it.
+    pub timeout_s: i64,
+    /// Its ports take requests without the traffic access token.
+    pub public_traffic: bool,
+    /// The `Host` its ports see (`${PORT}` replaced), '' to keep the client's.
+    pub mask_host: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -266,6 +275,10 @@ impl Store {
             ("volumes", "TEXT NOT NULL DEFAULT '[]'"),
             ("alerts", "TEXT NOT NULL DEFAULT '{}'"),
             ("pool", "TEXT NOT NULL DEFAULT ''"),
+            ("auto_resume", "INTEGER NOT NULL DEFAULT 0"),
+            ("timeout_s", "INTEGER NOT NULL DEFAULT 300"),
+            ("public_traffic", "INTEGER NOT NULL DEFAULT 1"),
+            ("mask_host", "TEXT NOT NULL DEFAULT ''"),
         ] {
             if !has(col)? {
                 conn.execute_batch(&format!("ALTER TABLE sandboxes ADD COLUMN {col} {decl};"))?;
@@ -275,6 +288,7 @@ impl Store {
         crate::events::migrate(&conn)?;
         crate::samples::migrate(&conn)?;
         crate::pools::migrate(&conn)?;
+        crate::webhooks::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })
     }
@@ -343,8 +357,8 @@ impl Store {
     fn insert_with(c: &Connection, s: &SandboxRow) -> Result<i64, StoreError> {
         c.execute(
             "INSERT INTO sandboxes (id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, disk_mb,
-                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                                    layers, auto_pause_memory, paused_memory, paused_at, alerts, pool, auto_resume, timeout_s, public_traffic, mask_host)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             params![
                 s.id,
                 s.template,
@@ -365,6 +379,10 @@ impl Store {
                 s.paused_at,
                 serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
                 s.pool,
+                s.auto_resume,
+                s.timeout_s,
+                s.public_traffic,
+                s.mask_host,
             ],
         )?;
         Ok(c.last_insert_rowid())
@@ -402,6 +420,10 @@ impl Store {
                 death: r.get(19)?,
                 alerts: serde_json::from_str(&alerts).unwrap_or_default(),
                 pool: r.get(21)?,
+                auto_resume: r.get(22)?,
+                timeout_s: r.get(23)?,
+                public_traffic: r.get(24)?,
+                mask_host: r.get(25)?,
             },
             state,
             metadata,
@@ -418,7 +440,7 @@ impl Store {
     }
 
     const COLS: &'static str =
-        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool";
+        "id, template, state, started_at, end_at, auto_pause, metadata, env, access_token, internet, cpus, memory_mb, seq, disk_mb, layers, auto_pause_memory, paused_memory, paused_at, died_at, death, alerts, pool, auto_resume, timeout_s, public_traffic, mask_host";
 
     pub fn sandbox(&self, id: &str) -> Result<Option<SandboxRow>, StoreError> {
         let c = self.c();
@@ -500,7 +522,7 @@ impl Store {
         let Some((id, old_token)) = found else { return Ok(None) };
         tx.execute(
             "UPDATE sandboxes SET state = 'creating', pool = '', template = ?2, started_at = ?3, end_at = ?4, auto_pause = ?5, metadata = ?6, env = ?7,
-                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10,
+                    access_token = ?8, auto_pause_memory = ?9, alerts = ?10, auto_resume = ?11, timeout_s = ?12, public_traffic = ?13, mask_host = ?14,
                     seq = (SELECT MAX(seq) + 1 FROM sandboxes)
              WHERE id = ?1",
             params![
@@ -514,6 +536,10 @@ impl Store {
                 s.access_token,
                 s.auto_pause_memory,
                 serde_json::to_string(&s.alerts).unwrap_or_else(|_| "{}".into()),
+                s.auto_resume,
+                s.timeout_s,
+                s.public_traffic,
+                s.mask_host,
             ],
         )?;
         let raw = tx.query_row(&format!("SELECT {} FROM sandboxes WHERE id = ?1", Self::COLS), params![id], Self::row)?;
@@ -615,6 +641,10 @@ mod tests {
             death: String::new(),
             alerts: Default::default(),
             pool: String::new(),
+            auto_resume: false,
+            timeout_s: 300,
+            public_traffic: true,
+            mask_host: String::new(),
         }
     }
 

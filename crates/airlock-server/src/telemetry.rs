@@ -103,6 +103,11 @@ pub struct Telemetry {
     /// Times a live event stream fell behind the broadcast and caught up
     /// from the store (events are never lost to it, only delayed).
     pub event_stream_lagged: AtomicU64,
+    /// Webhook deliveries that got a 2xx, attempts tried again, and events
+    /// given up on after every attempt failed.
+    pub webhook_deliveries: AtomicU64,
+    pub webhook_retries: AtomicU64,
+    pub webhook_failures: AtomicU64,
 }
 
 /// The one registry of the process.
@@ -121,6 +126,9 @@ pub static TELEMETRY: Telemetry = Telemetry {
     proxy_bytes_out: AtomicU64::new(0),
     api_errors: ByKind::new(),
     event_stream_lagged: AtomicU64::new(0),
+    webhook_deliveries: AtomicU64::new(0),
+    webhook_retries: AtomicU64::new(0),
+    webhook_failures: AtomicU64::new(0),
 };
 
 /// A label value in the exposition format's escaping.
@@ -163,6 +171,9 @@ pub fn render(sandboxes: &[(&str, usize)], pools: &[(String, u32, u32)]) -> Stri
     counter(&mut out, "airlock_pool_claims_total", "Creates served from a warm pool.", t.pool_claims.load(Ordering::Relaxed));
     counter(&mut out, "airlock_pool_misses_total", "Creates of a pool's shape that found it empty.", t.pool_misses.load(Ordering::Relaxed));
     t.pool_fill_seconds.render(&mut out, "airlock_pool_fill_seconds", "Starting one sandbox for a warm pool.");
+    counter(&mut out, "airlock_webhook_deliveries_total", "Webhook deliveries answered with a 2xx.", t.webhook_deliveries.load(Ordering::Relaxed));
+    counter(&mut out, "airlock_webhook_retries_total", "Webhook delivery attempts that failed and were tried again.", t.webhook_retries.load(Ordering::Relaxed));
+    counter(&mut out, "airlock_webhook_failures_total", "Webhook deliveries given up after every attempt failed.", t.webhook_failures.load(Ordering::Relaxed));
     out
 }
 

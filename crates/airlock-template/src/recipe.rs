@@ -224,6 +224,9 @@ pub fn describe(i: &Instr) -> String {
 }
 
 /// Recipes shipped with Airlock, built on first use.
+/// The shipped recipes' names (`base` is made from the host, not a recipe).
+pub const BUILTIN: [&str; 4] = ["code-interpreter-v1", "python", "node", "debian"];
+
 pub fn builtin(name: &str) -> Option<&'static str> {
     match name {
         "code-interpreter-v1" => Some(include_str!("../../../templates/code-interpreter-v1.Airlockfile")),

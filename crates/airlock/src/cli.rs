@@ -18,6 +18,7 @@ mod shell;
 mod state;
 mod template;
 mod volume;
+mod webhook;
 
 const MAIN_EXAMPLES: &str = "\
 Examples:
@@ -47,6 +48,14 @@ enum Cmd {
     /// Build, list, show, alias and delete templates on a server.
     #[command(after_help = template::EXAMPLES)]
     Template(template::TemplateArgs),
+    /// Remove what Airlock leaves on the host once no sandbox needs it: its
+    /// firewall chains and NAT rule, and slot files of sandboxes that are gone.
+    #[command(after_help = "Examples:\n  airlock cleanup            # refused while any sandbox has a network interface\n  airlock cleanup --dry-run")]
+    Cleanup {
+        /// Say what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Low-level sandbox operations on this host (no server needed).
     #[command(subcommand, after_help = "Examples:\n  airlock runtime create --template base\n  airlock runtime list\n  airlock runtime destroy <id>")]
     Runtime(RuntimeCmd),
@@ -65,6 +74,9 @@ enum Cmd {
     /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
     #[command(after_help = events::EXAMPLES)]
     Events(events::EventsArgs),
+    /// Lifecycle webhooks: URLs the server POSTs events to (create, list, show, rm).
+    #[command(alias = "webhooks", after_help = webhook::EXAMPLES)]
+    Webhook(webhook::WebhookArgs),
     /// Fork a sandbox: new running sandboxes with its files, environment and metadata.
     #[command(after_help = state::FORK_EXAMPLES)]
     Fork(state::ForkArgs),
@@ -189,6 +201,10 @@ struct ServeArgs {
     /// history, resource alerts) [default: 5].
     #[arg(long, env = "AIRLOCK_SAMPLE_INTERVAL")]
     sample_interval: Option<f64>,
+    /// CA certificates (PEM) to trust for https:// webhook receivers, beyond
+    /// the system's CA bundle (for a private CA).
+    #[arg(long, env = "AIRLOCK_WEBHOOK_CA")]
+    webhook_ca: Option<PathBuf>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -268,6 +284,38 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// `airlock cleanup`: the host-wide leftovers. The firewall goes only when
+/// no sandbox interface exists on the host (a running sandbox of any data
+/// directory needs it); stale slot files go in any case.
+fn cleanup(dry_run: bool) -> anyhow::Result<u8> {
+    let ifs = airlock_runtime::network::sandbox_interfaces();
+    if dry_run {
+        println!("sandbox interfaces: {}", if ifs.is_empty() { "none".to_string() } else { ifs.join(" ") });
+        println!("would remove the firewall rules: {}", if ifs.is_empty() { "yes" } else { "no (sandboxes use them)" });
+        return Ok(0);
+    }
+    let slots = airlock_runtime::namespace::remove_stale_slots();
+    for s in &slots {
+        println!("removed stale slot {s}");
+    }
+    if !ifs.is_empty() {
+        eprintln!(
+            "airlock cleanup: {} sandbox interface(s) exist ({}): their firewall stays; kill those sandboxes (or stop their servers' sandboxes) first",
+            ifs.len(),
+            ifs.join(" ")
+        );
+        return Ok(1);
+    }
+    let removed = airlock_runtime::network::remove_host_rules()?;
+    if removed.is_empty() && slots.is_empty() {
+        println!("nothing to clean up");
+    }
+    for r in removed {
+        println!("removed {r}");
+    }
+    Ok(0)
+}
+
 fn backend(data_dir: PathBuf) -> anyhow::Result<airlock_runtime::NamespaceBackend> {
     let binary = std::env::current_exe()?;
     Ok(airlock_runtime::NamespaceBackend::new(airlock_runtime::namespace::Options { root: data_dir, binary, network: true })?)
@@ -281,6 +329,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Template(a) => return template::run(a),
         Cmd::Volume(a) => return volume::run(a),
         Cmd::Pool(a) => return ops::run(a),
+        Cmd::Cleanup { dry_run } => return cleanup(dry_run),
+        Cmd::Webhook(a) => return webhook::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),
@@ -361,6 +411,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let (name, spec) = airlock_server::pools::parse_flag(p.trim()).map_err(anyhow::Error::msg)?;
         cfg.pools.retain(|(n, _)| *n != name);
         cfg.pools.push((name, spec));
+    }
+    cfg.webhook_ca = a.webhook_ca.clone().or(file.webhook_ca.clone());
+    if let Some(ca) = &cfg.webhook_ca {
+        // A bad CA file is an error at start, not at the first delivery.
+        airlock_server::webhooks::tls_client(Some(ca)).map_err(anyhow::Error::msg)?;
     }
     if let Some(s) = a.sample_interval.or(file.sample_interval) {
         anyhow::ensure!((0.1..=3600.0).contains(&s), "--sample-interval must be between 0.1 and 3600 seconds, got {s}");

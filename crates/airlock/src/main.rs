@@ -12,6 +12,11 @@ mod cli;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // Inside a sandbox this binary is also `/usr/local/bin/sudo`.
+    if args.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "sudo") {
+        let rest: Vec<String> = args[1..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        return ExitCode::from(airlock_agent::sudo::client_main(rest).clamp(0, 255) as u8);
+    }
     // The sandbox entry point is checked before anything else runs: it must
     // stay single-threaded until PID 1 has set up its namespaces.
     if args.get(1).map(|a| a == "__init").unwrap_or(false) {

@@ -86,14 +86,14 @@ async fn events_follow_a_sandbox_and_resume_after_an_id() {
     let q = airlock_sdk::EventQuery { sandbox: Some(id.clone()), ..Default::default() };
     let mut s = client.events(&q).await.expect("events");
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while seen.len() < 5 {
         let e = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("in time").expect("open").expect("event");
         assert_eq!(e.sandbox_id, id);
         seen.push(e);
     }
-    assert_eq!(seen.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created", "paused", "killed", "destroyed"]);
-    let q = airlock_sdk::EventQuery { sandbox: Some(id.clone()), after: Some(seen[1].id), kinds: vec!["destroyed".into()], ..Default::default() };
+    assert_eq!(seen.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created", "ready", "paused", "killed", "destroyed"]);
+    let q = airlock_sdk::EventQuery { sandbox: Some(id.clone()), after: Some(seen[2].id), kinds: vec!["destroyed".into()], ..Default::default() };
     let mut s = client.events(&q).await.expect("events");
     let e = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("in time").expect("open").expect("event");
-    assert_eq!((e.kind.as_str(), e.id), ("destroyed", seen[3].id));
+    assert_eq!((e.kind.as_str(), e.id), ("destroyed", seen[4].id));
 }

@@ -28,6 +28,11 @@ pub(super) struct Plan {
     /// Volumes to bind, with what the store records about each.
     pub volumes: Vec<super::volumes::PlannedMount>,
     pub alerts: api::AlertThresholds,
+    /// Traffic wakes it when paused (E2B's auto-resume).
+    pub auto_resume: bool,
+    /// Its ports need no traffic access token.
+    pub public_traffic: bool,
+    pub mask_host: String,
     /// Set when the sandbox is started for this warm pool: it waits,
     /// `Pooled`, for a create to claim it.
     pub pool: Option<String>,
@@ -86,9 +91,21 @@ impl Service {
         let tpl = self.ensure_template(&template).await?;
         let setup = setup_script(req.install_packages.as_ref(), req.startup_script.as_deref())?;
         let alerts = super::metrics::check_alerts(req.alerts.as_ref())?;
+        let auto_pause = req.auto_pause.unwrap_or(false);
+        let auto_pause_memory = req.auto_pause_memory.unwrap_or(true);
+        let auto_resume = req.auto_resume.is_some_and(|a| a.enabled);
+        // As E2B's SDKs check it: auto-resume wakes what a timeout paused.
+        if auto_resume && !auto_pause {
+            return Err(ApiError::BadRequest("autoResume needs autoPause: a sandbox that is killed at its timeout cannot be resumed".into()));
+        }
+        let (public_traffic, mask_host, deny_all) = network_options(req.other.get("network"))?;
+        let internet = internet && !deny_all;
         Ok(Plan {
             alerts,
             pool: None,
+            auto_resume,
+            public_traffic,
+            mask_host,
             template,
             rootfs: tpl.rootfs(),
             tpl: Some(tpl),
@@ -100,8 +117,8 @@ impl Service {
             env,
             metadata,
             secure,
-            auto_pause: req.auto_pause.unwrap_or(false),
-            auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+            auto_pause,
+            auto_pause_memory,
             setup,
             volumes,
         })
@@ -146,6 +163,10 @@ impl Service {
             death: String::new(),
             alerts: plan.alerts,
             pool: plan.pool.clone().unwrap_or_default(),
+            auto_resume: plan.auto_resume,
+            timeout_s: plan.timeout_s,
+            public_traffic: plan.public_traffic,
+            mask_host: plan.mask_host.clone(),
         };
         // Admission first: the limits and the row in one transaction, so
         // concurrent creates cannot overshoot them and a crash from here on
@@ -399,6 +420,32 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> 
         }
     }
     Ok(())
+}
+
+/// The `network` create option: what this server does (the traffic
+/// token on ports, the host mask), and a clear refusal for the egress rules
+/// it does not enforce yet, rather than a sandbox that silently ignores
+/// the restriction its creator asked for.
+/// Returns (public traffic, host mask, all egress denied).
+fn network_options(v: Option<&serde_json::Value>) -> Result<(bool, String, bool), ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((true, String::new(), false)) };
+    let n: api::NetworkOptions = serde_json::from_value(v.clone()).map_err(|e| ApiError::BadRequest(format!("invalid network options: {e}")))?;
+    // E2B's all-traffic entry alone is what allow_internet_access=false means.
+    let deny_all = n.allow_out.is_empty() && !n.deny_out.is_empty() && n.deny_out.iter().all(|d| d.trim() == "0.0.0.0/0");
+    let rules = n.rules.as_ref().is_some_and(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty()) && r.as_array().is_none_or(|a| !a.is_empty()));
+    if !deny_all && (!n.allow_out.is_empty() || !n.deny_out.is_empty()) || n.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) || rules {
+        return Err(ApiError::BadRequest(
+            "this server does not enforce egress rules (network.allow_out, deny_out other than 0.0.0.0/0, egress_proxy, rules) yet: create without them, or with allow_internet_access=false for no internet at all".into(),
+        ));
+    }
+    if !n.https_ports.is_empty() {
+        return Err(ApiError::BadRequest("network.https_ports is not supported by this server yet".into()));
+    }
+    let mask = n.mask_request_host.unwrap_or_default();
+    if mask.len() > 255 || mask.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::BadRequest(format!("invalid network.mask_request_host {mask:?}")));
+    }
+    Ok((n.allow_public_traffic.unwrap_or(true), mask, deny_all))
 }
 
 /// What a host without a firewall needs, for messages.

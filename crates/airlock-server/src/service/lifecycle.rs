@@ -399,10 +399,33 @@ impl Service {
             .map(|r| r.id)
     }
 
+    /// `route`, but a paused sandbox created with auto-resume is resumed
+    /// first (with the timeout it was created with), as E2B's proxy does:
+    /// the request that found it paused is the one that wakes it.
+    pub async fn route_waking(&self, id: &str) -> Result<(SandboxInfo, SandboxRow), ApiError> {
+        match self.route_row(id).await {
+            Err(ApiError::Conflict(m)) => {
+                let row = self.row(id).await?;
+                if !row.auto_resume || !(row.state.needs_resume() || row.state == State::Pausing || row.state == State::Resuming) {
+                    return Err(ApiError::Conflict(m));
+                }
+                tracing::info!(sandbox_id = %id, "traffic to a paused sandbox with auto-resume: resuming it");
+                self.connect(id, Some(row.timeout_s)).await?;
+                self.route_row(id).await
+            }
+            r => r,
+        }
+    }
+
     /// The agent socket of a running sandbox, for the proxy: the store row
     /// and the kernel's view in one trip to the blocking pool, since this
     /// runs for every proxied request.
     pub async fn route(&self, id: &str) -> Result<SandboxInfo, ApiError> {
+        self.route_row(id).await.map(|(i, _)| i)
+    }
+
+    /// `route` with the row it read (the proxy checks its traffic settings).
+    pub async fn route_row(&self, id: &str) -> Result<(SandboxInfo, SandboxRow), ApiError> {
         let store = self.store.clone();
         let backend = self.backend.clone();
         let id2 = id.to_string();
@@ -427,6 +450,6 @@ impl Service {
         if info.frozen {
             return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
         }
-        Ok(info)
+        Ok((info, row))
     }
 }

@@ -163,7 +163,10 @@ impl Service {
                 batch.push((row.id.clone(), s));
                 // The kernel's count of OOM kills in its memory group: a
                 // rise is a process of the sandbox killed since the last look.
-                let seen = ooms.insert(row.id.clone(), oom_kills).unwrap_or(0);
+                // First seen by this server: kills from before its start were
+                // reported by the one before (a restart must not repeat them).
+                let baseline = if row.started_at < self.started_ms { oom_kills } else { 0 };
+                let seen = ooms.insert(row.id.clone(), oom_kills).unwrap_or(baseline);
                 checks.push((row, s, oom_kills.saturating_sub(seen)));
             }
         }

@@ -30,6 +30,7 @@ use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
 mod create;
 mod disk;
+pub mod e2b_builds;
 mod execlog;
 mod lifecycle;
 mod logs;
@@ -39,6 +40,7 @@ mod state;
 mod templates;
 mod views;
 mod volumes;
+mod webhooks;
 
 #[cfg(test)]
 mod fake;
@@ -49,6 +51,7 @@ pub use create::{setup_script, NO_FIREWALL_HINT};
 pub use execlog::LogQuery;
 pub use state::import_limit_bytes;
 pub use volumes::{entry_stat, file_info};
+pub use webhooks::EventListing;
 
 /// A failed action, mapped to an HTTP status by the API layer.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +178,9 @@ pub struct ListFilter {
     /// Opaque token from a previous page (the last seen sequence number).
     pub next_token: Option<String>,
     pub template: Option<String>,
+    /// Started at or after / before (unix ms).
+    pub started_after: Option<i64>,
+    pub started_before: Option<i64>,
 }
 
 pub struct Page {
@@ -204,6 +210,10 @@ pub struct Service {
     pools: Mutex<HashMap<String, pools::PoolStats>>,
     /// Wakes the pool filler (a claim, a pool changed).
     pool_wake: tokio::sync::Notify,
+    /// When this server started (unix ms).
+    started_ms: i64,
+    /// E2B template builds requested or running, by build id.
+    e2b_builds: Arc<Mutex<HashMap<String, e2b_builds::Build>>>,
     /// Layer directories being made or about to be used (a snapshot
     /// before its template is saved, a fork's layer before its sandboxes
     /// exist): layer garbage collection leaves them alone.
@@ -214,6 +224,8 @@ pub struct Service {
     disk: disk::DiskGuard,
     /// Live event subscribers (the store keeps the history).
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
+    /// Tells the webhook deliveries that webhooks changed.
+    webhook_hub: crate::webhooks::Hub,
 }
 
 impl Service {
@@ -234,10 +246,13 @@ impl Service {
             ooms: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
+            e2b_builds: Default::default(),
+            started_ms: now_ms(),
             leases: Mutex::new(Default::default()),
             gc_wanted: std::sync::atomic::AtomicBool::new(false),
             disk,
             events,
+            webhook_hub: Default::default(),
         })
     }
 
@@ -245,8 +260,8 @@ impl Service {
     /// operation it describes: an event that cannot be written is logged.
     pub(crate) async fn emit(&self, row: &SandboxRow, kind: &str, data: serde_json::Value) {
         let store = self.store.clone();
-        let (id, meta, k) = (row.id.clone(), row.metadata.clone(), kind.to_string());
-        match self.blocking(move || store.append_event(now_ms(), &id, &k, &meta, &data)).await {
+        let (id, template, meta, k) = (row.id.clone(), row.template.clone(), row.metadata.clone(), kind.to_string());
+        match self.blocking(move || store.append_event(now_ms(), (&id, &template), &k, &meta, &data)).await {
             Ok(r) => self.publish(&row.id, kind, r),
             Err(e) => {
                 crate::telemetry::TELEMETRY.events_failed.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +287,10 @@ impl Service {
     /// A live feed of events from now on (see `events`).
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::events::Event> {
         self.events.subscribe()
+    }
+
+    pub fn webhook_hub(&self) -> &crate::webhooks::Hub {
+        &self.webhook_hub
     }
 
     /// Stored events after `after` (see `events`).

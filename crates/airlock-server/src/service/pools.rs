@@ -139,6 +139,10 @@ impl Service {
             death: String::new(),
             alerts: plan.alerts,
             pool: String::new(),
+            auto_resume: plan.auto_resume,
+            timeout_s: plan.timeout_s,
+            public_traffic: plan.public_traffic,
+            mask_host: plan.mask_host.clone(),
         };
         // One trip to the blocking pool for the claim, the agent's socket
         // and what a restart boots with; one for going live with its
@@ -204,7 +208,7 @@ impl Service {
         let now = now_ms();
         let end = now + plan.timeout_s * 1000;
         let store = self.store.clone();
-        let (id, meta) = (row.id.clone(), row.metadata.clone());
+        let (id, template, meta) = (row.id.clone(), row.template.clone(), row.metadata.clone());
         let created = plan.setup.is_none().then(|| serde_json::json!({"templateID": row.template, "cpuCount": row.cpus, "memoryMB": row.memory_mb, "pool": pool}));
         let (live, events) = self
             .blocking(move || -> Result<_, StoreError> {
@@ -213,9 +217,9 @@ impl Service {
                 }
                 let mut evs = Vec::new();
                 if let Some(c) = created {
-                    evs.push(store.append_event(now, &id, "created", &meta, &c));
+                    evs.push(store.append_event(now, (&id, &template), "created", &meta, &c));
                 }
-                evs.push(store.append_event(now, &id, "ready", &meta, &serde_json::json!({"endAt": rfc3339_ms(end)})));
+                evs.push(store.append_event(now, (&id, &template), "ready", &meta, &serde_json::json!({"endAt": rfc3339_ms(end)})));
                 Ok((true, evs))
             })
             .await

@@ -198,6 +198,9 @@ impl Service {
             volumes: Vec::new(),
             alerts: row.alerts,
             pool: None,
+            auto_resume: row.auto_resume,
+            public_traffic: row.public_traffic,
+            mask_host: row.mask_host.clone(),
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -521,6 +524,9 @@ impl Service {
             volumes: Vec::new(),
             alerts: Default::default(),
             pool: None,
+            auto_resume: false,
+            public_traffic: true,
+            mask_host: String::new(),
         };
         let r = self.launch(plan).await;
         drop(lease);

@@ -99,3 +99,37 @@ impl Service {
         self.collect_layers(false).await.map(|_| ())
     }
 }
+
+impl Service {
+    /// E2B's `GET /default-templates`: `base` and the shipped recipes, in
+    /// E2B's `Template` shape; one not built yet (it is built on first use)
+    /// is `waiting`.
+    pub async fn default_templates(&self) -> Result<Vec<serde_json::Value>, ApiError> {
+        let mut out = Vec::new();
+        for name in std::iter::once("base").chain(airlock_template::recipe::BUILTIN) {
+            let t = self.find_template(name).await?;
+            let at = t.as_ref().map(|t| rfc3339_ms(t.created_at)).unwrap_or_else(|| rfc3339_ms(0));
+            out.push(serde_json::json!({
+                "templateID": name,
+                "buildID": t.as_ref().map(|t| t.digest.clone()).unwrap_or_default(),
+                "cpuCount": self.cfg.default_cpus.ceil().max(1.0) as u32,
+                "memoryMB": self.cfg.default_memory_mb,
+                "diskSizeMB": self.cfg.default_disk_mb,
+                "public": true,
+                "aliases": t.as_ref().map(|t| t.aliases.clone()).unwrap_or_default(),
+                "names": [name],
+                "createdAt": at,
+                "updatedAt": at,
+                "createdBy": null,
+                "lastSpawnedAt": null,
+                "spawnCount": 0,
+                "buildCount": u32::from(t.is_some()),
+                "envdVersion": ENVD_VERSION,
+                "buildStatus": if t.is_some() { "ready" } else { "waiting" },
+                "isDefault": true,
+                "description": if name == "base" { "the host's userland, read-only, with a private writable layer" } else { "a shipped recipe, built on first use" },
+            }));
+        }
+        Ok(out)
+    }
+}

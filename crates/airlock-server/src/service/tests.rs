@@ -309,6 +309,10 @@ fn admission_counts_creates_in_flight_and_every_sandbox() {
         death: String::new(),
         alerts: Default::default(),
         pool: String::new(),
+        auto_resume: false,
+        timeout_s: 300,
+        public_traffic: true,
+        mask_host: String::new(),
     };
     let s = w.svc.store();
     assert_eq!(s.admit(&row("a", State::Creating), &[], 2, 3).expect("admit"), Ok(()));

@@ -13,7 +13,9 @@ pub(super) const EXAMPLES: &str = "Examples:
 
 Types: created, ready, error, paused, resumed, timeout, timeout_changed,
 snapshot, reset, restarted, resources_changed, resource_alert, oom, died,
-killed, destroyed. Follows until interrupted.";
+killed, destroyed, or E2B's names (sandbox.lifecycle.created, .killed,
+.paused, .resumed, .updated, .checkpointed). Follows until interrupted. To
+have events POSTed to a URL instead, see `airlock webhook`.";
 
 #[derive(clap::Args, Debug)]
 pub(super) struct EventsArgs {

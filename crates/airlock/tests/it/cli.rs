@@ -491,3 +491,61 @@ async fn pool_resources_alerts_and_top_commands() {
     let o = cli.run(&["pool", "delete", "small"]);
     assert!(!o.status.success(), "gone");
 }
+
+#[tokio::test]
+async fn webhook_commands_create_list_show_and_remove() {
+    let cli = Cli::start().await;
+    // No sandbox runs here, so nothing is ever delivered to the URL.
+    let mut c = cli.cmd(&["webhook", "create", "http://127.0.0.1:9/hook", "--event", "created,sandbox.lifecycle.killed", "--name", "cli"]);
+    let o = c.env("AIRLOCK_WEBHOOK_SECRET", "from-the-env").output().expect("run");
+    assert!(o.status.success(), "{}", stderr_line(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(id.starts_with("wh_"), "{id}");
+    let list = cli.json(&["webhook", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!((list[0]["id"].as_str(), list[0]["signed"].as_bool()), (Some(id.as_str()), Some(true)), "the secret came from the environment: {list}");
+    assert!(!list.to_string().contains("from-the-env"), "never shown: {list}");
+    let show = cli.ok(&["webhook", "show", &id]);
+    assert!(show.contains("created,sandbox.lifecycle.killed") && show.contains("delivered:  0"), "{show}");
+    let table = cli.ok(&["webhooks", "ls"]);
+    assert!(table.contains(&id) && table.contains("http://127.0.0.1:9/hook"), "{table}");
+    let o = cli.run(&["webhook", "create", "ftp://127.0.0.1:9/hook"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr_line(&o).contains("https://"), "{}", stderr_line(&o));
+    let o = cli.run(&["webhook", "create", "http://127.0.0.1:9/hook", "-e", "exploded"]);
+    assert!(stderr_line(&o).contains("unknown event type"), "{}", stderr_line(&o));
+    cli.ok(&["webhook", "rm", &id]);
+    assert_eq!(cli.json(&["webhook", "list"]), Value::Array(vec![]));
+    assert_eq!(cli.run(&["webhook", "rm", &id]).status.code(), Some(1), "removing twice is an error");
+}
+
+/// `airlock cleanup` in a network namespace of the test's own (so the
+/// host's rules, which other tests' sandboxes use, are never touched):
+/// refused while a sandbox interface exists, then Airlock's chains and
+/// jumps go and a rule of someone else's stays.
+#[test]
+fn cleanup_removes_the_firewall_only_when_no_sandbox_needs_it() {
+    let ns = format!("t-cleanup-{}", std::process::id());
+    let sh = |script: &str| Command::new("ip").args(["netns", "exec", &ns, "sh", "-c", script]).output().expect("ip netns exec");
+    assert!(Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success());
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(ns.clone());
+    let o = sh("iptables -N AIRLOCK-FORWARD && iptables -A AIRLOCK-FORWARD -j ACCEPT && iptables -I FORWARD 1 -i alk+ -j AIRLOCK-FORWARD \
+                && iptables -A FORWARD -s 203.0.113.9 -j DROP && ip link add alk77777 type veth peer name peer77777");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = sh(&format!("{BIN} cleanup"));
+    assert_eq!(o.status.code(), Some(1), "refused while alk77777 exists");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("alk77777"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&sh("iptables -S").stdout).contains("AIRLOCK-FORWARD"), "kept");
+    let o = sh(&format!("ip link del alk77777 && {BIN} cleanup"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("removed chain AIRLOCK-FORWARD"), "{}", String::from_utf8_lossy(&o.stdout));
+    let rules = String::from_utf8_lossy(&sh("iptables -S").stdout).into_owned();
+    assert!(!rules.contains("AIRLOCK") && rules.contains("203.0.113.9"), "{rules}");
+    assert!(String::from_utf8_lossy(&sh(&format!("{BIN} cleanup")).stdout).contains("nothing to clean up"));
+}

@@ -21,3 +21,4 @@ mod server;
 mod state;
 mod templates;
 mod volumes;
+mod webhooks;

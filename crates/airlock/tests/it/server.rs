@@ -191,7 +191,10 @@ async fn list_filters_and_pages() {
             _ => break,
         }
     }
-    assert_eq!(seen, vec!["0", "1", "2"]);
+    assert_eq!(seen, vec!["2", "1", "0"], "newest first, as E2B lists");
+    let (_, asc) = srv.api("GET", "/v2/sandboxes?metadata=group%3Dg1&order=asc", None).await;
+    let asc: Vec<&str> = asc.as_array().expect("array").iter().map(|s| s["metadata"]["i"].as_str().unwrap_or_default()).collect();
+    assert_eq!(asc, vec!["0", "1", "2"]);
     let (_, v1) = srv.api("GET", "/sandboxes?metadata=group%3Dg2", None).await;
     assert_eq!(v1.as_array().expect("array").len(), 1);
 }
