@@ -43,6 +43,7 @@ pub const KINDS: &[&str] = &[
     "destroyed",
     "resources_changed",
     "resource_alert",
+    "configured",
 ];
 
 pub const E2B_CREATED: &str = "sandbox.lifecycle.created";
@@ -71,6 +72,7 @@ const E2B_NAMES: &[(&str, &str)] = &[
     ("timeout_changed", E2B_UPDATED),
     ("restarted", E2B_UPDATED),
     ("resources_changed", E2B_UPDATED),
+    ("configured", E2B_UPDATED),
     ("snapshot", E2B_CHECKPOINTED),
 ];
 

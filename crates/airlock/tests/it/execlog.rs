@@ -36,6 +36,9 @@ async fn configured_variables_reach_later_commands_and_survive_a_restart() {
     assert_eq!(out.stdout, "[] [2]\n", "an empty value removes a variable");
     let setup: Vec<String> = sbx.logs().await.expect("set-up log").into_iter().map(|l| l.line).collect();
     assert!(setup.iter().any(|l| l == "from-configure"), "configure commands' output is in the set-up log: {setup:?}");
+    let log = sbx.execution_log(&LogQuery::default()).await.expect("log");
+    let configured = log.log_entries.iter().find(|e| e.source == LogSource::System && e.message.starts_with("configured {")).expect("a configured event");
+    assert!(configured.message.contains("SECOND"), "{configured:?}");
 
     // launch.json and the row were changed too: a restart keeps them.
     sbx.configure(&ConfigureSandbox { env_vars: [("THIRD".to_string(), "3".to_string())].into(), restart: true, ..Default::default() }).await.expect("restart");
