@@ -248,7 +248,9 @@ impl Service {
         let n = q.lines.unwrap_or(DEFAULT_LINES);
         let total = entries.len();
         let log_entries = entries.split_off(total.saturating_sub(n));
-        let logs = lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect();
+        // E2B's `logs` stay whole unless `lines` is asked for, as before.
+        let keep = q.lines.unwrap_or(usize::MAX);
+        let logs = lines.iter().skip(lines.len().saturating_sub(keep)).cloned().collect();
         Ok((ExecutionLog { logs, log_entries, stats, total_lines: total as u64 }, next, last_event, boot))
     }
 
