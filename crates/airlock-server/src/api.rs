@@ -666,8 +666,10 @@ fn log_query(q: &str) -> Result<(crate::service::LogQuery, bool), ApiError> {
         match k.as_str() {
             "lines" | "limit" => {
                 let n: usize = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid {k} {v:?}")))?;
-                if !(1..=100_000).contains(&n) {
-                    return Err(ApiError::BadRequest(format!("{k} must be between 1 and 100000, got {n}")));
+                // E2B's `limit` may be 0 (nothing); `lines` asks for some.
+                let min = usize::from(k == "lines");
+                if !(min..=100_000).contains(&n) {
+                    return Err(ApiError::BadRequest(format!("{k} must be between {min} and 100000, got {n}")));
                 }
                 out.lines = Some(n);
             }
