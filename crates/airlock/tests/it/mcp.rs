@@ -125,3 +125,35 @@ async fn airlock_mcp_serves_the_tools_on_stdio() {
         .expect("run");
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no API key"), "{out:?}");
 }
+
+/// An initialized Streamable HTTP session: the headers its requests carry.
+async fn session(srv: &Server) -> String {
+    let (s, h, msgs) = post(srv, &[("x-api-key", srv.key()), ACCEPT, JSON], initialize()).await;
+    assert_eq!(s, 200, "{msgs:?}");
+    let id = h.get("mcp-session-id").and_then(|v| v.to_str().ok()).expect("a session").to_string();
+    let common = [("x-api-key", srv.key()), ("mcp-session-id", id.as_str()), ("mcp-protocol-version", "2025-06-18"), ACCEPT, JSON];
+    post(srv, &common, Bytes::from(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string())).await;
+    id
+}
+
+async fn tool(srv: &Server, session: &str, id: u64, name: &str, args: Value) -> Value {
+    let common = [("x-api-key", srv.key()), ("mcp-session-id", session), ("mcp-protocol-version", "2025-06-18"), ACCEPT, JSON];
+    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args}});
+    let (_, _, msgs) = post(srv, &common, Bytes::from(call.to_string())).await;
+    msgs.into_iter().find(|m| m["id"] == id).expect("the answer")["result"].clone()
+}
+
+#[tokio::test]
+async fn the_sandbox_limit_is_quota_exceeded() {
+    let srv = Server::start(&["--no-network", "--max-sandboxes", "1"]).await;
+    let s = session(&srv).await;
+    let first = tool(&srv, &s, 2, "sandbox_create", json!({"timeout": 60})).await;
+    assert_eq!(first["isError"], false, "{first}");
+    let second = tool(&srv, &s, 3, "sandbox_create", json!({"timeout": 60})).await;
+    assert_eq!((second["isError"].as_bool(), second["structuredContent"]["error"]["code"].as_str()), (Some(true), Some("QUOTA_EXCEEDED")), "{second}");
+    let id = first["structuredContent"]["sandbox_id"].as_str().expect("id");
+    let gone = tool(&srv, &s, 4, "sandbox_delete", json!({"sandbox_id": id})).await;
+    assert_eq!(gone["structuredContent"]["deleted"], true, "{gone}");
+    let again = tool(&srv, &s, 5, "sandbox_create", json!({"timeout": 60})).await;
+    assert_eq!(again["isError"], false, "a deleted sandbox frees its place: {again}");
+}
