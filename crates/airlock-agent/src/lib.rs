@@ -11,6 +11,7 @@
 //! `/etc/passwd` itself rather than through NSS.
 
 mod auth;
+pub mod execlog;
 pub mod files;
 pub mod fs;
 pub mod http;
@@ -91,6 +92,8 @@ pub struct Agent {
     pub processes: process::Table,
     pub watchers: fs::Watchers,
     pub interpreter: interp::Interpreter,
+    /// Every execution and its outcome (see `execlog`).
+    pub log: Arc<execlog::ExecLog>,
     /// `sudo` commands running, by pid: where the reaper sends each status.
     pub(crate) sudo_waiters: std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::oneshot::Sender<i32>>>,
 }
@@ -104,6 +107,7 @@ impl Agent {
             processes: process::Table::default(),
             watchers: fs::Watchers::default(),
             interpreter: interp::Interpreter::default(),
+            log: Arc::default(),
             sudo_waiters: Default::default(),
         })
     }
@@ -116,6 +120,19 @@ impl Agent {
     /// A claim: from now on commands get `env` and requests need `token`.
     pub fn set_session(&self, env: BTreeMap<String, String>, token: Option<String>) {
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Session::new(env, token));
+    }
+
+    /// Sets and removes sandbox-wide variables (a configure), keeping the
+    /// token; returns the environment new commands get from now on.
+    pub fn update_env(&self, set: BTreeMap<String, String>, unset: &[String]) -> BTreeMap<String, String> {
+        let mut g = self.session.write().unwrap_or_else(|p| p.into_inner());
+        let mut env = g.env.clone();
+        for k in unset {
+            env.remove(k);
+        }
+        env.extend(set);
+        *g = Arc::new(Session::new(env.clone(), g.access_token.clone()));
+        env
     }
 
     /// The default user's home, the working directory of new code contexts.

@@ -26,12 +26,18 @@ pub(crate) fn start(agent: Arc<crate::Agent>) {
 fn reap_all(agent: &crate::Agent) {
     loop {
         let mut status = 0;
-        // SAFETY: waitpid with a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        // SAFETY: zeroed rusage is a valid value for wait4 to fill.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // wait4 rather than waitpid: the execution log records each
+        // command's CPU time and peak memory, which only the reaper can get.
+        // SAFETY: wait4 with valid out-pointers.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
         if pid <= 0 {
             return;
         }
-        agent.processes.reaped(pid as u32, status);
+        let ms = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000;
+        let usage = crate::process::table::Usage { cpu_ms: ms(ru.ru_utime) + ms(ru.ru_stime), max_rss_bytes: (ru.ru_maxrss.max(0) as u64) * 1024 };
+        agent.processes.reaped(pid as u32, status, Some(usage));
         if let Some(w) = agent.sudo_waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&(pid as u32)) {
             let _ = w.send(status);
         }

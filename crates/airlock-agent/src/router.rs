@@ -23,6 +23,10 @@ enum Route {
     Tunnel(u16),
     /// `POST /init`: the server claims a pooled sandbox (never proxied).
     Init,
+    /// `GET /airlock/log`: the execution log, for the server (never proxied).
+    Log,
+    /// `POST /airlock/env`: set and unset sandbox-wide variables (never proxied).
+    Env,
 }
 
 fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
@@ -34,6 +38,8 @@ fn route(method: &Method, uri: &http::Uri) -> Option<Route> {
         (&Method::GET, "/files") => Some(Route::FilesGet),
         (&Method::POST, "/files") => Some(Route::FilesPost),
         (&Method::POST, airlock_proto::wire::AGENT_INIT_PATH) => Some(Route::Init),
+        (&Method::GET, airlock_proto::wire::AGENT_LOG_PATH) => Some(Route::Log),
+        (&Method::POST, airlock_proto::wire::AGENT_ENV_PATH) => Some(Route::Env),
         (&Method::POST, p) => {
             let rpc = airlock_proto::wire::Rpc::from_path(p)?;
             process::Method::from_rpc(rpc).map(Route::Process).or_else(|| fs::Method::from_rpc(rpc).map(Route::Fs))
@@ -83,6 +89,20 @@ pub(crate) async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Resp {
                 return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
             }
             init(&agent, req).await
+        }
+        Route::Log => {
+            if !token_ok(&agent, &req) {
+                h::drain(req).await;
+                return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+            }
+            read_log(&agent, req.uri().query().unwrap_or("")).await
+        }
+        Route::Env => {
+            if !token_ok(&agent, &req) {
+                h::drain(req).await;
+                return h::json_err(StatusCode::UNAUTHORIZED, "invalid or missing access token");
+            }
+            update_env(&agent, req).await
         }
         Route::Process(m) => {
             if !token_ok(&agent, &req) {
@@ -135,6 +155,49 @@ async fn init(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
     let mut resp = hyper::Response::new(h::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp
+}
+
+/// Sets and unsets variables in what every new command gets; answers with
+/// the whole environment after the change.
+async fn update_env(agent: &Arc<Agent>, req: Request<Incoming>) -> Resp {
+    let body = match h::read_limited(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let r: airlock_proto::execlog::AgentEnvChange = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment change: {e}")),
+    };
+    if let Some(k) = r.set.keys().chain(&r.unset).find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment variable name {k:?}"));
+    }
+    if let Some(v) = r.set.values().find(|v| v.contains('\0')) {
+        return h::json_err(StatusCode::BAD_REQUEST, format!("invalid environment variable value {:?}", v.chars().take(40).collect::<String>()));
+    }
+    let env = agent.update_env(r.set, &r.unset);
+    h::json_ok(StatusCode::OK, &airlock_proto::execlog::AgentEnv { env })
+}
+
+/// `?after=<seq>&wait=<ms>&boot=<ms>`: entries after `after` (all without
+/// it), waiting up to `wait` for one when there are none yet; `boot` is the
+/// start time of the agent `after` came from.
+async fn read_log(agent: &Arc<Agent>, query: &str) -> Resp {
+    let (mut after, mut wait, mut boot) = (None, 0u64, None);
+    for (k, v) in airlock_proto::query::pairs(query) {
+        let n = match v.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => return h::json_err(StatusCode::BAD_REQUEST, format!("invalid {k} {v:?}")),
+        };
+        match k.as_str() {
+            "after" => after = Some(n),
+            "wait" => wait = n,
+            "boot" => boot = Some(n as i64),
+            _ => {}
+        }
+    }
+    let mut log = agent.log.read(after, std::time::Duration::from_millis(wait), boot).await;
+    log.env_names = agent.session().env.keys().cloned().collect();
+    h::json_ok(StatusCode::OK, &log)
 }
 
 fn unauthenticated(stream: bool) -> Resp {

@@ -598,7 +598,7 @@ pub struct Event {
     /// Sequence number, increasing: the SSE `id`, what `Last-Event-ID` takes.
     pub id: i64,
     /// `created`, `error`, `paused`, `resumed`, `timeout`,
-    /// `timeout_changed`, `snapshot`, `reset`, `restarted`, `oom`, `died`,
+    /// `timeout_changed`, `snapshot`, `reset`, `restarted`, `configured`, `oom`, `died`,
     /// `killed`, `destroyed`.
     #[serde(rename = "type")]
     pub kind: String,

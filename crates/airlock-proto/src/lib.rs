@@ -10,6 +10,7 @@
 pub mod api;
 pub mod connect;
 pub mod envd;
+pub mod execlog;
 pub mod json;
 pub mod query;
 pub mod time;

@@ -18,6 +18,15 @@ pub const AGENT_PORT_HEADER: &str = "x-airlock-port";
 /// environment and access token). Only the server calls it, on the
 /// agent's socket; the proxy refuses it from outside.
 pub const AGENT_INIT_PATH: &str = "/init";
+/// The agent's execution log (`GET`, `?after=<seq>&wait=<ms>`), which the
+/// server reads on the agent's socket; the proxy refuses it from outside.
+pub const AGENT_LOG_PATH: &str = "/airlock/log";
+/// The agent's environment change (`POST`: variables to set and to unset
+/// in what every new command gets), for the server's configure.
+pub const AGENT_ENV_PATH: &str = "/airlock/env";
+/// Every agent route under this prefix is the server's own: the proxy
+/// refuses them from outside.
+pub const AGENT_PRIVATE_PREFIX: &str = "/airlock/";
 
 pub use crate::envd::{ACCESS_TOKEN_HEADER, CODE_INTERPRETER_PORT, ENVD_PORT, TRAFFIC_TOKEN_HEADER};
 

@@ -27,6 +27,7 @@ pub mod commands;
 mod config;
 mod error;
 pub mod events;
+pub mod execlog;
 pub mod files;
 pub mod operations;
 mod sandbox;
@@ -42,6 +43,7 @@ pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, C
 pub use config::{Config, DEFAULT_URL};
 pub use error::{Error, Result};
 pub use events::{EventQuery, EventStream};
+pub use execlog::{LogQuery, LogStream};
 pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 pub use state::RestartOptions;
@@ -51,6 +53,7 @@ pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine
 pub use airlock_proto::api::{NewWebhook, SandboxEvent, Webhook, WebhookDelivery, WebhookPatch};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};
+pub use airlock_proto::execlog::{CommandOutcome, ConfigureResult, ConfigureSandbox, ExecutionLog, ExecutionStats, LogEntry, LogLevel, LogSource};
 pub use airlock_proto::volume::{FileInfo as VolumeFile, Uploaded, Volume, VolumeMount};
 pub use operations::MetricStream;
 pub use templates::{BuildStream, Templates};

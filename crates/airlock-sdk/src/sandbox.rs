@@ -247,6 +247,12 @@ impl Client {
         Ok(Sandbox::from_parts(self.clone(), d.sandbox_id, d.envd_access_token, d.template_id, d.envd_version))
     }
 
+    /// A handle on the sandbox `detail` describes (from [`Client::info`]
+    /// or a listing), without asking the server again.
+    pub fn from_detail(&self, detail: &SandboxDetail) -> Sandbox {
+        Sandbox::from_parts(self.clone(), detail.sandbox_id.clone(), detail.envd_access_token.clone(), detail.template_id.clone(), detail.envd_version.clone())
+    }
+
     pub async fn info(&self, id: &str) -> Result<SandboxDetail> {
         Ok(self.api_json(Method::GET, &format!("/sandboxes/{}", encode(id)), None).await?.2)
     }

@@ -137,3 +137,50 @@ pub async fn init(socket: &Path, token: Option<&str>, env: &BTreeMap<String, Str
     }
     Ok(())
 }
+
+/// Reads the agent's execution log: entries after `after` (all: `None`),
+/// waiting up to `wait_ms` for a first new one.
+/// `boot` is the start time of the agent `after` came from.
+pub async fn read_log(socket: &Path, token: Option<&str>, after: Option<u64>, wait_ms: u64, boot: i64) -> Result<airlock_proto::execlog::AgentLog, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut uri = format!("{}?wait={wait_ms}", airlock_proto::wire::AGENT_LOG_PATH);
+    if let Some(a) = after {
+        uri.push_str(&format!("&after={a}&boot={}", boot.max(0)));
+    }
+    let mut b = http::Request::builder().method("GET").uri(uri).header("host", "sandbox");
+    if let Some(t) = token {
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
+    }
+    let req = b.body(Full::new(bytes::Bytes::new())).map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = tx.send_request(req).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| AgentError::Http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(AgentError::Rpc(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(format!("reading the execution log: {e}")))
+}
+
+/// Sets and unsets sandbox-wide variables in the agent; returns what every
+/// new command gets from now on (the template's variables included).
+pub async fn update_env(socket: &Path, token: Option<&str>, change: &airlock_proto::execlog::AgentEnvChange) -> Result<BTreeMap<String, String>, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let body = serde_json::to_vec(change).map_err(|e| AgentError::Http(e.to_string()))?;
+    let mut b = http::Request::builder().method("POST").uri(airlock_proto::wire::AGENT_ENV_PATH).header("host", "sandbox").header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
+    }
+    let req = b.body(Full::new(bytes::Bytes::from(body))).map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = tx.send_request(req).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| AgentError::Http(e.to_string()))?;
+    if !status.is_success() {
+        return Err(AgentError::Rpc(format!("{status}: {}", String::from_utf8_lossy(&bytes))));
+    }
+    let env: airlock_proto::execlog::AgentEnv = serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(format!("reading the environment: {e}")))?;
+    Ok(env.env)
+}

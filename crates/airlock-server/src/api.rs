@@ -617,18 +617,96 @@ async fn delete_pool(State(s): State<AppState>, Param(name): Param) -> ApiResult
     Ok(h::empty(204))
 }
 
-/// The set-up log: start command, ready check, create-time set-up.
-#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
-    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
-async fn logs_v1(State(s): State<AppState>, Param(id): Param) -> ApiResult {
-    Ok(h::json(200, &s.svc.logs(&id).await?))
+/// The sandbox's log: E2B's `logs` (the set-up log: start command, ready
+/// check, create-time set-up, configure) and Airlock's `logEntries` (every
+/// command and code execution with its output lines and outcome, lifecycle
+/// events, the set-up log; each with a level and a source) with `stats`.
+/// `lines`: the newest that many (default 1000); `level`: that level and
+/// above; `since`: RFC 3339 or Unix ms (E2B's `start`); `follow=true`:
+/// NDJSON, one entry per line, the backlog then live entries until the
+/// sandbox stops running.
+#[utoipa::path(get, path = "/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), ("lines" = Option<u64>, Query), ("level" = Option<String>, Query), ("since" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, body = airlock_proto::execlog::ExecutionLog), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn logs_v1(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    logs(s, id, q.as_deref().unwrap_or("")).await
 }
 
-/// The set-up log (v2 path).
-#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path)),
-    responses((status = 200, body = wire::SandboxLogs), (status = 404, body = wire::ApiError)))]
-async fn logs_v2(State(s): State<AppState>, Param(id): Param) -> ApiResult {
-    Ok(h::json(200, &s.svc.logs(&id).await?))
+/// The sandbox's log (v2 path); see `GET /sandboxes/{id}/logs`.
+#[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), ("lines" = Option<u64>, Query), ("level" = Option<String>, Query), ("since" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, body = airlock_proto::execlog::ExecutionLog), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+async fn logs_v2(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
+    logs(s, id, q.as_deref().unwrap_or("")).await
+}
+
+async fn logs(s: AppState, id: String, q: &str) -> ApiResult {
+    let (query, follow) = log_query(q)?;
+    if !follow {
+        return Ok(h::json(200, &s.svc.execution_log(&id, &query).await?));
+    }
+    let rx = s.svc.follow_log(&id, query).await?;
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        let e = rx.recv().await?;
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, crate::http::BoxError>(http_body::Frame::data(bytes::Bytes::from(line))), rx))
+    }));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// `lines`/`limit`, `level`, `since`/`start`, `follow`.
+fn log_query(q: &str) -> Result<(crate::service::LogQuery, bool), ApiError> {
+    let mut out = crate::service::LogQuery::default();
+    let mut follow = false;
+    for (k, v) in query_pairs(q) {
+        if v.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "lines" | "limit" => {
+                let n: usize = v.parse().map_err(|_| ApiError::BadRequest(format!("invalid {k} {v:?}")))?;
+                // E2B's `limit` may be 0 (nothing); `lines` asks for some.
+                let min = usize::from(k == "lines");
+                if !(min..=100_000).contains(&n) {
+                    return Err(ApiError::BadRequest(format!("{k} must be between {min} and 100000, got {n}")));
+                }
+                out.lines = Some(n);
+            }
+            "level" => {
+                out.level = Some(airlock_proto::execlog::LogLevel::parse(&v).ok_or_else(|| ApiError::BadRequest(format!("invalid level {v:?}: use debug, info, warn or error")))?)
+            }
+            "since" | "start" => {
+                let ms = match v.parse::<i64>() {
+                    Ok(n) => n,
+                    Err(_) => airlock_proto::time::parse_rfc3339(&v)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as i64)
+                        .ok_or_else(|| ApiError::BadRequest(format!("invalid {k} {v:?}: use RFC 3339 or Unix milliseconds")))?,
+                };
+                out.since_ms = Some(ms);
+            }
+            "follow" => {
+                follow = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    o => return Err(ApiError::BadRequest(format!("invalid follow {o:?}: use true or false"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((out, follow))
+}
+
+/// Changes a running sandbox: environment variables that every later
+/// command and new code context sees, packages (pip, npm, apt; names
+/// checked), commands whose output goes to the set-up log, and a restart.
+#[utoipa::path(post, path = "/sandboxes/{id}/configure", tag = "sandboxes", params(("id" = String, Path)), request_body = airlock_proto::execlog::ConfigureSandbox,
+    responses((status = 200, body = airlock_proto::execlog::ConfigureResult), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn configure(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: airlock_proto::execlog::ConfigureSandbox = read_json(body, MAX_BODY).await?;
+    Ok(h::json(200, &s.svc.configure(&id, b).await?))
 }
 
 /// E2B's default templates: `base` and the shipped recipes, in E2B's
@@ -940,7 +1018,8 @@ macro_rules! routes {
         #[openapi(
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
-            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
+            components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
+                airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
                 wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
@@ -1014,6 +1093,7 @@ routes! {
         get "/health/details" => health_details,
         get "/sandboxes/{id}/logs" => logs_v1,
         get "/v2/sandboxes/{id}/logs" => logs_v2,
+        post "/sandboxes/{id}/configure" => configure,
         get "/templates" => list_templates,
         get "/default-templates" => default_templates,
         post "/v3/templates" => request_build,
@@ -1085,9 +1165,38 @@ async fn not_found(method: http::Method, uri: http::Uri) -> Resp {
 
 /// The control API as a tower service.
 pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
+    router_with(svc, limiter, None)
+}
+
+/// The control API with `extra` routes (the MCP endpoint) mounted behind
+/// the same authentication and rate limit, which take the key from
+/// `X-API-KEY` or, on these routes only, `Authorization: Bearer` (what
+/// remote MCP clients are configured to send).
+pub fn router_with(svc: Arc<Service>, limiter: Arc<RateLimiter>, extra: Option<axum::Router>) -> axum::Router {
     let state = AppState { svc, limiter };
     let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    public_routes().merge(private).fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace)).with_state(state)
+    let mut api = public_routes().merge(private).with_state(state.clone());
+    if let Some(extra) = extra {
+        api = api.merge(extra.route_layer(axum::middleware::from_fn_with_state(state, authenticate)).route_layer(axum::middleware::from_fn(bearer_key)));
+    }
+    api.fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace))
+}
+
+/// `Authorization: Bearer <key>` as `X-API-KEY` when that is absent.
+async fn bearer_key(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !req.headers().contains_key(airlock_proto::wire::API_KEY_HEADER) {
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim().to_string());
+        if let Some(v) = bearer.and_then(|k| http::HeaderValue::from_str(&k).ok()) {
+            req.headers_mut().insert(airlock_proto::wire::API_KEY_HEADER, v);
+        }
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

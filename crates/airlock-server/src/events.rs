@@ -43,6 +43,7 @@ pub const KINDS: &[&str] = &[
     "destroyed",
     "resources_changed",
     "resource_alert",
+    "configured",
 ];
 
 pub const E2B_CREATED: &str = "sandbox.lifecycle.created";
@@ -71,6 +72,7 @@ const E2B_NAMES: &[(&str, &str)] = &[
     ("timeout_changed", E2B_UPDATED),
     ("restarted", E2B_UPDATED),
     ("resources_changed", E2B_UPDATED),
+    ("configured", E2B_UPDATED),
     ("snapshot", E2B_CHECKPOINTED),
 ];
 
@@ -334,6 +336,16 @@ impl Store {
              ORDER BY kind = 'destroyed', seq DESC LIMIT 1"
         ))?;
         Ok(st.query_row(params![sandbox_id], event_row).optional()?)
+    }
+
+    /// One sandbox's newest `limit` events, oldest first (what its
+    /// execution log shows of its lifecycle).
+    pub fn last_events(&self, sandbox: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM events WHERE sandbox_id = ?1 ORDER BY seq DESC LIMIT ?2"))?;
+        let mut v = st.query_map(params![sandbox, limit.min(i64::MAX as usize) as i64], event_row)?.collect::<Result<Vec<_>, _>>()?;
+        v.reverse();
+        Ok(v)
     }
 
     /// Drops all but the newest `keep` events; returns how many went.

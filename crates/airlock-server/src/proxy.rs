@@ -73,8 +73,9 @@ fn strip_hop_headers(h: &mut HeaderMap, keep_upgrade: bool) {
 
 pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) -> Resp {
     // The claim route changes the token and environment the server
-    // recorded: only the server itself may call it.
-    if t.port == ENVD_PORT && req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH {
+    // recorded, the environment route too, and the log route is the
+    // server's to merge and filter: only the server itself may call them.
+    if t.port == ENVD_PORT && (req.uri().path() == airlock_proto::wire::AGENT_INIT_PATH || req.uri().path().starts_with(airlock_proto::wire::AGENT_PRIVATE_PREFIX)) {
         return h::error(404, format!("no route for {} {}", req.method(), req.uri().path()));
     }
     let (info, row) = match svc.route_waking(&t.id).await {

@@ -49,6 +49,8 @@ pub struct Server {
     limiter: Arc<RateLimiter>,
     /// Set when the server created a key on first start: show it once.
     pub new_key: Option<String>,
+    /// Routes served beside the API, behind its authentication (`/mcp`).
+    extra: Option<axum::Router>,
 }
 
 pub fn open_store(data_dir: &std::path::Path) -> Result<Store, ServeError> {
@@ -91,7 +93,15 @@ impl Server {
         service.restore_volumes().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.init_pools().await.map_err(|e| ServeError::Other(e.to_string()))?;
-        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key })
+        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None })
+    }
+
+    /// Serves `routes` beside the control API, behind its authentication
+    /// and rate limit (the binary mounts the MCP endpoint this way, so this
+    /// crate does not depend on the MCP server).
+    pub fn with_routes(mut self, routes: axum::Router) -> Self {
+        self.extra = Some(routes);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -102,7 +112,7 @@ impl Server {
     /// sandboxes keep running.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let svc = self.service.clone();
-        let api = api::router(svc.clone(), self.limiter.clone());
+        let api = api::router_with(svc.clone(), self.limiter.clone(), self.extra.clone());
         let nofile = conn::nofile_limit();
         let limits = conn::Limits::new(svc.cfg.max_connections, svc.cfg.max_connections_per_client, nofile);
         if let Some(n) = nofile.filter(|n| (limits.max as u64).saturating_mul(2) + limits.reserve as u64 > *n) {

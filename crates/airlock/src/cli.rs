@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod client;
 mod events;
+mod mcp;
 mod ops;
 mod progress;
 mod shell;
@@ -95,12 +96,16 @@ enum Cmd {
     ///
     /// Without a process: the server's set-up log (start command, package
     /// installs, startup script output) and the processes the sandbox's
-    /// agent runs (pid, tag, command). The server keeps no log of what
-    /// commands print; the agent keeps each process's recent output, so
-    /// with a pid or tag this shows that output (up to 1 MiB) and follows
-    /// it live until the process exits.
+    /// agent runs (pid, tag, command). With a pid or tag: that process's
+    /// recent output (up to 1 MiB), followed live until it exits. With
+    /// --exec (or --follow, --level, --lines, --since): the execution log,
+    /// every command and code run with its output lines and outcome plus
+    /// lifecycle events, and the execution counts.
     #[command(after_help = client::LOGS_EXAMPLES)]
     Logs(client::LogsArgs),
+    /// Serve the MCP tools (sandbox_create, sandbox_execute, ...) on stdio, for MCP clients.
+    #[command(after_help = mcp::MCP_EXAMPLES)]
+    Mcp(mcp::McpArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  airlock completions bash > /etc/bash_completion.d/airlock\n  airlock completions zsh > \"${fpath[1]}/_airlock\"\n  airlock completions fish > ~/.config/fish/completions/airlock.fish"
@@ -259,7 +264,10 @@ enum RuntimeCmd {
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_logs = matches!(&cli.command, Cmd::Serve(a) if a.log_format == "json");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // `airlock mcp` runs under an MCP client that shows its stderr to
+    // people: only warnings unless RUST_LOG asks for more.
+    let default_level = if matches!(&cli.command, Cmd::Mcp(_)) { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
     if json_logs {
         let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     } else {
@@ -332,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Cp(a) => return client::run(client::Command::Cp(a)),
         Cmd::Run(a) => return client::run(client::Command::Run(a)),
         Cmd::Logs(a) => return client::run(client::Command::Logs(a)),
+        Cmd::Mcp(a) => return mcp::run(a),
         Cmd::Completions { shell } => clap_complete::generate(shell, &mut Cli::command(), "airlock", &mut std::io::stdout()),
         Cmd::Runtime(RuntimeCmd::Create { data_dir, template, no_internet }) => {
             let store = airlock_template::Store::new(data_dir.join("templates"));
@@ -417,6 +426,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let server = airlock_server::Server::bind(cfg).await?;
         let addr = server.local_addr()?;
+        // The MCP endpoint calls this server's own API on loopback with
+        // each caller's key (see airlock_mcp::http_service for why).
+        let own = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port())),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+            _ => addr,
+        };
+        let server = server.with_routes(axum::Router::new().route_service("/mcp", airlock_mcp::http_service(format!("http://{own}"))));
         if let Some(key) = &server.new_key {
             println!("Created an API key (shown once; manage keys with `airlock keys`):\n");
             println!("  export E2B_API_URL=http://{addr}");

@@ -137,6 +137,16 @@ pub enum Kind {
     Bash,
 }
 
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Python => "python",
+            Kind::JavaScript => "javascript",
+            Kind::Bash => "bash",
+        }
+    }
+}
+
 /// E2B's language normalisation: trimmed, lowercased, `js`→`javascript`,
 /// `ts`→`typescript` (run by the JavaScript kernel), default `python`.
 pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), InterpError> {
@@ -404,6 +414,10 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
             return;
         }
     };
+    // A cell is an execution too: its start, output and outcome go to the
+    // execution log under the kernel's pid.
+    let mut logged = agent.log.started(k.pid.max(0) as u32, &format!("{} cell: {}", ctx.kind.name(), code.trim()));
+    let mut failed: Option<String> = None;
     let mut dead = k.requests.write_all(request.as_bytes()).await.is_err();
     let mut interrupted_at: Option<tokio::time::Instant> = None;
     let mut out_carry = Utf8Carry::default();
@@ -426,7 +440,11 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
                             count = v["execution_count"].as_u64();
                             break;
                         }
-                        Some("result") | Some("error") => {
+                        Some("result") => {
+                            let _ = tx.send(line(v)).await;
+                        }
+                        Some("error") => {
+                            failed = Some(format!("{}: {}", v["name"].as_str().unwrap_or("Error"), v["value"].as_str().unwrap_or("")));
                             let _ = tx.send(line(v)).await;
                         }
                         _ => {}
@@ -438,6 +456,7 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
                 if let Ok(mut g) = g {
                     match read_nb(k.stdout.get_ref(), &mut buf) {
                         ReadResult::Data(n) => {
+                            agent.log.output(&mut logged, false, &buf[..n]);
                             let t = out_carry.push(&buf[..n]);
                             if !t.is_empty() { let _ = tx.send(line(json!({"type": "stdout", "text": t, "timestamp": now()}))).await; }
                         }
@@ -450,6 +469,7 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
                 if let Ok(mut g) = g {
                     match read_nb(k.stderr.get_ref(), &mut buf) {
                         ReadResult::Data(n) => {
+                            agent.log.output(&mut logged, true, &buf[..n]);
                             let t = err_carry.push(&buf[..n]);
                             if !t.is_empty() { let _ = tx.send(line(json!({"type": "stderr", "text": t, "timestamp": now()}))).await; }
                         }
@@ -476,12 +496,21 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
     // Output written before the kernel said "done" is already in the pipes.
     for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
         while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
+            agent.log.output(&mut logged, kind == "stderr", &buf[..n]);
             let t = carry.push(&buf[..n]);
             if !t.is_empty() {
                 let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
             }
         }
     }
+    let error = if dead {
+        Some("the kernel stopped during execution".to_string())
+    } else if interrupted_at.is_some() {
+        Some("interrupted".to_string())
+    } else {
+        failed
+    };
+    agent.log.ended(logged, crate::execlog::Outcome { exit_code: i32::from(error.is_some()), error, cpu_ms: None, max_rss_bytes: None });
     if dead {
         let _ = tx
             .send(line(json!({"type": "error", "name": "UnexpectedEndOfExecution", "value": "the kernel stopped during execution; its state was lost and it will be restarted", "traceback": ""})))

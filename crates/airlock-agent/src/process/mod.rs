@@ -38,7 +38,7 @@ mod io;
 mod pty;
 mod signals;
 mod start;
-mod table;
+pub(crate) mod table;
 
 pub(crate) use signals::end_event;
 pub(crate) use start::command_env;

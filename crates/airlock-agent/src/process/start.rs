@@ -41,6 +41,18 @@ pub(crate) fn command_env(agent: &Agent, user: &User, req: &BTreeMap<String, Str
     env
 }
 
+/// A process's command as the log shows it: `bash -l -c 'x'` as `x`.
+fn command_line(c: &ProcessConfig) -> String {
+    if matches!(c.cmd.as_str(), "/bin/bash" | "bash" | "/bin/sh" | "sh")
+        && c.args.len() >= 2
+        && c.args[c.args.len() - 2].ends_with('c')
+        && c.args[c.args.len() - 2].starts_with('-')
+    {
+        return c.args[c.args.len() - 1].clone();
+    }
+    std::iter::once(c.cmd.as_str()).chain(c.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+}
+
 pub(crate) fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Result<Arc<Proc>, ConnectError> {
     if r.process.cmd.is_empty() {
         return Err(ConnectError::invalid_argument("process.cmd is required"));
@@ -130,6 +142,9 @@ pub(crate) fn start(agent: &Arc<Agent>, r: StartRequest, ctx: &RequestCtx) -> Re
         input,
         output: Mutex::new(Output { history: VecDeque::new(), history_bytes: 0, subscribers: Vec::new(), end: None }),
         status: status_tx,
+        exec: Mutex::new(Some(agent.log.started(pid, &command_line(&r.process)))),
+        log: agent.log.clone(),
+        usage: Mutex::new(None),
     });
     table.procs.insert(pid, p.clone());
     if let Some(tag) = &r.tag {

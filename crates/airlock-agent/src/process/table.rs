@@ -44,6 +44,18 @@ pub(crate) struct Proc {
     pub(crate) output: Mutex<Output>,
     /// The raw wait status, published by the reaper.
     pub(crate) status: watch::Sender<Option<i32>>,
+    /// The execution log's view of this process until it ends.
+    pub(crate) exec: Mutex<Option<crate::execlog::Execution>>,
+    pub(crate) log: Arc<crate::execlog::ExecLog>,
+    /// CPU time and peak memory from `wait4`, set by the reaper.
+    pub(crate) usage: Mutex<Option<Usage>>,
+}
+
+/// What the kernel says a process used, at its end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Usage {
+    pub(crate) cpu_ms: u64,
+    pub(crate) max_rss_bytes: u64,
 }
 
 impl Proc {
@@ -73,7 +85,32 @@ impl Proc {
         (history, end, rx)
     }
 
+    /// Tells the execution log about output and the end.
+    fn log_event(&self, ev: &Event) {
+        let mut x = self.exec.lock().unwrap_or_else(|p| p.into_inner());
+        match ev {
+            Event::Data(d) => {
+                if let Some(x) = x.as_mut() {
+                    match d {
+                        DataOutput::Stdout(b) | DataOutput::Pty(b) => self.log.output(x, false, b),
+                        DataOutput::Stderr(b) => self.log.output(x, true, b),
+                    }
+                }
+            }
+            Event::End(e) => {
+                if let Some(x) = x.take() {
+                    let u = *self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                    self.log.ended(
+                        x,
+                        crate::execlog::Outcome { exit_code: e.exit_code, error: e.error.clone(), cpu_ms: u.map(|u| u.cpu_ms), max_rss_bytes: u.map(|u| u.max_rss_bytes) },
+                    );
+                }
+            }
+        }
+    }
+
     pub(crate) async fn publish(&self, ev: Event) {
+        self.log_event(&ev);
         let subs = {
             let mut out = self.output();
             match &ev {
@@ -142,7 +179,7 @@ impl Table {
 
     /// Called by the reaper for every child it collects. Unknown pids are
     /// orphans re-parented to PID 1 and need nothing more.
-    pub(crate) fn reaped(&self, pid: u32, status: i32) {
+    pub(crate) fn reaped(&self, pid: u32, status: i32, usage: Option<Usage>) {
         let proc_ = {
             let mut t = self.lock();
             let p = t.procs.get(&pid).cloned();
@@ -163,6 +200,7 @@ impl Table {
             p
         };
         if let Some(p) = proc_ {
+            *p.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
             p.status.send_replace(Some(status));
         }
     }

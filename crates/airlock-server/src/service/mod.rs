@@ -31,6 +31,7 @@ use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 mod create;
 mod disk;
 pub mod e2b_builds;
+mod execlog;
 mod lifecycle;
 mod logs;
 mod metrics;
@@ -47,6 +48,7 @@ mod fake;
 mod tests;
 
 pub use create::{setup_script, NO_FIREWALL_HINT};
+pub use execlog::LogQuery;
 pub use state::import_limit_bytes;
 pub use volumes::{entry_stat, file_info};
 pub use webhooks::EventListing;

@@ -52,7 +52,9 @@ pub(super) const LOGS_EXAMPLES: &str = "\
 Examples:
   airlock logs <id>                                     # set-up log and the agent's processes
   airlock logs <id> 42                                  # output of pid 42, followed
-  airlock logs <id> web                                 # output of the process tagged `web`";
+  airlock logs <id> web                                 # output of the process tagged `web`
+  airlock logs <id> --exec -n 50 --level warn           # the execution log: runs, output, outcomes
+  airlock logs <id> -f                                  # follow the execution log";
 
 /// Where the server is and how to talk to it; every client command has these.
 #[derive(clap::Args, Debug, Clone)]
@@ -231,6 +233,12 @@ enum SandboxCmd {
         #[arg(long)]
         check: Vec<String>,
     },
+    /// Change a running sandbox's environment (every later command sees
+    /// it), install packages, run set-up commands (output in the set-up log).
+    #[command(
+        after_help = "Examples:\n  airlock sbx configure <id> --env API_URL=http://127.0.0.1:8080 --pip requests\n  airlock sbx configure <id> --run 'git config --global user.name bot' --restart"
+    )]
+    Configure(super::mcp::ConfigureArgs),
     /// Change a running sandbox's limits in place (memory below what it
     /// holds is refused; the disk limit only grows).
     #[command(after_help = "Examples:\n  airlock sbx resources <id> --memory-mb 2048\n  airlock sbx resources <id> --cpus 4 --disk-mb 20480")]
@@ -434,6 +442,21 @@ pub(super) struct LogsArgs {
     id: String,
     /// A process's pid or tag: show its output.
     process: Option<String>,
+    /// Show the execution log: every command and code run, its output and outcome.
+    #[arg(long = "exec")]
+    exec: bool,
+    /// Follow the execution log until the sandbox stops.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only entries at this level and above (debug, info, warn, error).
+    #[arg(long)]
+    level: Option<String>,
+    /// The newest this many entries.
+    #[arg(short = 'n', long)]
+    lines: Option<u32>,
+    /// Only entries at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 pub(super) enum Command {
@@ -644,6 +667,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         }
+        SandboxCmd::Configure(a) => super::mcp::configure(&client, a, json).await?,
         SandboxCmd::Resources { id, cpus, memory_mb, disk_mb } => super::ops::resources(&client, &id, cpus, memory_mb, disk_mb, json).await?,
         SandboxCmd::Alerts { id, cpu, memory, disk } => super::ops::alerts(&client, &id, AlertThresholds { cpu_pct: cpu, memory_pct: memory, disk_pct: disk }, json).await?,
         SandboxCmd::Top { id, interval, once } => super::ops::top(&client, id.as_deref(), interval, once, json).await?,
@@ -883,6 +907,11 @@ async fn run_cmd(a: RunArgs) -> anyhow::Result<u8> {
 
 async fn logs(a: LogsArgs) -> anyhow::Result<u8> {
     let client = a.client.client()?;
+    if a.process.is_none() && (a.exec || a.follow || a.level.is_some() || a.lines.is_some() || a.since.is_some()) {
+        let f = super::mcp::LogFlags { follow: a.follow, level: a.level, lines: a.lines, since: a.since };
+        super::mcp::execution_log(&client, &a.id, f, a.client.json).await?;
+        return Ok(0);
+    }
     let sbx = client.get(&a.id).await?;
     let Some(sel) = a.process else {
         let setup = match sbx.logs().await {

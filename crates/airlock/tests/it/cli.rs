@@ -218,6 +218,8 @@ async fn human_output_flags_env_fallback_help_and_completions() {
         vec!["cp"],
         vec!["run"],
         vec!["logs"],
+        vec!["mcp"],
+        vec!["sandbox", "configure"],
         vec!["completions"],
     ] {
         let mut args = cmd.clone();

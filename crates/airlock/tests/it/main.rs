@@ -8,9 +8,11 @@ mod cli;
 
 mod connections;
 mod events;
+mod execlog;
 mod faults;
 mod files;
 mod lifecycle;
+mod mcp;
 mod operations;
 mod process;
 mod seccomp;
