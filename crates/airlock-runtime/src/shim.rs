@@ -28,15 +28,38 @@ pub fn prepare(dir: &Path, binary: &Path) -> std::io::Result<PathBuf> {
                 None => break,
             }
         }
+        let dest = d.join("sudo");
+        if same_file(binary, &dest) {
+            continue;
+        }
         let tmp = d.join(".sudo.new");
         let _ = std::fs::remove_file(&tmp);
         if std::fs::hard_link(binary, &tmp).is_err() {
+            // Another filesystem: a copy, but never at the cost of the
+            // room sandboxes need (the binary is tens of MiB).
+            let size = std::fs::metadata(binary)?.len();
+            let free = nix::sys::statvfs::statvfs(&d).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0);
+            if free < size.saturating_mul(2).max(size + (256 << 20)) {
+                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, format!("copying the binary ({} MiB) would leave the data directory too little room", size >> 20)));
+            }
             std::fs::copy(binary, &tmp)?;
+            // The copy carries the binary's time, so the next start sees
+            // it is the same and copies nothing.
+            if let Ok(m) = std::fs::metadata(binary).and_then(|m| m.modified()) {
+                let _ = std::fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(m));
+            }
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(&tmp, d.join("sudo"))?;
+        std::fs::rename(&tmp, &dest)?;
     }
     Ok(dir.to_path_buf())
+}
+
+/// Whether `b` is `a` (a hard link) or a copy of it (same size and time).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) else { return false };
+    (x.dev() == y.dev() && x.ino() == y.ino()) || (x.len() == y.len() && x.modified().ok().is_some() && x.modified().ok() == y.modified().ok())
 }
 
 #[cfg(test)]
