@@ -40,7 +40,10 @@ pub fn prepare(dir: &Path, binary: &Path) -> std::io::Result<PathBuf> {
             let size = std::fs::metadata(binary)?.len();
             let free = nix::sys::statvfs::statvfs(&d).map(|s| s.blocks_available() * s.fragment_size()).unwrap_or(0);
             if free < size.saturating_mul(2).max(size + (256 << 20)) {
-                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, format!("copying the binary ({} MiB) would leave the data directory too little room", size >> 20)));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("copying the binary ({} MiB) would leave the data directory too little room", size >> 20),
+                ));
             }
             std::fs::copy(binary, &tmp)?;
             // The copy carries the binary's time, so the next start sees
