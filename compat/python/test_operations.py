@@ -49,3 +49,24 @@ def test_server_health_reports_its_dependencies(airlock_server):
     assert body["status"] == "ok" and body["checks"]["store"] is True and body["checks"]["disk"] is True, body
     r = httpx.get(f"{airlock_server.url}/health/details", headers={"X-API-KEY": airlock_server.api_key}, timeout=10)
     assert r.status_code == 200 and r.json()["checks"]["disk"]["freeBytes"] > 0, r.text
+
+
+def test_v2_logs_parse_in_e2bs_model(airlock_server):
+    from e2b.api.client.api.sandboxes import get_v_2_sandboxes_sandbox_id_logs
+    from e2b.api.client.models import LogsDirection, SandboxLogsV2Response
+
+    s = Sandbox.create(metadata=run_metadata())
+    try:
+        s.commands.run("echo v2-line; echo oops >&2")
+        client = get_api_client(ConnectionConfig())
+        res = get_v_2_sandboxes_sandbox_id_logs.sync_detailed(s.sandbox_id, client=client, search="v2-line")
+        assert res.status_code == 200, res.content
+        assert isinstance(res.parsed, SandboxLogsV2Response), res.content
+        assert res.parsed.logs and all("v2-line" in e.message for e in res.parsed.logs), res.parsed.logs
+        e = next(e for e in res.parsed.logs if e.message == "v2-line")
+        assert e.level.value == "info" and e.fields["source"] == "stdout", e
+        back = get_v_2_sandboxes_sandbox_id_logs.sync_detailed(s.sandbox_id, client=client, direction=LogsDirection.BACKWARD).parsed.logs
+        fwd = get_v_2_sandboxes_sandbox_id_logs.sync_detailed(s.sandbox_id, client=client).parsed.logs
+        assert [x.message for x in back] == [x.message for x in reversed(fwd)] and len(fwd) >= 2
+    finally:
+        kill_later(s)

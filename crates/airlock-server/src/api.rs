@@ -635,7 +635,49 @@ async fn logs_v1(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQu
 #[utoipa::path(get, path = "/v2/sandboxes/{id}/logs", tag = "sandboxes", params(("id" = String, Path), ("lines" = Option<u64>, Query), ("level" = Option<String>, Query), ("since" = Option<String>, Query), ("follow" = Option<bool>, Query)),
     responses((status = 200, body = airlock_proto::execlog::ExecutionLog), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
 async fn logs_v2(State(s): State<AppState>, Param(id): Param, RawQuery(q): RawQuery) -> ApiResult {
-    logs(s, id, q.as_deref().unwrap_or("")).await
+    let q = q.unwrap_or_default();
+    let pairs = query_pairs(&q);
+    let get = |k: &str| pairs.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.clone());
+    if get("follow").is_some_and(|v| v == "true" || v == "1") {
+        return logs(s, id, &q).await;
+    }
+    // E2B's v2 query: `cursor` (Unix ms to start from), `limit`,
+    // `direction` (forward: oldest first, the default; backward: newest
+    // first), `level`, `search` (a substring of the message).
+    let (mut query, _) = log_query(&q)?;
+    if let Some(c) = get("cursor") {
+        query.since_ms = Some(c.parse().map_err(|_| ApiError::BadRequest(format!("invalid cursor {c:?}: Unix milliseconds")))?);
+    }
+    let backward = match get("direction").as_deref() {
+        None | Some("forward") => false,
+        Some("backward") => true,
+        Some(d) => return Err(ApiError::BadRequest(format!("invalid direction {d:?}: forward or backward"))),
+    };
+    let search = get("search");
+    let mut log = s.svc.execution_log(&id, &query).await?;
+    let mut entries: Vec<serde_json::Value> = log
+        .log_entries
+        .iter()
+        .filter(|e| search.as_ref().is_none_or(|x| e.message.contains(x.as_str())))
+        .map(|e| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("source".into(), serde_json::to_value(e.source).unwrap_or_default());
+            for (k, v) in [("pid", e.pid.map(|v| v.to_string())), ("exitCode", e.exit_code.map(|v| v.to_string())), ("durationMs", e.duration_ms.map(|v| v.to_string()))] {
+                if let Some(v) = v {
+                    fields.insert(k.into(), v.into());
+                }
+            }
+            serde_json::json!({"timestamp": e.timestamp, "message": e.message, "level": e.level, "fields": fields})
+        })
+        .collect();
+    if backward {
+        entries.reverse();
+    }
+    // E2B's v2 shape: `logs` are entries with level and fields.
+    log.logs.clear();
+    let mut v = serde_json::to_value(&log).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["logs"] = serde_json::Value::Array(entries);
+    Ok(h::json(200, &v))
 }
 
 async fn logs(s: AppState, id: String, q: &str) -> ApiResult {
