@@ -373,3 +373,13 @@ def test_private_ports_need_the_traffic_token_and_egress_rules_are_refused(airlo
         assert no_net.get_info().allow_internet_access is False
     finally:
         kill_later(no_net)
+
+
+def test_update_network_refuses_what_it_cannot_enforce(sandbox: Sandbox):
+    from e2b import SandboxException
+    with pytest.raises(SandboxException, match="egress rules"):
+        sandbox.update_network({"allow_out": ["198.51.100.7"]})
+    with pytest.raises(SandboxException, match="cannot change"):
+        sandbox.update_network({"allow_internet_access": not sandbox.get_info().allow_internet_access})
+    sandbox.update_network({"dns_servers": []})  # nothing it cannot do: accepted
+    assert sandbox.commands.run("echo still-fine").stdout == "still-fine\n"

@@ -571,6 +571,20 @@ async fn metrics_stream(State(s): State<AppState>, Param(id): Param, RawQuery(q)
     Ok(sse_response(rx))
 }
 
+/// E2B's network update: `allow_public_traffic` and `mask_request_host`
+/// change at once; egress rules and internet access are refused (400/409)
+/// until the server can enforce a change.
+#[utoipa::path(put, path = "/sandboxes/{id}/network", tag = "sandboxes", params(("id" = String, Path)),
+    responses((status = 204), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn update_network(State(s): State<AppState>, Param(id): Param, body: axum::body::Body) -> ApiResult {
+    let b: serde_json::Value = read_json(body, MAX_BODY).await?;
+    if !b.is_object() && !b.is_null() {
+        return Err(ApiError::BadRequest("the network update is a JSON object".into()));
+    }
+    s.svc.update_network(&id, b).await?;
+    Ok(h::empty(204))
+}
+
 /// Changes a running sandbox's limits in place: CPU, memory (refused
 /// below what its processes hold) and disk (it only grows).
 #[utoipa::path(patch, path = "/sandboxes/{id}/resources", tag = "sandboxes", params(("id" = String, Path)), request_body = wire::ResourceChange,
@@ -1127,6 +1141,7 @@ routes! {
         get "/v2/sandbox-runs" => sandbox_runs,
         get "/sandboxes/{id}/metrics/stream" => metrics_stream,
         patch "/sandboxes/{id}/resources" => set_resources,
+        put "/sandboxes/{id}/network" => update_network,
         put "/sandboxes/{id}/alerts" => set_alerts,
         get "/pools" => list_pools,
         get "/pools/{name}" => get_pool,

@@ -558,6 +558,11 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records a sandbox's port traffic settings.
+    pub fn set_traffic(&self, id: &str, public: bool, mask_host: &str) -> Result<bool, StoreError> {
+        Ok(self.change("UPDATE sandboxes SET public_traffic = ?2, mask_host = ?3 WHERE id = ?1", params![id, public, mask_host])? > 0)
+    }
+
     /// Records a sandbox's alert thresholds.
     pub fn set_alerts(&self, id: &str, alerts: &airlock_proto::api::AlertThresholds) -> Result<bool, StoreError> {
         let a = serde_json::to_string(alerts).unwrap_or_else(|_| "{}".into());

@@ -435,7 +435,7 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> 
 /// it does not enforce yet, rather than a sandbox that silently ignores
 /// the restriction its creator asked for.
 /// Returns (public traffic, host mask, all egress denied).
-fn network_options(v: Option<&serde_json::Value>) -> Result<(bool, String, bool), ApiError> {
+pub(super) fn network_options(v: Option<&serde_json::Value>) -> Result<(bool, String, bool), ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((true, String::new(), false)) };
     let n: api::NetworkOptions = serde_json::from_value(v.clone()).map_err(|e| ApiError::BadRequest(format!("invalid network options: {e}")))?;
     // E2B's all-traffic entry alone is what allow_internet_access=false means.

@@ -226,6 +226,35 @@ impl Service {
         Ok(self.detail(&row))
     }
 
+    /// E2B's `PUT /sandboxes/{id}/network` (the SDK's `update_network`):
+    /// the port traffic settings change for new requests at once; egress
+    /// rules and internet access cannot change here yet and are refused,
+    /// never silently kept as they were.
+    pub async fn update_network(&self, id: &str, body: serde_json::Value) -> Result<(), ApiError> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let row = self.row(id).await?;
+        if let Some(want) = body.get("allow_internet_access").or_else(|| body.get("allowInternetAccess")).and_then(|v| v.as_bool()) {
+            if want != row.internet {
+                return Err(ApiError::Conflict(format!(
+                    "sandbox {id} was created {} internet access; this server cannot change that while it runs (create a new sandbox, or fork this one)",
+                    if row.internet { "with" } else { "without" }
+                )));
+            }
+        }
+        let (public, mask, deny_all) = super::create::network_options(Some(&body))?;
+        if deny_all && row.internet {
+            return Err(ApiError::Conflict(format!("sandbox {id} has internet access; this server cannot take it away while it runs")));
+        }
+        let n: api::NetworkOptions = serde_json::from_value(body.clone()).unwrap_or_default();
+        let public = if n.allow_public_traffic.is_some() { public } else { row.public_traffic };
+        let mask = if n.mask_request_host.is_some() { mask } else { row.mask_host.clone() };
+        let store = self.store.clone();
+        let id2 = id.to_string();
+        self.blocking(move || store.set_traffic(&id2, public, &mask)).await??;
+        Ok(())
+    }
+
     /// Changes a running sandbox's CPU, memory and disk limits in place.
     /// Memory below what its processes hold (beyond the page cache the
     /// kernel would drop) is refused, not enforced by an OOM kill; the disk
