@@ -3,15 +3,10 @@
 //! followed as a stream) and run-time configuration (environment
 //! variables, packages, commands).
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_proto::execlog::{ConfigureResult, ConfigureSandbox, ExecutionLog, LogEntry, LogLevel};
-use futures_util::Stream;
 use http::Method;
-use http_body::Body;
-use hyper::body::Incoming;
 
 use crate::client::{encode, Client};
 use crate::error::{Error, Result};
@@ -67,7 +62,7 @@ impl Client {
     pub async fn follow_log(&self, id: &str, q: &LogQuery) -> Result<LogStream> {
         let path = format!("/sandboxes/{}/logs{}", encode(id), q.query(true));
         let body = self.api_raw(Method::GET, &path, crate::client::full(bytes::Bytes::new()), "application/json", Some(0)).await?.into_body();
-        Ok(LogStream { body, buf: Vec::new(), done: false })
+        Ok(crate::ndjson::NdjsonStream::new(body, "log stream"))
     }
 }
 
@@ -89,49 +84,7 @@ impl Sandbox {
 }
 
 /// Log entries as they come, one per NDJSON line of the response.
-pub struct LogStream {
-    body: Incoming,
-    buf: Vec<u8>,
-    done: bool,
-}
-
-impl Stream for LogStream {
-    type Item = Result<LogEntry>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(pos) = this.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = this.buf.drain(..=pos).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Poll::Ready(Some(serde_json::from_slice(&line).map_err(|e| Error::protocol(format!("log entry {:?}: {e}", String::from_utf8_lossy(&line))))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if !this.buf.is_empty() {
-                        this.buf.push(b'\n');
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::Connection { url: "log stream".into(), source: Box::new(e) })));
-                }
-                Poll::Ready(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        this.buf.extend_from_slice(&d);
-                    }
-                }
-            }
-        }
-    }
-}
+pub type LogStream = crate::ndjson::NdjsonStream<LogEntry>;
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ mod error;
 pub mod events;
 pub mod execlog;
 pub mod files;
+mod ndjson;
 pub mod operations;
 mod sandbox;
 mod sse;

@@ -2,14 +2,8 @@
 //! build's progress as a stream of events), alias and delete. Airlock's own
 //! `/templates` API; the wire types are airlock-proto's.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use airlock_proto::api::{AliasTemplate, BuildEvent, BuildTemplate, TemplateInfo};
-use futures_util::Stream;
 use http::Method;
-use http_body::Body;
-use hyper::body::Incoming;
 
 use crate::error::{Error, Result};
 use crate::Client;
@@ -66,52 +60,9 @@ impl Templates {
     pub async fn build(&self, req: &BuildTemplate) -> Result<BuildStream> {
         checked(&req.name)?;
         let body = self.client.api_stream(Method::POST, "/templates", req).await?;
-        Ok(BuildStream { body, buf: Vec::new(), done: false })
+        Ok(crate::ndjson::NdjsonStream::new(body, "template build"))
     }
 }
 
 /// A build's events, one per NDJSON line of the response.
-pub struct BuildStream {
-    body: Incoming,
-    buf: Vec<u8>,
-    done: bool,
-}
-
-impl Stream for BuildStream {
-    type Item = Result<BuildEvent>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if let Some(pos) = this.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = this.buf.drain(..=pos).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return Poll::Ready(Some(serde_json::from_slice(&line).map_err(|e| Error::protocol(format!("build event {:?}: {e}", String::from_utf8_lossy(&line))))));
-            }
-            if this.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if !this.buf.is_empty() {
-                        // A last line without its newline.
-                        this.buf.push(b'\n');
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Error::Connection { url: "template build".into(), source: Box::new(e) })));
-                }
-                Poll::Ready(Some(Ok(f))) => {
-                    if let Ok(d) = f.into_data() {
-                        this.buf.extend_from_slice(&d);
-                    }
-                }
-            }
-        }
-    }
-}
+pub type BuildStream = crate::ndjson::NdjsonStream<BuildEvent>;
