@@ -550,7 +550,7 @@ async fn metrics_stream(State(s): State<AppState>, Param(id): Param, RawQuery(q)
             tick.tick().await;
             let text = match svc.live_sample(&id, prev.as_ref()).await {
                 Ok(Some(sample)) => {
-                    let m = Service::sample_to_metric(&sample);
+                    let m = crate::service::metric(&sample);
                     prev = Some(sample);
                     format!("event: metrics\ndata: {}\n\n", serde_json::to_string(&m).unwrap_or_default())
                 }

@@ -454,16 +454,7 @@ async fn attempt(url: &str, headers: &[(&'static str, String)], body: Bytes, ext
     tokio::time::timeout(ATTEMPT_TIMEOUT, post(&t, headers, body, extra_ca)).await.unwrap_or(Err(DeliveryError::Timeout))
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+use airlock_runtime::init::chain;
 
 /// A random id for one attempt (`e2b-delivery-id`), UUID-shaped like E2B's.
 fn delivery_id() -> String {

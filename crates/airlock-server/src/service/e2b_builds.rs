@@ -288,12 +288,8 @@ impl Service {
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 let f = std::fs::File::open(files.join(format!("{h}.tar"))).map_err(|e| format!("the files of hash {h}: {e}"))?;
                 // The SDK gzips by default; a plain tar is taken as well.
-                let mut head = [0u8; 2];
-                let gz = {
-                    use std::io::Read;
-                    (&f).read_exact(&mut head).is_ok() && head == [0x1f, 0x8b]
-                };
-                let f = std::fs::File::open(files.join(format!("{h}.tar"))).map_err(|e| e.to_string())?;
+                let mut f = std::io::BufReader::new(f);
+                let gz = std::io::BufRead::fill_buf(&mut f).is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]));
                 let reader: Box<dyn std::io::Read> = if gz { Box::new(flate2::read::GzDecoder::new(f)) } else { Box::new(f) };
                 // `unpack_in` refuses entries that would land outside `dir`.
                 let mut a = tar::Archive::new(reader);
@@ -310,7 +306,7 @@ impl Service {
         .map_err(|e| (e, None))?;
         let (tx, mut rx) = mpsc::channel(256);
         let logger = {
-            let builds = self.e2b_builds_handle();
+            let builds = self.e2b_builds.clone();
             let id = build_id.to_string();
             tokio::spawn(async move {
                 let mut step = None;
@@ -342,10 +338,6 @@ impl Service {
         let step = logger.await.ok().flatten();
         drop(ctx);
         r.map(|_| ()).map_err(|e| (e.to_string(), step.map(|s| s.to_string())))
-    }
-
-    fn e2b_builds_handle(&self) -> Arc<Mutex<HashMap<String, Build>>> {
-        self.e2b_builds.clone()
     }
 
     fn finish_e2b_build(&self, build_id: &str, r: Result<(), (String, Option<String>)>) {

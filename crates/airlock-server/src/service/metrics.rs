@@ -9,7 +9,7 @@ use super::*;
 const MAX_HISTORY: usize = 20_000;
 
 /// E2B's metric entry from a sample.
-fn metric(s: &Sample) -> SandboxMetric {
+pub fn metric(s: &Sample) -> SandboxMetric {
     SandboxMetric {
         timestamp: rfc3339_ms(s.at_ms),
         timestamp_unix: s.at_ms / 1000,
@@ -137,19 +137,21 @@ impl Service {
         }
     }
 
-    pub fn sample_to_metric(s: &Sample) -> SandboxMetric {
-        metric(s)
-    }
-
-    /// Samples these sandboxes (all readings on the blocking pool, one
-    /// store transaction), then checks their alert thresholds.
-    pub(super) async fn sample_rows(&self, rows: Vec<SandboxRow>) {
+    /// Samples these sandboxes (all readings in one trip to the blocking
+    /// pool, one store transaction), then checks their alert thresholds.
+    /// Returns the ids whose PID 1 is gone (no reading: the kernel has no
+    /// such sandbox running).
+    pub(super) async fn sample_rows(&self, rows: Vec<SandboxRow>) -> Vec<String> {
         if rows.is_empty() {
-            return;
+            return Vec::new();
         }
         let backend = self.backend.clone();
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let Ok(readings) = self.blocking(move || ids.into_iter().map(|id| backend.usage(&id).ok().map(|u| (u, backend.oom_kills(&id)))).collect::<Vec<_>>()).await else { return };
+        let Ok(results) = self.blocking(move || ids.into_iter().map(|id| backend.usage(&id).map(|u| (u, backend.oom_kills(&id)))).collect::<Vec<_>>()).await else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = rows.iter().zip(&results).filter(|(_, r)| matches!(r, Err(airlock_runtime::Error::NotFound(_)))).map(|(row, _)| row.id.clone()).collect();
+        let readings: Vec<_> = results.into_iter().map(Result::ok).collect();
         let now = now_ms();
         let mut batch = Vec::new();
         let mut checks = Vec::new();
@@ -181,6 +183,7 @@ impl Service {
         if let Ok(Err(e)) = self.blocking(move || store.add_samples(&batch)).await {
             tracing::warn!(error = %e, "recording metric samples failed");
         }
+        gone
     }
 
     /// Fires `resource_alert` for each threshold the sample is above and
@@ -380,19 +383,12 @@ impl Service {
     pub async fn sample_all(&self) {
         let store = self.store.clone();
         let Ok(Ok(rows)) = self.blocking(move || store.sandboxes()).await else { return };
-        let mut live = Vec::new();
-        for row in rows.into_iter().filter(|r| r.state.takes_traffic()) {
-            let backend = self.backend.clone();
-            let id = row.id.clone();
-            let alive = self.blocking(move || backend.get(&id).is_ok()).await.unwrap_or(true);
-            if !alive {
-                if let Err(e) = self.record_death(&row.id).await {
-                    tracing::warn!(sandbox_id = %row.id, error = %e, "recording a sandbox's death failed");
-                }
-                continue;
+        let running: Vec<SandboxRow> = rows.into_iter().filter(|r| r.state.takes_traffic()).collect();
+        // A sandbox with no reading has no PID 1 any more: cleaned up like a kill.
+        for id in self.sample_rows(running).await {
+            if let Err(e) = self.record_death(&id).await {
+                tracing::warn!(sandbox_id = %id, error = %e, "recording a sandbox's death failed");
             }
-            live.push(row);
         }
-        self.sample_rows(live).await;
     }
 }

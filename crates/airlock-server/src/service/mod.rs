@@ -49,6 +49,7 @@ mod tests;
 
 pub use create::{setup_script, NO_FIREWALL_HINT};
 pub use execlog::LogQuery;
+pub use metrics::metric;
 pub use state::import_limit_bytes;
 pub use volumes::{entry_stat, file_info};
 pub use webhooks::EventListing;

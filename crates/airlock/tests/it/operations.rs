@@ -138,7 +138,8 @@ async fn resources_change_live_and_the_life_records_oom_and_alerts() {
 
     // The disk limit grows where the server may grow a mounted ext4.
     let (s, v) = srv.api("PATCH", &format!("/sandboxes/{id}/resources"), Some(json!({"diskSizeMB": 20 * 1024}))).await;
-    if can_grow_ext4() {
+    // The test runs as root with the server's capabilities.
+    if airlock_runtime::disk::can_grow() {
         assert_eq!((s, v["diskSizeMB"].as_u64()), (200, Some(20 * 1024)), "{v}");
         let (_, out) = srv.run(&sbx, "df -m --output=size / | tail -1").await;
         assert!(out.trim().parse::<u64>().unwrap_or(0) > 15 * 1024, "the sandbox sees the room: {out}");
@@ -212,14 +213,6 @@ async fn sse_text(port: u16, path: &str, done: impl Fn(&str) -> bool) -> (u16, S
         }
     }
     (status, text)
-}
-
-/// Whether this process (root, as the server) holds CAP_SYS_RESOURCE.
-fn can_grow_ext4() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok())))
-        .is_some_and(|c| c & (1 << 24) != 0)
 }
 
 #[tokio::test]
