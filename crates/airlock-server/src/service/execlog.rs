@@ -280,6 +280,14 @@ impl Service {
                     Ok(r) => r,
                     Err(_) => break "the sandbox is gone".to_string(),
                 };
+                // A restart or resume in progress passes through `resuming`:
+                // the log goes on once it is running again.
+                if row.state == State::Resuming {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = tx.closed() => return,
+                    }
+                }
                 if row.state != State::Running {
                     break format!("the sandbox is {}", row.state.as_str());
                 }
