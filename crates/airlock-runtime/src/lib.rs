@@ -19,6 +19,7 @@ pub mod init;
 pub mod namespace;
 pub mod netlink;
 pub mod network;
+pub mod nft;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;

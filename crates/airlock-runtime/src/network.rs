@@ -138,7 +138,10 @@ pub fn install_host_rules() -> Result<(), NetworkError> {
     // all while another process (a second server, a test) re-installs them.
     let mut script = String::from("*filter\n");
     script.push_str(&format!(":{CHAIN_IN} - [0:0]\n:{CHAIN_FWD} - [0:0]\n"));
-    script.push_str(&format!("-A {CHAIN_IN} -j DROP\n"));
+    // Connections an egress table redirected to the server's resolver or
+    // egress proxy (`nft`) are the only host-bound traffic let in: nothing
+    // else NATs packets coming from a sandbox interface to the host.
+    script.push_str(&format!("-A {CHAIN_IN} -m conntrack --ctstate DNAT -j ACCEPT\n-A {CHAIN_IN} -j DROP\n"));
     for ns in nameservers() {
         for proto in ["udp", "tcp"] {
             script.push_str(&format!("-A {CHAIN_FWD} -d {ns}/32 -p {proto} -m {proto} --dport 53 -j ACCEPT\n"));

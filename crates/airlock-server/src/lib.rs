@@ -14,6 +14,7 @@ pub mod agent_client;
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod egress;
 pub mod events;
 pub mod http;
 pub mod ids;

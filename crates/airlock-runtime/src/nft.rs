@@ -1,0 +1,144 @@
+//! The egress-policy firewall: one nftables table per server that sends
+//! the traffic of *policed* sandboxes (those created with an egress
+//! policy) to the server's own resolver and egress proxy, and drops
+//! everything else they send.
+//!
+//! Membership is one element in one set (`policed`, the sandbox's address),
+//! so a policed create costs one set insertion whatever the size of its
+//! policy or the number of sandboxes: the policy itself lives in the
+//! server, which decides per connection and per query. Sandboxes without a
+//! policy never touch this table; the static iptables rules of `network`
+//! keep governing them.
+//!
+//! The table is named after the server (`airlock_<tag>`), so two servers on
+//! one host keep separate tables, ports and members. It is replaced in one
+//! nftables transaction at start-up, so no moment exists in which a
+//! policed sandbox's traffic leaves unpoliced.
+//!
+//! This module never decides policy and never reads a packet's payload.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::network::{NetworkError, IF_PREFIX};
+
+/// A server's egress table: its name and the local ports its policed
+/// sandboxes' DNS and TCP are redirected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressTable {
+    pub name: String,
+    pub dns_port: u16,
+    pub proxy_port: u16,
+}
+
+fn nft_script(script: &str) -> Result<(), NetworkError> {
+    use std::io::Write;
+    let err = |m: String| NetworkError::Command { cmd: "nft -f -".into(), message: m };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("{e} (is nftables installed? Debian/Ubuntu: apt install nftables)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| err(e.to_string()))?;
+    }
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// Whether the `nft` tool is there to run (egress policies need it).
+pub fn available() -> bool {
+    Command::new("nft").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+impl EgressTable {
+    /// The table name for a server tag (letters, digits and `_` only).
+    pub fn name_for(tag: &str) -> String {
+        let clean: String = tag.chars().filter(|c| c.is_ascii_alphanumeric()).take(24).collect();
+        format!("airlock_{clean}")
+    }
+
+    fn rules(&self, members: &[Ipv4Addr]) -> String {
+        let (t, dns, proxy) = (&self.name, self.dns_port, self.proxy_port);
+        let elems = if members.is_empty() { String::new() } else { format!("elements = {{ {} }}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")) };
+        let ifs = format!("\"{IF_PREFIX}*\"");
+        // `add` then `delete` makes the delete valid whether or not the
+        // table existed; the whole script is one transaction.
+        format!(
+            "add table ip {t}\n\
+             delete table ip {t}\n\
+             table ip {t} {{\n\
+               set policed {{ type ipv4_addr; {elems} }}\n\
+               chain pre {{\n\
+                 type nat hook prerouting priority dstnat - 5; policy accept;\n\
+                 iifname {ifs} ip saddr @policed meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
+                 iifname {ifs} ip saddr @policed meta l4proto tcp redirect to :{proxy}\n\
+               }}\n\
+               chain fwd {{\n\
+                 type filter hook forward priority filter - 5; policy accept;\n\
+                 iifname {ifs} ip saddr @policed drop\n\
+               }}\n\
+               chain inp {{\n\
+                 type filter hook input priority filter - 5; policy accept;\n\
+                 meta l4proto {{ tcp, udp }} th dport {{ {dns}, {proxy} }} ct status != dnat drop\n\
+               }}\n\
+             }}\n"
+        )
+    }
+
+    /// Replaces the table (rules and members) in one transaction.
+    pub fn install(&self, members: &[Ipv4Addr]) -> Result<(), NetworkError> {
+        nft_script(&self.rules(members))
+    }
+
+    /// Polices a sandbox's address (idempotent).
+    pub fn add(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
+        nft_script(&format!("add element ip {} policed {{ {ip} }}\n", self.name))
+    }
+
+    /// Stops policing an address; absent is fine.
+    pub fn remove(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
+        // `add` first so the delete cannot fail on a missing element.
+        nft_script(&format!("add element ip {t} policed {{ {ip} }}\ndelete element ip {t} policed {{ {ip} }}\n", t = self.name))
+    }
+
+    /// Removes the table; absent is fine.
+    pub fn uninstall(&self) -> Result<(), NetworkError> {
+        remove_table(&self.name)
+    }
+}
+
+/// Removes an egress table by name; absent is fine.
+pub fn remove_table(name: &str) -> Result<(), NetworkError> {
+    nft_script(&format!("add table ip {name}\ndelete table ip {name}\n"))
+}
+
+/// The names of every Airlock egress table on the host (for cleanup).
+pub fn tables() -> Vec<String> {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).stderr(Stdio::null()).output() else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.strip_prefix("table ip ")).filter(|n| n.starts_with("airlock_")).map(str::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_safe_for_nft() {
+        assert_eq!(EgressTable::name_for("ab-12/..;x"), "airlock_ab12x");
+    }
+
+    #[test]
+    fn rules_mention_ports_and_members() {
+        let t = EgressTable { name: "airlock_t".into(), dns_port: 5300, proxy_port: 5400 };
+        let r = t.rules(&[Ipv4Addr::new(10, 201, 0, 2)]);
+        assert!(r.contains("redirect to :5300") && r.contains("redirect to :5400") && r.contains("elements = { 10.201.0.2 }"), "{r}");
+        assert!(!t.rules(&[]).contains("elements"));
+    }
+}
