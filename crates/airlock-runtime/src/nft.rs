@@ -75,18 +75,18 @@ impl EgressTable {
              delete table ip {t}\n\
              table ip {t} {{\n\
                set policed {{ type ipv4_addr; {elems} }}\n\
-               chain pre {{\n\
+               chain policed_pre {{\n\
                  type nat hook prerouting priority dstnat - 5; policy accept;\n\
                  iifname {ifs} ip saddr @policed meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
                  iifname {ifs} ip saddr @policed meta l4proto tcp redirect to :{proxy}\n\
                }}\n\
-               chain fwd {{\n\
+               chain policed_forward {{\n\
                  type filter hook forward priority filter - 5; policy accept;\n\
                  iifname {ifs} ip saddr @policed drop\n\
                }}\n\
-               chain inp {{\n\
+               chain policed_input {{\n\
                  type filter hook input priority filter - 5; policy accept;\n\
-                 meta l4proto {{ tcp, udp }} th dport {{ {dns}, {proxy} }} ct status != dnat drop\n\
+                 meta l4proto {{ tcp, udp }} th dport {{ {dns}, {proxy} }} ct status & dnat == 0 drop\n\
                }}\n\
              }}\n"
         )

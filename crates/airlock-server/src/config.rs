@@ -70,6 +70,12 @@ pub struct Config {
     pub sample_interval_ms: u64,
     /// Extra CA certificates (PEM) trusted for `https://` webhook receivers.
     pub webhook_ca: Option<PathBuf>,
+    /// Name servers the egress resolver asks for policed sandboxes; empty:
+    /// the host's own (`/etc/resolv.conf`).
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Extra CA certificates (PEM) the egress proxy trusts for HTTPS
+    /// servers whose requests it rewrites (secret injection).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -113,6 +119,8 @@ impl Config {
             pools: Vec::new(),
             sample_interval_ms: 5000,
             webhook_ca: None,
+            dns_upstream: Vec::new(),
+            upstream_ca: None,
         }
     }
 }
@@ -157,6 +165,11 @@ pub struct FileConfig {
     pub sample_interval: Option<f64>,
     /// PEM file of extra CAs for https:// webhook receivers.
     pub webhook_ca: Option<PathBuf>,
+    /// Name servers for the egress resolver (`ip` or `ip:port`).
+    #[serde(default)]
+    pub dns_upstream: Vec<String>,
+    /// PEM file of extra CAs the egress proxy trusts upstream.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -88,7 +88,26 @@ impl Server {
             cfg.io_iops = 0;
         }
         let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
+        let egress_ok = cfg.network && airlock_runtime::Backend::network_available(&backend) && airlock_runtime::nft::available();
+        let (upstreams, upstream_ca) = (cfg.dns_upstream.clone(), cfg.upstream_ca.clone());
         let service = Service::new(cfg, store, Arc::new(backend));
+        // Egress enforcement before any sandbox is adopted: the policed
+        // ones that outlived the last server are policed from the start.
+        if egress_ok {
+            let upstreams = if upstreams.is_empty() { crate::egress::host_resolvers() } else { upstreams };
+            let tls = crate::webhooks::build_tls(upstream_ca.as_deref()).map_err(ServeError::Other)?;
+            // Without it the server still serves: creates that ask for a
+            // policy are refused, and sandboxes policed by a previous
+            // server stay behind its table (their traffic goes nowhere).
+            if let Err(e) = service.start_egress(upstreams, tls).await {
+                tracing::error!(error = %e, "egress policy enforcement could not start: sandboxes with network.allow_out/deny_out are refused");
+            }
+        } else if service.cfg.network {
+            tracing::warn!(
+                "egress policies unavailable: {}",
+                "install nftables (`apt install nftables`) and restart; sandboxes created with network.allow_out/deny_out are refused"
+            );
+        }
         // Volumes first: a sandbox restarted by reconcile binds them.
         service.restore_volumes().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
@@ -385,6 +404,9 @@ async fn housekeeping_loop(svc: Arc<Service>) {
         }
         if let Err(e) = svc.purge_dead().await {
             tracing::warn!(error = %e, "forgetting dead sandboxes failed");
+        }
+        if round % 10 == 0 {
+            svc.prune_egress().await;
         }
         svc.collect_layers_if_wanted().await;
         if let Err(e) = svc.release_idle().await {

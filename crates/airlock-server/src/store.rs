@@ -288,6 +288,7 @@ impl Store {
         crate::events::migrate(&conn)?;
         crate::samples::migrate(&conn)?;
         crate::pools::migrate(&conn)?;
+        crate::egress::store::migrate(&conn)?;
         crate::webhooks::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })

@@ -379,7 +379,7 @@ pub fn tls_client(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::Clie
     TLS.get_or_init(|| build_tls(extra_ca)).clone()
 }
 
-fn build_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn build_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     let system = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).into_iter().chain(SYSTEM_BUNDLES.iter().map(std::path::PathBuf::from)).find(|p| p.is_file());
@@ -391,15 +391,15 @@ fn build_tls(extra_ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
         }
     }
     if let Some(p) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(p).map_err(|e| format!("reading the webhook CA file {}: {e}", p.display()))?;
+        let certs = CertificateDer::pem_file_iter(p).map_err(|e| format!("reading the CA file {}: {e}", p.display()))?;
         let mut n = 0;
         for c in certs {
-            let c = c.map_err(|e| format!("the webhook CA file {}: {e}", p.display()))?;
-            roots.add(c).map_err(|e| format!("the webhook CA file {}: {e}", p.display()))?;
+            let c = c.map_err(|e| format!("the CA file {}: {e}", p.display()))?;
+            roots.add(c).map_err(|e| format!("the CA file {}: {e}", p.display()))?;
             n += 1;
         }
         if n == 0 {
-            return Err(format!("the webhook CA file {} holds no certificate", p.display()));
+            return Err(format!("the CA file {} holds no certificate", p.display()));
         }
     }
     if roots.is_empty() {

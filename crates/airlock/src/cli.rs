@@ -205,6 +205,15 @@ struct ServeArgs {
     /// the system's CA bundle (for a private CA).
     #[arg(long, env = "AIRLOCK_WEBHOOK_CA")]
     webhook_ca: Option<PathBuf>,
+    /// Name servers (IP or IP:PORT, repeatable) the egress resolver asks
+    /// for sandboxes with an egress policy [default: the host's, from
+    /// /etc/resolv.conf].
+    #[arg(long = "dns-upstream", env = "AIRLOCK_DNS_UPSTREAM", value_delimiter = ',')]
+    dns_upstream: Vec<String>,
+    /// CA certificates (PEM) the egress proxy trusts, beyond the system's,
+    /// for HTTPS servers whose requests it rewrites (secret injection).
+    #[arg(long, env = "AIRLOCK_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
@@ -417,6 +426,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         // A bad CA file is an error at start, not at the first delivery.
         airlock_server::webhooks::tls_client(Some(ca)).map_err(anyhow::Error::msg)?;
     }
+    for d in a.dns_upstream.iter().chain(&file.dns_upstream).filter(|d| !d.trim().is_empty()) {
+        let d = d.trim();
+        let addr = d.parse::<std::net::SocketAddr>().or_else(|_| d.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)));
+        cfg.dns_upstream.push(addr.map_err(|_| anyhow::anyhow!("--dns-upstream: {d:?} is not an IP address or IP:PORT"))?);
+    }
+    cfg.upstream_ca = a.upstream_ca.clone().or(file.upstream_ca.clone());
     if let Some(s) = a.sample_interval.or(file.sample_interval) {
         anyhow::ensure!((0.1..=3600.0).contains(&s), "--sample-interval must be between 0.1 and 3600 seconds, got {s}");
         cfg.sample_interval_ms = (s * 1000.0) as u64;

@@ -22,6 +22,7 @@
 pub mod dns;
 pub mod policy;
 pub mod proxy;
+pub mod store;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,7 +49,7 @@ pub enum EgressError {
         #[source]
         source: std::io::Error,
     },
-    #[error("egress firewall: {0}")]
+    #[error("egress firewall")]
     Firewall(#[from] airlock_runtime::network::NetworkError),
 }
 

@@ -277,6 +277,7 @@ impl Egress {
         let policy = sbx.policy();
         if self.blocked.blocked(*dst.ip()) {
             self.deny(sbx, dst, "a host or private address");
+            let _ = client.set_linger(Some(Duration::ZERO));
             return Err("blocked address".into());
         }
         // Read the client's first bytes, for a name to judge by.
@@ -317,6 +318,9 @@ impl Egress {
         };
         if let Verdict::Deny(why) = verdict {
             self.deny(sbx, dst, &why);
+            // A reset, not a clean close: the client sees a refused
+            // connection rather than a server that said nothing.
+            let _ = client.set_linger(Some(Duration::ZERO));
             if matches!(hello, Hello::Http(_)) {
                 let body = format!("blocked by the sandbox's egress policy: {why}\n");
                 let resp =

@@ -33,6 +33,8 @@ pub(super) struct Plan {
     /// Its ports need no traffic access token.
     pub public_traffic: bool,
     pub mask_host: String,
+    /// Its egress policy, when it has one.
+    pub egress: Option<crate::egress::store::Spec>,
     /// Set when the sandbox is started for this warm pool: it waits,
     /// `Pooled`, for a create to claim it.
     pub pool: Option<String>,
@@ -133,14 +135,21 @@ impl Service {
         if auto_resume && !auto_pause {
             return Err(ApiError::BadRequest("autoResume needs autoPause: a sandbox that is killed at its timeout cannot be resumed".into()));
         }
-        let (public_traffic, mask_host, deny_all) = network_options(req.other.get("network"))?;
-        let internet = internet && !deny_all;
+        let net = network_options(req.other.get("network"), req.allow_internet_access == Some(false))?;
+        if net.egress.is_some() && self.egress().is_none() {
+            return Err(ApiError::BadRequest(format!("this server cannot enforce egress policies (network.allow_out, deny_out, rules): {NO_EGRESS_HINT}")));
+        }
+        // A policy needs the network interface it polices, even when it
+        // denies all but a few destinations.
+        let internet = if net.egress.is_some() { self.backend.network_available() } else { internet && !net.no_internet };
+        let (public_traffic, mask_host, egress) = (net.public, net.mask, net.egress);
         Ok(Plan {
             alerts,
             pool: None,
             auto_resume,
             public_traffic,
             mask_host,
+            egress,
             template,
             rootfs: tpl.rootfs(),
             tpl: Some(tpl),
@@ -211,6 +220,7 @@ impl Service {
                         store.delete_sandbox(&id2)
                     })
                     .await;
+                self.forget_egress(&id).await;
                 self.remove_log(&id);
                 return Err(e);
             }
@@ -243,7 +253,7 @@ impl Service {
         spec.disk_mb = plan.disk_mb;
         spec.volumes = plan.volumes.iter().map(|v| v.mount.clone()).collect();
         let backend = self.backend.clone();
-        self.blocking(move || backend.create(&spec)).await?.map_err(|e| {
+        let info = self.blocking(move || backend.create(&spec)).await?.map_err(|e| {
             tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");
             match e {
                 airlock_runtime::Error::Boot { errno: Some(libc::ENOSPC | libc::EDQUOT), stage, .. } => {
@@ -253,6 +263,10 @@ impl Service {
                 other => runtime_err(&id, other),
             }
         })?;
+        // Before anything of the sandbox's own runs (its start command,
+        // set-up, the caller's code): its policy takes hold, or whatever
+        // policy a previous holder of its address had lets go.
+        self.police(&id, info.ip, plan.egress.as_ref()).await?;
         if plan.pool.is_none() {
             self.emit(row, "created", serde_json::json!({"templateID": row.template, "cpuCount": plan.cpus, "memoryMB": plan.memory_mb})).await;
         }
@@ -430,20 +444,31 @@ pub(super) fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// The `network` create option: what this server does (the traffic
-/// token on ports, the host mask), and a clear refusal for the egress rules
-/// it does not enforce yet, rather than a sandbox that silently ignores
-/// the restriction its creator asked for.
-/// Returns (public traffic, host mask, all egress denied).
-pub(super) fn network_options(v: Option<&serde_json::Value>) -> Result<(bool, String, bool), ApiError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((true, String::new(), false)) };
-    let n: api::NetworkOptions = serde_json::from_value(v.clone()).map_err(|e| ApiError::BadRequest(format!("invalid network options: {e}")))?;
-    // E2B's all-traffic entry alone is what allow_internet_access=false means.
-    let deny_all = n.allow_out.is_empty() && !n.deny_out.is_empty() && n.deny_out.iter().all(|d| d.trim() == "0.0.0.0/0");
-    let rules = n.rules.as_ref().is_some_and(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty()) && r.as_array().is_none_or(|a| !a.is_empty()));
-    if !deny_all && (!n.allow_out.is_empty() || !n.deny_out.is_empty()) || n.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) || rules {
+/// What the `network` create (or update) option asks for.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct NetPlan {
+    /// Its ports take requests without the traffic access token.
+    pub public: bool,
+    pub mask: String,
+    /// Nothing goes out at all (E2B's all-traffic entry alone): the
+    /// sandbox gets no network interface.
+    pub no_internet: bool,
+    /// An egress policy to enforce (none for an open sandbox).
+    pub egress: Option<crate::egress::store::Spec>,
+}
+
+/// The `network` create option, checked: the traffic token on ports, the
+/// host mask, and the egress policy (parsed here so a bad entry is a 400
+/// before anything starts). `deny_internet` is E2B's
+/// `allow_internet_access=false`, which means `deny_out: ["0.0.0.0/0"]`.
+pub(crate) fn network_options(v: Option<&serde_json::Value>, deny_internet: bool) -> Result<NetPlan, ApiError> {
+    let n: api::NetworkOptions = match v.filter(|v| !v.is_null()) {
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| ApiError::BadRequest(format!("invalid network options: {e}")))?,
+        None => api::NetworkOptions::default(),
+    };
+    if n.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) {
         return Err(ApiError::BadRequest(
-            "this server does not enforce egress rules (network.allow_out, deny_out other than 0.0.0.0/0, egress_proxy, rules) yet: create without them, or with allow_internet_access=false for no internet at all".into(),
+            "network.egress_proxy (a SOCKS5 proxy of your own) is not supported by this server: the egress policy is enforced by its own proxy".into(),
         ));
     }
     if !n.https_ports.is_empty() {
@@ -453,8 +478,29 @@ pub(super) fn network_options(v: Option<&serde_json::Value>) -> Result<(bool, St
     if mask.len() > 255 || mask.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(ApiError::BadRequest(format!("invalid network.mask_request_host {mask:?}")));
     }
-    Ok((n.allow_public_traffic.unwrap_or(true), mask, deny_all))
+    let mut spec = crate::egress::store::Spec { allow_out: n.allow_out, deny_out: n.deny_out, rules: n.rules.filter(|r| !r.is_null()) };
+    if deny_internet {
+        spec.deny_out.push("0.0.0.0/0".into());
+    }
+    // E2B's dns_servers: with a domain in allow_out, all traffic to them is
+    // allowed. (Names resolve through Airlock's own resolver either way.)
+    let has_domain = spec.allow_out.iter().any(|e| e.trim().parse::<std::net::Ipv4Addr>().is_err() && !e.contains('/') && !e.contains(':'));
+    if has_domain {
+        for d in n.dns_servers.unwrap_or_default() {
+            if d.trim().parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(ApiError::BadRequest(format!("network.dns_servers: {d:?} is not an IPv4 address")));
+            }
+            spec.allow_out.push(d.trim().to_string());
+        }
+    }
+    let policy = spec.policy().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let no_internet = policy.is_no_internet() && !policy.has_rules();
+    let egress = (!policy.is_open() && !no_internet).then_some(spec);
+    Ok(NetPlan { public: n.allow_public_traffic.unwrap_or(true), mask, no_internet, egress })
 }
+
+/// What a host needs for egress policies, for messages.
+pub(super) const NO_EGRESS_HINT: &str = "it needs nftables (`apt install nftables`) and sandbox networking; restart `airlock serve` once it has them";
 
 /// What a host without a firewall needs, for messages.
 pub const NO_FIREWALL_HINT: &str = "the host has no firewall tool (install iptables, e.g. `apt install iptables`, and restart `airlock serve`)";

@@ -122,6 +122,7 @@ impl Service {
         let store = self.store.clone();
         let (id2, d2) = (id.to_string(), death.clone());
         self.blocking(move || store.set_dead(&id2, &d2, now_ms())).await??;
+        self.forget_egress(id).await;
         self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.collect_layers_soon();
         Ok(())
@@ -165,6 +166,7 @@ impl Service {
         let id2 = id.to_string();
         self.blocking(move || store.delete_sandbox(&id2)).await??;
         self.forget(id);
+        self.forget_egress(id).await;
         self.remove_log(id);
         // Its snapshot layers (a fork's) may be unused now.
         self.collect_layers_soon();

@@ -237,21 +237,37 @@ impl Service {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let row = self.row(id).await?;
-        if let Some(want) = body.get("allow_internet_access").or_else(|| body.get("allowInternetAccess")).and_then(|v| v.as_bool()) {
-            if want != row.internet {
+        let deny_internet = body.get("allow_internet_access").or_else(|| body.get("allowInternetAccess")).and_then(|v| v.as_bool()) == Some(false);
+        let net = super::create::network_options(Some(&body), deny_internet)?;
+        // The update replaces the egress rules as a whole (E2B's semantics):
+        // an update without them opens the sandbox again. A sandbox made
+        // without a network interface cannot be given one while it runs.
+        let spec = if net.no_internet { Some(crate::egress::store::Spec { allow_out: vec![], deny_out: vec!["0.0.0.0/0".into()], rules: None }) } else { net.egress.clone() };
+        if !row.internet {
+            if spec.as_ref().is_none_or(|s| !s.policy().is_ok_and(|p| p.is_no_internet())) {
                 return Err(ApiError::Conflict(format!(
-                    "sandbox {id} was created {} internet access; this server cannot change that while it runs (create a new sandbox, or fork this one)",
-                    if row.internet { "with" } else { "without" }
+                    "sandbox {id} was created without internet access; this server cannot give it a network while it runs (create a new sandbox, or fork this one)"
                 )));
             }
-        }
-        let (public, mask, deny_all) = super::create::network_options(Some(&body))?;
-        if deny_all && row.internet {
-            return Err(ApiError::Conflict(format!("sandbox {id} has internet access; this server cannot take it away while it runs")));
+        } else {
+            let backend = self.backend.clone();
+            let id2 = id.to_string();
+            let ip = match self.blocking(move || backend.get(&id2)).await? {
+                Ok(info) => info.ip,
+                Err(_) => {
+                    let store = self.store.clone();
+                    let id2 = id.to_string();
+                    self.blocking(move || store.egress(&id2)).await??.and_then(|(ip, _)| ip)
+                }
+            };
+            if ip.is_none() && spec.is_some() {
+                return Err(ApiError::Conflict(format!("sandbox {id} is {}: resume it before changing its egress rules", row.state.api_str())));
+            }
+            self.police(id, ip, spec.as_ref()).await?;
         }
         let n: api::NetworkOptions = serde_json::from_value(body.clone()).unwrap_or_default();
-        let public = if n.allow_public_traffic.is_some() { public } else { row.public_traffic };
-        let mask = if n.mask_request_host.is_some() { mask } else { row.mask_host.clone() };
+        let public = if n.allow_public_traffic.is_some() { net.public } else { row.public_traffic };
+        let mask = if n.mask_request_host.is_some() { net.mask } else { row.mask_host.clone() };
         let store = self.store.clone();
         let id2 = id.to_string();
         self.blocking(move || store.set_traffic(&id2, public, &mask)).await??;

@@ -31,6 +31,7 @@ use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 mod create;
 mod disk;
 pub mod e2b_builds;
+mod egress;
 mod execlog;
 mod lifecycle;
 mod logs;
@@ -227,6 +228,9 @@ pub struct Service {
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
     /// Tells the webhook deliveries that webhooks changed.
     webhook_hub: crate::webhooks::Hub,
+    /// Egress policy enforcement, when the host can do it (set once at
+    /// start-up, before any sandbox is adopted or created).
+    egress: std::sync::OnceLock<Arc<crate::egress::Egress>>,
 }
 
 impl Service {
@@ -254,6 +258,7 @@ impl Service {
             disk,
             events,
             webhook_hub: Default::default(),
+            egress: std::sync::OnceLock::new(),
         })
     }
 

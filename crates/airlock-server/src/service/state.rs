@@ -201,6 +201,8 @@ impl Service {
             auto_resume: row.auto_resume,
             public_traffic: row.public_traffic,
             mask_host: row.mask_host.clone(),
+            // A fork of a restricted sandbox is just as restricted.
+            egress: self.egress_spec(id).await?,
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -527,6 +529,7 @@ impl Service {
             auto_resume: false,
             public_traffic: true,
             mask_host: String::new(),
+            egress: None,
         };
         let r = self.launch(plan).await;
         drop(lease);

@@ -1,0 +1,77 @@
+//! Policed sandboxes as the store keeps them: the policy as it was asked
+//! for (so it is parsed again after a restart, and shown by the info
+//! endpoint) and the sandbox's address once it has one.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::store::{Store, StoreError};
+
+/// A policy as given in E2B's `network` option.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
+}
+
+impl Spec {
+    pub fn policy(&self) -> Result<super::Policy, super::policy::PolicyError> {
+        super::Policy::parse(&self.allow_out, &self.deny_out, self.rules.as_ref())
+    }
+}
+
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS egress (
+             id TEXT PRIMARY KEY,
+             ip TEXT NOT NULL DEFAULT '',
+             spec TEXT NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+fn parse(id: &str, json: &str) -> Result<Spec, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt { id: id.to_string(), what: format!("egress policy: {e}") })
+}
+
+impl Store {
+    /// Records a sandbox's policy (and address, when known).
+    pub fn put_egress(&self, id: &str, ip: Option<std::net::Ipv4Addr>, spec: &Spec) -> Result<(), StoreError> {
+        let json = serde_json::to_string(spec).unwrap_or_else(|_| "{}".into());
+        let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+        self.c().execute(
+            "INSERT INTO egress (id, ip, spec) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET ip = CASE WHEN ?2 = '' THEN ip ELSE ?2 END, spec = ?3",
+            params![id, ip, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn egress(&self, id: &str) -> Result<Option<(Option<std::net::Ipv4Addr>, Spec)>, StoreError> {
+        let row: Option<(String, String)> = self.c().query_row("SELECT ip, spec FROM egress WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        row.map(|(ip, json)| Ok((ip.parse().ok(), parse(id, &json)?))).transpose()
+    }
+
+    pub fn delete_egress(&self, id: &str) -> Result<(), StoreError> {
+        self.c().execute("DELETE FROM egress WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every policed sandbox that still has a row, with its address.
+    pub fn egress_members(&self) -> Result<Vec<(String, std::net::Ipv4Addr, Spec)>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT e.id, e.ip, e.spec FROM egress e JOIN sandboxes s ON s.id = e.id WHERE e.ip != ''")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?.collect::<Result<Vec<_>, _>>()?;
+        drop(st);
+        drop(c);
+        rows.into_iter().filter_map(|(id, ip, json)| Some((id.clone(), ip.parse().ok()?, json))).map(|(id, ip, json)| Ok((id.clone(), ip, parse(&id, &json)?))).collect()
+    }
+
+    /// Forgets the policies of sandboxes whose rows are gone.
+    pub fn prune_egress(&self) -> Result<usize, StoreError> {
+        Ok(self.c().execute("DELETE FROM egress WHERE id NOT IN (SELECT id FROM sandboxes)", [])?)
+    }
+}
