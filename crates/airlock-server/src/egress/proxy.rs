@@ -115,6 +115,18 @@ impl Default for Blocklist {
     }
 }
 
+/// Makes closing `s` send a reset (SO_LINGER 0). Closing never blocks
+/// with a zero linger time, which is why tokio's own setter is avoided.
+fn reset_on_close(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a plain setsockopt on a descriptor `s` owns, with a value
+    // that lives for the call.
+    unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l as *const _ as *const libc::c_void, std::mem::size_of::<libc::linger>() as libc::socklen_t);
+    }
+}
+
 /// Where a redirected connection was going.
 fn original_dst(s: &TcpStream) -> std::io::Result<SocketAddrV4> {
     use std::os::fd::AsRawFd;
@@ -277,7 +289,7 @@ impl Egress {
         let policy = sbx.policy();
         if self.blocked.blocked(*dst.ip()) {
             self.deny(sbx, dst, "a host or private address");
-            let _ = client.set_linger(Some(Duration::ZERO));
+            reset_on_close(&client);
             return Err("blocked address".into());
         }
         // Read the client's first bytes, for a name to judge by.
@@ -320,7 +332,7 @@ impl Egress {
             self.deny(sbx, dst, &why);
             // A reset, not a clean close: the client sees a refused
             // connection rather than a server that said nothing.
-            let _ = client.set_linger(Some(Duration::ZERO));
+            reset_on_close(&client);
             if matches!(hello, Hello::Http(_)) {
                 let body = format!("blocked by the sandbox's egress policy: {why}\n");
                 let resp =
