@@ -126,6 +126,11 @@ export async function sandboxPage(view, signal, id) {
 
 // ------------------------------------------------------------------ logs
 
+// Terminal output in the log without its escape sequences (colours,
+// titles, bracketed-paste switches) and other control characters.
+// eslint-disable-next-line no-control-regex
+const plain = (s) => s.replace(/\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]/g, '');
+
 async function logsPanel(panel, sbx, signal) {
   const out = h('pre', { class: 'log', id: 'logs', tabindex: 0, 'aria-label': 'Log' });
   const level = h('select', { 'aria-label': 'Level' }, ['debug', 'info', 'warn', 'error'].map((l) => h('option', { value: l, selected: l === 'info' }, l)));
@@ -140,7 +145,7 @@ async function logsPanel(panel, sbx, signal) {
     for await (const line of lines(r)) {
       const e = JSON.parse(line);
       const stick = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
-      out.append(h('span', { class: 'lvl-' + e.level }, `${e.timestamp.slice(11, 23)} ${e.source.padEnd(9)} ${e.message}${e.exitCode !== undefined ? ` (exit ${e.exitCode}, ${e.durationMs} ms)` : ''}\n`));
+      out.append(h('span', { class: 'lvl-' + e.level }, `${e.timestamp.slice(11, 23)} ${e.source.padEnd(9)} ${plain(e.message)}${e.exitCode !== undefined ? ` (exit ${e.exitCode}, ${e.durationMs} ms)` : ''}\n`));
       while (out.childNodes.length > 3000) out.firstChild.remove();
       if (stick) out.scrollTop = out.scrollHeight;
     }

@@ -429,6 +429,32 @@ async fn dashboard_in_a_real_browser() {
     assert!(h.as_f64().unwrap_or(0.0) > 5.0, "terminal rows are styled: {h}");
     b.shot("08-terminal");
 
+    // ---- processes list the shell; the followed log showed, live, the
+    // command the test ran through the API after the log was opened
+    b.click("#tab-processes");
+    b.wait("the shell among the processes", "[...document.querySelectorAll('#process-rows tr')].some(r => r.textContent.includes('/bin/bash -i -l'))", 15);
+    b.click("#tab-logs");
+    b.wait("the API's command's output in the followed log", &format!("document.querySelector('#logs').textContent.includes('{want}')"), 15);
+    b.wait(
+        "the terminal's output in the followed log, escapes removed",
+        "document.querySelector('#logs').textContent.includes('$ echo hello-$((6*7))') && !document.querySelector('#logs').textContent.includes('\\u001b')",
+        15,
+    );
+    b.shot("08-logs");
+
+    // ---- a template built from a pasted recipe, its log streaming
+    b.eval("location.hash = '#/templates'");
+    b.wait("the templates page", "document.querySelector('#b-recipe')", 10);
+    b.set("#b-name", "dash-built");
+    b.set("#b-recipe", "FROM base\nRUN echo built-by-the-dashboard > /etc/dash-built");
+    b.click("#b-submit");
+    b.wait("the build to finish", "document.querySelector('#build-log').textContent.includes('Built dash-built')", 120);
+    let log = b.eval("document.querySelector('#build-log').textContent");
+    assert!(log.as_str().unwrap_or("").contains("Step "), "the build log streamed its steps: {log}");
+    let (s, v) = srv.api("GET", "/templates/dash-built", None).await;
+    assert_eq!(s, 200, "the dashboard's build made the template: {v}");
+    b.shot("09-template-built");
+
     // ---- every other page renders without an error
     for (hash, title) in [
         ("templates", "Templates"),
