@@ -1230,13 +1230,14 @@ pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
 /// `X-API-KEY` or, on these routes only, `Authorization: Bearer` (what
 /// remote MCP clients are configured to send).
 pub fn router_with(svc: Arc<Service>, limiter: Arc<RateLimiter>, extra: Option<axum::Router>) -> axum::Router {
+    let dashboard = crate::dashboard::router(svc.cfg.domain.clone());
     let state = AppState { svc, limiter };
     let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let mut api = public_routes().merge(private).with_state(state.clone());
     if let Some(extra) = extra {
         api = api.merge(extra.route_layer(axum::middleware::from_fn_with_state(state, authenticate)).route_layer(axum::middleware::from_fn(bearer_key)));
     }
-    api.fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace))
+    api.merge(dashboard).fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace))
 }
 
 /// `Authorization: Bearer <key>` as `X-API-KEY` when that is absent.

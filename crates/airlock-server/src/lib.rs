@@ -8,12 +8,14 @@
 //! and persists sandboxes and keys in SQLite (`store`). The runtime backend
 //! does the isolation; this crate never touches namespaces itself.
 //! Lifecycle events are recorded (`events`) and delivered to registered
-//! URLs (`webhooks`).
+//! URLs (`webhooks`). The web dashboard's files are served beside the API
+//! (`dashboard`).
 
 pub mod agent_client;
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod dashboard;
 pub mod egress;
 pub mod events;
 pub mod http;

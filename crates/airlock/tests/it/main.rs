@@ -7,6 +7,7 @@ mod support;
 mod cli;
 
 mod connections;
+mod dashboard;
 mod events;
 mod execlog;
 mod faults;
