@@ -74,6 +74,8 @@ class AirlockServer:
         os.close(fd)
         self.log_path = Path(log)
         self.proc: subprocess.Popen | None = None
+        # More `airlock serve` flags (a module with its own server).
+        self.extra_args: list[str] = []
 
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.log_path, lines)
@@ -112,6 +114,7 @@ class AirlockServer:
                 str(self.data_dir),
                 "--api-key",
                 self.api_key,
+                *self.extra_args,
             ],
             stdin=subprocess.DEVNULL,
             # hermetic: no AIRLOCK_* settings (config file, extra keys...) leak in

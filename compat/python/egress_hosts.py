@@ -197,6 +197,8 @@ def _http_reply(c, local: str, sni: str | None) -> None:
             q = urllib.parse.parse_qs(urllib.parse.urlparse(path).query).get("dns", [""])[0]
             a = _dns_answer(base64.urlsafe_b64decode(q + "=" * (-len(q) % 4)))
             c.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/dns-message\r\ncontent-length: %d\r\n\r\n" % len(a) + a)
+            if headers.get("connection", "").lower() == "close":
+                return
             continue
         if path.startswith("/bytes/"):
             size = int(path.split("/")[2])
@@ -209,6 +211,8 @@ def _http_reply(c, local: str, sni: str | None) -> None:
             continue
         out = json.dumps({"local": local, "sni": sni, "method": method, "path": path, "headers": headers, "body_len": len(body)}).encode()
         c.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(out) + out)
+        if headers.get("connection", "").lower() == "close":
+            return
 
 
 def _serve_http(port: int, ctx: ssl.SSLContext | None) -> None:

@@ -366,8 +366,10 @@ def test_private_ports_need_the_traffic_token_and_egress_rules_are_refused(airlo
         assert sbx.commands.run("echo ok").stdout == "ok\n"
     finally:
         kill_later(sbx)
-    with pytest.raises(SandboxException, match="egress rules"):
-        Sandbox.create(network={"allow_out": ["198.51.100.7"]}, metadata=run_metadata())
+    with pytest.raises(SandboxException, match="not an IPv4 address, a CIDR or a domain"):
+        Sandbox.create(network={"allow_out": ["not a host!"]}, metadata=run_metadata())
+    with pytest.raises(SandboxException, match="SOCKS5"):
+        Sandbox.create(network={"egress_proxy": {"address": "proxy.test:1080"}}, metadata=run_metadata())
     no_net = Sandbox.create(network={"deny_out": ["0.0.0.0/0"]}, metadata=run_metadata())
     try:
         assert no_net.get_info().allow_internet_access is False
@@ -377,9 +379,14 @@ def test_private_ports_need_the_traffic_token_and_egress_rules_are_refused(airlo
 
 def test_update_network_refuses_what_it_cannot_enforce(sandbox: Sandbox):
     from e2b import SandboxException
-    with pytest.raises(SandboxException, match="egress rules"):
-        sandbox.update_network({"allow_out": ["198.51.100.7"]})
-    with pytest.raises(SandboxException, match="cannot change"):
-        sandbox.update_network({"allow_internet_access": not sandbox.get_info().allow_internet_access})
+    with pytest.raises(SandboxException, match="not an IPv4 address, a CIDR or a domain"):
+        sandbox.update_network({"allow_out": ["bad entry"]})
+    offline = Sandbox.create(allow_internet_access=False, metadata=run_metadata())
+    try:
+        with pytest.raises(SandboxException, match="cannot give it a network"):
+            offline.update_network({"allow_out": ["198.51.100.7"]})
+        offline.update_network({"allow_internet_access": False})  # what it has already: accepted
+    finally:
+        kill_later(offline)
     sandbox.update_network({"dns_servers": []})  # nothing it cannot do: accepted
     assert sandbox.commands.run("echo still-fine").stdout == "still-fine\n"

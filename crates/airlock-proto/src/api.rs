@@ -159,6 +159,11 @@ pub struct SandboxDetail {
     /// Resource alert thresholds, when any are set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertThresholds>,
+    /// E2B's `SandboxNetworkConfig`: the egress policy and port traffic
+    /// settings (single-sandbox reads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub network: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -330,14 +330,16 @@ impl Egress {
         };
         if let Verdict::Deny(why) = verdict {
             self.deny(sbx, dst, &why);
-            // A reset, not a clean close: the client sees a refused
-            // connection rather than a server that said nothing.
-            reset_on_close(&client);
             if matches!(hello, Hello::Http(_)) {
                 let body = format!("blocked by the sandbox's egress policy: {why}\n");
                 let resp =
                     format!("HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nx-airlock-egress: denied\r\n\r\n{body}", body.len());
                 let _ = client.write_all(resp.as_bytes()).await;
+                let _ = client.shutdown().await;
+            } else {
+                // A reset, not a clean close: the client sees a refused
+                // connection rather than a server that said nothing.
+                reset_on_close(&client);
             }
             return Err(why);
         }

@@ -24,6 +24,7 @@ impl Service {
             alerts: (!row.alerts.is_empty()).then_some(row.alerts),
             lifecycle: api::Lifecycle { auto_resume: row.auto_resume, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
             domain: None,
+            network: None,
         }
     }
 
@@ -44,7 +45,18 @@ impl Service {
         if let Some(dead) = self.dead_row(id).await? {
             return Err(Self::death_error(&dead));
         }
-        Ok(self.detail(&self.row(id).await?))
+        let row = self.row(id).await?;
+        let mut d = self.detail(&row);
+        let spec = self.egress_spec(id).await?.unwrap_or_default();
+        let mut net = serde_json::json!({"allow_public_traffic": row.public_traffic, "allow_out": spec.allow_out, "deny_out": spec.deny_out});
+        if !row.mask_host.is_empty() {
+            net["mask_request_host"] = row.mask_host.clone().into();
+        }
+        if let Some(r) = spec.rules {
+            net["rules"] = r;
+        }
+        d.network = Some(net);
+        Ok(d)
     }
 
     pub async fn list(&self, f: ListFilter) -> Result<Page, ApiError> {
