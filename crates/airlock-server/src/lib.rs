@@ -8,18 +8,21 @@
 //! and persists sandboxes and keys in SQLite (`store`). The runtime backend
 //! does the isolation; this crate never touches namespaces itself.
 //! Lifecycle events are recorded (`events`) and delivered to registered
-//! URLs (`webhooks`).
+//! URLs (`webhooks`). Secrets are sealed at rest and resolved only for
+//! the egress proxy (`secrets`); its TLS interception CA is `egress_tls`.
 
 pub mod agent_client;
 pub mod api;
 pub mod builder;
 pub mod config;
+pub mod egress_tls;
 pub mod events;
 pub mod http;
 pub mod ids;
 pub mod pools;
 pub mod proxy;
 pub mod samples;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod store;

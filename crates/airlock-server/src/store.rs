@@ -289,6 +289,7 @@ impl Store {
         crate::samples::migrate(&conn)?;
         crate::pools::migrate(&conn)?;
         crate::webhooks::migrate(&conn)?;
+        crate::secrets::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })
     }

@@ -36,6 +36,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod pools;
+mod secrets;
 mod state;
 mod templates;
 mod views;
@@ -227,6 +228,8 @@ pub struct Service {
     events: tokio::sync::broadcast::Sender<crate::events::Event>,
     /// Tells the webhook deliveries that webhooks changed.
     webhook_hub: crate::webhooks::Hub,
+    /// Sealed secrets and their resolution for the egress proxy.
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl Service {
@@ -235,6 +238,7 @@ impl Service {
             crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         let disk = disk::DiskGuard::new(&cfg.data_dir);
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let secrets = Arc::new(crate::secrets::Secrets::new(store.clone(), &cfg.data_dir));
         Arc::new(Self {
             cfg,
             store,
@@ -254,6 +258,7 @@ impl Service {
             disk,
             events,
             webhook_hub: Default::default(),
+            secrets,
         })
     }
 
