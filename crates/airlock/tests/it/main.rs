@@ -16,6 +16,7 @@ mod mcp;
 mod operations;
 mod process;
 mod seccomp;
+mod secrets;
 mod security;
 mod server;
 mod state;
