@@ -230,6 +230,8 @@ pub struct Service {
     webhook_hub: crate::webhooks::Hub,
     /// Sealed secrets and their resolution for the egress proxy.
     secrets: Arc<crate::secrets::Secrets>,
+    /// The egress proxy's interception CA, opened (or made) on first use.
+    egress_tls: Mutex<Option<Arc<crate::egress_tls::EgressTls>>>,
 }
 
 impl Service {
@@ -259,6 +261,7 @@ impl Service {
             events,
             webhook_hub: Default::default(),
             secrets,
+            egress_tls: Mutex::new(None),
         })
     }
 

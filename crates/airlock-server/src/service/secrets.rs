@@ -37,6 +37,18 @@ fn secret_err(e: SecretError) -> ApiError {
     }
 }
 
+/// An error and its causes, for the log.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// An id or a name as the SDKs send it: ids as they are, names lower-cased.
 fn selector(id_or_name: &str) -> String {
     if id_or_name.starts_with(ID_PREFIX) {
@@ -49,6 +61,45 @@ fn selector(id_or_name: &str) -> String {
 impl Service {
     pub fn secrets(&self) -> &Arc<crate::secrets::Secrets> {
         &self.secrets
+    }
+
+    /// The egress proxy's interception CA (`crate::egress_tls`), loaded from
+    /// `<data>/egress-ca` or made there the first time. Blocking (file I/O,
+    /// a key generation the first time): call it from the blocking pool.
+    pub fn egress_tls(&self) -> Result<Arc<crate::egress_tls::EgressTls>, crate::egress_tls::EgressTlsError> {
+        let mut slot = self.egress_tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = &*slot {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(crate::egress_tls::EgressTls::open(&self.cfg.data_dir)?);
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Makes a sandbox about to be created trust the egress CA: the trust
+    /// layer for its template's root layers above them, and the variables
+    /// of `egress_tls::trust_env` (a variable the caller set wins).
+    pub async fn add_egress_trust(&self, spec: &mut airlock_runtime::SandboxSpec) -> Result<(), ApiError> {
+        let layers = spec.rootfs.root_layers.clone();
+        let tls = self.blocking({
+            let me = self.egress_tls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let data = self.cfg.data_dir.clone();
+            move || -> Result<_, crate::egress_tls::EgressTlsError> {
+                let tls = match me {
+                    Some(t) => t,
+                    None => Arc::new(crate::egress_tls::EgressTls::open(&data)?),
+                };
+                let layer = tls.trust_layer(&layers)?;
+                Ok((tls, layer))
+            }
+        });
+        let (tls, layer) = tls.await?.map_err(|e| ApiError::Internal(format!("the egress CA: {}", error_chain(&e))))?;
+        self.egress_tls.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(tls);
+        spec.top_layers.insert(0, layer);
+        for (k, v) in crate::egress_tls::trust_env() {
+            spec.env.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
+        Ok(())
     }
 
     async fn secret_row(&self, id_or_name: &str) -> Result<SecretRow, ApiError> {
@@ -137,5 +188,45 @@ impl Service {
         }
         tracing::info!(secret_id = %row.id, name = %row.name, "secret deleted");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> (tempfile::TempDir, Arc<Service>) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Store::open(&tmp.path().join("airlock.db")).expect("store"));
+        let cfg = Config::new(tmp.path().to_path_buf(), "/nonexistent/airlock".into());
+        let svc = Service::new(cfg, store, Arc::new(super::super::fake::FakeBackend::default()));
+        (tmp, svc)
+    }
+
+    #[tokio::test]
+    async fn an_update_is_what_the_next_resolution_sees() {
+        let (_tmp, svc) = service();
+        let s = svc.create_secret(NewSecret { name: "Tok".into(), value: "one".into(), metadata: None }).await.expect("create");
+        assert_eq!(svc.secrets().resolve_placeholders("t=${e2b.secrets.tok}").await.expect("resolve"), "t=one");
+        svc.update_secret("tok", SecretUpdate { value: "two".into(), metadata: None }).await.expect("update");
+        assert_eq!(svc.secrets().resolve_placeholders("t=${e2b.secrets.tok}").await.expect("resolve"), "t=two", "the cache was dropped");
+        svc.delete_secret(&s.secret_id).await.expect("delete");
+        assert!(matches!(svc.secrets().resolve_placeholders("${e2b.secrets.tok}").await, Err(SecretError::Unknown { .. })));
+        // Created again under the same name: the new value, not a cached one.
+        svc.create_secret(NewSecret { name: "tok".into(), value: "three".into(), metadata: None }).await.expect("again");
+        assert_eq!(svc.secrets().resolve_placeholders("${e2b.secrets.tok}").await.expect("resolve"), "three");
+    }
+
+    #[tokio::test]
+    async fn a_spec_given_egress_trust_gets_the_layer_and_the_variables() {
+        let (tmp, svc) = service();
+        let mut spec = airlock_runtime::SandboxSpec::new("s1", airlock_template::RootFs { root_layers: vec![tmp.path().join("no-layer")], ..Default::default() });
+        spec.env.insert("SSL_CERT_FILE".into(), "/mine.pem".into());
+        svc.add_egress_trust(&mut spec).await.expect("trust");
+        let ca = svc.egress_tls().expect("ca");
+        assert_eq!(spec.top_layers.len(), 1);
+        assert_eq!(std::fs::read_to_string(spec.top_layers[0].join("etc/airlock/egress-ca.pem")).expect("ca file"), ca.ca_pem());
+        assert_eq!(spec.env.get("NODE_EXTRA_CA_CERTS").map(String::as_str), Some(crate::egress_tls::SANDBOX_CA_PATH));
+        assert_eq!(spec.env.get("SSL_CERT_FILE").map(String::as_str), Some("/mine.pem"), "the caller's variable wins");
     }
 }
