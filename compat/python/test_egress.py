@@ -116,6 +116,38 @@ print(json.dumps(eval(sys.argv[1])))
 '''
 
 
+# Looks for a value (given reversed) in the environment, every process's
+# environment and command line, and the files a sandbox can write.
+FIND = r'''
+import os, sys
+v = sys.argv[1][::-1].encode()
+n = 0
+for k, val in os.environ.items():
+    if v in (k + "=" + val).encode():
+        print("FOUND env", k)
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        for f in ("environ", "cmdline"):
+            try:
+                n += 1
+                if v in open(f"/proc/{pid}/{f}", "rb").read():
+                    print("FOUND", pid, f)
+            except OSError:
+                pass
+for top in ("/etc", "/home", "/tmp", "/root", "/run", "/var"):
+    for d, _, files in os.walk(top):
+        for f in files:
+            p = os.path.join(d, f)
+            try:
+                n += 1
+                if os.path.isfile(p) and v in open(p, "rb").read(8 << 20):
+                    print("FOUND", p)
+            except OSError:
+                pass
+print("searched", n)
+'''
+
+
 @pytest.fixture(scope="module")
 def inet():
     i = Internet()
@@ -272,3 +304,40 @@ def test_moru_network_option(egress_server, monkeypatch):
         assert json.loads(out) == {"banner": f"banner {GOOD}"}
     finally:
         s.kill()
+
+
+def test_a_secret_is_injected_into_requests_to_its_host_and_never_seen_inside(egress_server):
+    from e2b import Secret
+
+    opts = dict(api_key=egress_server.api_key, api_url=egress_server.url)
+    value = "sk-test-" + __import__("secrets").token_hex(16)
+    Secret.create("upstream-key", value, **opts)
+    rules = {"api.good.test": [{"transform": {"headers": {"Authorization": "Bearer " + Secret.fill("upstream-key")}}}]}
+    s = make(egress_server, network={"allow_out": ["api.good.test", "cdn.good.test"], "deny_out": ["0.0.0.0/0"], "rules": rules})
+    try:
+        # HTTPS, verified by the sandbox's default trust store (which trusts the server's CA)...
+        r = probe(s, f"http('{GOOD}', 443, 'api.good.test', '/tls', tls=True, ca='/etc/ssl/certs/ca-certificates.crt', headers={{'Authorization': 'Bearer sandbox-guess'}})")
+        assert r["status"] == 200, r
+        assert r["body"]["headers"]["authorization"] == f"Bearer {value}", "the rule's header replaces the sandbox's own"
+        # ...and plain HTTP.
+        r = probe(s, f"http('{GOOD}', 80, 'api.good.test', '/plain')")
+        assert r["body"]["headers"]["authorization"] == f"Bearer {value}", r
+        # Another host gets nothing.
+        r = probe(s, "system_dns('cdn.good.test')")
+        r = probe(s, f"http('{CDN}', 80, 'cdn.good.test')")
+        assert r["status"] == 200 and "authorization" not in r["body"]["headers"], r
+        r = probe(s, f"http('{CDN}', 443, 'cdn.good.test', tls=True)")
+        assert r["status"] == 200 and "authorization" not in r["body"]["headers"], r
+        # The value is nowhere inside: environment, files, any process's memory maps or command line.
+        # (The search is given the value reversed, so its own command line does not hold it.)
+        s.files.write("/tmp/find.py", FIND)
+        look = s.commands.run(f"python3 /tmp/find.py {value[::-1]}", user="root", timeout=60)
+        assert look.stdout.startswith("searched ") and "FOUND" not in look.stdout, look.stdout
+        # Nor in what the API returns about the sandbox or the secret.
+        info = Sandbox.get_info(s.sandbox_id, **opts)
+        assert value not in repr(info)
+        assert value not in repr(Secret.get_info("upstream-key", **opts))
+        assert value not in egress_server.log_path.read_text(errors="replace")
+    finally:
+        s.kill()
+        Secret.destroy("upstream-key", **opts)

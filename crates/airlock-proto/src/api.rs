@@ -745,6 +745,65 @@ pub struct WebhookDelivery {
     pub failed: u64,
 }
 
+// -------------------------------------------------------------- secrets
+
+/// `POST /secrets` (E2B's `NewSecret`). Its `Debug` never shows the value.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewSecret {
+    /// Unique; stored lower-cased. Not empty, no `{`, `}` or control
+    /// characters (it goes into `${e2b.secrets.<name>}`), not `sec_…`.
+    #[serde(default)]
+    pub name: String,
+    /// Write-only: no response ever carries it.
+    #[serde(default)]
+    pub value: String,
+    /// At most 32 entries, keys up to 128 bytes, values up to 1024, 8192 in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /secrets/{id}` (E2B's `SecretUpdate`): a new value (the next
+/// version) and, when given, metadata replacing the stored one.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SecretUpdate {
+    #[serde(default)]
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSecret").field("name", &self.name).field("value", &"<redacted>").field("metadata", &self.metadata).finish()
+    }
+}
+
+impl std::fmt::Debug for SecretUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretUpdate").field("value", &"<redacted>").field("metadata", &self.metadata).finish()
+    }
+}
+
+/// A secret's metadata (E2B's `Secret`); never its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    /// `sec_` and 20 lowercase alphanumerics.
+    #[serde(rename = "secretID")]
+    pub secret_id: String,
+    pub name: String,
+    /// 1 when created, one more with each update.
+    pub current_version: i64,
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
 /// `GET /sandboxes/{id}/health`: whether the sandbox works, and why not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -426,6 +426,14 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
         crate::rootfs::idmapped_bind(&shim.join(part), &at, userns).map_err(staged("sudo shim"))?;
         lowers.insert(0, at);
     }
+    // The server's own layers (the egress CA's trust layer) above all of
+    // the root's; inserted last-first so the first stays topmost.
+    for (i, layer) in cfg.top_layers.iter().enumerate().rev() {
+        let at = cfg.dir.join("lower").join(format!("top{i}"));
+        std::fs::create_dir_all(&at).map_err(|e| Stage::io("server layer", e))?;
+        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("server layer"))?;
+        root_lowers.insert(0, at);
+    }
     // Overlay options are visible in /proc/self/mountinfo inside the
     // sandbox: give them paths relative to the sandbox directory so no host
     // path shows.

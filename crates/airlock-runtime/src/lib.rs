@@ -93,6 +93,13 @@ pub struct SandboxSpec {
     /// Host directories bound into the sandbox (volumes).
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// Read-only root layers above the template's (and the `sudo` shim),
+    /// topmost first: files the server adds to every sandbox of a kind,
+    /// such as the egress CA's trust layer. Not part of the template: a
+    /// snapshot does not take them, and a layer holding canonical ids
+    /// (owned by host root) shows as root's inside.
+    #[serde(default)]
+    pub top_layers: Vec<PathBuf>,
 }
 
 impl SandboxSpec {
@@ -107,6 +114,7 @@ impl SandboxSpec {
             hostname: None,
             disk_mb: None,
             volumes: Vec::new(),
+            top_layers: Vec::new(),
         }
     }
 }

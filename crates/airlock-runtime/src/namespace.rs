@@ -290,6 +290,7 @@ impl NamespaceBackend {
             access_token: spec.access_token.clone(),
             volumes: spec.volumes.clone(),
             sudo_layer: self.shim.clone(),
+            top_layers: spec.top_layers.clone(),
         };
         state::write_json(&dir.join(state::LAUNCH_FILE), &cfg).map_err(|e| Error::io("writing launch.json", e))?;
         self.launch(&cfg)

@@ -49,6 +49,9 @@ pub struct LaunchConfig {
     /// The `sudo` shim's layer (`crate::shim`), when the backend made one.
     #[serde(default)]
     pub sudo_layer: Option<PathBuf>,
+    /// `SandboxSpec::top_layers`, kept so a restart mounts them again.
+    #[serde(default)]
+    pub top_layers: Vec<PathBuf>,
 }
 
 /// Written by the launcher once the agent listens.

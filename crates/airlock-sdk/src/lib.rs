@@ -19,8 +19,9 @@
 //! in the API ([`SandboxDetail`], [`EntryInfo`], ...). The SDK talks
 //! HTTP/1.1 over plain `http://` with one pooled client per [`Client`];
 //! every handle is cheap to clone and dropping one never blocks. It manages
-//! templates ([`Client::templates`]) and webhooks
-//! ([`Client::create_webhook`]) but not API keys, and has no TLS of its own.
+//! templates ([`Client::templates`]), webhooks
+//! ([`Client::create_webhook`]) and secrets ([`Client::create_secret`])
+//! but not API keys, and has no TLS of its own.
 
 mod client;
 pub mod commands;
@@ -32,6 +33,7 @@ pub mod files;
 mod ndjson;
 pub mod operations;
 mod sandbox;
+pub mod secrets;
 mod sse;
 mod state;
 mod stream;
@@ -51,6 +53,7 @@ pub use state::RestartOptions;
 
 pub use airlock_proto::api::{AlertThresholds, Event, HealthCheck, PoolInfo, PoolSpec, ResourceChange, SandboxHealth};
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
+pub use airlock_proto::api::{NewSecret, Secret, SecretUpdate};
 pub use airlock_proto::api::{NewWebhook, SandboxEvent, Webhook, WebhookDelivery, WebhookPatch};
 pub use airlock_proto::connect::{Code, ConnectError};
 pub use airlock_proto::envd::{EndEvent, EntryInfo, EventType, FileType, FilesystemEvent, ProcessInfo, PtySize, Signal, WrittenFile};

@@ -25,11 +25,13 @@ use utoipa::OpenApi;
 use crate::http::{self as h, Resp};
 
 mod e2b_templates;
+mod secrets;
 mod volumes;
 mod webhooks;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
 use e2b_templates::*;
+use secrets::*;
 use volumes::*;
 use webhooks::*;
 
@@ -1077,7 +1079,7 @@ macro_rules! routes {
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
                 airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
-                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -1133,6 +1135,11 @@ routes! {
         get "/events/webhooks/{id}" => e2b_get_webhook,
         patch "/events/webhooks/{id}" => e2b_patch_webhook,
         delete "/events/webhooks/{id}" => e2b_delete_webhook,
+        post "/secrets" => create_secret,
+        get "/secrets" => list_secrets,
+        get "/secrets/{id}" => get_secret,
+        post "/secrets/{id}" => update_secret,
+        delete "/secrets/{id}" => delete_secret,
         post "/sandboxes/import" => import,
         post "/sandboxes/{id}/connect" => connect_v1,
         post "/v2/sandboxes/{id}/connect" => connect_v2,

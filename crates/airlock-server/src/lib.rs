@@ -9,7 +9,8 @@
 //! does the isolation; this crate never touches namespaces itself.
 //! Lifecycle events are recorded (`events`) and delivered to registered
 //! URLs (`webhooks`). The web dashboard's files are served beside the API
-//! (`dashboard`).
+//! (`dashboard`). Secrets are sealed at rest and resolved only for the
+//! egress proxy (`secrets`); its TLS interception CA is `egress_tls`.
 
 pub mod agent_client;
 pub mod api;
@@ -17,12 +18,14 @@ pub mod builder;
 pub mod config;
 pub mod dashboard;
 pub mod egress;
+pub mod egress_tls;
 pub mod events;
 pub mod http;
 pub mod ids;
 pub mod pools;
 pub mod proxy;
 pub mod samples;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod store;

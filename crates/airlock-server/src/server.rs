@@ -112,6 +112,18 @@ impl Server {
         service.restore_volumes().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.reconcile().await.map_err(|e| ServeError::Other(e.to_string()))?;
         service.init_pools().await.map_err(|e| ServeError::Other(e.to_string()))?;
+        // A lost or replaced secrets key does not stop the server (secrets'
+        // metadata stays readable and deletable) but is said at once.
+        let secrets = service.secrets().clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || secrets.check_key()).await {
+            tracing::error!(error = %e, "stored secrets cannot be decrypted: they will not be injected");
+        }
+        // The egress CA exists from the first start on (sandboxes trust it
+        // through a layer made from it).
+        let svc = service.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc.egress_tls().map(|_| ())).await {
+            tracing::error!(error = %e, "the egress interception CA could not be loaded or made");
+        }
         Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None })
     }
 

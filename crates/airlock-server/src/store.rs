@@ -290,6 +290,7 @@ impl Store {
         crate::pools::migrate(&conn)?;
         crate::egress::store::migrate(&conn)?;
         crate::webhooks::migrate(&conn)?;
+        crate::secrets::migrate(&conn)?;
         let reserve = path.parent().map(|d| d.join(RESERVE_FILE));
         Ok(Self { conn: Mutex::new(conn), reserve })
     }

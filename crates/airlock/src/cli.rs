@@ -14,6 +14,7 @@ mod events;
 mod mcp;
 mod ops;
 mod progress;
+mod secret;
 mod shell;
 mod state;
 mod template;
@@ -77,6 +78,9 @@ enum Cmd {
     /// Lifecycle webhooks: URLs the server POSTs events to (create, list, show, rm).
     #[command(alias = "webhooks", after_help = webhook::EXAMPLES)]
     Webhook(webhook::WebhookArgs),
+    /// Secrets injected into sandboxes' outbound requests (create, list, get, update, delete).
+    #[command(alias = "secrets", after_help = secret::EXAMPLES)]
+    Secret(secret::SecretArgs),
     /// Fork a sandbox: new running sandboxes with its files, environment and metadata.
     #[command(after_help = state::FORK_EXAMPLES)]
     Fork(state::ForkArgs),
@@ -340,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Pool(a) => return ops::run(a),
         Cmd::Cleanup { dry_run } => return cleanup(dry_run),
         Cmd::Webhook(a) => return webhook::run(a),
+        Cmd::Secret(a) => return secret::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),
         Cmd::Fork(a) => return client::run(client::Command::Fork(a)),

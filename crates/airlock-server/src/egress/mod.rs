@@ -119,17 +119,9 @@ pub struct Egress {
     upstream_tls: Arc<rustls::ClientConfig>,
     /// Certificates for HTTPS the proxy terminates (hosts whose requests
     /// it rewrites); without one such connections are refused.
-    interceptor: std::sync::OnceLock<Arc<dyn Interceptor>>,
+    interceptor: std::sync::OnceLock<Arc<crate::egress_tls::EgressTls>>,
     /// Fills `${e2b.secrets.<name>}` placeholders in header values.
-    secrets: std::sync::OnceLock<SecretResolver>,
-}
-
-/// Turns a header value template into the value sent.
-pub type SecretResolver = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
-
-/// Where intercepted HTTPS gets its certificates.
-pub trait Interceptor: Send + Sync {
-    fn server_config(&self, sni: &str) -> Result<Arc<rustls::ServerConfig>, String>;
+    secrets: std::sync::OnceLock<Arc<crate::secrets::Secrets>>,
 }
 
 /// The host's own resolvers, loopback ones included (the resolver runs on
@@ -191,12 +183,12 @@ impl Egress {
         Ok(me)
     }
 
-    pub fn set_interceptor(&self, i: Arc<dyn Interceptor>) {
+    pub fn set_interceptor(&self, i: Arc<crate::egress_tls::EgressTls>) {
         let _ = self.interceptor.set(i);
     }
 
-    pub fn set_secret_resolver(&self, r: SecretResolver) {
-        let _ = self.secrets.set(r);
+    pub fn set_secrets(&self, s: Arc<crate::secrets::Secrets>) {
+        let _ = self.secrets.set(s);
     }
 
     pub fn sandbox(&self, ip: Ipv4Addr) -> Option<Arc<SandboxEgress>> {

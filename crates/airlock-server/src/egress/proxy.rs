@@ -429,7 +429,8 @@ impl Egress {
                             return Err(format!("a request for {this_host:?} on a connection to {host}"));
                         }
                         let policy = sbx.policy();
-                        let head = self.rewrite_head(&req, policy.transform(host).as_deref()).map_err(|e| format!("request to {host}: {e}"))?;
+                        let set = self.resolve_transform(policy.transform(host)).await.map_err(|e| format!("request to {host}: {e}"))?;
+                        let head = rewrite_head(&req, &set);
                         let body = body_kind(&req);
                         buf.drain(..len);
                         break (head, body);
@@ -467,37 +468,6 @@ impl Egress {
                 buf.extend_from_slice(&chunk[..n]);
             }
         }
-    }
-
-    /// The request head as sent on: the policy's headers replace any of the
-    /// same name the sandbox sent, their secrets resolved now.
-    fn rewrite_head(&self, req: &httparse::Request<'_, '_>, transform: Option<&[(String, String)]>) -> Result<Vec<u8>, String> {
-        let set: Vec<(String, String)> = match transform {
-            Some(t) => t.iter().map(|(k, v)| self.resolve_secrets(v).map(|v| (k.clone(), v))).collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        };
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
-        out.extend_from_slice(if req.version == Some(0) { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
-        for h in req.headers.iter() {
-            if set.iter().any(|(k, _)| k.eq_ignore_ascii_case(h.name)) {
-                continue;
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        for (k, v) in &set {
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        Ok(out)
     }
 }
 
@@ -543,7 +513,7 @@ impl Egress {
             self.deny(sbx, dst, "requests to this host are rewritten, and this server has no interception CA");
             return Err("no interception CA".into());
         };
-        let cfg = icpt.server_config(&sni).map_err(|e| format!("certificate for {sni}: {e}"))?;
+        let cfg = icpt.server_config(&sni).map_err(|e| format!("certificate for {sni}: {}", airlock_runtime::init::chain(&e)))?;
         let tls_in = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsAcceptor::from(cfg).accept(Prefixed { prefix: first, at: 0, inner: client }))
             .await
             .map_err(|_| "TLS handshake with the sandbox timed out".to_string())?
@@ -564,16 +534,47 @@ impl Egress {
         self.relay_http(cr, cw, ur, uw, Vec::new(), sni, sbx).await
     }
 
-    /// A header value with its `${e2b.secrets.<name>}` placeholders filled.
-    fn resolve_secrets(&self, v: &str) -> Result<String, String> {
-        if !v.contains("${") {
-            return Ok(v.to_string());
+    /// The transform's headers with their `${e2b.secrets.<name>}`
+    /// placeholders filled (the values exist only here and on the wire).
+    async fn resolve_transform(&self, t: Option<Vec<(String, String)>>) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for (k, v) in t.unwrap_or_default() {
+            if !v.contains("${") {
+                out.push((k, v));
+                continue;
+            }
+            let Some(secrets) = self.secrets.get() else { return Err("a header names a secret, and this server has no secret store".into()) };
+            out.push((k, secrets.resolve_placeholders(&v).await.map_err(|e| e.to_string())?));
         }
-        match self.secrets.get() {
-            Some(r) => r(v),
-            None => Err("a header names a secret, and this server has no secret store".into()),
-        }
+        Ok(out)
     }
+}
+
+/// The request head as sent on: the policy's headers (`set`, secrets
+/// resolved) replace any of the same name the sandbox sent.
+fn rewrite_head(req: &httparse::Request<'_, '_>, set: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(if req.version == Some(0) { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    for h in req.headers.iter() {
+        if set.iter().any(|(k, _)| k.eq_ignore_ascii_case(h.name)) {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in set {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 enum Body {

@@ -252,6 +252,11 @@ impl Service {
         spec.access_token = token.map(str::to_string);
         spec.disk_mb = plan.disk_mb;
         spec.volumes = plan.volumes.iter().map(|v| v.mount.clone()).collect();
+        // A policed sandbox trusts the interception CA, so that requests its
+        // rules rewrite (secrets added on the way out) work over HTTPS.
+        if plan.egress.is_some() {
+            self.add_egress_trust(&mut spec).await?;
+        }
         let backend = self.backend.clone();
         let info = self.blocking(move || backend.create(&spec)).await?.map_err(|e| {
             tracing::error!(sandbox_id = %id, error = %airlock_runtime::init::chain(&e), "sandbox creation failed");

@@ -38,6 +38,20 @@ impl Service {
             h[..5].iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
         let eg = Egress::start(&tag, upstreams, upstream_tls).await.map_err(|e| airlock_runtime::init::chain(&e))?;
+        eg.set_secrets(self.secrets().clone());
+        // HTTPS to hosts with transform rules is terminated with the
+        // interception CA; without it such connections are refused.
+        match self
+            .blocking({
+                let data = self.cfg.data_dir.clone();
+                move || crate::egress_tls::EgressTls::open(&data)
+            })
+            .await
+        {
+            Ok(Ok(tls)) => eg.set_interceptor(Arc::new(tls)),
+            Ok(Err(e)) => tracing::error!(error = %airlock_runtime::init::chain(&e), "no egress interception CA: HTTPS requests that rules rewrite are refused"),
+            Err(e) => tracing::error!(error = %e, "no egress interception CA"),
+        }
         let n = parsed.len();
         let eg2 = eg.clone();
         tokio::task::spawn_blocking(move || eg2.restore(parsed)).await.map_err(|e| e.to_string())?.map_err(|e| airlock_runtime::init::chain(&e))?;

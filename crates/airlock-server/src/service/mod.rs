@@ -37,6 +37,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod pools;
+mod secrets;
 mod state;
 mod templates;
 mod views;
@@ -231,6 +232,10 @@ pub struct Service {
     /// Egress policy enforcement, when the host can do it (set once at
     /// start-up, before any sandbox is adopted or created).
     egress: std::sync::OnceLock<Arc<crate::egress::Egress>>,
+    /// Sealed secrets and their resolution for the egress proxy.
+    secrets: Arc<crate::secrets::Secrets>,
+    /// The egress proxy's interception CA, opened (or made) on first use.
+    egress_tls: Mutex<Option<Arc<crate::egress_tls::EgressTls>>>,
 }
 
 impl Service {
@@ -239,6 +244,7 @@ impl Service {
             crate::builder::Builder { backend: backend.clone(), store: airlock_template::Store::new(cfg.data_dir.join("templates")), io_bps: cfg.io_bps, io_iops: cfg.io_iops };
         let disk = disk::DiskGuard::new(&cfg.data_dir);
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let secrets = Arc::new(crate::secrets::Secrets::new(store.clone(), &cfg.data_dir));
         Arc::new(Self {
             cfg,
             store,
@@ -259,6 +265,8 @@ impl Service {
             events,
             webhook_hub: Default::default(),
             egress: std::sync::OnceLock::new(),
+            secrets,
+            egress_tls: Mutex::new(None),
         })
     }
 

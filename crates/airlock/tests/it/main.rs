@@ -17,6 +17,7 @@ mod mcp;
 mod operations;
 mod process;
 mod seccomp;
+mod secrets;
 mod security;
 mod server;
 mod state;
