@@ -31,6 +31,7 @@ pub mod events;
 pub mod execlog;
 pub mod files;
 mod ndjson;
+pub mod network;
 pub mod operations;
 mod sandbox;
 pub mod secrets;

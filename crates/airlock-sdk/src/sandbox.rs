@@ -376,6 +376,15 @@ impl SandboxBuilder {
         self
     }
 
+    /// The egress policy and port traffic settings (E2B's `network`
+    /// option; see [`crate::network`]).
+    pub fn network(mut self, n: &airlock_proto::api::NetworkOptions) -> Self {
+        if let Ok(v) = serde_json::to_value(n) {
+            self.req.other.insert("network".into(), v);
+        }
+        self
+    }
+
     /// Pause instead of kill when the timeout expires.
     pub fn auto_pause(mut self, on: bool) -> Self {
         self.req.auto_pause = Some(on);

@@ -319,7 +319,14 @@ fn cleanup(dry_run: bool) -> anyhow::Result<u8> {
         );
         return Ok(1);
     }
-    let removed = airlock_runtime::network::remove_host_rules()?;
+    let mut removed = airlock_runtime::network::remove_host_rules()?;
+    // Egress tables of servers that are gone (a running server re-creates
+    // its own at its next start).
+    for t in airlock_runtime::nft::tables() {
+        if airlock_runtime::nft::remove_table(&t).is_ok() {
+            removed.push(format!("nftables table {t}"));
+        }
+    }
     if removed.is_empty() && slots.is_empty() {
         println!("nothing to clean up");
     }

@@ -37,8 +37,11 @@ const RELAY_BUF: usize = 256 * 1024;
 /// space, the networks the host is attached to, and the host's own
 /// addresses.
 pub struct Blocklist {
-    cache: Mutex<Option<(Instant, Vec<(u32, u8)>)>>,
+    cache: Mutex<Option<(Instant, Vec<Cidr>)>>,
 }
+
+/// An IPv4 network: address and prefix length.
+type Cidr = (u32, u8);
 
 const FIXED_BLOCKS: [([u8; 4], u8); 9] = [
     ([10, 0, 0, 0], 8),
@@ -86,13 +89,13 @@ impl Blocklist {
         Self { cache: Mutex::new(None) }
     }
 
-    fn dynamic(&self) -> Vec<(u32, u8)> {
+    fn dynamic(&self) -> Vec<Cidr> {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, v)) = c.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(5)) {
             let _ = at;
             return v.clone();
         }
-        let mut v: Vec<(u32, u8)> = airlock_runtime::network::connected_subnets()
+        let mut v: Vec<Cidr> = airlock_runtime::network::connected_subnets()
             .iter()
             .filter_map(|s| {
                 let (a, p) = s.split_once('/')?;
@@ -130,6 +133,7 @@ fn reset_on_close(s: &TcpStream) {
 /// Where a redirected connection was going.
 fn original_dst(s: &TcpStream) -> std::io::Result<SocketAddrV4> {
     use std::os::fd::AsRawFd;
+    // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: SO_ORIGINAL_DST (80) writes at most `len` bytes of a

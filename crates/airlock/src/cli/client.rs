@@ -128,6 +128,14 @@ pub(super) struct CreateOpts {
     /// No internet access (loopback only).
     #[arg(long)]
     no_internet: bool,
+    /// Egress allowed to this IP, CIDR or domain (`*.` for subdomains;
+    /// repeatable); with --deny-out 0.0.0.0/0, only these are reachable.
+    #[arg(long = "allow-out", value_delimiter = ',')]
+    allow_out: Vec<String>,
+    /// Egress denied to this IP, CIDR or domain (repeatable; 0.0.0.0/0:
+    /// everything not allowed).
+    #[arg(long = "deny-out", value_delimiter = ',')]
+    deny_out: Vec<String>,
     /// Pause instead of kill when the timeout expires.
     #[arg(long)]
     auto_pause: bool,
@@ -166,6 +174,9 @@ impl CreateOpts {
         }
         if self.no_internet {
             b = b.allow_internet_access(false);
+        }
+        if !self.allow_out.is_empty() || !self.deny_out.is_empty() {
+            b = b.network(&airlock_proto::api::NetworkOptions { allow_out: self.allow_out.clone(), deny_out: self.deny_out.clone(), ..Default::default() });
         }
         if self.auto_pause {
             b = b.auto_pause(true);
