@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -109,6 +110,7 @@ class Internet:
             self.proc.wait()
         subprocess.run(["sh", "-c", f"ip route del 203.0.113.0/24 via {TRANSIT_PEER}; ip route del 198.51.100.0/25 via {TRANSIT_PEER}; "
                         f"ip link del {self.host_if}; ip netns del {self.ns}"], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------- the servers
