@@ -221,15 +221,21 @@ pub fn remove_host_rules() -> Result<Vec<String>, NetworkError> {
 }
 
 fn restore(script: &str) -> Result<(), NetworkError> {
+    run_script("iptables-restore", &["-w", "5", "--noflush"], script, "is iptables installed?")
+}
+
+/// Runs a firewall tool that reads its rules on stdin (`iptables-restore`,
+/// `nft -f -`), as one transaction; its stderr is the error.
+pub(crate) fn run_script(tool: &str, args: &[&str], script: &str, missing_hint: &str) -> Result<(), NetworkError> {
     use std::io::Write;
-    let err = |m: String| NetworkError::Command { cmd: "iptables-restore --noflush".into(), message: m };
-    let mut child = Command::new("iptables-restore")
-        .args(["-w", "5", "--noflush"])
+    let err = |m: String| NetworkError::Command { cmd: format!("{tool} {}", args.join(" ")), message: m };
+    let mut child = Command::new(tool)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| err(format!("{e} (is iptables installed?)")))?;
+        .map_err(|e| err(format!("{e} ({missing_hint})")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(script.as_bytes()).map_err(|e| err(e.to_string()))?;
     }

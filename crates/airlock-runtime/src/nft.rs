@@ -32,24 +32,7 @@ pub struct EgressTable {
 }
 
 fn nft_script(script: &str) -> Result<(), NetworkError> {
-    use std::io::Write;
-    let err = |m: String| NetworkError::Command { cmd: "nft -f -".into(), message: m };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| err(format!("{e} (is nftables installed? Debian/Ubuntu: apt install nftables)")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| err(e.to_string()))?;
-    }
-    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()))
-    }
+    crate::network::run_script("nft", &["-f", "-"], script, "is nftables installed? Debian/Ubuntu: apt install nftables")
 }
 
 /// Whether the `nft` tool is there to run (egress policies need it).
@@ -83,10 +66,6 @@ impl EgressTable {
                chain policed_forward {{\n\
                  type filter hook forward priority filter - 5; policy accept;\n\
                  iifname {ifs} ip saddr @policed drop\n\
-               }}\n\
-               chain policed_input {{\n\
-                 type filter hook input priority filter - 5; policy accept;\n\
-                 meta l4proto {{ tcp, udp }} th dport {{ {dns}, {proxy} }} ct status & dnat == 0 drop\n\
                }}\n\
              }}\n"
         )

@@ -217,6 +217,17 @@ impl Server {
         housekeeping.abort();
         trimmer.abort();
         webhooks.abort();
+        // With no policed sandbox left, the egress table goes with the
+        // server; otherwise it stays, and their traffic goes nowhere until
+        // the next start restores it.
+        if let Some(eg) = svc.egress().cloned() {
+            let _ = tokio::task::spawn_blocking(move || {
+                if eg.policed().is_empty() {
+                    eg.uninstall();
+                }
+            })
+            .await;
+        }
         tracing::info!("server stopped; sandboxes keep running");
     }
 }

@@ -436,7 +436,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.webhook_ca = a.webhook_ca.clone().or(file.webhook_ca.clone());
     if let Some(ca) = &cfg.webhook_ca {
         // A bad CA file is an error at start, not at the first delivery.
-        airlock_server::webhooks::tls_client(Some(ca)).map_err(anyhow::Error::msg)?;
+        airlock_server::webhooks::tls_client(Some(ca)).map_err(|e| anyhow::anyhow!("webhook CA: {e}"))?;
     }
     for d in a.dns_upstream.iter().chain(&file.dns_upstream).filter(|d| !d.trim().is_empty()) {
         let d = d.trim();

@@ -181,10 +181,9 @@ impl Egress {
     /// Answers one query from the sandbox at `from`.
     async fn answer(self: &Arc<Self>, from: Ipv4Addr, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = question(query)?;
-        let Some(sbx) = self.sandbox(from) else {
-            // Not (or no longer) policed: nothing to answer for.
-            return Some(reply(query, &q, RCODE_REFUSED));
-        };
+        // Only policed sandboxes are answered: the socket listens on every
+        // address, and must not be anyone else's open resolver.
+        let sbx = self.sandbox(from)?;
         if !sbx.policy().may_resolve(&q.name) {
             tracing::debug!(sandbox_id = %sbx.id, name = %q.name, "dns query refused by egress policy");
             self.count_dns(false);

@@ -37,18 +37,6 @@ fn secret_err(e: SecretError) -> ApiError {
     }
 }
 
-/// An error and its causes, for the log.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// An id or a name as the SDKs send it: ids as they are, names lower-cased.
 fn selector(id_or_name: &str) -> String {
     if id_or_name.starts_with(ID_PREFIX) {
@@ -93,7 +81,7 @@ impl Service {
                 Ok((tls, layer))
             }
         });
-        let (tls, layer) = tls.await?.map_err(|e| ApiError::Internal(format!("the egress CA: {}", error_chain(&e))))?;
+        let (tls, layer) = tls.await?.map_err(|e| ApiError::Internal(format!("the egress CA: {}", airlock_runtime::init::chain(&e))))?;
         self.egress_tls.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(tls);
         spec.top_layers.insert(0, layer);
         for (k, v) in crate::egress_tls::trust_env() {
