@@ -85,6 +85,21 @@ const IFNAMSIZ: usize = 16;
 
 const SIZEOF_IFINFOMSG: usize = 16;
 
+// nfnetlink and nftables (linux/netfilter/nfnetlink.h, nf_tables.h).
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_IPV4: u8 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
+
 /// Errors from talking rtnetlink to the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -177,8 +192,17 @@ impl fmt::Debug for Netlink {
 impl Netlink {
     /// Opens a rtnetlink socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, NetlinkError> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    /// Opens a netfilter (nfnetlink) socket, for nftables set elements.
+    pub fn open_netfilter() -> Result<Self, NetlinkError> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> Result<Self, NetlinkError> {
         // SAFETY: socket(2) takes no pointers; it returns a new fd or -1.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if raw < 0 {
             return Err(NetlinkError::Socket(io::Error::last_os_error()));
         }
@@ -289,6 +313,45 @@ impl Netlink {
         msg.attr_str(IFLA_IFNAME, name);
         let msg = msg.finish();
         self.transact("delete link", seq, &msg, |_, _| Ok(()))
+    }
+
+    /// Adds (or, with `add` false, deletes) one IPv4 address in an
+    /// nftables set of an `ip` table, in one nftables transaction (a batch
+    /// of one message), as `nft add element ip TABLE SET { ADDR }` does
+    /// without a process. Only on a handle from `open_netfilter`. Adding an
+    /// address already there is fine; deleting one that is not is ENOENT.
+    pub fn set_element(&mut self, table: &str, set: &str, addr: Ipv4Addr, add: bool) -> Result<(), NetlinkError> {
+        let op = if add { "add set element" } else { "delete set element" };
+        let (begin_seq, seq, end_seq) = (self.next_seq(), self.next_seq(), self.next_seq());
+        // nfgenmsg: family, version, resource id (big-endian): the batch
+        // messages carry the nftables subsystem as theirs.
+        let nfgen = |family: u8, res_id: u16| {
+            let mut h = [0u8; 4];
+            h[0] = family;
+            h[2..4].copy_from_slice(&res_id.to_be_bytes());
+            h
+        };
+        let mut begin = MessageBuilder::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq);
+        begin.push_header(&nfgen(AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | if add { NFT_MSG_NEWSETELEM } else { NFT_MSG_DELSETELEM };
+        let flags = NLM_F_REQUEST | NLM_F_ACK | if add { NLM_F_CREATE } else { 0 };
+        let mut msg = MessageBuilder::new(ty, flags, seq);
+        msg.push_header(&nfgen(NFPROTO_IPV4, 0));
+        msg.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        msg.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+        let elements = msg.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
+        let elem = msg.begin_nested(NFTA_LIST_ELEM | NLA_F_NESTED);
+        let key = msg.begin_nested(NFTA_SET_ELEM_KEY | NLA_F_NESTED);
+        msg.attr_ipv4(NFTA_DATA_VALUE, addr);
+        msg.end_nested(key);
+        msg.end_nested(elem);
+        msg.end_nested(elements);
+        let mut end = MessageBuilder::new(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq);
+        end.push_header(&nfgen(AF_UNSPEC, NFNL_SUBSYS_NFTABLES));
+        let mut batch = begin.finish();
+        batch.extend_from_slice(&msg.finish());
+        batch.extend_from_slice(&end.finish());
+        self.transact(op, seq, &batch, |_, _| Ok(()))
     }
 
     fn next_seq(&mut self) -> u32 {

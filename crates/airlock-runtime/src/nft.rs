@@ -76,15 +76,28 @@ impl EgressTable {
         nft_script(&self.rules(members))
     }
 
-    /// Polices a sandbox's address (idempotent).
+    /// Polices a sandbox's address (idempotent). One netlink message, no
+    /// process: this is on the create path.
     pub fn add(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
-        nft_script(&format!("add element ip {} policed {{ {ip} }}\n", self.name))
+        let mut nl = crate::netlink::Netlink::open_netfilter()?;
+        Ok(nl.set_element(&self.name, "policed", ip, true)?)
     }
 
     /// Stops policing an address; absent is fine.
     pub fn remove(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
-        // `add` first so the delete cannot fail on a missing element.
-        nft_script(&format!("add element ip {t} policed {{ {ip} }}\ndelete element ip {t} policed {{ {ip} }}\n", t = self.name))
+        let mut nl = crate::netlink::Netlink::open_netfilter()?;
+        match nl.set_element(&self.name, "policed", ip, false) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    /// The addresses in the set now (for tests and diagnostics).
+    pub fn members(&self) -> Vec<Ipv4Addr> {
+        let Ok(out) = Command::new("nft").args(["list", "set", "ip", &self.name, "policed"]).stderr(Stdio::null()).output() else { return Vec::new() };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(elems) = text.split("elements = {").nth(1).and_then(|r| r.split('}').next()) else { return Vec::new() };
+        elems.split(',').filter_map(|e| e.trim().parse().ok()).collect()
     }
 
     /// Removes the table; absent is fine.
@@ -111,6 +124,29 @@ mod tests {
     #[test]
     fn names_are_safe_for_nft() {
         assert_eq!(EgressTable::name_for("ab-12/..;x"), "airlock_ab12x");
+    }
+
+    /// The netlink path against the kernel: a real table, an element
+    /// added and removed without `nft`, as `nft` itself then lists them.
+    #[test]
+    fn set_elements_go_in_and_out_over_netlink() {
+        if !available() || unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: needs root and nft");
+            return;
+        }
+        let t = EgressTable { name: format!("airlock_unit{}", std::process::id()), dns_port: 1053, proxy_port: 1054 };
+        t.install(&[Ipv4Addr::new(10, 201, 9, 2)]).expect("install");
+        let ip = Ipv4Addr::new(10, 201, 9, 6);
+        t.add(ip).expect("add");
+        t.add(ip).expect("adding twice is fine");
+        let m = t.members();
+        assert!(m.contains(&ip) && m.contains(&Ipv4Addr::new(10, 201, 9, 2)), "{m:?}");
+        t.remove(ip).expect("remove");
+        t.remove(ip).expect("removing what is gone is fine");
+        assert_eq!(t.members(), vec![Ipv4Addr::new(10, 201, 9, 2)]);
+        let missing = EgressTable { name: "airlock_nosuchtable".into(), dns_port: 1, proxy_port: 2 };
+        assert!(missing.add(ip).is_err(), "a missing table is an error, not a silent no-op");
+        t.uninstall().expect("uninstall");
     }
 
     #[test]
