@@ -341,3 +341,62 @@ def test_a_secret_is_injected_into_requests_to_its_host_and_never_seen_inside(eg
     finally:
         s.kill()
         Secret.destroy("upstream-key", **opts)
+
+
+def test_sandbox_networks_connect_members_by_name_and_nobody_else(egress_server):
+    import httpx
+
+    api = lambda method, path, **kw: httpx.request(method, egress_server.url + path, headers={"X-API-KEY": egress_server.api_key}, timeout=30, **kw)
+    web = make(egress_server)
+    backend = make(egress_server, network={"deny_out": ["0.0.0.0/0"], "allow_out": ["api.good.test"]})
+    outsider = make(egress_server)
+    try:
+        assert api("POST", "/networks", json={"name": "app"}).status_code == 201
+        assert api("POST", "/networks", json={"name": "app"}).status_code == 409
+        r = api("POST", "/networks/app/members", json={"sandboxID": web.sandbox_id, "name": "web"})
+        assert r.status_code == 200, r.text
+        r = api("POST", "/networks/app/members", json={"sandboxID": backend.sandbox_id, "name": "backend"})
+        assert r.status_code == 200 and {m["name"] for m in r.json()["members"]} == {"web", "backend"}, r.text
+        assert api("POST", "/networks/app/members", json={"sandboxID": outsider.sandbox_id, "name": "web"}).status_code == 409, "names are unique on a network"
+        assert api("POST", "/networks/Bad_Name/members", json={"sandboxID": outsider.sandbox_id}).status_code == 400
+        backend.commands.run("cd /tmp && echo backend-here > index.html && python3 -m http.server 8080 >/dev/null 2>&1", background=True)
+        get = "import sys,urllib.request\ntry:\n    print(urllib.request.urlopen(sys.argv[1], timeout=4).read().decode().strip())\nexcept Exception as e:\n    print('ERR', type(e).__name__)\n"
+        for s in (web, backend, outsider):
+            s.files.write("/tmp/get.py", get)
+        wait = "for i in $(seq 50); do python3 /tmp/get.py http://127.0.0.1:8080/ | grep -q backend-here && break; sleep 0.1; done"
+        backend.commands.run(wait, timeout=30)
+        # Members by name, either form, on any port; the policed member too.
+        for url in ("http://backend:8080/", "http://backend.app:8080/"):
+            assert web.commands.run(f"python3 /tmp/get.py {url}").stdout.strip() == "backend-here", url
+        web.commands.run("cd /tmp && echo web-here > index.html && python3 -m http.server 9090 >/dev/null 2>&1", background=True)
+        web.commands.run(wait.replace("8080", "9090").replace("backend-here", "web-here"), timeout=30)
+        assert backend.commands.run("python3 /tmp/get.py http://web.app:9090/").stdout.strip() == "web-here", "a policed member reaches its fellow members"
+        # The policed member's own policy still holds for everything else.
+        assert "error" in probe(backend, f"banner('{EVIL}')")
+        # Nobody outside the network: not by name, not by address.
+        backend_ip = next(m["ip"] for m in api("GET", "/networks/app").json()["members"] if m["name"] == "backend")
+        assert outsider.commands.run("python3 /tmp/get.py http://backend.app:8080/").stdout.startswith("ERR")
+        assert outsider.commands.run(f"python3 /tmp/get.py http://{backend_ip}:8080/").stdout.startswith("ERR")
+        # Broadcast: one command in each member, each with its own result.
+        r = api("POST", "/sandboxes/broadcast", json={"network": "app", "cmd": "echo hi-$(id -un)"})
+        assert r.status_code == 200, r.text
+        res = {x["sandboxID"]: x for x in r.json()["results"]}
+        assert set(res) == {web.sandbox_id, backend.sandbox_id}, res
+        assert all(x["exitCode"] == 0 and x["stdout"] == "hi-user\n" for x in res.values()), res
+        r = api("POST", "/sandboxes/broadcast", json={"network": "app", "cmd": "exit 3"})
+        assert all(x["exitCode"] == 3 for x in r.json()["results"])
+        assert api("POST", "/sandboxes/broadcast", json={"cmd": "true"}).status_code == 400, "a broadcast names its sandboxes"
+        # A network with members stays; leaving and killing empty it.
+        assert api("DELETE", "/networks/app").status_code == 409
+        assert api("DELETE", f"/networks/app/members/{web.sandbox_id}").status_code == 204
+        assert backend.commands.run("python3 /tmp/get.py http://web.app:9090/").stdout.startswith("ERR"), "a member that left is unreachable"
+        backend.kill()
+        assert api("GET", "/networks/app").json()["members"] == []
+        assert api("DELETE", "/networks/app").status_code == 204
+        assert api("GET", "/networks/app").status_code == 404
+    finally:
+        for s in (web, backend, outsider):
+            try:
+                s.kill()
+            except Exception:
+                pass

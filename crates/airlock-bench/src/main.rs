@@ -107,6 +107,12 @@ struct Args {
     /// up for it), and rounds of event fan-out to `--subscribers`; 0 skips.
     #[arg(long, default_value_t = 50)]
     ops_runs: usize,
+    /// Server mode: plain and policed (a 50-entry egress policy) creates
+    /// each, alternating, and a 100 MB download from a test host of the
+    /// bench's own (a network namespace on a documentation range) with and
+    /// without the egress proxy in the path; 0 skips.
+    #[arg(long, default_value_t = 30)]
+    egress_runs: usize,
     /// Server mode: event-stream subscribers for the fan-out measurement.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
@@ -1691,6 +1697,8 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
 
     let ops = if args.ops_runs > 0 { Some(ops_series(args, srv, modes.first().copied().unwrap_or(true)).await?) } else { None };
 
+    let egress = if args.egress_runs > 0 { Some(egress_series(args, srv).await?) } else { None };
+
     let mut targets = Vec::new();
     let p50 = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64);
     let on = create.get("internet_on").or_else(|| create.get("internet_off")).cloned().unwrap_or(Value::Null);
@@ -1705,6 +1713,10 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
     target("run_code(\"1+1\") warm p50 < 5 ms", interpreter.as_ref().and_then(|c| p50(c, "/warm/end/p50_ms")), 5.0);
     if let Some(o) = &ops {
         target("pooled create p50 < 3 ms (HTTP API)", p50(o, "/create_pooled/p50_ms"), 3.0);
+    }
+    if let Some(e) = &egress {
+        let plain = p50(e, "/create_plain/p50_ms");
+        target("create with a 50-entry egress policy p50 < 1.2x a plain create", p50(e, "/create_policed/p50_ms"), plain.map_or(f64::INFINITY, |p| p * 1.2));
     }
     if let Some(st) = &state {
         let plain = p50(st, "/create_plain/p50_ms");
@@ -1731,9 +1743,160 @@ async fn measure_server(args: &Args, srv: &Srv, startup: Duration) -> Result<Val
         "interpreter": interpreter,
         "state": state,
         "operations": ops,
+        "egress": egress,
         "loadavg_by_phase": srv.loads.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(p, l)| json!({"phase": p, "loadavg": l})).collect::<Vec<_>>(),
         "targets": targets,
         "notes": notes,
+    }))
+}
+
+/// A stand-in internet host for the download measurement: a network
+/// namespace behind a transit /30, with 203.0.113.10 on its loopback routed
+/// to it (so it is a routed destination, not a network the host is on),
+/// serving `GET /bytes/N` on port 80. Removed on drop.
+struct TestHost {
+    ns: String,
+    host_if: String,
+    server: Option<std::process::Child>,
+}
+
+const TEST_HOST_IP: &str = "203.0.113.10";
+
+impl TestHost {
+    fn up() -> Result<TestHost> {
+        let addrs = std::process::Command::new("ip").args(["-4", "addr"]).output().context("ip -4 addr")?;
+        if String::from_utf8_lossy(&addrs.stdout).contains("inet 203.0.113.") || String::from_utf8_lossy(&addrs.stdout).contains("inet 198.51.100.24") {
+            bail!("this host has an address in the documentation range the egress bench uses for its test host");
+        }
+        let tag = random_hex(3)?;
+        let (ns, host_if) = (format!("airlock-bench-{tag}"), format!("altbench{tag}"));
+        let me = TestHost { ns: ns.clone(), host_if: host_if.clone(), server: None };
+        let sh = |cmd: String| -> Result<()> {
+            let o = std::process::Command::new("sh").arg("-c").arg(&cmd).output()?;
+            if !o.status.success() {
+                bail!("{cmd}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            }
+            Ok(())
+        };
+        sh(format!(
+            "ip netns add {ns} && ip link add {host_if} type veth peer name eth0 netns {ns} && ip addr add 198.51.100.245/30 dev {host_if} && ip link set {host_if} up && \
+             ip netns exec {ns} ip addr add 198.51.100.246/30 dev eth0 && ip netns exec {ns} ip link set eth0 up && ip netns exec {ns} ip link set lo up && \
+             ip netns exec {ns} ip addr add {TEST_HOST_IP}/32 dev lo && ip netns exec {ns} ip route add default via 198.51.100.245 && ip route add {TEST_HOST_IP}/32 via 198.51.100.246"
+        ))?;
+        let server = r#"
+import socket, threading
+def one(c):
+    try:
+        req = b""
+        while b"\r\n\r\n" not in req:
+            d = c.recv(65536)
+            if not d:
+                return
+            req += d
+        n = int(req.split(b" ")[1].split(b"/")[-1])
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % n)
+        chunk = b"x" * 262144
+        while n > 0:
+            k = min(n, len(chunk)); c.sendall(chunk[:k]); n -= k
+    finally:
+        c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", 80)); s.listen(64)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); threading.Thread(target=one, args=(c,), daemon=True).start()
+"#;
+        let mut me = me;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-u", "-c", server])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the test host's server")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().context("stdout")?), &mut line)?;
+        me.server = Some(child);
+        if line.trim() != "ready" {
+            bail!("the test host's server did not start");
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::process::Command::new("sh").arg("-c").arg(format!("ip route del {TEST_HOST_IP}/32; ip link del {}; ip netns del {}", self.host_if, self.ns)).output();
+    }
+}
+
+/// Egress policy costs: creates with a 50-entry policy against plain
+/// ones (alternating, so both see the same host), and the download rate
+/// from a test host with and without the egress proxy in the path. A
+/// download is timed from the host as a whole command; a 1-byte download
+/// in the same sandbox is the fixed cost taken off.
+async fn egress_series(args: &Args, srv: &Srv) -> Result<Value> {
+    let n = args.egress_runs;
+    srv.note_load(&format!("server: egress: {n} plain and {n} policed creates, alternating"));
+    let mut allow: Vec<String> = (1..=48).map(|i| format!("203.0.113.{i}/32")).collect();
+    allow.extend(["api.bench.test".to_string(), "*.svc.bench.test".to_string()]);
+    let policy = json!({"allow_out": allow, "deny_out": ["0.0.0.0/0"]});
+    let (mut plain, mut policed) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        check_interrupted()?;
+        let (v, d) = srv.call("POST", "/v2/sandboxes", json!({"templateID": "base", "timeout": 300}), 201).await?;
+        plain.push(d);
+        srv.kill(v["sandboxID"].as_str().unwrap_or_default()).await?;
+        let (v, d) = srv.call("POST", "/v2/sandboxes", json!({"templateID": "base", "timeout": 300, "network": policy}), 201).await?;
+        policed.push(d);
+        srv.kill(v["sandboxID"].as_str().unwrap_or_default()).await?;
+    }
+    srv.note_load("server: egress: 100 MB downloads, direct and through the egress proxy");
+    let host = TestHost::up()?;
+    const SIZE: u64 = 100 << 20;
+    let fetch = |bytes: u64| {
+        format!(
+            "import socket\ns=socket.create_connection(('{TEST_HOST_IP}',80),timeout=30)\ns.sendall(b'GET /bytes/{bytes} HTTP/1.1\\r\\nHost: {TEST_HOST_IP}\\r\\n\\r\\n')\nn=0\nwhile True:\n    d=s.recv(1<<20)\n    if not d: break\n    n+=len(d)\nassert n>{bytes}, n\n"
+        )
+    };
+    let rate = |label: &'static str, network: Value| {
+        let net = network.clone();
+        async move {
+            let mut body = json!({"templateID": "base", "timeout": 300});
+            if !net.is_null() {
+                body["network"] = net;
+            }
+            let (v, _) = srv.call("POST", "/v2/sandboxes", body, 201).await?;
+            let s = Sbx { id: v["sandboxID"].as_str().unwrap_or_default().to_string(), token: v["envdAccessToken"].as_str().unwrap_or_default().to_string() };
+            let r: Result<f64> = async {
+                let (mut small, mut big) = (Vec::new(), Vec::new());
+                for _ in 0..3 {
+                    small.push(srv.start(&s, &start_envelope("python3", &["-c", &fetch(1)])).await?.as_secs_f64());
+                    big.push(srv.start(&s, &start_envelope("python3", &["-c", &fetch(SIZE)])).await?.as_secs_f64());
+                }
+                let best = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+                let t = (best(&big) - best(&small)).max(1e-3);
+                Ok(SIZE as f64 / (1 << 20) as f64 / t)
+            }
+            .await;
+            srv.kill(&s.id).await?;
+            r.with_context(|| format!("the {label} download"))
+        }
+    };
+    let direct = rate("direct", Value::Null).await?;
+    let proxied = rate("proxied", json!({"allow_out": [TEST_HOST_IP], "deny_out": ["0.0.0.0/0"]})).await?;
+    drop(host);
+    Ok(json!({
+        "policy_entries": 50,
+        "create_plain": stats(&plain),
+        "create_policed": stats(&policed),
+        "download": {
+            "bytes": SIZE,
+            "direct_mb_s": round(direct, 1),
+            "proxied_mb_s": round(proxied, 1),
+            "proxied_pct_of_direct": round(proxied / direct * 100.0, 1),
+        },
     }))
 }
 
@@ -2336,6 +2499,23 @@ fn print_server_tables(r: &Value) {
                 println!("{}", stats_row(label, &o[k]));
             }
         }
+    }
+    let e = &r["egress"];
+    if !e.is_null() {
+        println!();
+        println!("Egress: plain vs policed creates (50-entry policy); 100 MB download from a local test host");
+        println!("{}", header());
+        for (k, label) in [("create_plain", "create, no policy (alternating)"), ("create_policed", "create, 50-entry policy")] {
+            if !e[k].is_null() {
+                println!("{}", stats_row(label, &e[k]));
+            }
+        }
+        println!(
+            "  download: direct (NAT) {} MB/s, through the egress proxy {} MB/s ({}% of direct)",
+            f(e, "/download/direct_mb_s"),
+            f(e, "/download/proxied_mb_s"),
+            f(e, "/download/proxied_pct_of_direct")
+        );
     }
     if let Some(t) = r["targets"].as_array().filter(|t| !t.is_empty()) {
         println!();

@@ -235,6 +235,93 @@ pub struct NetworkOptions {
     pub rules: Option<serde_json::Value>,
 }
 
+/// `POST /networks`: a named private network for sandboxes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewNetwork {
+    /// A DNS label: lower-case letters, digits and `-`, at most 63.
+    pub name: String,
+}
+
+/// A sandbox on a network, and the name the others reach it by
+/// (`<name>` or `<name>.<network>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NetworkMember {
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    pub name: String,
+    /// Its address on the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// A network and its members.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNetwork {
+    pub name: String,
+    pub created_at: String,
+    pub members: Vec<NetworkMember>,
+}
+
+/// `POST /networks/{name}/members`: a running sandbox joins (the network
+/// is made if it does not exist).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinNetwork {
+    #[serde(rename = "sandboxID", alias = "sandboxId", alias = "sandbox_id")]
+    pub sandbox_id: String,
+    /// The name it is reached by (a DNS label); default: its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /sandboxes/broadcast`: one command in every sandbox of a group.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Broadcast {
+    /// Run as `bash -c cmd`.
+    pub cmd: String,
+    /// Every member of this network...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// ...and/or every running sandbox whose metadata has all these pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Seconds each run may take (default 60, at most 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Default `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// One sandbox's outcome of a broadcast.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BroadcastResult {
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: String,
+    /// Absent when the command could not run (see `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BroadcastResults {
+    pub results: Vec<BroadcastResult>,
+}
+
 /// `{"enabled": true}`: as E2B's SDKs send it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

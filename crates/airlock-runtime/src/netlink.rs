@@ -321,6 +321,13 @@ impl Netlink {
     /// without a process. Only on a handle from `open_netfilter`. Adding an
     /// address already there is fine; deleting one that is not is ENOENT.
     pub fn set_element(&mut self, table: &str, set: &str, addr: Ipv4Addr, add: bool) -> Result<(), NetlinkError> {
+        self.set_element_key(table, set, &addr.octets(), add)
+    }
+
+    /// Like [`Netlink::set_element`] with the key's bytes as given: for a
+    /// concatenation of two addresses (`ipv4_addr . ipv4_addr`), both in
+    /// network order, one after the other.
+    pub fn set_element_key(&mut self, table: &str, set: &str, key_bytes: &[u8], add: bool) -> Result<(), NetlinkError> {
         let op = if add { "add set element" } else { "delete set element" };
         let (begin_seq, seq, end_seq) = (self.next_seq(), self.next_seq(), self.next_seq());
         // nfgenmsg: family, version, resource id (big-endian): the batch
@@ -342,7 +349,7 @@ impl Netlink {
         let elements = msg.begin_nested(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED);
         let elem = msg.begin_nested(NFTA_LIST_ELEM | NLA_F_NESTED);
         let key = msg.begin_nested(NFTA_SET_ELEM_KEY | NLA_F_NESTED);
-        msg.attr_ipv4(NFTA_DATA_VALUE, addr);
+        msg.attr(NFTA_DATA_VALUE, key_bytes);
         msg.end_nested(key);
         msg.end_nested(elem);
         msg.end_nested(elements);

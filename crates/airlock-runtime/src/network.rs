@@ -151,6 +151,9 @@ pub fn install_host_rules() -> Result<(), NetworkError> {
     // CAP_NET_RAW and could otherwise forge sources (rp_filter on each veth
     // narrows this to the sandbox's own address).
     script.push_str(&format!("-A {CHAIN_FWD} ! -s {sub} -j DROP\n"));
+    // Sandboxes on one network (the egress table marks their traffic) reach
+    // each other; any other sandbox-to-sandbox packet is dropped below.
+    script.push_str(&format!("-A {CHAIN_FWD} -m mark --mark {:#x}/0xffff0000 -j ACCEPT\n", crate::nft::PEER_MARK));
     // Networks the host is directly attached to (its LAN, whatever its
     // range) are the host's business, never the sandboxes'.
     for net in &subnets {

@@ -22,6 +22,11 @@ use std::process::{Command, Stdio};
 
 use crate::network::{NetworkError, IF_PREFIX};
 
+/// The packet mark on traffic between peers, which the host firewall's
+/// forward chain accepts before it drops sandbox-to-sandbox traffic
+/// (`network::install_host_rules`).
+pub const PEER_MARK: u32 = 0x4142_0000;
+
 /// A server's egress table: its name and the local ports its policed
 /// sandboxes' DNS and TCP are redirected to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,23 +53,40 @@ impl EgressTable {
     }
 
     fn rules(&self, members: &[Ipv4Addr]) -> String {
+        self.rules_with(members, &[], &[])
+    }
+
+    /// The whole table: policed addresses, sandboxes whose DNS the server
+    /// answers (network members), and the sandbox pairs that may talk.
+    fn rules_with(&self, members: &[Ipv4Addr], resolve: &[Ipv4Addr], peers: &[(Ipv4Addr, Ipv4Addr)]) -> String {
         let (t, dns, proxy) = (&self.name, self.dns_port, self.proxy_port);
-        let elems = if members.is_empty() { String::new() } else { format!("elements = {{ {} }}", members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")) };
+        let elems = |v: Vec<String>| if v.is_empty() { String::new() } else { format!("elements = {{ {} }}", v.join(", ")) };
+        let policed = elems(members.iter().map(|m| m.to_string()).collect());
+        let resolved = elems(resolve.iter().map(|m| m.to_string()).collect());
+        let pairs = elems(peers.iter().map(|(a, b)| format!("{a} . {b}")).collect());
         let ifs = format!("\"{IF_PREFIX}*\"");
         // `add` then `delete` makes the delete valid whether or not the
-        // table existed; the whole script is one transaction.
+        // table existed; the whole script is one transaction. Traffic
+        // between peers (sandboxes on one network) is neither redirected
+        // nor dropped here, and is marked so that the host firewall's
+        // sandbox-to-sandbox drop lets it through.
         format!(
             "add table ip {t}\n\
              delete table ip {t}\n\
              table ip {t} {{\n\
-               set policed {{ type ipv4_addr; {elems} }}\n\
+               set policed {{ type ipv4_addr; {policed} }}\n\
+               set resolve {{ type ipv4_addr; {resolved} }}\n\
+               set peers {{ type ipv4_addr . ipv4_addr; {pairs} }}\n\
                chain policed_pre {{\n\
                  type nat hook prerouting priority dstnat - 5; policy accept;\n\
+                 iifname {ifs} ip saddr . ip daddr @peers accept\n\
                  iifname {ifs} ip saddr @policed meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
+                 iifname {ifs} ip saddr @resolve meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
                  iifname {ifs} ip saddr @policed meta l4proto tcp redirect to :{proxy}\n\
                }}\n\
                chain policed_forward {{\n\
                  type filter hook forward priority filter - 5; policy accept;\n\
+                 iifname {ifs} oifname {ifs} ip saddr . ip daddr @peers meta mark set {PEER_MARK:#x} accept\n\
                  iifname {ifs} ip saddr @policed drop\n\
                }}\n\
              }}\n"
@@ -74,6 +96,34 @@ impl EgressTable {
     /// Replaces the table (rules and members) in one transaction.
     pub fn install(&self, members: &[Ipv4Addr]) -> Result<(), NetworkError> {
         nft_script(&self.rules(members))
+    }
+
+    /// Replaces the table with these policed addresses, DNS-answered
+    /// addresses and peer pairs, in one transaction.
+    pub fn install_all(&self, members: &[Ipv4Addr], resolve: &[Ipv4Addr], peers: &[(Ipv4Addr, Ipv4Addr)]) -> Result<(), NetworkError> {
+        nft_script(&self.rules_with(members, resolve, peers))
+    }
+
+    fn element(&self, set: &str, key: &[u8], add: bool) -> Result<(), NetworkError> {
+        let mut nl = crate::netlink::Netlink::open_netfilter()?;
+        match nl.set_element_key(&self.name, set, key, add) {
+            Err(e) if !add && e.errno() == Some(libc::ENOENT) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    /// Lets `a` open connections to `b` (one direction; idempotent).
+    pub fn add_peer(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), NetworkError> {
+        self.element("peers", &[a.octets(), b.octets()].concat(), true)
+    }
+
+    pub fn remove_peer(&self, a: Ipv4Addr, b: Ipv4Addr) -> Result<(), NetworkError> {
+        self.element("peers", &[a.octets(), b.octets()].concat(), false)
+    }
+
+    /// Sends `ip`'s DNS to the server's resolver (or, `false`, not).
+    pub fn set_resolve(&self, ip: Ipv4Addr, on: bool) -> Result<(), NetworkError> {
+        self.element("resolve", &ip.octets(), on)
     }
 
     /// Polices a sandbox's address (idempotent). One netlink message, no
@@ -144,6 +194,16 @@ mod tests {
         t.remove(ip).expect("remove");
         t.remove(ip).expect("removing what is gone is fine");
         assert_eq!(t.members(), vec![Ipv4Addr::new(10, 201, 9, 2)]);
+        let (a, b) = (Ipv4Addr::new(10, 201, 9, 10), Ipv4Addr::new(10, 201, 9, 14));
+        t.add_peer(a, b).expect("peer");
+        t.set_resolve(a, true).expect("resolve");
+        let listed = String::from_utf8_lossy(&Command::new("nft").args(["list", "table", "ip", &t.name]).output().expect("nft").stdout).into_owned();
+        assert!(listed.contains("10.201.9.10 . 10.201.9.14") && listed.contains("resolve"), "{listed}");
+        t.remove_peer(a, b).expect("unpeer");
+        t.remove_peer(a, b).expect("unpeering twice is fine");
+        t.set_resolve(a, false).expect("unresolve");
+        let listed = String::from_utf8_lossy(&Command::new("nft").args(["list", "table", "ip", &t.name]).output().expect("nft").stdout).into_owned();
+        assert!(!listed.contains("10.201.9.10"), "{listed}");
         let missing = EgressTable { name: "airlock_nosuchtable".into(), dns_port: 1, proxy_port: 2 };
         assert!(missing.add(ip).is_err(), "a missing table is an error, not a silent no-op");
         t.uninstall().expect("uninstall");

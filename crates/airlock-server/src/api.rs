@@ -25,12 +25,14 @@ use utoipa::OpenApi;
 use crate::http::{self as h, Resp};
 
 mod e2b_templates;
+mod networks;
 mod secrets;
 mod volumes;
 mod webhooks;
 use crate::service::{ApiError, ListFilter, Service};
 use crate::store::State as SandboxState;
 use e2b_templates::*;
+use networks::*;
 use secrets::*;
 use volumes::*;
 use webhooks::*;
@@ -1079,7 +1081,7 @@ macro_rules! routes {
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
                 airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
-                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -1125,6 +1127,13 @@ routes! {
         get "/sandboxes/{id}/events" => sandbox_events,
         get "/events/sandboxes" => e2b_events,
         get "/events/sandboxes/{id}" => e2b_sandbox_events,
+        post "/networks" => create_network,
+        get "/networks" => list_networks,
+        get "/networks/{name}" => get_network,
+        delete "/networks/{name}" => delete_network,
+        post "/networks/{name}/members" => join_network,
+        delete "/networks/{name}/members/{id}" => leave_network,
+        post "/sandboxes/broadcast" => broadcast,
         post "/webhooks" => create_webhook,
         get "/webhooks" => list_webhooks,
         get "/webhooks/{id}" => get_webhook,

@@ -83,6 +83,17 @@ pub fn reply(msg: &[u8], q: &Question, rcode: u8) -> Vec<u8> {
     r
 }
 
+/// An answer of one A record (a fellow member: short TTL, since members
+/// come and go).
+pub fn a_reply(msg: &[u8], q: &Question, ip: Ipv4Addr) -> Vec<u8> {
+    let mut r = reply(msg, q, 0);
+    r[2] |= 0x04; // authoritative
+    r[7] = 1;
+    r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+    r.extend_from_slice(&ip.octets());
+    r
+}
+
 /// The A records in a response's answer section, with their TTLs.
 pub fn a_records(msg: &[u8]) -> Vec<(Ipv4Addr, u32)> {
     let mut out = Vec::new();
@@ -181,20 +192,33 @@ impl Egress {
     /// Answers one query from the sandbox at `from`.
     async fn answer(self: &Arc<Self>, from: Ipv4Addr, query: &[u8], tcp: bool) -> Option<Vec<u8>> {
         let q = question(query)?;
-        // Only policed sandboxes are answered: the socket listens on every
-        // address, and must not be anyone else's open resolver.
-        let sbx = self.sandbox(from)?;
-        if !sbx.policy().may_resolve(&q.name) {
-            tracing::debug!(sandbox_id = %sbx.id, name = %q.name, "dns query refused by egress policy");
-            self.count_dns(false);
-            return Some(reply(query, &q, RCODE_REFUSED));
+        // Only policed sandboxes and network members are answered: the
+        // socket listens on every address, and must not be anyone else's
+        // open resolver.
+        let sbx = self.sandbox(from);
+        if sbx.is_none() && !self.is_member(from) {
+            return None;
+        }
+        // Fellow members by name, whatever the policy says of names.
+        if let Some(ip) = self.peer_address(from, &q.name) {
+            self.count_dns(true);
+            return Some(if q.qtype == TYPE_A { a_reply(query, &q, ip) } else { reply(query, &q, 0) });
+        }
+        if let Some(sbx) = &sbx {
+            if !sbx.policy().may_resolve(&q.name) {
+                tracing::debug!(sandbox_id = %sbx.id, name = %q.name, "dns query refused by egress policy");
+                self.count_dns(false);
+                return Some(reply(query, &q, RCODE_REFUSED));
+            }
         }
         self.count_dns(true);
         let Some(ans) = forward(&self.upstreams, query, tcp).await else {
             return Some(reply(query, &q, RCODE_SERVFAIL));
         };
-        for (ip, ttl) in a_records(&ans) {
-            sbx.admit(ip, &q.name, ttl);
+        if let Some(sbx) = &sbx {
+            for (ip, ttl) in a_records(&ans) {
+                sbx.admit(ip, &q.name, ttl);
+            }
         }
         Some(ans)
     }
@@ -276,6 +300,8 @@ mod tests {
         assert_eq!((parsed.name.as_str(), parsed.qtype), ("api.good.test", TYPE_A));
         let ans = answer_for(&q, &[[203, 0, 113, 10], [203, 0, 113, 11]]);
         assert_eq!(a_records(&ans), vec![(Ipv4Addr::new(203, 0, 113, 10), 300), (Ipv4Addr::new(203, 0, 113, 11), 300)]);
+        let mine = a_reply(&q, &parsed, Ipv4Addr::new(10, 201, 0, 6));
+        assert_eq!(a_records(&mine), vec![(Ipv4Addr::new(10, 201, 0, 6), 5)]);
         let refused = reply(&q, &parsed, RCODE_REFUSED);
         assert_eq!((refused[2] & 0x80, refused[3] & 0x0f), (0x80, RCODE_REFUSED));
         assert!(a_records(&refused).is_empty());

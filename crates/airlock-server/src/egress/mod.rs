@@ -20,6 +20,7 @@
 //! for its whole life (stops and restarts included).
 
 pub mod dns;
+pub mod networks;
 pub mod policy;
 pub mod proxy;
 pub mod store;
@@ -51,6 +52,8 @@ pub enum EgressError {
     },
     #[error("egress firewall")]
     Firewall(#[from] airlock_runtime::network::NetworkError),
+    #[error("the name {name:?} is taken on network {network} (by sandbox {by})")]
+    NameTaken { network: String, name: String, by: String },
 }
 
 /// One policed sandbox.
@@ -112,6 +115,8 @@ pub struct Egress {
     table: EgressTable,
     upstreams: Vec<SocketAddr>,
     sandboxes: RwLock<HashMap<Ipv4Addr, Arc<SandboxEgress>>>,
+    /// Sandbox networks and their members.
+    nets: RwLock<networks::Nets>,
     pub stats: EgressStats,
     blocked: proxy::Blocklist,
     /// How the proxy checks the certificates of HTTPS servers it talks to
@@ -170,6 +175,7 @@ impl Egress {
             table,
             upstreams,
             sandboxes: RwLock::new(HashMap::new()),
+            nets: RwLock::new(Default::default()),
             stats: EgressStats::default(),
             blocked: proxy::Blocklist::new(),
             upstream_tls,
@@ -236,9 +242,10 @@ impl Egress {
         }
     }
 
-    /// Re-installs the table with exactly these members (server start-up,
-    /// after adopting the sandboxes that outlived the last server).
-    pub fn restore(&self, members: Vec<(Ipv4Addr, String, Policy)>) -> Result<(), EgressError> {
+    /// Re-installs the table with exactly these policed sandboxes and
+    /// networks (server start-up, after adopting the sandboxes that
+    /// outlived the last server), in one transaction.
+    pub fn restore(&self, members: Vec<(Ipv4Addr, String, Policy)>, nets: networks::Nets) -> Result<(), EgressError> {
         let ips: Vec<Ipv4Addr> = members.iter().map(|(ip, _, _)| *ip).collect();
         {
             let mut map = self.sandboxes.write().unwrap_or_else(|p| p.into_inner());
@@ -246,7 +253,9 @@ impl Egress {
                 map.insert(ip, Arc::new(SandboxEgress { id, policy: RwLock::new(Arc::new(policy)), admitted: Mutex::new(HashMap::new()) }));
             }
         }
-        self.table.install(&ips)?;
+        let (pairs, resolve) = Self::peer_sets(&nets);
+        *self.nets.write().unwrap_or_else(|p| p.into_inner()) = nets;
+        self.table.install_all(&ips, &resolve, &pairs)?;
         Ok(())
     }
 

@@ -31,6 +31,19 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
              spec TEXT NOT NULL
          );",
     )?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS networks (
+             name TEXT PRIMARY KEY,
+             created_at INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS network_members (
+             network TEXT NOT NULL,
+             id TEXT NOT NULL,
+             name TEXT NOT NULL,
+             ip TEXT NOT NULL,
+             PRIMARY KEY (network, id)
+         );",
+    )?;
     Ok(())
 }
 
@@ -70,8 +83,64 @@ impl Store {
         rows.into_iter().filter_map(|(id, ip, json)| Some((id.clone(), ip.parse().ok()?, json))).map(|(id, ip, json)| Ok((id.clone(), ip, parse(&id, &json)?))).collect()
     }
 
+    /// Records a network (idempotent); its creation time.
+    pub fn put_network(&self, name: &str, now: i64) -> Result<i64, StoreError> {
+        let c = self.c();
+        c.execute("INSERT INTO networks (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING", params![name, now])?;
+        Ok(c.query_row("SELECT created_at FROM networks WHERE name = ?1", params![name], |r| r.get(0))?)
+    }
+
+    /// Networks with their creation times.
+    pub fn networks(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT name, created_at FROM networks ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_network(&self, name: &str) -> Result<bool, StoreError> {
+        let c = self.c();
+        c.execute("DELETE FROM network_members WHERE network = ?1", params![name])?;
+        Ok(c.execute("DELETE FROM networks WHERE name = ?1", params![name])? > 0)
+    }
+
+    pub fn put_member(&self, network: &str, m: &super::networks::Member) -> Result<(), StoreError> {
+        self.c().execute(
+            "INSERT INTO network_members (network, id, name, ip) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(network, id) DO UPDATE SET name = ?3, ip = ?4",
+            params![network, m.id, m.name, m.ip.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_member(&self, network: &str, id: &str) -> Result<(), StoreError> {
+        self.c().execute("DELETE FROM network_members WHERE network = ?1 AND id = ?2", params![network, id])?;
+        Ok(())
+    }
+
+    pub fn delete_memberships(&self, id: &str) -> Result<(), StoreError> {
+        self.c().execute("DELETE FROM network_members WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every network and its members whose sandboxes still have a row
+    /// (empty networks included).
+    pub fn network_members(&self) -> Result<super::networks::Nets, StoreError> {
+        let mut nets: super::networks::Nets = self.networks()?.into_iter().map(|(n, _)| (n, Vec::new())).collect();
+        let c = self.c();
+        let mut st = c.prepare("SELECT m.network, m.id, m.name, m.ip FROM network_members m JOIN sandboxes s ON s.id = m.id WHERE s.state != 'dead' ORDER BY m.network, m.name")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))?.collect::<Result<Vec<_>, _>>()?;
+        for (net, id, name, ip) in rows {
+            if let Ok(ip) = ip.parse() {
+                nets.entry(net).or_default().push(super::networks::Member { id, name, ip });
+            }
+        }
+        Ok(nets)
+    }
+
     /// Forgets the policies of sandboxes whose rows are gone.
     pub fn prune_egress(&self) -> Result<usize, StoreError> {
-        Ok(self.c().execute("DELETE FROM egress WHERE id NOT IN (SELECT id FROM sandboxes)", [])?)
+        let c = self.c();
+        c.execute("DELETE FROM network_members WHERE id NOT IN (SELECT id FROM sandboxes WHERE state != 'dead')", [])?;
+        Ok(c.execute("DELETE FROM egress WHERE id NOT IN (SELECT id FROM sandboxes)", [])?)
     }
 }

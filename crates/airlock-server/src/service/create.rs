@@ -35,6 +35,8 @@ pub(super) struct Plan {
     pub mask_host: String,
     /// Its egress policy, when it has one.
     pub egress: Option<crate::egress::store::Spec>,
+    /// Sandbox networks it joins (network, the name it is reached by).
+    pub networks: Vec<(String, Option<String>)>,
     /// Set when the sandbox is started for this warm pool: it waits,
     /// `Pooled`, for a create to claim it.
     pub pool: Option<String>,
@@ -143,6 +145,10 @@ impl Service {
         // denies all but a few destinations.
         let internet = if net.egress.is_some() { self.backend.network_available() } else { internet && !net.no_internet };
         let (public_traffic, mask_host, egress) = (net.public, net.mask, net.egress);
+        let networks = self.network_joins(req.other.get("networks"))?;
+        if !networks.is_empty() && !internet {
+            return Err(ApiError::BadRequest("a sandbox without internet access has no network interface to join a network with".into()));
+        }
         Ok(Plan {
             alerts,
             pool: None,
@@ -150,6 +156,7 @@ impl Service {
             public_traffic,
             mask_host,
             egress,
+            networks,
             template,
             rootfs: tpl.rootfs(),
             tpl: Some(tpl),
@@ -272,6 +279,10 @@ impl Service {
         // set-up, the caller's code): its policy takes hold, or whatever
         // policy a previous holder of its address had lets go.
         self.police(&id, info.ip, plan.egress.as_ref()).await?;
+        for (net, alias) in &plan.networks {
+            let ip = info.ip.ok_or_else(|| ApiError::BadRequest("a sandbox without internet access cannot join a network".into()))?;
+            self.join_inner(net, crate::egress::networks::Member { id: id.clone(), name: alias.clone().unwrap_or_else(|| id.clone()), ip }).await?;
+        }
         if plan.pool.is_none() {
             self.emit(row, "created", serde_json::json!({"templateID": row.template, "cpuCount": plan.cpus, "memoryMB": plan.memory_mb})).await;
         }

@@ -17,7 +17,11 @@ impl Service {
     /// sandbox that outlived the last server is never unpoliced).
     pub async fn start_egress(&self, upstreams: Vec<std::net::SocketAddr>, upstream_tls: Arc<rustls::ClientConfig>) -> Result<(), String> {
         let store = self.store.clone();
-        let members = self.blocking(move || store.egress_members()).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        let (members, nets) = self
+            .blocking(move || Ok::<_, crate::store::StoreError>((store.egress_members()?, store.network_members()?)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         let mut parsed = Vec::new();
         for (id, ip, spec) in members {
             match spec.policy() {
@@ -54,7 +58,7 @@ impl Service {
         }
         let n = parsed.len();
         let eg2 = eg.clone();
-        tokio::task::spawn_blocking(move || eg2.restore(parsed)).await.map_err(|e| e.to_string())?.map_err(|e| airlock_runtime::init::chain(&e))?;
+        tokio::task::spawn_blocking(move || eg2.restore(parsed, nets)).await.map_err(|e| e.to_string())?.map_err(|e| airlock_runtime::init::chain(&e))?;
         if n > 0 {
             tracing::info!(policed = n, "egress policies restored");
         }
@@ -102,10 +106,12 @@ impl Service {
         .await?
     }
 
-    /// A destroyed sandbox's policy goes (its address may go to another).
+    /// A destroyed sandbox's policy and memberships go (its address may
+    /// go to another).
     pub(super) async fn forget_egress(&self, id: &str) {
         let Some(eg) = self.egress().cloned() else { return };
-        if !eg.policed().iter().any(|p| p == id) {
+        let member = eg.networks().values().any(|m| m.iter().any(|x| x.id == id));
+        if !member && !eg.policed().iter().any(|p| p == id) {
             return;
         }
         let store = self.store.clone();
@@ -113,7 +119,9 @@ impl Service {
         let _ = self
             .blocking(move || {
                 eg.release(&id2);
+                eg.leave_all(&id2);
                 let _ = store.delete_egress(&id2);
+                let _ = store.delete_memberships(&id2);
             })
             .await;
     }
@@ -124,7 +132,11 @@ impl Service {
         let store = self.store.clone();
         let _ = self
             .blocking(move || {
-                for id in eg.policed() {
+                let mut ids = eg.policed();
+                ids.extend(eg.networks().values().flat_map(|m| m.iter().map(|x| x.id.clone())));
+                ids.sort();
+                ids.dedup();
+                for id in ids {
                     let gone = match store.sandbox(&id) {
                         Ok(Some(r)) => r.state == State::Dead,
                         Ok(None) => true,
@@ -132,7 +144,9 @@ impl Service {
                     };
                     if gone {
                         eg.release(&id);
+                        eg.leave_all(&id);
                         let _ = store.delete_egress(&id);
+                        let _ = store.delete_memberships(&id);
                     }
                 }
                 let _ = store.prune_egress();

@@ -36,6 +36,7 @@ mod execlog;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod networks;
 mod pools;
 mod secrets;
 mod state;

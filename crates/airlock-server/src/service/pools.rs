@@ -94,7 +94,8 @@ impl Service {
 
     /// The pool a create can be served from, if any.
     pub(super) fn matching_pool(&self, plan: &Plan) -> Option<String> {
-        if plan.pool.is_some() || !plan.volumes.is_empty() {
+        // A policy or a network is applied at create, which a claim skips.
+        if plan.pool.is_some() || !plan.volumes.is_empty() || plan.egress.is_some() || !plan.networks.is_empty() {
             return None;
         }
         if !plan.env.is_empty() && plan.tpl.as_ref().is_some_and(|t| t.start_cmd.is_some()) {

@@ -203,6 +203,7 @@ impl Service {
             mask_host: row.mask_host.clone(),
             // A fork of a restricted sandbox is just as restricted.
             egress: self.egress_spec(id).await?,
+            networks: Vec::new(),
         };
         let results = futures_util::future::join_all((0..count).map(|_| self.launch(plan.clone()))).await;
         drop(lease);
@@ -530,6 +531,7 @@ impl Service {
             public_traffic: true,
             mask_host: String::new(),
             egress: None,
+            networks: Vec::new(),
         };
         let r = self.launch(plan).await;
         drop(lease);
