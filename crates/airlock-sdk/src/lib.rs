@@ -52,7 +52,9 @@ pub use files::{FileStream, Files, WatchBuilder, WatchStream};
 pub use sandbox::{BoxStream, Sandbox, SandboxBuilder, SandboxList, SandboxPage, SandboxState, DEFAULT_TEMPLATE};
 pub use state::RestartOptions;
 
-pub use airlock_proto::api::{AlertThresholds, Event, HealthCheck, PoolInfo, PoolSpec, ResourceChange, SandboxHealth};
+pub use airlock_proto::api::{
+    AlertThresholds, Broadcast, BroadcastResult, Event, HealthCheck, NetworkMember, NetworkOptions, PoolInfo, PoolSpec, ResourceChange, SandboxHealth, SandboxNetwork,
+};
 pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
 pub use airlock_proto::api::{NewSecret, Secret, SecretUpdate};
 pub use airlock_proto::api::{NewWebhook, SandboxEvent, Webhook, WebhookDelivery, WebhookPatch};

@@ -385,6 +385,22 @@ impl SandboxBuilder {
         self
     }
 
+    /// Joins a sandbox network at create, reached there as `name`
+    /// (default: the sandbox's id); may be given more than once.
+    pub fn join_network(mut self, network: impl Into<String>, name: Option<&str>) -> Self {
+        let e = match name {
+            Some(n) => serde_json::json!({"name": network.into(), "alias": n}),
+            None => serde_json::Value::String(network.into()),
+        };
+        match self.req.other.get_mut("networks").and_then(|v| v.as_array_mut()) {
+            Some(list) => list.push(e),
+            None => {
+                self.req.other.insert("networks".into(), serde_json::Value::Array(vec![e]));
+            }
+        }
+        self
+    }
+
     /// Pause instead of kill when the timeout expires.
     pub fn auto_pause(mut self, on: bool) -> Self {
         self.req.auto_pause = Some(on);

@@ -12,6 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod client;
 mod events;
 mod mcp;
+mod network;
 mod ops;
 mod progress;
 mod secret;
@@ -75,6 +76,9 @@ enum Cmd {
     /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
     #[command(after_help = events::EXAMPLES)]
     Events(events::EventsArgs),
+    /// Sandbox networks (create, list, show, rm, join, leave) and broadcast commands.
+    #[command(alias = "networks", after_help = network::EXAMPLES)]
+    Network(network::NetworkArgs),
     /// Lifecycle webhooks: URLs the server POSTs events to (create, list, show, rm).
     #[command(alias = "webhooks", after_help = webhook::EXAMPLES)]
     Webhook(webhook::WebhookArgs),
@@ -351,6 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Pool(a) => return ops::run(a),
         Cmd::Cleanup { dry_run } => return cleanup(dry_run),
         Cmd::Webhook(a) => return webhook::run(a),
+        Cmd::Network(a) => return network::run(a),
         Cmd::Secret(a) => return secret::run(a),
         Cmd::Sandbox(a) => return client::run(client::Command::Sandbox(a)),
         Cmd::Snapshot(a) => return client::run(client::Command::Snapshot(a)),

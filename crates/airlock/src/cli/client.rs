@@ -136,6 +136,10 @@ pub(super) struct CreateOpts {
     /// everything not allowed).
     #[arg(long = "deny-out", value_delimiter = ',')]
     deny_out: Vec<String>,
+    /// Join a sandbox network, NETWORK or NETWORK=NAME (the name the others
+    /// reach it by; default its id); repeatable.
+    #[arg(long = "join-network")]
+    join_networks: Vec<String>,
     /// Pause instead of kill when the timeout expires.
     #[arg(long)]
     auto_pause: bool,
@@ -174,6 +178,12 @@ impl CreateOpts {
         }
         if self.no_internet {
             b = b.allow_internet_access(false);
+        }
+        for j in &self.join_networks {
+            b = match j.split_once('=') {
+                Some((net, name)) => b.join_network(net, Some(name)),
+                None => b.join_network(j.as_str(), None),
+            };
         }
         if !self.allow_out.is_empty() || !self.deny_out.is_empty() {
             b = b.network(&airlock_proto::api::NetworkOptions { allow_out: self.allow_out.clone(), deny_out: self.deny_out.clone(), ..Default::default() });
