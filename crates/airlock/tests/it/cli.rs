@@ -519,6 +519,49 @@ async fn webhook_commands_create_list_show_and_remove() {
     assert_eq!(cli.run(&["webhook", "rm", &id]).status.code(), Some(1), "removing twice is an error");
 }
 
+/// Sandbox networks from the CLI: two sandboxes join one at create (by
+/// name) and talk by name on a port of their own; a third, outside, cannot;
+/// broadcast reaches the members and reports each exit code.
+#[tokio::test]
+async fn network_commands_connect_members_and_broadcast() {
+    let cli = Cli::start().await;
+    let a = cli.ok(&["sbx", "create", "--join-network", "lab=alpha", "-m", "team=lab"]).trim().to_string();
+    let b = cli.ok(&["sbx", "create", "--join-network", "lab=beta", "-m", "team=lab"]).trim().to_string();
+    let c = cli.ok(&["sbx", "create"]).trim().to_string();
+    let show = cli.json(&["network", "show", "lab"]);
+    let names: Vec<&str> = show["members"].as_array().expect("members").iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names.len(), 2, "{show}");
+    assert!(names.contains(&"alpha") && names.contains(&"beta"), "{show}");
+    // A listener in beta, on a port nothing else uses.
+    let serve = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 7777)); s.listen(8)\nwhile True:\n    c,_=s.accept(); c.sendall(b'beta-here'); c.close()";
+    cli.ok(&["exec", &b, "-d", "--", "python3", "-c", serve]);
+    let dial = |host: &str| {
+        format!("import socket,time\nfor i in range(50):\n    try:\n        s=socket.create_connection(('{host}',7777),timeout=3); print(s.recv(64).decode()); break\n    except Exception as e:\n        err=type(e).__name__; time.sleep(0.1)\nelse:\n    print('ERR', err)")
+    };
+    assert_eq!(cli.ok(&["exec", &a, "--", "python3", "-c", &dial("beta.lab")]).trim(), "beta-here");
+    assert_eq!(cli.ok(&["exec", &a, "--", "python3", "-c", &dial("beta")]).trim(), "beta-here");
+    let ip = show["members"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "beta")).and_then(|m| m["ip"].as_str()).expect("beta's ip").to_string();
+    let once = |host: &str| {
+        format!("import socket\ntry:\n    s=socket.create_connection(('{host}',7777),timeout=3); print(s.recv(64).decode())\nexcept Exception as e:\n    print('ERR', type(e).__name__)")
+    };
+    assert!(cli.ok(&["exec", &c, "--", "python3", "-c", &once(&ip)]).starts_with("ERR"), "an outsider reaches a member by address");
+    assert!(cli.ok(&["exec", &c, "--", "python3", "-c", &once("beta.lab")]).starts_with("ERR"), "an outsider resolves a member's name");
+    // Broadcast by network, then by metadata; a failing run is reported and sets the exit code.
+    let out = cli.ok(&["network", "broadcast", "--network", "lab", "--", "echo", "from-$(hostname | cut -c1-4)"]);
+    assert_eq!(out.matches("from-").count(), 2, "{out}");
+    let (code, res) = cli.json_any(&["network", "broadcast", "-m", "team=lab", "--", "exit 4"]);
+    assert_eq!(code, Some(1), "a failed run sets the exit code: {res}");
+    assert_eq!(res.as_array().map(|r| r.iter().filter(|x| x["exitCode"] == 4).count()), Some(2), "{res}");
+    assert_eq!(cli.run(&["network", "rm", "lab"]).status.code(), Some(1), "not while it has members");
+    cli.ok(&["network", "leave", "lab", &a]);
+    cli.ok(&["sbx", "kill", &b]);
+    assert_eq!(cli.json(&["network", "show", "lab"])["members"], Value::Array(vec![]));
+    cli.ok(&["network", "rm", "lab"]);
+    assert_eq!(cli.json(&["network", "list"]), Value::Array(vec![]));
+    cli.ok(&["sbx", "kill", &a]);
+    cli.ok(&["sbx", "kill", &c]);
+}
+
 /// `airlock cleanup` in a network namespace of the test's own (so the
 /// host's rules, which other tests' sandboxes use, are never touched):
 /// refused while a sandbox interface exists, then Airlock's chains and
