@@ -286,12 +286,16 @@ impl Service {
         crate::pools::check_name(name).map_err(ApiError::BadRequest)?;
         crate::pools::check_spec(&spec).map_err(ApiError::BadRequest)?;
         // Resolving it now makes a bad template or shape the caller's 4xx.
-        let plan = self.pool_plan(name, &spec).await?;
+        // A built-in template not built yet (debootstrapping `debian` takes
+        // minutes) is built by the filler instead: the request does not wait.
+        let tname = super::create::template_name(&spec.template_id).to_string();
+        let unbuilt = self.find_template(&tname).await?.is_none() && airlock_template::recipe::builtin(&tname).is_some();
+        let plan = if unbuilt { None } else { Some(self.pool_plan(name, &spec).await?) };
         let store = self.store.clone();
         let (n, s) = (name.to_string(), spec.clone());
         self.blocking(move || store.put_pool(&n, &s)).await??;
         self.pool_stats(name, |st| {
-            st.shape = Some(Shape::of(&plan));
+            st.shape = plan.as_ref().map(Shape::of);
             st.last_error = None;
             st.retry_at = None;
         });
