@@ -210,6 +210,13 @@ def test_only_an_allowed_name_is_reachable_and_only_at_its_own_addresses(egress_
             timeout=30,
         )
         assert r.stdout.strip() == "1", r
+        # What was refused is counted.
+        import httpx
+        m = httpx.get(egress_server.url + "/metrics", headers={"X-API-KEY": egress_server.api_key}, timeout=10).text
+        denied = next(float(l.split()[-1]) for l in m.splitlines() if l.startswith('airlock_egress_connections_total{verdict="denied"}'))
+        refused = next(float(l.split()[-1]) for l in m.splitlines() if l.startswith('airlock_egress_dns_queries_total{answer="refused"}'))
+        policed = next(float(l.split()[-1]) for l in m.splitlines() if l.startswith("airlock_egress_policed_sandboxes "))
+        assert denied >= 5 and refused >= 2 and policed >= 1, m
     finally:
         s.kill()
 

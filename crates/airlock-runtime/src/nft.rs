@@ -180,7 +180,9 @@ mod tests {
     /// added and removed without `nft`, as `nft` itself then lists them.
     #[test]
     fn set_elements_go_in_and_out_over_netlink() {
-        if !available() || unsafe { libc::geteuid() } != 0 {
+        // SAFETY: geteuid takes nothing and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if !available() || euid != 0 {
             eprintln!("SKIPPED: needs root and nft");
             return;
         }

@@ -960,7 +960,10 @@ async fn prometheus(State(s): State<AppState>) -> ApiResult {
         *by.entry(r.state.as_str()).or_default() += 1;
     }
     let pools = s.svc.pool_levels().await;
-    let body = crate::telemetry::render(&by.into_iter().collect::<Vec<_>>(), &pools);
+    let mut body = crate::telemetry::render(&by.into_iter().collect::<Vec<_>>(), &pools);
+    if let Some(eg) = s.svc.egress() {
+        eg.render_metrics(&mut body);
+    }
     let mut r = http::Response::new(h::full(body));
     r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(r)

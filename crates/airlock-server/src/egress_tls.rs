@@ -80,6 +80,10 @@ pub struct EgressTls {
     ca_pem: String,
     dir: PathBuf,
     leaves: Mutex<HashMap<String, Leaf>>,
+    /// Trust layers by the template root layers they were made for: a
+    /// policed create does not re-read and re-hash the template's bundle.
+    /// (Template layers are immutable, so the answer does not go stale.)
+    trust: Mutex<HashMap<Vec<PathBuf>, PathBuf>>,
 }
 
 /// The CA's subject, derived from its key so that a restart rebuilds the
@@ -147,7 +151,7 @@ impl EgressTls {
             }
         };
         let issuer = Issuer::new(ca_params(&key), key);
-        Ok(Self { issuer, ca_pem, dir, leaves: Mutex::new(HashMap::new()) })
+        Ok(Self { issuer, ca_pem, dir, leaves: Mutex::new(HashMap::new()), trust: Mutex::new(HashMap::new()) })
     }
 
     /// The CA certificate, PEM.
@@ -223,6 +227,19 @@ impl EgressTls {
     /// template bundle under `<data>/egress-ca/layers/<digest>/` and
     /// shared. Hand it to the backend as `SandboxSpec::top_layers`.
     pub fn trust_layer(&self, root_layers: &[PathBuf]) -> Result<PathBuf, EgressTlsError> {
+        if let Some(l) = self.trust.lock().unwrap_or_else(|p| p.into_inner()).get(root_layers).filter(|l| l.is_dir()) {
+            return Ok(l.clone());
+        }
+        let layer = self.make_trust_layer(root_layers)?;
+        let mut t = self.trust.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() >= 1024 {
+            t.clear();
+        }
+        t.insert(root_layers.to_vec(), layer.clone());
+        Ok(layer)
+    }
+
+    fn make_trust_layer(&self, root_layers: &[PathBuf]) -> Result<PathBuf, EgressTlsError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();
             move |source| EgressTlsError::Io { what, path, source }

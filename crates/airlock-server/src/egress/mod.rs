@@ -274,6 +274,41 @@ impl Egress {
         let _ = self.table.uninstall();
     }
 
+    /// The egress counters in the Prometheus exposition format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let st = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP airlock_egress_policed_sandboxes Sandboxes with an egress policy.\n# TYPE airlock_egress_policed_sandboxes gauge\nairlock_egress_policed_sandboxes {}",
+            self.policed().len()
+        );
+        let _ = writeln!(out, "# HELP airlock_egress_connections_total Connections of policed sandboxes, by verdict.\n# TYPE airlock_egress_connections_total counter");
+        let _ = writeln!(
+            out,
+            "airlock_egress_connections_total{{verdict=\"allowed\"}} {}\nairlock_egress_connections_total{{verdict=\"denied\"}} {}",
+            l(&st.connections_allowed),
+            l(&st.connections_denied)
+        );
+        let _ = writeln!(out, "# HELP airlock_egress_dns_queries_total Queries the egress resolver answered or refused.\n# TYPE airlock_egress_dns_queries_total counter");
+        let _ = writeln!(
+            out,
+            "airlock_egress_dns_queries_total{{answer=\"answered\"}} {}\nairlock_egress_dns_queries_total{{answer=\"refused\"}} {}",
+            l(&st.dns_answered),
+            l(&st.dns_refused)
+        );
+        let _ = writeln!(out, "# HELP airlock_egress_bytes_total Bytes the egress proxy relayed, by direction.\n# TYPE airlock_egress_bytes_total counter");
+        let _ = writeln!(out, "airlock_egress_bytes_total{{direction=\"out\"}} {}\nairlock_egress_bytes_total{{direction=\"in\"}} {}", l(&st.bytes_out), l(&st.bytes_in));
+        let nets = self.networks();
+        let _ = writeln!(out, "# HELP airlock_networks Sandbox networks.\n# TYPE airlock_networks gauge\nairlock_networks {}", nets.len());
+        let _ = writeln!(
+            out,
+            "# HELP airlock_network_members Sandboxes on networks (one per membership).\n# TYPE airlock_network_members gauge\nairlock_network_members {}",
+            nets.values().map(Vec::len).sum::<usize>()
+        );
+    }
+
     fn count_dns(&self, answered: bool) {
         let c = if answered { &self.stats.dns_answered } else { &self.stats.dns_refused };
         c.fetch_add(1, Ordering::Relaxed);

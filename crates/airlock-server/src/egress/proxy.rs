@@ -118,6 +118,64 @@ impl Default for Blocklist {
     }
 }
 
+/// Copies `from` to `to` until `from` ends (then shuts `to` for writing),
+/// through a pipe with splice(2): the bytes stay in the kernel, which is
+/// what lets a proxied download run close to a NATed one.
+async fn splice_copy(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use tokio::io::Interest;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, owned below.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and nothing else owns them.
+    let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // A bigger pipe moves more per call; failing to grow it only costs calls.
+    // SAFETY: F_SETPIPE_SZ takes an int and touches no memory of ours.
+    let cap = match unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) } {
+        n if n > 0 => n as usize,
+        _ => 64 * 1024,
+    };
+    let (src, dst) = (from.as_raw_fd(), to.as_raw_fd());
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || {
+                // SAFETY: splice between two descriptors we hold; no offsets.
+                let n = unsafe { libc::splice(src, std::ptr::null_mut(), pw.as_raw_fd(), std::ptr::null_mut(), cap, flags) };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await?;
+        if n == 0 {
+            // SAFETY: shutdown on a descriptor we hold.
+            unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+            return Ok(total);
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = to
+                .async_io(Interest::WRITABLE, || {
+                    // SAFETY: as above.
+                    let m = unsafe { libc::splice(pr.as_raw_fd(), std::ptr::null_mut(), dst, std::ptr::null_mut(), left, flags) };
+                    if m < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(m as usize)
+                    }
+                })
+                .await?;
+            left -= m;
+            total += m as u64;
+        }
+    }
+}
+
 /// Makes closing `s` send a reset (SO_LINGER 0). Closing never blocks
 /// with a zero linger time, which is why tokio's own setter is avoided.
 fn reset_on_close(s: &TcpStream) {
@@ -363,19 +421,32 @@ impl Egress {
         let _ = upstream.set_nodelay(true);
         match hello {
             Hello::Http(Some(host)) => {
-                let (cr, cw) = client.into_split();
-                let (ur, uw) = upstream.into_split();
-                self.relay_http(cr, cw, ur, uw, buf, host, sbx).await
+                // Requests are read and checked one by one; responses are
+                // spliced back in the kernel.
+                let (mut cr, cw) = client.split();
+                let (ur, mut uw) = upstream.split();
+                let forth = async {
+                    let r = self.forward_requests(&mut cr, &mut uw, buf, &host, sbx).await;
+                    let _ = uw.shutdown().await;
+                    r
+                };
+                let back = async {
+                    if let Ok(n) = splice_copy(ur.as_ref(), cw.as_ref()).await {
+                        self.stats.bytes_in.fetch_add(n, Ordering::Relaxed);
+                    }
+                };
+                let (r, ()) = tokio::join!(forth, back);
+                r
             }
             _ => {
                 upstream.write_all(&buf).await.map_err(|e| e.to_string())?;
                 self.stats.bytes_out.fetch_add(buf.len() as u64, Ordering::Relaxed);
-                let r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF).await;
-                if let Ok((out, inn)) = r {
-                    self.stats.bytes_out.fetch_add(out, Ordering::Relaxed);
-                    self.stats.bytes_in.fetch_add(inn, Ordering::Relaxed);
-                }
-                r.map(|_| ()).map_err(|e| e.to_string())
+                let (cr, cw) = client.split();
+                let (ur, uw) = upstream.split();
+                let (out, inn) = tokio::join!(splice_copy(cr.as_ref(), uw.as_ref()), splice_copy(ur.as_ref(), cw.as_ref()));
+                self.stats.bytes_out.fetch_add(*out.as_ref().unwrap_or(&0), Ordering::Relaxed);
+                self.stats.bytes_in.fetch_add(*inn.as_ref().unwrap_or(&0), Ordering::Relaxed);
+                out.and(inn).map(|_| ()).map_err(|e| e.to_string())
             }
         }
     }

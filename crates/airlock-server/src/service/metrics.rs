@@ -244,7 +244,9 @@ impl Service {
         // without a network interface cannot be given one while it runs.
         let spec = if net.no_internet { Some(crate::egress::store::Spec { allow_out: vec![], deny_out: vec!["0.0.0.0/0".into()], rules: None }) } else { net.egress.clone() };
         if !row.internet {
-            if spec.as_ref().is_none_or(|s| !s.policy().is_ok_and(|p| p.is_no_internet())) {
+            // It has no network interface: no rules is what it has already
+            // (it stays offline); rules that would let anything out cannot be.
+            if spec.as_ref().is_some_and(|s| !s.policy().is_ok_and(|p| p.is_no_internet())) {
                 return Err(ApiError::Conflict(format!(
                     "sandbox {id} was created without internet access; this server cannot give it a network while it runs (create a new sandbox, or fork this one)"
                 )));
