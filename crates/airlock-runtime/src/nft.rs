@@ -60,6 +60,7 @@ impl EgressTable {
     /// answers (network members), and the sandbox pairs that may talk.
     fn rules_with(&self, members: &[Ipv4Addr], resolve: &[Ipv4Addr], peers: &[(Ipv4Addr, Ipv4Addr)]) -> String {
         let (t, dns, proxy) = (&self.name, self.dns_port, self.proxy_port);
+        let pid = std::process::id();
         let elems = |v: Vec<String>| if v.is_empty() { String::new() } else { format!("elements = {{ {} }}", v.join(", ")) };
         let policed = elems(members.iter().map(|m| m.to_string()).collect());
         let resolved = elems(resolve.iter().map(|m| m.to_string()).collect());
@@ -74,6 +75,7 @@ impl EgressTable {
             "add table ip {t}\n\
              delete table ip {t}\n\
              table ip {t} {{\n\
+               comment \"airlock pid {pid}\"\n\
                set policed {{ type ipv4_addr; {policed} }}\n\
                set resolve {{ type ipv4_addr; {resolved} }}\n\
                set peers {{ type ipv4_addr . ipv4_addr; {pairs} }}\n\
@@ -161,6 +163,29 @@ pub fn remove_table(name: &str) -> Result<(), NetworkError> {
     nft_script(&format!("add table ip {name}\ndelete table ip {name}\n"))
 }
 
+/// Removes the egress tables of servers that are gone and left no policed
+/// sandbox behind (a server killed with SIGKILL leaves its table): the
+/// owner's pid, kept in the table's comment, no longer runs and the
+/// `policed` set is empty. A table whose set still holds addresses stays:
+/// those sandboxes' traffic must keep going nowhere until their server
+/// returns. Returns the tables removed.
+pub fn prune_stale(own: &str) -> Vec<String> {
+    let mut removed = Vec::new();
+    for t in tables().into_iter().filter(|t| t != own) {
+        let Ok(out) = Command::new("nft").args(["list", "table", "ip", &t]).stderr(Stdio::null()).output() else { continue };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let owner_alive = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("comment \"airlock pid ").and_then(|r| r.trim_end_matches('"').parse::<u32>().ok()))
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let policed_empty = text.split("set policed {").nth(1).and_then(|r| r.split('}').next()).is_some_and(|body| !body.contains("elements"));
+        if !owner_alive && policed_empty && remove_table(&t).is_ok() {
+            removed.push(t);
+        }
+    }
+    removed
+}
+
 /// The names of every Airlock egress table on the host (for cleanup).
 pub fn tables() -> Vec<String> {
     let Ok(out) = Command::new("nft").args(["list", "tables"]).stderr(Stdio::null()).output() else { return Vec::new() };
@@ -209,6 +234,19 @@ mod tests {
         let missing = EgressTable { name: "airlock_nosuchtable".into(), dns_port: 1, proxy_port: 2 };
         assert!(missing.add(ip).is_err(), "a missing table is an error, not a silent no-op");
         t.uninstall().expect("uninstall");
+        // A table of a server that is gone (a pid above the kernel's limit),
+        // with nobody policed, is pruned;
+        // one that still polices someone is not.
+        let gone = EgressTable { name: format!("airlock_gone{}", std::process::id()), dns_port: 1, proxy_port: 2 };
+        let busy = EgressTable { name: format!("airlock_busy{}", std::process::id()), dns_port: 1, proxy_port: 2 };
+        for (tbl, members) in [(&gone, vec![]), (&busy, vec![Ipv4Addr::new(10, 201, 9, 30)])] {
+            let script = tbl.rules(&members).replace(&format!("airlock pid {}", std::process::id()), "airlock pid 4194305");
+            nft_script(&script).expect("install a dead server's table");
+        }
+        let pruned = prune_stale("airlock_none");
+        assert!(pruned.contains(&gone.name) && !pruned.contains(&busy.name), "{pruned:?}");
+        assert!(tables().contains(&busy.name));
+        busy.uninstall().expect("uninstall");
     }
 
     #[test]

@@ -145,8 +145,9 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
 }
 
 impl Egress {
-    /// Binds the resolver and the proxy on ephemeral ports and installs
-    /// this server's table (no members yet).
+    /// Binds the resolver and the proxy on ephemeral ports and removes
+    /// stale tables of servers that are gone; `restore` installs this
+    /// server's own.
     pub async fn start(tag: &str, upstreams: Vec<SocketAddr>, upstream_tls: Arc<rustls::ClientConfig>) -> Result<Arc<Egress>, EgressError> {
         // The resolver's UDP and TCP sockets share one port: one redirect
         // rule sends both there.
@@ -167,7 +168,18 @@ impl Egress {
         let proxy_port = proxy.local_addr().map_err(|e| EgressError::Bind { what: "proxy", source: e })?.port();
         let table = EgressTable { name: EgressTable::name_for(tag), dns_port, proxy_port };
         let t2 = table.clone();
-        tokio::task::spawn_blocking(move || t2.install(&[])).await.map_err(|e| EgressError::Bind { what: "firewall", source: std::io::Error::other(e) })??;
+        // The table itself is installed by `restore`, with the sandboxes
+        // that outlived the last server in it: installing an empty one here
+        // would leave them unpoliced until then.
+        tokio::task::spawn_blocking(move || {
+            let pruned = airlock_runtime::nft::prune_stale(&t2.name);
+            if !pruned.is_empty() {
+                tracing::info!(tables = ?pruned, "removed the egress tables of servers that are gone");
+            }
+            Ok::<(), EgressError>(())
+        })
+        .await
+        .map_err(|e| EgressError::Bind { what: "firewall", source: std::io::Error::other(e) })??;
         if upstreams.is_empty() {
             tracing::warn!("egress resolver has no upstream name server (none in /etc/resolv.conf and no --dns-upstream): policed sandboxes get SERVFAIL");
         }

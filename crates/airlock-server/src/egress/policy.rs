@@ -286,6 +286,17 @@ impl Policy {
         self.rules.iter().any(|(n, t)| n.matches(&host) && !t.headers.is_empty())
     }
 
+    /// Whether any verdict depends on a connection's name (its SNI or
+    /// Host): otherwise the proxy need not wait for the first bytes.
+    pub fn uses_names(&self) -> bool {
+        !self.allow_names.is_empty() || !self.deny_names.is_empty() || !self.rules.is_empty()
+    }
+
+    /// Whether `ip` is allowed by an address entry, whatever name it goes by.
+    pub fn allows_address(&self, ip: Ipv4Addr) -> bool {
+        self.allow_nets.iter().any(|n| n.contains(ip))
+    }
+
     pub fn has_rules(&self) -> bool {
         !self.rules.is_empty()
     }

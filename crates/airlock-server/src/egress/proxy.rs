@@ -354,10 +354,13 @@ impl Egress {
             reset_on_close(&client);
             return Err("blocked address".into());
         }
-        // Read the client's first bytes, for a name to judge by.
+        // Read the client's first bytes, for a name to judge by, unless no
+        // verdict depends on one (then a protocol where the server speaks
+        // first is not kept waiting).
         let mut buf = Vec::with_capacity(4096);
         let mut hello = Hello::Partial;
-        let deadline = tokio::time::Instant::now() + FIRST_BYTES_WAIT;
+        let wait = if policy.uses_names() && (policy.has_rules() || !policy.allows_address(*dst.ip())) { FIRST_BYTES_WAIT } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::now() + wait;
         while hello == Hello::Partial && buf.len() < MAX_HEAD {
             let mut chunk = [0u8; 8192];
             match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
