@@ -52,10 +52,6 @@ impl EgressTable {
         format!("airlock_{clean}")
     }
 
-    fn rules(&self, members: &[Ipv4Addr]) -> String {
-        self.rules_with(members, &[], &[])
-    }
-
     /// The whole table: policed addresses, sandboxes whose DNS the server
     /// answers (network members), and the sandbox pairs that may talk.
     fn rules_with(&self, members: &[Ipv4Addr], resolve: &[Ipv4Addr], peers: &[(Ipv4Addr, Ipv4Addr)]) -> String {
@@ -95,11 +91,6 @@ impl EgressTable {
         )
     }
 
-    /// Replaces the table (rules and members) in one transaction.
-    pub fn install(&self, members: &[Ipv4Addr]) -> Result<(), NetworkError> {
-        nft_script(&self.rules(members))
-    }
-
     /// Replaces the table with these policed addresses, DNS-answered
     /// addresses and peer pairs, in one transaction.
     pub fn install_all(&self, members: &[Ipv4Addr], resolve: &[Ipv4Addr], peers: &[(Ipv4Addr, Ipv4Addr)]) -> Result<(), NetworkError> {
@@ -131,17 +122,12 @@ impl EgressTable {
     /// Polices a sandbox's address (idempotent). One netlink message, no
     /// process: this is on the create path.
     pub fn add(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
-        let mut nl = crate::netlink::Netlink::open_netfilter()?;
-        Ok(nl.set_element(&self.name, "policed", ip, true)?)
+        self.element("policed", &ip.octets(), true)
     }
 
     /// Stops policing an address; absent is fine.
     pub fn remove(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
-        let mut nl = crate::netlink::Netlink::open_netfilter()?;
-        match nl.set_element(&self.name, "policed", ip, false) {
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
-            r => Ok(r?),
-        }
+        self.element("policed", &ip.octets(), false)
     }
 
     /// The addresses in the set now (for tests and diagnostics).
@@ -212,7 +198,7 @@ mod tests {
             return;
         }
         let t = EgressTable { name: format!("airlock_unit{}", std::process::id()), dns_port: 1053, proxy_port: 1054 };
-        t.install(&[Ipv4Addr::new(10, 201, 9, 2)]).expect("install");
+        t.install_all(&[Ipv4Addr::new(10, 201, 9, 2)], &[], &[]).expect("install");
         let ip = Ipv4Addr::new(10, 201, 9, 6);
         t.add(ip).expect("add");
         t.add(ip).expect("adding twice is fine");
@@ -240,7 +226,7 @@ mod tests {
         let gone = EgressTable { name: format!("airlock_gone{}", std::process::id()), dns_port: 1, proxy_port: 2 };
         let busy = EgressTable { name: format!("airlock_busy{}", std::process::id()), dns_port: 1, proxy_port: 2 };
         for (tbl, members) in [(&gone, vec![]), (&busy, vec![Ipv4Addr::new(10, 201, 9, 30)])] {
-            let script = tbl.rules(&members).replace(&format!("airlock pid {}", std::process::id()), "airlock pid 4194305");
+            let script = tbl.rules_with(&members, &[], &[]).replace(&format!("airlock pid {}", std::process::id()), "airlock pid 4194305");
             nft_script(&script).expect("install a dead server's table");
         }
         let pruned = prune_stale("airlock_none");
@@ -252,8 +238,8 @@ mod tests {
     #[test]
     fn rules_mention_ports_and_members() {
         let t = EgressTable { name: "airlock_t".into(), dns_port: 5300, proxy_port: 5400 };
-        let r = t.rules(&[Ipv4Addr::new(10, 201, 0, 2)]);
+        let r = t.rules_with(&[Ipv4Addr::new(10, 201, 0, 2)], &[], &[]);
         assert!(r.contains("redirect to :5300") && r.contains("redirect to :5400") && r.contains("elements = { 10.201.0.2 }"), "{r}");
-        assert!(!t.rules(&[]).contains("elements"));
+        assert!(!t.rules_with(&[], &[], &[]).contains("elements"));
     }
 }

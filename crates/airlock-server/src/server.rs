@@ -91,6 +91,12 @@ impl Server {
         let egress_ok = cfg.network && airlock_runtime::Backend::network_available(&backend) && airlock_runtime::nft::available();
         let (upstreams, upstream_ca) = (cfg.dns_upstream.clone(), cfg.upstream_ca.clone());
         let service = Service::new(cfg, store, Arc::new(backend));
+        // The egress CA exists from the first start on (sandboxes trust it
+        // through a layer made from it, and the egress proxy signs with it).
+        let svc = service.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc.egress_tls().map(|_| ())).await {
+            tracing::error!(error = %e, "the egress interception CA could not be loaded or made");
+        }
         // Egress enforcement before any sandbox is adopted: the policed
         // ones that outlived the last server are policed from the start.
         if egress_ok {
@@ -117,12 +123,6 @@ impl Server {
         let secrets = service.secrets().clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || secrets.check_key()).await {
             tracing::error!(error = %e, "stored secrets cannot be decrypted: they will not be injected");
-        }
-        // The egress CA exists from the first start on (sandboxes trust it
-        // through a layer made from it).
-        let svc = service.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc.egress_tls().map(|_| ())).await {
-            tracing::error!(error = %e, "the egress interception CA could not be loaded or made");
         }
         Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None })
     }

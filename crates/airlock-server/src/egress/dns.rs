@@ -63,15 +63,23 @@ fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
     None
 }
 
-/// The single question of a query (anything else is not a query we answer).
-pub fn question(msg: &[u8]) -> Option<Question> {
-    if msg.len() < 12 || msg[2] & 0x80 != 0 || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
+/// The single question of a message, query or answer.
+fn parse_question(msg: &[u8]) -> Option<Question> {
+    if msg.len() < 12 || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
         return None;
     }
     let (name, at) = read_name(msg, 12)?;
     let qtype = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
     msg.get(at + 3)?;
     Some(Question { name, qtype, end: at + 4 })
+}
+
+/// The single question of a query (anything else is not a query we answer).
+pub fn question(msg: &[u8]) -> Option<Question> {
+    if msg.get(2)? & 0x80 != 0 {
+        return None;
+    }
+    parse_question(msg)
 }
 
 /// An answer with no records and `rcode`, to the query `msg`.
@@ -97,9 +105,9 @@ pub fn a_reply(msg: &[u8], q: &Question, ip: Ipv4Addr) -> Vec<u8> {
 /// The A records in a response's answer section, with their TTLs.
 pub fn a_records(msg: &[u8]) -> Vec<(Ipv4Addr, u32)> {
     let mut out = Vec::new();
-    let Some(q) = question_of_response(msg) else { return out };
+    let Some(q) = parse_question(msg) else { return out };
     let ancount = u16::from_be_bytes([msg[6], msg[7]]);
-    let mut at = q;
+    let mut at = q.end;
     for _ in 0..ancount {
         let Some((_, after)) = read_name(msg, at) else { break };
         let Some(fixed) = msg.get(after..after + 10) else { break };
@@ -113,15 +121,6 @@ pub fn a_records(msg: &[u8]) -> Vec<(Ipv4Addr, u32)> {
         at = after + 10 + rdlen;
     }
     out
-}
-
-fn question_of_response(msg: &[u8]) -> Option<usize> {
-    if msg.len() < 12 || u16::from_be_bytes([msg[4], msg[5]]) != 1 {
-        return None;
-    }
-    let (_, at) = read_name(msg, 12)?;
-    msg.get(at + 3)?;
-    Some(at + 4)
 }
 
 /// A query for `name`'s A records (the proxy's own check of a name).

@@ -271,13 +271,16 @@ impl Egress {
         Ok(())
     }
 
+    /// Whether sandbox `id` is policed or on a network (what a destroy
+    /// must undo), without copying the registry.
+    pub fn knows(&self, id: &str) -> bool {
+        self.sandboxes.read().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.id == id)
+            || self.nets.read().unwrap_or_else(|p| p.into_inner()).values().any(|m| m.iter().any(|x| x.id == id))
+    }
+
     /// The ids of the policed sandboxes.
     pub fn policed(&self) -> Vec<String> {
         self.sandboxes.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.id.clone()).collect()
-    }
-
-    pub fn table_name(&self) -> &str {
-        &self.table.name
     }
 
     /// Removes this server's table (a clean shutdown with no policed

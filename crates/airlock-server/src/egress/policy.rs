@@ -235,7 +235,7 @@ impl Policy {
 
     /// Whether `ip` (with no name to go by) is allowed by address rules.
     fn ip_verdict(&self, ip: Ipv4Addr) -> Verdict {
-        if self.allow_nets.iter().any(|n| n.contains(ip)) {
+        if self.allows_address(ip) {
             return Verdict::Allow;
         }
         if self.deny_nets.iter().any(|n| n.contains(ip)) {
@@ -248,7 +248,7 @@ impl Policy {
     /// HTTP Host when it has one, and `resolved_for` the allowed name the
     /// sandbox's resolver gave `ip` for, if any.
     pub fn connect(&self, ip: Ipv4Addr, name: Option<&str>, resolved_for: Option<&str>) -> Verdict {
-        if self.allow_nets.iter().any(|n| n.contains(ip)) {
+        if self.allows_address(ip) {
             return Verdict::Allow;
         }
         match name.map(canonical) {

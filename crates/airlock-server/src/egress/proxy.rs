@@ -91,8 +91,7 @@ impl Blocklist {
 
     fn dynamic(&self) -> Vec<Cidr> {
         let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, v)) = c.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(5)) {
-            let _ = at;
+        if let Some((_, v)) = c.as_ref().filter(|(at, _)| at.elapsed() < Duration::from_secs(5)) {
             return v.clone();
         }
         let mut v: Vec<Cidr> = airlock_runtime::network::connected_subnets()

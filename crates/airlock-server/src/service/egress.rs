@@ -44,17 +44,11 @@ impl Service {
         let eg = Egress::start(&tag, upstreams, upstream_tls).await.map_err(|e| airlock_runtime::init::chain(&e))?;
         eg.set_secrets(self.secrets().clone());
         // HTTPS to hosts with transform rules is terminated with the
-        // interception CA; without it such connections are refused.
-        match self
-            .blocking({
-                let data = self.cfg.data_dir.clone();
-                move || crate::egress_tls::EgressTls::open(&data)
-            })
-            .await
-        {
-            Ok(Ok(tls)) => eg.set_interceptor(Arc::new(tls)),
-            Ok(Err(e)) => tracing::error!(error = %airlock_runtime::init::chain(&e), "no egress interception CA: HTTPS requests that rules rewrite are refused"),
-            Err(e) => tracing::error!(error = %e, "no egress interception CA"),
+        // interception CA (loaded at start-up, the one sandboxes trust);
+        // without it such connections are refused.
+        match self.egress_tls.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            Some(tls) => eg.set_interceptor(tls),
+            None => tracing::error!("no egress interception CA: HTTPS requests that rules rewrite are refused"),
         }
         let n = parsed.len();
         let eg2 = eg.clone();
@@ -110,8 +104,7 @@ impl Service {
     /// go to another).
     pub(super) async fn forget_egress(&self, id: &str) {
         let Some(eg) = self.egress().cloned() else { return };
-        let member = eg.networks().values().any(|m| m.iter().any(|x| x.id == id));
-        if !member && !eg.policed().iter().any(|p| p == id) {
+        if !eg.knows(id) {
             return;
         }
         let store = self.store.clone();
