@@ -330,6 +330,36 @@ pub fn limit(dir: &Path) -> Option<(u64, u64)> {
     Some((total.saturating_sub(free), total))
 }
 
+/// The type of the filesystem `p` is on, by its `statfs` magic, for
+/// messages ("ext4", "tmpfs", …, or the magic in hex).
+pub fn fs_name(p: &Path) -> String {
+    let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str())) else { return "unknown".into() };
+    // SAFETY: an all-zero statfs is a valid value of the plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs fills the struct for a valid NUL-terminated path.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    match st.f_type as i64 {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x8584_58F6 => "ramfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x0102_1997 => "9p".into(),
+        0x6969 => "nfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0xF2F5_2010 => "f2fs".into(),
+        t => format!("type {t:#x}"),
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,48 +346,11 @@ unsafe fn become_userns_owner(base: u32) -> bool {
 /// owned by `base` (see `become_userns_owner`), and returns an fd that
 /// keeps it alive.
 fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
-    let (ready_r, ready_w) = pipe()?;
-    let (done_r, done_w) = pipe()?;
-    // SAFETY: single-threaded process; the helper only makes raw syscalls.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Stage::io("fork userns helper", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: raw syscalls on fds we own; _exit never returns.
-        unsafe {
-            // Close our copies of the parent's ends, or the read below
-            // would never see end-of-file.
-            libc::close(done_w.as_raw_fd());
-            libc::close(ready_r.as_raw_fd());
-            let ok = become_userns_owner(base) && libc::unshare(libc::CLONE_NEWUSER) == 0;
-            let b = [if ok { 1u8 } else { 0u8 }];
-            libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
-            let mut x = [0u8; 1];
-            libc::read(done_r.as_raw_fd(), x.as_mut_ptr().cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    drop(ready_w);
-    drop(done_r);
-    let reap = || {
-        // SAFETY: waiting for the helper we forked.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    };
-    let mut b = [0u8; 1];
-    let ok = std::fs::File::from(ready_r).read_exact(&mut b).is_ok() && b[0] == 1;
-    if !ok {
-        drop(done_w);
-        reap();
-        return Err(Stage::new("user namespace", "cannot create a user namespace (is user.max_user_namespaces 0?)", None));
-    }
-    let map = format!("0 {base} 65536\n");
-    let r = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
-        .and_then(|_| std::fs::write(format!("/proc/{pid}/gid_map"), &map))
-        .and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/user")));
-    drop(done_w);
-    reap();
-    r.map(OwnedFd::from).map_err(|e| Stage::io("user namespace mapping", e))
+    // SAFETY: runs in the forked helper, which only makes raw syscalls.
+    crate::rootfs::new_userns(base, 65536, || unsafe { become_userns_owner(base) }).map_err(|e| match e {
+        crate::rootfs::UsernsError::Create => Stage::new("user namespace", "cannot create a user namespace (is user.max_user_namespaces 0?)", None),
+        crate::rootfs::UsernsError::Io(e) => Stage::io("user namespace mapping", e),
+    })
 }
 
 /// Everything PID 1 does before it becomes the agent.

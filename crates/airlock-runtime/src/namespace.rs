@@ -105,6 +105,22 @@ impl NamespaceBackend {
         for d in ["sandboxes", "templates"] {
             fs::create_dir_all(opts.root.join(d)).map_err(|e| Error::io(format!("creating {}", opts.root.join(d).display()), e))?;
         }
+        // Layers and sandbox roots are idmapped mounts: a data directory
+        // that cannot take them would fail every create with a bare mount
+        // error, so say so now.
+        let templates = opts.root.join("templates");
+        if let Err(e) = crate::rootfs::probe_idmap(&templates) {
+            return Err(Error::Unsupported(format!(
+                "the data directory {} is on a filesystem ({}) that this kernel ({}) cannot idmap, and every template layer is an idmapped mount: put --data-dir on ext4, xfs or btrfs (tmpfs works from Linux 6.3): {e}: {}",
+                opts.root.display(),
+                crate::disk::fs_name(&templates),
+                crate::disk::kernel_release(),
+                e.source
+            )));
+        }
+        if let Err(e) = crate::rootfs::probe_idmap(Path::new("/usr")) {
+            tracing::warn!(error = %e, source = %e.source, fs = crate::disk::fs_name(Path::new("/usr")), "the host's /usr cannot be idmapped: the built-in `base` template (the host's /usr) will not start; imported and debootstrapped templates still work");
+        }
         let network_ready = if opts.network {
             match crate::network::install_host_rules() {
                 Ok(()) => true,

@@ -102,6 +102,101 @@ fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64) -> Result<OwnedFd, Mo
     }
 }
 
+/// Why `new_userns` failed.
+#[derive(Debug)]
+pub(crate) enum UsernsError {
+    /// The kernel refused the namespace (or `prepare` failed).
+    Create,
+    Io(std::io::Error),
+}
+
+/// A user namespace mapping `0..count` inside to `base..` outside, held by
+/// the returned fd. A forked helper runs `prepare` (raw syscalls only: the
+/// caller may have threads), unshares, and waits while its maps are written.
+pub(crate) fn new_userns(base: u32, count: u32, prepare: impl Fn() -> bool) -> Result<OwnedFd, UsernsError> {
+    use std::io::Read;
+    let pipe = || -> Result<(OwnedFd, OwnedFd), UsernsError> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fds we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(UsernsError::Io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    };
+    let (ready_r, ready_w) = pipe()?;
+    let (done_r, done_w) = pipe()?;
+    // SAFETY: the helper only makes raw, async-signal-safe syscalls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(UsernsError::Io(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls on fds we own; _exit never returns.
+        unsafe {
+            // Close our copies of the parent's ends, or the read below
+            // would never see end-of-file.
+            libc::close(done_w.as_raw_fd());
+            libc::close(ready_r.as_raw_fd());
+            let ok = prepare() && libc::unshare(libc::CLONE_NEWUSER) == 0;
+            let b = [if ok { 1u8 } else { 0u8 }];
+            libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
+            let mut x = [0u8; 1];
+            libc::read(done_r.as_raw_fd(), x.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(ready_w);
+    drop(done_r);
+    let reap = || {
+        // SAFETY: waiting for the helper we forked.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    };
+    let mut b = [0u8; 1];
+    let ok = std::fs::File::from(ready_r).read_exact(&mut b).is_ok() && b[0] == 1;
+    if !ok {
+        drop(done_w);
+        reap();
+        return Err(UsernsError::Create);
+    }
+    let map = format!("0 {base} {count}\n");
+    let r = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
+        .and_then(|_| std::fs::write(format!("/proc/{pid}/gid_map"), &map))
+        .and_then(|_| std::fs::File::open(format!("/proc/{pid}/ns/user")));
+    drop(done_w);
+    reap();
+    r.map(OwnedFd::from).map_err(UsernsError::Io)
+}
+
+/// Checks that `dir`'s filesystem takes idmapped mounts, which every
+/// template layer and sandbox root needs: a detached, idmapped clone of
+/// `dir` (never attached anywhere) is made and dropped. ext4, xfs and
+/// btrfs take them; tmpfs only from Linux 6.3; 9p, NFS and FUSE do not.
+pub fn probe_idmap(dir: &Path) -> Result<(), MountError> {
+    let userns = new_userns(65534, 1, || true).map_err(|e| match e {
+        UsernsError::Create => err("creating a user namespace", std::io::Error::from_raw_os_error(libc::EPERM)),
+        UsernsError::Io(e) => err("mapping a user namespace", e),
+    })?;
+    let csrc = cpath(dir)?;
+    let ctx = || format!("idmapped mount of {}", dir.display());
+    // SAFETY: raw mount-API syscalls with a valid NUL-terminated path and a
+    // properly laid out, fully initialised `mount_attr`; the clone is not
+    // recursive, so the sandboxes' own mounts below `dir` play no part.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint);
+        if fd < 0 {
+            return Err(err(ctx(), std::io::Error::last_os_error()));
+        }
+        let tree = OwnedFd::from_raw_fd(fd as i32);
+        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+        let empty = c"";
+        if libc::syscall(libc::SYS_mount_setattr, tree.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) < 0 {
+            return Err(err(ctx(), std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// Attaches a detached tree at `dst`, or at the directory `dst_fd` when given.
 fn move_tree(tree: &OwnedFd, dst_fd: Option<&OwnedFd>, dst: &Path, src: &Path) -> Result<(), MountError> {
     let cdst = cpath(dst)?;

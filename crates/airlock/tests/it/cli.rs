@@ -288,9 +288,12 @@ async fn run_creates_executes_and_kills() {
 
     // logs: a tagged background process's output, followed to its end.
     let id = cli.sandbox();
-    cli.ok(&["exec", "-d", "--tag", "job", &id, "--", "sh", "-c", "echo first; sleep 1; echo second"]);
+    // It waits for a file, so it is still running when listed however
+    // slow the host (an emulated VM takes seconds to start the CLI).
+    cli.ok(&["exec", "-d", "--tag", "job", &id, "--", "sh", "-c", "echo first; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second"]);
     let table = cli.ok(&["logs", &id]);
     assert!(table.starts_with("PID") && table.contains("job"), "{table}");
+    cli.ok(&["exec", &id, "--", "touch", "/tmp/go"]);
     assert_eq!(cli.ok(&["logs", &id, "job"]), "first\nsecond\n");
 }
 

@@ -25,7 +25,9 @@ pub(crate) async fn read_events(port: u16, path: &str, last_event_id: Option<i64
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.into_body();
     let (mut buf, mut events) = (String::new(), Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Generous: a passing run never waits for it, and an emulated VM (the
+    // cgroup-v2 run) is many times slower than a host.
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !done(&events) {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "timed out with {events:?}");

@@ -379,6 +379,41 @@ async fn the_config_file_sets_defaults_and_refuses_unknown_keys() {
     assert!(err.contains("max_sandboxs") && err.contains("airlock.toml"), "the error names the key and the file: {err}");
 }
 
+/// Every template layer is an idmapped mount: a data directory whose
+/// filesystem cannot take them (ramfs anywhere; tmpfs before Linux 6.3,
+/// found on Debian 12's kernel) once started "ready" and then failed every
+/// create with a bare 500.
+#[tokio::test]
+async fn a_data_dir_that_cannot_be_idmapped_is_refused_at_start() {
+    let dir = tempfile::Builder::new().prefix("airlock-ramfs-").tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    assert!(Command::new("mount").args(["-t", "ramfs", "ramfs"]).arg(&data).status().expect("mount").success(), "mounting a ramfs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--no-network", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("read");
+    let _ = Command::new("umount").arg("-l").arg(&data).status();
+    assert!(status.is_some_and(|s| !s.success()), "the server must refuse to start: {err}");
+    assert!(err.contains("cannot idmap") && err.contains("ramfs") && err.contains("ext4"), "the error names the cause and the fix: {err}");
+}
+
 #[tokio::test]
 async fn openapi_document_lists_every_route_the_server_answers() {
     let srv = Server::start(&[]).await;

@@ -35,17 +35,24 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A small tmpfs, unmounted when dropped (after the server using it);
-/// the directory it sits in goes with it.
+/// A small ext4 filesystem on a loop device, unmounted when dropped (after
+/// the server using it); the directory it sits in goes with it. Not a
+/// tmpfs: before Linux 6.3 a tmpfs cannot be idmapped, and the server
+/// refuses a data directory its layers cannot be mounted from.
 struct SmallFs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl SmallFs {
     fn new(mb: u64) -> Self {
         let t = tempfile::Builder::new().prefix("airlock-smallfs-").tempdir().expect("tmp");
-        let p = t.path().join("data");
+        let (img, p) = (t.path().join("disk.img"), t.path().join("data"));
         std::fs::create_dir(&p).expect("mkdir");
-        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"]).arg(&p).status().expect("mount");
-        assert!(st.success(), "mounting a tmpfs");
+        // No blocks reserved for root: the server runs as root, and the
+        // disk must be full for it too.
+        let st = std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img).arg(format!("{mb}M")).status().expect("mkfs.ext4");
+        assert!(st.success(), "making an ext4 image");
+        let st = std::process::Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&p).status().expect("mount");
+        assert!(st.success(), "mounting the ext4 image");
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
         Self(p, t)
     }
 }
