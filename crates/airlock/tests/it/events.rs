@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::server::{Server, KEY};
 
-/// Reads an SSE stream until `done` says so (or 20 s pass): the events'
+/// Reads an SSE stream until `done` says so (or 90 s pass): the events'
 /// JSON payloads, in order.
 pub(crate) async fn read_events(port: u16, path: &str, last_event_id: Option<i64>, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
@@ -94,4 +94,49 @@ async fn a_sandbox_life_streams_in_order_and_resumes_across_a_crash() {
     assert_eq!(s, 400);
     let (s, _, _) = srv.req("GET", "/sandboxes/nosuchsandbox0000000/events", &[("x-api-key", KEY)], Default::default()).await.expect("req");
     assert_eq!(s, 404);
+}
+
+/// A timeout of 0 is E2B's "this life ends now" (its schema allows 0, and
+/// its API keeps the sandbox for no time): a create answers 201 and the
+/// sandbox is then ended by its deadline, with a `timeout` event saying
+/// so; a running sandbox given a timeout of 0 ends the same way, and one
+/// created with autoPause is paused instead of killed.
+#[tokio::test]
+async fn a_timeout_of_zero_ends_the_sandbox_now_as_e2b_does() {
+    let srv = Server::start(&["--no-network"]).await;
+    let ended = |sid: String| {
+        let port = srv.port;
+        async move {
+            let life = read_events(port, &format!("/sandboxes/{sid}/events"), Some(0), |e| e.iter().any(|e| e["type"] == "destroyed")).await;
+            let k = kinds(&life, &sid);
+            let t = life.iter().find(|e| e["type"] == "timeout").unwrap_or_else(|| panic!("a timeout event: {k:?}"));
+            assert_eq!(t["data"]["action"], "kill", "{t}");
+            assert!(k.iter().position(|x| x == "timeout") < k.iter().position(|x| x == "destroyed"), "{k:?}");
+        }
+    };
+    let a = srv.create(json!({"templateID": "base", "timeout": 0})).await;
+    let ida = a["sandboxID"].as_str().expect("id").to_string();
+    ended(ida.clone()).await;
+    assert_eq!(srv.api("GET", &format!("/sandboxes/{ida}"), None).await.0, 404);
+
+    let b = srv.create(json!({"templateID": "base", "timeout": 300})).await;
+    let idb = b["sandboxID"].as_str().expect("id").to_string();
+    let (s, v) = srv.api("POST", &format!("/sandboxes/{idb}/timeout"), Some(json!({"timeout": 0}))).await;
+    assert_eq!(s, 204, "{v}");
+    ended(idb.clone()).await;
+
+    let c = srv.create(json!({"templateID": "base", "timeout": 0, "autoPause": true})).await;
+    let idc = c["sandboxID"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = srv.api("GET", &format!("/sandboxes/{idc}"), None).await;
+        assert_eq!(s, 200, "an auto-paused sandbox stays: {v}");
+        if v["state"] == "paused" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = srv.api("POST", "/sandboxes", Some(json!({"templateID": "base", "timeout": -1}))).await;
+    assert_eq!(s, 400, "{v}");
 }

@@ -173,7 +173,10 @@ async fn resources_change_live_and_the_life_records_oom_and_alerts() {
     let count = |t: &str| k.iter().filter(|x| *x == t).count();
     assert_eq!(&k[..2], ["created", "ready"], "{k:?}");
     assert!(count("oom") >= 1, "the OOM kill is an event: {k:?}");
-    assert_eq!(count("resources_changed"), 1, "{k:?}");
+    // The memory and CPU change, and the disk's growth where the host
+    // let the server grow it (found in the cgroup-v2 VM, which does).
+    let changes = if airlock_runtime::disk::can_grow() { 2 } else { 1 };
+    assert_eq!(count("resources_changed"), changes, "{k:?}");
     // One per holder (each stays above the threshold for many samples);
     // the hog filling 64 MiB may have made one more before the resize,
     // if a sample caught it.
