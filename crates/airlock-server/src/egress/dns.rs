@@ -44,7 +44,10 @@ fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
         if len & 0xc0 == 0xc0 {
             let ptr = ((len & 0x3f) << 8) | *msg.get(at + 1)? as usize;
             end.get_or_insert(at + 2);
-            if ptr >= at {
+            // Only backwards, and never into the 12-byte header: a name
+            // made of header bytes changes when a reply rewrites them, so
+            // the reply would no longer carry the question it answers.
+            if ptr >= at || ptr < 12 {
                 return None;
             }
             at = ptr;
@@ -279,6 +282,23 @@ impl Egress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `dns_message` fuzz target: a question whose name was a
+    /// pointer into the header was accepted, and the reply made from it
+    /// (which rewrites the header) no longer carried that question.
+    #[test]
+    fn a_question_name_pointing_into_the_header_is_refused() {
+        let mut q = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[1, b'a', 0xc0, 2, 0, 1, 0, 1]);
+        assert!(question(&q).is_none());
+        // The same name made of real labels is fine, and so is a pointer
+        // to an earlier name.
+        let ok = a_query("a.example", 7);
+        let q = question(&ok).expect("query");
+        assert_eq!(q.name, "a.example");
+        let reply = a_reply(&ok, &q, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(a_records(&reply), vec![(Ipv4Addr::new(192, 0, 2, 1), 5)]);
+    }
 
     fn answer_for(query: &[u8], ips: &[[u8; 4]]) -> Vec<u8> {
         let q = question(query).expect("query");
