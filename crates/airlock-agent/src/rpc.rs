@@ -68,7 +68,7 @@ pub async fn unary<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectErro
 
 /// `unary` once the body is read.
 pub fn decode_unary<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConnectError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     serde_json::from_slice(bytes).map_err(|e| ConnectError::invalid_argument(format!("invalid request message: {e}")))
 }
 
