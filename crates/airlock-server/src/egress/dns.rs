@@ -39,22 +39,32 @@ pub struct Question {
 fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
     let mut name = String::new();
     let mut end = None;
+    // A pointer's target must lie wholly before the pointer: the name is
+    // then made of bytes before where it ends, which a reply (keeping the
+    // message up to the question's end) carries unchanged.
+    let mut limit = msg.len();
     for _ in 0..128 {
+        if at >= limit {
+            return None;
+        }
         let len = *msg.get(at)? as usize;
         if len & 0xc0 == 0xc0 {
             let ptr = ((len & 0x3f) << 8) | *msg.get(at + 1)? as usize;
             end.get_or_insert(at + 2);
             // Only backwards, and never into the 12-byte header: a name
-            // made of header bytes changes when a reply rewrites them, so
-            // the reply would no longer carry the question it answers.
+            // made of header bytes changes when a reply rewrites them.
             if ptr >= at || ptr < 12 {
                 return None;
             }
+            limit = at;
             at = ptr;
             continue;
         }
         if len == 0 {
             return Some((name, end.unwrap_or(at + 1)));
+        }
+        if at + 1 + len > limit {
+            return None;
         }
         let label = msg.get(at + 1..at + 1 + len)?;
         if !name.is_empty() {
@@ -284,12 +294,19 @@ mod tests {
     use super::*;
 
     /// Found by the `dns_message` fuzz target: a question whose name was a
-    /// pointer into the header was accepted, and the reply made from it
-    /// (which rewrites the header) no longer carried that question.
+    /// pointer into the header, or to bytes running on past the question,
+    /// was accepted, and the reply made from it (which rewrites the header
+    /// and keeps only the message up to the question's end) no longer
+    /// carried that question.
     #[test]
-    fn a_question_name_pointing_into_the_header_is_refused() {
+    fn a_question_name_pointing_into_the_header_or_past_itself_is_refused() {
         let mut q = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
         q.extend_from_slice(&[1, b'a', 0xc0, 2, 0, 1, 0, 1]);
+        assert!(question(&q).is_none());
+        // Nor may a pointer's target run on past the pointer (here: a
+        // pointer to a label that reads on into the answer section).
+        let mut q = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[3, b'a', b'b', 5, 0xc0, 15, 0, 1, 0, 1, 1, b'z', 0]);
         assert!(question(&q).is_none());
         // The same name made of real labels is fine, and so is a pointer
         // to an earlier name.
