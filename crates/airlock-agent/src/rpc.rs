@@ -63,7 +63,12 @@ pub fn basic_user(headers: &HeaderMap) -> Option<String> {
 /// Decodes a unary request: bare JSON (an empty body means the empty message).
 pub async fn unary<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectError> {
     let bytes = crate::http::read_limited(body, MAX_UNARY).await.map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    decode_unary(&bytes)
+}
+
+/// `unary` once the body is read.
+pub fn decode_unary<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConnectError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     serde_json::from_slice(bytes).map_err(|e| ConnectError::invalid_argument(format!("invalid request message: {e}")))
 }
 
@@ -71,6 +76,11 @@ pub async fn unary<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectErro
 /// Some clients send the bare JSON message instead; accept that too.
 pub async fn stream_request<T: DeserializeOwned>(body: Incoming) -> Result<T, ConnectError> {
     let bytes = crate::http::read_limited(body, MAX_UNARY).await.map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
+    decode_stream_request(bytes)
+}
+
+/// `stream_request` once the body is read: one envelope, or bare JSON.
+pub fn decode_stream_request<T: DeserializeOwned>(bytes: bytes::Bytes) -> Result<T, ConnectError> {
     let payload = if bytes.first() == Some(&b'{') {
         bytes
     } else {

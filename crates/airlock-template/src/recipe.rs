@@ -158,9 +158,9 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Vec<In
         };
         out.push(instr);
     }
-    match out.first() {
+    // Only `ARG`s may come before the first `FROM` (as in a Dockerfile).
+    match out.iter().find(|i| !matches!(i, Instr::Arg(..))) {
         Some(Instr::From(_)) => {}
-        Some(Instr::Arg(..)) if out.iter().any(|i| matches!(i, Instr::From(_))) => {}
         _ => return Err(RecipeError { line: 1, message: "a recipe starts with FROM".into() }),
     }
     Ok(out)
@@ -258,6 +258,18 @@ mod tests {
         assert_eq!(r[8], Instr::Copy { chown: Some("user:user".into()), srcs: vec!["src/".into()], dest: "/app/".into() });
         assert!(matches!(r[9], Instr::Start(_)));
         assert!(matches!(r[10], Instr::Ready(_)));
+    }
+
+    /// Found by the `recipe` fuzz target: a leading `ARG` let any
+    /// instruction come before `FROM` (a `RUN` with no root to run in).
+    #[test]
+    fn only_arg_may_come_before_from() {
+        let none = BTreeMap::new();
+        assert!(parse("ARG A=1\nRUN true\nFROM base\n", &none).is_err());
+        assert!(parse("ARG A=1\nENV B=2\nFROM base\n", &none).is_err());
+        assert!(parse("ARG A\n", &none).is_err());
+        let ok = parse("ARG A=1\nARG B=2\nFROM base\nRUN true\n", &none).expect("ARGs then FROM");
+        assert!(matches!(ok[2], Instr::From(_)));
     }
 
     #[test]

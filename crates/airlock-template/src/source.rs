@@ -361,36 +361,58 @@ fn apply_layer(blob: &Path, root: &Path) -> Result<(), SourceError> {
     a.set_unpack_xattrs(false);
     a.set_overwrite(true);
     let reading = || io(format!("reading layer {}", blob.display()));
+    let canon_root = root.canonicalize().map_err(io(format!("resolving {}", root.display())))?;
     for entry in a.entries().map_err(reading())? {
         let mut entry = entry.map_err(reading())?;
         let path = entry.path().map_err(reading())?.into_owned();
         let Some(rel) = safe_rel(&path) else { return Err(SourceError::LeavesRoot(path)) };
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Whiteouts and replacements remove things, and removing follows
+        // links in the parent path: only a parent that resolves inside the
+        // root is touched (a lower layer's `evil -> ../..` must not make
+        // `evil/.wh.x` delete outside). `None`: nothing there to remove.
+        let parent_inside = || -> Result<Option<PathBuf>, SourceError> {
+            let Ok(p) = root.join(&parent).canonicalize() else { return Ok(None) };
+            if p.starts_with(&canon_root) {
+                Ok(Some(p))
+            } else {
+                Err(SourceError::LeavesRoot(path.clone()))
+            }
+        };
         if name == ".wh..wh..opq" {
-            let d = root.join(&parent);
-            if let Ok(rd) = fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    let _ = if e.path().is_dir() && !e.path().is_symlink() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
+            if let Some(d) = parent_inside()? {
+                if let Ok(rd) = fs::read_dir(&d) {
+                    for e in rd.flatten() {
+                        let _ = if e.path().is_dir() && !e.path().is_symlink() { fs::remove_dir_all(e.path()) } else { fs::remove_file(e.path()) };
+                    }
                 }
             }
             continue;
         }
         if let Some(target) = name.strip_prefix(".wh.") {
-            let t = root.join(&parent).join(target);
-            if let Ok(md) = fs::symlink_metadata(&t) {
-                let _ = if md.is_dir() { fs::remove_dir_all(&t) } else { fs::remove_file(&t) };
+            // `.wh..` and `.wh...` would name the directory or its parent.
+            if target.is_empty() || target == "." || target == ".." {
+                return Err(SourceError::LeavesRoot(path.clone()));
+            }
+            if let Some(d) = parent_inside()? {
+                let t = d.join(target);
+                if let Ok(md) = fs::symlink_metadata(&t) {
+                    let _ = if md.is_dir() { fs::remove_dir_all(&t) } else { fs::remove_file(&t) };
+                }
             }
             continue;
         }
         // A file replacing a directory (or the reverse) from a lower layer.
-        let dest = root.join(&rel);
-        if let Ok(md) = fs::symlink_metadata(&dest) {
-            let is_dir_entry = entry.header().entry_type().is_dir();
-            if md.is_dir() && !is_dir_entry {
-                let _ = fs::remove_dir_all(&dest);
-            } else if !md.is_dir() && is_dir_entry {
-                let _ = fs::remove_file(&dest);
+        if let (false, Some(d)) = (name.is_empty(), parent_inside()?) {
+            let dest = d.join(&name);
+            if let Ok(md) = fs::symlink_metadata(&dest) {
+                let is_dir_entry = entry.header().entry_type().is_dir();
+                if md.is_dir() && !is_dir_entry {
+                    let _ = fs::remove_dir_all(&dest);
+                } else if !md.is_dir() && is_dir_entry {
+                    let _ = fs::remove_file(&dest);
+                }
             }
         }
         entry.unpack_in(root).map_err(io(format!("unpacking {}", rel.display())))?;
@@ -408,6 +430,68 @@ mod tests {
         assert_eq!(classify("debian:bookworm"), Source::Debian { flavor: "debian", suite: "bookworm".into() });
         assert!(matches!(classify("/nonexistent/image.tar"), Source::Archive(_)));
         assert!(matches!(classify("/tmp"), Source::Directory(_)));
+    }
+
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match link {
+                Some(target) => {
+                    h.set_size(0);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    b.append_link(&mut h, name, target).expect("link");
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(1);
+                    // Written raw: the builder refuses some of these names.
+                    h.as_gnu_mut().expect("gnu").name[..name.len()].copy_from_slice(name.as_bytes());
+                    h.set_cksum();
+                    b.append(&h, &b"x"[..]).expect("append");
+                }
+            }
+        }
+        b.into_inner().expect("tar")
+    }
+
+    /// Found by the `image_import` fuzz target: a lower layer's symlink
+    /// `evil -> ../../outside` made an upper layer's `evil/sub` (a file
+    /// replacing a directory) remove `outside/sub`, and `evil/.wh.canary`
+    /// or `evil/.wh..wh..opq` delete outside the root; `.wh...` named the
+    /// root's parent.
+    #[test]
+    fn whiteouts_and_replacements_do_not_follow_links_out_of_the_root() {
+        for upper in [vec![("evil/sub", None)], vec![("evil/.wh.canary", None)], vec![("evil/.wh..wh..opq", None)], vec![(".wh...", None)], vec![("a/.wh...", None)]] {
+            let t = tempfile::tempdir().expect("tmp");
+            fs::create_dir_all(t.path().join("outside/sub")).expect("mkdir");
+            fs::write(t.path().join("outside/canary"), b"c").expect("write");
+            fs::write(t.path().join("outside/sub/x"), b"x").expect("write");
+            let root = t.path().join("a/root");
+            fs::create_dir_all(&root).expect("mkdir");
+            let layers = [tar_of(&[("evil", Some("../../outside"))]), tar_of(&upper)];
+            let mut outer = tar::Builder::new(Vec::new());
+            let manifest = br#"[{"Layers":["l0.tar","l1.tar"]}]"#;
+            for (name, data) in [("manifest.json", &manifest[..]), ("l0.tar", &layers[0][..]), ("l1.tar", &layers[1][..])] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                outer.append_data(&mut h, name, data).expect("append");
+            }
+            let image = t.path().join("image.tar");
+            fs::write(&image, outer.into_inner().expect("tar")).expect("write");
+            let r = unpack_image(&image, &root, &t.path().join("b"));
+            // The lower layer itself is fine: the link is there.
+            assert!(fs::symlink_metadata(root.join("evil")).is_ok_and(|m| m.is_symlink()), "{upper:?}: {r:?}");
+            assert!(!matches!(&r, Err(SourceError::Io { what, .. }) if what.contains("evil")), "{upper:?}: {r:?}");
+            assert!(t.path().join("outside/canary").exists(), "{upper:?} removed outside/canary");
+            assert!(t.path().join("outside/sub/x").exists(), "{upper:?} removed outside/sub");
+            assert!(root.is_dir(), "{upper:?} removed the root");
+        }
     }
 
     #[test]

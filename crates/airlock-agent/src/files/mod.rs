@@ -35,6 +35,72 @@ mod download;
 mod query;
 mod upload;
 
+/// The parsers of `/files` requests, for the fuzz targets in `fuzz/`:
+/// thin wrappers with plain types, so nothing here widens the crate's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use airlock_proto::envd::WrittenFile;
+    use bytes::Bytes;
+    use http::HeaderMap;
+
+    use super::upload::{ChunkSource, Sink};
+    use super::FilesError;
+
+    /// The `/files` query parameters `(path, username, signature,
+    /// signature_expiration)`, as `parse_query` decodes them.
+    pub type Query = (Option<String>, Option<String>, Option<String>, Option<String>);
+
+    pub fn parse_query(q: &str) -> Query {
+        let q = super::query::parse_query(q);
+        (q.path, q.username, q.signature, q.signature_expiration)
+    }
+
+    /// `auth::authorize` of a request with these headers and query for a
+    /// read (`write == false`) or a write, at `now`.
+    pub fn authorize(token: Option<&str>, headers: &HeaderMap, query: &str, write: bool, now: i64) -> Result<(), String> {
+        let op = if write { super::auth::Op::Write } else { super::auth::Op::Read };
+        super::auth::authorize(token, headers, &super::query::parse_query(query), op, now).map_err(|e| e.to_string())
+    }
+
+    pub fn upload_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, String> {
+        super::upload::metadata_from_headers(headers).map_err(|e| e.to_string())
+    }
+
+    /// Files an upload's body would write, kept in memory: the upload's
+    /// own parser with a sink that stores `(path, bytes)` instead of writing.
+    pub async fn receive_upload<B>(headers: &HeaderMap, path: Option<&str>, body: B) -> Result<Vec<(PathBuf, Vec<u8>)>, String>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Send + std::fmt::Display,
+    {
+        let mut sink = MemorySink::default();
+        super::upload::receive(headers, path, body, &mut sink).await.map_err(|e| e.to_string())?;
+        Ok(sink.files)
+    }
+
+    #[derive(Default)]
+    struct MemorySink {
+        files: Vec<(PathBuf, Vec<u8>)>,
+    }
+
+    impl Sink for MemorySink {
+        fn resolve(&self, dest: &str) -> PathBuf {
+            PathBuf::from(dest)
+        }
+        async fn write(&mut self, path: PathBuf, src: &mut impl ChunkSource) -> Result<WrittenFile, FilesError> {
+            let mut data = Vec::new();
+            while let Some(chunk) = src.next_chunk().await? {
+                data.extend_from_slice(&chunk);
+            }
+            self.files.push((path.clone(), data));
+            Ok(WrittenFile { name: String::new(), path: path.to_string_lossy().into_owned(), kind: "file".into(), metadata: None })
+        }
+    }
+}
+
 pub(crate) use download::download;
 pub(crate) use upload::upload;
 

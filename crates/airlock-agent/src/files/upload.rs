@@ -15,6 +15,7 @@ use airlock_proto::envd::WrittenFile;
 use bytes::Bytes;
 use flate2::write::MultiGzDecoder;
 use http::{header, HeaderMap, Request, StatusCode};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -48,17 +49,53 @@ async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<Writt
     // Validated before anything touches the disk: a rejected upload leaves
     // no file behind.
     let metadata = metadata_from_headers(&parts.headers)?;
-    let gzip = content_encoding(&parts.headers)?;
+    let mut sink = DiskSink { agent, user: &user, metadata: &metadata };
+    receive(&parts.headers, q.path.as_deref(), body, &mut sink).await
+}
+
+/// Where `receive` puts the files of an upload: on disk (`DiskSink`), or,
+/// in the fuzz targets, in memory.
+pub(crate) trait Sink {
+    /// The file a destination names (as `resolve` makes it).
+    fn resolve(&self, dest: &str) -> PathBuf;
+    /// Writes one file from `src`.
+    async fn write(&mut self, path: PathBuf, src: &mut impl ChunkSource) -> Result<WrittenFile, FilesError>;
+}
+
+struct DiskSink<'a> {
+    agent: &'a Agent,
+    user: &'a User,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+impl Sink for DiskSink<'_> {
+    fn resolve(&self, dest: &str) -> PathBuf {
+        resolve(self.agent, self.user, dest)
+    }
+    async fn write(&mut self, path: PathBuf, src: &mut impl ChunkSource) -> Result<WrittenFile, FilesError> {
+        write_file(path, self.user, self.metadata, src).await
+    }
+}
+
+/// Parses an upload's body (raw or multipart, gzipped or not, as the
+/// headers say) and hands each file to `sink`; `path` is the `path` query
+/// parameter.
+pub(crate) async fn receive<B>(headers: &HeaderMap, path: Option<&str>, body: B, sink: &mut impl Sink) -> Result<Vec<WrittenFile>, FilesError>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send + std::fmt::Display,
+{
+    let gzip = content_encoding(headers)?;
     let mut source = BodySource { body: Some(body), gunzip: gzip.then(|| MultiGzDecoder::new(Vec::new())), pending: Bytes::new(), done: false };
 
-    let ctype = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media == "application/octet-stream" {
-        let Some(p) = q.path.as_deref() else {
+        let Some(p) = path else {
             return Err(FilesError::BadRequest("path query parameter is required for raw body upload".into()));
         };
-        let path = resolve(agent, &user, p);
-        return Ok(vec![write_file(path, &user, &metadata, &mut source).await?]);
+        let path = sink.resolve(p);
+        return Ok(vec![sink.write(path, &mut source).await?]);
     }
     if !media.starts_with("multipart/") {
         return Err(FilesError::BadRequest(format!("unsupported content type: {ctype}, expected multipart/form-data or application/octet-stream")));
@@ -79,16 +116,16 @@ async fn upload_inner(agent: &Agent, req: Request<Incoming>) -> Result<Vec<Writt
         }
         // One `path` names the destination of a single-file upload; multi-file
         // uploads carry each destination in the part's filename.
-        let dest = match (q.path.as_deref(), field.file_name()) {
+        let dest = match (path, field.file_name()) {
             (Some(p), _) => p.to_string(),
             (None, Some(f)) => f.to_string(),
             (None, None) => return Err(FilesError::BadRequest("multipart part 'file' has no filename and no path was given".into())),
         };
-        let path = resolve(agent, &user, &dest);
+        let path = sink.resolve(&dest);
         if written.iter().any(|w| Path::new(&w.path) == path) {
             return Err(FilesError::BadRequest(format!("you cannot upload multiple files to the same path '{}' in one upload request", path.display())));
         }
-        written.push(write_file(path, &user, &metadata, &mut field).await?);
+        written.push(sink.write(path, &mut field).await?);
     }
     Ok(written)
 }
@@ -119,7 +156,7 @@ fn content_encoding(headers: &HeaderMap) -> Result<bool, FilesError> {
 /// lowercased (HTTP header names are case-insensitive); the first value of
 /// a repeated header wins. Keys and values must be printable ASCII, keys at
 /// most `xattr::MAX_KEY_LEN` bytes, and all pairs together at most 4 KiB.
-fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, FilesError> {
+pub(crate) fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, FilesError> {
     let mut out = BTreeMap::new();
     let mut total = 0;
     for (name, value) in headers {
@@ -152,22 +189,30 @@ fn metadata_from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>
 }
 
 /// Where an upload's bytes come from: the request body or one multipart part.
-trait ChunkSource {
+pub(crate) trait ChunkSource {
     /// The next chunk, `Ok(None)` at the end.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FilesError>;
 }
 
 /// The request body, gunzipped on the fly when it is gzip-encoded.
-struct BodySource {
+struct BodySource<B>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send,
+{
     /// `None` only after `Drop` has handed it to the drain task.
-    body: Option<Incoming>,
+    body: Option<B>,
     gunzip: Option<MultiGzDecoder<Vec<u8>>>,
     /// Compressed input not yet fed to the decoder.
     pending: Bytes,
     done: bool,
 }
 
-impl ChunkSource for BodySource {
+impl<B> ChunkSource for BodySource<B>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send + std::fmt::Display,
+{
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, FilesError> {
         let bad_gzip = |e: io::Error| FilesError::BadRequest(format!("error decompressing request body: {e}"));
         loop {
@@ -221,7 +266,11 @@ impl ChunkSource for BodySource {
 /// reset, which can destroy the response on its way to the client (seen as
 /// sporadic 502s through the proxy). Bounded, so a hostile client cannot
 /// keep it busy.
-impl Drop for BodySource {
+impl<B> Drop for BodySource<B>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Send,
+{
     fn drop(&mut self) {
         if self.done {
             return;

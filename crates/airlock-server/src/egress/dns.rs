@@ -39,19 +39,37 @@ pub struct Question {
 fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
     let mut name = String::new();
     let mut end = None;
-    for _ in 0..128 {
+    // A pointer's target must lie wholly before the pointer: the name is
+    // then made of bytes before where it ends, which a reply (keeping the
+    // message up to the question's end) carries unchanged. That also ends
+    // the walk: labels move forward below `limit`, and each pointer
+    // lowers it.
+    let mut limit = msg.len();
+    // Wire length, the final zero included: at most 255 (RFC 1035).
+    let mut wire = 1;
+    loop {
+        if at >= limit {
+            return None;
+        }
         let len = *msg.get(at)? as usize;
         if len & 0xc0 == 0xc0 {
             let ptr = ((len & 0x3f) << 8) | *msg.get(at + 1)? as usize;
             end.get_or_insert(at + 2);
-            if ptr >= at {
+            // Only backwards, and never into the 12-byte header: a name
+            // made of header bytes changes when a reply rewrites them.
+            if ptr >= at || ptr < 12 || at + 2 > limit {
                 return None;
             }
+            limit = at;
             at = ptr;
             continue;
         }
         if len == 0 {
             return Some((name, end.unwrap_or(at + 1)));
+        }
+        wire += 1 + len;
+        if at + 1 + len > limit || wire > 255 {
+            return None;
         }
         let label = msg.get(at + 1..at + 1 + len)?;
         if !name.is_empty() {
@@ -60,7 +78,6 @@ fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
         name.push_str(&String::from_utf8_lossy(label).to_ascii_lowercase());
         at += 1 + len;
     }
-    None
 }
 
 /// The single question of a message, query or answer.
@@ -279,6 +296,38 @@ impl Egress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `dns_message` fuzz target: a question whose name was a
+    /// pointer into the header, or to bytes running on past the question,
+    /// was accepted, and the reply made from it (which rewrites the header
+    /// and keeps only the message up to the question's end) no longer
+    /// carried that question; nor did the reply to a 127-label name.
+    #[test]
+    fn a_question_name_pointing_into_the_header_or_past_itself_is_refused() {
+        let mut q = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[1, b'a', 0xc0, 2, 0, 1, 0, 1]);
+        assert!(question(&q).is_none());
+        // Nor may a pointer's target run on past the pointer (here: a
+        // pointer to a label that reads on into the answer section).
+        let mut q = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[3, b'a', b'b', 5, 0xc0, 15, 0, 1, 0, 1, 1, b'z', 0]);
+        assert!(question(&q).is_none());
+        // The longest name (127 labels, 255 bytes) is answered through a
+        // pointer to it as well (a cap on steps made the pointer one too many).
+        let longest = vec!["a"; 127].join(".");
+        let query = a_query(&longest, 1);
+        let q = question(&query).expect("the longest name");
+        let reply = a_reply(&query, &q, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(a_records(&reply), vec![(Ipv4Addr::new(192, 0, 2, 1), 5)]);
+        assert!(question(&a_query(&format!("{longest}.b"), 1)).is_none(), "longer than 255 bytes");
+        // The same name made of real labels is fine, and so is a pointer
+        // to an earlier name.
+        let ok = a_query("a.example", 7);
+        let q = question(&ok).expect("query");
+        assert_eq!(q.name, "a.example");
+        let reply = a_reply(&ok, &q, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(a_records(&reply), vec![(Ipv4Addr::new(192, 0, 2, 1), 5)]);
+    }
 
     fn answer_for(query: &[u8], ips: &[[u8; 4]]) -> Vec<u8> {
         let q = question(query).expect("query");
