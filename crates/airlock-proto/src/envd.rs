@@ -405,6 +405,13 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
     fn start_request_from_python_sdk() {
         let r: StartRequest = serde_json::from_value(json!({
             "process": {"cmd": "/bin/bash", "args": ["-l", "-c", "echo hello"], "envs": {"A": "1"}},

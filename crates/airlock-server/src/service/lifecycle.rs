@@ -397,7 +397,9 @@ impl Service {
         let rows = self.blocking(move || store.sandboxes()).await.ok()?.ok()?;
         rows.into_iter()
             .filter(|r| r.state.takes_traffic())
-            .find(|r| r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::file_signature(path, operation, username, t, expiration) == signature))
+            // Compared in constant time, as the agent does: timing must not tell
+            // how much of a guessed signature was right.
+            .find(|r| r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::constant_time_eq(airlock_proto::envd::file_signature(path, operation, username, t, expiration).as_bytes(), signature.as_bytes())))
             .map(|r| r.id)
     }
 

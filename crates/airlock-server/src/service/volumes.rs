@@ -36,15 +36,6 @@ fn stamp((s, n): (i64, u32)) -> String {
     airlock_proto::time::rfc3339_parts(s, n / 1000 * 1000)
 }
 
-/// Compares without an early exit, so timing does not tell how much of a
-/// guessed token was right.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// A file-system failure as the API shows it.
 fn fs_err(e: FsError) -> ApiError {
     let msg = e.to_string();
@@ -184,7 +175,8 @@ impl Service {
             return Err(ApiError::Unauthorized("a volume token is required (Authorization: Bearer <token>)".into()));
         }
         let v = self.find_volume(id).await?;
-        if !ct_eq(given.as_bytes(), v.token.as_bytes()) {
+        // Constant time: timing must not tell how much of a guess was right.
+        if !airlock_proto::envd::constant_time_eq(given.as_bytes(), v.token.as_bytes()) {
             return Err(ApiError::Unauthorized("invalid volume token".into()));
         }
         Ok(v)
@@ -452,16 +444,4 @@ where
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
-    }
 }
