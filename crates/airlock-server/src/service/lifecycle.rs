@@ -399,7 +399,11 @@ impl Service {
             .filter(|r| r.state.takes_traffic())
             // Compared in constant time, as the agent does: timing must not tell
             // how much of a guessed signature was right.
-            .find(|r| r.access_token.as_deref().is_some_and(|t| airlock_proto::envd::constant_time_eq(airlock_proto::envd::file_signature(path, operation, username, t, expiration).as_bytes(), signature.as_bytes())))
+            .find(|r| {
+                r.access_token.as_deref().is_some_and(|t| {
+                    airlock_proto::envd::constant_time_eq(airlock_proto::envd::file_signature(path, operation, username, t, expiration).as_bytes(), signature.as_bytes())
+                })
+            })
             .map(|r| r.id)
     }
 
