@@ -275,11 +275,19 @@ impl Server {
             let ids = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split('\t').next()).filter(|s| !s.is_empty()).map(str::to_string).collect();
             out.status.success().then_some(ids)
         };
-        let Some(ids) = list() else { return false };
+        let Some(mut ids) = list() else { return false };
+        // A create or kill cut short by a SIGKILLed server (the faults
+        // test) leaves a directory the runtime does not list (no agent),
+        // maybe with its disk image mounted: destroy those too, or the
+        // mount keeps the temporary directory from being removed.
+        let listed = ids.clone();
+        if let Ok(rd) = std::fs::read_dir(self.data.join("sandboxes")) {
+            ids.extend(rd.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).filter(|n| !listed.contains(n)));
+        }
         for id in &ids {
             let _ = Command::new(&self.cfg.bin).args(["runtime", "destroy", "--data-dir"]).arg(&self.data).arg(id).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
-        ids.is_empty() || list().is_some_and(|v| v.is_empty())
+        listed.is_empty() || list().is_some_and(|v| v.is_empty())
     }
 
     /// Volumes' images stay mounted while a server runs (and after, by

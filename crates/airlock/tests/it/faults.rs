@@ -185,3 +185,102 @@ async fn a_server_killed_mid_operation_keeps_what_it_acknowledged_and_leaks_noth
         }
     }
 }
+
+/// A sandbox's PID 1 SIGKILLed from the host while an upload streams into
+/// it through the server: that upload ends in an error (not a hang, and
+/// never a 2xx for bytes that did not all land), the sandbox is recorded
+/// dead and its directory, cgroup, slot and mounts go, and the other
+/// sandbox takes an upload whole right after.
+#[tokio::test]
+async fn a_pid_1_killed_mid_upload_fails_that_upload_and_nothing_else() {
+    let srv = Server::start(&["--no-network"]).await;
+    let off = json!({"templateID": "base", "timeout": 300, "allow_internet_access": false});
+    let victim = srv.create(off.clone()).await;
+    let other = srv.create(off.clone()).await;
+    let id_of = |v: &Value| v["sandboxID"].as_str().expect("id").to_string();
+    let (vid, oid) = (id_of(&victim), id_of(&other));
+    let st: Value = serde_json::from_slice(&std::fs::read(srv.data.join("sandboxes").join(&vid).join("state.json")).expect("state.json")).expect("json");
+    let pid = st["pid"].as_i64().expect("pid") as i32;
+
+    // 1 MiB now; the rest only once PID 1 is gone.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|c| (Ok::<_, std::io::Error>(hyper::body::Frame::data(c)), rx)) },
+        ));
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", srv.port)).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/files?path=/home/user/big&username=user")
+        .header("host", "127.0.0.1")
+        .header("e2b-sandbox-id", &vid)
+        .header("x-access-token", victim["envdAccessToken"].as_str().expect("token"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .expect("request");
+    let upload = tokio::spawn(async move {
+        match sender.send_request(req).await {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                let _ = r.into_body().collect().await;
+                Some(s)
+            }
+            Err(_) => None,
+        }
+    });
+    tx.send(Bytes::from(vec![7u8; 1 << 20])).await.expect("first chunk");
+    // The agent has started writing: the file exists inside.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, out) = srv.run(&victim, "stat -c %s /home/user/big 2>/dev/null || echo none").await;
+        if s == 200 && out.trim() != "none" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the upload never reached the sandbox: {s} {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: kill(2) of the test's own sandbox's PID 1.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    tokio::spawn(async move {
+        for _ in 0..63 {
+            if tx.send(Bytes::from(vec![7u8; 1 << 20])).await.is_err() {
+                break;
+            }
+        }
+    });
+    let status = tokio::time::timeout(Duration::from_secs(60), upload).await.expect("the upload must end, not hang").expect("join");
+    eprintln!("the cut upload's answer: {status:?} (None: the connection was closed)");
+    assert!(status.is_none_or(|s| s >= 500), "a cut upload is never acknowledged: {status:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = srv.api("GET", &format!("/sandboxes/{vid}"), None).await;
+        if s == 404 {
+            assert!(v["message"].as_str().unwrap_or("").contains("died at"), "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{vid} was never noticed dead: {s} {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!dir_ids(&srv.data).contains(&vid), "its directory is gone");
+    assert!(!cgroup_exists(&vid), "its cgroup is gone");
+    assert!(!slot_ids(&srv.data).contains(&vid), "its slot is free");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&vid), "nothing of it is mounted");
+
+    let (s, _, b) = srv
+        .req(
+            "POST",
+            "/files?path=/home/user/f&username=user",
+            &[("e2b-sandbox-id", &oid), ("x-access-token", other["envdAccessToken"].as_str().expect("token")), ("content-type", "application/octet-stream")],
+            vec![9u8; 4 << 20].into(),
+        )
+        .await
+        .expect("upload");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    let (s, out) = srv.run(&other, "stat -c %s /home/user/f").await;
+    assert_eq!((s, out.trim()), (200, "4194304"));
+}
