@@ -139,13 +139,7 @@ fn enter_jail(root: bool, scratch: &std::path::Path) -> Result<(), String> {
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+use libc::mount_attr as MountAttr;
 
 fn set_attr(path: &std::ffi::CStr, flags: u32, set: u64, clr: u64) -> Result<(), String> {
     let attr = MountAttr { attr_set: set, attr_clr: clr, propagation: 0, userns_fd: 0 };

@@ -51,36 +51,32 @@ const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+use libc::mount_attr as MountAttr;
 
 /// Attaches an idmapped, read-only copy of `src` at `dst`, mapping ids
 /// through `userns` (the sandbox's user namespace).
 pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
-    let tree = idmapped_tree(src, userns, MOUNT_ATTR_RDONLY)?;
+    let tree = idmapped_tree(src, userns, MOUNT_ATTR_RDONLY, true)?;
     move_tree(&tree, None, dst, src)
 }
 
 /// Like `idmapped_bind`, but writable (and `nosuid`, `nodev`): what the
 /// sandbox writes lands on `src` with canonical ids.
 pub fn idmapped_bind_rw(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
-    let tree = idmapped_tree(src, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
+    let tree = idmapped_tree(src, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)?;
     move_tree(&tree, None, dst, src)
 }
 
-/// A detached, idmapped clone of the mount tree at `src` with `attrs` set.
-fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64) -> Result<OwnedFd, MountError> {
+/// A detached, idmapped clone of the mount at `src` (with the mounts
+/// below it when `recursive`) with `attrs` set.
+fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64, recursive: bool) -> Result<OwnedFd, MountError> {
     let csrc = cpath(src)?;
     let ctx = || format!("idmapped mount of {}", src.display());
     // SAFETY: raw mount-API syscalls with a valid NUL-terminated path and a
     // properly laid out, fully initialised `mount_attr`.
     unsafe {
-        let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE);
+        let rec = if recursive { AT_RECURSIVE } else { 0 };
+        let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec);
         if fd < 0 {
             return Err(err(ctx(), std::io::Error::last_os_error()));
         }
@@ -91,7 +87,7 @@ fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64) -> Result<OwnedFd, Mo
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH | AT_RECURSIVE as libc::c_int,
+            libc::AT_EMPTY_PATH | rec as libc::c_int,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         ) < 0
@@ -177,23 +173,9 @@ pub fn probe_idmap(dir: &Path) -> Result<(), MountError> {
         UsernsError::Create => err("creating a user namespace", std::io::Error::from_raw_os_error(libc::EPERM)),
         UsernsError::Io(e) => err("mapping a user namespace", e),
     })?;
-    let csrc = cpath(dir)?;
-    let ctx = || format!("idmapped mount of {}", dir.display());
-    // SAFETY: raw mount-API syscalls with a valid NUL-terminated path and a
-    // properly laid out, fully initialised `mount_attr`; the clone is not
-    // recursive, so the sandboxes' own mounts below `dir` play no part.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint);
-        if fd < 0 {
-            return Err(err(ctx(), std::io::Error::last_os_error()));
-        }
-        let tree = OwnedFd::from_raw_fd(fd as i32);
-        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
-        let empty = c"";
-        if libc::syscall(libc::SYS_mount_setattr, tree.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) < 0 {
-            return Err(err(ctx(), std::io::Error::last_os_error()));
-        }
-    }
+    // Not recursive, so the sandboxes' own mounts below `dir` play no
+    // part; the clone is never attached and goes with its fd.
+    idmapped_tree(dir, &userns, MOUNT_ATTR_RDONLY, false)?;
     Ok(())
 }
 
@@ -271,7 +253,7 @@ pub fn bind_volume(root: &Path, v: &crate::VolumeMount, userns: &OwnedFd, id_bas
         };
     }
     let attrs = if v.read_only { MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
-    let tree = idmapped_tree(&v.source, userns, attrs)?;
+    let tree = idmapped_tree(&v.source, userns, attrs, true)?;
     move_tree(&tree, Some(&dir), target, &v.source)
 }
 
