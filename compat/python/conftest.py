@@ -67,6 +67,8 @@ class AirlockServer:
     def __init__(self) -> None:
         self.bin = Path(os.environ.get("AIRLOCK_BIN", REPO / "target" / "debug" / "airlock"))
         self.port = 0
+        # The loopback address it listens on (a module may give it its own).
+        self.host = "127.0.0.1"
         self.url = ""
         self.api_key = "e2b_" + secrets.token_hex(20)
         self.data_dir = Path(tempfile.mkdtemp(prefix="airlock-compat-py-"))
@@ -102,14 +104,14 @@ class AirlockServer:
         if os.geteuid() != 0:
             raise RuntimeError("airlock serve must run as root; run the suite as root")
         self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}:{self.port}"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 str(self.bin),
                 "serve",
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--data-dir",
                 str(self.data_dir),
                 "--api-key",

@@ -202,3 +202,67 @@ def test_matplotlib_figures_come_back_as_charts_too(ci):
     ex = ci.run_code("import matplotlib.pyplot as plt\nfig, (l, r) = plt.subplots(1, 2)\nl.plot([0, 1], [0, 1]); r.bar(['p', 'q'], [1, 2])\nfig.suptitle('Both')\nplt.show()")
     c = next(r.chart for r in ex.results if r.chart is not None)
     assert c.type == ChartType.SUPERCHART and c.title == "Both" and [e.type for e in c.elements] == [ChartType.LINE, ChartType.BAR]
+
+
+@pytest.mark.timeout_s(180)
+@pytest.mark.parametrize("lang", ["r", "java"])
+def test_r_and_java_kernels_keep_state_and_take_env_vars_per_execution(ci, lang):
+    # The template has R and a JDK when the host's /usr does (.ci/run
+    # installs r-base-core and a JDK; see templates/README for a recipe).
+    code = {
+        "r": ["x <- 40", "x <- x + 2\nx", 'Sys.getenv("AIRLOCK_LANG_VAR", "unset")', 'cat("out\\n"); message("err")', 'stop("boom")', "x * 2",
+              'Sys.sleep(30)'],
+        "java": ["int x = 40;", "x += 2;\nx", 'System.getenv("AIRLOCK_LANG_VAR")', 'System.out.println("out"); System.err.println("err");',
+                 'Object o = null; o.toString();', "x * 2", "Thread.sleep(30000);"],
+    }[lang]
+    # The language shortcut, without a context (its own kernel).
+    ex = ci.run_code("1 + 1", language=lang)
+    assert ex.error is None and (ex.text or "").replace("[1] ", "") == "2", ex
+    ctx = ci.create_code_context(language=lang)
+    assert ctx.language == lang
+    ex = ci.run_code(code[0], context=ctx)
+    assert ex.error is None, ex
+    ex = ci.run_code(code[1], context=ctx)
+    assert ex.error is None and (ex.text or "").replace("[1] ", "") == "42", ex
+    ex = ci.run_code(code[2], context=ctx, envs={"AIRLOCK_LANG_VAR": "per-cell"})
+    assert (ex.text or "").replace("[1] ", "").strip('"') == "per-cell", ex
+    # Only for that execution.
+    ex = ci.run_code(code[2], context=ctx)
+    assert (ex.text or "").replace("[1] ", "").strip('"') in ("unset", "null"), ex
+    out, err = [], []
+    ex = ci.run_code(code[3], context=ctx, on_stdout=lambda m: out.append(m.line), on_stderr=lambda m: err.append(m.line))
+    assert ex.logs.stdout == ["out\n"] and ex.logs.stderr == ["err\n"], ex.logs
+    assert out == ["out\n"] and err == ["err\n"]
+    ex = ci.run_code(code[4], context=ctx)
+    assert ex.error is not None and ("boom" in ex.error.value or "NullPointerException" in ex.error.name), ex.error
+    # A timeout interrupts the cell; the state stays.
+    with pytest.raises(Exception):
+        ci.run_code(code[6], context=ctx, timeout=3)
+    ex = ci.run_code(code[5], context=ctx)
+    assert ex.error is None and (ex.text or "").replace("[1] ", "") == "84", ex
+    ci.remove_code_context(ctx)
+
+
+@pytest.mark.timeout_s(240)
+def test_result_and_error_callbacks_reconnect_and_a_killed_sandbox():
+    sbx = Sandbox.create(metadata=run_metadata(suite="code-interpreter"), request_timeout=FIRST_CREATE_TIMEOUT_S)
+    try:
+        results, errors = [], []
+        ex = sbx.run_code("state = 'kept'\n6 * 7", on_result=results.append, on_error=errors.append)
+        assert [r.text for r in results] == ["42"] and errors == [] and ex.text == "42"
+        ex = sbx.run_code("raise ValueError('bad')", on_result=results.append, on_error=errors.append)
+        assert [e.name for e in errors] == ["ValueError"] and errors[0].value == "bad" and ex.error.name == "ValueError"
+        # Another client connects to the same sandbox: the kernel and its state are there.
+        again = Sandbox.connect(sbx.sandbox_id)
+        assert again.run_code("state").text == "kept"  # E2B strips a string's quotes
+        ctx = again.create_code_context(cwd="/tmp")
+        assert again.run_code("import os\nos.getcwd()", context=ctx).text == "/tmp"
+        assert any(c.id == ctx.id for c in sbx.list_code_contexts())
+    finally:
+        sbx.kill()
+    # A killed sandbox: a clear error, not a hang.
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as e:
+        sbx.run_code("1")
+    assert time.monotonic() - t0 < 30
+    assert "not found" in str(e.value).lower() or "killed" in str(e.value).lower() or "502" in str(e.value), repr(e.value)

@@ -71,3 +71,77 @@ def test_a_registry_image_is_refused_with_what_works(airlock_server):
     with pytest.raises(Exception) as e:
         Template.build(Template().from_image("registry.test/team/image:1"), unique("img"))
     assert "does not pull images" in str(e.value), str(e.value)
+
+
+@pytest.mark.timeout_s(300)
+def test_tags_name_builds_and_move_between_them(airlock_server):
+    name = unique("tag")
+    v1 = Template().from_template("base").run_cmd("echo one > /home/user/ver")
+    v2 = Template().from_template("base").run_cmd("echo two > /home/user/ver")
+    Template.build(v1, f"{name}:v1")
+    Template.build(v2, name)  # no tag: `default`
+    assert Template.exists(name)
+
+    def ver(ref: str) -> str:
+        s = Sandbox.create(ref, metadata=run_metadata())
+        try:
+            return s.commands.run("cat /home/user/ver").stdout.strip()
+        finally:
+            kill_later(s)
+
+    assert (ver(f"{name}:v1"), ver(name), ver(f"{name}:default")) == ("one", "two", "two")
+    tags = {t.tag: t.build_id for t in Template.get_tags(name)}
+    assert set(tags) == {"default", "v1"} and tags["default"] != tags["v1"], tags
+    # Another tag on v1's build.
+    info = Template.assign_tags(f"{name}:v1", ["production", "stable"])
+    assert info.build_id == tags["v1"] and sorted(info.tags) == ["production", "stable"], info
+    assert ver(f"{name}:production") == "one"
+    # A new v1 build moves v1 only.
+    Template.build(Template().from_template("base").run_cmd("echo three > /home/user/ver"), f"{name}:v1")
+    assert (ver(f"{name}:v1"), ver(f"{name}:production"), ver(name)) == ("three", "one", "two")
+    Template.remove_tags(name, "production")
+    with pytest.raises(Exception):
+        Sandbox.create(f"{name}:production", metadata=run_metadata())
+    assert ver(f"{name}:stable") == "one", "the build stays while a tag names it"
+    # Pointing default at a tagged build moves the name itself.
+    Template.assign_tags(f"{name}:v1", "default")
+    assert ver(name) == "three"
+    with pytest.raises(Exception) as e:
+        Template.remove_tags(name, "default")
+    assert "default" in str(e.value)
+    with pytest.raises(Exception):
+        Template.assign_tags(f"{name}:nosuch", "x")
+    with pytest.raises(Exception):
+        Template.assign_tags(f"{name}:v1", "bad tag")
+
+
+def test_v2_listing_and_template_updates_through_the_generated_client(airlock_server):
+    from e2b.api.client.api.templates import get_v2_templates, patch_templates_template_id, patch_v_2_templates_template_id
+    from e2b.api.client.models import TemplateUpdateRequest
+    from e2b.api.client_sync import get_api_client
+    from e2b.connection_config import ConnectionConfig
+
+    name = unique("v2")
+    Template.build(Template().from_template("base").run_cmd("true"), name)
+    client = get_api_client(ConnectionConfig())
+    r = get_v2_templates.sync_detailed(client=client, limit=1000)
+    assert r.status_code == 200, r.content
+    mine = [t for t in r.parsed if t.template_id == name]
+    assert len(mine) == 1 and mine[0].build_status.value == "ready" and mine[0].public is False, r.content
+    assert any(t.template_id == "base" for t in r.parsed)
+    # Paging: one at a time, in name order, until the token runs out.
+    seen, token = [], None
+    for _ in range(200):
+        kw = {"limit": 1} if token is None else {"limit": 1, "next_token": token}
+        p = get_v2_templates.sync_detailed(client=client, **kw)
+        seen += [t.template_id for t in p.parsed]
+        token = p.headers.get("x-next-token")
+        if not token:
+            break
+    assert seen == sorted(t.template_id for t in r.parsed), seen
+    assert patch_templates_template_id.sync_detailed(name, client=client, body=TemplateUpdateRequest(public=True)).status_code == 200
+    u = patch_v_2_templates_template_id.sync_detailed(name, client=client, body=TemplateUpdateRequest(public=False))
+    assert u.status_code == 200 and u.parsed.names == [name], u.content
+    r = get_v2_templates.sync_detailed(client=client, limit=1000)
+    assert [t.public for t in r.parsed if t.template_id == name] == [False]
+    assert patch_templates_template_id.sync_detailed(unique("none"), client=client, body=TemplateUpdateRequest(public=True)).status_code == 404

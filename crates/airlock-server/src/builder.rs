@@ -83,11 +83,13 @@ impl Builder {
             return Err(BuildError::Invalid(format!("invalid template name {name:?}")));
         }
         let instrs = recipe::parse(recipe, build_args)?;
-        self.build_instrs(name, instrs, context, events, t0).await
+        self.build_instrs(name, instrs, context, events, t0, true).await
     }
 
     /// Builds parsed instructions (a recipe's, or E2B's template build
     /// steps, which carry commands no recipe line could: newlines, `$`).
+    /// With `save`, the result becomes the template `name`; without, the
+    /// caller records it (a tagged build that may not be the default).
     pub async fn build_instrs(
         &self,
         name: &str,
@@ -95,6 +97,7 @@ impl Builder {
         context: Option<&Path>,
         events: &mpsc::Sender<BuildEvent>,
         t0: std::time::Instant,
+        save: bool,
     ) -> Result<Template, BuildError> {
         if !Store::valid_name(name) || name == "base" {
             return Err(BuildError::Invalid(format!("invalid template name {name:?}")));
@@ -246,9 +249,12 @@ impl Builder {
             aliases,
             created_at: crate::service::now_ms(),
             size_bytes: size,
+            public: false,
             snapshot: None,
         };
-        self.store.save(&t).map_err(|e| BuildError::Internal(e.to_string()))?;
+        if save {
+            self.store.save(&t).map_err(|e| BuildError::Internal(e.to_string()))?;
+        }
         let _ = events.send(BuildEvent::Done { name: t.name.clone(), digest: t.digest.clone(), size_bytes: t.size_bytes, elapsed_ms: t0.elapsed().as_millis() as u64 }).await;
         Ok(t)
     }

@@ -12,13 +12,18 @@ pub struct Config {
     pub api_keys: Vec<String>,
     /// Wildcard domain for `Host: {port}-{id}.{domain}` routing.
     pub domain: Option<String>,
+    /// The listener's certificate chain and key (PEM) for `domain`; without
+    /// them, the local CA of `airlock tls init` signs one when it exists.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Timeout of a sandbox whose create request gives none, in seconds.
     pub default_timeout_s: i64,
     /// Longest timeout a request may ask for, in seconds.
     pub max_timeout_s: i64,
     /// Sandboxes (running or paused) allowed at once; more → 429.
     pub max_sandboxes: usize,
-    /// Creations in flight at once; more → 429.
+    /// Creations running at once; more wait in line (16 per place, up to a
+    /// minute), in arrival order, then 429.
     pub max_concurrent_creates: usize,
     /// Control-API requests per second per key (burst: one second's worth); 0 = unlimited.
     pub rate_limit: f64,
@@ -85,10 +90,14 @@ impl Config {
             data_dir,
             api_keys: Vec::new(),
             domain: None,
+            tls_cert: None,
+            tls_key: None,
             default_timeout_s: 300,
             max_timeout_s: 24 * 3600,
             max_sandboxes: 1000,
-            max_concurrent_creates: 64,
+            // Past a few per CPU, parallel creates only contend: the burst
+            // takes as long, and every create in it takes longer.
+            max_concurrent_creates: std::thread::available_parallelism().map_or(8, |n| (4 * n.get()).clamp(4, 64)),
             rate_limit: 0.0,
             default_cpus: 2.0,
             default_memory_mb: 512,
@@ -135,6 +144,8 @@ impl Config {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub domain: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub api_key: Option<String>,
     #[serde(default)]
     pub api_keys: Vec<String>,

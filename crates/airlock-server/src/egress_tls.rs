@@ -22,16 +22,15 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
+
+use crate::tls::LocalCa;
 
 /// Under the data directory.
 pub const CA_DIR: &str = "egress-ca";
-pub const CA_CERT_FILE: &str = "ca.pem";
-pub const CA_KEY_FILE: &str = "ca.key";
+pub use crate::tls::{CA_CERT_FILE, CA_KEY_FILE};
 /// Where the layer puts the CA alone, and the combined bundle.
 pub const SANDBOX_CA_PATH: &str = "/etc/airlock/egress-ca.pem";
 pub const SANDBOX_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -40,8 +39,6 @@ pub const LEAF_CACHE: usize = 1024;
 /// A leaf's validity, and the age at which a cached one is remade.
 const LEAF_VALIDITY: Duration = Duration::from_secs(2 * 24 * 3600);
 const LEAF_REFRESH: Duration = Duration::from_secs(24 * 3600);
-/// The CA's validity.
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// A template's CA bundle is read up to this size.
 const MAX_BUNDLE: u64 = 16 << 20;
 
@@ -54,18 +51,10 @@ pub enum EgressTlsError {
         #[source]
         source: io::Error,
     },
-    #[error("the egress CA key {} is not a usable P-256 key", path.display())]
-    BadKey {
-        path: PathBuf,
-        #[source]
-        source: rcgen::Error,
-    },
     #[error("{sni:?} is not a name a certificate can be made for")]
     BadName { sni: String },
-    #[error("making a certificate")]
-    Cert(#[source] rcgen::Error),
-    #[error("TLS set-up")]
-    Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    Ca(#[from] crate::tls::TlsError),
 }
 
 struct Leaf {
@@ -76,8 +65,7 @@ struct Leaf {
 
 /// The server's interception CA and its leaf cache. One per server.
 pub struct EgressTls {
-    issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
+    ca: LocalCa,
     dir: PathBuf,
     leaves: Mutex<HashMap<String, Leaf>>,
     /// Trust layers by the template root layers they were made for: a
@@ -86,77 +74,23 @@ pub struct EgressTls {
     trust: Mutex<HashMap<Vec<PathBuf>, PathBuf>>,
 }
 
-/// The CA's subject, derived from its key so that a restart rebuilds the
-/// same issuer name from the key file alone (rcgen cannot parse the
-/// certificate back without its x509-parser feature).
-fn ca_params(key: &KeyPair) -> CertificateParams {
-    let fp: String = Sha256::digest(key.public_key_raw())[..6].iter().map(|b| format!("{b:02x}")).collect();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Airlock");
-    dn.push(DnType::CommonName, format!("Airlock egress CA {fp}"));
-    let mut p = CertificateParams::default();
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p
-}
-
-fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-/// Writes `data` to `path` with `mode`, atomically (temp file, rename).
-fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl EgressTls {
     /// Loads the CA under `<data_dir>/egress-ca`, making it on first start.
     pub fn open(data_dir: &Path) -> Result<Self, EgressTlsError> {
         let dir = data_dir.join(CA_DIR);
-        let io = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| EgressTlsError::Io { what, path, source }
+        airlock_runtime::state::private_dir(&dir).map_err(|source| EgressTlsError::Io { what: "creating", path: dir.clone(), source })?;
+        let Some((ca, made)) = LocalCa::open(&dir, "egress CA", true)? else {
+            return Err(EgressTlsError::Io { what: "making the CA in", path: dir, source: io::Error::other("not made") });
         };
-        airlock_runtime::state::private_dir(&dir).map_err(io("creating", &dir))?;
-        let (key_path, cert_path) = (dir.join(CA_KEY_FILE), dir.join(CA_CERT_FILE));
-        let existing = match (std::fs::read_to_string(&key_path), std::fs::read_to_string(&cert_path)) {
-            (Ok(k), Ok(c)) => Some((k, c)),
-            (Err(e), _) if e.kind() != io::ErrorKind::NotFound => return Err(io("reading", &key_path)(e)),
-            (_, Err(e)) if e.kind() != io::ErrorKind::NotFound => return Err(io("reading", &cert_path)(e)),
-            _ => None,
-        };
-        let (key, ca_pem) = match existing {
-            Some((k, c)) => (KeyPair::from_pem(&k).map_err(|source| EgressTlsError::BadKey { path: key_path.clone(), source })?, c),
-            None => {
-                // Key first: a certificate never exists without its key.
-                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(EgressTlsError::Cert)?;
-                let mut p = ca_params(&key);
-                let now = unix_now();
-                p.not_before = rcgen::date_time_ymd(1970, 1, 1) + now.saturating_sub(Duration::from_secs(24 * 3600));
-                p.not_after = rcgen::date_time_ymd(1970, 1, 1) + now + CA_VALIDITY;
-                let cert = p.self_signed(&key).map_err(EgressTlsError::Cert)?;
-                write_file(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io("writing", &key_path))?;
-                let pem = cert.pem();
-                write_file(&cert_path, pem.as_bytes(), 0o644).map_err(io("writing", &cert_path))?;
-                tracing::info!(path = %cert_path.display(), "created the egress interception CA");
-                (key, pem)
-            }
-        };
-        let issuer = Issuer::new(ca_params(&key), key);
-        Ok(Self { issuer, ca_pem, dir, leaves: Mutex::new(HashMap::new()), trust: Mutex::new(HashMap::new()) })
+        if made {
+            tracing::info!(path = %ca.cert_path().display(), "created the egress interception CA");
+        }
+        Ok(Self { ca, dir, leaves: Mutex::new(HashMap::new()), trust: Mutex::new(HashMap::new()) })
     }
 
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
+        self.ca.pem()
     }
 
     /// A TLS server configuration presenting a leaf for `sni` signed by the
@@ -185,41 +119,14 @@ impl EgressTls {
     }
 
     fn make_leaf(&self, name: &str) -> Result<Arc<rustls::ServerConfig>, EgressTlsError> {
-        let bad = || EgressTlsError::BadName { sni: name.to_string() };
         if name.is_empty() || name.len() > 253 {
-            return Err(bad());
+            return Err(EgressTlsError::BadName { sni: name.to_string() });
         }
-        let mut p = CertificateParams::new(vec![name.to_string()]).map_err(|_| bad())?;
-        let mut dn = DistinguishedName::new();
-        // X.509 bounds a common name at 64 characters; the SAN is what counts.
-        if name.len() <= 64 {
-            dn.push(DnType::CommonName, name);
-        }
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.use_authority_key_identifier_extension = true;
-        let now = unix_now();
-        p.not_before = rcgen::date_time_ymd(1970, 1, 1) + now.saturating_sub(Duration::from_secs(3600));
-        p.not_after = rcgen::date_time_ymd(1970, 1, 1) + now + LEAF_VALIDITY;
-        let mut serial = [0u8; 16];
-        getrandom::fill(&mut serial).map_err(|e| EgressTlsError::Io { what: "drawing a serial for", path: self.dir.clone(), source: io::Error::other(e.to_string()) })?;
-        serial[0] &= 0x7f;
-        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(EgressTlsError::Cert)?;
-        let cert = p.signed_by(&key, &self.issuer).map_err(EgressTlsError::Cert)?;
-        let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(EgressTlsError::Tls)?
-            .with_no_client_auth()
-            .with_single_cert(chain, key_der)
-            .map_err(EgressTlsError::Tls)?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(cfg))
+        let (chain, key) = self.ca.leaf(&[name.to_string()], LEAF_VALIDITY).map_err(|e| match e {
+            crate::tls::TlsError::BadName { .. } => EgressTlsError::BadName { sni: name.to_string() },
+            e => e.into(),
+        })?;
+        Ok(crate::tls::server_config(chain, key, &[b"http/1.1"])?)
     }
 
     /// The read-only layer that makes a sandbox on `root_layers` (the
@@ -254,7 +161,7 @@ impl EgressTls {
             bundle.push(b'\n');
         }
         bundle.extend_from_slice(b"# Airlock egress CA (this server's HTTPS interception)\n");
-        bundle.extend_from_slice(self.ca_pem.as_bytes());
+        bundle.extend_from_slice(self.ca.pem().as_bytes());
         let digest: String = Sha256::digest(&bundle)[..8].iter().map(|b| format!("{b:02x}")).collect();
         let layers = self.dir.join("layers");
         let layer = layers.join(&digest);
@@ -266,7 +173,7 @@ impl EgressTls {
         let _ = std::fs::remove_dir_all(&tmp);
         let r = (|| {
             use std::os::unix::fs::PermissionsExt;
-            for (path, data) in [(SANDBOX_CA_PATH, self.ca_pem.as_bytes()), (SANDBOX_BUNDLE_PATH, &bundle[..])] {
+            for (path, data) in [(SANDBOX_CA_PATH, self.ca.pem().as_bytes()), (SANDBOX_BUNDLE_PATH, &bundle[..])] {
                 let f = tmp.join(path.trim_start_matches('/'));
                 let parent = f.parent().unwrap_or(&tmp);
                 std::fs::create_dir_all(parent)?;
@@ -394,6 +301,7 @@ fn lookup(layer: &Path, comps: &[String]) -> Option<std::fs::Metadata> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::CertificateDer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {

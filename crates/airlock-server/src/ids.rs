@@ -40,6 +40,15 @@ pub fn access_token() -> Result<String, RandomError> {
     Ok(hex(&bytes::<20>()?))
 }
 
+/// A random (version 4) UUID, as E2B's build ids are (the SDKs parse them).
+pub fn uuid() -> Result<String, RandomError> {
+    let mut b = bytes::<16>()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex(&b);
+    Ok(format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..]))
+}
+
 /// A new API key: `e2b_` + 40 hex characters, the format SDKs accept.
 pub fn api_key() -> Result<String, RandomError> {
     Ok(format!("e2b_{}", hex(&bytes::<20>()?)))

@@ -179,6 +179,8 @@ pub async fn forward(svc: &Arc<Service>, mut req: Request<Incoming>, t: Target) 
         Ok(u) => u,
         Err(_) => return h::error(400, "invalid request path"),
     };
+    // The agent speaks HTTP/1.1, whatever the client spoke to us.
+    parts.version = http::Version::HTTP_11;
     let out = Request::from_parts(parts, body.map_frame(|f| count(&TELEMETRY.proxy_bytes_in, f)).map_err(Into::into).boxed_unsync());
     let mut resp = match sender.send_request(out).await {
         Ok(r) => r,

@@ -51,6 +51,8 @@ pub struct Server {
     pub new_key: Option<String>,
     /// Routes served beside the API, behind its authentication (`/mcp`).
     extra: Option<axum::Router>,
+    /// HTTPS on the same listener (`--domain` with a certificate).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 pub fn open_store(data_dir: &std::path::Path) -> Result<Store, ServeError> {
@@ -63,6 +65,18 @@ pub fn open_store(data_dir: &std::path::Path) -> Result<Store, ServeError> {
 impl Server {
     /// Opens the store and runtime, reconciles sandboxes, binds the listener.
     pub async fn bind(cfg: Config) -> Result<Self, ServeError> {
+        // First: a bad certificate or key stops the start before any work.
+        let tls = crate::tls::listener_tls(&cfg.data_dir, cfg.domain.as_deref(), cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())
+            .map_err(|e| ServeError::Other(format!("TLS for the listener: {}", airlock_runtime::init::chain(&e))))?;
+        match (&tls, &cfg.domain) {
+            (Some((_, crate::tls::Source::Files { cert, .. })), _) => tracing::info!(cert = %cert.display(), "HTTPS and HTTP on the listener (HTTP/2 and HTTP/1.1)"),
+            (Some((_, crate::tls::Source::LocalCa { ca })), Some(d)) => {
+                tracing::info!(ca = %ca.display(), domain = %d, "HTTPS and HTTP on the listener, signed by the local CA (clients must trust it)")
+            }
+            (None, Some(d)) => tracing::info!(domain = %d, "plain HTTP only: for HTTPS give --tls-cert/--tls-key or run `airlock tls init`"),
+            _ => {}
+        }
+        let tls = tls.map(|(c, _)| c);
         let store = Arc::new(open_store(&cfg.data_dir)?);
         let opts = airlock_runtime::namespace::Options { root: cfg.data_dir.clone(), binary: cfg.binary.clone(), network: cfg.network };
         let templates = airlock_template::Store::new(cfg.data_dir.join("templates"));
@@ -124,7 +138,7 @@ impl Server {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || secrets.check_key()).await {
             tracing::error!(error = %e, "stored secrets cannot be decrypted: they will not be injected");
         }
-        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None })
+        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None, tls })
     }
 
     /// Serves `routes` beside the control API, behind its authentication
@@ -168,6 +182,7 @@ impl Server {
             full: crate::http::refusal_bytes(&conn::Refusal::Full.message(&limits)),
             client: crate::http::refusal_bytes(&conn::Refusal::Client.message(&limits)),
             limits,
+            tls: self.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         });
         let lifecycle = tokio::spawn(lifecycle_loop(svc.clone()));
         let sampler = tokio::spawn(sampler_loop(svc.clone()));
@@ -228,6 +243,8 @@ impl Server {
             })
             .await;
         }
+        // Destroys leave their last clean-up to background threads.
+        let _ = tokio::task::spawn_blocking(|| airlock_runtime::namespace::settle(std::time::Duration::from_secs(30))).await;
         tracing::info!("server stopped; sandboxes keep running");
     }
 }
@@ -240,18 +257,37 @@ struct ConnSettings {
     full: bytes::Bytes,
     client: bytes::Bytes,
     limits: conn::Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The longest a TLS handshake may take (and, with no header timeout, the
+/// wait for a connection's first byte).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a connection opens with a TLS handshake record: HTTP requests
+/// start with a method's letters, a ClientHello with 0x16. EOF or a
+/// silent client count as not TLS (the HTTP side then times it out).
+async fn opens_with_tls(stream: &TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 1];
+    matches!(tokio::time::timeout(wait, stream.peek(&mut b)).await, Ok(Ok(1)) if b[0] == 0x16)
 }
 
 fn secs(s: u64) -> Option<Duration> {
     (s > 0).then(|| Duration::from_secs(s))
 }
 
-/// A connection within the limits: HTTP/1.1 with upgrades, the header and
-/// idle timeouts on hyper's header timer (`conn::HeadTimer`) and the
-/// stall timeout on the socket (`conn::ConnIo`).
+/// A connection within the limits: HTTP/1.1 with upgrades, or TLS (when
+/// configured and the client opens with a handshake) carrying HTTP/2 or
+/// HTTP/1.1 by ALPN. The header and idle timeouts are on hyper's header
+/// timer (`conn::HeadTimer`) and the stall timeout on the socket
+/// (`conn::ConnIo`).
 async fn serve_connection(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnSettings>, stream: TcpStream, peer: std::net::SocketAddr, slot: conn::Slot) {
     let _ = stream.set_nodelay(true);
     conn::set_keepalive(&stream);
+    let acceptor = match &conns.tls {
+        Some(a) if opens_with_tls(&stream, conns.header.unwrap_or(HANDSHAKE_TIMEOUT)).await => Some(a.clone()),
+        _ => None,
+    };
     let act = conn::Activity::new();
     let io = conn::ConnIo::new(stream, act.clone(), conns.idle, slot);
     let service = hyper::service::service_fn(move |req| {
@@ -259,6 +295,41 @@ async fn serve_connection(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnS
         let api = api.clone();
         async move { Ok::<_, std::convert::Infallible>(dispatch(svc, api, req).await) }
     });
+    let Some(acceptor) = acceptor else {
+        return serve_http1(TokioIo::new(io), service, &conns, act, peer).await;
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.timer(TokioTimer::new());
+        // An idle HTTP/2 connection is pinged; one that stops answering goes.
+        if let Some(idle) = conns.idle {
+            b.keep_alive_interval(Some(idle)).keep_alive_timeout(Duration::from_secs(20));
+        }
+        if let Err(e) = b.serve_connection(TokioIo::new(tls), service).await {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with error");
+        }
+        return;
+    }
+    serve_http1(TokioIo::new(tls), service, &conns, act, peer).await
+}
+
+async fn serve_http1<I, S>(io: TokioIo<I>, service: S, conns: &ConnSettings, act: Arc<conn::Activity>, peer: std::net::SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = Resp, Error = std::convert::Infallible> + Send,
+    S::Future: Send + 'static,
+{
     let mut b = hyper::server::conn::http1::Builder::new();
     if conns.header.is_some() || conns.idle.is_some() {
         // hyper needs some duration to arm its timer; the timer itself
@@ -267,7 +338,7 @@ async fn serve_connection(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnS
     } else {
         b.header_read_timeout(None);
     }
-    if let Err(e) = b.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+    if let Err(e) = b.serve_connection(io, service).with_upgrades().await {
         tracing::debug!(%peer, error = %e, "connection ended with error");
     }
 }
@@ -305,7 +376,14 @@ async fn serve_refusal(svc: Arc<Service>, api: axum::Router, conns: Arc<ConnSett
     }
 }
 
-async fn dispatch(svc: Arc<Service>, api: axum::Router, req: hyper::Request<Incoming>) -> Resp {
+async fn dispatch(svc: Arc<Service>, api: axum::Router, mut req: hyper::Request<Incoming>) -> Resp {
+    // HTTP/2 names the host in `:authority`, not `Host`: one place for
+    // routing (and the agent, reached over HTTP/1.1) to find it.
+    if !req.headers().contains_key(hyper::header::HOST) {
+        if let Some(v) = req.uri().authority().and_then(|a| hyper::header::HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(hyper::header::HOST, v);
+        }
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     if let Some(t) = proxy::target(req.headers(), svc.cfg.domain.as_deref()) {

@@ -18,6 +18,7 @@ pub mod layer;
 pub mod recipe;
 pub mod source;
 pub mod store;
+pub mod tags;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

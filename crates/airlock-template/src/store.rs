@@ -20,7 +20,7 @@ pub const SNAPSHOT_LAYER_PREFIX: &str = "snap-";
 
 /// Bumped whenever the generated base layer changes, so old data
 /// directories get a fresh one.
-const BASE_VERSION: u32 = 3;
+const BASE_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Template {
@@ -56,6 +56,10 @@ pub struct Template {
     /// Bytes in the template's own layers (host `/usr` not counted).
     #[serde(default)]
     pub size_bytes: u64,
+    /// E2B's `public` flag (`PATCH /templates/{id}`); every key of this
+    /// server may use every template either way.
+    #[serde(default)]
+    pub public: bool,
     /// Set when this is a snapshot of a sandbox rather than a build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotOrigin>,
@@ -93,6 +97,8 @@ impl Template {
 pub enum TemplateError {
     #[error("template {0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("{what}")]
     Io {
         what: String,
@@ -101,18 +107,18 @@ pub enum TemplateError {
     },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TemplateError {
     let what = what.into();
     move |source| TemplateError::Io { what, source }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {
     let data = fs::read(path)?;
     serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Replaced atomically: written aside, then renamed.
-fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?)?;
     fs::rename(&tmp, path)
@@ -129,12 +135,28 @@ impl Store {
         Self { dir }
     }
 
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     pub fn valid_name(name: &str) -> bool {
         !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) && !name.starts_with('.')
     }
 
-    /// A template by name or alias.
+    /// A template by name or alias, or one of its tagged builds
+    /// (`name:tag`, see `tags`).
     pub fn get(&self, name: &str) -> Result<Template, TemplateError> {
+        match self.get_untagged(name) {
+            Ok(t) => Ok(t),
+            Err(e) => match crate::tags::split_ref(name) {
+                (base, Some(tag)) => self.get_tagged(base, tag).ok_or(e),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// A template by exactly its name or an alias.
+    pub(crate) fn get_untagged(&self, name: &str) -> Result<Template, TemplateError> {
         if !Self::valid_name(name) {
             return Err(TemplateError::NotFound(name.to_string()));
         }
@@ -209,17 +231,7 @@ impl Store {
     /// collected only when a template is deleted).
     pub fn gc_layers(&self, in_use: &std::collections::HashSet<PathBuf>, snapshots_only: bool) -> Result<usize, TemplateError> {
         let mut used = in_use.clone();
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if let Ok(t) = read_json::<Template>(&e.path().join("template.json")) {
-                    for p in t.root_layers.iter().chain(&t.usr_layers) {
-                        if let Some(parent) = p.parent() {
-                            used.insert(parent.to_path_buf());
-                        }
-                    }
-                }
-            }
-        }
+        used.extend(self.layers_referenced());
         let mut n = 0;
         if let Ok(rd) = fs::read_dir(self.layers_dir()) {
             for e in rd.flatten() {
@@ -234,6 +246,23 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// The layer directories templates and their tagged builds name.
+    pub fn layers_referenced(&self) -> std::collections::HashSet<PathBuf> {
+        let mut used = std::collections::HashSet::new();
+        let Ok(rd) = fs::read_dir(&self.dir) else { return used };
+        for e in rd.flatten() {
+            let own = read_json::<Template>(&e.path().join("template.json")).ok();
+            for t in own.into_iter().chain(Self::build_manifests(&e.path())) {
+                for p in t.root_layers.iter().chain(&t.usr_layers) {
+                    if let Some(parent) = p.parent() {
+                        used.insert(parent.to_path_buf());
+                    }
+                }
+            }
+        }
+        used
     }
 
     /// Makes sure `base` exists and is current; cheap when it does.
@@ -343,6 +372,8 @@ const ETC_ALLOW: &[&str] = &[
     "timezone",
     "xdg",
     "fonts",
+    // R's own configuration (/usr/lib/R/etc links into it).
+    "R",
     "ethertypes",
     "mailcap",
 ];
@@ -366,12 +397,21 @@ fn build_base_layer(root: &Path) -> Result<(), TemplateError> {
             copy_tree(&src, &etc.join(name))?;
         }
     }
-    // Python's versioned config directories (python3.11, ...).
+    // Python's versioned config directories (python3.11, ...), and the
+    // JDKs' (java-17-openjdk: a JDK's conf/ links into it) without their
+    // JMX `management` settings, where a host may keep a password file.
     if let Ok(rd) = fs::read_dir("/etc") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if n.starts_with("python3.") {
                 copy_tree(&e.path(), &etc.join(&n))?;
+            } else if n.starts_with("java-") && e.path().is_dir() {
+                fs::create_dir_all(etc.join(&n)).map_err(io(format!("creating base/etc/{n}")))?;
+                for c in fs::read_dir(e.path()).map_err(io(format!("reading /etc/{n}")))?.flatten() {
+                    if c.file_name() != "management" {
+                        copy_tree(&c.path(), &etc.join(&n).join(c.file_name()))?;
+                    }
+                }
             }
         }
     }

@@ -43,13 +43,16 @@ struct Cli {
 enum Cmd {
     /// Run the server: the E2B-compatible API and sandbox proxy on one port.
     #[command(after_help = "Example:\n  airlock serve --listen 127.0.0.1:3000 --data-dir /var/lib/airlock")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys in the data directory's store (works while the server runs).
     #[command(subcommand, after_help = "Examples:\n  airlock keys create --name ci\n  airlock keys list\n  airlock keys revoke <id>")]
     Keys(KeysCmd),
     /// Build, list, show, alias and delete templates on a server.
     #[command(after_help = template::EXAMPLES)]
     Template(template::TemplateArgs),
+    /// The local CA that signs the server's HTTPS certificate for `--domain`.
+    #[command(subcommand, after_help = "Example:\n  airlock tls init --domain sandbox.internal\n  airlock serve --domain sandbox.internal --listen 0.0.0.0:443")]
+    Tls(TlsCmd),
     /// Remove what Airlock leaves on the host once no sandbox needs it: its
     /// firewall chains and NAT rule, and slot files of sandboxes that are gone.
     #[command(after_help = "Examples:\n  airlock cleanup            # refused while any sandbox has a network interface\n  airlock cleanup --dry-run")]
@@ -141,10 +144,17 @@ struct ServeArgs {
     /// Wildcard domain for `{port}-{id}.<domain>` host routing.
     #[arg(long, env = "AIRLOCK_DOMAIN")]
     domain: Option<String>,
+    /// TLS certificate chain (PEM) for the listener, covering `api.<domain>`
+    /// and `*.<domain>`; without it, the CA of `airlock tls init` signs one.
+    #[arg(long, env = "AIRLOCK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "AIRLOCK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Most sandboxes at once [default: 1000].
     #[arg(long, env = "AIRLOCK_MAX_SANDBOXES")]
     max_sandboxes: Option<usize>,
-    /// Most creations in flight at once [default: 64].
+    /// Creations running at once; more wait in line (16 per place, a minute at most), then 429 [default: 4 per CPU, 4 to 64].
     #[arg(long, env = "AIRLOCK_MAX_CONCURRENT_CREATES")]
     max_concurrent_creates: Option<usize>,
     /// Control-API requests per second per key; 0 = unlimited [default: 0].
@@ -255,6 +265,42 @@ enum KeysCmd {
 const DEFAULT_DATA_DIR: &str = "/var/lib/airlock";
 
 #[derive(Subcommand)]
+enum TlsCmd {
+    /// Make the local CA (once; again prints it) and say how to trust it.
+    /// `airlock serve --domain D` then serves HTTPS for D, api.D and *.D
+    /// with a certificate it signs at each start.
+    Init {
+        #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The domain the server will serve (shown in the instructions).
+        #[arg(long, env = "AIRLOCK_DOMAIN")]
+        domain: Option<String>,
+    },
+}
+
+/// `airlock tls init`: the CA, its path, and how clients come to trust it.
+fn tls_init(data_dir: &std::path::Path, domain: Option<&str>) -> anyhow::Result<()> {
+    let (ca, made) = airlock_server::tls::init_local_ca(data_dir)?;
+    let path = ca.cert_path();
+    let p = path.display();
+    println!("{} {p}", if made { "created the local CA" } else { "the local CA is" });
+    let d = domain.unwrap_or("<domain>");
+    println!(
+        "\nServe with it:\n  airlock serve --data-dir {} --domain {d} --listen 0.0.0.0:443\n\
+         Point DNS at the server: api.{d} and *.{d} (a wildcard record; for a\n\
+         test, /etc/hosts lines for api.{d} and each <port>-<sandbox-id>.{d}).\n\
+         \nTrust the CA on client machines:\n\
+         \x20 Debian/Ubuntu: cp {p} /usr/local/share/ca-certificates/airlock.crt && update-ca-certificates\n\
+         \x20 Python SDKs:   export SSL_CERT_FILE={p}   (or a bundle that includes it)\n\
+         \x20 Node SDKs:     export NODE_EXTRA_CA_CERTS={p}\n\
+         \x20 curl:          curl --cacert {p} https://api.{d}/health\n\
+         \nThen E2B clients need only E2B_DOMAIN={d} and E2B_API_KEY.",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
 enum RuntimeCmd {
     /// Create a sandbox and print its id and agent socket.
     Create {
@@ -348,12 +394,13 @@ fn backend(data_dir: PathBuf) -> anyhow::Result<airlock_runtime::NamespaceBacken
 fn run(cli: Cli) -> anyhow::Result<u8> {
     use airlock_runtime::Backend;
     match cli.command {
-        Cmd::Serve(args) => serve(args)?,
+        Cmd::Serve(args) => serve(*args)?,
         Cmd::Keys(k) => keys(k)?,
         Cmd::Template(a) => return template::run(a),
         Cmd::Volume(a) => return volume::run(a),
         Cmd::Pool(a) => return ops::run(a),
         Cmd::Cleanup { dry_run } => return cleanup(dry_run),
+        Cmd::Tls(TlsCmd::Init { data_dir, domain }) => tls_init(&data_dir, domain.as_deref())?,
         Cmd::Webhook(a) => return webhook::run(a),
         Cmd::Network(a) => return network::run(a),
         Cmd::Secret(a) => return secret::run(a),
@@ -384,7 +431,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}\tpid={}\tfrozen={}\t{}", s.id, s.pid, s.frozen, s.socket.display());
             }
         }
-        Cmd::Runtime(RuntimeCmd::Destroy { data_dir, id }) => backend(data_dir)?.destroy(&id)?,
+        Cmd::Runtime(RuntimeCmd::Destroy { data_dir, id }) => {
+            backend(data_dir)?.destroy(&id)?;
+            // Its directory and slot are removed in the background: finish
+            // before this process ends.
+            airlock_runtime::namespace::settle(std::time::Duration::from_secs(30));
+        }
     }
     Ok(0)
 }
@@ -425,6 +477,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     pick!(io_bps, a.io_bps, file.io_bps);
     pick!(io_iops, a.io_iops, file.io_iops);
     cfg.domain = a.domain.clone().or(file.domain.clone());
+    cfg.tls_cert = a.tls_cert.clone().or(file.tls_cert.clone());
+    cfg.tls_key = a.tls_key.clone().or(file.tls_key.clone());
     cfg.api_keys = a.api_keys.iter().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
     cfg.api_keys.extend(file.api_key.iter().chain(&file.api_keys).map(|k| k.trim().to_string()).filter(|k| !k.is_empty()));
     cfg.network = !(a.no_network || file.no_network == Some(true));

@@ -1,10 +1,11 @@
 //! The code interpreter (E2B's port 49999 API), served by the agent:
-//! stateful contexts for Python, JavaScript/TypeScript and Bash.
+//! stateful contexts for Python, JavaScript/TypeScript and Bash, and R and
+//! Java when the template has them (`Rscript`; a JDK's `java` with jshell).
 //!
 //! Each context owns at most one kernel process, started on first use and
 //! running as the sandbox's default user. A kernel is a small driver script
-//! (`kernel.py`, `kernel.js`, `kernel.sh`, compiled into the agent) that
-//! reads requests as JSON lines on fd 4 and reports results, errors and
+//! (`kernel.py`, `kernel.js`, `kernel.sh`, `kernel.R`, `kernel.java`,
+//! compiled into the agent) that reads requests on fd 4 and reports results, errors and
 //! completion as JSON lines on fd 3; the cell's own output, and that of any
 //! subprocess it starts, arrives on ordinary stdout/stderr pipes, which the
 //! agent streams as `stdout`/`stderr` events. One execution runs per context
@@ -38,6 +39,11 @@ use crate::Agent;
 const PY_DRIVER: &str = include_str!("kernel.py");
 const JS_DRIVER: &str = include_str!("kernel.js");
 const SH_DRIVER: &str = include_str!("kernel.sh");
+const R_DRIVER: &str = include_str!("kernel.R");
+const JAVA_DRIVER: &str = include_str!("kernel.java");
+/// Where the Java driver's source is written for `java` to launch (the
+/// single-file source launcher needs a file).
+const JAVA_DRIVER_DIR: &str = "/tmp/.airlock-java-kernel";
 
 /// How long a kernel may take to start (IPython with matplotlib imports
 /// take a second or two on a small machine).
@@ -63,8 +69,11 @@ pub enum InterpError {
     /// E2B's text, capital letter included: the SDKs show it as it is.
     #[error("Context {0} not found")]
     ContextNotFound(String),
-    #[error("language '{0}' is not supported (python, javascript, typescript, bash)")]
+    #[error("language '{0}' is not supported (python, javascript, typescript, bash, r, java)")]
     UnsupportedLanguage(String),
+    /// The template lacks the language's runtime.
+    #[error("the {kind:?} kernel needs `{program}`, which this sandbox's template does not have ({hint})")]
+    Missing { kind: Kind, program: &'static str, hint: &'static str },
     #[error("no route for {0}")]
     NoRoute(String),
     #[error(transparent)]
@@ -135,6 +144,8 @@ pub enum Kind {
     Python,
     JavaScript,
     Bash,
+    R,
+    Java,
 }
 
 impl Kind {
@@ -143,6 +154,8 @@ impl Kind {
             Kind::Python => "python",
             Kind::JavaScript => "javascript",
             Kind::Bash => "bash",
+            Kind::R => "r",
+            Kind::Java => "java",
         }
     }
 }
@@ -156,6 +169,8 @@ pub fn normalise(lang: Option<&str>) -> Result<(Kind, String), InterpError> {
         "js" | "javascript" | "node" => (Kind::JavaScript, "javascript".into()),
         "ts" | "typescript" => (Kind::JavaScript, "typescript".into()),
         "bash" | "sh" | "shell" => (Kind::Bash, "bash".into()),
+        "r" => (Kind::R, "r".into()),
+        "java" => (Kind::Java, "java".into()),
         other => return Err(InterpError::UnsupportedLanguage(other.to_string())),
     })
 }
@@ -534,41 +549,126 @@ fn prepare_request(agent: &Agent, kind: Kind, k: &mut Kernel, code: &str, env: &
             Ok(s)
         }
         Kind::Bash => {
-            let dir = std::path::PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
-            let user = crate::users::lookup(&agent.config.default_user)?;
-            if !dir.exists() {
-                std::fs::create_dir_all(&dir).map_err(|source| InterpError::Io { op: "creating", path: dir.clone(), source })?;
-                let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
-            }
             let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
             let mut cell = String::new();
             let mut restore = String::new();
-            for (key, v) in env {
-                if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || key.is_empty() {
-                    return Err(InterpError::InvalidEnvName(key.clone()));
-                }
+            for key in env.keys() {
+                check_env_name(key)?;
                 restore.push_str(&format!(
                     "if [ -n \"${{__airlock_set_{key}+x}}\" ]; then export {key}=\"$__airlock_old_{key}\"; else unset {key}; fi; unset __airlock_set_{key} __airlock_old_{key}\n"
                 ));
+            }
+            for (key, v) in env {
                 cell.push_str(&format!("if [ -n \"${{{key}+x}}\" ]; then __airlock_set_{key}=1; __airlock_old_{key}=\"${key}\"; fi; export {key}={}\n", q(v)));
             }
             cell.push_str(code);
             cell.push('\n');
-            let cp = dir.join(format!("cell-{}.sh", k.cells));
-            let rp = dir.join(format!("restore-{}.sh", k.cells));
-            for (p, c) in [(&cp, &cell), (&rp, &restore)] {
-                std::fs::write(p, c).map_err(|source| InterpError::Io { op: "writing", path: p.clone(), source })?;
-                let _ = std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid));
-            }
+            let cp = write_cell(agent, k, "sh", &cell)?;
+            let rp = write_cell(agent, k, "restore.sh", &restore)?;
             Ok(format!("{}|{}\n", cp.display(), rp.display()))
         }
+        // A cell file, then the cell's variables hex-encoded (R has no
+        // JSON or base64 in its base packages).
+        Kind::R | Kind::Java => {
+            let cp = write_cell(agent, k, if kind == Kind::R { "R" } else { "jsh" }, code)?;
+            let mut line = cp.display().to_string();
+            for (key, v) in env {
+                check_env_name(key)?;
+                line.push('\t');
+                line.push_str(key);
+                line.push('=');
+                line.extend(v.bytes().map(|b| format!("{b:02x}")));
+            }
+            line.push('\n');
+            Ok(line)
+        }
     }
+}
+
+fn check_env_name(key: &str) -> Result<(), InterpError> {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(InterpError::InvalidEnvName(key.to_string()));
+    }
+    Ok(())
+}
+
+/// Writes one cell's file where its kernel (running as the default user)
+/// reads it: `/tmp/.airlock-kernel-<pid>/cell-<n>.<ext>`.
+fn write_cell(agent: &Agent, k: &Kernel, ext: &str, text: &str) -> Result<PathBuf, InterpError> {
+    let dir = PathBuf::from(format!("/tmp/.airlock-kernel-{}", k.pid));
+    let user = crate::users::lookup(&agent.config.default_user)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).map_err(|source| InterpError::Io { op: "creating", path: dir.clone(), source })?;
+        let _ = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid));
+    }
+    let p = dir.join(format!("cell-{}.{ext}", k.cells));
+    std::fs::write(&p, text).map_err(|source| InterpError::Io { op: "writing", path: p.clone(), source })?;
+    let _ = std::os::unix::fs::chown(&p, Some(user.uid), Some(user.gid));
+    Ok(p)
+}
+
+/// Whether `program` is on the sandbox's default `PATH`.
+fn on_path(program: &str, path: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.split(':').any(|d| std::fs::metadata(std::path::Path::new(d).join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// The sandbox's memory limit (bytes) and CPU quota (whole cores, rounded
+/// up), as its own read-only `/sys/fs/cgroup` shows them now (a resize
+/// after start counts); None where there is no limit or nothing to read.
+fn own_limits() -> (Option<u64>, Option<u64>) {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let num = |s: Option<String>| s.and_then(|s| s.parse::<u64>().ok());
+    // v1 reports "no limit" as a huge page-rounded number.
+    let memory = num(read("/sys/fs/cgroup/memory.max")).or_else(|| num(read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))).filter(|&m| m > 0 && m < 1 << 60);
+    let cpus = match read("/sys/fs/cgroup/cpu.max") {
+        Some(v2) => {
+            let mut it = v2.split_whitespace();
+            match (it.next().and_then(|q| q.parse::<u64>().ok()), it.next().and_then(|p| p.parse::<u64>().ok())) {
+                (Some(q), Some(p)) if p > 0 => Some(q.div_ceil(p)),
+                _ => None,
+            }
+        }
+        None => match (read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").and_then(|q| q.parse::<i64>().ok()), num(read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+            _ => None,
+        },
+    };
+    (memory, cpus.filter(|&n| n > 0))
+}
+
+/// The Java driver's source file, written once per agent (root-owned,
+/// world-readable: the kernel runs as the default user).
+fn java_driver() -> Result<PathBuf, InterpError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = PathBuf::from(JAVA_DRIVER_DIR);
+    let file = dir.join("AirlockJavaKernel.java");
+    if std::fs::read_to_string(&file).is_ok_and(|t| t == JAVA_DRIVER) {
+        return Ok(file);
+    }
+    let io = |op, path: &PathBuf| {
+        let path = path.clone();
+        move |source| InterpError::Io { op, path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io("setting permissions on", &dir))?;
+    let tmp = dir.join(format!(".driver-{}", std::process::id()));
+    std::fs::write(&tmp, JAVA_DRIVER).map_err(io("writing", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io("setting permissions on", &tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io("writing", &file))?;
+    Ok(file)
 }
 
 async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, InterpError> {
     let user = crate::users::lookup(&agent.config.default_user)?;
     let (ev_r, ev_w) = pipe().map_err(InterpError::Pipe)?;
     let (rq_r, rq_w) = pipe().map_err(InterpError::Pipe)?;
+    // The R and Java drivers open their protocol pipes by path
+    // (/dev/fd/3, /dev/fd/4), which checks the pipe's owner: it must be
+    // the user the kernel runs as, not the agent.
+    for fd in [&ev_w, &rq_r] {
+        std::os::unix::fs::fchown(fd, Some(user.uid), Some(user.gid)).map_err(InterpError::Pipe)?;
+    }
     let mut cmd = match ctx.kind {
         Kind::Python => {
             let mut c = std::process::Command::new("python3");
@@ -585,8 +685,47 @@ async fn start_kernel(agent: &Arc<Agent>, ctx: &Context) -> Result<Kernel, Inter
             c.args(["--noprofile", "--norc", "-c", SH_DRIVER]);
             c
         }
+        Kind::R => {
+            let mut c = std::process::Command::new("Rscript");
+            c.args(["--no-save", "--no-restore", "-e", R_DRIVER]);
+            c
+        }
+        Kind::Java => {
+            let mut c = std::process::Command::new("java");
+            // The driver gives each cell its own variables through
+            // System.getenv's map, which needs java.util opened to it.
+            c.args(["--add-opens", "java.base/java.util=ALL-UNNAMED", "-XX:+UseSerialGC", "-Xss8m"]);
+            // C1 only: JShell's compiler is the kernel's main load, and C2
+            // would spend memory and CPU the cell needs.
+            c.arg("-XX:TieredStopAtLevel=1");
+            // The JVM finds the sandbox's limits itself on cgroup v2, but on
+            // v1 it needs a cpuset hierarchy the sandbox does not see, and
+            // would size its heap by the host's memory (6 GiB in a 512 MiB
+            // sandbox, thrashing at the limit instead of collecting). Given
+            // on both: the same numbers it would find on v2.
+            let (memory, cpus) = own_limits();
+            if let Some(m) = memory {
+                c.arg(format!("-XX:MaxRAM={m}"));
+            }
+            if let Some(n) = cpus {
+                c.arg(format!("-XX:ActiveProcessorCount={n}"));
+            }
+            c.arg(java_driver()?);
+            c
+        }
     };
     let mut env = crate::process::command_env(agent, &user, &BTreeMap::new(), false);
+    let need = match ctx.kind {
+        Kind::R => Some(("Rscript", "Debian: apt install r-base-core")),
+        // The source launcher and JShell come with a JDK, not a JRE.
+        Kind::Java => Some(("jshell", "Debian: apt install default-jdk-headless")),
+        _ => None,
+    };
+    if let Some((program, hint)) = need {
+        if !on_path(program, env.get("PATH").map(String::as_str).unwrap_or("/usr/local/bin:/usr/bin:/bin")) {
+            return Err(InterpError::Missing { kind: ctx.kind, program, hint });
+        }
+    }
     env.insert("MPLBACKEND".into(), "module://matplotlib_inline.backend_inline".into());
     let cwd = if std::path::Path::new(&ctx.info.cwd).is_dir() { ctx.info.cwd.clone() } else { user.home.display().to_string() };
     cmd.env_clear().envs(env).current_dir(&cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -651,6 +790,8 @@ mod tests {
         assert_eq!(normalise(Some(" JS ")).expect("js").0, Kind::JavaScript);
         assert_eq!(normalise(Some("ts")).expect("ts").1, "typescript");
         assert_eq!(normalise(Some("bash")).expect("bash").0, Kind::Bash);
+        assert_eq!(normalise(Some("R")).expect("r"), (Kind::R, "r".to_string()));
+        assert_eq!(normalise(Some("java")).expect("java").0, Kind::Java);
         assert!(normalise(Some("cobol")).is_err());
     }
 
@@ -668,7 +809,7 @@ mod tests {
         let e = InterpError::User(UserError::Read { path: "/etc/passwd", source: os() });
         assert_eq!(e.message(), "reading /etc/passwd");
         let e = normalise(Some("cobol")).expect_err("cobol");
-        assert_eq!(e.message(), "language 'cobol' is not supported (python, javascript, typescript, bash)");
+        assert_eq!(e.message(), "language 'cobol' is not supported (python, javascript, typescript, bash, r, java)");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e = InterpError::ContextNotFound("abc".into());
         assert_eq!((e.status(), e.message().as_str()), (StatusCode::NOT_FOUND, "Context abc not found"));

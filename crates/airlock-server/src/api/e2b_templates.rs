@@ -94,3 +94,96 @@ pub(super) async fn build_logs(State(s): State<AppState>, p: Result<Pair, axum::
 pub(super) async fn template_alias(State(s): State<AppState>, Param(alias): Param) -> ApiResult {
     Ok(h::json(200, &s.svc.template_alias(&alias).await?))
 }
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AssignTags {
+    /// `name:tag` (or `name`, its default build).
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RemoveTags {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TemplatePatch {
+    #[serde(default)]
+    public: Option<bool>,
+}
+
+/// Points tags at the build another tag names (the SDK's `Template.assign_tags`).
+#[utoipa::path(post, path = "/templates/tags", tag = "templates",
+    responses((status = 201, description = "E2B AssignedTemplateTags: tags and buildID"), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+pub(super) async fn assign_tags(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
+    let b: AssignTags = read_json(body, MAX_BODY).await?;
+    if b.target.trim().is_empty() {
+        return Err(ApiError::BadRequest("target (name:tag) is required".into()));
+    }
+    Ok(h::json(201, &s.svc.assign_template_tags(&b.target, b.tags).await?))
+}
+
+/// Removes tags from a template (`default` stays: delete the template instead).
+#[utoipa::path(delete, path = "/templates/tags", tag = "templates",
+    responses((status = 204), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+pub(super) async fn remove_tags(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
+    let b: RemoveTags = read_json(body, MAX_BODY).await?;
+    if b.name.trim().is_empty() {
+        return Err(ApiError::BadRequest("name is required".into()));
+    }
+    s.svc.remove_template_tags(&b.name, b.tags).await?;
+    Ok(h::empty(204))
+}
+
+/// A template's tags, each with its build.
+#[utoipa::path(get, path = "/templates/{name}/tags", tag = "templates", params(("name" = String, Path)),
+    responses((status = 200, description = "E2B TemplateTag list: tag, buildID, createdAt"), (status = 404, body = wire::ApiError)))]
+pub(super) async fn template_tags(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    Ok(h::json(200, &s.svc.template_tags(&name).await?))
+}
+
+/// Templates in E2B's `Template` shape, by name; `limit` and `nextToken`
+/// page (the next token is in `X-Next-Token`).
+#[utoipa::path(get, path = "/v2/templates", tag = "templates", params(("limit" = Option<usize>, Query), ("nextToken" = Option<String>, Query)),
+    responses((status = 200, description = "E2B Template list")))]
+pub(super) async fn list_templates_v2(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let limit = match get("limit") {
+        None => 100,
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::BadRequest(format!("invalid limit {l:?}: 1-1000")))?,
+    };
+    let (page, next) = s.svc.e2b_templates(limit, get("nextToken").as_deref()).await?;
+    let mut r = h::json(200, &page);
+    if let Some(n) = next.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert("x-next-token", n);
+    }
+    Ok(r)
+}
+
+/// E2B's template update: `public`.
+#[utoipa::path(patch, path = "/templates/{name}", tag = "templates", params(("name" = String, Path)),
+    responses((status = 200), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+pub(super) async fn patch_template(State(s): State<AppState>, Param(name): Param, body: axum::body::Body) -> ApiResult {
+    let b: TemplatePatch = read_json(body, MAX_BODY).await?;
+    s.svc.update_template(&name, b.public).await?;
+    Ok(h::empty(200))
+}
+
+/// The same, answering E2B's `TemplateUpdateResponse` (the names).
+#[utoipa::path(patch, path = "/v2/templates/{name}", tag = "templates", params(("name" = String, Path)),
+    responses((status = 200, description = "E2B TemplateUpdateResponse"), (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError)))]
+pub(super) async fn patch_template_v2(State(s): State<AppState>, Param(name): Param, body: axum::body::Body) -> ApiResult {
+    let b: TemplatePatch = read_json(body, MAX_BODY).await?;
+    let names = s.svc.update_template(&name, b.public).await?;
+    Ok(h::json(200, &serde_json::json!({ "names": names })))
+}

@@ -175,6 +175,33 @@ impl Service {
         })
     }
 
+    /// A place among the creates running at once, after waiting in line
+    /// for at most `CREATE_QUEUE_WAIT` behind at most
+    /// `CREATE_QUEUE_PER_SLOT` × the limit others.
+    async fn create_admission(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        if let Ok(p) = self.create_gate.try_acquire() {
+            return Ok(p);
+        }
+        let limit = self.cfg.max_concurrent_creates.max(1);
+        let places = limit.saturating_mul(CREATE_QUEUE_PER_SLOT);
+        struct InLine<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        // Counted out again however this ends (a client gone mid-wait included).
+        let _in_line = InLine(&self.create_queued);
+        if self.create_queued.fetch_add(1, Ordering::SeqCst) >= places {
+            return Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once ({limit} running, {places} waiting)")));
+        }
+        match tokio::time::timeout(CREATE_QUEUE_WAIT, self.create_gate.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::Internal("the create gate is closed".into())),
+            Err(_) => Err(ApiError::TooManyRequests(format!("too many sandboxes being created at once: waited {} s for one of {limit} places", CREATE_QUEUE_WAIT.as_secs()))),
+        }
+    }
+
     pub(super) fn check_memory(&self, memory_mb: u64) -> Result<(), ApiError> {
         if memory_mb < 64 || memory_mb > self.cfg.max_memory_mb {
             return Err(ApiError::BadRequest(format!("memoryMB must be between 64 and {}, got {memory_mb}", self.cfg.max_memory_mb)));
@@ -188,6 +215,9 @@ impl Service {
     pub(super) async fn launch(&self, plan: Plan) -> Result<SandboxRow, ApiError> {
         self.disk.check("a new sandbox")?;
         let t0 = Instant::now();
+        // A burst queues, fairly, instead of thrashing the host or being
+        // refused: only past the queue's places, or its wait, is it a 429.
+        let _permit = self.create_admission().await?;
         let id = crate::ids::sandbox_id()?;
         let token = if plan.secure { Some(crate::ids::access_token()?) } else { None };
         let now = now_ms();
@@ -520,6 +550,11 @@ pub(super) const NO_EGRESS_HINT: &str = "it needs nftables (`apt install nftable
 
 /// What a host without a firewall needs, for messages.
 pub const NO_FIREWALL_HINT: &str = "the host has no firewall tool (install iptables, e.g. `apt install iptables`, and restart `airlock serve`)";
+
+/// Creates waiting for a place, per place (`--max-concurrent-creates`).
+const CREATE_QUEUE_PER_SLOT: usize = 16;
+/// The longest a create waits in line before it is refused.
+const CREATE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A template reference without E2B's tag: snapshots are named
 /// `<id>:default` (the only tag there is here).

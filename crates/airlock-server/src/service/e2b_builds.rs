@@ -34,6 +34,8 @@ pub struct LogEntry {
 #[derive(Debug, Clone)]
 pub struct Build {
     template: String,
+    /// What the finished build is tagged (none: `default`).
+    tags: Vec<String>,
     status: &'static str,
     log: Vec<LogEntry>,
     reason: Option<(String, Option<String>)>,
@@ -207,11 +209,16 @@ impl Service {
         if !airlock_template::Store::valid_name(base) || base == "base" {
             return Err(ApiError::BadRequest(format!("invalid template name {base:?}: lowercase letters, digits, '-' and '_'; not 'base'")));
         }
-        let id = crate::ids::access_token()?[..24].to_string();
-        let build = Build { template: base.to_string(), status: "waiting", log: vec![log("info", format!("build {id} of {base} requested"), None)], reason: None };
-        self.e2b_builds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), build);
         let mut tags = tags;
         tags.extend(tag);
+        tags.dedup();
+        if let Some(bad) = tags.iter().find(|t| !airlock_template::tags::valid_tag(t)) {
+            return Err(ApiError::BadRequest(format!("invalid tag {bad:?}: letters, digits, '.', '_' and '-', at most 128")));
+        }
+        let id = crate::ids::uuid()?;
+        let build =
+            Build { template: base.to_string(), tags: tags.clone(), status: "waiting", log: vec![log("info", format!("build {id} of {base} requested"), None)], reason: None };
+        self.e2b_builds.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), build);
         Ok(serde_json::json!({"templateID": base, "buildID": id, "public": false, "names": [base], "tags": tags, "aliases": [base]}))
     }
 
@@ -333,11 +340,16 @@ impl Service {
                 step
             })
         };
-        let r = self.builder.build_instrs(template, instrs, Some(ctx.path()), &tx, Instant::now()).await;
+        let r = self.builder.build_instrs(template, instrs, Some(ctx.path()), &tx, Instant::now(), false).await;
         drop(tx);
         let step = logger.await.ok().flatten();
         drop(ctx);
-        r.map(|_| ()).map_err(|e| (e.to_string(), step.map(|s| s.to_string())))
+        let t = r.map_err(|e| (e.to_string(), step.map(|s| s.to_string())))?;
+        // The build is kept under its id and named by its tags; the name
+        // alone moves only with `default`.
+        let tags = self.e2b_builds.lock().unwrap_or_else(|p| p.into_inner()).get(build_id).map(|b| b.tags.clone()).unwrap_or_default();
+        let (store, id) = (self.builder.store.clone(), build_id.to_string());
+        self.blocking(move || store.record_build(&t, &id, &tags, now_ms())).await.map_err(|e| (e.to_string(), None))?.map_err(|e| (format!("recording the build: {e}"), None))
     }
 
     fn finish_e2b_build(&self, build_id: &str, r: Result<(), (String, Option<String>)>) {

@@ -198,6 +198,11 @@ pub struct Service {
     store: Arc<Store>,
     backend: Arc<dyn Backend>,
     pub builder: crate::builder::Builder,
+    /// Creates run at most `max_concurrent_creates` at once; the rest wait
+    /// here in arrival order (tokio's semaphore is fair), a bounded number
+    /// of them (`create_queued`), instead of being refused.
+    create_gate: tokio::sync::Semaphore,
+    create_queued: std::sync::atomic::AtomicUsize,
     /// One build at a time per template name.
     build_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -246,7 +251,10 @@ impl Service {
         let disk = disk::DiskGuard::new(&cfg.data_dir);
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let secrets = Arc::new(crate::secrets::Secrets::new(store.clone(), &cfg.data_dir));
+        let create_gate = tokio::sync::Semaphore::new(cfg.max_concurrent_creates.max(1));
         Arc::new(Self {
+            create_gate,
+            create_queued: std::sync::atomic::AtomicUsize::new(0),
             cfg,
             store,
             backend,

@@ -122,6 +122,7 @@ impl Service {
             aliases: Vec::new(),
             created_at: now_ms(),
             size_bytes: source.as_ref().map_or(0, |t| t.size_bytes) + snap.bytes,
+            public: false,
             snapshot: Some(airlock_template::SnapshotOrigin { sandbox_id: row.id.clone(), template: row.template.clone(), named: name.is_some(), layer_bytes: snap.bytes }),
         };
         let store = self.builder.store.clone();

@@ -29,6 +29,17 @@ impl Service {
         if recipe.trim().is_empty() {
             return Err(ApiError::BadRequest("recipe is required".into()));
         }
+        // A shipped recipe named by FROM is built first, on first use, as
+        // a create would (E2B's builds do the same).
+        if let Ok(instrs) = airlock_template::recipe::parse(recipe, args) {
+            for i in &instrs {
+                if let airlock_template::recipe::Instr::From(parent) = i {
+                    if airlock_template::recipe::builtin(parent).is_some() {
+                        self.ensure_template(parent).await?;
+                    }
+                }
+            }
+        }
         let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         let _g = lock.lock().await;
         self.builder.build(name, recipe, args, context, events).await.map(|_| ()).map_err(|e| match e {
@@ -60,8 +71,17 @@ impl Service {
     pub async fn delete_template(&self, name: &str, force: bool) -> Result<(), ApiError> {
         let t = self.template(name).await?;
         let store = self.store.clone();
-        let users: Vec<String> =
-            self.blocking(move || store.sandboxes()).await??.into_iter().filter(|r| r.template == t.name || t.aliases.contains(&r.template)).map(|r| r.id).collect();
+        let users: Vec<String> = self
+            .blocking(move || store.sandboxes())
+            .await??
+            .into_iter()
+            .filter(|r| {
+                // `name:tag` is a build of the template too.
+                let (n, _) = airlock_template::tags::split_ref(&r.template);
+                n == t.name || t.aliases.iter().any(|a| a == n)
+            })
+            .map(|r| r.id)
+            .collect();
         if !users.is_empty() && !force {
             return Err(ApiError::Conflict(format!("template '{name}' is used by {} sandbox(es): {}; kill them or delete with force=true", users.len(), users.join(", "))));
         }
@@ -108,28 +128,115 @@ impl Service {
         let mut out = Vec::new();
         for name in std::iter::once("base").chain(airlock_template::recipe::BUILTIN) {
             let t = self.find_template(name).await?;
-            let at = t.as_ref().map(|t| rfc3339_ms(t.created_at)).unwrap_or_else(|| rfc3339_ms(0));
-            out.push(serde_json::json!({
-                "templateID": name,
-                "buildID": t.as_ref().map(|t| t.digest.clone()).unwrap_or_default(),
-                "cpuCount": self.cfg.default_cpus.ceil().max(1.0) as u32,
-                "memoryMB": self.cfg.default_memory_mb,
-                "diskSizeMB": self.cfg.default_disk_mb,
-                "public": true,
-                "aliases": t.as_ref().map(|t| t.aliases.clone()).unwrap_or_default(),
-                "names": [name],
-                "createdAt": at,
-                "updatedAt": at,
-                "createdBy": null,
-                "lastSpawnedAt": null,
-                "spawnCount": 0,
-                "buildCount": u32::from(t.is_some()),
-                "envdVersion": ENVD_VERSION,
-                "buildStatus": if t.is_some() { "ready" } else { "waiting" },
-                "isDefault": true,
-                "description": if name == "base" { "the host's userland, read-only, with a private writable layer" } else { "a shipped recipe, built on first use" },
-            }));
+            let mut v = self.e2b_template(name, t.as_ref(), None);
+            v["public"] = serde_json::json!(true);
+            v["isDefault"] = serde_json::json!(true);
+            v["description"] =
+                serde_json::json!(if name == "base" { "the host's userland, read-only, with a private writable layer" } else { "a shipped recipe, built on first use" });
+            out.push(v);
         }
         Ok(out)
+    }
+
+    /// A template in E2B's `Template` shape; `None` (a shipped recipe not
+    /// built yet) is `waiting`. The build id is its default tag's.
+    fn e2b_template(&self, name: &str, t: Option<&airlock_template::Template>, build: Option<String>) -> serde_json::Value {
+        let at = t.map(|t| rfc3339_ms(t.created_at)).unwrap_or_else(|| rfc3339_ms(0));
+        serde_json::json!({
+            "templateID": name,
+            "buildID": build.unwrap_or_else(|| t.map(|t| t.digest.clone()).unwrap_or_default()),
+            "cpuCount": self.cfg.default_cpus.ceil().max(1.0) as u32,
+            "memoryMB": self.cfg.default_memory_mb,
+            "diskSizeMB": self.cfg.default_disk_mb,
+            "public": t.is_some_and(|t| t.public),
+            "aliases": t.map(|t| t.aliases.clone()).unwrap_or_default(),
+            "names": [name],
+            "createdAt": at,
+            "updatedAt": at,
+            "createdBy": null,
+            "lastSpawnedAt": null,
+            "spawnCount": 0,
+            "buildCount": u32::from(t.is_some()),
+            "envdVersion": ENVD_VERSION,
+            "buildStatus": if t.is_some() { "ready" } else { "waiting" },
+            "isDefault": false,
+        })
+    }
+
+    /// `GET /v2/templates`: every template (snapshots are `GET /snapshots`)
+    /// by name, `limit` at a time after `after`; the next page's token.
+    pub async fn e2b_templates(&self, limit: usize, after: Option<&str>) -> Result<(Vec<serde_json::Value>, Option<String>), ApiError> {
+        let store = self.builder.store.clone();
+        let after = after.map(str::to_string);
+        // One pass off the async workers: the page and its default builds.
+        let (page, next) = self
+            .blocking(move || -> Result<_, airlock_template::TemplateError> {
+                let mut list: Vec<_> = store.list()?.into_iter().filter(|t| t.snapshot.is_none() && after.as_deref().is_none_or(|a| t.name.as_str() > a)).collect();
+                let next = (list.len() > limit).then(|| list[limit - 1].name.clone());
+                list.truncate(limit);
+                let page: Vec<_> = list
+                    .into_iter()
+                    .map(|t| {
+                        let build = store.tags(&t.name).ok().and_then(|tags| tags.into_iter().find(|x| x.tag == airlock_template::tags::DEFAULT_TAG)).map(|x| x.build_id);
+                        (t, build)
+                    })
+                    .collect();
+                Ok((page, next))
+            })
+            .await?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let out = page.into_iter().map(|(t, build)| self.e2b_template(&t.name, Some(&t), build)).collect();
+        Ok((out, next))
+    }
+
+    /// A template's tags in E2B's `TemplateTag` shape.
+    pub async fn template_tags(&self, name: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+        let store = self.builder.store.clone();
+        let n = name.to_string();
+        let tags = self.blocking(move || store.tags(&n)).await?.map_err(tag_error)?;
+        Ok(tags.into_iter().map(|t| serde_json::json!({"tag": t.tag, "buildID": t.build_id, "createdAt": rfc3339_ms(t.created_at)})).collect())
+    }
+
+    pub async fn assign_template_tags(&self, target: &str, tags: Vec<String>) -> Result<serde_json::Value, ApiError> {
+        let store = self.builder.store.clone();
+        let (t, tg) = (target.trim().to_string(), tags.clone());
+        let build = self.blocking(move || store.assign_tags(&t, &tg, now_ms())).await?.map_err(tag_error)?;
+        Ok(serde_json::json!({"tags": tags, "buildID": build}))
+    }
+
+    pub async fn remove_template_tags(&self, name: &str, tags: Vec<String>) -> Result<(), ApiError> {
+        if tags.is_empty() {
+            return Err(ApiError::BadRequest("no tags to remove".into()));
+        }
+        let store = self.builder.store.clone();
+        let n = name.trim().to_string();
+        self.blocking(move || store.remove_tags(&n, &tags)).await?.map_err(tag_error)?;
+        self.collect_layers(false).await.map(|_| ())
+    }
+
+    /// E2B's template update (`public`); returns the template's names.
+    pub async fn update_template(&self, name: &str, public: Option<bool>) -> Result<Vec<String>, ApiError> {
+        let store = self.builder.store.clone();
+        let n = super::create::template_name(name).to_string();
+        self.blocking(move || -> Result<Vec<String>, ApiError> {
+            let mut t = store.get(&n).ok().filter(|t| t.snapshot.is_none()).ok_or_else(|| ApiError::NotFound(format!("template '{n}' not found")))?;
+            if t.name == "base" && public.is_some() {
+                return Err(ApiError::BadRequest("the base template cannot be changed".into()));
+            }
+            if let Some(p) = public {
+                t.public = p;
+                store.save(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+            Ok(std::iter::once(t.name.clone()).chain(t.aliases.iter().cloned()).collect())
+        })
+        .await?
+    }
+}
+
+fn tag_error(e: airlock_template::TemplateError) -> ApiError {
+    match e {
+        airlock_template::TemplateError::NotFound(t) => ApiError::NotFound(format!("template '{t}' not found")),
+        airlock_template::TemplateError::Invalid(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(other.to_string()),
     }
 }

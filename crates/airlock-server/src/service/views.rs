@@ -23,7 +23,7 @@ impl Service {
             death: (row.state == State::Dead).then(|| row.death.clone()),
             alerts: (!row.alerts.is_empty()).then_some(row.alerts),
             lifecycle: api::Lifecycle { auto_resume: row.auto_resume, on_timeout: if row.auto_pause { "pause".into() } else { "kill".into() } },
-            domain: None,
+            domain: self.cfg.domain.clone(),
             network: None,
         }
     }
@@ -37,7 +37,7 @@ impl Service {
             alias: Some(row.template.clone()),
             envd_access_token: row.access_token.clone(),
             traffic_access_token: row.access_token.as_deref().map(airlock_proto::envd::traffic_token),
-            domain: None,
+            domain: self.cfg.domain.clone(),
         }
     }
 
