@@ -122,6 +122,12 @@ struct Args {
     /// and descriptors over time are reported.
     #[arg(long, default_value_t = 0)]
     soak: u64,
+    /// Server mode: instead of the measurements, the scale scenarios: the
+    /// bwrap floor, a growth curve of create latency up to this many live
+    /// idle sandboxes (their host memory and the server's), commands.run and
+    /// kill latency with them alive, then concurrency sweeps of 1/10/50/100.
+    #[arg(long, default_value_t = 0)]
+    scale: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -1362,6 +1368,8 @@ fn run_server_mode(args: &Args) -> Result<Value> {
         .log_file(&log)
         .api_key(key)
         .args(&["--log-format", "json"])
+        // The growth curve may go past the default limit of 1,000.
+        .args(&["--max-sandboxes", &(args.scale + 200).max(1000).to_string()])
         // The runtime logs its own create time at debug level.
         .env("RUST_LOG", "info,airlock_runtime::namespace=debug")
         .own_process_group()
@@ -1411,6 +1419,8 @@ fn serve_and_measure(args: &Args, server: airlock_testkit::Server, startup: Dura
         let work = async {
             if args.soak > 0 {
                 soak(args, &srv).await
+            } else if args.scale > 0 {
+                scale(args, &srv).await
             } else {
                 measure_server(args, &srv, startup).await
             }
@@ -1549,6 +1559,167 @@ async fn soak(args: &Args, srv: &Srv) -> Result<Value> {
         "memory_flat": flat,
         "host": {"kernel": kernel(), "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "loadavg_after": loadavg()},
     }))
+}
+
+/// `--server --scale N`: what users feel at scale (see `Args::scale`).
+async fn scale(args: &Args, srv: &Srv) -> Result<Value> {
+    let n = args.scale;
+    let load_before = loadavg();
+    let mut notes = Vec::new();
+    // The floor, in the same run: a bare bwrap (and unshare) spawn.
+    let floor = measure_floor(args, &agent_binary(args)?, &mut notes);
+    srv.pool.prewarm(8, &srv.host).await?;
+    // Growth curve: sequential creates, all kept alive and idle.
+    let mem_before = meminfo("MemAvailable").unwrap_or(0);
+    let (rss_before, _) = server_footprint(srv.server_pid);
+    let mut lat = Vec::with_capacity(n);
+    let mut made = Vec::with_capacity(n);
+    srv.note_load(&format!("growth: {n} sequential creates, kept alive"));
+    for i in 0..n {
+        check_interrupted()?;
+        let (s, d) = srv.create("base", false, REQUEST_TIMEOUT).await.with_context(|| format!("create #{} (with {i} live)", i + 1))?;
+        lat.push(d);
+        made.push(s);
+        if (i + 1) % 250 == 0 {
+            progress(&format!("  {} live; last 100 p50 {:.1} ms", i + 1, f64_at(&stats(&lat[lat.len().saturating_sub(100)..]), "/p50_ms")));
+        }
+    }
+    let buckets: Vec<Value> = lat.chunks(100).enumerate().map(|(i, c)| json!({"live_from": i * 100, "live_to": i * 100 + c.len(), "create": stats(c)})).collect();
+    let edge = 50.min(n);
+    // Idle density: what the live sandboxes hold once settled.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mem_after = meminfo("MemAvailable").unwrap_or(0);
+    let (rss_after, fds_after) = server_footprint(srv.server_pid);
+    let host_kib = mem_before.saturating_sub(mem_after) as f64 / n.max(1) as f64;
+    // With them alive: commands.run("true") on one, and a create more.
+    let mut cmd = Vec::new();
+    for _ in 0..100 {
+        cmd.push(srv.start(&made[0], &start_envelope("/bin/true", &[])).await?);
+    }
+    // Kill latency as the caller sees it, one at a time, all of them.
+    srv.note_load(&format!("kill: {n} sequential DELETEs"));
+    let t_kill = Instant::now();
+    let mut kills = Vec::with_capacity(n);
+    for s in &made {
+        check_interrupted()?;
+        kills.push(srv.kill(&s.id).await?);
+    }
+    let kill_wall = t_kill.elapsed();
+    // Concurrency sweeps, from nothing live.
+    let mut sweeps = Vec::new();
+    for c in [1usize, 10, 50, 100] {
+        check_interrupted()?;
+        srv.note_load(&format!("sweep: {c} creates at once"));
+        srv.pool.prewarm(c, &srv.host).await?;
+        let t = Instant::now();
+        let rs = futures_util::future::join_all((0..c).map(|_| srv.create("base", false, REQUEST_TIMEOUT))).await;
+        let wall = t.elapsed();
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for r in rs {
+            match r {
+                Ok(x) => ok.push(x),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        let bin_true = start_envelope("/bin/true", &[]);
+        let usable = futures_util::future::join_all(ok.iter().map(|(s, _)| srv.start(s, &bin_true))).await.iter().filter(|r| r.is_ok()).count();
+        let t = Instant::now();
+        let ks = futures_util::future::join_all(ok.iter().map(|(s, _)| srv.kill(&s.id))).await;
+        let kill_wall = t.elapsed();
+        let creates: Vec<Duration> = ok.iter().map(|(_, d)| *d).collect();
+        let kill_lat: Vec<Duration> = ks.into_iter().filter_map(|r| r.ok()).collect();
+        sweeps.push(json!({
+            "concurrency": c, "wall_ms": round(ms(wall), 1), "create": stats(&creates), "errors": errors.len(), "first_errors": errors.iter().take(3).collect::<Vec<_>>(),
+            "usable": usable, "kill": stats(&kill_lat), "kill_wall_ms": round(ms(kill_wall), 1),
+        }));
+    }
+    Ok(json!({
+        "mode": "scale",
+        "host": host_info(&load_before),
+        "live": n,
+        "floor": floor,
+        "growth": {
+            "buckets": buckets,
+            "first": stats(&lat[..edge]),
+            "last": stats(&lat[n - edge..]),
+            "all": stats(&lat),
+        },
+        "idle": {
+            "host_kib_per_sandbox": round(host_kib, 1),
+            "server_rss_kib_before": rss_before,
+            "server_rss_kib_with_all": rss_after,
+            "server_fds_with_all": fds_after,
+        },
+        "commands_run_true_with_all_live": stats(&cmd),
+        "kill": {"sequential": stats(&kills), "wall_ms": round(ms(kill_wall), 1)},
+        "sweeps": sweeps,
+        "loads": srv.loads.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+        "notes": notes,
+    }))
+}
+
+fn f64_at(v: &Value, ptr: &str) -> f64 {
+    v.pointer(ptr).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn print_host(r: &Value) {
+    println!(
+        "  host: kernel {}, {} cpus, cgroup {}, load {} -> {}",
+        f(r, "/host/kernel"),
+        f(r, "/host/cpus"),
+        f(r, "/host/cgroup"),
+        f(r, "/host/loadavg_before"),
+        f(r, "/host/loadavg_after")
+    );
+}
+
+fn print_floor(r: &Value, title: &str) {
+    println!("{title}");
+    println!("{}", header());
+    for (name, s) in r["floor"].as_object().into_iter().flatten() {
+        println!("{}", stats_row(name, s));
+    }
+}
+
+fn print_scale(r: &Value) {
+    println!("airlock-bench --server --scale {} (through `airlock serve`, HTTP/1.1 keep-alive)", f(r, "/live"));
+    print_host(r);
+    println!();
+    print_floor(r, "Floor (bare namespaced process spawn), same run");
+    println!();
+    println!("Growth: sequential creates (POST /v2/sandboxes to 201), all kept alive");
+    println!("{}", header());
+    println!("{}", stats_row("first 50", &r["growth"]["first"]));
+    println!("{}", stats_row("last 50", &r["growth"]["last"]));
+    println!("{}", stats_row("all", &r["growth"]["all"]));
+    for b in r["growth"]["buckets"].as_array().into_iter().flatten() {
+        println!("{}", stats_row(&format!("  live {}-{}", f(b, "/live_from"), f(b, "/live_to")), &b["create"]));
+    }
+    println!();
+    println!(
+        "Idle: {} KiB of host memory per sandbox; server RSS {} KiB before, {} KiB with all live ({} descriptors)",
+        f(r, "/idle/host_kib_per_sandbox"),
+        f(r, "/idle/server_rss_kib_before"),
+        f(r, "/idle/server_rss_kib_with_all"),
+        f(r, "/idle/server_fds_with_all")
+    );
+    println!("{}", header());
+    println!("{}", stats_row("commands.run /bin/true, all live", &r["commands_run_true_with_all_live"]));
+    println!("{}", stats_row("DELETE, one at a time", &r["kill"]["sequential"]));
+    println!();
+    println!("Concurrency sweeps (from none live): wall until the last 201, per-request latency, all usable?");
+    println!("{}", header());
+    for s in r["sweeps"].as_array().into_iter().flatten() {
+        println!(
+            "{}",
+            stats_row(&format!("{} at once (wall {} ms, {} errors, {} usable)", f(s, "/concurrency"), f(s, "/wall_ms"), f(s, "/errors"), f(s, "/usable")), &s["create"])
+        );
+        println!("{}", stats_row(&format!("  their DELETEs at once (wall {} ms)", f(s, "/kill_wall_ms")), &s["kill"]));
+    }
+    for n in r["notes"].as_array().into_iter().flatten() {
+        println!("  note: {}", n.as_str().unwrap_or_default());
+    }
 }
 
 fn print_soak(r: &Value) {
@@ -2384,14 +2555,7 @@ fn print_cpu(c: &Value) {
 
 fn print_server_tables(r: &Value) {
     println!("airlock-bench --server (through `airlock serve`, HTTP/1.1 keep-alive, as the SDKs)");
-    println!(
-        "  host: kernel {}, {} cpus, cgroup {}, load {} -> {}",
-        f(r, "/host/kernel"),
-        f(r, "/host/cpus"),
-        f(r, "/host/cgroup"),
-        f(r, "/host/loadavg_before"),
-        f(r, "/host/loadavg_after")
-    );
+    print_host(r);
     println!("  server start to GET /health 200: {} ms; {} client connections opened in all", f(r, "/server/startup_to_health_ms"), f(r, "/server/connections_opened"));
     println!();
     println!("HTTP floor");
@@ -2670,7 +2834,9 @@ fn header() -> String {
 }
 
 fn print_report(r: &Value) {
-    if r["mode"] == "soak" {
+    if r["mode"] == "scale" {
+        print_scale(r);
+    } else if r["mode"] == "soak" {
         print_soak(r);
     } else if r["mode"] == "server" {
         print_server_tables(r);
@@ -2681,20 +2847,9 @@ fn print_report(r: &Value) {
 
 fn print_tables(r: &Value) {
     println!("airlock-bench");
-    println!(
-        "  host: kernel {}, {} cpus, cgroup {}, load {} -> {}",
-        f(r, "/host/kernel"),
-        f(r, "/host/cpus"),
-        f(r, "/host/cgroup"),
-        f(r, "/host/loadavg_before"),
-        f(r, "/host/loadavg_after")
-    );
+    print_host(r);
     println!();
-    println!("Floor (bare namespaced process spawn)");
-    println!("{}", header());
-    for (name, s) in r["floor"].as_object().into_iter().flatten() {
-        println!("{}", stats_row(name, s));
-    }
+    print_floor(r, "Floor (bare namespaced process spawn)");
     if let Some(c) = r["components"].as_object().filter(|m| !m.is_empty()) {
         println!();
         println!("Components of a creation, timed alone");

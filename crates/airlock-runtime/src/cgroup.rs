@@ -59,6 +59,11 @@ pub enum Flavor {
     V1 { root: PathBuf },
 }
 
+/// A sandbox's group, relative to each hierarchy's root.
+pub fn group_of(id: &str) -> String {
+    format!("{BASE}/{id}")
+}
+
 /// The controllers Airlock uses on v1, and the mount each lives under.
 const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "freezer"];
 

@@ -146,6 +146,7 @@ pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
     // close-on-exec) must never reach the sandbox: PID 1 is forked from this
     // process and would inherit them, and a directory fd is a way out of any
     // root (the CVE-2024-21626 pattern). Close everything but stdio first.
+    let base = crate::mntns::take_inherited();
     close_inherited_fds();
     let cfg: LaunchConfig = match state::read_json(config_path) {
         Ok(c) => c,
@@ -155,7 +156,7 @@ pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
         }
     };
     let dir = cfg.dir.clone();
-    match launcher(&cfg, agent) {
+    match launcher(&cfg, base, agent) {
         Ok(()) => 0,
         Err(s) => {
             let _ = state::write_json(&dir.join(state::BOOT_ERROR_FILE), &s.to_boot());
@@ -166,13 +167,16 @@ pub fn launch(config_path: &Path, agent: AgentMain) -> i32 {
 }
 
 fn close_inherited_fds() {
+    // Fd 3 is the base mount namespace, checked by `mntns::take_inherited`
+    // (or already closed by it).
+    let first = crate::mntns::BASE_FD + 1;
     // SAFETY: close_range on fd numbers only; nothing in this process holds
-    // descriptors above 2 yet.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // descriptors above 3 yet.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
     if rc != 0 {
         // Kernels before 5.9: close what /proc says is open.
         if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
-            let fds: Vec<i32> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).filter(|fd| *fd > 2).collect();
+            let fds: Vec<i32> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).filter(|fd| *fd >= first).collect();
             for fd in fds {
                 // SAFETY: closing descriptors this process does not use.
                 unsafe { libc::close(fd) };
@@ -181,7 +185,7 @@ fn close_inherited_fds() {
     }
 }
 
-fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
+fn launcher(cfg: &LaunchConfig, base: Option<OwnedFd>, agent: AgentMain) -> Result<(), Stage> {
     let cgroups = Cgroups::detect().map_err(staged("cgroup"))?;
     let cg = cgroups.open(&cfg.id);
 
@@ -203,7 +207,7 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
     if pid == 0 {
         drop(c2p_r);
         drop(p2c_w);
-        let code = match child(cfg, &userns, &c2p_w, &p2c_r) {
+        let code = match child(cfg, &userns, base, &c2p_w, &p2c_r) {
             Ok((listener, log)) => {
                 drop(userns);
                 send(&c2p_w, MSG_READY, b"");
@@ -223,6 +227,7 @@ fn launcher(cfg: &LaunchConfig, agent: AgentMain) -> Result<(), Stage> {
     drop(c2p_w);
     drop(p2c_r);
     drop(userns);
+    drop(base);
     let pid = pid as u32;
     let kill_child = || {
         // SAFETY: killing the child we forked.
@@ -354,7 +359,28 @@ fn make_userns(base: u32) -> Result<OwnedFd, Stage> {
 }
 
 /// Everything PID 1 does before it becomes the agent.
-fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<(UnixListener, std::fs::File), Stage> {
+fn child(cfg: &LaunchConfig, userns: &OwnedFd, base: Option<OwnedFd>, to_parent: &OwnedFd, from_parent: &OwnedFd) -> Result<(UnixListener, std::fs::File), Stage> {
+    // The host's per-sandbox mounts this one needs (its disk image, its
+    // volumes), as detached trees made before leaving the host's mount
+    // namespace: the base namespace has none of them (see `crate::mntns`).
+    let upper = cfg.dir.join("upper");
+    let own_disk = if is_mount_point(&upper) { Some(crate::rootfs::Tree::clone_of(&upper).map_err(staged("sandbox disk"))?) } else { None };
+    let volume_trees = cfg.volumes.iter().map(|v| crate::rootfs::Tree::volume(v, userns).map_err(staged("volume"))).collect::<Result<Vec<_>, _>>()?;
+    if let Some(base) = base {
+        crate::mntns::enter(&base).map_err(|e| Stage::io("entering the base mount namespace", e))?;
+    }
+    // Layers are directories, there as on the host. A recursive clone walks
+    // every mount below the one holding its source: in the base namespace
+    // a few dozen, but in the host's one per sandbox, so layers in the data
+    // directory (`<root>/sandboxes/<id>` is ours), which hold no mounts,
+    // are cloned alone; others (the host's /usr) may hold some.
+    let data_root = cfg.dir.parent().and_then(Path::parent).unwrap_or(&cfg.dir);
+    let layer = |p: &Path| crate::rootfs::Tree::layer(p, userns, !p.starts_with(data_root));
+    let root_trees = cfg.root_layers.iter().map(|l| layer(l).map_err(staged("idmapped layer"))).collect::<Result<Vec<_>, _>>()?;
+    let usr_trees = cfg.usr_layers.iter().map(|l| layer(l).map_err(staged("idmapped layer"))).collect::<Result<Vec<_>, _>>()?;
+    let part = if cfg.usr_layers.is_empty() { "root" } else { "usr" };
+    let shim_tree = cfg.sudo_layer.as_ref().map(|s| layer(&s.join(part)).map_err(staged("sudo shim"))).transpose()?;
+    let top_trees = cfg.top_layers.iter().map(|l| layer(l).map_err(staged("server layer"))).collect::<Result<Vec<_>, _>>()?;
     // The cgroup namespace comes after GO, once the launcher has moved us
     // into the sandbox's cgroup, so that cgroup is its root.
     let flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
@@ -368,33 +394,37 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     // Mounts run while the launcher wires the veth in parallel.
     let rootfs = cfg.dir.join("rootfs");
     crate::rootfs::make_private().map_err(staged("mount"))?;
+    // The sandbox's disk image where the host has it mounted.
+    if let Some(disk) = &own_disk {
+        disk.place(&upper).map_err(staged("sandbox disk"))?;
+    }
     let mut root_lowers = Vec::new();
-    for (i, layer) in cfg.root_layers.iter().enumerate() {
+    for (i, tree) in root_trees.iter().enumerate() {
         let at = cfg.dir.join("lower").join(format!("root{i}"));
-        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
+        tree.place(&at).map_err(staged("idmapped layer"))?;
         root_lowers.push(at);
     }
     let mut usr_lowers = Vec::new();
-    for (i, layer) in cfg.usr_layers.iter().enumerate() {
+    for (i, tree) in usr_trees.iter().enumerate() {
         let at = cfg.dir.join("lower").join(format!("usr{i}"));
-        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("idmapped layer"))?;
+        tree.place(&at).map_err(staged("idmapped layer"))?;
         usr_lowers.push(at);
     }
     // The `sudo` shim: a one-file layer above the template's, in the
     // overlay that holds /usr (see `crate::shim`).
-    if let Some(shim) = &cfg.sudo_layer {
-        let (part, lowers) = if usr_lowers.is_empty() { ("root", &mut root_lowers) } else { ("usr", &mut usr_lowers) };
+    if let Some(tree) = &shim_tree {
+        let lowers = if usr_lowers.is_empty() { &mut root_lowers } else { &mut usr_lowers };
         let at = cfg.dir.join("lower").join("shim");
         std::fs::create_dir_all(&at).map_err(|e| Stage::io("sudo shim", e))?;
-        crate::rootfs::idmapped_bind(&shim.join(part), &at, userns).map_err(staged("sudo shim"))?;
+        tree.place(&at).map_err(staged("sudo shim"))?;
         lowers.insert(0, at);
     }
     // The server's own layers (the egress CA's trust layer) above all of
     // the root's; inserted last-first so the first stays topmost.
-    for (i, layer) in cfg.top_layers.iter().enumerate().rev() {
+    for (i, tree) in top_trees.iter().enumerate().rev() {
         let at = cfg.dir.join("lower").join(format!("top{i}"));
         std::fs::create_dir_all(&at).map_err(|e| Stage::io("server layer", e))?;
-        crate::rootfs::idmapped_bind(layer, &at, userns).map_err(staged("server layer"))?;
+        tree.place(&at).map_err(staged("server layer"))?;
         root_lowers.insert(0, at);
     }
     // Overlay options are visible in /proc/self/mountinfo inside the
@@ -409,12 +439,24 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
         crate::rootfs::overlay(&rootfs.join("usr"), &usr_rel, Path::new("upper/usr"), Path::new("upper/usr-work")).map_err(staged("usr filesystem"))?;
     }
     crate::rootfs::mount_dev(&rootfs, cfg.id_base).map_err(staged("mount /dev"))?;
-    crate::rootfs::mount_proc(&rootfs).map_err(staged("mount /proc"))?;
-    crate::rootfs::mount_sys(&rootfs).map_err(staged("mount /sys"))?;
+    // The network namespace's settings, through the sandbox's own /proc.
+    // No IPv6 inside: the firewall only speaks IPv4.
+    let mut sysctls: Vec<(String, String)> = ["all", "default", "lo"].iter().map(|f| (format!("net/ipv6/conf/{f}/disable_ipv6"), "1".to_string())).collect();
+    // The network namespace belongs to the host's user namespace, so root
+    // inside holds no CAP_NET_BIND_SERVICE or CAP_NET_RAW there: it could
+    // neither bind ports below 1024 nor ping. Both are harmless inside a
+    // namespace of its own, so open them to every id of the sandbox (host
+    // gids: the write is read in the host's user namespace), as container
+    // runtimes do.
+    sysctls.push(("net/ipv4/ip_unprivileged_port_start".into(), "0".into()));
+    sysctls.push(("net/ipv4/ping_group_range".into(), format!("{} {}", cfg.id_base, cfg.id_base + 65535)));
+    let mut empty = None;
+    crate::rootfs::mount_proc(&rootfs, &sysctls, &mut empty).map_err(staged("mount /proc"))?;
+    crate::rootfs::mount_sys(&rootfs, &mut empty).map_err(staged("mount /sys"))?;
     crate::rootfs::mount_tmp(&rootfs, cfg.id_base, cfg.resources.memory_mb).map_err(staged("mount /tmp"))?;
     // Volumes last, so no tmpfs above covers one mounted under it.
-    for v in &cfg.volumes {
-        crate::rootfs::bind_volume(&rootfs, v, userns, cfg.id_base).map_err(staged("volume"))?;
+    for (v, tree) in cfg.volumes.iter().zip(&volume_trees) {
+        crate::rootfs::bind_volume(&rootfs, v, tree, cfg.id_base).map_err(staged("volume"))?;
     }
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| Stage::new("hostname", e, Some(e as i32)))?;
 
@@ -436,18 +478,7 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(Stage::io("unshare cgroup namespace", std::io::Error::last_os_error()));
     }
-    // No IPv6 inside: the firewall only speaks IPv4.
-    for f in ["all", "default", "lo"] {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
-    }
-    // The network namespace belongs to the host's user namespace, so root
-    // inside holds no CAP_NET_BIND_SERVICE or CAP_NET_RAW there: it could
-    // neither bind ports below 1024 nor ping. Both are harmless inside a
-    // namespace of its own, so open them to every id of the sandbox (host
-    // gids: the write is read in the host's user namespace), as container
-    // runtimes do.
-    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
-    let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", format!("{} {}", cfg.id_base, cfg.id_base + 65535));
+    crate::rootfs::mount_cgroup(&rootfs, Path::new("/sys/fs/cgroup"), &crate::cgroup::group_of(&cfg.id)).map_err(staged("mount /sys/fs/cgroup"))?;
     crate::network::configure_inside(cfg.net.as_ref()).map_err(staged("network"))?;
 
     crate::rootfs::pivot(&rootfs).map_err(staged("pivot_root"))?;
@@ -477,6 +508,16 @@ fn child(cfg: &LaunchConfig, userns: &OwnedFd, to_parent: &OwnedFd, from_parent:
     crate::seccomp::drop_capabilities().map_err(staged("capabilities"))?;
     crate::seccomp::install().map_err(staged("seccomp"))?;
     Ok((listener, log))
+}
+
+/// Whether something is mounted on `p` (its device differs from its
+/// parent's; the sandbox's disk image on `upper`).
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(p), p.parent().map(std::fs::symlink_metadata)) {
+        (Ok(m), Some(Ok(parent))) => m.is_dir() && m.dev() != parent.dev(),
+        _ => false,
+    }
 }
 
 /// PID 1's own limits, inherited by everything it starts: the same

@@ -16,6 +16,7 @@
 pub mod cgroup;
 pub mod disk;
 pub mod init;
+pub mod mntns;
 pub mod namespace;
 pub mod netlink;
 pub mod network;

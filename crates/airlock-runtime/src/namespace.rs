@@ -35,7 +35,9 @@ fn slot_is_stale(p: &Path) -> bool {
         let old = fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a > Duration::from_secs(60));
         return old;
     };
-    !Path::new(root).join("sandboxes").join(id).exists()
+    // A destroyed sandbox's directory waits in the trash while its
+    // interface goes (see `network::retire`).
+    !Path::new(root).join("sandboxes").join(id).exists() && !Path::new(root).join(TRASH_DIR).join(id).exists()
 }
 /// Removes host-wide slot files whose sandbox is gone (its data
 /// directory's sandbox directory no longer exists, or a half-written file
@@ -76,6 +78,59 @@ pub struct NamespaceBackend {
     root_canon: PathBuf,
     /// The `sudo` shim's layer, handed to every sandbox it launches.
     shim: Option<PathBuf>,
+    /// The mount namespace new sandboxes are made from (see `crate::mntns`);
+    /// without it, the server's own.
+    base_mntns: Option<std::os::fd::OwnedFd>,
+}
+
+/// Where destroyed sandboxes' directories wait to be removed (see
+/// `discard`), under the data directory.
+const TRASH_DIR: &str = "trash";
+
+static DISCARD: std::sync::Mutex<Option<std::sync::mpsc::Sender<PathBuf>>> = std::sync::Mutex::new(None);
+/// Discards queued or running, for `settle`.
+static DISCARDING: state::Pending = state::Pending::new();
+
+/// Waits (at most `timeout`) for the teardown that destroys leave to
+/// background threads: removing directories and freeing slots. A process
+/// about to exit (the CLI, a stopping server) calls it so that nothing is
+/// left half done; the next start would finish it, but may never come.
+pub fn settle(timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    DISCARDING.wait(deadline);
+    crate::network::settle(deadline);
+}
+
+/// Unmounts a destroyed sandbox's disk and removes its directory, on a
+/// thread of its own, one at a time, in order. What a stopped server
+/// leaves in the trash is removed at the next start.
+fn discard(dir: PathBuf) {
+    DISCARDING.add();
+    let mut tx = DISCARD.lock().unwrap_or_else(|p| p.into_inner());
+    let sender = tx.get_or_insert_with(|| {
+        let (s, r) = std::sync::mpsc::channel::<PathBuf>();
+        let _ = std::thread::Builder::new().name("airlock-discard".into()).spawn(move || {
+            for d in r {
+                remove_discarded(&d);
+            }
+        });
+        s
+    });
+    if let Err(std::sync::mpsc::SendError(d)) = sender.send(dir) {
+        *tx = None;
+        drop(tx);
+        remove_discarded(&d);
+    }
+}
+
+fn remove_discarded(d: &Path) {
+    crate::disk::unmount(d);
+    // Another process of the same data directory (the CLI, at its start)
+    // may have removed it first.
+    if let Err(e) = fs::remove_dir_all(d).or_else(|e| if e.kind() == ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+        tracing::warn!(dir = %d.display(), error = %e, "removing a destroyed sandbox's files");
+    }
+    DISCARDING.finish();
 }
 
 pub fn valid_id(id: &str) -> bool {
@@ -150,7 +205,20 @@ impl NamespaceBackend {
         let slots = PathBuf::from(SLOTS_DIR);
         fs::create_dir_all(&slots).map_err(|e| Error::io(format!("creating {SLOTS_DIR}"), e))?;
         let root_canon = opts.root.canonicalize().unwrap_or_else(|_| opts.root.clone());
-        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon, shim };
+        let base_mntns = match crate::mntns::create(&opts.root) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "no base mount namespace: each create copies every mount on the host, so creates slow down as sandboxes accumulate");
+                None
+            }
+        };
+        // Destroyed sandboxes a stopped server had not finished removing.
+        if let Ok(rd) = fs::read_dir(opts.root.join(TRASH_DIR)) {
+            for e in rd.flatten() {
+                discard(e.path());
+            }
+        }
+        let b = Self { opts, cgroups, network_ready, disk_ready, slots, root_canon, shim, base_mntns };
         b.reclaim_slots();
         Ok(b)
     }
@@ -328,6 +396,7 @@ impl NamespaceBackend {
         // command line is readable inside the sandbox and must not show host
         // paths, while its environment is not (the agent is non-dumpable).
         let parent = std::process::id();
+        let base = self.base_mntns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
         let mut cmd = Command::new(&self.opts.binary);
         // The launcher dies with its caller: a server killed mid-create must
         // not leave a launcher building a sandbox behind the back of the
@@ -343,20 +412,28 @@ impl NamespaceBackend {
                 if libc::getppid() as u32 != parent {
                     return Err(std::io::Error::other("the caller exited before the launcher started"));
                 }
+                // The base mount namespace on fd 3, open across exec.
+                if let Some(fd) = base {
+                    let r = if fd == crate::mntns::BASE_FD { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, crate::mntns::BASE_FD) };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
-        let status = cmd
-            .arg0("/sbin/airlock-agent")
+        cmd.arg0("/sbin/airlock-agent")
             .arg("__init")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .env_clear()
             .env(crate::init::CONFIG_ENV, dir.join(state::LAUNCH_FILE))
-            .env("RUST_LOG", std::env::var("AIRLOCK_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
-            .status()
-            .map_err(|e| Error::io(format!("executing {}", self.opts.binary.display()), e))?;
+            .env("RUST_LOG", std::env::var("AIRLOCK_AGENT_LOG").unwrap_or_else(|_| "warn".into()));
+        if base.is_some() {
+            cmd.env(crate::mntns::BASE_ENV, crate::mntns::BASE_FD.to_string());
+        }
+        let status = cmd.status().map_err(|e| Error::io(format!("executing {}", self.opts.binary.display()), e))?;
         if !status.success() {
             let b: Option<BootError> = state::read_json(&dir.join(state::BOOT_ERROR_FILE)).ok();
             return Err(match b {
@@ -379,17 +456,30 @@ impl NamespaceBackend {
     /// they are gone.
     fn kill_all(&self, id: &str) -> Result<(), Error> {
         let rs = self.run_state(id);
-        if let Some(rs) = &rs {
-            if state::is_alive(rs) {
-                // Killing PID 1 tears down the whole pid namespace.
-                // SAFETY: kill(2) of the sandbox's PID 1, verified by start time.
-                unsafe { libc::kill(rs.pid as i32, libc::SIGKILL) };
-            }
+        let cg = self.cgroups.open(id);
+        // Killing PID 1 tears down the whole pid namespace: the kernel kills
+        // every process in it, and PID 1 exits only once they all have.
+        let pid1 = rs.as_ref().and_then(state::pidfd);
+        if let Some(fd) = &pid1 {
+            // Through the pidfd, which names PID 1 even if its number were
+            // reused meanwhile.
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, std::os::fd::AsRawFd::as_raw_fd(fd), libc::SIGKILL, std::ptr::null::<libc::siginfo_t>(), 0u32) };
         }
-        self.cgroups.open(id).kill_all()?;
-        if let Some(rs) = &rs {
-            // A frozen sandbox only dies once thawed; kill_all thawed it.
-            Self::wait_gone(rs, Duration::from_secs(10));
+        // A frozen sandbox only dies once thawed.
+        if cg.is_frozen() {
+            cg.thaw()?;
+        }
+        let ended = pid1.as_ref().is_none_or(|fd| state::wait_exit(fd, Duration::from_secs(10)));
+        // What the cgroup can hold besides: processes of a create cut short
+        // before PID 1 existed, or PID 1 stuck past the wait. v1's kill
+        // freezes the group to list and kill it, a few milliseconds that a
+        // normal kill does not need.
+        if !ended || !cg.procs().is_empty() {
+            cg.kill_all()?;
+            if let Some(rs) = &rs {
+                Self::wait_gone(rs, Duration::from_secs(10));
+            }
         }
         Ok(())
     }
@@ -529,15 +619,26 @@ impl Backend for NamespaceBackend {
         }
         self.kill_all(id)?;
         self.cgroups.open(id).remove()?;
-        if let Ok(cfg) = state::read_json::<LaunchConfig>(&dir.join(state::LAUNCH_FILE)) {
-            if let Some(net) = cfg.net {
-                // The veth normally dies with the netns; a half-made one may not.
-                crate::network::delete_veth(&net.host_if);
+        match state::read_json::<LaunchConfig>(&dir.join(state::LAUNCH_FILE)) {
+            // The veth dies with the netns, which the kernel removes in the
+            // background; its slot is freed once it has (see `retire`).
+            Ok(LaunchConfig { net: Some(net), id_base, .. }) => {
+                let slot = self.slots.join(((id_base - ID_BASE) / IDS_PER_SANDBOX).to_string());
+                crate::network::retire(&net.host_if, slot, self.slot_owner(id));
             }
+            _ => self.release_slot(id),
         }
-        self.release_slot(id);
-        crate::disk::unmount(&dir);
-        fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        // Gone from its place at once (a rename); its disk is unmounted and
+        // its files removed in the background: for a sandbox with a disk
+        // image that is most of a kill's time. A rename that fails (another
+        // filesystem under `sandboxes/`) removes them here.
+        let trash = self.opts.root.join(TRASH_DIR).join(id);
+        if fs::create_dir_all(self.opts.root.join(TRASH_DIR)).and_then(|()| fs::rename(&dir, &trash)).is_ok() {
+            discard(trash);
+        } else {
+            crate::disk::unmount(&dir);
+            fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        }
         tracing::debug!(sandbox_id = %id, "sandbox destroyed");
         Ok(())
     }

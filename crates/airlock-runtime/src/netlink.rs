@@ -315,6 +315,16 @@ impl Netlink {
         self.transact("delete link", seq, &msg, |_, _| Ok(()))
     }
 
+    /// Deletes the link with index `index` (not a name: a name may have
+    /// been given to a new link since the index was read).
+    pub fn delete_link_index(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let seq = self.next_seq();
+        let mut msg = MessageBuilder::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+        msg.push_header(&ifinfomsg(AF_UNSPEC, index as i32, 0, 0));
+        let msg = msg.finish();
+        self.transact("delete link", seq, &msg, |_, _| Ok(()))
+    }
+
     /// Adds (or, with `add` false, deletes) one IPv4 address in an
     /// nftables set of an `ip` table, in one nftables transaction (a batch
     /// of one message), as `nft add element ip TABLE SET { ADDR }` does

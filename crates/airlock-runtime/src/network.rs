@@ -110,7 +110,18 @@ static INSTALLED_FOR: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::
 
 /// Re-installs the rules when the host's directly connected networks have
 /// changed since they were installed (an interface came up); cheap otherwise.
+/// `/proc/net/route` lists every sandbox's route too, so it is read only
+/// when the kernel has announced a change to an address or route outside
+/// the sandboxes' range (see `RouteWatch`), not on every create.
 pub fn refresh_host_rules() -> Result<(), NetworkError> {
+    // One refresh at a time: a create must not pass on "no change" while
+    // another is still installing the rules for a change it drained.
+    static REFRESH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = REFRESH.lock().unwrap_or_else(|p| p.into_inner());
+    let installed = INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    if installed && !ROUTE_WATCH.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(RouteWatch::open).changed() {
+        return Ok(());
+    }
     let now = connected_subnets();
     let stale = INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&now);
     if stale {
@@ -129,6 +140,12 @@ pub fn refresh_host_rules() -> Result<(), NetworkError> {
 /// - POSTROUTING masquerades the sandbox subnet towards anything that is
 ///   not a sandbox interface.
 pub fn install_host_rules() -> Result<(), NetworkError> {
+    // Not installed until this succeeds: a failure below leaves the next
+    // refresh to read the routes and try again (failing closed), not to
+    // trust a watch that has nothing to report.
+    *INSTALLED_FOR.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    // Watching from before the read: a change in between is seen later.
+    *ROUTE_WATCH.lock().unwrap_or_else(|p| p.into_inner()) = Some(RouteWatch::open());
     let subnets = connected_subnets();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetworkError::Forwarding)?;
     let wildcard = format!("{IF_PREFIX}+");
@@ -250,6 +267,111 @@ pub(crate) fn run_script(tool: &str, args: &[&str], script: &str, missing_hint: 
     }
 }
 
+static ROUTE_WATCH: std::sync::Mutex<Option<RouteWatch>> = std::sync::Mutex::new(None);
+
+/// A rtnetlink socket subscribed to IPv4 address and route changes, read
+/// without blocking: it says whether anything but the sandboxes' own
+/// addresses and routes changed since it was last asked. Without the
+/// socket, or when the kernel dropped messages, everything counts as a
+/// change (the caller reads the routes, as it would without it).
+struct RouteWatch(Option<std::os::fd::OwnedFd>);
+
+impl RouteWatch {
+    const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+    const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+
+    fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket/bind with a zeroed, then filled sockaddr_nl; the fd
+        // is owned by the OwnedFd from here on.
+        unsafe {
+            let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_ROUTE);
+            if fd < 0 {
+                return Self(None);
+            }
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as u16;
+            sa.nl_groups = Self::RTMGRP_IPV4_IFADDR | Self::RTMGRP_IPV4_ROUTE;
+            if libc::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &sa as *const libc::sockaddr_nl as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_nl>() as u32) != 0 {
+                return Self(None);
+            }
+            Self(Some(fd))
+        }
+    }
+
+    /// Drains what the kernel sent; true if any of it concerns more than
+    /// the sandboxes' range (or could not be read).
+    fn changed(&mut self) -> bool {
+        let Some(fd) = &self.0 else { return true };
+        let mut changed = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: recv into a buffer we own, of its length.
+            let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(fd), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return changed,
+                    Some(libc::EINTR) => continue,
+                    // ENOBUFS: messages were lost; assume the worst.
+                    _ => changed = true,
+                }
+                if e.raw_os_error() != Some(libc::ENOBUFS) {
+                    return true;
+                }
+                continue;
+            }
+            changed |= Self::outside_sandboxes(&buf[..n as usize]);
+        }
+    }
+
+    /// Whether a datagram of address/route messages touches anything but
+    /// 10.201.0.0/16.
+    fn outside_sandboxes(mut b: &[u8]) -> bool {
+        let ours = |a: &[u8]| a.len() == 4 && a[0] == NET_BASE[0] && a[1] == NET_BASE[1];
+        while b.len() >= 16 {
+            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let kind = u16::from_ne_bytes([b[4], b[5]]);
+            if len < 16 || len > b.len() {
+                return true;
+            }
+            let body = &b[16..len];
+            // ifaddrmsg is 8 bytes, rtmsg 12; then attributes.
+            let (head, addr_types): (usize, &[u16]) = match kind {
+                libc::RTM_NEWADDR | libc::RTM_DELADDR => (8, &[1, 2]),
+                libc::RTM_NEWROUTE | libc::RTM_DELROUTE => (12, &[1]),
+                _ => (usize::MAX, &[]),
+            };
+            if head != usize::MAX {
+                let mut attrs = body.get(head..).unwrap_or(&[]);
+                let (mut seen, mut all_ours) = (false, true);
+                while attrs.len() >= 4 {
+                    let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                    let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                    if alen < 4 || alen > attrs.len() {
+                        break;
+                    }
+                    if addr_types.contains(&atype) {
+                        seen = true;
+                        all_ours &= ours(&attrs[4..alen]);
+                    }
+                    attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
+                }
+                // A route or address wholly in the sandboxes' range is a
+                // sandbox's (created or removed with its interface);
+                // anything else, a default route included (no
+                // destination), is the host's.
+                if !(seen && all_ours) {
+                    return true;
+                }
+            }
+            b = &b[((len + 3) & !3).min(b.len())..];
+        }
+        false
+    }
+}
+
 /// IPv4 subnets with a direct (gateway-less) route on the host, other than
 /// the sandboxes' own: `/proc/net/route` lists them with gateway 0.
 pub fn connected_subnets() -> Vec<String> {
@@ -284,6 +406,11 @@ pub fn create_veth(net: &NetAssign, pid: u32) -> Result<(), NetworkError> {
     // Strict reverse-path filtering: the host drops packets whose source is
     // not the sandbox's own address.
     let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{}/rp_filter", net.host_if), "1");
+    // No IPv6 on the host end either, before it comes up: the sandbox
+    // speaks none, and each IPv6-enabled interface adds link-local and
+    // multicast routes to one shared table node, a cost per create that
+    // grows with the sandboxes alive.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", net.host_if), "1");
     nl.set_up(&net.host_if)?;
     Ok(())
 }
@@ -300,6 +427,111 @@ pub fn configure_inside(net: Option<&NetAssign>) -> Result<(), NetworkError> {
     Ok(())
 }
 
+/// A killed sandbox's host interface and slot, handed to `retire`.
+struct Retired {
+    index: u32,
+    name: String,
+    slot: std::path::PathBuf,
+    owner: String,
+    since: std::time::Instant,
+}
+
+static RETIRE: std::sync::Mutex<Option<std::sync::mpsc::Sender<Retired>>> = std::sync::Mutex::new(None);
+/// Retirements not yet done, for `settle`.
+static RETIRING: crate::state::Pending = crate::state::Pending::new();
+
+/// Waits (until `deadline`) until every retired interface is gone and its
+/// slot free (see `crate::namespace::settle`).
+pub(crate) fn settle(deadline: std::time::Instant) {
+    RETIRING.wait(deadline);
+}
+
+/// How long the kernel gets to remove a dead sandbox's veth with its
+/// network namespace before it is deleted by hand.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Frees a killed sandbox's slot once its host interface is gone, off the
+/// caller's path. The veth dies with the sandbox's network namespace, but
+/// the kernel tears namespaces down in the background; deleting it by
+/// hand meanwhile waits on that teardown (60 ms seen per kill, most of a
+/// DELETE). So a thread watches for it to go, deletes it only if it
+/// lingers past `RETIRE_GRACE` (a namespace something else holds), and
+/// only then frees the slot. A creator that finds the slot stale sooner
+/// (its owner's directory gone from `sandboxes/` and `trash/`) deletes the
+/// old interface by name before making its own (`create_veth`), so the
+/// slot's addresses are never on two interfaces. The interface is tracked by
+/// index, never by name. `slot` is removed only while `owner` still owns
+/// it. A server stopped meanwhile leaves the slot file, which the next
+/// creator or `airlock cleanup` finds stale.
+pub fn retire(host_if: &str, slot: std::path::PathBuf, owner: String) {
+    let Ok(name) = std::ffi::CString::new(host_if) else { return };
+    // SAFETY: if_nametoindex with a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let item = Retired { index, name: host_if.to_string(), slot, owner, since: std::time::Instant::now() };
+    if index == 0 {
+        free_slot(&item);
+        return;
+    }
+    RETIRING.add();
+    let mut tx = RETIRE.lock().unwrap_or_else(|p| p.into_inner());
+    let sender = tx.get_or_insert_with(|| {
+        let (s, r) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new().name("airlock-retire".into()).spawn(move || retire_loop(r));
+        s
+    });
+    if let Err(std::sync::mpsc::SendError(item)) = sender.send(item) {
+        // The thread is gone (it cannot be, short of a panic): do it here.
+        *tx = None;
+        drop(tx);
+        delete_index(item.index);
+        free_slot(&item);
+        RETIRING.finish();
+    }
+}
+
+fn free_slot(r: &Retired) {
+    if std::fs::read_to_string(&r.slot).map(|s| s == r.owner).unwrap_or(false) {
+        let _ = std::fs::remove_file(&r.slot);
+    }
+}
+
+fn delete_index(index: u32) {
+    if let Ok(mut nl) = crate::netlink::Netlink::open() {
+        let _ = nl.delete_link_index(index);
+    }
+}
+
+fn retire_loop(rx: std::sync::mpsc::Receiver<Retired>) {
+    let mut pending: Vec<Retired> = Vec::new();
+    loop {
+        let next = if pending.is_empty() { rx.recv().ok() } else { rx.recv_timeout(std::time::Duration::from_millis(20)).ok() };
+        if next.is_none() && pending.is_empty() {
+            return;
+        }
+        pending.extend(next);
+        while let Ok(r) = rx.try_recv() {
+            pending.push(r);
+        }
+        pending.retain(|r| {
+            let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+            // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes.
+            // Listed, or unlisted but still being unregistered (its sysfs
+            // entry, and its addresses, go after an RCU grace period).
+            let present = !unsafe { libc::if_indextoname(r.index, buf.as_mut_ptr()) }.is_null()
+                || std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", r.name)).is_ok_and(|i| i.trim() == r.index.to_string());
+            if present && r.since.elapsed() < RETIRE_GRACE {
+                return true;
+            }
+            if present {
+                delete_index(r.index);
+            }
+            free_slot(r);
+            RETIRING.finish();
+            false
+        });
+    }
+}
+
 pub fn delete_veth(host_if: &str) {
     if let Ok(mut nl) = crate::netlink::Netlink::open() {
         let _ = nl.delete_link(host_if);
@@ -309,6 +541,45 @@ pub fn delete_veth(host_if: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One rtnetlink message: header, fixed part, attributes.
+    fn nl_msg(kind: u16, fixed: usize, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = vec![0u8; fixed];
+        for (t, v) in attrs {
+            let len = 4 + v.len();
+            body.extend_from_slice(&(len as u16).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(v);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.resize(16, 0);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn route_watch_ignores_the_sandboxes_own_changes_only() {
+        let sandbox_route = nl_msg(libc::RTM_NEWROUTE, 12, &[(1, &[10, 201, 3, 4]), (4, &7u32.to_ne_bytes())]);
+        let sandbox_addr = nl_msg(libc::RTM_NEWADDR, 8, &[(1, &[10, 201, 3, 5]), (2, &[10, 201, 3, 5]), (3, b"alk1\0")]);
+        let gone = nl_msg(libc::RTM_DELROUTE, 12, &[(1, &[10, 201, 3, 4])]);
+        let mut all = [sandbox_route.clone(), sandbox_addr.clone(), gone].concat();
+        assert!(!RouteWatch::outside_sandboxes(&all));
+        // A host LAN, a default route (no destination), a host address.
+        let lan = nl_msg(libc::RTM_NEWROUTE, 12, &[(1, &[203, 0, 113, 0])]);
+        let default = nl_msg(libc::RTM_NEWROUTE, 12, &[(4, &2u32.to_ne_bytes())]);
+        let host_addr = nl_msg(libc::RTM_NEWADDR, 8, &[(1, &[198, 51, 100, 7]), (3, b"eth1\0")]);
+        for m in [&lan, &default, &host_addr] {
+            assert!(RouteWatch::outside_sandboxes(m));
+            let mut with = all.clone();
+            with.extend_from_slice(m);
+            assert!(RouteWatch::outside_sandboxes(&with));
+        }
+        // Garbage lengths count as a change.
+        all.truncate(all.len() - 3);
+        assert!(RouteWatch::outside_sandboxes(&[all.as_slice(), &[40, 0, 0, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]].concat()));
+    }
 
     #[test]
     fn slots_get_disjoint_subnets() {

@@ -53,18 +53,58 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
 use libc::mount_attr as MountAttr;
 
-/// Attaches an idmapped, read-only copy of `src` at `dst`, mapping ids
-/// through `userns` (the sandbox's user namespace).
-pub fn idmapped_bind(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
-    let tree = idmapped_tree(src, userns, MOUNT_ATTR_RDONLY, true)?;
-    move_tree(&tree, None, dst, src)
+/// A detached mount tree made while PID 1 is still in the host's mount
+/// namespace, to be placed once it is in its own (which is made from the
+/// server's base namespace and holds none of the host's per-sandbox mounts:
+/// see `crate::mntns`).
+pub struct Tree {
+    fd: OwnedFd,
+    src: PathBuf,
 }
 
-/// Like `idmapped_bind`, but writable (and `nosuid`, `nodev`): what the
-/// sandbox writes lands on `src` with canonical ids.
-pub fn idmapped_bind_rw(src: &Path, dst: &Path, userns: &OwnedFd) -> Result<(), MountError> {
-    let tree = idmapped_tree(src, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, true)?;
-    move_tree(&tree, None, dst, src)
+impl Tree {
+    /// A read-only idmapped clone of `src` (a template layer), with the
+    /// mounts below it when `recursive`. A recursive clone walks every
+    /// mount under the one holding `src`, which on the data directory's
+    /// filesystem means one per sandbox: layers stored there hold no mounts
+    /// and are cloned alone.
+    pub fn layer(src: &Path, userns: &OwnedFd, recursive: bool) -> Result<Self, MountError> {
+        Ok(Self { fd: idmapped_tree(src, userns, MOUNT_ATTR_RDONLY, recursive)?, src: src.to_path_buf() })
+    }
+
+    /// A plain clone of the mount at `src` (the sandbox's disk image), not
+    /// of those below it.
+    pub fn clone_of(src: &Path) -> Result<Self, MountError> {
+        let csrc = cpath(src)?;
+        // SAFETY: open_tree with a NUL-terminated path; the fd is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, csrc.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint) };
+        if fd < 0 {
+            return Err(err(format!("cloning the mounts of {}", src.display()), std::io::Error::last_os_error()));
+        }
+        // SAFETY: open_tree returned a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Private, not a peer of the host's mount (see `idmapped_tree`).
+        let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: 0 };
+        let empty = c"";
+        // SAFETY: mount_setattr on the tree we own, with a fully initialised mount_attr.
+        let r = unsafe { libc::syscall(libc::SYS_mount_setattr, fd.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) };
+        if r < 0 {
+            return Err(err(format!("making the clone of {} private", src.display()), std::io::Error::last_os_error()));
+        }
+        Ok(Self { fd, src: src.to_path_buf() })
+    }
+
+    /// A volume's source (its image's mount, nothing below it): idmapped,
+    /// read-only or writable as it asks.
+    pub fn volume(v: &crate::VolumeMount, userns: &OwnedFd) -> Result<Self, MountError> {
+        let attrs = if v.read_only { MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+        Ok(Self { fd: idmapped_tree(&v.source, userns, attrs, false)?, src: v.source.clone() })
+    }
+
+    /// Attaches the tree at `dst` in the current mount namespace.
+    pub fn place(&self, dst: &Path) -> Result<(), MountError> {
+        move_tree(&self.fd, None, dst, &self.src)
+    }
 }
 
 /// A detached, idmapped clone of the mount at `src` (with the mounts
@@ -81,7 +121,11 @@ fn idmapped_tree(src: &Path, userns: &OwnedFd, attrs: u64, recursive: bool) -> R
             return Err(err(ctx(), std::io::Error::last_os_error()));
         }
         let tree = OwnedFd::from_raw_fd(fd as i32);
-        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | attrs, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+        // Private: a clone of a shared mount (a systemd host's, cloned
+        // before PID 1 leaves the host's namespace) would otherwise be its
+        // peer, and mounts would propagate between the sandbox, the host
+        // and every other sandbox holding a clone of the same source.
+        let attr = MountAttr { attr_set: MOUNT_ATTR_IDMAP | attrs, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: userns.as_raw_fd() as u64 };
         let empty = c"";
         if libc::syscall(
             libc::SYS_mount_setattr,
@@ -224,7 +268,7 @@ fn open_dir_in(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 /// is resolved inside the new root at every step: on a restart the
 /// writable layer is the sandbox's, and a symlink it planted at the target
 /// must not send the mount anywhere else.
-pub fn bind_volume(root: &Path, v: &crate::VolumeMount, userns: &OwnedFd, id_base: u32) -> Result<(), MountError> {
+pub fn bind_volume(root: &Path, v: &crate::VolumeMount, tree: &Tree, id_base: u32) -> Result<(), MountError> {
     let target = Path::new(&v.target);
     let ctx = || format!("volume at {}", v.target);
     if !target.is_absolute() || target.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
@@ -252,9 +296,7 @@ pub fn bind_volume(root: &Path, v: &crate::VolumeMount, userns: &OwnedFd, id_bas
             Err(e) => return Err(err(ctx(), e)),
         };
     }
-    let attrs = if v.read_only { MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
-    let tree = idmapped_tree(&v.source, userns, attrs, true)?;
-    move_tree(&tree, Some(&dir), target, &v.source)
+    move_tree(&tree.fd, Some(&dir), target, &v.source)
 }
 
 pub fn make_private() -> Result<(), MountError> {
@@ -278,11 +320,18 @@ fn mkdir(p: &Path) -> Result<(), MountError> {
 
 /// `/proc`: a new instance for the sandbox's pid namespace, with the
 /// entries OCI runtimes hide masked and the ones they protect read-only.
-pub fn mount_proc(root: &Path) -> Result<(), MountError> {
+/// `sysctls` (paths under `/proc/sys`, values; best effort) are written
+/// first, through this new instance: the host's `/proc` holds a dentry of
+/// each network namespace's entries under one name, so a lookup there
+/// walks one per live sandbox; a fresh instance has only this one's.
+pub fn mount_proc(root: &Path, sysctls: &[(String, String)], empty: &mut Option<PathBuf>) -> Result<(), MountError> {
     let p = root.join("proc");
     mkdir(&p)?;
     let nosx = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), &p, Some("proc"), nosx, None::<&str>).map_err(nix_err("mounting /proc"))?;
+    for (k, v) in sysctls {
+        let _ = std::fs::write(p.join("sys").join(k), v);
+    }
     // OCI's masked paths, plus what tells the host apart: its kernel
     // command line, its disks' statistics and layout, and kernel memory
     // layouts. /proc/meminfo stays: `free`, `top` and runtimes sizing
@@ -322,7 +371,7 @@ pub fn mount_proc(root: &Path) -> Result<(), MountError> {
     for d in ["acpi", "asound", "scsi", "firmware", "driver"] {
         let t = p.join(d);
         if t.is_dir() {
-            mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_RDONLY | nosx, Some("size=0")).map_err(nix_err(format!("masking /proc/{d}")))?;
+            mask_dir(&t, empty).map_err(|e| MountError { what: format!("masking /proc/{d}"), ..e })?;
         }
     }
     for r in ["bus", "fs", "irq", "sys", "sysrq-trigger"] {
@@ -354,6 +403,26 @@ fn new_uuid() -> String {
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Covers the directory `t` with an empty, read-only one. The first mask
+/// of a sandbox is a tmpfs of size 0; the others are binds of it (kept in
+/// `empty`): every superblock costs each later memory cgroup a slot in its
+/// shrinker tables, so one per masked directory per sandbox made creates
+/// slower with every sandbox alive.
+fn mask_dir(t: &Path, empty: &mut Option<PathBuf>) -> Result<(), MountError> {
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match empty {
+        None => {
+            mount(Some("tmpfs"), t, Some("tmpfs"), flags, Some("size=0")).map_err(nix_err("masking"))?;
+            *empty = Some(t.to_path_buf());
+            Ok(())
+        }
+        Some(src) => {
+            mount(Some(src.as_path()), t, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err("masking"))?;
+            mount(None::<&str>, t, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>).map_err(nix_err("masking"))
+        }
+    }
 }
 
 fn read_only_bind(t: &Path) -> Result<(), MountError> {
@@ -401,7 +470,7 @@ pub fn mount_dev(root: &Path, id_base: u32) -> Result<(), MountError> {
 
 /// A read-only `/sys` (the sandbox's own network devices, nothing
 /// writable), with firmware tables hidden.
-pub fn mount_sys(root: &Path) -> Result<(), MountError> {
+pub fn mount_sys(root: &Path, empty: &mut Option<PathBuf>) -> Result<(), MountError> {
     let s = root.join("sys");
     mkdir(&s)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -412,7 +481,7 @@ pub fn mount_sys(root: &Path) -> Result<(), MountError> {
     for d in ["firmware", "kernel/security", "kernel/debug", "devices/virtual/powercap", "block", "class/block", "dev/block"] {
         let t = s.join(d);
         if t.is_dir() {
-            mount(Some("tmpfs"), &t, Some("tmpfs"), flags, Some("size=0")).map_err(nix_err(format!("masking /sys/{d}")))?;
+            mask_dir(&t, empty).map_err(|e| MountError { what: format!("masking /sys/{d}"), ..e })?;
         }
     }
     for f in ["kernel/vmcoreinfo", "kernel/notes", "kernel/kexec_loaded", "kernel/kexec_crash_loaded", "kernel/kexec_crash_size"] {
@@ -422,6 +491,67 @@ pub fn mount_sys(root: &Path) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// The v1 controllers a sandbox sees its own limits through: memory and CPU
+/// quota (what the JVM, Node's heap sizing and Go's runtime read) and pids:
+/// the hierarchies the sandbox has a group of its own in (`Cgroups`
+/// creates none in cpuset, and blkio only with I/O limits).
+const V1_VISIBLE: &[&str] = &["memory", "cpu", "cpuacct", "pids"];
+
+/// `/sys/fs/cgroup`: the sandbox's own cgroup, read-only, as container
+/// runtimes show it. Without it the JVM, Node and others size themselves
+/// by the host's memory and CPUs (a 6 GiB heap in a 512 MiB sandbox, which
+/// thrashes at the limit instead of collecting). Each mount is a bind of
+/// the sandbox's own group, so nothing above it is reachable; the cgroup
+/// namespace (entered before) makes `/proc/self/cgroup` and mountinfo show
+/// that group as `/`, as runtimes expect. `host` is the host's cgroup root
+/// (v2 mount, or v1 controller mounts under it); controllers the host
+/// lacks are skipped.
+pub fn mount_cgroup(root: &Path, host: &Path, group: &str) -> Result<(), MountError> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    let fstype = |p: &Path| nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0).unwrap_or(0);
+    let t = root.join("sys/fs/cgroup");
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // Read-only binds of the sandbox's own group (`group`, relative to
+    // each hierarchy's root), not new cgroup filesystem instances: a new
+    // instance in a cgroup namespace is a superblock of its own, and the
+    // kernel compares every new one with all the others.
+    let bind = |src: &Path, at: &Path, what: &str| -> Result<(), MountError> {
+        mount(Some(src), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(nix_err(format!("binding {what}")))?;
+        mount(None::<&str>, at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None::<&str>).map_err(nix_err(format!("making {what} read-only")))
+    };
+    if fstype(host) == CGROUP2_SUPER_MAGIC {
+        return bind(&host.join(group), &t, "/sys/fs/cgroup");
+    }
+    // v1: a tmpfs holding one directory per hierarchy, named as on the host
+    // ("cpu,cpuacct"), with the host's alias symlinks ("cpu").
+    let mut hierarchies: Vec<String> = Vec::new();
+    let mut aliases: Vec<(String, String)> = Vec::new();
+    for e in std::fs::read_dir(host).map_err(|e| err(format!("reading {}", host.display()), e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ft = e.file_type().map_err(|e| err("reading the host's cgroup mounts", e))?;
+        if ft.is_symlink() {
+            if let Ok(target) = std::fs::read_link(e.path()) {
+                aliases.push((name, target.to_string_lossy().into_owned()));
+            }
+        } else if ft.is_dir() && name.split(',').all(|c| V1_VISIBLE.contains(&c)) && fstype(&e.path()) == CGROUP_SUPER_MAGIC {
+            hierarchies.push(name);
+        }
+    }
+    mount(Some("tmpfs"), &t, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("size=16k,mode=755")).map_err(nix_err("mounting /sys/fs/cgroup"))?;
+    for h in &hierarchies {
+        let at = t.join(h);
+        mkdir(&at)?;
+        bind(&host.join(h).join(group), &at, &format!("/sys/fs/cgroup/{h}"))?;
+    }
+    for (name, target) in aliases {
+        if hierarchies.contains(&target) && !target.contains('/') {
+            std::os::unix::fs::symlink(&target, t.join(&name)).map_err(|e| err(format!("linking /sys/fs/cgroup/{name}"), e))?;
+        }
+    }
+    mount(None::<&str>, &t, None::<&str>, MsFlags::MS_REMOUNT | flags, Some("size=16k,mode=755")).map_err(nix_err("making /sys/fs/cgroup read-only"))
 }
 
 /// `/tmp` on tmpfs, at most half the sandbox's memory and a bounded

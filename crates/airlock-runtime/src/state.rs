@@ -128,7 +128,75 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
     f.nth(18)?.parse().ok()
 }
 
+/// A count of background jobs not yet done, which a caller can wait for
+/// (destroys' clean-up: see `namespace::settle`).
+pub(crate) struct Pending {
+    count: std::sync::Mutex<usize>,
+    done: std::sync::Condvar,
+}
+
+impl Pending {
+    pub(crate) const fn new() -> Self {
+        Self { count: std::sync::Mutex::new(0), done: std::sync::Condvar::new() }
+    }
+
+    pub(crate) fn add(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    pub(crate) fn finish(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.done.notify_all();
+    }
+
+    /// Waits until none is left, or until `deadline`.
+    pub(crate) fn wait(&self, deadline: std::time::Instant) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            n = self.done.wait_timeout(n, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
 /// True when `state` still describes a live process.
 pub fn is_alive(state: &RunState) -> bool {
     process_start_time(state.pid) == Some(state.start_time)
+}
+
+/// A pidfd of the process `state` describes, if it is alive (checked
+/// after opening, so the descriptor cannot name a reused pid).
+pub fn pidfd(state: &RunState) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, state.pid as libc::c_int, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    is_alive(state).then_some(fd)
+}
+
+/// Waits until the process behind `pidfd` has exited (a zombie counts),
+/// at most `timeout`; true if it has.
+pub fn wait_exit(pidfd: &std::os::fd::OwnedFd, timeout: std::time::Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r > 0 {
+            return true;
+        }
+        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return r > 0;
+        }
+    }
 }

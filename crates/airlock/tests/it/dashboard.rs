@@ -418,8 +418,26 @@ async fn dashboard_in_a_real_browser() {
     b.click("#tab-terminal");
     b.wait("a shell in the terminal", "document.querySelector('#terminal').dataset.pid", 30);
     b.wait("the shell's prompt", "document.querySelector('#terminal .xterm-rows').textContent.trim().length > 0", 15);
-    b.eval("document.querySelector('#terminal .xterm-helper-textarea').focus()");
-    b.call("Input.insertText", json!({"text": "echo hello-$((6*7))"}));
+    // Typing goes to the shell once the terminal's input is wired to it:
+    // wait for the shell to echo what was typed (typing again if a loaded
+    // machine lost the first keystrokes), then press Enter.
+    let mut echoed = false;
+    for _ in 0..3 {
+        b.eval("document.querySelector('#terminal .xterm-helper-textarea').focus()");
+        b.call("Input.insertText", json!({"text": "echo hello-$((6*7))"}));
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until && !echoed {
+            echoed = b.eval("[...document.querySelectorAll('#terminal .xterm-rows > div')].some(r => r.textContent.includes('echo hello-$((6*7))'))") == Value::Bool(true);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if echoed {
+            break;
+        }
+        // Clear the line before typing again.
+        b.call("Input.dispatchKeyEvent", json!({"type": "keyDown", "key": "u", "code": "KeyU", "modifiers": 2, "windowsVirtualKeyCode": 85, "text": "\u{15}"}));
+        b.call("Input.dispatchKeyEvent", json!({"type": "keyUp", "key": "u", "code": "KeyU", "modifiers": 2, "windowsVirtualKeyCode": 85}));
+    }
+    assert!(echoed, "the shell never echoed what was typed in the terminal");
     for t in ["keyDown", "keyUp"] {
         b.call("Input.dispatchKeyEvent", json!({"type": t, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": if t == "keyDown" { "\r" } else { "" }}));
     }

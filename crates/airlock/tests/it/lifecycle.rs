@@ -24,8 +24,20 @@ async fn create_run_and_destroy_leaves_nothing_behind() {
     drop(sbx);
     assert!(h.backend.get(&id).is_err(), "gone after destroy");
     assert!(!h.root.join("sandboxes").join(&id).exists(), "directory removed");
-    assert!(!std::path::Path::new(&veth).exists(), "veth removed");
-    assert!(std::fs::read_to_string(&slot_file).map(|s| !s.ends_with(&format!("\n{id}"))).unwrap_or(true), "slot released");
+    // The veth goes with the network namespace, which the kernel tears
+    // down in the background, and the slot is freed after it (never
+    // before: its addresses are the slot's), within a few seconds.
+    let ours = || std::fs::read_to_string(&slot_file).map(|s| s.ends_with(&format!("\n{id}"))).unwrap_or(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (veth_there, slot_held) = (std::path::Path::new(&veth).exists(), ours());
+        assert!(!veth_there || slot_held, "the slot was freed while its veth {veth} still exists");
+        if !veth_there && !slot_held {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "veth {veth} removed ({}) and slot released ({}) in time", !veth_there, !slot_held);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Dead: gone, or a zombie the host's init has not collected yet.
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", info.pid)).unwrap_or_default();
     let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("gone");

@@ -452,6 +452,12 @@ for f in /proc/sys/kernel/core_pattern /proc/sys/kernel/sysrq /proc/sys/kernel/p
 done
 echo "CGROUPFS $(ls -A /sys/fs/cgroup | wc -l)"
 w /sys/fs/cgroup/escape 1
+# The sandbox's own cgroup is visible (runtimes size themselves by it),
+# read-only, and nothing above or beside it shows.
+for f in /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes; do
+  [ -e $f ] && { echo "LIMIT $(cat $f)"; w $f 1073741824; }
+done
+for d in $(find /sys/fs/cgroup -mindepth 1 -type d); do echo "CGDIR ${d#/sys/fs/cgroup/}"; done
 "#,
     )
     .await;
@@ -470,6 +476,14 @@ w /sys/fs/cgroup/escape 1
         assert!(lines.contains(&format!("DENIED {f} Read-only file system").as_str()), "{f}\n{r:#?}");
     }
     assert!(lines.iter().any(|l| l.starts_with("DENIED /sys/fs/cgroup/escape ")), "{r:#?}");
+    let limit = read_trim(&cgroup_file(&sbx, ("memory", "memory.limit_in_bytes"), "memory.max"));
+    assert!(lines.contains(&format!("LIMIT {limit}").as_str()), "the sandbox sees its own memory limit ({limit})\n{r:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("DENIED /sys/fs/cgroup/memory") && l.ends_with("Read-only file system")), "{r:#?}");
+    // v2: no directory at all (the sandbox's group is the root); v1: one
+    // per controller hierarchy, with no group inside any of them.
+    for d in lines.iter().filter_map(|l| l.strip_prefix("CGDIR ")) {
+        assert!(!d.contains('/') && ["memory", "cpu", "cpuacct", "pids", "cpu,cpuacct"].contains(&d), "{d} shows more than the sandbox's own cgroup\n{r:#?}");
+    }
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core_pattern"), core_before);
 }
 
@@ -1418,6 +1432,79 @@ echo "PARENT $(ls /proc/self/fd/{fd}/.. 2>&1 | grep -c '^airlock-leak-')"
             "as {who}: only stdin, stdout and stderr are inherited: {fds:?}\n{r:#?}"
         );
     }
+}
+
+/// PID 1 is handed the server's base mount namespace (see
+/// `airlock_runtime::mntns`) to make its own from; a descriptor of it kept
+/// would be a handle on a namespace full of host mounts. It must be gone
+/// once the sandbox runs, and the sandbox's namespace must be neither the
+/// host's nor shared with another sandbox.
+#[tokio::test]
+async fn pid1_keeps_no_mount_namespace_descriptor_and_shares_no_namespace() {
+    let (a, b) = (Sandbox::new(), Sandbox::new());
+    let pid1 = |sbx: &Sandbox| -> u64 {
+        let st: serde_json::Value = serde_json::from_slice(&std::fs::read(sandbox_dir(sbx).join("state.json")).expect("state.json")).expect("json");
+        st["pid"].as_u64().expect("pid in state.json")
+    };
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("mount namespace").display().to_string();
+    let (pa, pb) = (pid1(&a), pid1(&b));
+    for pid in [pa, pb] {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("PID 1's descriptors")
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        assert!(!fds.is_empty(), "positive control: PID 1 has descriptors");
+        assert!(!fds.iter().any(|f| f.starts_with("mnt:[")), "PID 1 of a sandbox kept a mount namespace descriptor: {fds:?}");
+    }
+    assert_ne!(ns(&pa.to_string()), ns("self"), "a sandbox lives in the host's mount namespace");
+    assert_ne!(ns(&pa.to_string()), ns(&pb.to_string()), "two sandboxes share a mount namespace");
+    // Inside, the root's view is the sandbox's own: no other sandbox's
+    // directory shows in its mount table.
+    let r = run_ok(&a, "root", "cat /proc/self/mountinfo").await;
+    assert!(!r.stdout.contains(b.id()) && !r.stdout.contains("sandboxes/"), "{}", r.stdout);
+    // No mount inside is a peer of one outside (a clone of a shared host
+    // mount would be, and mounts would then propagate both ways).
+    assert!(r.stdout.lines().count() > 10, "positive control: the mount table\n{}", r.stdout);
+    assert!(!r.stdout.lines().any(|l| l.contains(" shared:") || l.contains(" master:")), "a sandbox mount propagates to or from outside:\n{}", r.stdout);
+}
+
+/// A volume whose source is a shared mount on the host (as everything is
+/// on a systemd host): PID 1 clones it before it leaves the host's mount
+/// namespace, and a clone of a shared mount is its peer unless made
+/// private. A mount made on the host under the source after the sandbox
+/// started must not appear inside, and nothing inside may be a peer of
+/// anything outside.
+#[tokio::test]
+async fn a_shared_host_mount_given_as_a_volume_does_not_propagate() {
+    let dir = tempfile::Builder::new().prefix("airlock-shared-").tempdir().expect("dir");
+    let src = dir.path().join("vol");
+    std::fs::create_dir_all(src.join("later")).expect("mkdir");
+    let sh = |c: &str| {
+        let o = std::process::Command::new("sh").args(["-c", c]).output().expect("sh");
+        assert!(o.status.success(), "{c}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let s = src.display().to_string();
+    sh(&format!("mount --bind {s} {s} && mount --make-shared {s}"));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").args(["-R", "-l", &self.0]).status();
+        }
+    }
+    let _u = Unmount(s.clone());
+    assert!(
+        std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().any(|l| l.contains(&s) && l.contains(" shared:")),
+        "positive control: the source is shared on the host"
+    );
+    let sbx = Sandbox::with(|spec| spec.volumes.push(airlock_runtime::VolumeMount { source: src.clone(), target: "/mnt/vol".into(), read_only: false }));
+    // After the sandbox exists: a mount on the host under the source.
+    sh(&format!("mount -t tmpfs -o size=1m airlock-late {s}/later && echo from-the-host > {s}/later/marker"));
+    let r = run_ok(&sbx, "root", "grep /mnt/vol /proc/self/mountinfo; ls /mnt/vol/later; cat /mnt/vol/later/marker 2>&1; true").await;
+    assert!(r.stdout.contains("/mnt/vol"), "positive control: the volume is mounted\n{r:#?}");
+    assert!(!r.stdout.contains("from-the-host"), "a host mount made later propagated into the sandbox\n{r:#?}");
+    assert!(!r.stdout.lines().any(|l| l.contains(" shared:") || l.contains(" master:")), "the volume is a peer of the host's mount\n{r:#?}");
 }
 
 /// A stand-in for a machine on the host's own network, built entirely on

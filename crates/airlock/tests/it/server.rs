@@ -487,3 +487,136 @@ async fn sandbox_health_reports_each_check() {
     let (s, _) = srv.api("GET", "/sandboxes/nosuchsandbox0000000/health", None).await;
     assert_eq!(s, 404);
 }
+
+/// curl against the server's listener by name (`--resolve`, no DNS), trusting `ca`.
+fn curl(port: u16, host: &str, ca: Option<&Path>, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--max-time", "30", "--resolve", &format!("{host}:{port}:127.0.0.1"), "-w", "\n%{http_code} %{http_version}"]);
+    if let Some(ca) = ca {
+        c.arg("--cacert").arg(ca);
+    }
+    let out = c.args(args).output().expect("curl (apt install curl)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn https_for_a_domain_on_the_same_listener_over_http2_and_http1() {
+    let dir = tempfile::Builder::new().prefix("airlock-tls-").tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_airlock")).args(["tls", "init", "--domain", "airlock.test", "--data-dir"]).arg(dir.path()).output().expect("tls init");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ca = dir.path().join("tls-ca/ca.pem");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&ca.display().to_string()));
+    let srv = Server::start_at(dir.path(), &["--domain", "airlock.test"]).await;
+    let port = srv.addr().port();
+    let api = "api.airlock.test";
+    let url = |host: &str, path: &str| format!("https://{host}:{port}{path}");
+    // The control API by name, HTTP/2 (ALPN) and HTTP/1.1; plain HTTP still answers on the same port.
+    let (ok, body, err) = curl(port, api, Some(&ca), &["-H", &format!("X-API-KEY: {KEY}"), &url(api, "/sandboxes")]);
+    assert!(ok && body.ends_with("200 2"), "{body} {err}");
+    let (ok, body, err) = curl(port, api, Some(&ca), &["--http1.1", &url(api, "/health")]);
+    assert!(ok && body.ends_with("200 1.1") && body.contains("\"status\":\"ok\""), "{body} {err}");
+    let (s, _, _) = srv.req("GET", "/health", &[], Bytes::new()).await.expect("plain");
+    assert_eq!(s, 200);
+    // A sandbox's envd at {port}-{id}.{domain}: a file up and down over HTTP/2.
+    let sbx = srv.create(json!({"templateID": "base", "timeout": 120})).await;
+    let id = sbx["sandboxID"].as_str().expect("id");
+    let token = sbx["envdAccessToken"].as_str().map(|t| format!("X-Access-Token: {t}")).unwrap_or_default();
+    let host = format!("49983-{id}.airlock.test");
+    let src = dir.path().join("up.txt");
+    std::fs::write(&src, "over h2\n").expect("w");
+    let form = format!("file=@{}", src.display());
+    let (ok, body, err) = curl(port, &host, Some(&ca), &["-H", &token, "-F", &form, &url(&host, "/files?path=/home/user/up.txt&username=user")]);
+    assert!(ok && body.ends_with("200 2"), "{body} {err}");
+    let (ok, body, err) = curl(port, &host, Some(&ca), &["-H", &token, &url(&host, "/files?path=/home/user/up.txt&username=user")]);
+    assert!(ok && body == "over h2\n\n200 2", "{body:?} {err}");
+    let (ok, body, _) = curl(port, &host, Some(&ca), &["--http1.1", "-H", &token, &url(&host, "/files?path=/home/user/up.txt&username=user")]);
+    assert!(ok && body == "over h2\n\n200 1.1", "{body:?}");
+    // Unknown sandboxes by name are E2B's 502 with its body, not the API.
+    let ghost = "49983-nosuchsandbox00000000.airlock.test";
+    let (_, body, _) = curl(port, ghost, Some(&ca), &[&url(ghost, "/health")]);
+    assert!(body.ends_with("502 2") && body.contains("nosuchsandbox"), "{body}");
+    // Without the CA the certificate is refused; a name it does not cover too.
+    let (ok, _, err) = curl(port, api, None, &[&url(api, "/health")]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+    let other = "api.other.test";
+    let (ok, _, err) = curl(port, other, Some(&ca), &[&url(other, "/health")]);
+    assert!(!ok && err.contains("certificate"), "{err}");
+    // A broken handshake (a TLS record header, then junk) costs its connection only.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(srv.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).expect("write");
+        let mut b = Vec::new();
+        let _ = s.read_to_end(&mut b);
+    }
+    let (ok, body, _) = curl(port, api, Some(&ca), &[&url(api, "/health")]);
+    assert!(ok && body.ends_with("200 2"), "{body}");
+    let (s, _) = srv.api("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(s, 204);
+}
+
+#[tokio::test]
+async fn a_bad_tls_certificate_stops_the_start_with_its_reason() {
+    let dir = tempfile::Builder::new().prefix("airlock-tls-bad-").tempdir().expect("tmp");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("w");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--no-network", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args)
+            .output()
+            .expect("run");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let j = junk.to_str().expect("utf-8");
+    let (ok, err) = run(&["--domain", "airlock.test", "--tls-cert", j, "--tls-key", j]);
+    assert!(!ok && err.contains("junk.pem") && err.contains("no PEM certificate"), "{err}");
+    let (ok, err) = run(&["--tls-cert", j, "--tls-key", j]);
+    assert!(!ok && err.contains("need --domain"), "{err}");
+    let (ok, err) = run(&["--domain", "airlock.test", "--tls-cert", j]);
+    assert!(!ok && err.contains("--tls-key"), "{err}");
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_create_limit_waits_in_line_instead_of_429() {
+    // Two at once, twenty asked for: all are made, none refused.
+    let srv = Server::start(&["--max-concurrent-creates", "2"]).await;
+    let creates = (0..20)
+        .map(|_| srv.req("POST", "/v2/sandboxes", &[("x-api-key", KEY), ("content-type", "application/json")], Bytes::from_static(br#"{"templateID":"base","timeout":120}"#)));
+    let answers = futures_util::future::join_all(creates).await;
+    let mut ids = Vec::new();
+    for a in answers {
+        let (s, _, b) = a.expect("answer");
+        assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
+        let v: Value = serde_json::from_slice(&b).expect("json");
+        ids.push(v["sandboxID"].as_str().expect("id").to_string());
+    }
+    for id in &ids {
+        let (s, _) = srv.api("DELETE", &format!("/sandboxes/{id}"), None).await;
+        assert_eq!(s, 204);
+    }
+    // Past the line's places (16 per running create), a clear 429.
+    let srv = Server::start(&["--max-concurrent-creates", "1"]).await;
+    let creates = (0..40)
+        .map(|_| srv.req("POST", "/v2/sandboxes", &[("x-api-key", KEY), ("content-type", "application/json")], Bytes::from_static(br#"{"templateID":"base","timeout":120}"#)));
+    let answers = futures_util::future::join_all(creates).await;
+    let mut made = Vec::new();
+    let mut refused = 0;
+    for a in answers {
+        let (s, _, b) = a.expect("answer");
+        match s {
+            201 => made.push(serde_json::from_slice::<Value>(&b).expect("json")["sandboxID"].as_str().expect("id").to_string()),
+            429 => {
+                refused += 1;
+                assert!(String::from_utf8_lossy(&b).contains("waiting"), "{}", String::from_utf8_lossy(&b));
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&b)),
+        }
+    }
+    assert!(made.len() >= 17 && refused >= 1, "made {}, refused {refused}", made.len());
+    for id in &made {
+        srv.api("DELETE", &format!("/sandboxes/{id}"), None).await;
+    }
+}

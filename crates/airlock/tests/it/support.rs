@@ -84,6 +84,9 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = harness().backend.destroy(&self.info.id);
+        // The rest of the teardown runs in the background: done before the
+        // test (and maybe the process) ends, so nothing is left mounted.
+        airlock_runtime::namespace::settle(std::time::Duration::from_secs(10));
     }
 }
 
