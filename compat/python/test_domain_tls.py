@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -184,7 +185,11 @@ def test_a_client_that_does_not_trust_the_ca_is_refused(domain_server):
 def mcp_server_venv():
     """A virtualenv with `e2b-mcp-server` from PyPI (it needs the 1.x SDKs)."""
     venv = Path(tempfile.gettempdir()) / "airlock-compat-e2b-mcp-server"
-    if subprocess.run([str(venv / "bin" / "python"), "-c", "import e2b_mcp_server"], capture_output=True).returncode != 0:
+    python = venv / "bin" / "python"
+    # A venv from an earlier run is reused only when it imports the package;
+    # a missing or half-made one (an interrupted pip) is made again from scratch.
+    if not python.exists() or subprocess.run([str(python), "-c", "import e2b_mcp_server"], capture_output=True).returncode != 0:
+        shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "e2b-mcp-server"], check=True, timeout=600)
     return venv
