@@ -72,7 +72,7 @@ impl From<airlock_sdk::Error> for ToolError {
             E::NotFound(_) => Code::ExecutionError,
             E::Timeout(_) => Code::ExecutionTimeout,
             E::Auth(_) => Code::PermissionDenied,
-            E::RateLimited(_) => Code::QuotaExceeded,
+            E::RateLimited { .. } => Code::QuotaExceeded,
             E::Http { status, .. } => match status {
                 401 | 403 => Code::PermissionDenied,
                 404 => Code::SandboxNotFound,

@@ -322,6 +322,83 @@ pub struct BroadcastResults {
     pub results: Vec<BroadcastResult>,
 }
 
+/// `POST /sandboxes/{id}/batch`: code jobs run one after another in one
+/// sandbox, highest `priority` first (ties in the order given). Each job
+/// has its own timeout; a job that fails or times out does not stop the
+/// rest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRequest {
+    pub jobs: Vec<BatchJob>,
+}
+
+/// One job of a batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJob {
+    /// Unique within the batch; results carry it as `jobId`.
+    pub id: String,
+    pub code: String,
+    /// A code-interpreter language (python, javascript, typescript, bash,
+    /// r, java); default python. Jobs of one language share one context
+    /// made for the batch (and removed after it), in the order they run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Milliseconds the job may run (default 60,000, at most 3,600,000).
+    /// A job that runs out is interrupted and its context restarted, so
+    /// later jobs of its language start from a fresh kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: i64,
+    /// Environment variables for this job only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub envs: BTreeMap<String, String>,
+}
+
+/// One job's outcome, in the order the jobs ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJobResult {
+    pub job_id: String,
+    /// The job ran to the end without an error.
+    pub success: bool,
+    /// What the job wrote to stdout.
+    pub output: String,
+    pub stderr: String,
+    /// The job's results as the code interpreter reports them (the value
+    /// of the last expression, display data), each a JSON object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<serde_json::Value>,
+    /// Why it failed: the language's error (`NameError: ...`), a timeout,
+    /// or the sandbox going away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    /// Milliseconds from the job's start to its end.
+    pub duration: u64,
+}
+
+/// A batch's outcome; with `Accept: application/x-ndjson` the server sends
+/// each `BatchJobResult` as a line when its job ends, then this summary
+/// without `results`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResults {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<BatchJobResult>,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Milliseconds for the whole batch.
+    pub duration: u64,
+}
+
 /// `{"enabled": true}`: as E2B's SDKs send it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

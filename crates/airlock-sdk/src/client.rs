@@ -185,7 +185,7 @@ impl Client {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            return Err(error::from_api_status(parts.status.as_u16(), &bytes));
+            return Err(error::from_api_status(parts.status.as_u16(), &bytes).with_retry_after(&parts.headers));
         }
     }
 
@@ -202,6 +202,8 @@ impl Client {
             .header(airlock_proto::wire::API_KEY_HEADER, header_value("API key", key)?)
             .header(header::USER_AGENT, USER_AGENT)
             .header(header::CONTENT_TYPE, CONTENT_TYPE_JSON)
+            // Routes that answer either way (a batch) stream when asked.
+            .header(header::ACCEPT, "application/x-ndjson")
             .body(full(payload))
             .map_err(|e| Error::Config(format!("building request to {url}: {e}")))?;
         let resp = self.send(req).await?;
@@ -210,7 +212,7 @@ impl Client {
             return Ok(body);
         }
         let bytes = self.read_body(body, &url).await?;
-        Err(error::from_api_status(parts.status.as_u16(), &bytes))
+        Err(error::from_api_status(parts.status.as_u16(), &bytes).with_retry_after(&parts.headers))
     }
 
     /// A control-API call with a raw body (an upload, an import), whose
@@ -235,7 +237,7 @@ impl Client {
         }
         let (parts, body) = resp.into_parts();
         let bytes = self.read_body(body, &url).await?;
-        Err(error::from_api_status(parts.status.as_u16(), &bytes))
+        Err(error::from_api_status(parts.status.as_u16(), &bytes).with_retry_after(&parts.headers))
     }
 
     pub(crate) async fn api_json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<(StatusCode, http::HeaderMap, T)> {
@@ -248,12 +250,18 @@ impl Client {
 
     /// A request to the sandbox's agent, with routing and auth headers.
     pub(crate) fn envd(&self, t: &Target, method: Method, path_and_query: &str, user: Option<&str>) -> Result<http::request::Builder> {
+        self.sandbox_port(t, ENVD_PORT, method, path_and_query, user)
+    }
+
+    /// A request to `port` in the sandbox (envd's, or the code
+    /// interpreter's), with routing and auth headers.
+    pub(crate) fn sandbox_port(&self, t: &Target, port: u16, method: Method, path_and_query: &str, user: Option<&str>) -> Result<http::request::Builder> {
         let url = format!("{}{}", self.inner.cfg.sandbox_url.trim_end_matches('/'), path_and_query);
         let mut b = Request::builder()
             .method(method)
             .uri(url)
             .header(airlock_proto::wire::SANDBOX_ID_HEADER, header_value("sandbox id", &t.id)?)
-            .header(airlock_proto::wire::SANDBOX_PORT_HEADER, ENVD_PORT.to_string())
+            .header(airlock_proto::wire::SANDBOX_PORT_HEADER, port.to_string())
             .header(header::USER_AGENT, USER_AGENT);
         if let Some(tok) = &t.token {
             b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, header_value("access token", tok)?);

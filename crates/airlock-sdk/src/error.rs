@@ -22,8 +22,12 @@ pub enum Error {
     #[error("authentication failed: {0}")]
     Auth(String),
     /// The server refused the call for now (rate limit or capacity).
-    #[error("rate limited: {0}")]
-    RateLimited(String),
+    #[error("rate limited: {message}")]
+    RateLimited {
+        message: String,
+        /// How long the server asked to wait (its `Retry-After`).
+        retry_after: Option<std::time::Duration>,
+    },
     /// A command ran and exited with a non-zero code.
     #[error("command exited with code {exit_code}")]
     CommandExit { exit_code: i32, stdout: String, stderr: String },
@@ -60,9 +64,17 @@ impl Error {
             Error::Sandbox(c) => Some(c.code.http_status()),
             Error::NotFound(_) => Some(404),
             Error::Auth(_) => Some(401),
-            Error::RateLimited(_) => Some(429),
+            Error::RateLimited { .. } => Some(429),
             _ => None,
         }
+    }
+
+    /// A 429's wait, from the response's `Retry-After` (seconds).
+    pub(crate) fn with_retry_after(mut self, headers: &http::HeaderMap) -> Self {
+        if let Error::RateLimited { retry_after, .. } = &mut self {
+            *retry_after = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).map(std::time::Duration::from_secs);
+        }
+        self
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -100,7 +112,7 @@ pub(crate) fn from_connect(e: ConnectError) -> Error {
     match e.code {
         Code::NotFound => Error::NotFound(e.message),
         Code::Unauthenticated => Error::Auth(e.message),
-        Code::ResourceExhausted => Error::RateLimited(e.message),
+        Code::ResourceExhausted => Error::RateLimited { message: e.message, retry_after: None },
         Code::DeadlineExceeded | Code::Canceled => Error::Timeout(e.message),
         _ => Error::Sandbox(e),
     }
@@ -128,7 +140,7 @@ pub(crate) fn from_api_status(status: u16, body: &[u8]) -> Error {
     match status {
         401 | 403 => Error::Auth(message),
         404 => Error::NotFound(message),
-        429 => Error::RateLimited(message),
+        429 => Error::RateLimited { message, retry_after: None },
         408 | 504 => Error::Timeout(message),
         _ => Error::Http { status, message },
     }
@@ -147,7 +159,7 @@ pub(crate) fn from_sandbox_status(sandbox_id: &str, status: u16, body: &[u8]) ->
     match status {
         401 | 403 => Error::Auth(message),
         404 => Error::NotFound(message),
-        429 => Error::RateLimited(message),
+        429 => Error::RateLimited { message, retry_after: None },
         408 | 504 => Error::Timeout(message),
         _ => Error::Http { status, message },
     }
@@ -177,7 +189,7 @@ mod tests {
     #[test]
     fn api_statuses_map_to_variants() {
         assert!(matches!(from_api_status(401, br#"{"code":401,"message":"Invalid API key"}"#), Error::Auth(ref m) if m == "Invalid API key"));
-        assert!(matches!(from_api_status(429, b"{}"), Error::RateLimited(_)));
+        assert!(matches!(from_api_status(429, b"{}"), Error::RateLimited { .. }));
         assert!(matches!(from_api_status(400, b"oops"), Error::Http { status: 400, ref message } if message == "oops"));
         let e = Error::Connection { url: "http://x".into(), source: "refused".into() };
         assert_eq!(e.to_line(), "connection to http://x failed: refused");

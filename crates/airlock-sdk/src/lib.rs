@@ -23,7 +23,9 @@
 //! ([`Client::create_webhook`]) and secrets ([`Client::create_secret`])
 //! but not API keys, and has no TLS of its own.
 
+pub mod batch;
 mod client;
+pub mod code;
 pub mod commands;
 mod config;
 mod error;
@@ -42,7 +44,9 @@ pub mod templates;
 pub mod volumes;
 pub mod webhooks;
 
+pub use batch::{BatchEvent, BatchStream};
 pub use client::Client;
+pub use code::{CodeContext, Execution, ExecutionEvent, ExecutionStream, Interpreter, RunCode};
 pub use commands::{CommandBuilder, CommandEvent, CommandHandle, CommandResult, CommandStream, Commands, Process, Pty};
 pub use config::{Config, DEFAULT_URL};
 pub use error::{Error, Result};

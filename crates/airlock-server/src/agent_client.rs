@@ -184,3 +184,83 @@ pub async fn update_env(socket: &Path, token: Option<&str>, change: &airlock_pro
     let env: airlock_proto::execlog::AgentEnv = serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(format!("reading the environment: {e}")))?;
     Ok(env.env)
 }
+
+// ------------------------------------------------------ the code interpreter
+
+/// A request to the agent's code interpreter (E2B's port-49999 API, which
+/// the agent serves on the same socket when `x-airlock-port` says 49999).
+async fn interpreter(socket: &Path, token: Option<&str>, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<hyper::Response<hyper::body::Incoming>, AgentError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(AgentError::Connect)?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "sandbox")
+        .header(airlock_proto::wire::AGENT_PORT_HEADER, airlock_proto::wire::CODE_INTERPRETER_PORT.to_string())
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header(airlock_proto::wire::ACCESS_TOKEN_HEADER, t);
+    }
+    let body = body.map(|v| bytes::Bytes::from(v.to_string())).unwrap_or_default();
+    let req = b.body(Full::new(body)).map_err(|e| AgentError::Http(e.to_string()))?;
+    let resp = tx.send_request(req).await.map_err(|e| AgentError::Http(e.to_string()))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        return Err(AgentError::Rpc(format!("{status}: {}", String::from_utf8_lossy(&bytes).trim())));
+    }
+    Ok(resp)
+}
+
+/// Makes a code context for `language`; returns its id.
+pub async fn create_context(socket: &Path, token: Option<&str>, language: &str) -> Result<String, AgentError> {
+    let resp = interpreter(socket, token, "POST", "/contexts", Some(serde_json::json!({ "language": language }))).await?;
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).map_err(|e| AgentError::Http(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| AgentError::Http(format!("reading the new context: {e}")))?;
+    v["id"].as_str().map(str::to_string).ok_or_else(|| AgentError::Http("the new context has no id".into()))
+}
+
+/// Removes a context, stopping its kernel.
+pub async fn delete_context(socket: &Path, token: Option<&str>, id: &str) -> Result<(), AgentError> {
+    interpreter(socket, token, "DELETE", &format!("/contexts/{id}"), None).await.map(drop)
+}
+
+/// Stops a context's kernel (even mid-execution); its next execution starts a new one.
+pub async fn restart_context(socket: &Path, token: Option<&str>, id: &str) -> Result<(), AgentError> {
+    interpreter(socket, token, "POST", &format!("/contexts/{id}/restart"), None).await.map(drop)
+}
+
+/// Runs `code` in context `context`, calling `on_event` with each line of
+/// the execution's stream (`stdout`, `stderr`, `result`, `error`,
+/// `number_of_executions`; keepalives are skipped) until
+/// `end_of_execution`. Dropping the future disconnects, which the agent
+/// takes as an interrupt.
+pub async fn execute(
+    socket: &Path,
+    token: Option<&str>,
+    context: &str,
+    code: &str,
+    env: &BTreeMap<String, String>,
+    mut on_event: impl FnMut(serde_json::Value),
+) -> Result<(), AgentError> {
+    let body = serde_json::json!({ "code": code, "context_id": context, "env_vars": env });
+    let resp = interpreter(socket, token, "POST", "/execute", Some(body)).await?;
+    let mut body = resp.into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| AgentError::Http(format!("reading the execution: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            match v["type"].as_str() {
+                Some("end_of_execution") => return Ok(()),
+                Some("keepalive") => {}
+                _ => on_event(v),
+            }
+        }
+    }
+    Err(AgentError::Http("the execution's stream ended before the execution did (the sandbox stopped?)".into()))
+}

@@ -769,6 +769,43 @@ async fn configure(State(s): State<AppState>, Param(id): Param, body: axum::body
     Ok(h::json(200, &s.svc.configure(&id, b).await?))
 }
 
+/// Batch execution: code jobs run one after another in the sandbox's code
+/// interpreter, highest priority first, each with its own timeout; a job
+/// that fails or times out does not stop the rest. JSON answers once at
+/// the end; `Accept: application/x-ndjson` streams each job's result as it
+/// ends, then the summary.
+#[utoipa::path(post, path = "/sandboxes/{id}/batch", tag = "sandboxes", params(("id" = String, Path)), request_body = airlock_proto::api::BatchRequest,
+    responses((status = 200, body = airlock_proto::api::BatchResults, description = "every job's result; with Accept: application/x-ndjson, one BatchJobResult per line then the summary"),
+        (status = 400, body = wire::ApiError), (status = 404, body = wire::ApiError), (status = 409, body = wire::ApiError)))]
+async fn batch(State(s): State<AppState>, Param(id): Param, headers: http::HeaderMap, body: axum::body::Body) -> ApiResult {
+    let b: airlock_proto::api::BatchRequest = read_json(body, crate::service::MAX_BATCH_BYTES).await?;
+    let plan = s.svc.batch_plan(&id, b).await?;
+    let stream = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("ndjson"));
+    if !stream {
+        return Ok(h::json(200, &s.svc.run_batch(plan, None).await));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let svc = s.svc.clone();
+    let run = tokio::spawn(async move { svc.run_batch(plan, Some(tx)).await });
+    fn line<T: serde::Serialize>(v: &T) -> Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError> {
+        let mut l = serde_json::to_vec(v).unwrap_or_default();
+        l.push(b'\n');
+        Ok(http_body::Frame::data(bytes::Bytes::from(l)))
+    }
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold((rx, Some(run)), |(mut rx, run)| async move {
+        if let Some(r) = rx.recv().await {
+            return Some((line(&r), (rx, run)));
+        }
+        // Every result is out: the summary, once.
+        let mut summary = run?.await.ok()?;
+        summary.results.clear();
+        Some((line(&summary), (rx, None)))
+    }));
+    let mut r = http::Response::new(http_body_util::BodyExt::boxed_unsync(body));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
 /// E2B's default templates: `base` and the shipped recipes, in E2B's
 /// `Template` shape.
 #[utoipa::path(get, path = "/default-templates", tag = "templates", responses((status = 200, description = "E2B Template objects")))]
@@ -1084,7 +1121,7 @@ macro_rules! routes {
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
                 airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
-                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults, airlock_proto::api::BatchRequest, airlock_proto::api::BatchJob, airlock_proto::api::BatchJobResult, airlock_proto::api::BatchResults,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -1137,6 +1174,7 @@ routes! {
         post "/networks/{name}/members" => join_network,
         delete "/networks/{name}/members/{id}" => leave_network,
         post "/sandboxes/broadcast" => broadcast,
+        post "/sandboxes/{id}/batch" => batch,
         post "/webhooks" => create_webhook,
         get "/webhooks" => list_webhooks,
         get "/webhooks/{id}" => get_webhook,
@@ -1247,20 +1285,24 @@ async fn not_found(method: http::Method, uri: http::Uri) -> Resp {
 
 /// The control API as a tower service.
 pub fn router(svc: Arc<Service>, limiter: Arc<RateLimiter>) -> axum::Router {
-    router_with(svc, limiter, None)
+    router_with(svc, limiter, None, None)
 }
 
 /// The control API with `extra` routes (the MCP endpoint) mounted behind
 /// the same authentication and rate limit, which take the key from
 /// `X-API-KEY` or, on these routes only, `Authorization: Bearer` (what
-/// remote MCP clients are configured to send).
-pub fn router_with(svc: Arc<Service>, limiter: Arc<RateLimiter>, extra: Option<axum::Router>) -> axum::Router {
+/// remote MCP clients are configured to send). `public` routes (the
+/// Socket.IO endpoint) check keys themselves.
+pub fn router_with(svc: Arc<Service>, limiter: Arc<RateLimiter>, extra: Option<axum::Router>, public: Option<axum::Router>) -> axum::Router {
     let dashboard = crate::dashboard::router(svc.cfg.domain.clone());
     let state = AppState { svc, limiter };
     let private = private_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let mut api = public_routes().merge(private).with_state(state.clone());
     if let Some(extra) = extra {
         api = api.merge(extra.route_layer(axum::middleware::from_fn_with_state(state, authenticate)).route_layer(axum::middleware::from_fn(bearer_key)));
+    }
+    if let Some(public) = public {
+        api = api.merge(public);
     }
     api.merge(dashboard).fallback(not_found).method_not_allowed_fallback(not_found).layer(axum::middleware::from_fn(trace))
 }

@@ -51,6 +51,9 @@ pub struct Server {
     pub new_key: Option<String>,
     /// Routes served beside the API, behind its authentication (`/mcp`).
     extra: Option<axum::Router>,
+    /// Routes that authenticate on their own (`/socket.io/`: the key is in
+    /// the Socket.IO handshake, which browsers cannot put in a header).
+    public_extra: Option<axum::Router>,
     /// HTTPS on the same listener (`--domain` with a certificate).
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -138,7 +141,7 @@ impl Server {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || secrets.check_key()).await {
             tracing::error!(error = %e, "stored secrets cannot be decrypted: they will not be injected");
         }
-        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None, tls })
+        Ok(Self { service, listener, limiter: Arc::new(RateLimiter::default()), new_key, extra: None, public_extra: None, tls })
     }
 
     /// Serves `routes` beside the control API, behind its authentication
@@ -146,6 +149,13 @@ impl Server {
     /// crate does not depend on the MCP server).
     pub fn with_routes(mut self, routes: axum::Router) -> Self {
         self.extra = Some(routes);
+        self
+    }
+
+    /// Routes served beside the API without its authentication or rate
+    /// limit: they must check keys themselves.
+    pub fn with_public_routes(mut self, routes: axum::Router) -> Self {
+        self.public_extra = Some(routes);
         self
     }
 
@@ -157,7 +167,7 @@ impl Server {
     /// sandboxes keep running.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let svc = self.service.clone();
-        let api = api::router_with(svc.clone(), self.limiter.clone(), self.extra.clone());
+        let api = api::router_with(svc.clone(), self.limiter.clone(), self.extra.clone(), self.public_extra.clone());
         let nofile = conn::nofile_limit();
         let limits = conn::Limits::new(svc.cfg.max_connections, svc.cfg.max_connections_per_client, nofile);
         if let Some(n) = nofile.filter(|n| (limits.max as u64).saturating_mul(2) + limits.reserve as u64 > *n) {

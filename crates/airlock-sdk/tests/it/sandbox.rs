@@ -258,7 +258,7 @@ async fn rate_limits_and_capacity_are_typed() {
             break;
         }
     }
-    assert!(matches!(limited, Some(Error::RateLimited(_))), "{limited:?}");
+    assert!(matches!(limited, Some(Error::RateLimited { .. })), "{limited:?}");
     // With retries the SDK waits out Retry-After and succeeds.
     let patient = Client::new(srv.config().with_retries(3)).expect("client");
     for _ in 0..3 {
@@ -270,7 +270,7 @@ async fn rate_limits_and_capacity_are_typed() {
     let client = Client::new(srv.config().with_retries(0)).expect("client");
     let _one = Sandbox::builder().client(&client).allow_internet_access(false).create().await.expect("first");
     let e = Sandbox::builder().client(&client).allow_internet_access(false).create().await.expect_err("over capacity");
-    assert!(matches!(e, Error::RateLimited(_)), "{e:?}");
+    assert!(matches!(e, Error::RateLimited { .. }), "{e:?}");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use airlock_runtime::{Backend, Resources, SandboxInfo, SandboxSpec};
 use crate::config::Config;
 use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
+mod batch;
 mod create;
 mod disk;
 pub mod e2b_builds;
@@ -50,6 +51,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
+pub use batch::{BatchPlan, MAX_BATCH_BYTES};
 pub use create::{setup_script, NO_FIREWALL_HINT};
 pub use execlog::LogQuery;
 pub use metrics::metric;

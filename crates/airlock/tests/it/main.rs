@@ -4,6 +4,7 @@
 mod probe;
 mod support;
 
+mod batch;
 mod cli;
 
 mod connections;
