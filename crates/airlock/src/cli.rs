@@ -520,6 +520,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             _ => addr,
         };
         let server = server.with_routes(axum::Router::new().route_service("/mcp", airlock_mcp::http_service(format!("http://{own}"))));
+        // The SandboxSDK endpoint, the same way (its key is in the Socket.IO handshake).
+        let sio = airlock_socketio::service(format!("http://{own}"));
+        let server = server.with_public_routes(axum::Router::new().route_service("/socket.io/", sio.clone()).route_service("/socket.io", sio));
         if let Some(key) = &server.new_key {
             println!("Created an API key (shown once; manage keys with `airlock keys`):\n");
             println!("  export E2B_API_URL=http://{addr}");
