@@ -77,7 +77,12 @@ impl Gateway {
         }
         let c = Client::new(Config::new(self.url.clone(), key.to_string()).with_request_timeout(CALL_TIMEOUT).with_retries(0)).map_err(GwError::from)?;
         // Any authenticated call proves the key; the pool list is small.
-        c.pools().await.map_err(GwError::from)?;
+        // The server checks the key before its rate limit, so a 429 proves
+        // it too (and refusing the connection for it would be final).
+        match c.pools().await {
+            Ok(_) | Err(airlock_sdk::Error::RateLimited { .. }) => {}
+            Err(e) => return Err(GwError::from(e)),
+        }
         let mut m = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() >= MAX_CACHED_KEYS {
             m.clear();

@@ -1,0 +1,479 @@
+import { io, type Socket } from 'socket.io-client'
+
+import { ConnectionError, fromWire, SandboxError, SandboxSDKError, TimeoutError, RateLimitError, type WireError } from './errors.js'
+import type {
+  BatchJob,
+  BatchJobResult,
+  BatchResponse,
+  CodeContext,
+  CreateSandboxOptions,
+  CreateTemplateOptions,
+  ExecuteBatchOptions,
+  ExecutionError,
+  ExecutionResult,
+  FileContent,
+  FileEntry,
+  FileTarget,
+  LogLevel,
+  Logger,
+  RunCodeOptions,
+  RunCodeResponse,
+  RunTerminalOptions,
+  RunTerminalResponse,
+  Sandbox,
+  SandboxSDKConfig,
+  SDKMetrics,
+  Template,
+  TemplatePage,
+  TemplateSpec,
+  WriteFileOptions,
+} from './types.js'
+
+const DEFAULT_URL = 'http://127.0.0.1:3000'
+const DEFAULT_TIMEOUT_MS = 30_000
+const DEFAULT_EXECUTION_MS = 300_000
+const DEFAULT_BUILD_MS = 600_000
+/** Time the server gets beyond an execution's own timeout to answer it. */
+const EXECUTION_MARGIN_MS = 15_000
+const LEVELS: LogLevel[] = ['debug', 'info', 'warn', 'error']
+
+type Ack = { ok: true; data: unknown } | { ok: false; error: WireError }
+type Listener = (...args: any[]) => void
+type SdkEvent = 'connect' | 'disconnect' | 'reconnect' | 'error' | 'metrics'
+
+interface CallOptions {
+  timeoutMs?: number
+  /** Safe to send again: retried after connection errors, timeouts and rate limits. */
+  idempotent?: boolean
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+function randomId(prefix: string): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto
+  if (c?.randomUUID) return `${prefix}-${c.randomUUID()}`
+  return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`
+}
+
+function toBase64(b: Uint8Array): string {
+  const B = (globalThis as { Buffer?: { from(b: Uint8Array): { toString(enc: string): string } } }).Buffer
+  if (B) return B.from(b).toString('base64')
+  let s = ''
+  for (const x of b) s += String.fromCharCode(x)
+  return btoa(s)
+}
+
+/**
+ * A client of an Airlock server's Socket.IO endpoint, with the SandboxSDK
+ * API. It connects when constructed and reconnects by itself; every
+ * method waits for the connection (up to its timeout) before it sends.
+ */
+export class SandboxSDK {
+  private readonly socket: Socket
+  private readonly cfg: Required<Pick<SandboxSDKConfig, 'timeout' | 'maxRetries' | 'retryDelay' | 'enableLogging' | 'logLevel' | 'enableMetrics'>>
+  private readonly logger: Logger
+  private readonly listeners = new Map<SdkEvent, Set<Listener>>()
+  private readonly created = new Set<string>()
+  private readonly counters = { total: 0, ok: 0, failed: 0, responseMs: 0, executionMs: 0 }
+  private metricsTimer?: ReturnType<typeof setInterval>
+  /** Why the last connection attempt failed (an auth refusal stops retrying). */
+  private refusal?: SandboxSDKError
+  private everConnected = false
+  private closed = false
+
+  constructor(config: SandboxSDKConfig) {
+    if (!config || typeof config.apiKey !== 'string' || config.apiKey.trim() === '') {
+      throw new SandboxSDKError('apiKey is required', 'INVALID_CONFIG')
+    }
+    this.cfg = {
+      timeout: config.timeout ?? DEFAULT_TIMEOUT_MS,
+      maxRetries: config.maxRetries ?? 3,
+      retryDelay: config.retryDelay ?? 1000,
+      enableLogging: config.enableLogging ?? false,
+      logLevel: config.logLevel ?? 'info',
+      enableMetrics: config.enableMetrics ?? true,
+    }
+    this.logger = config.logger ?? console
+    const url = (config.serverUrl ?? DEFAULT_URL).replace(/\/+$/, '')
+    this.socket = io(url, {
+      path: '/socket.io',
+      auth: { apiKey: config.apiKey },
+      reconnection: true,
+      reconnectionDelay: 250,
+      reconnectionDelayMax: 2000,
+      ...config.socketOptions,
+    })
+    this.socket.on('connect', () => {
+      this.refusal = undefined
+      this.log('info', `connected to ${url}`)
+      this.fire(this.everConnected ? 'reconnect' : 'connect')
+      this.everConnected = true
+    })
+    this.socket.on('disconnect', (reason: string) => {
+      this.log('warn', `disconnected: ${reason}`)
+      this.fire('disconnect', reason)
+    })
+    this.socket.on('connect_error', (err: Error) => {
+      // A refusal by the server's middleware (a wrong key) is final;
+      // socket.io does not retry it, and neither does this SDK.
+      const refused = !(this.socket as unknown as { active: boolean }).active
+      this.refusal = refused ? new SandboxSDKError(`the server refused the connection: ${err.message}`, /api key/i.test(err.message) ? 'UNAUTHORIZED' : 'CONNECT_REFUSED') : undefined
+      this.log(refused ? 'error' : 'debug', `connection failed: ${err.message}`)
+      this.fire('error', this.refusal ?? new ConnectionError(err.message, { cause: err }))
+    })
+    if (config.metricsInterval && config.metricsInterval > 0 && this.cfg.enableMetrics) {
+      this.metricsTimer = setInterval(() => this.fire('metrics', this.getMetrics()), config.metricsInterval)
+      ;(this.metricsTimer as { unref?: () => void }).unref?.()
+    }
+  }
+
+  // ------------------------------------------------------------ plumbing
+
+  /** Listens to the SDK's own events: connect, disconnect, reconnect, error, metrics. */
+  on(event: SdkEvent, listener: Listener): this {
+    if (!this.listeners.has(event)) this.listeners.set(event, new Set())
+    this.listeners.get(event)!.add(listener)
+    return this
+  }
+
+  off(event: SdkEvent, listener: Listener): this {
+    this.listeners.get(event)?.delete(listener)
+    return this
+  }
+
+  private fire(event: SdkEvent, ...args: unknown[]) {
+    for (const l of this.listeners.get(event) ?? []) {
+      try {
+        l(...args)
+      } catch (e) {
+        this.log('error', `a ${event} listener threw`, e)
+      }
+    }
+  }
+
+  private log(level: LogLevel, ...args: unknown[]) {
+    if (!this.cfg.enableLogging || LEVELS.indexOf(level) < LEVELS.indexOf(this.cfg.logLevel)) return
+    this.logger[level]('[airlock-sdk]', ...args)
+  }
+
+  /** Resolves once connected; rejects on a refusal (a wrong key) or after `timeoutMs`. */
+  waitForConnection(timeoutMs = 10_000): Promise<void> {
+    if (this.closed) return Promise.reject(new ConnectionError('this SDK was disconnected; make a new one'))
+    if (this.socket.connected) return Promise.resolve()
+    if (this.refusal) return Promise.reject(this.refusal)
+    return new Promise((resolve, reject) => {
+      const done = (err?: SandboxSDKError) => {
+        clearTimeout(timer)
+        this.socket.off('connect', onConnect)
+        this.socket.off('connect_error', onError)
+        if (err) reject(err)
+        else resolve()
+      }
+      const onConnect = () => done()
+      // connect_error's own handler (above) runs first and sets the refusal.
+      const onError = () => {
+        if (this.refusal) done(this.refusal)
+      }
+      const timer = setTimeout(() => done(new TimeoutError(`not connected to the server within ${timeoutMs} ms`, timeoutMs)), timeoutMs)
+      this.socket.on('connect', onConnect)
+      this.socket.on('connect_error', onError)
+      if (!this.socket.active && !this.closed) this.socket.connect()
+    })
+  }
+
+  /** Connected now. */
+  isReady(): boolean {
+    return this.socket.connected
+  }
+
+  /** Closes the connection for good; pending calls fail with `ConnectionError`. */
+  disconnect(): void {
+    this.closed = true
+    if (this.metricsTimer) clearInterval(this.metricsTimer)
+    this.socket.disconnect()
+  }
+
+  /** What this SDK has done so far. */
+  getMetrics(): SDKMetrics {
+    const c = this.counters
+    const finished = c.ok + c.failed
+    return {
+      totalRequests: c.total,
+      successfulRequests: c.ok,
+      failedRequests: c.failed,
+      averageResponseTime: finished ? c.responseMs / finished : 0,
+      totalExecutionTime: c.executionMs,
+      activeSandboxes: this.created.size,
+    }
+  }
+
+  /** Waits for a connection, failing as a `ConnectionError` after `timeoutMs`. */
+  private async connected(timeoutMs: number, what: string) {
+    try {
+      await this.waitForConnection(timeoutMs)
+    } catch (e) {
+      if (e instanceof TimeoutError) throw new ConnectionError(`${what}: not connected to the server within ${timeoutMs} ms`, { cause: e })
+      throw e
+    }
+  }
+
+  /** One emit with its acknowledgement; a disconnect before the answer is a `ConnectionError`. */
+  private async emitOnce(event: string, payload: unknown, timeoutMs: number, connectMs = timeoutMs): Promise<unknown> {
+    const deadline = Date.now() + timeoutMs
+    await this.connected(Math.min(connectMs, timeoutMs), event)
+    const left = Math.max(1, deadline - Date.now())
+    let onDisconnect: ((reason: string) => void) | undefined
+    const dropped = new Promise<never>((_, reject) => {
+      onDisconnect = (reason: string) => reject(new ConnectionError(`${event}: the connection closed before the server answered (${reason})`, { details: { event } }))
+      this.socket.once('disconnect', onDisconnect)
+    })
+    try {
+      const ack = (await Promise.race([this.socket.timeout(left).emitWithAck(event, payload), dropped]).catch((e: unknown) => {
+        if (e instanceof SandboxSDKError) throw e
+        throw new TimeoutError(`${event}: no answer within ${timeoutMs} ms`, timeoutMs, { details: { event } })
+      })) as Ack
+      if (!ack || typeof ack !== 'object' || !('ok' in ack)) throw new SandboxSDKError(`${event}: the server's answer is not an acknowledgement`, 'PROTOCOL')
+      if (ack.ok) return ack.data
+      throw fromWire(ack.error, { event, timeoutMs })
+    } finally {
+      if (onDisconnect) this.socket.off('disconnect', onDisconnect)
+    }
+  }
+
+  /** An operation, counted in the metrics, retried when idempotent. */
+  private async call<T>(event: string, payload: unknown, opts: CallOptions = {}): Promise<T> {
+    const timeoutMs = opts.timeoutMs ?? this.cfg.timeout
+    const started = Date.now()
+    if (this.cfg.enableMetrics) this.counters.total++
+    let attempt = 0
+    for (;;) {
+      try {
+        const data = (await this.emitOnce(event, payload, timeoutMs)) as T
+        this.count(true, started)
+        return data
+      } catch (e) {
+        const transient = e instanceof ConnectionError || e instanceof TimeoutError || e instanceof RateLimitError
+        if (!opts.idempotent || !transient || attempt >= this.cfg.maxRetries || this.closed || this.refusal) {
+          this.count(false, started)
+          this.log('debug', `${event} failed`, e)
+          throw e
+        }
+        const backoff = this.cfg.retryDelay * 2 ** attempt
+        const wait = e instanceof RateLimitError ? Math.max(e.retryAfter, backoff) : backoff
+        attempt++
+        this.log('info', `${event}: ${(e as Error).message}; retry ${attempt}/${this.cfg.maxRetries} in ${wait} ms`)
+        await sleep(wait)
+      }
+    }
+  }
+
+  private count(ok: boolean, started: number) {
+    if (!this.cfg.enableMetrics) return
+    if (ok) this.counters.ok++
+    else this.counters.failed++
+    this.counters.responseMs += Date.now() - started
+  }
+
+  /**
+   * An execution whose output streams as events tagged with its id. A
+   * connection that drops mid-way is re-established and the execution
+   * re-subscribed (the server keeps it running and replays what was
+   * missed; events already seen are skipped by their sequence number).
+   */
+  private async streamed<T>(event: string, payload: Record<string, unknown>, id: string, idField: string, events: Record<string, (p: any) => void>, timeoutMs: number): Promise<T> {
+    const started = Date.now()
+    const deadline = started + timeoutMs
+    let seen = 0
+    const handlers: [string, Listener][] = Object.entries(events).map(([name, fn]) => [
+      name,
+      (p: any) => {
+        if (!p || p[idField] !== id) return
+        if (typeof p.seq === 'number') {
+          if (p.seq <= seen) return
+          seen = p.seq
+        }
+        try {
+          fn(p)
+        } catch (e) {
+          this.log('error', `a ${name} callback threw`, e)
+        }
+      },
+    ])
+    for (const [n, h] of handlers) this.socket.on(n, h)
+    if (this.cfg.enableMetrics) this.counters.total++
+    try {
+      let sent = false
+      for (;;) {
+        const left = deadline - Date.now()
+        if (left <= 0) throw new TimeoutError(`${event}: no outcome within ${timeoutMs} ms`, timeoutMs, { details: { event, [idField]: id } })
+        try {
+          // A reconnection gets the SDK's own timeout, not what is left
+          // of the execution's: a server that is gone fails in seconds.
+          const data = sent ? await this.emitOnce('execution:subscribe', { executionId: id }, left, this.cfg.timeout) : await this.emitOnce(event, payload, left, this.cfg.timeout)
+          this.count(true, started)
+          return data as T
+        } catch (e) {
+          sent = true
+          if (e instanceof ConnectionError && !this.closed && !this.refusal && idField === 'executionId') {
+            this.log('warn', `${event}: connection lost; resubscribing to ${id}`)
+            const wait = Math.max(1, Math.min(deadline - Date.now(), this.cfg.timeout))
+            try {
+              await this.waitForConnection(wait)
+            } catch (again) {
+              throw new ConnectionError(`${event}: the connection was lost mid-execution and not back within ${wait} ms (execution ${id} may still be running on the server)`, {
+                details: { [idField]: id },
+                cause: again,
+              })
+            }
+            continue
+          }
+          if (e instanceof SandboxError && e.code === 'NOT_FOUND' && sent && String(e.message).includes('no execution')) {
+            throw new ConnectionError(`${event}: the connection dropped and the server no longer knows execution ${id} (it restarted, or never got the request)`, { details: { [idField]: id }, cause: e })
+          }
+          throw e
+        }
+      }
+    } catch (e) {
+      this.count(false, started)
+      throw e
+    } finally {
+      for (const [n, h] of handlers) this.socket.off(n, h)
+      if (this.cfg.enableMetrics) this.counters.executionMs += Date.now() - started
+    }
+  }
+
+  // ----------------------------------------------------------- sandboxes
+
+  async createSandbox(opts: CreateSandboxOptions = {}): Promise<{ sandbox: Sandbox }> {
+    const expiryTime = opts.expiryTime instanceof Date ? opts.expiryTime.toISOString() : opts.expiryTime
+    const r = await this.call<{ sandbox: Sandbox }>('sandbox:create', { ...opts, expiryTime }, { timeoutMs: Math.max(this.cfg.timeout, 120_000) })
+    this.created.add(r.sandbox.id)
+    return r
+  }
+
+  async deleteSandbox(sandboxId: string): Promise<{ sandboxId: string; deleted: boolean }> {
+    const r = await this.call<{ sandboxId: string; deleted: boolean }>('sandbox:delete', { sandboxId })
+    this.created.delete(sandboxId)
+    return r
+  }
+
+  async getSandboxStatus(sandboxId: string): Promise<{ sandbox: Sandbox }> {
+    return this.call('sandbox:status', { sandboxId }, { idempotent: true })
+  }
+
+  async listSandboxes(filter: { templateId?: string; metadata?: Record<string, string> } = {}): Promise<{ sandboxes: Sandbox[] }> {
+    return this.call('sandbox:list', filter, { idempotent: true })
+  }
+
+  // ----------------------------------------------------------- templates
+
+  async getTemplates(page = 1, pageSize = 20): Promise<TemplatePage> {
+    return this.call('template:list', { page, pageSize }, { idempotent: true })
+  }
+
+  async getTemplate(templateId: string): Promise<{ template: Template }> {
+    return this.call('template:get', { templateId }, { idempotent: true })
+  }
+
+  /** Builds a template from a spec; resolves when it is ready. */
+  async createTemplate(spec: TemplateSpec, opts: CreateTemplateOptions = {}): Promise<{ template: Template }> {
+    const onEvent = (p: { name: string; event: Record<string, unknown> }) => {
+      if (p?.name === spec?.name) opts.onBuildEvent?.(p.event)
+    }
+    this.socket.on('template:build', onEvent)
+    try {
+      return await this.call('template:create', spec, { timeoutMs: opts.timeoutMs ?? DEFAULT_BUILD_MS })
+    } finally {
+      this.socket.off('template:build', onEvent)
+    }
+  }
+
+  // ---------------------------------------------------------- executions
+
+  /** Runs code in a sandbox's code interpreter; callbacks get output as it happens, before the promise resolves. */
+  async runCode(sandboxId: string, code: string, opts: RunCodeOptions = {}): Promise<RunCodeResponse> {
+    const executionId = randomId('exec')
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_EXECUTION_MS
+    const payload = { sandboxId, code, language: opts.language, contextId: opts.contextId, timeoutMs, envs: opts.envs, executionId }
+    return this.streamed<RunCodeResponse>(
+      'code:run',
+      payload,
+      executionId,
+      'executionId',
+      {
+        'code:stdout': (p: { text: string }) => opts.onStdout?.(p.text),
+        'code:stderr': (p: { text: string }) => opts.onStderr?.(p.text),
+        'code:result': (p: { result: ExecutionResult }) => opts.onResult?.(p.result),
+        'code:error': (p: { error: ExecutionError }) => opts.onError?.(p.error),
+      },
+      timeoutMs + EXECUTION_MARGIN_MS,
+    )
+  }
+
+  /** Runs a shell command (`bash -l -c`); a non-zero exit is in `exitCode`, not an error. */
+  async runTerminal(sandboxId: string, command: string, opts: RunTerminalOptions = {}): Promise<RunTerminalResponse> {
+    const executionId = randomId('term')
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_EXECUTION_MS
+    const payload = { sandboxId, command, cwd: opts.cwd, envs: opts.envs, timeoutMs, executionId }
+    return this.streamed<RunTerminalResponse>(
+      'terminal:run',
+      payload,
+      executionId,
+      'executionId',
+      {
+        'terminal:stdout': (p: { data: string }) => opts.onStdout?.(p.data),
+        'terminal:stderr': (p: { data: string }) => opts.onStderr?.(p.data),
+      },
+      timeoutMs + EXECUTION_MARGIN_MS,
+    )
+  }
+
+  /** Runs jobs one after another in one sandbox, highest priority first; a failing or timed-out job does not stop the rest. */
+  async executeBatch(sandboxId: string, jobs: BatchJob[], opts: ExecuteBatchOptions = {}): Promise<BatchResponse> {
+    if (!Array.isArray(jobs)) throw new SandboxSDKError('jobs must be an array', 'INVALID_ARGUMENT')
+    const batchId = randomId('batch')
+    const timeoutMs = opts.timeoutMs ?? jobs.reduce((t, j) => t + (j?.timeout ?? 60_000), 60_000)
+    return this.streamed<BatchResponse>(
+      'batch:execute',
+      { sandboxId, jobs, batchId },
+      batchId,
+      'batchId',
+      { 'batch:result': (p: { result: BatchJobResult }) => opts.onResult?.(p.result) },
+      timeoutMs,
+    )
+  }
+
+  // --------------------------------------------------------------- files
+
+  async readFile(target: FileTarget & { encoding?: 'utf8' | 'base64' }): Promise<FileContent> {
+    return this.call('file:read', target, { idempotent: true })
+  }
+
+  /** Writes a file: text as UTF-8, bytes as they are. */
+  async writeFile(target: WriteFileOptions, content: string | Uint8Array): Promise<{ path: string; size: number }> {
+    const binary = content instanceof Uint8Array
+    return this.call('file:write', { ...target, content: binary ? toBase64(content) : content, encoding: binary ? 'base64' : 'utf8' })
+  }
+
+  async deleteFile(target: FileTarget): Promise<{ path: string; deleted: boolean }> {
+    return this.call('file:delete', target)
+  }
+
+  async listFiles(target: FileTarget): Promise<{ path: string; files: FileEntry[] }> {
+    return this.call('file:list', target, { idempotent: true })
+  }
+
+  // ------------------------------------------------------- code contexts
+
+  async createCodeContext(opts: { sandboxId: string; language?: string; cwd?: string }): Promise<{ context: CodeContext }> {
+    return this.call('context:create', opts)
+  }
+
+  async listCodeContexts(sandboxId: string): Promise<{ contexts: CodeContext[] }> {
+    return this.call('context:list', { sandboxId }, { idempotent: true })
+  }
+
+  async deleteCodeContext(sandboxId: string, contextId: string): Promise<{ contextId: string; deleted: boolean }> {
+    return this.call('context:delete', { sandboxId, contextId })
+  }
+}
