@@ -24,6 +24,7 @@
 mod error;
 mod ops;
 mod runs;
+mod state;
 mod templates;
 
 use std::collections::HashMap;
@@ -176,6 +177,7 @@ pub fn service(api_url: impl Into<String>) -> SocketIoService<NotFoundService> {
             let sess = Arc::new(Session { key, client, sandboxes: Mutex::new(HashMap::new()), gw });
             tracing::debug!(sid = %s.id, "socket.io client connected");
             ops::register(&s, &sess);
+            state::register(&s, &sess);
         }
     };
     io.ns("/", on_connect.with(check));

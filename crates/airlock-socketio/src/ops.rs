@@ -64,7 +64,7 @@ fn new_id() -> String {
 }
 
 /// A sandbox as SandboxSDK shows it.
-fn sandbox_view(d: &SandboxDetail) -> Value {
+pub(crate) fn sandbox_view(d: &SandboxDetail) -> Value {
     json!({
         "id": d.sandbox_id,
         "name": d.metadata.get("name"),
@@ -92,7 +92,7 @@ pub(crate) fn template_view(t: &TemplateInfo) -> Value {
 }
 
 /// `expiryTime`: milliseconds from now, or an RFC 3339 instant.
-fn lifetime(v: Option<&Value>) -> Result<Duration, GwError> {
+pub(crate) fn lifetime(v: Option<&Value>) -> Result<Duration, GwError> {
     let ms = match v {
         None | Some(Value::Null) => DEFAULT_LIFETIME_MS,
         Some(Value::Number(n)) => {

@@ -16,6 +16,7 @@ import type {
   FileTarget,
   LogLevel,
   Logger,
+  ForkOutcome,
   RunCodeOptions,
   RunCodeResponse,
   RunTerminalOptions,
@@ -23,6 +24,7 @@ import type {
   Sandbox,
   SandboxSDKConfig,
   SDKMetrics,
+  Snapshot,
   Template,
   TemplatePage,
   TemplateSpec,
@@ -363,6 +365,42 @@ export class SandboxSDK {
 
   async listSandboxes(filter: { templateId?: string; metadata?: Record<string, string> } = {}): Promise<{ sandboxes: Sandbox[] }> {
     return this.call('sandbox:list', filter, { idempotent: true })
+  }
+
+  // ------------------------------------------ Airlock: state and forks
+
+  /** Snapshots a sandbox's filesystem (frozen while copied, then it goes on); `name` names it, taking the name from an older one. */
+  async createSnapshot(sandboxId: string, opts: { name?: string } = {}): Promise<{ snapshot: Snapshot }> {
+    return this.call('snapshot:create', { sandboxId, name: opts.name }, { timeoutMs: Math.max(this.cfg.timeout, 120_000) })
+  }
+
+  /** Snapshots, newest first (of one sandbox when `sandboxId` is given). */
+  async listSnapshots(opts: { sandboxId?: string } = {}): Promise<{ snapshots: Snapshot[] }> {
+    return this.call('snapshot:list', opts, { idempotent: true })
+  }
+
+  /** Deletes a snapshot; refused (`CONFLICT`) while sandboxes use it. */
+  async deleteSnapshot(snapshotId: string): Promise<{ snapshotId: string; deleted: boolean }> {
+    return this.call('snapshot:delete', { snapshotId })
+  }
+
+  /** `count` (1-20) new running sandboxes with this one's files, environment and metadata; the source goes on. */
+  async forkSandbox(sandboxId: string, opts: { count?: number; expiryTime?: number | Date | string } = {}): Promise<{ forks: ForkOutcome[] }> {
+    const expiryTime = opts.expiryTime instanceof Date ? opts.expiryTime.toISOString() : opts.expiryTime
+    const r = await this.call<{ forks: ForkOutcome[] }>('sandbox:fork', { sandboxId, count: opts.count, expiryTime }, { timeoutMs: Math.max(this.cfg.timeout, 120_000) })
+    for (const f of r.forks) if (f.sandbox) this.created.add(f.sandbox.id)
+    return r
+  }
+
+  /** Pauses a sandbox (its files kept; it costs no CPU while paused). */
+  async pauseSandbox(sandboxId: string): Promise<{ sandboxId: string; paused: boolean; wasRunning: boolean }> {
+    return this.call('sandbox:pause', { sandboxId }, { timeoutMs: Math.max(this.cfg.timeout, 60_000) })
+  }
+
+  /** Resumes a paused sandbox (a no-op for a running one), living at least `expiryTime` from now. */
+  async resumeSandbox(sandboxId: string, opts: { expiryTime?: number | Date | string } = {}): Promise<{ sandbox: Sandbox }> {
+    const expiryTime = opts.expiryTime instanceof Date ? opts.expiryTime.toISOString() : opts.expiryTime
+    return this.call('sandbox:resume', { sandboxId, expiryTime }, { timeoutMs: Math.max(this.cfg.timeout, 60_000) })
   }
 
   // ----------------------------------------------------------- templates

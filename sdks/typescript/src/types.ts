@@ -227,3 +227,19 @@ export interface SDKMetrics {
   /** Sandboxes this SDK created and has not deleted. */
   activeSandboxes: number
 }
+
+/** A snapshot of a sandbox's filesystem; create sandboxes from it with `createSandbox({ templateId: snapshot.id })`. */
+export interface Snapshot {
+  id: string
+  names: string[]
+  sandboxId?: string | null
+  sizeBytes: number
+  createdAt: string
+}
+
+/** One fork: the new sandbox, or why that fork failed. */
+export interface ForkOutcome {
+  sandbox?: Sandbox
+  sandboxId?: string
+  error?: { code: string; message: string; status?: number }
+}

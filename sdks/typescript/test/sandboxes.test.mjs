@@ -216,3 +216,53 @@ test('the metrics count what this SDK did', async () => {
     m.disconnect()
   }
 })
+
+test("Airlock's additions: snapshots, forks, pause and resume keep the files", async () => {
+  const { sandbox } = await sdk.createSandbox({ metadata: { role: 'source' } })
+  const id = sandbox.id
+  const made = []
+  try {
+    await sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'kept')
+    const { snapshot } = await sdk.createSnapshot(id, { name: `snap-${id}` })
+    assert.equal(snapshot.sandboxId, id)
+    assert.ok(snapshot.names.some((n) => n.startsWith(`snap-${id}`)), `${snapshot.names}`)
+    const { snapshots } = await sdk.listSnapshots({ sandboxId: id })
+    assert.deepEqual(
+      snapshots.map((s) => s.id),
+      [snapshot.id],
+    )
+    // The source changes after the snapshot; the snapshot does not.
+    await sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'changed')
+    const restored = (await sdk.createSandbox({ templateId: snapshot.id })).sandbox
+    made.push(restored.id)
+    assert.equal((await sdk.readFile({ sandboxId: restored.id, path: '/home/user/state.txt' })).content, 'kept')
+
+    const { forks } = await sdk.forkSandbox(id, { count: 2, expiryTime: 60_000 })
+    assert.equal(forks.length, 2)
+    for (const f of forks) {
+      assert.ok(f.sandbox, JSON.stringify(f))
+      made.push(f.sandbox.id)
+      assert.equal(f.sandbox.metadata.role, 'source')
+      assert.equal((await sdk.readFile({ sandboxId: f.sandbox.id, path: '/home/user/state.txt' })).content, 'changed')
+    }
+    const tooMany = await rejection(sdk.forkSandbox(id, { count: 50 }))
+    assert.equal(tooMany.code, 'INVALID_ARGUMENT')
+
+    const p = await sdk.pauseSandbox(id)
+    assert.deepEqual(p, { sandboxId: id, paused: true, wasRunning: true })
+    assert.equal((await sdk.getSandboxStatus(id)).sandbox.status, 'paused')
+    const again = await sdk.pauseSandbox(id)
+    assert.equal(again.wasRunning, false)
+    const { sandbox: back } = await sdk.resumeSandbox(id, { expiryTime: 120_000 })
+    assert.equal(back.status, 'running')
+    assert.equal((await sdk.readFile({ sandboxId: id, path: '/home/user/state.txt' })).content, 'changed')
+
+    for (const m of made.splice(0)) await sdk.deleteSandbox(m)
+    assert.deepEqual(await sdk.deleteSnapshot(snapshot.id), { snapshotId: snapshot.id, deleted: true })
+    const gone = await rejection(sdk.deleteSnapshot(snapshot.id))
+    assert.equal(gone.code, 'NOT_FOUND')
+  } finally {
+    for (const m of made) await sdk.deleteSandbox(m).catch(() => {})
+    await sdk.deleteSandbox(id)
+  }
+})
