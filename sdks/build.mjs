@@ -1,11 +1,11 @@
-// Builds the package: ES modules and types with tsc, then CommonJS with a
-// second tsc run, and marks dist/cjs as CommonJS for Node's resolver.
+// Builds the package in the current directory (each package's `npm run
+// build`): ES modules and types with tsc, then CommonJS with a second tsc
+// run, and marks dist/cjs as CommonJS for Node's resolver.
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const root = process.cwd()
 const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc')
 fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true })
 const run = (...args) => execFileSync(process.execPath, [tsc, ...args], { cwd: root, stdio: 'inherit' })
