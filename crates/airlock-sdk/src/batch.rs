@@ -29,7 +29,7 @@ impl Client {
     /// language, oversized code, a sandbox that is not running) is refused
     /// before any job runs.
     pub async fn batch_stream(&self, id: &str, jobs: Vec<BatchJob>) -> Result<BatchStream> {
-        let body = self.api_stream(Method::POST, &format!("/sandboxes/{id}/batch"), &BatchRequest { jobs }).await?;
+        let body = self.api_stream(Method::POST, &format!("/sandboxes/{}/batch", crate::client::encode(id)), &BatchRequest { jobs }).await?;
         Ok(crate::ndjson::NdjsonStream::new(body, "batch"))
     }
 

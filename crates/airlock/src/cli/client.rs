@@ -254,6 +254,18 @@ enum SandboxCmd {
         #[arg(long)]
         check: Vec<String>,
     },
+    /// Run a batch of code jobs one after another in the sandbox's code
+    /// interpreter, highest priority first, each with its own timeout; a
+    /// job that fails or times out does not stop the rest. Exits 1 when
+    /// any job failed.
+    #[command(
+        after_help = "The file is JSON: a list of jobs, or {\"jobs\": [...]}; each job is\n{\"id\", \"code\", \"language\"?, \"timeout\"? (ms), \"priority\"?, \"envs\"?}.\n\nExamples:\n  airlock sbx batch <id> jobs.json\n  echo '[{\"id\":\"a\",\"code\":\"print(1)\"}]' | airlock sbx batch <id> - --json"
+    )]
+    Batch {
+        id: String,
+        /// The jobs (`-` reads standard input).
+        file: std::path::PathBuf,
+    },
     /// Change a running sandbox's environment (every later command sees
     /// it), install packages, run set-up commands (output in the set-up log).
     #[command(
@@ -688,6 +700,7 @@ async fn sandbox(a: SandboxArgs) -> anyhow::Result<u8> {
                 return Ok(1);
             }
         }
+        SandboxCmd::Batch { id, file } => return batch(&client, &id, &file, json).await,
         SandboxCmd::Configure(a) => super::mcp::configure(&client, a, json).await?,
         SandboxCmd::Resources { id, cpus, memory_mb, disk_mb } => super::ops::resources(&client, &id, cpus, memory_mb, disk_mb, json).await?,
         SandboxCmd::Alerts { id, cpu, memory, disk } => super::ops::alerts(&client, &id, AlertThresholds { cpu_pct: cpu, memory_pct: memory, disk_pct: disk }, json).await?,
@@ -1173,4 +1186,59 @@ mod tests {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\nz");
     }
+}
+
+/// `airlock sbx batch`: streams each job's outcome as it finishes.
+async fn batch(client: &Client, id: &str, file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
+    use airlock_sdk::batch::{BatchEvent, BatchJob};
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading the jobs from standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Jobs {
+        List(Vec<BatchJob>),
+        Wrapped { jobs: Vec<BatchJob> },
+    }
+    let jobs = match serde_json::from_str::<Jobs>(&text).with_context(|| format!("{}: not a list of jobs ({{\"id\", \"code\", ...}})", file.display()))? {
+        Jobs::List(j) | Jobs::Wrapped { jobs: j } => j,
+    };
+    let mut stream = client.batch_stream(id, jobs).await?;
+    let mut results = Vec::new();
+    while let Some(ev) = stream.next().await {
+        match ev? {
+            BatchEvent::Job(r) => {
+                if !json {
+                    let mark = if r.success {
+                        "ok"
+                    } else if r.timed_out {
+                        "TIMEOUT"
+                    } else {
+                        "FAIL"
+                    };
+                    println!("{mark:<8} {:<24} {:>7} ms", r.job_id, r.duration);
+                    for line in r.output.lines() {
+                        println!("    {line}");
+                    }
+                    if let Some(e) = r.error.as_deref().filter(|_| !r.success) {
+                        for line in e.lines() {
+                            println!("    ! {line}");
+                        }
+                    }
+                }
+                results.push(r);
+            }
+            BatchEvent::Done(d) => {
+                if json {
+                    print_json(&serde_json::json!({ "results": results, "succeeded": d.succeeded, "failed": d.failed, "duration": d.duration }))?;
+                } else {
+                    println!("{} succeeded, {} failed in {} ms", d.succeeded, d.failed, d.duration);
+                }
+                return Ok(if d.failed > 0 { 1 } else { 0 });
+            }
+        }
+    }
+    bail!("the batch's stream ended before its summary (did the server stop?)")
 }

@@ -595,3 +595,50 @@ fn cleanup_removes_the_firewall_only_when_no_sandbox_needs_it() {
     assert!(!rules.contains("AIRLOCK") && rules.contains("203.0.113.9"), "{rules}");
     assert!(String::from_utf8_lossy(&sh(&format!("{BIN} cleanup")).stdout).contains("nothing to clean up"));
 }
+
+#[tokio::test]
+async fn batch_runs_jobs_from_a_file_or_stdin_and_exits_1_when_one_failed() {
+    let cli = Cli::start().await;
+    let id = cli.sandbox();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jobs.json");
+    std::fs::write(
+        &file,
+        r#"{"jobs": [
+            {"id": "later", "code": "print('later')", "priority": 1},
+            {"id": "first", "code": "print('first')", "priority": 9},
+            {"id": "bad", "code": "1/0", "priority": 5},
+            {"id": "slow", "code": "import time; time.sleep(30)", "timeout": 500, "priority": 4}
+        ]}"#,
+    )
+    .expect("write jobs");
+    let o = cli.run(&["sbx", "batch", &id, file.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_line(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let marks: Vec<(&str, &str)> =
+        out.lines().filter(|l| !l.starts_with(' ') && !l.contains("succeeded")).filter_map(|l| l.split_whitespace().next().zip(l.split_whitespace().nth(1))).collect();
+    assert_eq!(marks, [("ok", "first"), ("FAIL", "bad"), ("TIMEOUT", "slow"), ("ok", "later")], "{out}");
+    assert!(out.contains("    first\n") && out.contains("ZeroDivisionError"), "{out}");
+    assert!(out.ends_with("2 succeeded, 2 failed in ") || out.lines().last().is_some_and(|l| l.starts_with("2 succeeded, 2 failed in ")), "{out}");
+
+    // A bare list on standard input, with --json; all succeed, so exit 0.
+    let mut c = cli.cmd(&["sbx", "--json", "batch", &id, "-"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(br#"[{"id": "a", "code": "echo $X", "language": "bash", "envs": {"X": "from env"}}]"#).expect("write stdin");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr_line(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["results"][0]["jobId"], "a", "{v}");
+    assert_eq!(v["results"][0]["output"], "from env\n", "{v}");
+    assert_eq!(v["succeeded"], 1);
+
+    // Bad input: a clear error, nothing run.
+    std::fs::write(&file, r#"[{"id": "x", "code": "1"}, {"id": "x", "code": "2"}]"#).expect("write");
+    let o = cli.run(&["sbx", "batch", &id, file.to_str().expect("utf-8 path")]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr_line(&o).contains("\"x\""), "{}", stderr_line(&o));
+    std::fs::write(&file, "not json").expect("write");
+    let o = cli.run(&["sbx", "batch", &id, file.to_str().expect("utf-8 path")]);
+    assert!(stderr_line(&o).contains("not a list of jobs"), "{}", stderr_line(&o));
+}
