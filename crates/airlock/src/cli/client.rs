@@ -1156,38 +1156,6 @@ fn reader_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = std:
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_places_are_recognised() {
-        assert_eq!(place("abc123:/tmp/x"), Place::Remote { id: "abc123".into(), path: "/tmp/x".into() });
-        assert_eq!(place("abc123:"), Place::Remote { id: "abc123".into(), path: "".into() });
-        assert_eq!(place("./a:b"), Place::Local("./a:b".into()));
-        assert_eq!(place("/tmp/a:b"), Place::Local("/tmp/a:b".into()));
-        assert_eq!(place("Dir:x"), Place::Local("Dir:x".into()));
-        assert_eq!(place("-"), Place::Std);
-        assert_eq!(basename("/a/b/c.txt"), "c.txt");
-    }
-
-    #[test]
-    fn statuses_follow_the_shell() {
-        let end = |code: i32, exited: bool, status: &str| EndEvent { exit_code: code, exited, status: status.into(), error: None };
-        assert_eq!(exit_status(&end(0, true, "exit status 0")), 0);
-        assert_eq!(exit_status(&end(3, true, "exit status 3")), 3);
-        assert_eq!(exit_status(&end(-1, false, "signal: killed")), 137);
-        assert_eq!(exit_status(&end(-1, false, "signal: terminated")), 143);
-        assert_eq!(exit_status(&end(-1, false, "signal: user defined signal 1")), 255);
-    }
-
-    #[test]
-    fn tables_line_up() {
-        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\nz");
-    }
-}
-
 /// `airlock sbx batch`: streams each job's outcome as it finishes.
 async fn batch(client: &Client, id: &str, file: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     use airlock_sdk::batch::{BatchEvent, BatchJob};
@@ -1241,4 +1209,36 @@ async fn batch(client: &Client, id: &str, file: &std::path::Path, json: bool) ->
         }
     }
     bail!("the batch's stream ended before its summary (did the server stop?)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_places_are_recognised() {
+        assert_eq!(place("abc123:/tmp/x"), Place::Remote { id: "abc123".into(), path: "/tmp/x".into() });
+        assert_eq!(place("abc123:"), Place::Remote { id: "abc123".into(), path: "".into() });
+        assert_eq!(place("./a:b"), Place::Local("./a:b".into()));
+        assert_eq!(place("/tmp/a:b"), Place::Local("/tmp/a:b".into()));
+        assert_eq!(place("Dir:x"), Place::Local("Dir:x".into()));
+        assert_eq!(place("-"), Place::Std);
+        assert_eq!(basename("/a/b/c.txt"), "c.txt");
+    }
+
+    #[test]
+    fn statuses_follow_the_shell() {
+        let end = |code: i32, exited: bool, status: &str| EndEvent { exit_code: code, exited, status: status.into(), error: None };
+        assert_eq!(exit_status(&end(0, true, "exit status 0")), 0);
+        assert_eq!(exit_status(&end(3, true, "exit status 3")), 3);
+        assert_eq!(exit_status(&end(-1, false, "signal: killed")), 137);
+        assert_eq!(exit_status(&end(-1, false, "signal: terminated")), 143);
+        assert_eq!(exit_status(&end(-1, false, "signal: user defined signal 1")), 255);
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]]);
+        assert_eq!(t, "A    BB\nxxx  y\nz");
+    }
 }
