@@ -573,6 +573,34 @@ pub struct BuildTemplate {
     /// The build context for `COPY`: a base64 tar.gz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// A SandboxSDK template spec instead of `recipe`: the server writes
+    /// the recipe (`name` defaults to the spec's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TemplateSpec>,
+}
+
+/// SandboxSDK's template spec: a base for the language (`python`, `node`,
+/// or `base` for bash) or `dockerImage`, the `version` checked in the
+/// first step, the `dependencies` installed (pip, npm, apt), one
+/// `installCommand` line, and `defaultEnvVars`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSpec {
+    #[serde(default)]
+    pub name: String,
+    /// python, javascript or typescript (node), bash.
+    pub language: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_command: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_env_vars: BTreeMap<String, String>,
 }
 
 /// `POST /templates/{name}/aliases`.

@@ -59,7 +59,7 @@ pub use state::RestartOptions;
 pub use airlock_proto::api::{
     AlertThresholds, Broadcast, BroadcastResult, Event, HealthCheck, NetworkMember, NetworkOptions, PoolInfo, PoolSpec, ResourceChange, SandboxHealth, SandboxNetwork,
 };
-pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo};
+pub use airlock_proto::api::{BuildEvent, BuildTemplate, InstallPackages, LogLine, SandboxDetail, SandboxMetric, SnapshotInfo, TemplateInfo, TemplateSpec};
 pub use airlock_proto::api::{NewSecret, Secret, SecretUpdate};
 pub use airlock_proto::api::{NewWebhook, SandboxEvent, Webhook, WebhookDelivery, WebhookPatch};
 pub use airlock_proto::connect::{Code, ConnectError};

@@ -823,7 +823,18 @@ async fn list_templates(State(s): State<AppState>) -> ApiResult {
 #[utoipa::path(post, path = "/templates", tag = "templates", request_body = BuildTemplate,
     responses((status = 200, description = "one BuildEvent per line, the last `done` or `error`", body = wire::BuildEvent, content_type = "application/x-ndjson"), (status = 400, body = wire::ApiError)))]
 async fn build_template(State(s): State<AppState>, body: axum::body::Body) -> ApiResult {
-    let b: BuildTemplate = read_json(body, MAX_BUILD_BODY).await?;
+    let mut b: BuildTemplate = read_json(body, MAX_BUILD_BODY).await?;
+    if let Some(spec) = b.spec.take() {
+        if !b.recipe.trim().is_empty() {
+            return Err(ApiError::BadRequest("give a recipe or a spec, not both".into()));
+        }
+        if b.name.is_empty() {
+            b.name = spec.name.clone();
+        }
+        // A spec is checked whole before the build starts: its errors are
+        // 400s, not a stream that fails.
+        b.recipe = crate::template_spec::recipe(&spec)?;
+    }
     Ok(build_stream(s.svc.clone(), b))
 }
 
@@ -1119,7 +1130,7 @@ macro_rules! routes {
             info(title = "Airlock control API", description = "E2B-compatible sandbox control plane. Sandbox traffic (envd, the code interpreter, ports) is routed by the E2b-Sandbox-Id header and is not part of this document."),
             paths($($ph,)* $($h,)*),
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
-                airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::AliasTemplate, wire::BuildEvent,
+                airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::TemplateSpec, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
                 wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults, airlock_proto::api::BatchRequest, airlock_proto::api::BatchJob, airlock_proto::api::BatchJobResult, airlock_proto::api::BatchResults,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,

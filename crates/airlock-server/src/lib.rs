@@ -30,6 +30,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+mod template_spec;
 pub mod tls;
 pub mod volumes;
 pub mod webhooks;

@@ -32,14 +32,22 @@ pub(super) struct TemplateArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum TemplateCmd {
-    /// Build (or rebuild from cache) a template from a recipe.
+    /// Build (or rebuild from cache) a template from a recipe, or from a
+    /// SandboxSDK template spec (JSON: name, language, version,
+    /// dockerImage, dependencies, installCommand, defaultEnvVars).
+    #[command(
+        after_help = "Examples:\n  airlock template build -t web .\n  airlock template build --spec spec.json   # {\"name\": \"ds\", \"language\": \"python\", \"dependencies\": [\"pandas\"]}"
+    )]
     Build {
         /// The recipe [default: CONTEXT/Airlockfile, else CONTEXT/Dockerfile].
-        #[arg(short = 'f', long = "file")]
+        #[arg(short = 'f', long = "file", conflicts_with = "spec")]
         file: Option<PathBuf>,
-        /// The template's name.
-        #[arg(short = 't', long = "tag")]
-        name: String,
+        /// A SandboxSDK template spec (JSON) instead of a recipe.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The template's name [default with --spec: the spec's].
+        #[arg(short = 't', long = "tag", required_unless_present = "spec")]
+        name: Option<String>,
         /// ARG values, KEY=VALUE (repeatable).
         #[arg(long = "build-arg")]
         build_args: Vec<String>,
@@ -96,7 +104,15 @@ pub(super) fn run(a: TemplateArgs) -> anyhow::Result<u8> {
     rt.block_on(async move {
         let templates = a.client.client()?.templates();
         match a.cmd {
-            TemplateCmd::Build { file, name, build_args, context } => {
+            TemplateCmd::Build { spec: Some(spec), name, .. } => {
+                let text = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
+                let spec: airlock_sdk::TemplateSpec = serde_json::from_str(&text).with_context(|| format!("{}: not a template spec", spec.display()))?;
+                let name = name.unwrap_or_else(|| spec.name.clone());
+                let stream = templates.build(&BuildTemplate { name, spec: Some(spec), ..Default::default() }).await?;
+                follow_build(stream, a.client.json).await
+            }
+            TemplateCmd::Build { file, name, build_args, context, spec: None } => {
+                let name = name.context("a template name: -t NAME")?;
                 let path = find_recipe(file, &context)?;
                 let recipe = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 let mut args = BTreeMap::new();
@@ -105,7 +121,7 @@ pub(super) fn run(a: TemplateArgs) -> anyhow::Result<u8> {
                     args.insert(k.to_string(), v.to_string());
                 }
                 let context = pack_context(&recipe, &context)?;
-                let stream = templates.build(&BuildTemplate { name, recipe, build_args: args, context }).await?;
+                let stream = templates.build(&BuildTemplate { name, recipe, build_args: args, context, spec: None }).await?;
                 follow_build(stream, a.client.json).await
             }
             TemplateCmd::List => {

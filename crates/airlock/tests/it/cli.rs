@@ -642,3 +642,31 @@ async fn batch_runs_jobs_from_a_file_or_stdin_and_exits_1_when_one_failed() {
     let o = cli.run(&["sbx", "batch", &id, file.to_str().expect("utf-8 path")]);
     assert!(stderr_line(&o).contains("not a list of jobs"), "{}", stderr_line(&o));
 }
+
+#[tokio::test]
+async fn template_build_takes_a_sandboxsdk_spec() {
+    let cli = Cli::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, r#"{"name": "fromspec", "language": "bash", "installCommand": "echo built > /opt/marker", "defaultEnvVars": {"MODE": "spec mode"}}"#)
+        .expect("write spec");
+    let spec_path = spec.to_str().expect("utf-8 path");
+    cli.ok(&["template", "build", "--spec", spec_path]);
+    let id = cli.ok(&["sbx", "create", "--template", "fromspec", "--no-internet"]).trim().to_string();
+    assert_eq!(cli.ok(&["exec", &id, "--", "sh", "-c", "cat /opt/marker; echo \"$MODE\""]), "built\nspec mode\n");
+    // -t renames; an unchanged spec rebuilds from cache.
+    cli.ok(&["template", "build", "--spec", spec_path, "-t", "fromspec2"]);
+    assert!(cli.ok(&["template", "show", "fromspec2"]).contains("fromspec2"));
+
+    // A bad spec is refused before anything builds, naming what is wrong.
+    std::fs::write(&spec, r#"{"name": "badspec", "language": "cobol"}"#).expect("write spec");
+    let o = cli.run(&["template", "build", "--spec", spec_path]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr_line(&o).contains("cobol"), "{}", stderr_line(&o));
+    std::fs::write(&spec, r#"{"name": "badspec", "language": "python", "dependencies": ["x; rm -rf /"]}"#).expect("write spec");
+    let o = cli.run(&["template", "build", "--spec", spec_path]);
+    assert!(stderr_line(&o).contains("not a package name"), "{}", stderr_line(&o));
+    assert_ne!(cli.run(&["template", "show", "badspec"]).status.code(), Some(0));
+    let o = cli.run(&["template", "build", "--spec", spec_path, "-f", spec_path]);
+    assert_ne!(o.status.code(), Some(0), "--spec and -f together");
+}
