@@ -170,3 +170,27 @@ test('a template is built from a spec, and sandboxes made from it have what it i
     sdk.disconnect()
   }
 })
+
+test('each transport alone carries the calls and the streams: WebSocket only, and long-polling only (the fallback)', async () => {
+  for (const transports of [['websocket'], ['polling']]) {
+    const sdk = await srv.sdk({ socketOptions: { transports, upgrade: false } })
+    try {
+      assert.equal(sdk.socket.io.engine.transport.name, transports[0])
+      const { sandbox } = await sdk.createSandbox()
+      const seen = []
+      const r = await sdk.runCode(sandbox.id, 'import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.1)\n"ok"', {
+        onStdout: (t) => seen.push(t),
+      })
+      assert.deepEqual(seen, ['0\n', '1\n', '2\n'], `over ${transports[0]}`)
+      assert.deepEqual(r.execution.logs.stdout, seen)
+      assert.equal(r.execution.results.length, 1)
+      await sdk.writeFile({ sandboxId: sandbox.id, path: '/tmp/t.txt' }, `via ${transports[0]}`)
+      assert.equal((await sdk.readFile({ sandboxId: sandbox.id, path: '/tmp/t.txt' })).content, `via ${transports[0]}`)
+      // Still on the transport it was given: nothing upgraded underneath.
+      assert.equal(sdk.socket.io.engine.transport.name, transports[0])
+      await sdk.deleteSandbox(sandbox.id)
+    } finally {
+      sdk.disconnect()
+    }
+  }
+})
