@@ -35,6 +35,15 @@ impl Templates {
         Ok(self.client.api_json(Method::GET, "/templates", None).await?.2)
     }
 
+    /// One page of the templates by name: `page` from 1, `page_size` 1 to
+    /// 100. Also returns how many templates there are in all.
+    pub async fn page(&self, page: u32, page_size: u32) -> Result<(Vec<TemplateInfo>, u64)> {
+        let (_, headers, items) = self.client.api_json(Method::GET, &format!("/templates?page={page}&pageSize={page_size}"), None).await?;
+        let total =
+            headers.get("x-total-count").and_then(|v| v.to_str().ok()?.parse().ok()).ok_or_else(|| Error::protocol("GET /templates: no X-Total-Count in a paged answer"))?;
+        Ok((items, total))
+    }
+
     /// One template, by name or alias.
     pub async fn get(&self, name: &str) -> Result<TemplateInfo> {
         Ok(self.client.api_json(Method::GET, &format!("/templates/{}", checked(name)?), None).await?.2)

@@ -813,10 +813,33 @@ async fn default_templates(State(s): State<AppState>) -> ApiResult {
     Ok(h::json(200, &s.svc.default_templates().await?))
 }
 
-/// Every template.
-#[utoipa::path(get, path = "/templates", tag = "templates", responses((status = 200, body = Vec<wire::TemplateInfo>)))]
-async fn list_templates(State(s): State<AppState>) -> ApiResult {
-    Ok(h::json(200, &s.svc.templates().await?))
+/// Templates by name: every one, or with `page` (from 1) and/or `pageSize`
+/// (1-100, default 20) one page of them. Either way `X-Total-Count` says
+/// how many there are, so a client knows when it has seen the last page.
+#[utoipa::path(get, path = "/templates", tag = "templates",
+    params(("page" = Option<u32>, Query, description = "from 1"), ("pageSize" = Option<u32>, Query, description = "1-100, default 20 when paging")),
+    responses((status = 200, body = Vec<wire::TemplateInfo>, headers(("x-total-count" = u64))), (status = 400, body = wire::ApiError)))]
+async fn list_templates(State(s): State<AppState>, RawQuery(q): RawQuery) -> ApiResult {
+    let q = query_pairs(q.as_deref().unwrap_or(""));
+    let get = |k: &str| q.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.clone());
+    let num = |k: &str, v: String, max: usize| match v.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!("{k} must be between 1 and {max}, got {v:?}"))),
+    };
+    let paging = match (get("page"), get("pageSize")) {
+        (None, None) => None,
+        (page, size) => Some((page.map(|v| num("page", v, u32::MAX as usize)).transpose()?.unwrap_or(1), size.map(|v| num("pageSize", v, 100)).transpose()?.unwrap_or(20))),
+    };
+    let mut all = s.svc.templates().await?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let total = all.len();
+    let items: Vec<_> = match paging {
+        Some((page, size)) => all.into_iter().skip((page - 1).saturating_mul(size)).take(size).collect(),
+        None => all,
+    };
+    let mut resp = h::json(200, &items);
+    resp.headers_mut().insert("x-total-count", http::HeaderValue::from(total as u64));
+    Ok(resp)
 }
 
 /// Build a template; the response streams `BuildEvent`s as NDJSON.

@@ -237,10 +237,9 @@ async fn list_templates(sess: Arc<Session>, _s: SocketRef, v: Value) -> Result<V
     if page == 0 || size == 0 || size > 100 {
         return Err(GwError::invalid(format!("page starts at 1 and pageSize is 1 to 100, got page {page}, pageSize {size}")));
     }
-    let mut all = sess.client.templates().list().await?;
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    let total = all.len() as u64;
-    let items: Vec<Value> = all.iter().skip(((page - 1) * size) as usize).take(size as usize).map(template_view).collect();
+    let page = u32::try_from(page).map_err(|_| GwError::invalid(format!("page {page} is past the last one")))?;
+    let (items, total) = sess.client.templates().page(page, size as u32).await?;
+    let items: Vec<Value> = items.iter().map(template_view).collect();
     Ok(json!({ "templates": items, "page": page, "pageSize": size, "total": total, "totalPages": total.div_ceil(size) }))
 }
 

@@ -658,6 +658,29 @@ async fn template_build_takes_a_sandboxsdk_spec() {
     cli.ok(&["template", "build", "--spec", spec_path, "-t", "fromspec2"]);
     assert!(cli.ok(&["template", "show", "fromspec2"]).contains("fromspec2"));
 
+    // The listing pages by name (what the Socket.IO gateway's template:list
+    // uses), with the total beside each page.
+    let c = airlock_sdk::Client::new(airlock_sdk::Config::new(cli.srv.url(), &cli.key)).expect("client");
+    let all: Vec<String> = c.templates().list().await.expect("list").into_iter().map(|t| t.name).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    let mut paged = Vec::new();
+    for page in 1.. {
+        let (items, total) = c.templates().page(page, 2).await.expect("page");
+        assert_eq!(total as usize, all.len());
+        if items.is_empty() {
+            break;
+        }
+        assert!(items.len() <= 2);
+        paged.extend(items.into_iter().map(|t| t.name));
+    }
+    assert_eq!(paged, sorted, "pages of two, in order, cover every template once");
+    assert!(paged.iter().any(|n| n == "fromspec") && paged.iter().any(|n| n == "fromspec2"));
+    for bad in ["page=0", "pageSize=101", "pageSize=x"] {
+        let (s, v) = cli.srv.api("GET", &format!("/templates?{bad}"), None).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+
     // A bad spec is refused before anything builds, naming what is wrong.
     std::fs::write(&spec, r#"{"name": "badspec", "language": "cobol"}"#).expect("write spec");
     let o = cli.run(&["template", "build", "--spec", spec_path]);
