@@ -25,6 +25,7 @@ mod error;
 mod ops;
 mod runs;
 mod state;
+mod streams;
 mod templates;
 
 use std::collections::HashMap;
@@ -100,6 +101,8 @@ pub(crate) struct Session {
     pub client: Client,
     sandboxes: Mutex<HashMap<String, Sandbox>>,
     pub gw: Arc<Gateway>,
+    /// Event and metrics subscriptions, ended with the socket.
+    pub(crate) subs: streams::Subscriptions,
 }
 
 /// Sandboxes a session remembers; past it the cache starts over.
@@ -174,10 +177,11 @@ pub fn service(api_url: impl Into<String>) -> SocketIoService<NotFoundService> {
                     return;
                 }
             };
-            let sess = Arc::new(Session { key, client, sandboxes: Mutex::new(HashMap::new()), gw });
+            let sess = Arc::new(Session { key, client, sandboxes: Mutex::new(HashMap::new()), gw, subs: Default::default() });
             tracing::debug!(sid = %s.id, "socket.io client connected");
             ops::register(&s, &sess);
             state::register(&s, &sess);
+            streams::register(&s, &sess);
         }
     };
     io.ns("/", on_connect.with(check));

@@ -144,6 +144,15 @@ struct CreateArgs {
     cpu_count: Option<f64>,
     #[serde(rename = "memoryMB")]
     memory_mb: Option<u64>,
+    /// Volumes to mount: `[{ name, path }]` (Airlock's).
+    #[serde(default)]
+    volume_mounts: Vec<VolumeMountArg>,
+}
+
+#[derive(Deserialize)]
+struct VolumeMountArg {
+    name: String,
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +181,10 @@ async fn create_sandbox(sess: Arc<Session>, _s: SocketRef, v: Value) -> Result<V
     }
     if let Some(m) = a.memory_mb {
         b = b.memory_mb(m);
+    }
+    for m in a.volume_mounts {
+        check_id("volumeMounts[].name", &m.name)?;
+        b = b.volume(m.name, m.path);
     }
     let sbx = b.create().await?;
     sess.remember(&sbx);

@@ -22,7 +22,13 @@ import type {
   RunTerminalOptions,
   RunTerminalResponse,
   Sandbox,
+  SandboxEvent,
+  SandboxMetrics,
   SandboxSDKConfig,
+  Subscription,
+  SubscribeEventsOptions,
+  SubscribeMetricsOptions,
+  Volume,
   SDKMetrics,
   Snapshot,
   Template,
@@ -479,6 +485,139 @@ export class SandboxSDK {
       { 'batch:result': (p: { result: BatchJobResult }) => opts.onResult?.(p.result) },
       timeoutMs,
     )
+  }
+
+  // ------------------------------------------------ events and metrics
+
+  /**
+   * Follows lifecycle events as they happen. Each arrives once, in order:
+   * after a dropped connection the SDK subscribes again from the last
+   * event it delivered, so none is missed or repeated.
+   */
+  async subscribeEvents(opts: SubscribeEventsOptions): Promise<Subscription> {
+    const { onEvent, onEnd, after, ...filter } = opts
+    let last = after
+    return this.subscribe(
+      'events:event',
+      () => ({ ...filter, after: last }),
+      'events:subscribe',
+      (p: { event: SandboxEvent }) => {
+        if (last !== undefined && p.event.id <= last) return
+        last = p.event.id
+        onEvent(p.event)
+      },
+      onEnd,
+    )
+  }
+
+  /** Follows a running sandbox's usage, one reading per interval, until it stops running or `close()`. */
+  async subscribeMetrics(sandboxId: string, opts: SubscribeMetricsOptions): Promise<Subscription> {
+    const { onMetrics, onEnd, intervalMs } = opts
+    return this.subscribe('metrics:sample', () => ({ sandboxId, intervalMs }), 'metrics:subscribe', (p: { metrics: SandboxMetrics }) => onMetrics(p.metrics), onEnd)
+  }
+
+  /** A sandbox's usage history (one reading every few seconds, a day of it), optionally between two times. */
+  async getSandboxMetrics(sandboxId: string, opts: { start?: number | Date | string; end?: number | Date | string } = {}): Promise<{ sandboxId: string; metrics: SandboxMetrics[] }> {
+    const t = (v?: number | Date | string) => (v instanceof Date ? v.getTime() : v)
+    return this.call('sandbox:metrics', { sandboxId, start: t(opts.start), end: t(opts.end) }, { idempotent: true })
+  }
+
+  /**
+   * A server-side subscription kept across reconnections: on every
+   * reconnect it is made again with `args()` (which may say where to
+   * resume), and items are delivered to `deliver` tagged by the current id.
+   */
+  private async subscribe(itemEvent: string, args: () => Record<string, unknown>, event: string, deliver: (p: any) => void, onEnd?: (r: { code?: string; message: string }) => void): Promise<Subscription> {
+    let id = ''
+    let closed = false
+    const finish = (reason: { code?: string; message: string }) => {
+      if (closed) return
+      closed = true
+      cleanup()
+      try {
+        onEnd?.(reason)
+      } catch (e) {
+        this.log('error', `an onEnd callback threw`, e)
+      }
+    }
+    const onItem = (p: any) => {
+      if (closed || !p || p.subscriptionId !== id) return
+      try {
+        deliver(p)
+      } catch (e) {
+        this.log('error', `a ${itemEvent} callback threw`, e)
+      }
+    }
+    const onSubEnd = (p: any) => {
+      if (!p || p.subscriptionId !== id) return
+      finish(p.error ? { code: p.error.code, message: p.error.message } : { message: p.reason ?? 'ended' })
+    }
+    // The SDK names each subscription, so that items streamed before the
+    // acknowledgement (stored events come at once) are matched too.
+    const prefix = event.split(':')[0]
+    const onReconnect = () => {
+      if (closed) return
+      id = randomId(prefix)
+      const mine = id
+      this.call<{ subscriptionId: string }>(event, { ...args(), subscriptionId: mine }, { idempotent: true })
+        .then(() => {
+          if (closed) void this.call('subscription:cancel', { subscriptionId: mine }).catch(() => {})
+        })
+        .catch((e: SandboxSDKError) => {
+          if (id === mine) finish({ code: e.code, message: `${event} could not be re-established: ${e.message}` })
+        })
+    }
+    const cleanup = () => {
+      this.socket.off(itemEvent, onItem)
+      this.socket.off('subscription:end', onSubEnd)
+      this.off('reconnect', onReconnect)
+    }
+    this.socket.on(itemEvent, onItem)
+    this.socket.on('subscription:end', onSubEnd)
+    try {
+      id = randomId(prefix)
+      await this.call<{ subscriptionId: string }>(event, { ...args(), subscriptionId: id }, { idempotent: true })
+    } catch (e) {
+      closed = true
+      cleanup()
+      throw e
+    }
+    this.on('reconnect', onReconnect)
+    const sdk = this
+    return {
+      get id() {
+        return id
+      },
+      get closed() {
+        return closed
+      },
+      async close() {
+        if (closed) return
+        closed = true
+        cleanup()
+        if (sdk.socket.connected) await sdk.call('subscription:cancel', { subscriptionId: id }).catch(() => {})
+      },
+    }
+  }
+
+  // ------------------------------------------------------------- volumes
+
+  async createVolume(opts: { name: string; sizeMB?: number }): Promise<{ volume: Volume }> {
+    return this.call('volume:create', opts)
+  }
+
+  async listVolumes(): Promise<{ volumes: Volume[] }> {
+    return this.call('volume:list', {}, { idempotent: true })
+  }
+
+  /** By id (`vol_...`) or name. */
+  async getVolume(volumeId: string): Promise<{ volume: Volume }> {
+    return this.call('volume:get', { volumeId }, { idempotent: true })
+  }
+
+  /** Refused (409) while a running sandbox mounts it. */
+  async deleteVolume(volumeId: string): Promise<{ volumeId: string; deleted: boolean }> {
+    return this.call('volume:delete', { volumeId })
   }
 
   // --------------------------------------------------------------- files

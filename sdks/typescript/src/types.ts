@@ -54,6 +54,8 @@ export interface CreateSandboxOptions {
   metadata?: Record<string, string>
   cpuCount?: number
   memoryMB?: number
+  /** Volumes to mount (Airlock's): each `{ name, path }`, by volume name or id. */
+  volumeMounts?: { name: string; path: string }[]
 }
 
 export interface Template {
@@ -242,4 +244,73 @@ export interface ForkOutcome {
   sandbox?: Sandbox
   sandboxId?: string
   error?: { code: string; message: string; status?: number }
+}
+
+/** A lifecycle event (Airlock's): `created`, `paused`, `resumed`, `timeout`, `killed`, ... */
+export interface SandboxEvent {
+  /** Increasing sequence number: a resubscription asks for those after the last seen. */
+  id: number
+  type: string
+  sandboxId: string
+  templateId: string
+  timestamp: string
+  metadata: Record<string, string>
+  data: unknown
+}
+
+/** One reading of a sandbox's usage (Airlock's). */
+export interface SandboxMetrics {
+  timestamp: string
+  timestampUnix: number
+  cpuCount: number
+  cpuUsedPct: number
+  memUsed: number
+  memTotal: number
+  memCache: number
+  diskUsed: number
+  diskTotal: number
+  netRxBytes: number
+  netTxBytes: number
+}
+
+/** A live subscription; `close()` ends it. It survives reconnections. */
+export interface Subscription {
+  /** The server's id of the current subscription (it changes when one is re-established). */
+  readonly id: string
+  readonly closed: boolean
+  close(): Promise<void>
+}
+
+export interface SubscribeEventsOptions {
+  /** One sandbox's events (default: every sandbox of this key). */
+  sandboxId?: string
+  /** Only these types (`created`, `killed`, ...). */
+  types?: string[]
+  /** Only events of sandboxes with this metadata. */
+  metadata?: Record<string, string>
+  /** Start after this event id (default: the oldest event kept, then live). */
+  after?: number
+  onEvent: (event: SandboxEvent) => void
+  /** The subscription ended for good: an error, or the server closed it. */
+  onEnd?: (reason: { code?: string; message: string }) => void
+}
+
+export interface SubscribeMetricsOptions {
+  /** Milliseconds between readings, 500 to 60,000 (default 1,000). */
+  intervalMs?: number
+  onMetrics: (metrics: SandboxMetrics) => void
+  /** The stream ended: the sandbox stopped running, or an error. */
+  onEnd?: (reason: { code?: string; message: string }) => void
+}
+
+/** A volume (Airlock's): storage that outlives sandboxes and mounts in several. */
+export interface Volume {
+  id: string
+  name: string
+  sizeMB: number
+  limitEnforced: boolean
+  totalSizeBytes: number
+  totalFileCount: number
+  createdAt: string
+  updatedAt: string
 }
