@@ -1016,3 +1016,46 @@ pub struct HealthCheck {
     pub ok: bool,
     pub detail: String,
 }
+
+/// A node of a cluster as it describes itself in the cluster's store,
+/// renewed every heartbeat (`GET /nodes`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub name: String,
+    /// Where the other nodes reach it (`--advertise`).
+    pub url: String,
+    pub version: String,
+    /// The host's CPUs and memory.
+    pub cpus: f64,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u64,
+    /// Sandboxes it holds (running and paused), and at most.
+    pub sandboxes: usize,
+    pub max_sandboxes: usize,
+    /// What its running sandboxes were given.
+    pub committed_cpus: f64,
+    #[serde(rename = "committedMemoryMB")]
+    pub committed_memory_mb: u64,
+    /// Templates it has built (names and aliases): creates prefer a node
+    /// that has theirs.
+    #[serde(default)]
+    pub templates: Vec<String>,
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+/// A node as `GET /nodes` lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNode {
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    /// `ready`, or `drained` (it takes no new sandboxes).
+    pub state: String,
+    /// The node that answered.
+    #[serde(rename = "self")]
+    pub this: bool,
+}

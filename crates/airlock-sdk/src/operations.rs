@@ -63,6 +63,18 @@ impl Client {
         Ok(MetricStream { sse: crate::sse::SseReader::new(body, "metrics stream"), done: false })
     }
 
+    /// The nodes of the server's cluster (a 404 from a single host).
+    pub async fn nodes(&self) -> Result<Vec<airlock_proto::api::ClusterNode>> {
+        Ok(self.api_json(Method::GET, "/nodes", None).await?.2)
+    }
+
+    /// Drains a node (no new sandboxes on it), or undoes that.
+    pub async fn drain_node(&self, name: &str, drained: bool) -> Result<()> {
+        let verb = if drained { "drain" } else { "undrain" };
+        self.api(Method::POST, &format!("/nodes/{}/{verb}", encode(name)), Some(serde_json::json!({}))).await?;
+        Ok(())
+    }
+
     /// Every warm pool with its level and counters.
     pub async fn pools(&self) -> Result<Vec<PoolInfo>> {
         Ok(self.api_json(Method::GET, "/pools", None).await?.2)

@@ -607,6 +607,40 @@ async fn set_alerts(State(s): State<AppState>, Param(id): Param, body: axum::bod
     Ok(h::json(200, &s.svc.set_alerts(&id, b).await?))
 }
 
+/// The nodes of the cluster this server is in, with their load.
+#[utoipa::path(get, path = "/nodes", tag = "cluster", responses((status = 200, body = Vec<wire::ClusterNode>), (status = 404, body = wire::ApiError), (status = 503, body = wire::ApiError)))]
+async fn list_nodes(State(s): State<AppState>) -> ApiResult {
+    let c = cluster_of(&s)?;
+    Ok(h::json(200, &c.nodes().await.map_err(|e| crate::cluster::unavailable("listing nodes", &e))?))
+}
+
+/// Drains a node: it keeps its sandboxes but takes no new ones.
+#[utoipa::path(post, path = "/nodes/{name}/drain", tag = "cluster", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 503, body = wire::ApiError)))]
+async fn drain_node(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    set_drained(&s, &name, true).await
+}
+
+/// Undoes a drain.
+#[utoipa::path(post, path = "/nodes/{name}/undrain", tag = "cluster", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = wire::ApiError), (status = 503, body = wire::ApiError)))]
+async fn undrain_node(State(s): State<AppState>, Param(name): Param) -> ApiResult {
+    set_drained(&s, &name, false).await
+}
+
+fn cluster_of(s: &AppState) -> Result<Arc<crate::cluster::Cluster>, ApiError> {
+    s.svc.cluster().cloned().ok_or_else(|| ApiError::NotFound("this server is a single host, not in a cluster (start it with --cluster)".into()))
+}
+
+async fn set_drained(s: &AppState, name: &str, drained: bool) -> ApiResult {
+    let c = cluster_of(s)?;
+    match c.set_drained(name, drained).await {
+        Ok(true) => Ok(h::empty(204)),
+        Ok(false) => Err(ApiError::NotFound(format!("no node {name:?} in the cluster"))),
+        Err(e) => Err(crate::cluster::unavailable("draining", &e)),
+    }
+}
+
 /// Warm pools with their levels and counters.
 #[utoipa::path(get, path = "/pools", tag = "pools", responses((status = 200, body = Vec<wire::PoolInfo>)))]
 async fn list_pools(State(s): State<AppState>) -> ApiResult {
@@ -1155,7 +1189,7 @@ macro_rules! routes {
             components(schemas(wire::NewSandbox, wire::InstallPackages, wire::Sandbox, wire::SandboxDetail, wire::Lifecycle, wire::SandboxMetric, wire::TimeoutBody, wire::RefreshBody, wire::ApiError, wire::SandboxLogs, wire::LogLine, airlock_proto::execlog::ExecutionLog, airlock_proto::execlog::LogEntry, airlock_proto::execlog::ExecutionStats,
                 airlock_proto::execlog::ConfigureSandbox, airlock_proto::execlog::ConfigureResult, airlock_proto::execlog::CommandOutcome, wire::TemplateInfo, wire::BuildTemplate, wire::TemplateSpec, wire::AliasTemplate, wire::BuildEvent,
                 wire::PauseRequest, wire::SnapshotRequest, wire::SnapshotInfo, wire::ForkRequest, wire::ForkResult, wire::ResetRequest, wire::RestartRequest, wire::ExportManifest, wire::SandboxHealth, wire::HealthCheck, wire::Event,
-                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults, airlock_proto::api::BatchRequest, airlock_proto::api::BatchJob, airlock_proto::api::BatchJobResult, airlock_proto::api::BatchResults,
+                wire::SandboxEvent, wire::NewWebhook, wire::WebhookPatch, wire::Webhook, wire::WebhookDelivery, wire::NewSecret, wire::SecretUpdate, wire::Secret, wire::NewNetwork, wire::NetworkMember, wire::SandboxNetwork, wire::JoinNetwork, wire::Broadcast, wire::BroadcastResult, wire::BroadcastResults, airlock_proto::api::BatchRequest, airlock_proto::api::BatchJob, airlock_proto::api::BatchJobResult, airlock_proto::api::BatchResults, wire::NodeInfo, wire::ClusterNode,
                 airlock_proto::volume::NewVolume, airlock_proto::volume::Volume, airlock_proto::volume::VolumeMount, airlock_proto::volume::EntryStat,
                 airlock_proto::volume::MetadataPatch, airlock_proto::volume::FileInfo, airlock_proto::volume::FileList, airlock_proto::volume::Uploaded)),
             modifiers(&ApiKeyAuth),
@@ -1234,6 +1268,9 @@ routes! {
         patch "/sandboxes/{id}/resources" => set_resources,
         put "/sandboxes/{id}/network" => update_network,
         put "/sandboxes/{id}/alerts" => set_alerts,
+        get "/nodes" => list_nodes,
+        post "/nodes/{name}/drain" => drain_node,
+        post "/nodes/{name}/undrain" => undrain_node,
         get "/pools" => list_pools,
         get "/pools/{name}" => get_pool,
         put "/pools/{name}" => put_pool,
@@ -1285,6 +1322,11 @@ impl utoipa::Modify for ApiKeyAuth {
 
 /// `X-API-KEY`, then the per-key rate limit.
 async fn authenticate(State(s): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Forwarded by another node of the cluster, which checked the key and
+    // its rate limit (the secret was checked and removed by dispatch).
+    if req.extensions().get::<crate::cluster::Trusted>().is_some() {
+        return next.run(req).await;
+    }
     let key = req.headers().get(airlock_proto::wire::API_KEY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
     match (key.is_empty(), s.svc.key_valid(&key).await) {
         (false, Ok(true)) => {}

@@ -81,6 +81,8 @@ pub struct Config {
     /// Extra CA certificates (PEM) the egress proxy trusts for HTTPS
     /// servers whose requests it rewrites (secret injection).
     pub upstream_ca: Option<PathBuf>,
+    /// `--cluster`: join a cluster on etcd (none: a single host).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -130,6 +132,7 @@ impl Config {
             webhook_ca: None,
             dns_upstream: Vec::new(),
             upstream_ca: None,
+            cluster: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 pub mod agent_client;
 pub mod api;
 pub mod builder;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod egress;

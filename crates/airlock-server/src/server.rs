@@ -107,7 +107,12 @@ impl Server {
         let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
         let egress_ok = cfg.network && airlock_runtime::Backend::network_available(&backend) && airlock_runtime::nft::available();
         let (upstreams, upstream_ca) = (cfg.dns_upstream.clone(), cfg.upstream_ca.clone());
+        let cluster = cfg.cluster.clone().map(crate::cluster::Cluster::new).transpose().map_err(|e| ServeError::Other(format!("--cluster: {e}")))?;
         let service = Service::new(cfg, store, Arc::new(backend));
+        if let Some(c) = cluster {
+            tracing::info!(node = %c.name(), advertise = %c.cfg.advertise, etcd = %c.cfg.etcd, "joining the cluster");
+            service.set_cluster(c);
+        }
         // The egress CA exists from the first start on (sandboxes trust it
         // through a layer made from it, and the egress proxy signs with it).
         let svc = service.clone();
@@ -202,6 +207,7 @@ impl Server {
         // Deliveries read the store on their own tasks: a slow receiver
         // never holds up a sandbox or another webhook.
         let webhooks = tokio::spawn(crate::webhooks::run(svc.clone()));
+        let cluster = svc.cluster().cloned().map(|c| tokio::spawn(c.run(svc.clone())));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -242,6 +248,12 @@ impl Server {
         housekeeping.abort();
         trimmer.abort();
         webhooks.abort();
+        if let Some(c) = cluster {
+            c.abort();
+            if let Some(c) = svc.cluster() {
+                c.leave().await;
+            }
+        }
         // With no policed sandbox left, the egress table goes with the
         // server; otherwise it stays, and their traffic goes nowhere until
         // the next start restores it.
@@ -394,6 +406,63 @@ async fn dispatch(svc: Arc<Service>, api: axum::Router, mut req: hyper::Request<
             req.headers_mut().insert(hyper::header::HOST, v);
         }
     }
+    if let Some(c) = svc.cluster().cloned() {
+        return cluster_dispatch(svc, c, api, req).await;
+    }
+    dispatch_local(svc, api, req).await
+}
+
+/// A request in cluster mode: served here, forwarded to the node that holds
+/// its sandbox, placed, or listed across nodes.
+async fn cluster_dispatch(svc: Arc<Service>, c: Arc<crate::cluster::Cluster>, api: axum::Router, mut req: hyper::Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // The secret never goes further (into a sandbox, or a handler);
+    // what it proves travels as an extension.
+    let trusted = c.trusted(req.headers());
+    req.headers_mut().remove(crate::cluster::SECRET_HEADER);
+    use crate::cluster::route::{self, Decision};
+    let create = route::is_create(&method, &path);
+    if trusted {
+        req.extensions_mut().insert(crate::cluster::Trusted);
+        if create {
+            // Placed here by another node: catalogued before the answer.
+            return route::catalogued(&c, dispatch_local(svc.clone(), api, req).await).await;
+        }
+    } else {
+        req.headers_mut().remove(crate::cluster::FORWARDED_BY);
+        if create {
+            return route::create(&svc, &c, api, req).await;
+        }
+        match route::decide(&svc, &c, &req).await {
+            Decision::Local => {}
+            Decision::Answer(r) => return r,
+            Decision::Forward(node) => {
+                tracing::debug!(node = %node.name, %method, %path, "forwarded to the node that holds it");
+                let req = req.map(|b| http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(b, |e| -> crate::http::BoxError { Box::new(e) })));
+                return c.forward(&node, req).await;
+            }
+            Decision::List => {
+                return list_everywhere(svc.clone(), c.clone(), api, req).await;
+            }
+        }
+    }
+    dispatch_local(svc, api, req).await
+}
+
+/// A listing of sandboxes from every node: this one answers while the
+/// others are asked.
+async fn list_everywhere(svc: Arc<Service>, c: Arc<crate::cluster::Cluster>, api: axum::Router, req: hyper::Request<Incoming>) -> Resp {
+    let pq = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| req.uri().path().to_string());
+    let limit = api::query_pairs(req.uri().query().unwrap_or("")).into_iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse::<usize>().ok());
+    let peers = tokio::spawn(crate::cluster::route::peer_lists(c, pq, req.headers().clone()));
+    let local = dispatch_local(svc, api, req).await;
+    let peers = peers.await.unwrap_or_else(|e| (Vec::new(), vec![format!("the other nodes ({e})")]));
+    crate::cluster::route::merge_lists(local, peers, limit).await
+}
+
+/// A request this node serves itself.
+async fn dispatch_local(svc: Arc<Service>, api: axum::Router, req: hyper::Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     if let Some(t) = proxy::target(req.headers(), svc.cfg.domain.as_deref()) {

@@ -341,6 +341,14 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every key's hash with its name (what a cluster publishes).
+    pub fn key_hashes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.c();
+        let mut st = c.prepare("SELECT hash, name FROM api_keys")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Revokes by id or by the key's visible prefix; returns how many went.
     pub fn revoke_key(&self, id_or_prefix: &str) -> Result<usize, StoreError> {
         Ok(self.c().execute("DELETE FROM api_keys WHERE id = ?1 OR prefix = ?1", params![id_or_prefix])?)

@@ -76,6 +76,9 @@ enum Cmd {
     /// Warm pools: ready sandboxes a matching create takes (list, set, delete).
     #[command(subcommand_required = true, after_help = ops::POOL_EXAMPLES)]
     Pool(ops::PoolArgs),
+    /// A cluster's nodes: list them, drain and undrain one.
+    #[command(subcommand_required = true, after_help = ops::NODE_EXAMPLES)]
+    Node(ops::NodeArgs),
     /// Follow sandboxes' lifecycle events (created, paused, killed, ...) as they happen.
     #[command(after_help = events::EXAMPLES)]
     Events(events::EventsArgs),
@@ -235,6 +238,24 @@ struct ServeArgs {
     /// Do not install the host firewall/NAT (sandboxes get loopback only).
     #[arg(long, env = "AIRLOCK_NO_NETWORK")]
     no_network: bool,
+    /// Join a cluster whose shared state is in etcd (v3):
+    /// etcd://HOST:PORT[,HOST:PORT...]. Without it, a single host.
+    #[arg(long, env = "AIRLOCK_CLUSTER", requires_all = ["advertise", "cluster_secret_file"])]
+    cluster: Option<String>,
+    /// With --cluster: the URL the other nodes reach this node's listener at (http://ADDR:PORT).
+    #[arg(long, env = "AIRLOCK_ADVERTISE", requires = "cluster")]
+    advertise: Option<String>,
+    /// With --cluster: this node's name, unique in the cluster [default: the host name].
+    #[arg(long, env = "AIRLOCK_NODE_NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// With --cluster: a file holding the secret every node shares (at least 32 characters);
+    /// node-to-node requests carry it.
+    #[arg(long, env = "AIRLOCK_CLUSTER_SECRET_FILE", requires = "cluster")]
+    cluster_secret_file: Option<PathBuf>,
+    /// With --cluster: seconds a node stays in the cluster without a heartbeat; after it, its
+    /// sandboxes are reported lost [default: 10].
+    #[arg(long, env = "AIRLOCK_CLUSTER_LEASE", requires = "cluster", value_parser = clap::value_parser!(i64).range(2..=300))]
+    cluster_lease: Option<i64>,
     /// Log format: text or json.
     #[arg(long, env = "AIRLOCK_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -399,6 +420,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Template(a) => return template::run(a),
         Cmd::Volume(a) => return volume::run(a),
         Cmd::Pool(a) => return ops::run(a),
+        Cmd::Node(a) => return ops::run_node(a),
         Cmd::Cleanup { dry_run } => return cleanup(dry_run),
         Cmd::Tls(TlsCmd::Init { data_dir, domain }) => tls_init(&data_dir, domain.as_deref())?,
         Cmd::Webhook(a) => return webhook::run(a),
@@ -508,6 +530,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cfg.sample_interval_ms = (s * 1000.0) as u64;
     }
 
+    if let Some(etcd) = &a.cluster {
+        cfg.cluster = Some(cluster_config(&a, etcd, cfg.listen)?);
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let server = airlock_server::Server::bind(cfg).await?;
@@ -534,6 +560,37 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         server.run(shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+/// `--cluster` and its companions, checked before anything starts.
+fn cluster_config(a: &ServeArgs, etcd: &str, listen: std::net::SocketAddr) -> anyhow::Result<airlock_server::cluster::ClusterConfig> {
+    airlock_server::cluster::Etcd::new(etcd).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    let advertise = a.advertise.clone().unwrap_or_default().trim_end_matches('/').to_string();
+    anyhow::ensure!(
+        airlock_server::cluster::forward::authority(&advertise).is_some(),
+        "--advertise must be http://HOST:PORT (where the other nodes reach this one), got {advertise:?}"
+    );
+    anyhow::ensure!(
+        !listen.ip().is_loopback() || advertise.contains("127.") || advertise.contains("localhost"),
+        "--advertise {advertise} but --listen {listen} is loopback only: the other nodes could not reach it"
+    );
+    let path = a.cluster_secret_file.as_ref().ok_or_else(|| anyhow::anyhow!("--cluster needs --cluster-secret-file"))?;
+    let secret = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("--cluster-secret-file {}: {e}", path.display()))?.trim().to_string();
+    anyhow::ensure!(
+        secret.len() >= airlock_server::cluster::MIN_SECRET && secret.chars().all(|c| c.is_ascii_graphic()),
+        "--cluster-secret-file {}: the secret must be at least {} printable characters (head -c 32 /dev/urandom | base64)",
+        path.display(),
+        airlock_server::cluster::MIN_SECRET
+    );
+    let node = match &a.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into()),
+    };
+    anyhow::ensure!(
+        !node.is_empty() && node.len() <= 63 && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'),
+        "--node-name {node:?}: letters, digits, '-', '_' and '.', at most 63"
+    );
+    Ok(airlock_server::cluster::ClusterConfig { etcd: etcd.to_string(), advertise, node, secret, lease_s: a.cluster_lease.unwrap_or(10) })
 }
 
 async fn shutdown_signal() {

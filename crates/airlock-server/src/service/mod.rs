@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::store::{Refusal, SandboxRow, State, Store, StoreError};
 
 mod batch;
-mod create;
+pub(crate) mod create;
 mod disk;
 pub mod e2b_builds;
 mod egress;
@@ -244,6 +244,8 @@ pub struct Service {
     secrets: Arc<crate::secrets::Secrets>,
     /// The egress proxy's interception CA, opened (or made) on first use.
     egress_tls: Mutex<Option<Arc<crate::egress_tls::EgressTls>>>,
+    /// The cluster this node is in (`--cluster`), set once at start-up.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Service {
@@ -278,6 +280,7 @@ impl Service {
             egress: std::sync::OnceLock::new(),
             secrets,
             egress_tls: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -412,6 +415,7 @@ impl Service {
                 "disk": {"ok": disk_ok, "freeBytes": free, "totalBytes": total, "minFreeBytes": floor},
                 "network": {"ok": self.backend.network_available(), "detail": if self.backend.network_available() { "sandboxes can be given internet access".to_string() } else { format!("loopback only: {NO_FIREWALL_HINT}") }},
                 "diskLimits": {"ok": self.backend.disk_limits_available()},
+                "cluster": self.cluster().map(|c| c.health()).unwrap_or_else(|| serde_json::json!({"ok": true, "detail": "a single host (no --cluster)"})),
             },
         })
     }
@@ -421,7 +425,24 @@ impl Service {
             return Ok(true);
         }
         let store = self.store.clone();
-        let key = key.to_string();
-        Ok(self.blocking(move || store.key_valid(&key)).await??)
+        let k = key.to_string();
+        if self.blocking(move || store.key_valid(&k)).await?? {
+            return Ok(true);
+        }
+        // A key made on another node of the cluster.
+        match self.cluster() {
+            Some(c) => c.key_valid(&crate::store::hash_key(key)).await.map_err(|e| crate::cluster::unavailable("checking the API key", &e)),
+            None => Ok(false),
+        }
+    }
+
+    /// The cluster this node is in, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins this service to a cluster (once, at start-up).
+    pub fn set_cluster(&self, c: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
     }
 }

@@ -10,6 +10,15 @@ impl Service {
         Ok(list.iter().filter(|t| t.snapshot.is_none()).map(template_info).collect())
     }
 
+    /// Names and aliases of the templates built here (for placement).
+    pub async fn template_names(&self) -> Vec<String> {
+        let store = self.builder.store.clone();
+        match self.blocking(move || store.list()).await {
+            Ok(Ok(list)) => list.iter().filter(|t| t.snapshot.is_none()).flat_map(|t| std::iter::once(t.name.clone()).chain(t.aliases.iter().cloned())).take(500).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     pub async fn template(&self, name: &str) -> Result<TemplateInfo, ApiError> {
         let name = super::create::template_name(name);
         let store = self.builder.store.clone();

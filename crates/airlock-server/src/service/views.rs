@@ -4,11 +4,17 @@
 use super::*;
 
 impl Service {
+    /// E2B's `clientID`: the node that holds the sandbox (its name in a
+    /// cluster).
+    fn client_id(&self) -> String {
+        self.cluster().map_or_else(|| "airlock".to_string(), |c| c.name().to_string())
+    }
+
     pub fn detail(&self, row: &SandboxRow) -> SandboxDetail {
         SandboxDetail {
             template_id: row.template.clone(),
             sandbox_id: row.id.clone(),
-            client_id: "airlock".into(),
+            client_id: self.client_id(),
             alias: Some(row.template.clone()),
             started_at: rfc3339_ms(row.started_at),
             end_at: rfc3339_ms(row.end_at),
@@ -32,7 +38,7 @@ impl Service {
         api::Sandbox {
             template_id: row.template.clone(),
             sandbox_id: row.id.clone(),
-            client_id: "airlock".into(),
+            client_id: self.client_id(),
             envd_version: ENVD_VERSION.into(),
             alias: Some(row.template.clone()),
             envd_access_token: row.access_token.clone(),

@@ -214,3 +214,73 @@ pub(super) fn run(a: PoolArgs) -> anyhow::Result<u8> {
         anyhow::Ok(0)
     })
 }
+
+pub(super) const NODE_EXAMPLES: &str = "Examples:
+  airlock node list
+  airlock node drain node-2      # keeps its sandboxes, takes no new ones
+  airlock node undrain node-2";
+
+#[derive(clap::Args, Debug)]
+pub(super) struct NodeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    cmd: NodeCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum NodeCmd {
+    /// The cluster's nodes with their load.
+    #[command(alias = "ls")]
+    List,
+    /// A drained node keeps its sandboxes and takes no new ones.
+    Drain { name: String },
+    /// Undo a drain.
+    Undrain { name: String },
+}
+
+pub(super) fn run_node(a: NodeArgs) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let client = a.client.client()?;
+        let json = a.client.json;
+        match a.cmd {
+            NodeCmd::List => {
+                let nodes = client.nodes().await?;
+                if json {
+                    print_json(&nodes)?;
+                } else {
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            let i = &n.info;
+                            vec![
+                                if n.this { format!("{} *", i.name) } else { i.name.clone() },
+                                n.state.clone(),
+                                i.url.clone(),
+                                format!("{}/{}", i.sandboxes, i.max_sandboxes),
+                                format!("{:.1}/{}", i.committed_cpus, i.cpus),
+                                format!("{}/{} MiB", i.committed_memory_mb, i.memory_mb),
+                                i.version.clone(),
+                            ]
+                        })
+                        .collect();
+                    println!("{}", table(&["NODE", "STATE", "ADDRESS", "SANDBOXES", "CPUS", "MEMORY", "VERSION"], &rows));
+                }
+            }
+            NodeCmd::Drain { name } => {
+                client.drain_node(&name, true).await?;
+                if !json {
+                    println!("{name}: drained");
+                }
+            }
+            NodeCmd::Undrain { name } => {
+                client.drain_node(&name, false).await?;
+                if !json {
+                    println!("{name}: ready");
+                }
+            }
+        }
+        anyhow::Ok(0)
+    })
+}

@@ -1,0 +1,566 @@
+//! Many hosts: `airlock serve --cluster etcd://...` joins a cluster whose
+//! shared state is in etcd. Every node runs sandboxes and serves the whole
+//! API and the sandbox proxy; a request for a sandbox another node holds
+//! is forwarded there (`forward`), a create goes to the node with the most
+//! room (`place`), and a listing asks every node.
+//!
+//! In etcd, under `/airlock/v1/`:
+//! - `nodes/<name>`: a node's address, capacity and load, put with the
+//!   node's lease: a node that stops renewing it is gone within the lease;
+//! - `drained/<name>`: a drained node takes no new sandboxes (kept across
+//!   its restarts, so no lease);
+//! - `sandboxes/<id>`: which node holds a sandbox (the catalog);
+//! - `keys/<sha256>`: API keys, by hash, so a key made on one node works on
+//!   every node.
+//!
+//! The local SQLite store stays the truth for the node's own sandboxes;
+//! etcd only says where things are. When etcd cannot be reached, a node
+//! goes on serving the sandboxes it holds; what needs the cluster (finding
+//! another node's sandbox, placing a create elsewhere, a listing of every
+//! node) fails with a clear 503 until etcd answers again.
+
+pub mod etcd;
+pub mod forward;
+pub mod route;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::service::Service;
+pub use etcd::{Etcd, EtcdError};
+
+/// The header node-to-node requests carry: the cluster secret.
+pub const SECRET_HEADER: &str = "x-airlock-cluster-secret";
+/// Which node forwarded a request (for logs and loop checks).
+pub const FORWARDED_BY: &str = "x-airlock-forwarded-by";
+
+const PREFIX: &str = "/airlock/v1/";
+/// The shortest secret a cluster takes.
+pub const MIN_SECRET: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `etcd://h1:2379,h2:2379`.
+    pub etcd: String,
+    /// The URL other nodes reach this node's listener at.
+    pub advertise: String,
+    pub node: String,
+    pub secret: String,
+    /// Seconds a node stays listed without renewing its lease.
+    pub lease_s: i64,
+}
+
+pub use airlock_proto::api::{ClusterNode, NodeInfo};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CatalogEntry {
+    node: String,
+    created_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyEntry {
+    /// The node whose store has the key (only it removes the entry).
+    node: String,
+    name: String,
+}
+
+/// Marks a request another node forwarded (it carried the secret): the
+/// API takes it without a key check, the origin node made that.
+#[derive(Debug, Clone, Copy)]
+pub struct Trusted;
+
+/// Where a request for a sandbox goes.
+pub enum Owner {
+    /// This node (or nobody: the local API answers 404).
+    Here,
+    There(NodeInfo),
+    /// The catalog names a node that is no longer in the cluster.
+    Lost {
+        node: String,
+    },
+}
+
+/// How long a read of the node list is reused for routing.
+const NODES_FRESH: Duration = Duration::from_millis(1000);
+/// How long a sandbox's owner is remembered (it never changes while the
+/// sandbox lives; a kill removes it here as well as in etcd).
+const OWNER_FRESH: Duration = Duration::from_secs(30);
+/// How long a key found in etcd is trusted before it is looked up again
+/// (a revoked key stops working within this).
+const KEY_FRESH: Duration = Duration::from_secs(10);
+
+/// The live nodes by name, and the names of the drained ones.
+type Membership = (BTreeMap<String, NodeInfo>, BTreeSet<String>);
+
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    etcd: Etcd,
+    lease: AtomicI64,
+    /// Whether the last heartbeat reached etcd, and what went wrong if not.
+    etcd_ok: AtomicBool,
+    etcd_error: Mutex<String>,
+    started_at: String,
+    nodes: Mutex<Option<(Instant, Membership)>>,
+    owners: Mutex<HashMap<String, (String, Instant)>>,
+    keys: Mutex<HashMap<String, Instant>>,
+    /// Creates this node placed lately (node, unix ms, MiB, CPUs): a
+    /// node's entry counts them only from its next heartbeat, and a burst
+    /// must not all go to the node that looked emptiest.
+    placed: Mutex<Vec<(String, i64, u64, f64)>>,
+}
+
+fn key(kind: &str, name: &str) -> String {
+    format!("{PREFIX}{kind}/{name}")
+}
+
+/// The error a request gets when the cluster's store cannot be reached.
+pub fn unavailable(what: &str, e: &EtcdError) -> crate::service::ApiError {
+    crate::service::ApiError::Unavailable(format!("{what}: the cluster store (etcd) is unavailable: {e}"))
+}
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig) -> Result<Arc<Self>, EtcdError> {
+        let etcd = Etcd::new(&cfg.etcd)?;
+        Ok(Arc::new(Self {
+            cfg,
+            etcd,
+            lease: AtomicI64::new(0),
+            etcd_ok: AtomicBool::new(false),
+            etcd_error: Mutex::new("not contacted yet".into()),
+            started_at: crate::service::rfc3339_ms(crate::service::now_ms()),
+            nodes: Mutex::new(None),
+            owners: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            placed: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.node
+    }
+
+    /// Whether a request comes from another node (it carries the secret).
+    pub fn trusted(&self, headers: &http::HeaderMap) -> bool {
+        headers.get(SECRET_HEADER).is_some_and(|v| airlock_proto::envd::constant_time_eq(v.as_bytes(), self.cfg.secret.as_bytes()))
+    }
+
+    /// For `/health`: this node, whether etcd answers, how many nodes.
+    pub fn health(&self) -> serde_json::Value {
+        let ok = self.etcd_ok.load(Ordering::Relaxed);
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, (n, _))| n.len()).unwrap_or(0);
+        let detail = if ok { format!("etcd answers ({})", self.etcd.members().join(",")) } else { self.etcd_error.lock().unwrap_or_else(|p| p.into_inner()).clone() };
+        serde_json::json!({ "ok": ok, "node": self.cfg.node, "nodes": nodes, "detail": detail })
+    }
+
+    fn note(&self, r: Result<(), EtcdError>) {
+        match r {
+            Ok(()) => {
+                if !self.etcd_ok.swap(true, Ordering::Relaxed) {
+                    tracing::info!(node = %self.cfg.node, members = %self.etcd.members().join(","), "in the cluster: etcd answers");
+                }
+            }
+            Err(e) => {
+                if self.etcd_ok.swap(false, Ordering::Relaxed) {
+                    tracing::error!(node = %self.cfg.node, error = %e, "etcd unavailable: serving this node's sandboxes; cluster-wide operations fail until it answers");
+                }
+                *self.etcd_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+            }
+        }
+    }
+
+    /// What this node says of itself now.
+    async fn describe(&self, svc: &Arc<Service>) -> NodeInfo {
+        let store = svc.store().clone();
+        let rows = svc.blocking(move || store.sandboxes()).await.ok().and_then(Result::ok).unwrap_or_default();
+        let visible: Vec<_> = rows.iter().filter(|r| r.state.visible()).collect();
+        let running: Vec<_> = visible.iter().filter(|r| r.state.takes_traffic()).collect();
+        let templates = svc.template_names().await;
+        let (cpus, memory_mb) = host_capacity();
+        NodeInfo {
+            name: self.cfg.node.clone(),
+            url: self.cfg.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            cpus,
+            memory_mb,
+            sandboxes: visible.len(),
+            max_sandboxes: svc.cfg.max_sandboxes,
+            committed_cpus: running.iter().fold(0.0, |a, r| a + r.cpus),
+            committed_memory_mb: running.iter().map(|r| r.memory_mb).sum(),
+            templates,
+            started_at: self.started_at.clone(),
+            updated_at: crate::service::rfc3339_ms(crate::service::now_ms()),
+        }
+    }
+
+    /// Renews the lease (a new one when it lapsed) and rewrites this node's
+    /// entry with its current load.
+    async fn heartbeat(&self, svc: &Arc<Service>) -> Result<(), EtcdError> {
+        let mut lease = self.lease.load(Ordering::Relaxed);
+        if lease != 0 && self.etcd.keep_alive(lease).await? <= 0 {
+            tracing::warn!(node = %self.cfg.node, "the node's lease had expired (etcd was out of reach for longer than it): joining again");
+            lease = 0;
+        }
+        if lease == 0 {
+            lease = self.etcd.grant(self.cfg.lease_s).await?;
+            self.lease.store(lease, Ordering::Relaxed);
+        }
+        let me = self.describe(svc).await;
+        let v = serde_json::to_vec(&me).map_err(|e| EtcdError::Protocol(e.to_string()))?;
+        self.etcd.put(&key("nodes", &self.cfg.node), &v, Some(lease)).await?;
+        self.refresh_nodes().await?;
+        Ok(())
+    }
+
+    async fn refresh_nodes(&self) -> Result<Membership, EtcdError> {
+        let mut nodes = BTreeMap::new();
+        for kv in self.etcd.prefix(&format!("{PREFIX}nodes/")).await? {
+            match serde_json::from_slice::<NodeInfo>(&kv.value) {
+                Ok(n) => {
+                    nodes.insert(n.name.clone(), n);
+                }
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "an unreadable node entry"),
+            }
+        }
+        let drained: BTreeSet<String> = self.etcd.prefix(&format!("{PREFIX}drained/")).await?.into_iter().filter_map(|kv| kv.key.rsplit('/').next().map(str::to_string)).collect();
+        *self.nodes.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), (nodes.clone(), drained.clone())));
+        Ok((nodes, drained))
+    }
+
+    /// The live nodes and the drained names, from a read at most a second old.
+    async fn current_nodes(&self) -> Result<Membership, EtcdError> {
+        if let Some((at, m)) = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < NODES_FRESH {
+                return Ok(m.clone());
+            }
+        }
+        self.refresh_nodes().await
+    }
+
+    /// Every live node, freshly read.
+    pub async fn nodes(&self) -> Result<Vec<ClusterNode>, EtcdError> {
+        let (nodes, drained) = self.refresh_nodes().await?;
+        Ok(nodes
+            .into_values()
+            .map(|info| ClusterNode { state: if drained.contains(&info.name) { "drained" } else { "ready" }.to_string(), this: info.name == self.cfg.node, info })
+            .collect())
+    }
+
+    /// The other live nodes (for listings that ask every node).
+    pub async fn peers(&self) -> Result<Vec<NodeInfo>, EtcdError> {
+        Ok(self.current_nodes().await?.0.into_values().filter(|n| n.name != self.cfg.node).collect())
+    }
+
+    /// Drains (or undrains) a node by name; whether it is a live node.
+    pub async fn set_drained(&self, node: &str, drained: bool) -> Result<bool, EtcdError> {
+        let (nodes, _) = self.refresh_nodes().await?;
+        if !nodes.contains_key(node) {
+            return Ok(false);
+        }
+        if drained {
+            self.etcd.put(&key("drained", node), b"1", None).await?;
+        } else {
+            self.etcd.delete(&key("drained", node)).await?;
+        }
+        self.refresh_nodes().await?;
+        Ok(true)
+    }
+
+    /// Where sandbox `id` lives.
+    pub async fn owner(&self, id: &str) -> Result<Owner, EtcdError> {
+        let cached = self.owners.lock().unwrap_or_else(|p| p.into_inner()).get(id).filter(|(_, t)| t.elapsed() < OWNER_FRESH).map(|(n, _)| n.clone());
+        let node = match cached {
+            Some(n) => n,
+            None => match self.etcd.get(&key("sandboxes", id)).await? {
+                None => return Ok(Owner::Here),
+                Some(kv) => {
+                    let e: CatalogEntry = serde_json::from_slice(&kv.value).map_err(|e| EtcdError::Protocol(format!("catalog entry of {id}: {e}")))?;
+                    let mut m = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+                    if m.len() > 100_000 {
+                        m.clear();
+                    }
+                    m.insert(id.to_string(), (e.node.clone(), Instant::now()));
+                    e.node
+                }
+            },
+        };
+        if node == self.cfg.node {
+            return Ok(Owner::Here);
+        }
+        match self.current_nodes().await?.0.remove(&node) {
+            Some(n) => Ok(Owner::There(n)),
+            None => Ok(Owner::Lost { node }),
+        }
+    }
+
+    /// Records that this node holds `id`.
+    pub async fn register(&self, id: &str) -> Result<(), EtcdError> {
+        let v = serde_json::to_vec(&CatalogEntry { node: self.cfg.node.clone(), created_at: crate::service::now_ms() }).map_err(|e| EtcdError::Protocol(e.to_string()))?;
+        self.etcd.put(&key("sandboxes", id), &v, None).await
+    }
+
+    /// Forgets `id` (it is gone from this node).
+    pub async fn unregister(&self, id: &str) -> Result<(), EtcdError> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        // Only this node's entry: a stale delete must not remove another's.
+        if let Some(kv) = self.etcd.get(&key("sandboxes", id)).await? {
+            if serde_json::from_slice::<CatalogEntry>(&kv.value).is_ok_and(|e| e.node == self.cfg.node) {
+                self.etcd.delete(&key("sandboxes", id)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node a new sandbox should go to: the ready node with the most
+    /// free memory and CPU for its size, preferring nodes that have the
+    /// template built and, on a tie, this one (no hop). `None`: no node
+    /// has room.
+    pub async fn place(&self, template: &str, cpus: f64, memory_mb: u64) -> Result<Option<NodeInfo>, EtcdError> {
+        let (mut nodes, drained) = self.current_nodes().await?;
+        let now = crate::service::now_ms();
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        placed.retain(|p| now - p.1 < 60_000);
+        // What each entry does not know yet.
+        for n in nodes.values_mut() {
+            let seen = airlock_proto::time::parse_rfc3339(&n.updated_at).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as i64);
+            for p in placed.iter().filter(|p| p.0 == n.name && p.1 >= seen) {
+                n.committed_memory_mb += p.2;
+                n.committed_cpus += p.3;
+                n.sandboxes += 1;
+            }
+        }
+        let chosen = choose(nodes.values().filter(|n| !drained.contains(&n.name)), &self.cfg.node, template, cpus, memory_mb).cloned();
+        if let Some(n) = &chosen {
+            placed.push((n.name.clone(), now, memory_mb, cpus));
+        }
+        Ok(chosen)
+    }
+
+    /// Whether an API key unknown to the local store is one of the cluster's.
+    pub async fn key_valid(&self, key_hash: &str) -> Result<bool, EtcdError> {
+        if self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key_hash).is_some_and(|t| t.elapsed() < KEY_FRESH) {
+            return Ok(true);
+        }
+        let found = self.etcd.get(&key("keys", key_hash)).await?.is_some();
+        if found {
+            let mut m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if m.len() > 10_000 {
+                m.clear();
+            }
+            m.insert(key_hash.to_string(), Instant::now());
+        }
+        Ok(found)
+    }
+
+    /// Publishes the local store's keys and withdraws this node's keys that
+    /// were revoked here.
+    async fn sync_keys(&self, svc: &Arc<Service>) -> Result<(), EtcdError> {
+        let store = svc.store().clone();
+        let Ok(Ok(local)) = svc.blocking(move || store.key_hashes()).await else { return Ok(()) };
+        let local: BTreeMap<String, String> = local.into_iter().collect();
+        let published = self.etcd.prefix(&format!("{PREFIX}keys/")).await?;
+        let mut have = BTreeSet::new();
+        for kv in &published {
+            let hash = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+            let mine = serde_json::from_slice::<KeyEntry>(&kv.value).is_ok_and(|e| e.node == self.cfg.node);
+            if mine && !local.contains_key(&hash) {
+                self.etcd.delete(&kv.key).await?;
+                self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+            } else {
+                have.insert(hash);
+            }
+        }
+        for (hash, name) in local {
+            if !have.contains(&hash) {
+                let v = serde_json::to_vec(&KeyEntry { node: self.cfg.node.clone(), name }).map_err(|e| EtcdError::Protocol(e.to_string()))?;
+                self.etcd.create(&key("keys", &hash), &v, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the catalog agree with the local store: every sandbox here is
+    /// listed as here, and entries naming this node for sandboxes it no
+    /// longer has are removed (after a restart, or a kill while etcd was away).
+    async fn reconcile(&self, svc: &Arc<Service>) -> Result<(), EtcdError> {
+        let store = svc.store().clone();
+        let Ok(Ok(rows)) = svc.blocking(move || store.sandboxes()).await else { return Ok(()) };
+        let local: BTreeSet<String> = rows.into_iter().filter(|r| r.state.visible()).map(|r| r.id).collect();
+        let mut listed = BTreeSet::new();
+        for kv in self.etcd.prefix(&format!("{PREFIX}sandboxes/")).await? {
+            let Ok(e) = serde_json::from_slice::<CatalogEntry>(&kv.value) else { continue };
+            let id = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+            if e.node == self.cfg.node {
+                if local.contains(&id) {
+                    listed.insert(id);
+                } else {
+                    self.etcd.delete(&kv.key).await?;
+                }
+            }
+        }
+        for id in local.difference(&listed) {
+            self.register(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Heartbeats, key publication and catalog repair, until the server stops.
+    pub async fn run(self: Arc<Self>, svc: Arc<Service>) {
+        let every = Duration::from_millis((self.cfg.lease_s as u64 * 1000 / 3).max(500));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        let mut events = svc.subscribe();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let r = self.heartbeat(&svc).await;
+                    let ok = r.is_ok();
+                    self.note(r);
+                    if ok {
+                        if let Err(e) = self.sync_keys(&svc).await {
+                            tracing::warn!(error = %e, "publishing API keys to the cluster failed");
+                        }
+                        // The first heartbeat after a start (or after etcd
+                        // came back), then every tenth.
+                        if n.is_multiple_of(10) {
+                            if let Err(e) = self.reconcile(&svc).await {
+                                tracing::warn!(error = %e, "repairing the sandbox catalog failed");
+                            }
+                        }
+                        n += 1;
+                    } else {
+                        n = 0;
+                    }
+                }
+                ev = events.recv() => match ev {
+                    // A sandbox made here by any path (fork, import, a
+                    // pool) is catalogued; one that ended is removed.
+                    Ok(e) if e.kind == "ready" => {
+                        if let Err(err) = self.register(&e.sandbox_id).await {
+                            tracing::debug!(sandbox_id = %e.sandbox_id, error = %err, "cataloguing failed; the next repair does it");
+                        }
+                    }
+                    Ok(e) if e.kind == "destroyed" || e.kind == "killed" => {
+                        if let Err(err) = self.unregister(&e.sandbox_id).await {
+                            tracing::debug!(sandbox_id = %e.sandbox_id, error = %err, "uncataloguing failed; the next repair does it");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => n = 0,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
+    /// Leaves the cluster at a clean stop: the lease goes at once, so the
+    /// other nodes stop sending here now rather than after the lease time.
+    pub async fn leave(&self) {
+        let lease = self.lease.swap(0, Ordering::Relaxed);
+        if lease != 0 {
+            if let Err(e) = self.etcd.revoke(lease).await {
+                tracing::warn!(error = %e, "could not leave the cluster cleanly; the others notice within the lease time");
+            }
+        }
+    }
+}
+
+/// The placement rule (see [`Cluster::place`]), apart for testing.
+fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &str, cpus: f64, memory_mb: u64) -> Option<&'a NodeInfo> {
+    let score = |n: &NodeInfo| {
+        let mem_free = n.memory_mb.saturating_sub(n.committed_memory_mb) as f64 / n.memory_mb.max(1) as f64;
+        let cpu_free = (n.cpus - n.committed_cpus).max(0.0) / n.cpus.max(1.0);
+        let count_free = n.max_sandboxes.saturating_sub(n.sandboxes) as f64 / n.max_sandboxes.max(1) as f64;
+        let local = if template.is_empty() || n.templates.iter().any(|t| t == template) { 0.1 } else { 0.0 };
+        mem_free * 0.5 + cpu_free * 0.3 + count_free * 0.2 + local
+    };
+    nodes
+        // Memory is committed against the host's (what a sandbox may use
+        // is bounded by it; CPU is shared, so it only weighs).
+        .filter(|n| n.sandboxes < n.max_sandboxes && n.committed_memory_mb + memory_mb <= n.memory_mb.max(memory_mb) && cpus >= 0.0)
+        .max_by(|a, b| {
+            let (sa, sb) = (score(a), score(b));
+            // Within a hair, this node wins: no hop.
+            if (sa - sb).abs() < 0.02 {
+                (a.name == me).cmp(&(b.name == me))
+            } else {
+                sa.total_cmp(&sb)
+            }
+        })
+}
+
+/// The host's CPUs and memory (MiB).
+fn host_capacity() -> (f64, u64) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map(|kib| kib / 1024)
+        .unwrap_or(0);
+    (cpus, mem)
+}
+
+/// Which sandbox an API path is about: `/sandboxes/{id}...`,
+/// `/v2/sandboxes/{id}...`, `/events/sandboxes/{id}`.
+pub fn sandbox_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/sandboxes/").or_else(|| path.strip_prefix("/sandboxes/")).or_else(|| path.strip_prefix("/events/sandboxes/"))?;
+    let id = rest.split('/').next()?;
+    // Routes under /sandboxes/ that are not one sandbox's.
+    (!id.is_empty() && !matches!(id, "metrics" | "broadcast" | "import")).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, mem: u64, committed: u64, templates: &[&str]) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            url: format!("http://{name}:3000"),
+            version: "0".into(),
+            cpus: 4.0,
+            memory_mb: mem,
+            sandboxes: 0,
+            max_sandboxes: 100,
+            committed_cpus: 0.0,
+            committed_memory_mb: committed,
+            templates: templates.iter().map(|t| t.to_string()).collect(),
+            started_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn placement_takes_room_then_locality_then_this_node() {
+        let a = node("a", 8192, 4096, &[]);
+        let b = node("b", 8192, 1024, &[]);
+        assert_eq!(choose([&a, &b].into_iter(), "a", "", 1.0, 512).map(|n| n.name.as_str()), Some("b"), "more free memory");
+        let c = node("c", 8192, 1024, &[]);
+        assert_eq!(choose([&b, &c].into_iter(), "c", "", 1.0, 512).map(|n| n.name.as_str()), Some("c"), "a tie stays here");
+        let d = node("d", 8192, 1024, &["py"]);
+        assert_eq!(choose([&b, &d].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "the template is there");
+        let full = node("f", 1024, 1024, &[]);
+        assert!(choose([&full].into_iter(), "f", "", 1.0, 512).is_none(), "no memory left");
+        let mut many = node("m", 8192, 0, &[]);
+        many.sandboxes = 100;
+        assert!(choose([&many].into_iter(), "m", "", 1.0, 512).is_none(), "at its sandbox limit");
+    }
+
+    #[test]
+    fn sandbox_ids_in_paths() {
+        assert_eq!(sandbox_in_path("/sandboxes/abc"), Some("abc"));
+        assert_eq!(sandbox_in_path("/sandboxes/abc/timeout"), Some("abc"));
+        assert_eq!(sandbox_in_path("/v2/sandboxes/abc/connect"), Some("abc"));
+        assert_eq!(sandbox_in_path("/events/sandboxes/abc"), Some("abc"));
+        for none in ["/sandboxes", "/sandboxes/", "/sandboxes/metrics", "/sandboxes/broadcast", "/sandboxes/import", "/templates/x"] {
+            assert_eq!(sandbox_in_path(none), None, "{none}");
+        }
+    }
+}
