@@ -293,7 +293,12 @@ impl Cluster {
         if node == self.cfg.node {
             return Ok(Owner::Here);
         }
-        match self.current_nodes().await?.0.remove(&node) {
+        if let Some(n) = self.current_nodes().await?.0.remove(&node) {
+            return Ok(Owner::There(n));
+        }
+        // Gone from a read up to a second old: a fresh one before saying
+        // lost (the node may have just rejoined).
+        match self.refresh_nodes().await?.0.remove(&node) {
             Some(n) => Ok(Owner::There(n)),
             None => Ok(Owner::Lost { node }),
         }
@@ -322,7 +327,9 @@ impl Cluster {
     /// template built and, on a tie, this one (no hop). `None`: no node
     /// has room.
     pub async fn place(&self, template: &str, cpus: f64, memory_mb: u64) -> Result<Option<NodeInfo>, EtcdError> {
-        let (mut nodes, drained) = self.current_nodes().await?;
+        // A fresh read: a drain must hold from the moment it is answered
+        // (two small range reads, next to a create's own work).
+        let (mut nodes, drained) = self.refresh_nodes().await?;
         let now = crate::service::now_ms();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed.retain(|p| now - p.1 < 60_000);

@@ -1,0 +1,227 @@
+"""An Airlock cluster on one machine, through the official `e2b` SDK.
+
+Three etcd members (Debian's etcd-server) and three `airlock serve --cluster`
+nodes, each in its own network namespace with its own address
+(`cluster_hosts.py`). The tests run in order and share the cluster:
+
+1. 30 sandboxes created through node 1 spread over the three nodes;
+2. every sandbox answers through every node: commands, files, a PTY;
+3. a listing through any node shows them all;
+4. killing node 2's process marks its sandboxes lost within the lease,
+   and new creates still succeed (elsewhere);
+5. stopping one etcd member changes nothing visible;
+6. losing etcd's quorum keeps existing sandboxes usable, and cluster-wide
+   calls fail with a clear error; they recover when etcd does;
+7. node 2 restarted rejoins and serves its sandboxes again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from e2b import PtySize, Sandbox
+
+from cluster_hosts import NODES, Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+LEASE_S = 4
+
+pytestmark = pytest.mark.timeout_s(240)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed (apt install etcd-server); .ci/run installs it", pytrace=False)
+    c = Cluster(Path(os.environ.get("AIRLOCK_BIN", REPO / "target" / "debug" / "airlock")), lease_s=LEASE_S)
+    try:
+        c.up()
+    except Exception as e:
+        logs = "\n".join(f"--- {n}\n{c.log(n)}" for n in NODES)
+        c.close()
+        pytest.fail(f"the cluster did not come up: {e}\n{logs}", pytrace=False)
+    c.sandboxes = {}  # id -> node that holds it
+    yield c
+    c.close()
+
+
+def sdk(c: Cluster, node: str) -> dict:
+    return {"api_key": c.api_key, "api_url": c.url(node), "sandbox_url": c.url(node)}
+
+
+def api(c: Cluster, node: str, method: str, path: str, **kw) -> httpx.Response:
+    return httpx.request(method, c.url(node) + path, headers={"X-API-KEY": c.api_key}, timeout=30, **kw)
+
+
+def holder(c: Cluster, node: str, sid: str) -> str:
+    r = api(c, node, "GET", f"/sandboxes/{sid}")
+    assert r.status_code == 200, r.text
+    return r.json()["clientID"]
+
+
+def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001
+            last = e
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def test_creates_through_one_node_spread_over_the_nodes(cluster: Cluster):
+    nodes = api(cluster, "n1", "GET", "/nodes").json()
+    assert sorted(n["name"] for n in nodes) == ["n1", "n2", "n3"]
+    assert [n["name"] for n in nodes if n["self"]] == ["n1"]
+    for _ in range(30):
+        s = Sandbox.create(timeout=600, **sdk(cluster, "n1"))
+        cluster.sandboxes[s.sandbox_id] = None
+    for sid in cluster.sandboxes:
+        cluster.sandboxes[sid] = holder(cluster, "n1", sid)
+    per_node = {n: sum(1 for h in cluster.sandboxes.values() if h == n) for n in NODES}
+    assert all(per_node[n] > 0 for n in NODES), f"30 creates did not spread: {per_node}"
+    # Not all on one node, and not far from even on equal nodes.
+    assert max(per_node.values()) <= 20, per_node
+
+
+def test_every_sandbox_answers_through_every_node(cluster: Cluster):
+    for sid, home in cluster.sandboxes.items():
+        for node in NODES:
+            sbx = Sandbox.connect(sid, **sdk(cluster, node))
+            r = sbx.commands.run(f"echo {sid} via {node}")
+            assert r.stdout == f"{sid} via {node}\n"
+    # Files written through one node are read through another; one of
+    # them large enough to stream.
+    for i, (sid, home) in enumerate(list(cluster.sandboxes.items())[:6]):
+        writer, reader = list(NODES)[i % 3], list(NODES)[(i + 1) % 3]
+        data = os.urandom(3 << 20) if i == 0 else f"from {writer}".encode()
+        Sandbox.connect(sid, **sdk(cluster, writer)).files.write("/tmp/f.bin", data)
+        got = Sandbox.connect(sid, **sdk(cluster, reader)).files.read("/tmp/f.bin", format="bytes")
+        assert bytes(got) == data, f"{sid} on {home}: written via {writer}, read via {reader}"
+    # A PTY on a sandbox of another node (WebSocket-less: envd streams).
+    sid = next(s for s, h in cluster.sandboxes.items() if h != "n1")
+    sbx = Sandbox.connect(sid, **sdk(cluster, "n1"))
+    out = bytearray()
+    lock = threading.Lock()
+
+    def on_data(b: bytes):
+        with lock:
+            out.extend(b)
+
+    handle = sbx.pty.create(PtySize(rows=24, cols=80))
+    t = threading.Thread(target=lambda: handle.wait(on_pty=on_data), daemon=True)
+    t.start()
+    sbx.pty.send_stdin(handle.pid, b"echo pty-$((40+2))\n")
+    wait_until(lambda: b"pty-42" in bytes(out), 15, "the PTY's output through another node")
+    sbx.pty.send_stdin(handle.pid, b"exit 0\n")
+    t.join(15)
+
+
+def test_a_listing_through_any_node_shows_every_node_sandbox(cluster: Cluster):
+    for node in NODES:
+        listed = set()
+        paginator = Sandbox.list(**{k: v for k, v in sdk(cluster, node).items() if k != "sandbox_url"})
+        while paginator.has_next:
+            listed |= {s.sandbox_id for s in paginator.next_items()}
+        assert set(cluster.sandboxes) <= listed, f"through {node}: missing {set(cluster.sandboxes) - listed}"
+
+
+def test_a_killed_node_loses_its_sandboxes_and_creates_go_elsewhere(cluster: Cluster):
+    lost = [s for s, h in cluster.sandboxes.items() if h == "n2"]
+    assert lost
+    cluster.kill_node("n2")
+    t0 = time.monotonic()
+
+    def reported_lost():
+        r = api(cluster, "n1", "GET", f"/sandboxes/{lost[0]}")
+        return r.status_code == 502 and "lost" in r.json()["message"]
+
+    wait_until(reported_lost, LEASE_S + 6, "node 2's sandbox to be reported lost")
+    assert time.monotonic() - t0 < LEASE_S + 6
+    r = api(cluster, "n3", "GET", f"/sandboxes/{lost[-1]}").json()
+    assert "n2" in r["message"], r
+    # The SDK gets an error, not a hang.
+    t1 = time.monotonic()
+    with pytest.raises(Exception):
+        Sandbox.connect(lost[0], **sdk(cluster, "n1")).commands.run("true")
+    assert time.monotonic() - t1 < 20
+    assert sorted(n["name"] for n in api(cluster, "n1", "GET", "/nodes").json()) == ["n1", "n3"]
+    # Creates still succeed, on the nodes that are left.
+    for _ in range(4):
+        s = Sandbox.create(timeout=600, **sdk(cluster, "n1"))
+        home = holder(cluster, "n1", s.sandbox_id)
+        assert home in ("n1", "n3")
+        assert s.commands.run("echo ok").stdout == "ok\n"
+        cluster.sandboxes[s.sandbox_id] = home
+    # The others' sandboxes are untouched.
+    for sid, home in cluster.sandboxes.items():
+        if home != "n2":
+            assert Sandbox.connect(sid, **sdk(cluster, "n3")).commands.run("echo up").stdout == "up\n"
+
+
+def test_one_etcd_member_down_changes_nothing(cluster: Cluster):
+    # The first member of every node's list: each fails over to the next.
+    cluster.stop_etcd("e1")
+    s = Sandbox.create(timeout=600, **sdk(cluster, "n3"))
+    cluster.sandboxes[s.sandbox_id] = holder(cluster, "n3", s.sandbox_id)
+    for node in ("n1", "n3"):
+        assert Sandbox.connect(s.sandbox_id, **sdk(cluster, node)).commands.run("echo fine").stdout == "fine\n"
+    assert sorted(n["name"] for n in api(cluster, "n1", "GET", "/nodes").json()) == ["n1", "n3"]
+    health = api(cluster, "n1", "GET", "/health").json()
+    assert health["checks"]["cluster"] is True, health
+
+
+def test_without_etcd_quorum_existing_sandboxes_stay_usable(cluster: Cluster):
+    cluster.stop_etcd("e2")  # one member of three left: no quorum
+    mine = [s for s, h in cluster.sandboxes.items() if h == "n1"]
+    assert mine
+    for sid in mine:
+        assert Sandbox.connect(sid, **sdk(cluster, "n1")).commands.run("echo still").stdout == "still\n"
+    # What needs the cluster says why it cannot answer.
+    r = api(cluster, "n1", "GET", "/nodes")
+    assert r.status_code == 503 and "etcd" in r.json()["message"], r.text
+    # A create is made where it was asked (reachable there) rather than refused.
+    s = Sandbox.create(timeout=600, **sdk(cluster, "n1"))
+    assert s.commands.run("echo made").stdout == "made\n"
+    assert holder(cluster, "n1", s.sandbox_id) == "n1"
+    cluster.sandboxes[s.sandbox_id] = "n1"
+    # etcd comes back; the cluster recovers by itself, and the sandbox made
+    # meanwhile is catalogued (reachable through another node).
+    cluster.start_etcd("e1")
+    cluster.start_etcd("e2")
+    wait_until(lambda: api(cluster, "n1", "GET", "/nodes").status_code == 200, 60, "the cluster to answer again")
+    wait_until(
+        lambda: Sandbox.connect(s.sandbox_id, **sdk(cluster, "n3")).commands.run("echo back").stdout == "back\n",
+        60,
+        "the sandbox made without etcd to be reachable through node 3",
+    )
+
+
+def test_a_restarted_node_rejoins_and_serves_its_sandboxes(cluster: Cluster):
+    cluster.start_node("n2")
+    cluster.wait_node("n2")
+    wait_until(lambda: "n2" in {n["name"] for n in api(cluster, "n1", "GET", "/nodes").json()}, 30, "node 2 to rejoin")
+    for sid in [s for s, h in cluster.sandboxes.items() if h == "n2"]:
+        for node in NODES:
+            assert Sandbox.connect(sid, **sdk(cluster, node)).commands.run("echo again").stdout == "again\n"
+    # Drained, it takes no new sandboxes; undrained, it does again.
+    assert api(cluster, "n1", "POST", "/nodes/n2/drain").status_code == 204
+    assert {n["name"]: n["state"] for n in api(cluster, "n3", "GET", "/nodes").json()}["n2"] == "drained"
+    for _ in range(6):
+        s = Sandbox.create(timeout=600, **sdk(cluster, "n2"))
+        home = holder(cluster, "n2", s.sandbox_id)
+        cluster.sandboxes[s.sandbox_id] = home
+        assert home != "n2", "a drained node took a sandbox"
+    assert api(cluster, "n1", "POST", "/nodes/n2/undrain").status_code == 204
+    assert api(cluster, "n1", "POST", "/nodes/nope/drain").status_code == 404
