@@ -5,8 +5,10 @@ nodes, each in its own network namespace with its own address
 (`cluster_hosts.py`). The tests run in order and share the cluster:
 
 1. 30 sandboxes created through node 1 spread over the three nodes;
-2. every sandbox answers through every node: commands, files, a PTY;
-3. a listing through any node shows them all;
+2. every sandbox answers through every node: commands, files, a PTY, a
+   port;
+3. a listing through any node shows them all; a template built on one
+   node runs its sandboxes there;
 4. killing node 2's process marks its sandboxes lost within the lease,
    and new creates still succeed (elsewhere);
 5. stopping one etcd member changes nothing visible;
@@ -56,8 +58,8 @@ def sdk(c: Cluster, node: str) -> dict:
     return {"api_key": c.api_key, "api_url": c.url(node), "sandbox_url": c.url(node)}
 
 
-def api(c: Cluster, node: str, method: str, path: str, **kw) -> httpx.Response:
-    return httpx.request(method, c.url(node) + path, headers={"X-API-KEY": c.api_key}, timeout=30, **kw)
+def api(c: Cluster, node: str, method: str, path: str, timeout: float = 30, **kw) -> httpx.Response:
+    return httpx.request(method, c.url(node) + path, headers={"X-API-KEY": c.api_key}, timeout=timeout, **kw)
 
 
 def holder(c: Cluster, node: str, sid: str) -> str:
@@ -126,6 +128,34 @@ def test_every_sandbox_answers_through_every_node(cluster: Cluster):
     wait_until(lambda: b"pty-42" in bytes(out), 15, "the PTY's output through another node")
     sbx.pty.send_stdin(handle.pid, b"exit 0\n")
     t.join(15)
+    # A port of a sandbox on another node, tunnelled through this one.
+    sid = next(s for s, h in cluster.sandboxes.items() if h == "n2")
+    Sandbox.connect(sid, **sdk(cluster, "n2")).commands.run(
+        "mkdir -p /tmp/www && echo served-by-the-sandbox > /tmp/www/index.html && cd /tmp/www && python3 -m http.server 8080",
+        background=True,
+    )
+
+    def fetched():
+        r = httpx.get(cluster.url("n3") + "/", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8080"}, timeout=10)
+        return r.status_code == 200 and r.text == "served-by-the-sandbox\n"
+
+    wait_until(fetched, 20, "the sandbox's port through another node")
+
+
+def test_a_template_built_on_one_node_runs_there(cluster: Cluster):
+    r = api(cluster, "n1", "POST", "/templates", json={"name": "cluster-t", "recipe": "FROM base\nRUN echo built-on-n1 > /opt/marker\n"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert '"done"' in r.text.splitlines()[-1], r.text[-500:]
+    wait_until(
+        lambda: "cluster-t" in next(n for n in api(cluster, "n3", "GET", "/nodes").json() if n["name"] == "n1")["templates"],
+        15,
+        "node 1 to say it has the template",
+    )
+    for _ in range(3):
+        s = Sandbox.create(template="cluster-t", timeout=600, **sdk(cluster, "n3"))
+        assert holder(cluster, "n3", s.sandbox_id) == "n1", "placed on a node without the template"
+        assert s.commands.run("cat /opt/marker").stdout == "built-on-n1\n"
+        cluster.sandboxes[s.sandbox_id] = "n1"
 
 
 def test_a_listing_through_any_node_shows_every_node_sandbox(cluster: Cluster):

@@ -488,7 +488,14 @@ fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &st
         let local = if template.is_empty() || n.templates.iter().any(|t| t == template) { 0.1 } else { 0.0 };
         mem_free * 0.5 + cpu_free * 0.3 + count_free * 0.2 + local
     };
+    // Templates are built where they were asked for (layers do not move
+    // between nodes yet): when some node has this one, only those can run
+    // it. When none has it (a shipped recipe not used yet), any can build it.
+    let nodes: Vec<&NodeInfo> = nodes.collect();
+    let with_template: Vec<&NodeInfo> = nodes.iter().copied().filter(|n| n.templates.iter().any(|t| t == template)).collect();
+    let nodes = if template.is_empty() || with_template.is_empty() { nodes } else { with_template };
     nodes
+        .into_iter()
         // Memory is committed against the host's (what a sandbox may use
         // is bounded by it; CPU is shared, so it only weighs).
         .filter(|n| n.sandboxes < n.max_sandboxes && n.committed_memory_mb + memory_mb <= n.memory_mb.max(memory_mb) && cpus >= 0.0)
@@ -553,6 +560,9 @@ mod tests {
         assert_eq!(choose([&b, &c].into_iter(), "c", "", 1.0, 512).map(|n| n.name.as_str()), Some("c"), "a tie stays here");
         let d = node("d", 8192, 1024, &["py"]);
         assert_eq!(choose([&b, &d].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "the template is there");
+        let roomy = node("r", 65536, 0, &[]);
+        assert_eq!(choose([&roomy, &d].into_iter(), "r", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "only nodes with the template run it");
+        assert_eq!(choose([&roomy, &b].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("r"), "none has it: any node builds it");
         let full = node("f", 1024, 1024, &[]);
         assert!(choose([&full].into_iter(), "f", "", 1.0, 512).is_none(), "no memory left");
         let mut many = node("m", 8192, 0, &[]);
