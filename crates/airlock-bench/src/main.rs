@@ -128,6 +128,17 @@ struct Args {
     /// kill latency with them alive, then concurrency sweeps of 1/10/50/100.
     #[arg(long, default_value_t = 0)]
     scale: usize,
+    /// Instead of starting a server, measure a running cluster of at least
+    /// two nodes (their URLs, http://HOST:PORT, comma-separated, with
+    /// `--api-key`): creates placed on the node asked vs forwarded to
+    /// another, commands.run on a sandbox through its node vs through
+    /// another, and a download through each (`scripts/bench-cluster` makes
+    /// a cluster and runs this). `--n` runs of each.
+    #[arg(long, value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// The API key for `--cluster`.
+    #[arg(long, env = "AIRLOCK_API_KEY")]
+    api_key: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -189,7 +200,13 @@ fn main() {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     }
-    let result = if args.server { run_server_mode(&args) } else { run(&args) };
+    let result = if !args.cluster.is_empty() {
+        run_cluster_mode(&args)
+    } else if args.server {
+        run_server_mode(&args)
+    } else {
+        run(&args)
+    };
     match result {
         Ok(report) => {
             if args.json {
@@ -2834,7 +2851,9 @@ fn header() -> String {
 }
 
 fn print_report(r: &Value) {
-    if r["mode"] == "scale" {
+    if r["mode"] == "cluster" {
+        print_cluster(r);
+    } else if r["mode"] == "scale" {
         print_scale(r);
     } else if r["mode"] == "soak" {
         print_soak(r);
@@ -2944,5 +2963,186 @@ fn print_tables(r: &Value) {
         for n in notes {
             println!("  - {}", n.as_str().unwrap_or_default());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster mode: what a hop to another node costs
+
+/// One node of the cluster under measurement.
+struct Node {
+    name: String,
+    pool: Pool,
+    host: String,
+}
+
+fn run_cluster_mode(args: &Args) -> Result<Value> {
+    anyhow::ensure!(args.cluster.len() >= 2, "--cluster needs two node URLs or more");
+    let key = args.api_key.clone().ok_or_else(|| anyhow!("--cluster needs --api-key (or AIRLOCK_API_KEY)"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(cluster_bench(args, &key))
+}
+
+impl Node {
+    fn headers<'a>(&self, key: &'a str) -> Vec<(&'static str, &'a str)> {
+        vec![("x-api-key", key), ("content-type", "application/json")]
+    }
+
+    async fn call(&self, key: &str, method: &str, path: &str, body: Value, want: u16) -> Result<(Value, Duration)> {
+        let req = build_req(method, path, &self.host, &self.headers(key), if body.is_null() { Vec::new() } else { body.to_string().into_bytes() });
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        let d = r.done - t;
+        if r.status != want {
+            bail!("{} {method} {path} answered {} (wanted {want}): {}", self.name, r.status, r.text());
+        }
+        Ok((serde_json::from_slice(&r.body).unwrap_or(Value::Null), d))
+    }
+
+    /// `commands.run("true")`: the time to the end-of-stream envelope.
+    async fn run_true(&self, s: &Sbx, body: &[u8]) -> Result<Duration> {
+        let h = [
+            ("e2b-sandbox-id", s.id.as_str()),
+            ("e2b-sandbox-port", "49983"),
+            ("x-access-token", s.token.as_str()),
+            ("content-type", "application/connect+json"),
+            ("connect-protocol-version", "1"),
+        ];
+        let req = build_req("POST", "/process.Process/Start", &self.host, &h, body.to_vec());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        check_process_stream(&HttpResp { status: r.status, body: r.body.clone() })?;
+        let eos = connect_eos_offset(&r.body).ok_or_else(|| anyhow!("no end-of-stream envelope"))?;
+        Ok(r.time_at(eos) - t)
+    }
+
+    /// `files.read(path)`, whole: bytes and time.
+    async fn download(&self, s: &Sbx, path: &str) -> Result<(usize, Duration)> {
+        let h = [("e2b-sandbox-id", s.id.as_str()), ("e2b-sandbox-port", "49983"), ("x-access-token", s.token.as_str())];
+        let req = build_req("GET", &format!("/files?path={path}&username=user"), &self.host, &h, Vec::new());
+        let t = Instant::now();
+        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
+        if r.status != 200 {
+            bail!("download answered {}: {}", r.status, r.text());
+        }
+        Ok((r.body.len(), r.done - t))
+    }
+}
+
+async fn cluster_bench(args: &Args, key: &str) -> Result<Value> {
+    let mut nodes = Vec::new();
+    for url in &args.cluster {
+        let a = url.trim().trim_start_matches("http://").trim_end_matches('/');
+        let addr: std::net::SocketAddr = a.parse().with_context(|| format!("--cluster: {url:?} is not http://IP:PORT"))?;
+        nodes.push(Node { name: String::new(), pool: Pool::new(addr), host: a.to_string() });
+    }
+    // Names, and that every URL is a node of one cluster.
+    let (list, _) = nodes[0].call(key, "GET", "/nodes", Value::Null, 200).await?;
+    for n in nodes.iter_mut() {
+        let found = list.as_array().into_iter().flatten().find(|x| x["url"].as_str().map(|u| u.trim_start_matches("http://").trim_end_matches('/')) == Some(n.host.as_str()));
+        n.name = found.and_then(|x| x["name"].as_str()).ok_or_else(|| anyhow!("{} is not a node of the cluster at {}", n.host, args.cluster[0]))?.to_string();
+    }
+    let all: Vec<String> = list.as_array().into_iter().flatten().filter_map(|x| x["name"].as_str().map(str::to_string)).collect();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let n = args.n.max(5);
+    let mut made: Vec<(Sbx, &Node)> = Vec::new();
+    async fn create(via: &Node, key: &str) -> Result<(Sbx, Duration)> {
+        let body = json!({"templateID": "base", "timeout": 600, "allow_internet_access": false});
+        let (v, d) = via.call(key, "POST", "/v2/sandboxes", body, 201).await?;
+        let id = v["sandboxID"].as_str().ok_or_else(|| anyhow!("no sandboxID"))?.to_string();
+        let token = v["envdAccessToken"].as_str().unwrap_or_default().to_string();
+        Ok((Sbx { id, token }, d))
+    }
+    let result = async {
+        // Every node but A drained: A places on itself. Then A drained
+        // and B open: every create through A is forwarded to B.
+        for m in all.iter().filter(|m| **m != a.name) {
+            a.call(key, "POST", &format!("/nodes/{m}/drain"), Value::Null, 204).await?;
+        }
+        progress(&format!("{n} creates through {} placed on itself", a.name));
+        let mut local = Vec::new();
+        for i in 0..n + 2 {
+            let (s, d) = create(a, key).await?;
+            if i >= 2 {
+                local.push(d);
+            }
+            made.push((s, a));
+        }
+        a.call(key, "POST", &format!("/nodes/{}/undrain", b.name), Value::Null, 204).await?;
+        a.call(key, "POST", &format!("/nodes/{}/drain", a.name), Value::Null, 204).await?;
+        let (states, _) = a.call(key, "GET", "/nodes", Value::Null, 200).await?;
+        let states: Vec<String> = states.as_array().into_iter().flatten().map(|x| format!("{} {}", x["name"].as_str().unwrap_or(""), x["state"].as_str().unwrap_or(""))).collect();
+        progress(&format!("{n} creates through {} forwarded to {} (nodes: {})", a.name, b.name, states.join(", ")));
+        let mut remote = Vec::new();
+        for i in 0..n + 2 {
+            let (s, d) = create(a, key).await?;
+            let (v, _) = a.call(key, "GET", &format!("/sandboxes/{}", s.id), Value::Null, 200).await?;
+            anyhow::ensure!(v["clientID"] == b.name.as_str(), "a create through drained {} went to {} instead of {}", a.name, v["clientID"], b.name);
+            if i >= 2 {
+                remote.push(d);
+            }
+            made.push((s, b));
+        }
+        // A sandbox on B, through B and through A.
+        let on_b = made.last().map(|(s, _)| s.clone()).ok_or_else(|| anyhow!("no sandbox"))?;
+        let body = start_envelope("/bin/true", &[]);
+        let (mut direct, mut hop) = (Vec::new(), Vec::new());
+        progress(&format!("{n} commands.run on a sandbox of {}: through it and through {}", b.name, a.name));
+        for i in 0..n + 5 {
+            let d1 = b.run_true(&on_b, &body).await?;
+            let d2 = a.run_true(&on_b, &body).await?;
+            if i >= 5 {
+                direct.push(d1);
+                hop.push(d2);
+            }
+        }
+        // 64 MiB through each.
+        let mib = 64usize;
+        let fill = start_envelope("/bin/sh", &["-c", &format!("head -c {}M /dev/urandom > /tmp/big", mib)]);
+        b.run_true(&on_b, &fill).await?;
+        let (mut dl_direct, mut dl_hop) = (Vec::new(), Vec::new());
+        progress(&format!("downloads of {mib} MiB through {} and through {}", b.name, a.name));
+        for _ in 0..3 {
+            let (len1, d1) = b.download(&on_b, "/tmp/big").await?;
+            let (len2, d2) = a.download(&on_b, "/tmp/big").await?;
+            anyhow::ensure!(len1 == mib << 20 && len2 == len1, "downloads of {len1} and {len2} bytes, wanted {}", mib << 20);
+            dl_direct.push(d1);
+            dl_hop.push(d2);
+        }
+        let per_mib = |v: &[Duration]| {
+            let best = v.iter().min().copied().unwrap_or_default();
+            json!({ "best_ms": ms(best), "ms_per_mib": round(ms(best) / mib as f64, 3), "mib_per_s": round(mib as f64 / best.as_secs_f64().max(1e-9), 1) })
+        };
+        anyhow::Ok(json!({
+            "mode": "cluster",
+            "nodes": nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+            "asked": a.name,
+            "other": b.name,
+            "create": { "placed_here": stats(&local), "forwarded": stats(&remote) },
+            "commands_run_true": { "through_its_node": stats(&direct), "through_another": stats(&hop) },
+            "download_64mib": { "through_its_node": per_mib(&dl_direct), "through_another": per_mib(&dl_hop) },
+        }))
+    }
+    .await;
+    // Undrain everything and remove what was made, whatever happened.
+    for m in &all {
+        let _ = a.call(key, "POST", &format!("/nodes/{m}/undrain"), Value::Null, 204).await;
+    }
+    for (s, _) in &made {
+        let _ = a.call(key, "DELETE", &format!("/sandboxes/{}", s.id), Value::Null, 204).await;
+    }
+    result
+}
+
+fn print_cluster(r: &Value) {
+    println!("airlock-bench --cluster (nodes {}; asked {}, the other {})", r["nodes"], r["asked"].as_str().unwrap_or(""), r["other"].as_str().unwrap_or(""));
+    let row = |label: &str, v: &Value| println!("  {label:<44} p50 {:>8.2} ms  p99 {:>8.2} ms  (n={})", f64_at(v, "/p50_ms"), f64_at(v, "/p99_ms"), v["n"]);
+    row("create, placed on the node asked", &r["create"]["placed_here"]);
+    row("create, forwarded to another node", &r["create"]["forwarded"]);
+    row("commands.run(true), through its node", &r["commands_run_true"]["through_its_node"]);
+    row("commands.run(true), through another node", &r["commands_run_true"]["through_another"]);
+    for (label, k) in [("through its node", "through_its_node"), ("through another node", "through_another")] {
+        let v = &r["download_64mib"][k];
+        println!("  download 64 MiB, {label:<27} {:>8.1} ms  {:>6.3} ms/MiB  {:>7.1} MiB/s", f64_at(v, "/best_ms"), f64_at(v, "/ms_per_mib"), f64_at(v, "/mib_per_s"));
     }
 }
