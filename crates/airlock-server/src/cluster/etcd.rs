@@ -196,6 +196,16 @@ impl Etcd {
         Ok(v.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
     }
 
+    /// Deletes `key` only if it is still at `mod_revision` (nobody rewrote
+    /// it since it was read); whether it was deleted.
+    pub async fn delete_at(&self, key: &str, mod_revision: i64) -> Result<bool, EtcdError> {
+        let k = b64(key.as_bytes());
+        let v = self
+            .call("/v3/kv/txn", json!({ "compare": [{ "key": k, "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision.to_string() }], "success": [{ "request_delete_range": { "key": k } }] }))
+            .await?;
+        Ok(v.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
+    }
+
     /// A lease of `ttl` seconds; keys put with it go when it is not renewed.
     pub async fn grant(&self, ttl: i64) -> Result<i64, EtcdError> {
         let v = self.call("/v3/lease/grant", json!({ "TTL": ttl.to_string() })).await?;

@@ -316,7 +316,7 @@ impl Cluster {
         // Only this node's entry: a stale delete must not remove another's.
         if let Some(kv) = self.etcd.get(&key("sandboxes", id)).await? {
             if serde_json::from_slice::<CatalogEntry>(&kv.value).is_ok_and(|e| e.node == self.cfg.node) {
-                self.etcd.delete(&key("sandboxes", id)).await?;
+                self.etcd.delete_at(&key("sandboxes", id), kv.mod_revision).await?;
             }
         }
         Ok(())
@@ -397,6 +397,7 @@ impl Cluster {
     /// longer has are removed (after a restart, or a kill while etcd was away).
     async fn reconcile(&self, svc: &Arc<Service>) -> Result<(), EtcdError> {
         let store = svc.store().clone();
+        let read_at = crate::service::now_ms();
         let Ok(Ok(rows)) = svc.blocking(move || store.sandboxes()).await else { return Ok(()) };
         let local: BTreeSet<String> = rows.into_iter().filter(|r| r.state.visible()).map(|r| r.id).collect();
         let mut listed = BTreeSet::new();
@@ -406,8 +407,10 @@ impl Cluster {
             if e.node == self.cfg.node {
                 if local.contains(&id) {
                     listed.insert(id);
-                } else {
-                    self.etcd.delete(&kv.key).await?;
+                } else if e.created_at < read_at - 5_000 {
+                    // Not one catalogued since the store was read (a create
+                    // finishing meanwhile is in the catalog, not in `local`).
+                    self.etcd.delete_at(&kv.key, kv.mod_revision).await?;
                 }
             }
         }
