@@ -111,6 +111,19 @@ def test_every_sandbox_answers_through_every_node(cluster: Cluster):
         Sandbox.connect(sid, **sdk(cluster, writer)).files.write("/tmp/f.bin", data)
         got = Sandbox.connect(sid, **sdk(cluster, reader)).files.read("/tmp/f.bin", format="bytes")
         assert bytes(got) == data, f"{sid} on {home}: written via {writer}, read via {reader}"
+    # Signed file URLs (no headers name the sandbox) through another node.
+    sid = next(s for s, h in cluster.sandboxes.items() if h == "n2")
+    sb = Sandbox.connect(sid, **sdk(cluster, "n1"))
+    sb.files.write("/tmp/signed.txt", "signed content")
+    url = sb.download_url("/tmp/signed.txt")
+    assert url.startswith(cluster.url("n1")) and "signature=" in url, url
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 200 and r.text == "signed content", (r.status_code, r.text[:200])
+    r = httpx.post(sb.upload_url("/tmp/up.txt"), files={"file": ("up.txt", b"uploaded by url")}, timeout=30)
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+    assert sb.files.read("/tmp/up.txt") == "uploaded by url"
+    bad = httpx.get(url.replace("signature=", "signature=x"), timeout=30)
+    assert bad.status_code == 401, bad.status_code
     # A PTY on a sandbox of another node (WebSocket-less: envd streams).
     sid = next(s for s, h in cluster.sandboxes.items() if h != "n1")
     sbx = Sandbox.connect(sid, **sdk(cluster, "n1"))

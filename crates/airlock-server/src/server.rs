@@ -425,6 +425,9 @@ async fn cluster_dispatch(svc: Arc<Service>, c: Arc<crate::cluster::Cluster>, ap
     let create = route::is_create(&method, &path);
     if trusted {
         req.extensions_mut().insert(crate::cluster::Trusted);
+        if path == route::SIGNATURE_PATH && method == hyper::Method::POST {
+            return route::answer_signature(&svc, req).await;
+        }
         if create {
             // Placed here by another node: catalogued before the answer.
             return route::catalogued(&c, dispatch_local(svc.clone(), api, req).await).await;

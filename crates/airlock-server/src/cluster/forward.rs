@@ -104,6 +104,25 @@ impl Cluster {
         Resp::from_parts(parts, body.map_err(|e| -> crate::http::BoxError { Box::new(e) }).boxed_unsync())
     }
 
+    /// A JSON POST to another node as this node: its status and JSON answer.
+    pub async fn post_json(&self, node: &NodeInfo, path: &str, body: String) -> Result<(StatusCode, serde_json::Value), String> {
+        let mut sender = connect(node).await?;
+        let req = Request::post(path)
+            .header(header::HOST, authority(&node.url).unwrap_or("node"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(SECRET_HEADER, self.cfg.secret.as_str())
+            .header(FORWARDED_BY, self.cfg.node.as_str())
+            .body(h::full(bytes::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .map_err(|_| format!("node {} did not answer within 10 s", node.name))?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20).collect().await.map_err(|e| format!("node {}: {e}", node.name))?.to_bytes();
+        Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    }
+
     /// One whole request to another node as this node (a listing's part):
     /// its status, headers and body.
     pub async fn fetch(

@@ -36,7 +36,7 @@ fn is_list(method: &Method, path: &str) -> bool {
 
 /// Where a request from a client (not another node) goes; creates are
 /// [`create`]'s.
-pub async fn decide(svc: &Arc<Service>, c: &Cluster, req: &http::Request<Incoming>) -> Decision {
+pub async fn decide(svc: &Arc<Service>, c: &Arc<Cluster>, req: &http::Request<Incoming>) -> Decision {
     let path = req.uri().path();
     let id = match crate::proxy::target(req.headers(), svc.cfg.domain.as_deref()) {
         Some(Ok(t)) => Some(t.id),
@@ -46,6 +46,9 @@ pub async fn decide(svc: &Arc<Service>, c: &Cluster, req: &http::Request<Incomin
     };
     if let Some(id) = id {
         return owner(svc, c, &id).await;
+    }
+    if path == "/files" && req.uri().query().is_some_and(|q| q.contains("signature=")) {
+        return signed(svc, c, req.method(), req.uri().query().unwrap_or("")).await;
     }
     if is_list(req.method(), path) {
         return Decision::List;
@@ -207,4 +210,50 @@ pub async fn merge_lists(local: Resp, peers: (Vec<serde_json::Value>, Vec<String
         }
     }
     r
+}
+
+/// The internal route a node asks its peers through: which of them holds
+/// the sandbox a signed `/files` URL was made for.
+pub const SIGNATURE_PATH: &str = "/_cluster/signature";
+
+/// A signed `/files` URL names no sandbox (only its token makes the
+/// signature): this node's own first, then every other node is asked.
+async fn signed(svc: &Arc<Service>, c: &Arc<Cluster>, method: &Method, query: &str) -> Decision {
+    let q = crate::api::query_pairs(query);
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (Some(path), Some(sig)) = (get("path"), get("signature")) else { return Decision::Local };
+    let op = if method == Method::GET { "read" } else { "write" };
+    let (user, exp) = (get("username").unwrap_or_default(), get("signature_expiration").and_then(|e| e.parse::<i64>().ok()));
+    if svc.find_by_signature(&path, op, &user, &sig, exp).await.is_some() {
+        return Decision::Local;
+    }
+    let Ok(peers) = c.peers().await else { return Decision::Local };
+    let ask = serde_json::json!({ "path": path, "operation": op, "username": user, "signature": sig, "expiration": exp }).to_string();
+    let calls = peers.into_iter().map(|n| {
+        let (c, ask) = (c.clone(), ask.clone());
+        async move {
+            let found = c.post_json(&n, SIGNATURE_PATH, ask).await.ok().filter(|(s, b)| *s == StatusCode::OK && b.get("found") == Some(&serde_json::Value::Bool(true))).is_some();
+            found.then_some(n)
+        }
+    });
+    match futures_util::future::join_all(calls).await.into_iter().flatten().next() {
+        Some(n) => Decision::Forward(n),
+        // Nobody: the local answer is the 401.
+        None => Decision::Local,
+    }
+}
+
+/// Answers a peer's [`SIGNATURE_PATH`] question (a trusted request).
+pub async fn answer_signature(svc: &Arc<Service>, req: http::Request<Incoming>) -> Resp {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return h::error(400, format!("reading the question: {e}")),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return h::error(400, format!("the question is not JSON: {e}")),
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let found = svc.find_by_signature(&s("path"), &s("operation"), &s("username"), &s("signature"), v.get("expiration").and_then(|e| e.as_i64())).await.is_some();
+    h::json(200, &serde_json::json!({ "found": found }))
 }
