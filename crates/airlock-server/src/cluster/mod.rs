@@ -323,9 +323,9 @@ impl Cluster {
     }
 
     /// The node a new sandbox should go to: the ready node with the most
-    /// free memory and CPU for its size, preferring nodes that have the
-    /// template built and, on a tie, this one (no hop). `None`: no node
-    /// has room.
+    /// free memory, CPU and sandbox slots, among those that have the
+    /// template built (when any has) and, on a tie, this one (no hop).
+    /// `None`: every node is drained or at its sandbox limit.
     pub async fn place(&self, template: &str, cpus: f64, memory_mb: u64) -> Result<Option<NodeInfo>, EtcdError> {
         // A fresh read: a drain must hold from the moment it is answered
         // (two small range reads, next to a create's own work).
@@ -485,8 +485,9 @@ impl Cluster {
 /// The placement rule (see [`Cluster::place`]), apart for testing.
 fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &str, cpus: f64, memory_mb: u64) -> Option<&'a NodeInfo> {
     let score = |n: &NodeInfo| {
-        let mem_free = n.memory_mb.saturating_sub(n.committed_memory_mb) as f64 / n.memory_mb.max(1) as f64;
-        let cpu_free = (n.cpus - n.committed_cpus).max(0.0) / n.cpus.max(1.0);
+        // What would be left with this sandbox there.
+        let mem_free = n.memory_mb.saturating_sub(n.committed_memory_mb + memory_mb) as f64 / n.memory_mb.max(1) as f64;
+        let cpu_free = (n.cpus - n.committed_cpus - cpus).max(0.0) / n.cpus.max(1.0);
         let count_free = n.max_sandboxes.saturating_sub(n.sandboxes) as f64 / n.max_sandboxes.max(1) as f64;
         let local = if template.is_empty() || n.templates.iter().any(|t| t == template) { 0.1 } else { 0.0 };
         mem_free * 0.5 + cpu_free * 0.3 + count_free * 0.2 + local
@@ -499,9 +500,10 @@ fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &st
     let nodes = if template.is_empty() || with_template.is_empty() { nodes } else { with_template };
     nodes
         .into_iter()
-        // Memory is committed against the host's (what a sandbox may use
-        // is bounded by it; CPU is shared, so it only weighs).
-        .filter(|n| n.sandboxes < n.max_sandboxes && n.committed_memory_mb + memory_mb <= n.memory_mb.max(memory_mb) && cpus >= 0.0)
+        // Memory and CPU only weigh: a sandbox's are limits, not
+        // reservations, and a single host overcommits both as well. What
+        // refuses is a node's sandbox limit.
+        .filter(|n| n.sandboxes < n.max_sandboxes)
         .max_by(|a, b| {
             let (sa, sb) = (score(a), score(b));
             // Within a hair, this node wins: no hop.
@@ -567,7 +569,8 @@ mod tests {
         assert_eq!(choose([&roomy, &d].into_iter(), "r", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "only nodes with the template run it");
         assert_eq!(choose([&roomy, &b].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("r"), "none has it: any node builds it");
         let full = node("f", 1024, 1024, &[]);
-        assert!(choose([&full].into_iter(), "f", "", 1.0, 512).is_none(), "no memory left");
+        assert_eq!(choose([&full, &b].into_iter(), "f", "", 1.0, 512).map(|n| n.name.as_str()), Some("b"), "the one with memory left");
+        assert_eq!(choose([&full].into_iter(), "f", "", 1.0, 512).map(|n| n.name.as_str()), Some("f"), "memory is overcommitted, as on one host");
         let mut many = node("m", 8192, 0, &[]);
         many.sandboxes = 100;
         assert!(choose([&many].into_iter(), "m", "", 1.0, 512).is_none(), "at its sandbox limit");

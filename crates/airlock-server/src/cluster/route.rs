@@ -108,7 +108,7 @@ pub async fn create(svc: &Arc<Service>, c: &Arc<Cluster>, api: axum::Router, req
                 503,
                 &airlock_proto::api::ApiError {
                     code: 503,
-                    message: format!("no node of the cluster has room for a sandbox of {memory} MiB (every node is drained, full or at its sandbox limit)"),
+                    message: "no node of the cluster takes new sandboxes: every node is drained or at its sandbox limit".into(),
                 },
             )
         }
