@@ -50,6 +50,17 @@ def range_clash() -> str | None:
     return None
 
 
+def _terminate(p: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if p and p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+
 def _wait_http(url: str, timeout: float, ok=lambda status: status == 200) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
@@ -154,14 +165,7 @@ class Cluster:
         log.close()
 
     def stop_etcd(self, name: str) -> None:
-        p = self.etcd_procs.pop(name, None)
-        if p and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        _terminate(self.etcd_procs.pop(name, None), 10)
 
     def etcd_endpoints(self) -> str:
         return "etcd://" + ",".join(f"{a}:2379" for a in ETCD.values())
@@ -205,14 +209,7 @@ class Cluster:
             p.wait(timeout=10)
 
     def stop_node(self, name: str) -> None:
-        p = self.node_procs.pop(name, None)
-        if p and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+        _terminate(self.node_procs.pop(name, None), 15)
 
     def log(self, name: str, lines: int = 40) -> str:
         try:

@@ -1116,12 +1116,7 @@ impl Srv {
             ("keepalive-ping-interval", "50"),
             ("user-agent", "connectrpc/0.12.1"),
         ]);
-        let req = build_req("POST", "/process.Process/Start", &self.host, &h, body.to_vec());
-        let t = Instant::now();
-        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
-        check_process_stream(&HttpResp { status: r.status, body: r.body.clone() })?;
-        let eos = connect_eos_offset(&r.body).ok_or_else(|| anyhow!("no end-of-stream envelope"))?;
-        Ok(r.time_at(eos) - t)
+        process_start(&self.pool, &self.host, &h, body).await
     }
 
     async fn get(&self, path: &str, headers: &[(&str, &str)], want: u16) -> Result<Duration> {
@@ -1216,6 +1211,17 @@ impl Srv {
         }
         json!({ "api_handler": stats(&handler), "service_create": stats(&created), "runtime_create": stats(&runtime) })
     }
+}
+
+/// `process.Process/Start` with `headers`, read to its end-of-stream
+/// envelope: the time to it.
+async fn process_start(pool: &Pool, host: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Duration> {
+    let req = build_req("POST", "/process.Process/Start", host, headers, body.to_vec());
+    let t = Instant::now();
+    let r = pool.send(req, REQUEST_TIMEOUT).await?;
+    check_process_stream(&HttpResp { status: r.status, body: r.body.clone() })?;
+    let eos = connect_eos_offset(&r.body).ok_or_else(|| anyhow!("no end-of-stream envelope"))?;
+    Ok(r.time_at(eos) - t)
 }
 
 /// Byte offset just past the end-of-stream envelope of a Connect stream.
@@ -3008,12 +3014,7 @@ impl Node {
             ("content-type", "application/connect+json"),
             ("connect-protocol-version", "1"),
         ];
-        let req = build_req("POST", "/process.Process/Start", &self.host, &h, body.to_vec());
-        let t = Instant::now();
-        let r = self.pool.send(req, REQUEST_TIMEOUT).await?;
-        check_process_stream(&HttpResp { status: r.status, body: r.body.clone() })?;
-        let eos = connect_eos_offset(&r.body).ok_or_else(|| anyhow!("no end-of-stream envelope"))?;
-        Ok(r.time_at(eos) - t)
+        process_start(&self.pool, &self.host, &h, body).await
     }
 
     /// `files.read(path)`, whole: bytes and time.

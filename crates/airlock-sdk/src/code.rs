@@ -264,11 +264,7 @@ impl Stream for ExecutionStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(pos) = this.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = this.buf.drain(..=pos).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
+            if let Some(line) = crate::ndjson::next_line(&mut this.buf) {
                 match this.parse(&line) {
                     Some(ev) => return Poll::Ready(Some(ev)),
                     None => continue,

@@ -12,6 +12,17 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// Takes the next complete line that is not blank out of `buf`.
+pub(crate) fn next_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Some(line);
+        }
+    }
+    None
+}
+
 /// One `T` per line, as the lines come; blank lines are skipped.
 pub struct NdjsonStream<T> {
     body: Incoming,
@@ -34,11 +45,7 @@ impl<T: DeserializeOwned> Stream for NdjsonStream<T> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(pos) = this.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = this.buf.drain(..=pos).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
+            if let Some(line) = next_line(&mut this.buf) {
                 return Poll::Ready(Some(serde_json::from_slice(&line).map_err(|e| Error::protocol(format!("{} {:?}: {e}", this.what, String::from_utf8_lossy(&line))))));
             }
             if this.done {

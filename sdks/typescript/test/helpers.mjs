@@ -10,6 +10,7 @@ import fs from 'node:fs'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import { after, before } from 'node:test'
 import { fileURLToPath } from 'node:url'
 
 import { SandboxSDK } from '../dist/esm/index.js'
@@ -130,4 +131,21 @@ export async function rejection(p) {
     return e
   }
   throw new Error('expected a rejection, but it resolved')
+}
+
+/**
+ * One server and one connected SDK for the whole test file, started before
+ * its first test and stopped after its last: `shared.srv`, `shared.sdk`.
+ */
+export function sharedServer() {
+  const shared = { srv: new Server(), sdk: undefined }
+  before(async () => {
+    await shared.srv.start()
+    shared.sdk = await shared.srv.sdk()
+  })
+  after(async () => {
+    shared.sdk?.disconnect()
+    await shared.srv.close()
+  })
+  return shared
 }

@@ -2,26 +2,16 @@
 // the Socket.IO endpoint of a real server.
 
 import assert from 'node:assert/strict'
-import { after, before, test } from 'node:test'
+import { test } from 'node:test'
 
 import { SandboxError, SandboxSDK, SandboxSDKError } from '../dist/esm/index.js'
-import { rejection, Server } from './helpers.mjs'
+import { rejection, Server, sharedServer } from './helpers.mjs'
 
-const srv = new Server()
-let sdk
-
-before(async () => {
-  await srv.start()
-  sdk = await srv.sdk()
-})
-
-after(async () => {
-  sdk?.disconnect()
-  await srv.close()
-})
+const shared = sharedServer()
+const srv = shared.srv
 
 test('a sandbox is created, reported, listed and deleted, and the server agrees each time', async () => {
-  const { sandbox } = await sdk.createSandbox({ name: 'first', expiryTime: 120_000, initialEnvVars: { GREETING: 'hello' }, metadata: { suite: 'ts' } })
+  const { sandbox } = await shared.sdk.createSandbox({ name: 'first', expiryTime: 120_000, initialEnvVars: { GREETING: 'hello' }, metadata: { suite: 'ts' } })
   assert.match(sandbox.id, /^[a-z0-9]+$/)
   assert.equal(sandbox.status, 'running')
   assert.equal(sandbox.name, 'first')
@@ -34,51 +24,51 @@ test('a sandbox is created, reported, listed and deleted, and the server agrees 
   assert.equal(rest.status, 200)
   assert.equal(rest.body.metadata.suite, 'ts')
 
-  const env = await sdk.runTerminal(sandbox.id, 'echo "$GREETING"')
+  const env = await shared.sdk.runTerminal(sandbox.id, 'echo "$GREETING"')
   assert.equal(env.stdout.trim(), 'hello')
 
-  const status = await sdk.getSandboxStatus(sandbox.id)
+  const status = await shared.sdk.getSandboxStatus(sandbox.id)
   assert.equal(status.sandbox.id, sandbox.id)
   assert.equal(status.sandbox.status, 'running')
 
-  const { sandboxes } = await sdk.listSandboxes({ metadata: { suite: 'ts' } })
+  const { sandboxes } = await shared.sdk.listSandboxes({ metadata: { suite: 'ts' } })
   assert.deepEqual(
     sandboxes.map((s) => s.id),
     [sandbox.id],
   )
 
-  const del = await sdk.deleteSandbox(sandbox.id)
+  const del = await shared.sdk.deleteSandbox(sandbox.id)
   assert.deepEqual(del, { sandboxId: sandbox.id, deleted: true })
   assert.equal((await srv.api('GET', `/sandboxes/${sandbox.id}`)).status, 404)
-  const gone = await rejection(sdk.getSandboxStatus(sandbox.id))
+  const gone = await rejection(shared.sdk.getSandboxStatus(sandbox.id))
   assert.ok(gone instanceof SandboxError, `${gone}`)
   assert.equal(gone.code, 'NOT_FOUND')
 })
 
 test('unknown ids and bad arguments are typed errors that name the problem', async () => {
-  const unknown = await rejection(sdk.getSandboxStatus('nosuchsandbox00000000'))
+  const unknown = await rejection(shared.sdk.getSandboxStatus('nosuchsandbox00000000'))
   assert.ok(unknown instanceof SandboxError)
   assert.equal(unknown.code, 'NOT_FOUND')
   assert.equal(unknown.status, 404)
 
-  const del = await rejection(sdk.deleteSandbox('nosuchsandbox00000000'))
+  const del = await rejection(shared.sdk.deleteSandbox('nosuchsandbox00000000'))
   assert.equal(del.code, 'NOT_FOUND')
 
-  const tpl = await rejection(sdk.createSandbox({ templateId: 'no-such-template' }))
+  const tpl = await rejection(shared.sdk.createSandbox({ templateId: 'no-such-template' }))
   assert.ok(tpl instanceof SandboxError)
   assert.equal(tpl.code, 'NOT_FOUND')
   assert.match(tpl.message, /no-such-template/)
 
-  const getTpl = await rejection(sdk.getTemplate('no-such-template'))
+  const getTpl = await rejection(shared.sdk.getTemplate('no-such-template'))
   assert.equal(getTpl.code, 'NOT_FOUND')
 
-  const badId = await rejection(sdk.getSandboxStatus('../etc'))
+  const badId = await rejection(shared.sdk.getSandboxStatus('../etc'))
   assert.equal(badId.code, 'INVALID_ARGUMENT')
 
-  const badExpiry = await rejection(sdk.createSandbox({ expiryTime: -5 }))
+  const badExpiry = await rejection(shared.sdk.createSandbox({ expiryTime: -5 }))
   assert.equal(badExpiry.code, 'INVALID_ARGUMENT')
 
-  const badPage = await rejection(sdk.getTemplates(0, 10))
+  const badPage = await rejection(shared.sdk.getTemplates(0, 10))
   assert.equal(badPage.code, 'INVALID_ARGUMENT')
 
   assert.throws(() => new SandboxSDK({ apiKey: '' }), (e) => e instanceof SandboxSDKError && e.code === 'INVALID_CONFIG')
@@ -101,87 +91,87 @@ test('a wrong API key is refused at connection, not retried for ever', async () 
 test('templates page through what the server has', async () => {
   const all = await srv.api('GET', '/templates')
   const names = all.body.map((t) => t.name ?? t.alias ?? t.templateID).sort()
-  const first = await sdk.getTemplates(1, 1)
+  const first = await shared.sdk.getTemplates(1, 1)
   assert.equal(first.page, 1)
   assert.equal(first.pageSize, 1)
   assert.equal(first.total, names.length)
   assert.equal(first.totalPages, names.length)
   assert.equal(first.templates.length, 1)
   const seen = []
-  for (let p = 1; p <= first.totalPages; p++) seen.push(...(await sdk.getTemplates(p, 1)).templates.map((t) => t.name))
+  for (let p = 1; p <= first.totalPages; p++) seen.push(...(await shared.sdk.getTemplates(p, 1)).templates.map((t) => t.name))
   assert.deepEqual(seen, [...seen].sort())
   assert.equal(new Set(seen).size, names.length)
-  const past = await sdk.getTemplates(first.totalPages + 1, 1)
+  const past = await shared.sdk.getTemplates(first.totalPages + 1, 1)
   assert.deepEqual(past.templates, [])
-  const { template } = await sdk.getTemplate('base')
+  const { template } = await shared.sdk.getTemplate('base')
   assert.equal(template.name, 'base')
   assert.ok(template.sizeBytes >= 0)
 })
 
 test('files are written, read, listed and deleted, text and bytes alike', async () => {
-  const { sandbox } = await sdk.createSandbox()
+  const { sandbox } = await shared.sdk.createSandbox()
   const id = sandbox.id
   try {
-    const w = await sdk.writeFile({ sandboxId: id, path: '/tmp/deep/er/note.txt', createParents: true }, 'héllo\nworld\n')
+    const w = await shared.sdk.writeFile({ sandboxId: id, path: '/tmp/deep/er/note.txt', createParents: true }, 'héllo\nworld\n')
     assert.equal(w.path, '/tmp/deep/er/note.txt')
     assert.equal(w.size, Buffer.byteLength('héllo\nworld\n'))
-    const r = await sdk.readFile({ sandboxId: id, path: '/tmp/deep/er/note.txt' })
+    const r = await shared.sdk.readFile({ sandboxId: id, path: '/tmp/deep/er/note.txt' })
     assert.equal(r.content, 'héllo\nworld\n')
     assert.equal(r.encoding, 'utf8')
 
     const bytes = new Uint8Array(256).map((_, i) => i)
-    await sdk.writeFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' }, bytes)
-    const b = await sdk.readFile({ sandboxId: id, path: '/tmp/deep/bytes.bin', encoding: 'base64' })
+    await shared.sdk.writeFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' }, bytes)
+    const b = await shared.sdk.readFile({ sandboxId: id, path: '/tmp/deep/bytes.bin', encoding: 'base64' })
     assert.deepEqual(new Uint8Array(Buffer.from(b.content, 'base64')), bytes)
-    const sum = await sdk.runTerminal(id, 'od -An -tu1 /tmp/deep/bytes.bin | wc -w')
+    const sum = await shared.sdk.runTerminal(id, 'od -An -tu1 /tmp/deep/bytes.bin | wc -w')
     assert.equal(sum.stdout.trim(), '256')
 
-    const { files } = await sdk.listFiles({ sandboxId: id, path: '/tmp/deep' })
+    const { files } = await shared.sdk.listFiles({ sandboxId: id, path: '/tmp/deep' })
     const byName = Object.fromEntries(files.map((f) => [f.name, f]))
     assert.equal(byName['bytes.bin'].type, 'file')
     assert.equal(byName['bytes.bin'].size, 256)
     assert.equal(byName.er.type, 'directory')
 
-    const d = await sdk.deleteFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' })
+    const d = await shared.sdk.deleteFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' })
     assert.equal(d.deleted, true)
-    const missing = await rejection(sdk.readFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' }))
+    const missing = await rejection(shared.sdk.readFile({ sandboxId: id, path: '/tmp/deep/bytes.bin' }))
     assert.ok(missing instanceof SandboxError)
     assert.equal(missing.code, 'NOT_FOUND')
 
-    const noParent = await rejection(sdk.writeFile({ sandboxId: id, path: '/tmp/nowhere/x/y.txt', createParents: false }, 'x'))
+    const noParent = await rejection(shared.sdk.writeFile({ sandboxId: id, path: '/tmp/nowhere/x/y.txt', createParents: false }, 'x'))
     assert.ok(noParent instanceof SandboxError, `${noParent}`)
-    const badEnc = await rejection(sdk.readFile({ sandboxId: id, path: '/tmp/deep/er/note.txt', encoding: 'rot13' }))
+    const badEnc = await rejection(shared.sdk.readFile({ sandboxId: id, path: '/tmp/deep/er/note.txt', encoding: 'rot13' }))
     assert.equal(badEnc.code, 'INVALID_ARGUMENT')
   } finally {
-    await sdk.deleteSandbox(id)
+    await shared.sdk.deleteSandbox(id)
   }
 })
 
 test('code contexts keep their own state and go away when deleted', async () => {
-  const { sandbox } = await sdk.createSandbox()
+  const { sandbox } = await shared.sdk.createSandbox()
   const id = sandbox.id
   try {
-    const { context: a } = await sdk.createCodeContext({ sandboxId: id, language: 'python', cwd: '/tmp' })
-    const { context: b } = await sdk.createCodeContext({ sandboxId: id, language: 'python' })
+    const { context: a } = await shared.sdk.createCodeContext({ sandboxId: id, language: 'python', cwd: '/tmp' })
+    const { context: b } = await shared.sdk.createCodeContext({ sandboxId: id, language: 'python' })
     assert.equal(a.language, 'python')
     assert.equal(a.cwd, '/tmp')
-    await sdk.runCode(id, 'x = "in a"', { contextId: a.id })
-    await sdk.runCode(id, 'x = "in b"', { contextId: b.id })
-    const ra = await sdk.runCode(id, 'import os; print(x, os.getcwd())', { contextId: a.id })
+    await shared.sdk.runCode(id, 'x = "in a"', { contextId: a.id })
+    await shared.sdk.runCode(id, 'x = "in b"', { contextId: b.id })
+    const ra = await shared.sdk.runCode(id, 'import os; print(x, os.getcwd())', { contextId: a.id })
     assert.deepEqual(ra.execution.logs.stdout, ['in a /tmp\n'])
-    const rb = await sdk.runCode(id, 'print(x)', { contextId: b.id })
+    const rb = await shared.sdk.runCode(id, 'print(x)', { contextId: b.id })
     assert.deepEqual(rb.execution.logs.stdout, ['in b\n'])
 
-    const listed = (await sdk.listCodeContexts(id)).contexts.map((c) => c.id)
+    const listed = (await shared.sdk.listCodeContexts(id)).contexts.map((c) => c.id)
     assert.ok(listed.includes(a.id) && listed.includes(b.id), `${listed}`)
-    assert.deepEqual(await sdk.deleteCodeContext(id, a.id), { contextId: a.id, deleted: true })
-    assert.ok(!(await sdk.listCodeContexts(id)).contexts.some((c) => c.id === a.id))
-    const stale = await rejection(sdk.runCode(id, 'print(x)', { contextId: a.id }))
+    assert.deepEqual(await shared.sdk.deleteCodeContext(id, a.id), { contextId: a.id, deleted: true })
+    assert.ok(!(await shared.sdk.listCodeContexts(id)).contexts.some((c) => c.id === a.id))
+    const stale = await rejection(shared.sdk.runCode(id, 'print(x)', { contextId: a.id }))
     assert.ok(stale instanceof SandboxError, `${stale}`)
-    const badLang = await rejection(sdk.createCodeContext({ sandboxId: id, language: 'cobol' }))
+    const badLang = await rejection(shared.sdk.createCodeContext({ sandboxId: id, language: 'cobol' }))
     assert.ok(badLang instanceof SandboxError)
   } finally {
-    await sdk.deleteSandbox(id)
+    await shared.sdk.deleteSandbox(id)
   }
 })
 
@@ -218,51 +208,51 @@ test('the metrics count what this SDK did', async () => {
 })
 
 test("Airlock's additions: snapshots, forks, pause and resume keep the files", async () => {
-  const { sandbox } = await sdk.createSandbox({ metadata: { role: 'source' } })
+  const { sandbox } = await shared.sdk.createSandbox({ metadata: { role: 'source' } })
   const id = sandbox.id
   const made = []
   try {
-    await sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'kept')
-    const { snapshot } = await sdk.createSnapshot(id, { name: `snap-${id}` })
+    await shared.sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'kept')
+    const { snapshot } = await shared.sdk.createSnapshot(id, { name: `snap-${id}` })
     assert.equal(snapshot.sandboxId, id)
     assert.ok(snapshot.names.some((n) => n.startsWith(`snap-${id}`)), `${snapshot.names}`)
-    const { snapshots } = await sdk.listSnapshots({ sandboxId: id })
+    const { snapshots } = await shared.sdk.listSnapshots({ sandboxId: id })
     assert.deepEqual(
       snapshots.map((s) => s.id),
       [snapshot.id],
     )
     // The source changes after the snapshot; the snapshot does not.
-    await sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'changed')
-    const restored = (await sdk.createSandbox({ templateId: snapshot.id })).sandbox
+    await shared.sdk.writeFile({ sandboxId: id, path: '/home/user/state.txt' }, 'changed')
+    const restored = (await shared.sdk.createSandbox({ templateId: snapshot.id })).sandbox
     made.push(restored.id)
-    assert.equal((await sdk.readFile({ sandboxId: restored.id, path: '/home/user/state.txt' })).content, 'kept')
+    assert.equal((await shared.sdk.readFile({ sandboxId: restored.id, path: '/home/user/state.txt' })).content, 'kept')
 
-    const { forks } = await sdk.forkSandbox(id, { count: 2, expiryTime: 60_000 })
+    const { forks } = await shared.sdk.forkSandbox(id, { count: 2, expiryTime: 60_000 })
     assert.equal(forks.length, 2)
     for (const f of forks) {
       assert.ok(f.sandbox, JSON.stringify(f))
       made.push(f.sandbox.id)
       assert.equal(f.sandbox.metadata.role, 'source')
-      assert.equal((await sdk.readFile({ sandboxId: f.sandbox.id, path: '/home/user/state.txt' })).content, 'changed')
+      assert.equal((await shared.sdk.readFile({ sandboxId: f.sandbox.id, path: '/home/user/state.txt' })).content, 'changed')
     }
-    const tooMany = await rejection(sdk.forkSandbox(id, { count: 50 }))
+    const tooMany = await rejection(shared.sdk.forkSandbox(id, { count: 50 }))
     assert.equal(tooMany.code, 'INVALID_ARGUMENT')
 
-    const p = await sdk.pauseSandbox(id)
+    const p = await shared.sdk.pauseSandbox(id)
     assert.deepEqual(p, { sandboxId: id, paused: true, wasRunning: true })
-    assert.equal((await sdk.getSandboxStatus(id)).sandbox.status, 'paused')
-    const again = await sdk.pauseSandbox(id)
+    assert.equal((await shared.sdk.getSandboxStatus(id)).sandbox.status, 'paused')
+    const again = await shared.sdk.pauseSandbox(id)
     assert.equal(again.wasRunning, false)
-    const { sandbox: back } = await sdk.resumeSandbox(id, { expiryTime: 120_000 })
+    const { sandbox: back } = await shared.sdk.resumeSandbox(id, { expiryTime: 120_000 })
     assert.equal(back.status, 'running')
-    assert.equal((await sdk.readFile({ sandboxId: id, path: '/home/user/state.txt' })).content, 'changed')
+    assert.equal((await shared.sdk.readFile({ sandboxId: id, path: '/home/user/state.txt' })).content, 'changed')
 
-    for (const m of made.splice(0)) await sdk.deleteSandbox(m)
-    assert.deepEqual(await sdk.deleteSnapshot(snapshot.id), { snapshotId: snapshot.id, deleted: true })
-    const gone = await rejection(sdk.deleteSnapshot(snapshot.id))
+    for (const m of made.splice(0)) await shared.sdk.deleteSandbox(m)
+    assert.deepEqual(await shared.sdk.deleteSnapshot(snapshot.id), { snapshotId: snapshot.id, deleted: true })
+    const gone = await rejection(shared.sdk.deleteSnapshot(snapshot.id))
     assert.equal(gone.code, 'NOT_FOUND')
   } finally {
-    for (const m of made) await sdk.deleteSandbox(m).catch(() => {})
-    await sdk.deleteSandbox(id)
+    for (const m of made) await shared.sdk.deleteSandbox(m).catch(() => {})
+    await shared.sdk.deleteSandbox(id)
   }
 })

@@ -3,23 +3,13 @@
 // usage history, and volumes mounted in sandboxes.
 
 import assert from 'node:assert/strict'
-import { after, before, test } from 'node:test'
+import { test } from 'node:test'
 
 import { SandboxError } from '../dist/esm/index.js'
-import { rejection, Server, sleep } from './helpers.mjs'
+import { rejection, sharedServer, sleep } from './helpers.mjs'
 
-const srv = new Server()
-let sdk
-
-before(async () => {
-  await srv.start()
-  sdk = await srv.sdk()
-})
-
-after(async () => {
-  sdk?.disconnect()
-  await srv.close()
-})
+const shared = sharedServer()
+const srv = shared.srv
 
 /** Resolves when `pred()` holds, polling; fails after `ms`. */
 async function until(pred, ms, what) {
@@ -31,9 +21,9 @@ async function until(pred, ms, what) {
 }
 
 test("a sandbox's lifecycle events arrive in order, once each, across a dropped connection", async () => {
-  const { sandbox } = await sdk.createSandbox()
+  const { sandbox } = await shared.sdk.createSandbox()
   const seen = []
-  const sub = await sdk.subscribeEvents({ sandboxId: sandbox.id, onEvent: (e) => seen.push(e) })
+  const sub = await shared.sdk.subscribeEvents({ sandboxId: sandbox.id, onEvent: (e) => seen.push(e) })
   try {
     assert.match(sub.id, /^events-/)
     // The stored ones come first: the create.
@@ -41,22 +31,22 @@ test("a sandbox's lifecycle events arrive in order, once each, across a dropped 
     assert.equal(seen[0].type, 'created')
     assert.ok(seen.every((e) => e.sandboxId === sandbox.id))
 
-    await sdk.pauseSandbox(sandbox.id)
+    await shared.sdk.pauseSandbox(sandbox.id)
     await until(() => seen.some((e) => e.type === 'paused'), 10_000, 'the paused event')
 
     // The transport dies; the SDK reconnects and subscribes again after
     // the last event it delivered.
     const first = sub.id
-    const back = new Promise((r) => sdk.on('reconnect', function h() {
-      sdk.off('reconnect', h)
+    const back = new Promise((r) => shared.sdk.on('reconnect', function h() {
+      shared.sdk.off('reconnect', h)
       r()
     }))
-    sdk.socket.io.engine.close()
+    shared.sdk.socket.io.engine.close()
     await back
-    await sdk.resumeSandbox(sandbox.id)
+    await shared.sdk.resumeSandbox(sandbox.id)
     await until(() => seen.some((e) => e.type === 'resumed'), 10_000, 'the resumed event after reconnecting')
     assert.notEqual(sub.id, first, 'a new subscription on the new connection')
-    await sdk.deleteSandbox(sandbox.id)
+    await shared.sdk.deleteSandbox(sandbox.id)
     await until(() => seen.some((e) => e.type === 'killed'), 10_000, 'the killed event')
 
     const ids = seen.map((e) => e.id)
@@ -71,25 +61,25 @@ test("a sandbox's lifecycle events arrive in order, once each, across a dropped 
   assert.equal(sub.closed, true)
   // Nothing arrives after close.
   const n = seen.length
-  const other = await sdk.createSandbox()
-  await sdk.deleteSandbox(other.sandbox.id)
+  const other = await shared.sdk.createSandbox()
+  await shared.sdk.deleteSandbox(other.sandbox.id)
   await sleep(300)
   assert.equal(seen.length, n)
 })
 
 test('an event subscription filters by type and resumes after a given id', async () => {
-  const { sandbox } = await sdk.createSandbox()
-  await sdk.deleteSandbox(sandbox.id)
+  const { sandbox } = await shared.sdk.createSandbox()
+  await shared.sdk.deleteSandbox(sandbox.id)
   const all = []
-  const everything = await sdk.subscribeEvents({ sandboxId: sandbox.id, onEvent: (e) => all.push(e) })
+  const everything = await shared.sdk.subscribeEvents({ sandboxId: sandbox.id, onEvent: (e) => all.push(e) })
   await until(() => all.some((e) => e.type === 'killed'), 10_000, 'the stored killed event')
   await everything.close()
 
   const kills = []
-  const killed = await sdk.subscribeEvents({ sandboxId: sandbox.id, types: ['killed'], onEvent: (e) => kills.push(e) })
+  const killed = await shared.sdk.subscribeEvents({ sandboxId: sandbox.id, types: ['killed'], onEvent: (e) => kills.push(e) })
   const later = []
   const ready = all.find((e) => e.type === 'ready')
-  const resumed = await sdk.subscribeEvents({ sandboxId: sandbox.id, after: ready.id, onEvent: (e) => later.push(e) })
+  const resumed = await shared.sdk.subscribeEvents({ sandboxId: sandbox.id, after: ready.id, onEvent: (e) => later.push(e) })
   try {
     await until(() => kills.length >= 1 && later.some((e) => e.type === 'killed'), 10_000, 'the filtered and resumed streams')
     await sleep(200)
@@ -100,16 +90,16 @@ test('an event subscription filters by type and resumes after a given id', async
     await resumed.close()
   }
 
-  const bad = await rejection(sdk.subscribeEvents({ types: ['no such; type'], onEvent: () => {} }))
+  const bad = await rejection(shared.sdk.subscribeEvents({ types: ['no such; type'], onEvent: () => {} }))
   assert.equal(bad.code, 'INVALID_ARGUMENT')
 })
 
 test("live usage streams while a sandbox runs and ends with it; the history is there too", async () => {
-  const { sandbox } = await sdk.createSandbox()
+  const { sandbox } = await shared.sdk.createSandbox()
   const readings = []
   let ended
   const done = new Promise((r) => (ended = r))
-  const sub = await sdk.subscribeMetrics(sandbox.id, { intervalMs: 500, onMetrics: (m) => readings.push(m), onEnd: (why) => ended(why) })
+  const sub = await shared.sdk.subscribeMetrics(sandbox.id, { intervalMs: 500, onMetrics: (m) => readings.push(m), onEnd: (why) => ended(why) })
   await until(() => readings.length >= 2, 15_000, 'two readings')
   for (const m of readings) {
     assert.ok(m.memTotal > 0 && m.memUsed > 0 && m.memUsed <= m.memTotal, JSON.stringify(m))
@@ -118,45 +108,45 @@ test("live usage streams while a sandbox runs and ends with it; the history is t
   }
   assert.ok(readings[1].timestampUnix >= readings[0].timestampUnix)
 
-  const history = await sdk.getSandboxMetrics(sandbox.id)
+  const history = await shared.sdk.getSandboxMetrics(sandbox.id)
   assert.equal(history.sandboxId, sandbox.id)
   assert.ok(Array.isArray(history.metrics))
 
   // Killing the sandbox ends the stream, with a reason.
-  await sdk.deleteSandbox(sandbox.id)
+  await shared.sdk.deleteSandbox(sandbox.id)
   const why = await done
   assert.match(why.message, /no longer running|not found|ended/i)
   assert.equal(sub.closed, true)
 
-  const unknown = await rejection(sdk.subscribeMetrics('nosuchsandbox', { onMetrics: () => {} }))
+  const unknown = await rejection(shared.sdk.subscribeMetrics('nosuchsandbox', { onMetrics: () => {} }))
   assert.ok(unknown instanceof SandboxError, `${unknown}`)
   assert.equal(unknown.code, 'NOT_FOUND')
-  const fast = await rejection(sdk.subscribeMetrics(sandbox.id, { intervalMs: 10, onMetrics: () => {} }))
+  const fast = await rejection(shared.sdk.subscribeMetrics(sandbox.id, { intervalMs: 10, onMetrics: () => {} }))
   assert.equal(fast.code, 'INVALID_ARGUMENT')
 })
 
 test('a volume keeps files across sandboxes and is refused deletion while mounted', async () => {
   const name = `vol${Date.now().toString(36)}`
-  const { volume } = await sdk.createVolume({ name, sizeMB: 64 })
+  const { volume } = await shared.sdk.createVolume({ name, sizeMB: 64 })
   assert.match(volume.id, /^vol_/)
   assert.equal(volume.name, name)
   assert.equal(volume.sizeMB, 64)
-  assert.ok((await sdk.listVolumes()).volumes.some((v) => v.id === volume.id))
-  assert.equal((await sdk.getVolume(name)).volume.id, volume.id)
+  assert.ok((await shared.sdk.listVolumes()).volumes.some((v) => v.id === volume.id))
+  assert.equal((await shared.sdk.getVolume(name)).volume.id, volume.id)
 
-  const a = await sdk.createSandbox({ volumeMounts: [{ name, path: '/data' }] })
-  await sdk.writeFile({ sandboxId: a.sandbox.id, path: '/data/kept.txt' }, 'from the first sandbox')
-  const busy = await rejection(sdk.deleteVolume(volume.id))
+  const a = await shared.sdk.createSandbox({ volumeMounts: [{ name, path: '/data' }] })
+  await shared.sdk.writeFile({ sandboxId: a.sandbox.id, path: '/data/kept.txt' }, 'from the first sandbox')
+  const busy = await rejection(shared.sdk.deleteVolume(volume.id))
   assert.ok(busy instanceof SandboxError, `${busy}`)
-  await sdk.deleteSandbox(a.sandbox.id)
+  await shared.sdk.deleteSandbox(a.sandbox.id)
 
-  const b = await sdk.createSandbox({ volumeMounts: [{ name: volume.id, path: '/mnt/v' }] })
-  assert.equal((await sdk.readFile({ sandboxId: b.sandbox.id, path: '/mnt/v/kept.txt' })).content, 'from the first sandbox')
-  await sdk.deleteSandbox(b.sandbox.id)
+  const b = await shared.sdk.createSandbox({ volumeMounts: [{ name: volume.id, path: '/mnt/v' }] })
+  assert.equal((await shared.sdk.readFile({ sandboxId: b.sandbox.id, path: '/mnt/v/kept.txt' })).content, 'from the first sandbox')
+  await shared.sdk.deleteSandbox(b.sandbox.id)
 
-  assert.deepEqual(await sdk.deleteVolume(volume.id), { volumeId: volume.id, deleted: true })
-  const gone = await rejection(sdk.getVolume(volume.id))
+  assert.deepEqual(await shared.sdk.deleteVolume(volume.id), { volumeId: volume.id, deleted: true })
+  const gone = await rejection(shared.sdk.getVolume(volume.id))
   assert.equal(gone.code, 'NOT_FOUND')
-  const bad = await rejection(sdk.createSandbox({ volumeMounts: [{ name: 'nosuchvolume', path: '/data' }] }))
+  const bad = await rejection(shared.sdk.createSandbox({ volumeMounts: [{ name: 'nosuchvolume', path: '/data' }] }))
   assert.ok(bad instanceof SandboxError, `${bad}`)
 })

@@ -106,10 +106,7 @@ pub async fn create(svc: &Arc<Service>, c: &Arc<Cluster>, api: axum::Router, req
         Ok(None) => {
             return h::json(
                 503,
-                &airlock_proto::api::ApiError {
-                    code: 503,
-                    message: "no node of the cluster takes new sandboxes: every node is drained or at its sandbox limit".into(),
-                },
+                &airlock_proto::api::ApiError { code: 503, message: "no node of the cluster takes new sandboxes: every node is drained or at its sandbox limit".into() },
             )
         }
         // etcd away: made here, where it is reachable, and catalogued by
