@@ -8,7 +8,7 @@ nodes, each in its own network namespace with its own address
 2. every sandbox answers through every node: commands, files, a PTY, a
    port;
 3. a listing through any node shows them all; a template built on one
-   node runs its sandboxes there;
+   node, or a snapshot taken there, runs its sandboxes there;
 4. killing node 2's process marks its sandboxes lost within the lease,
    and new creates still succeed (elsewhere);
 5. stopping one etcd member changes nothing visible;
@@ -169,6 +169,21 @@ def test_a_template_built_on_one_node_runs_there(cluster: Cluster):
         assert holder(cluster, "n3", s.sandbox_id) == "n1", "placed on a node without the template"
         assert s.commands.run("cat /opt/marker").stdout == "built-on-n1\n"
         cluster.sandboxes[s.sandbox_id] = "n1"
+    # A snapshot is a template too: sandboxes from it go where it is.
+    src = next(s for s, h in cluster.sandboxes.items() if h == "n2")
+    Sandbox.connect(src, **sdk(cluster, "n1")).files.write("/home/user/kept.txt", "from the snapshot")
+    r = api(cluster, "n1", "POST", f"/sandboxes/{src}/snapshots", json={}, timeout=120)
+    assert r.status_code == 201, r.text
+    snap = r.json()["snapshotID"]
+    wait_until(
+        lambda: snap in next(n for n in api(cluster, "n3", "GET", "/nodes").json() if n["name"] == "n2")["templates"],
+        15,
+        "node 2 to say it has the snapshot",
+    )
+    s = Sandbox.create(template=snap, timeout=600, **sdk(cluster, "n3"))
+    assert holder(cluster, "n3", s.sandbox_id) == "n2", "placed away from its snapshot"
+    assert s.files.read("/home/user/kept.txt") == "from the snapshot"
+    cluster.sandboxes[s.sandbox_id] = "n2"
 
 
 def test_a_listing_through_any_node_shows_every_node_sandbox(cluster: Cluster):

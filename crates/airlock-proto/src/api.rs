@@ -1038,7 +1038,7 @@ pub struct NodeInfo {
     pub committed_cpus: f64,
     #[serde(rename = "committedMemoryMB")]
     pub committed_memory_mb: u64,
-    /// Templates it has built (names and aliases): creates prefer a node
+    /// Templates and snapshots it has (names and aliases): creates go to a node
     /// that has theirs.
     #[serde(default)]
     pub templates: Vec<String>,

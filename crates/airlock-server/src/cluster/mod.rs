@@ -39,6 +39,10 @@ pub const SECRET_HEADER: &str = "x-airlock-cluster-secret";
 pub const FORWARDED_BY: &str = "x-airlock-forwarded-by";
 
 const PREFIX: &str = "/airlock/v1/";
+/// Templates and snapshots a node lists in its entry (about 30 bytes
+/// each, rewritten every heartbeat). Past it, sandboxes from the ones left
+/// out may be placed on a node without them.
+const MAX_LISTED_TEMPLATES: usize = 2000;
 /// The shortest secret a cluster takes.
 pub const MIN_SECRET: usize = 32;
 
@@ -181,7 +185,7 @@ impl Cluster {
         let rows = svc.blocking(move || store.sandboxes()).await.ok().and_then(Result::ok).unwrap_or_default();
         let visible: Vec<_> = rows.iter().filter(|r| r.state.visible()).collect();
         let running: Vec<_> = visible.iter().filter(|r| r.state.takes_traffic()).collect();
-        let templates = svc.template_names().await;
+        let templates = svc.template_names(MAX_LISTED_TEMPLATES).await;
         let (cpus, memory_mb) = host_capacity();
         NodeInfo {
             name: self.cfg.node.clone(),

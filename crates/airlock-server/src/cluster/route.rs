@@ -113,7 +113,14 @@ pub async fn create(svc: &Arc<Service>, c: &Arc<Cluster>, api: axum::Router, req
         // the repair once etcd answers.
         Err(e) => tracing::warn!(error = %e, "placing a create without etcd: made on this node"),
     }
-    let req = http::Request::from_parts(parts, axum::body::Body::from(body));
+    let mut req = http::Request::from_parts(parts, axum::body::Body::from(body));
+    // `/sandboxes/` is `/sandboxes`, as `dispatch_local` has it.
+    if req.uri().path().len() > 1 && req.uri().path().ends_with('/') {
+        let pq = req.uri().path_and_query().map(|p| p.as_str().replacen(req.uri().path(), req.uri().path().trim_end_matches('/'), 1));
+        if let Some(uri) = pq.and_then(|p| p.parse().ok()) {
+            *req.uri_mut() = uri;
+        }
+    }
     use tower::ServiceExt;
     let resp = match api.oneshot(req).await {
         Ok(resp) => resp.map(|b| b.map_err(|e| -> crate::http::BoxError { Box::new(e) }).boxed_unsync()),

@@ -10,11 +10,12 @@ impl Service {
         Ok(list.iter().filter(|t| t.snapshot.is_none()).map(template_info).collect())
     }
 
-    /// Names and aliases of the templates built here (for placement).
-    pub async fn template_names(&self) -> Vec<String> {
+    /// Names and aliases of the templates here, snapshots included (a
+    /// sandbox made from one must be placed where it is), at most `max`.
+    pub async fn template_names(&self, max: usize) -> Vec<String> {
         let store = self.builder.store.clone();
         match self.blocking(move || store.list()).await {
-            Ok(Ok(list)) => list.iter().filter(|t| t.snapshot.is_none()).flat_map(|t| std::iter::once(t.name.clone()).chain(t.aliases.iter().cloned())).take(500).collect(),
+            Ok(Ok(list)) => list.iter().flat_map(|t| std::iter::once(t.name.clone()).chain(t.aliases.iter().cloned())).take(max).collect(),
             _ => Vec::new(),
         }
     }
