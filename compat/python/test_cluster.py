@@ -8,7 +8,8 @@ nodes, each in its own network namespace with its own address
 2. every sandbox answers through every node: commands, files, a PTY, a
    port;
 3. a listing through any node shows them all; a template built on one
-   node, or a snapshot taken there, runs its sandboxes there;
+   node, or a snapshot taken there, runs its sandboxes there; a key made
+   on one node works on all (and a revoked one stops); `airlock node list`;
 4. killing node 2's process marks its sandboxes lost within the lease,
    and new creates still succeed (elsewhere);
 5. stopping one etcd member changes nothing visible;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -193,6 +195,28 @@ def test_a_listing_through_any_node_shows_every_node_sandbox(cluster: Cluster):
         while paginator.has_next:
             listed |= {s.sandbox_id for s in paginator.next_items()}
         assert set(cluster.sandboxes) <= listed, f"through {node}: missing {set(cluster.sandboxes) - listed}"
+
+
+def test_keys_made_on_one_node_work_on_every_node_and_the_cli_lists_nodes(cluster: Cluster):
+    data = str(cluster.dir / "data-n1")
+    out = subprocess.run([str(cluster.bin), "keys", "create", "--name", "cluster-test", "--data-dir", data], capture_output=True, text=True, check=True)
+    key = out.stdout.strip()
+    key_id = out.stderr.split("key id ")[1].split(";")[0].strip()
+
+    def works(node: str) -> int:
+        return httpx.get(cluster.url(node) + "/v2/sandboxes?limit=1", headers={"X-API-KEY": key}, timeout=30).status_code
+
+    assert works("n1") == 200
+    wait_until(lambda: works("n3") == 200 and works("n2") == 200, 15, "a key made on node 1 to work on nodes 2 and 3")
+    subprocess.run([str(cluster.bin), "keys", "revoke", key_id, "--data-dir", data], capture_output=True, check=True)
+    assert works("n1") == 401
+    wait_until(lambda: works("n3") == 401, 30, "a key revoked on node 1 to stop working on node 3")
+    # The CLI's view of the cluster, through any node.
+    out = subprocess.run(
+        [str(cluster.bin), "node", "list", "--url", cluster.url("n2"), "--api-key", cluster.api_key],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "n2 *" in out and "n1" in out and "n3" in out and "ready" in out, out
 
 
 def test_a_killed_node_loses_its_sandboxes_and_creates_go_elsewhere(cluster: Cluster):
