@@ -178,7 +178,8 @@ def test_a_template_built_on_one_node_runs_there(cluster: Cluster):
     assert r.status_code == 201, r.text
     snap = r.json()["snapshotID"]
     wait_until(
-        lambda: snap in next(n for n in api(cluster, "n3", "GET", "/nodes").json() if n["name"] == "n2")["templates"],
+        # Listed by template name (the id without E2B's `:default` tag).
+        lambda: snap.removesuffix(":default") in next(n for n in api(cluster, "n3", "GET", "/nodes").json() if n["name"] == "n2")["templates"],
         15,
         "node 2 to say it has the snapshot",
     )

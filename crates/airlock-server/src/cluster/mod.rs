@@ -358,7 +358,13 @@ impl Cluster {
         if self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(key_hash).is_some_and(|t| t.elapsed() < KEY_FRESH) {
             return Ok(true);
         }
-        let found = self.etcd.get(&key("keys", key_hash)).await?.is_some();
+        let found = match self.etcd.get(&key("keys", key_hash)).await? {
+            // This node's own keys are its store's to say: one published
+            // here and revoked since (the entry goes at the next heartbeat)
+            // is revoked now.
+            Some(kv) => serde_json::from_slice::<KeyEntry>(&kv.value).map_or(true, |e| e.node != self.cfg.node),
+            None => false,
+        };
         if found {
             let mut m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
             if m.len() > 10_000 {
