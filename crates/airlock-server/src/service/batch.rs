@@ -170,6 +170,14 @@ impl Service {
         Ok(BatchPlan { sandbox: id.to_string(), socket: info.socket, token: row.access_token, jobs: order(req.jobs), contexts })
     }
 
+    /// Whether the sandbox is still one that takes traffic (not being
+    /// killed, paused or gone).
+    async fn still_running(&self, id: &str) -> bool {
+        let store = self.store.clone();
+        let id = id.to_string();
+        matches!(self.blocking(move || store.sandbox(&id)).await, Ok(Ok(Some(r))) if r.state.takes_traffic())
+    }
+
     /// Runs a planned batch, sending each job's result to `tx` as it ends.
     /// Stops early when `tx`'s receiver is gone (the client left).
     pub async fn run_batch(&self, plan: BatchPlan, tx: Option<mpsc::Sender<BatchJobResult>>) -> BatchResults {
@@ -246,6 +254,13 @@ impl Service {
                 let why = format!("sandbox {} is no longer running", plan.sandbox);
                 *gone = Some(why.clone());
                 r.error = Some(why);
+            }
+            // Cut off mid-job: a sandbox being killed loses its agent
+            // before the socket goes, so ask the store whether it still runs.
+            Ok(Err(e)) if !self.still_running(&plan.sandbox).await => {
+                let why = format!("sandbox {} is no longer running", plan.sandbox);
+                r.error = Some(format!("{why} ({e})"));
+                *gone = Some(why);
             }
             Ok(Err(e)) => r.error = Some(e.to_string()),
             Err(_) => {
