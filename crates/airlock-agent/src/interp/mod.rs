@@ -403,6 +403,20 @@ impl Utf8Carry {
     }
 }
 
+/// Sends what is in the kernel's stdout and stderr pipes now.
+async fn drain_output(agent: &Agent, k: &Kernel, logged: &mut crate::execlog::Execution, carries: [&mut Utf8Carry; 2], buf: &mut [u8], tx: &mpsc::Sender<Bytes>) {
+    let [out_carry, err_carry] = carries;
+    for (fd, carry, kind) in [(&k.stdout, out_carry, "stdout"), (&k.stderr, err_carry, "stderr")] {
+        while let ReadResult::Data(n) = read_nb(fd.get_ref(), buf) {
+            agent.log.output(logged, kind == "stderr", &buf[..n]);
+            let t = carry.push(&buf[..n]);
+            if !t.is_empty() {
+                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
+            }
+        }
+    }
+}
+
 async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTreeMap<String, String>, tx: mpsc::Sender<Bytes>) {
     let mut guard = ctx.kernel.lock().await;
     if guard.is_none() {
@@ -455,10 +469,15 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
                             count = v["execution_count"].as_u64();
                             break;
                         }
+                        // What the cell printed before its result or error
+                        // is in the pipes already: it goes first (the
+                        // select below would pick either at random).
                         Some("result") => {
+                            drain_output(agent, k, &mut logged, [&mut out_carry, &mut err_carry], &mut buf, &tx).await;
                             let _ = tx.send(line(v)).await;
                         }
                         Some("error") => {
+                            drain_output(agent, k, &mut logged, [&mut out_carry, &mut err_carry], &mut buf, &tx).await;
                             failed = Some(format!("{}: {}", v["name"].as_str().unwrap_or("Error"), v["value"].as_str().unwrap_or("")));
                             let _ = tx.send(line(v)).await;
                         }
@@ -509,15 +528,7 @@ async fn execute(agent: &Arc<Agent>, ctx: Arc<Context>, code: String, env: BTree
         }
     }
     // Output written before the kernel said "done" is already in the pipes.
-    for (fd, carry, kind) in [(&k.stdout, &mut out_carry, "stdout"), (&k.stderr, &mut err_carry, "stderr")] {
-        while let ReadResult::Data(n) = read_nb(fd.get_ref(), &mut buf) {
-            agent.log.output(&mut logged, kind == "stderr", &buf[..n]);
-            let t = carry.push(&buf[..n]);
-            if !t.is_empty() {
-                let _ = tx.send(line(json!({"type": kind, "text": t, "timestamp": now()}))).await;
-            }
-        }
-    }
+    drain_output(agent, k, &mut logged, [&mut out_carry, &mut err_carry], &mut buf, &tx).await;
     let error = if dead {
         Some("the kernel stopped during execution".to_string())
     } else if interrupted_at.is_some() {
