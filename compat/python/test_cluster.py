@@ -8,7 +8,9 @@ nodes, each in its own network namespace with its own address
 2. every sandbox answers through every node: commands, files, a PTY, a
    port;
 3. a listing through any node shows them all; a template built on one
-   node, or a snapshot taken there, runs its sandboxes there; a key made
+   node, or a snapshot taken there, runs its sandboxes there, and a node
+   without it fetches its layers (checked against their digests) when the
+   ones with it take no more; a key made
    on one node works on all (and a revoked one stops); `airlock node list`;
 4. killing node 2's process marks its sandboxes lost within the lease,
    and new creates still succeed (elsewhere);
@@ -187,6 +189,48 @@ def test_a_template_built_on_one_node_runs_there(cluster: Cluster):
     assert holder(cluster, "n3", s.sandbox_id) == "n2", "placed away from its snapshot"
     assert s.files.read("/home/user/kept.txt") == "from the snapshot"
     cluster.sandboxes[s.sandbox_id] = "n2"
+
+
+def test_a_template_moves_to_a_node_without_it_checked_against_its_digest(cluster: Cluster):
+    """With node 1 drained, a template only node 1 built runs elsewhere: that
+    node fetches its layers from node 1 and checks them against the digests
+    in the cluster's manifest; a layer that does not match is refused."""
+    wait_until(lambda: api(cluster, "n3", "GET", "/templates/cluster-t").status_code == 200, 15, "the template's manifest in the cluster")
+    assert api(cluster, "n2", "POST", "/nodes/n1/drain").status_code == 204
+    try:
+        s = Sandbox.create(template="cluster-t", timeout=600, **sdk(cluster, "n3"))
+        h = holder(cluster, "n3", s.sandbox_id)
+        assert h in ("n2", "n3"), f"placed on the drained node {h}"
+        assert s.commands.run("cat /opt/marker").stdout == "built-on-n1\n"
+        cluster.sandboxes[s.sandbox_id] = h
+        # The copy stays: that node now lists the template too.
+        wait_until(lambda: "cluster-t" in next(n for n in api(cluster, "n1", "GET", "/nodes").json() if n["name"] == h)["templates"], 15, f"{h} to list its copy")
+
+        # A layer that changed since it was published (here on the node
+        # that sends it) does not match its digest and is not used.
+        r = api(cluster, "n1", "POST", "/templates", json={"name": "cluster-bad", "recipe": "FROM base\nRUN echo original > /opt/bad\n"}, timeout=120)
+        assert r.status_code == 200 and '"done"' in r.text.splitlines()[-1], r.text[-500:]
+        wait_until(lambda: api(cluster, "n3", "GET", "/templates/cluster-bad").status_code == 200, 15, "the second template's manifest")
+        layers = cluster.dir / "data-n1" / "templates" / "layers"
+        tampered = [p for p in layers.glob("*/root/opt/bad") if p.read_text() == "original\n"]
+        assert tampered, "the built layer is not where the test looks"
+        for p in tampered:
+            p.write_text("tampered\n")
+        with pytest.raises(Exception) as e:
+            Sandbox.create(template="cluster-bad", timeout=600, **sdk(cluster, "n3"))
+        assert "does not match" in str(e.value), str(e.value)
+        for n in ("n2", "n3"):
+            left = list((cluster.dir / f"data-{n}" / "templates" / "layers").glob(".fetch-*"))
+            assert not left, f"{n} kept parts of the refused layer: {left}"
+            assert not (cluster.dir / f"data-{n}" / "templates" / "cluster-bad").exists(), f"{n} saved the template"
+
+        # Deleted through a node that never had it, it is gone everywhere.
+        r = api(cluster, "n2", "DELETE", "/templates/cluster-bad")
+        assert r.status_code == 204, r.text
+        assert api(cluster, "n3", "GET", "/templates/cluster-bad").status_code == 404
+        wait_until(lambda: api(cluster, "n1", "GET", "/templates/cluster-bad").status_code == 404, 30, "node 1 to drop its copy")
+    finally:
+        assert api(cluster, "n2", "POST", "/nodes/n1/undrain").status_code == 204
 
 
 def test_a_listing_through_any_node_shows_every_node_sandbox(cluster: Cluster):

@@ -1042,6 +1042,11 @@ pub struct NodeInfo {
     /// that has theirs.
     #[serde(default)]
     pub templates: Vec<String>,
+    /// What its `base` template is made of (its host's packages): a
+    /// template built on another node's `base` runs here only when the two
+    /// are the same.
+    #[serde(default)]
+    pub base_digest: String,
     pub started_at: String,
     pub updated_at: String,
 }

@@ -1076,7 +1076,7 @@ async fn prometheus(State(s): State<AppState>) -> ApiResult {
 
 /// A `Write` that hands what is written to a response body, chunk by
 /// chunk, from a blocking thread; it fails once the client is gone.
-struct BodyWriter(tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>);
+pub(crate) struct BodyWriter(pub(crate) tokio::sync::mpsc::Sender<Result<http_body::Frame<bytes::Bytes>, crate::http::BoxError>>);
 
 impl std::io::Write for BodyWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

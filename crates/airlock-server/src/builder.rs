@@ -251,6 +251,7 @@ impl Builder {
             size_bytes: size,
             public: false,
             snapshot: None,
+            cluster: None,
         };
         if save {
             self.store.save(&t).map_err(|e| BuildError::Internal(e.to_string()))?;

@@ -428,6 +428,9 @@ async fn cluster_dispatch(svc: Arc<Service>, c: Arc<crate::cluster::Cluster>, ap
         if path == route::SIGNATURE_PATH && method == hyper::Method::POST {
             return route::answer_signature(&svc, req).await;
         }
+        if let (Some(sha), &hyper::Method::GET) = (path.strip_prefix(crate::cluster::templates::LAYER_PATH), &method) {
+            return crate::cluster::templates::serve_layer(&svc, sha).await;
+        }
         if create {
             // Placed here by another node: catalogued before the answer.
             return route::catalogued(&c, dispatch_local(svc.clone(), api, req).await).await;

@@ -111,7 +111,7 @@ fn append_tree<W: Write>(b: &mut tar::Builder<W>, src: &Path, name: &Path, links
     Ok(())
 }
 
-fn kept_xattrs(p: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+pub(crate) fn kept_xattrs(p: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in path"))?;
     let mut names = vec![0u8; 4096];
     // SAFETY: llistxattr into a buffer of the length we pass.

@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod copy;
+pub mod digest;
 pub mod layer;
 pub mod recipe;
 pub mod source;
@@ -23,7 +24,7 @@ pub mod tags;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use store::{SnapshotOrigin, Store, Template, TemplateError};
+pub use store::{ClusterCopy, SnapshotOrigin, Store, Template, TemplateError};
 
 /// A sandbox's root filesystem and defaults, resolved by the caller (from
 /// a template, a build step or, later, a snapshot): backends take layers,

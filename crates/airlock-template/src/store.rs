@@ -63,6 +63,20 @@ pub struct Template {
     /// Set when this is a snapshot of a sandbox rather than a build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotOrigin>,
+    /// In a cluster: this copy is the cluster's (published from here, or
+    /// fetched from another node), as of that manifest revision. `None`: made
+    /// here and not published yet (or not in a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterCopy>,
+}
+
+/// How a node's copy of a template stands to the cluster's manifest of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterCopy {
+    /// The node it was made on.
+    pub node: String,
+    /// The revision of the manifest in the cluster store this copy matches.
+    pub revision: i64,
 }
 
 /// Where a snapshot came from.

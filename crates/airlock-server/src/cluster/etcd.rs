@@ -163,6 +163,13 @@ impl Etcd {
         kvs(&v)
     }
 
+    /// The keys under `prefix` and their revisions, without their values
+    /// (to see what changed before reading it).
+    pub async fn prefix_keys(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
+        let v = self.call("/v3/kv/range", json!({ "key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)), "keys_only": true })).await?;
+        kvs(&v)
+    }
+
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
         let v = self.call("/v3/kv/deleterange", json!({ "key": b64(key.as_bytes()) })).await?;

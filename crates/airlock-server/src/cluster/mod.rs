@@ -11,7 +11,9 @@
 //!   its restarts, so no lease);
 //! - `sandboxes/<id>`: which node holds a sandbox (the catalog);
 //! - `keys/<sha256>`: API keys, by hash, so a key made on one node works on
-//!   every node.
+//!   every node;
+//! - `templates/<name>`: template and snapshot manifests, their layers by
+//!   content digest, so any node can fetch what it lacks (`templates`).
 //!
 //! The local SQLite store stays the truth for the node's own sandboxes;
 //! etcd only says where things are. When etcd cannot be reached, a node
@@ -22,6 +24,7 @@
 pub mod etcd;
 pub mod forward;
 pub mod route;
+pub mod templates;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -118,6 +121,8 @@ pub struct Cluster {
     /// node's entry counts them only from its next heartbeat, and a burst
     /// must not all go to the node that looked emptiest.
     placed: Mutex<Vec<(String, i64, u64, f64)>>,
+    /// Whether template publication (or pruning) is running.
+    templates_busy: AtomicBool,
 }
 
 fn key(kind: &str, name: &str) -> String {
@@ -143,6 +148,7 @@ impl Cluster {
             owners: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             placed: Mutex::new(Vec::new()),
+            templates_busy: AtomicBool::new(false),
         }))
     }
 
@@ -187,6 +193,8 @@ impl Cluster {
         let running: Vec<_> = visible.iter().filter(|r| r.state.takes_traffic()).collect();
         let templates = svc.template_names(MAX_LISTED_TEMPLATES).await;
         let (cpus, memory_mb) = host_capacity();
+        let store = svc.builder.store.clone();
+        let base_digest = svc.blocking(move || store.get("base").map(|t| t.digest).unwrap_or_default()).await.unwrap_or_default();
         NodeInfo {
             name: self.cfg.node.clone(),
             url: self.cfg.advertise.clone(),
@@ -198,6 +206,7 @@ impl Cluster {
             committed_cpus: running.iter().fold(0.0, |a, r| a + r.cpus),
             committed_memory_mb: running.iter().map(|r| r.memory_mb).sum(),
             templates,
+            base_digest,
             started_at: self.started_at.clone(),
             updated_at: crate::service::rfc3339_ms(crate::service::now_ms()),
         }
@@ -327,13 +336,24 @@ impl Cluster {
     }
 
     /// The node a new sandbox should go to: the ready node with the most
-    /// free memory, CPU and sandbox slots, among those that have the
-    /// template built (when any has) and, on a tie, this one (no hop).
-    /// `None`: every node is drained or at its sandbox limit.
+    /// free memory, CPU and sandbox slots, among those that can run the
+    /// template, preferring those that have it and, on a tie, this one (no
+    /// hop). `None`: every node is drained or at its sandbox limit.
     pub async fn place(&self, template: &str, cpus: f64, memory_mb: u64) -> Result<Option<NodeInfo>, EtcdError> {
         // A fresh read: a drain must hold from the moment it is answered
         // (two small range reads, next to a create's own work).
         let (mut nodes, drained) = self.refresh_nodes().await?;
+        let have = nodes.values().filter(|n| n.templates.iter().any(|t| t == template)).count();
+        let reach = if template.is_empty() || have == 0 || have == nodes.len() {
+            Reach::Everywhere
+        } else {
+            // Some nodes have it: can the others fetch it?
+            match self.manifest(template).await? {
+                Some((m, _)) => m.base_digest.map_or(Reach::Everywhere, Reach::SameBase),
+                // Not published (an alias, a tag, or not yet): where it is.
+                None => Reach::Only,
+            }
+        };
         let now = crate::service::now_ms();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         placed.retain(|p| now - p.1 < 60_000);
@@ -346,7 +366,7 @@ impl Cluster {
                 n.sandboxes += 1;
             }
         }
-        let chosen = choose(nodes.values().filter(|n| !drained.contains(&n.name)), &self.cfg.node, template, cpus, memory_mb).cloned();
+        let chosen = choose(nodes.values().filter(|n| !drained.contains(&n.name)), &self.cfg.node, template, &reach, cpus, memory_mb).cloned();
         if let Some(n) = &chosen {
             placed.push((n.name.clone(), now, memory_mb, cpus));
         }
@@ -447,6 +467,22 @@ impl Cluster {
                         if let Err(e) = self.sync_keys(&svc).await {
                             tracing::warn!(error = %e, "publishing API keys to the cluster failed");
                         }
+                        // Aside: a first publication hashes the template's
+                        // layers, which must not hold up the lease.
+                        if !self.templates_busy.swap(true, Ordering::AcqRel) {
+                            let (me, svc, prune) = (self.clone(), svc.clone(), n.is_multiple_of(10));
+                            tokio::spawn(async move {
+                                if let Err(e) = me.publish_templates(&svc).await {
+                                    tracing::warn!(error = %e, "publishing templates to the cluster failed");
+                                }
+                                if prune {
+                                    if let Err(e) = me.prune_templates(&svc).await {
+                                        tracing::warn!(error = %e, "dropping templates the cluster no longer has failed");
+                                    }
+                                }
+                                me.templates_busy.store(false, Ordering::Release);
+                            });
+                        }
                         // The first heartbeat after a start (or after etcd
                         // came back), then every tenth.
                         if n.is_multiple_of(10) {
@@ -492,22 +528,36 @@ impl Cluster {
     }
 }
 
+/// Which nodes can run a template that some nodes have.
+#[derive(Debug, Clone, PartialEq)]
+enum Reach {
+    /// Any node (none has it, so any builds it; or it moves freely).
+    Everywhere,
+    /// Only the nodes that have it (it is not in the cluster's manifests).
+    Only,
+    /// Nodes that have it, or whose `base` has this digest (it sits on
+    /// `base`, which is each host's own).
+    SameBase(String),
+}
+
 /// The placement rule (see [`Cluster::place`]), apart for testing.
-fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &str, cpus: f64, memory_mb: u64) -> Option<&'a NodeInfo> {
+fn choose<'a>(nodes: impl Iterator<Item = &'a NodeInfo>, me: &str, template: &str, reach: &Reach, cpus: f64, memory_mb: u64) -> Option<&'a NodeInfo> {
+    let has = |n: &NodeInfo| template.is_empty() || n.templates.iter().any(|t| t == template);
     let score = |n: &NodeInfo| {
         // What would be left with this sandbox there.
         let mem_free = n.memory_mb.saturating_sub(n.committed_memory_mb + memory_mb) as f64 / n.memory_mb.max(1) as f64;
         let cpu_free = (n.cpus - n.committed_cpus - cpus).max(0.0) / n.cpus.max(1.0);
         let count_free = n.max_sandboxes.saturating_sub(n.sandboxes) as f64 / n.max_sandboxes.max(1) as f64;
-        let local = if template.is_empty() || n.templates.iter().any(|t| t == template) { 0.1 } else { 0.0 };
+        // Having the template saves fetching its layers: a node without it
+        // must have clearly more room.
+        let local = if has(n) { 0.25 } else { 0.0 };
         mem_free * 0.5 + cpu_free * 0.3 + count_free * 0.2 + local
     };
-    // Templates are built where they were asked for (layers do not move
-    // between nodes yet): when some node has this one, only those can run
-    // it. When none has it (a shipped recipe not used yet), any can build it.
-    let nodes: Vec<&NodeInfo> = nodes.collect();
-    let with_template: Vec<&NodeInfo> = nodes.iter().copied().filter(|n| n.templates.iter().any(|t| t == template)).collect();
-    let nodes = if template.is_empty() || with_template.is_empty() { nodes } else { with_template };
+    let nodes = nodes.filter(|n| match reach {
+        Reach::Everywhere => true,
+        Reach::Only => has(n),
+        Reach::SameBase(d) => has(n) || n.base_digest == *d,
+    });
     nodes
         .into_iter()
         // Memory and CPU only weigh: a sandbox's are limits, not
@@ -551,6 +601,7 @@ mod tests {
 
     fn node(name: &str, mem: u64, committed: u64, templates: &[&str]) -> NodeInfo {
         NodeInfo {
+            base_digest: "b1".into(),
             name: name.into(),
             url: format!("http://{name}:3000"),
             version: "0".into(),
@@ -568,22 +619,30 @@ mod tests {
 
     #[test]
     fn placement_takes_room_then_locality_then_this_node() {
+        let e = Reach::Everywhere;
         let a = node("a", 8192, 4096, &[]);
         let b = node("b", 8192, 1024, &[]);
-        assert_eq!(choose([&a, &b].into_iter(), "a", "", 1.0, 512).map(|n| n.name.as_str()), Some("b"), "more free memory");
+        assert_eq!(choose([&a, &b].into_iter(), "a", "", &e, 1.0, 512).map(|n| n.name.as_str()), Some("b"), "more free memory");
         let c = node("c", 8192, 1024, &[]);
-        assert_eq!(choose([&b, &c].into_iter(), "c", "", 1.0, 512).map(|n| n.name.as_str()), Some("c"), "a tie stays here");
+        assert_eq!(choose([&b, &c].into_iter(), "c", "", &e, 1.0, 512).map(|n| n.name.as_str()), Some("c"), "a tie stays here");
         let d = node("d", 8192, 1024, &["py"]);
-        assert_eq!(choose([&b, &d].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "the template is there");
+        assert_eq!(choose([&b, &d].into_iter(), "b", "py", &e, 1.0, 512).map(|n| n.name.as_str()), Some("d"), "the template is there");
         let roomy = node("r", 65536, 0, &[]);
-        assert_eq!(choose([&roomy, &d].into_iter(), "r", "py", 1.0, 512).map(|n| n.name.as_str()), Some("d"), "only nodes with the template run it");
-        assert_eq!(choose([&roomy, &b].into_iter(), "b", "py", 1.0, 512).map(|n| n.name.as_str()), Some("r"), "none has it: any node builds it");
+        assert_eq!(choose([&roomy, &d].into_iter(), "r", "py", &Reach::Only, 1.0, 512).map(|n| n.name.as_str()), Some("d"), "only nodes with an unpublished template run it");
+        assert_eq!(choose([&roomy, &b].into_iter(), "b", "py", &e, 1.0, 512).map(|n| n.name.as_str()), Some("r"), "none has it: any node builds it");
+        let same = Reach::SameBase("b1".into());
+        let busy = node("busy", 8192, 7000, &["py"]);
+        assert_eq!(choose([&roomy, &busy].into_iter(), "busy", "py", &same, 1.0, 512).map(|n| n.name.as_str()), Some("r"), "a published template moves to room");
+        assert_eq!(choose([&b, &d].into_iter(), "b", "py", &same, 1.0, 512).map(|n| n.name.as_str()), Some("d"), "but not for a little room");
+        let mut other = node("o", 65536, 0, &[]);
+        other.base_digest = "b2".into();
+        assert_eq!(choose([&other, &busy].into_iter(), "o", "py", &same, 1.0, 512).map(|n| n.name.as_str()), Some("busy"), "not onto another base");
         let full = node("f", 1024, 1024, &[]);
-        assert_eq!(choose([&full, &b].into_iter(), "f", "", 1.0, 512).map(|n| n.name.as_str()), Some("b"), "the one with memory left");
-        assert_eq!(choose([&full].into_iter(), "f", "", 1.0, 512).map(|n| n.name.as_str()), Some("f"), "memory is overcommitted, as on one host");
+        assert_eq!(choose([&full, &b].into_iter(), "f", "", &e, 1.0, 512).map(|n| n.name.as_str()), Some("b"), "the one with memory left");
+        assert_eq!(choose([&full].into_iter(), "f", "", &e, 1.0, 512).map(|n| n.name.as_str()), Some("f"), "memory is overcommitted, as on one host");
         let mut many = node("m", 8192, 0, &[]);
         many.sandboxes = 100;
-        assert!(choose([&many].into_iter(), "m", "", 1.0, 512).is_none(), "at its sandbox limit");
+        assert!(choose([&many].into_iter(), "m", "", &e, 1.0, 512).is_none(), "at its sandbox limit");
     }
 
     #[test]

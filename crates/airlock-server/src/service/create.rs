@@ -333,19 +333,32 @@ impl Service {
         self.blocking(move || store.get(&t).ok()).await
     }
 
-    /// The template `name` resolves to, building a built-in one on first use.
+    /// The template `name` resolves to: in a cluster, copied from another
+    /// node when this one lacks it; a built-in one is built on first use.
     pub async fn ensure_template(&self, name: &str) -> Result<airlock_template::Template, ApiError> {
         if let Some(t) = self.find_template(name).await? {
             return Ok(t);
         }
-        let Some(recipe) = airlock_template::recipe::builtin(name) else {
+        let recipe = airlock_template::recipe::builtin(name);
+        let cluster = self.cluster().cloned();
+        if recipe.is_none() && cluster.is_none() {
             return Err(ApiError::NotFound(format!("template '{name}' not found")));
-        };
+        }
+        // One fetch or build at a time per name; the creates waiting on it
+        // then find it.
         let lock = self.build_locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
         let _g = lock.lock().await;
         if let Some(t) = self.find_template(name).await? {
             return Ok(t);
         }
+        if let Some(c) = cluster {
+            if let Some(t) = c.fetch_template(self, name).await? {
+                return Ok(t);
+            }
+        }
+        let Some(recipe) = recipe else {
+            return Err(ApiError::NotFound(format!("template '{name}' not found")));
+        };
         tracing::info!(template = %name, "building built-in template on first use");
         let (tx, mut rx) = mpsc::channel(256);
         let logger = tokio::spawn({

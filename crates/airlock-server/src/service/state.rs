@@ -30,7 +30,7 @@ const FORK_DEFAULT_TIMEOUT_S: i64 = 15;
 pub(super) const MAX_LAYERS: usize = 128;
 
 /// Drops a layer lease when the operation that took it ends, however it ends.
-struct Lease<'a> {
+pub(crate) struct Lease<'a> {
     svc: &'a Service,
     dir: PathBuf,
 }
@@ -55,7 +55,8 @@ fn snapshot_info(t: &airlock_template::Template) -> SnapshotInfo {
 }
 
 impl Service {
-    fn lease(&self, dir: PathBuf) -> Lease<'_> {
+    /// Keeps `dir` from layer collection until the lease is dropped.
+    pub(crate) fn lease(&self, dir: PathBuf) -> Lease<'_> {
         self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.clone());
         Lease { svc: self, dir }
     }
@@ -124,6 +125,7 @@ impl Service {
             size_bytes: source.as_ref().map_or(0, |t| t.size_bytes) + snap.bytes,
             public: false,
             snapshot: Some(airlock_template::SnapshotOrigin { sandbox_id: row.id.clone(), template: row.template.clone(), named: name.is_some(), layer_bytes: snap.bytes }),
+            cluster: None,
         };
         let store = self.builder.store.clone();
         let t2 = t.clone();
@@ -402,7 +404,7 @@ impl Service {
     }
 
     /// `collect_layers(true)` in the background: callers need not wait.
-    pub(super) fn collect_layers_soon(&self) {
+    pub(crate) fn collect_layers_soon(&self) {
         self.gc_wanted.store(true, Ordering::SeqCst);
     }
 }

@@ -24,8 +24,17 @@ impl Service {
         let name = super::create::template_name(name);
         let store = self.builder.store.clone();
         let n = name.to_string();
-        let t = self.blocking(move || store.get(&n)).await?.map_err(|_| ApiError::NotFound(format!("template '{name}' not found")))?;
-        Ok(template_info(&t))
+        match self.blocking(move || store.get(&n)).await? {
+            Ok(t) => Ok(template_info(&t)),
+            Err(_) => match self.cluster() {
+                // Another node's: this one copies it when a sandbox needs it.
+                Some(c) => match c.manifest(name).await.map_err(|e| crate::cluster::unavailable(&format!("looking for template '{name}' in the cluster"), &e))? {
+                    Some((m, _)) => Ok(template_info(&m.template)),
+                    None => Err(ApiError::NotFound(format!("template '{name}' not found"))),
+                },
+                None => Err(ApiError::NotFound(format!("template '{name}' not found"))),
+            },
+        }
     }
 
     pub async fn build_template(
@@ -79,6 +88,20 @@ impl Service {
     /// Deletes a template; refused while sandboxes use it unless forced
     /// (their mounted layers keep working; unused layers are collected).
     pub async fn delete_template(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let here = {
+            let store = self.builder.store.clone();
+            let n = super::create::template_name(name).to_string();
+            self.blocking(move || store.get(&n).is_ok()).await?
+        };
+        if let Some(c) = self.cluster() {
+            // Deleted everywhere: the other nodes drop their copies at their
+            // next catalog repair.
+            let n = super::create::template_name(name);
+            let forgot = c.forget_template(n).await.map_err(|e| crate::cluster::unavailable(&format!("deleting template '{n}' from the cluster"), &e))?;
+            if !here {
+                return if forgot { Ok(()) } else { Err(ApiError::NotFound(format!("template '{name}' not found"))) };
+            }
+        }
         let t = self.template(name).await?;
         let store = self.store.clone();
         let users: Vec<String> = self
