@@ -12,8 +12,9 @@ nodes, each in its own network namespace with its own address
    without it fetches its layers (checked against their digests) when the
    ones with it take no more; a key made
    on one node works on all (and a revoked one stops); `airlock node list`;
-4. killing node 2's process marks its sandboxes lost within the lease,
-   and new creates still succeed (elsewhere);
+4. killing node 2's process marks its sandboxes lost within the lease
+   (ended, once the deadline the catalog holds for one has passed), and
+   new creates still succeed (elsewhere);
 5. stopping one etcd member changes nothing visible;
 6. losing etcd's quorum keeps existing sandboxes usable, and cluster-wide
    calls fail with a clear error; they recover when etcd does;
@@ -22,6 +23,8 @@ nodes, each in its own network namespace with its own address
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +37,7 @@ import pytest
 
 from e2b import PtySize, Sandbox
 
-from cluster_hosts import NODES, Cluster
+from cluster_hosts import ETCD, NODES, Cluster
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_S = 4
@@ -70,6 +73,18 @@ def holder(c: Cluster, node: str, sid: str) -> str:
     r = api(c, node, "GET", f"/sandboxes/{sid}")
     assert r.status_code == 200, r.text
     return r.json()["clientID"]
+
+
+def catalog(c: Cluster, sid: str) -> dict | None:
+    """The sandbox's catalog entry, read from etcd's JSON gateway."""
+    key = base64.b64encode(f"/airlock/v1/sandboxes/{sid}".encode()).decode()
+    for ip in ETCD.values():
+        try:
+            kvs = httpx.post(f"http://{ip}:2379/v3/kv/range", json={"key": key}, timeout=5).json().get("kvs")
+        except httpx.HTTPError:
+            continue
+        return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+    raise AssertionError("no etcd member answered")
 
 
 def wait_until(pred, timeout: float, what: str):
@@ -266,7 +281,16 @@ def test_keys_made_on_one_node_work_on_every_node_and_the_cli_lists_nodes(cluste
 
 def test_a_killed_node_loses_its_sandboxes_and_creates_go_elsewhere(cluster: Cluster):
     lost = [s for s, h in cluster.sandboxes.items() if h == "n2"]
-    assert lost
+    assert len(lost) >= 2, lost
+    # One with a short timeout: the catalog holds its deadline, so once that
+    # has passed the other nodes say it ended rather than that it is lost.
+    short = lost.pop()
+    del cluster.sandboxes[short]
+    ends = LEASE_S + 6
+    Sandbox.set_timeout(short, ends, api_key=cluster.api_key, api_url=cluster.url("n1"))
+    wait_until(
+        lambda: 0 < catalog(cluster, short)["endAt"] < time.time() * 1000 + ends * 1000 + 2000, 10, "the new deadline in the catalog"
+    )
     cluster.kill_node("n2")
     t0 = time.monotonic()
 
@@ -284,6 +308,12 @@ def test_a_killed_node_loses_its_sandboxes_and_creates_go_elsewhere(cluster: Clu
         Sandbox.connect(lost[0], **sdk(cluster, "n1")).commands.run("true")
     assert time.monotonic() - t1 < 20
     assert sorted(n["name"] for n in api(cluster, "n1", "GET", "/nodes").json()) == ["n1", "n3"]
+
+    def ended():
+        r = api(cluster, "n3", "GET", f"/sandboxes/{short}")
+        return r.status_code == 404 and "timeout ended" in r.json()["message"]
+
+    wait_until(ended, ends + 10, "the short-lived sandbox of node 2 to be reported ended")
     # Creates still succeed, on the nodes that are left.
     for _ in range(4):
         s = Sandbox.create(timeout=600, **sdk(cluster, "n1"))
@@ -295,6 +325,8 @@ def test_a_killed_node_loses_its_sandboxes_and_creates_go_elsewhere(cluster: Clu
     for sid, home in cluster.sandboxes.items():
         if home != "n2":
             assert Sandbox.connect(sid, **sdk(cluster, "n3")).commands.run("echo up").stdout == "up\n"
+    # Past its deadline by a lease, the remaining nodes drop its entry.
+    wait_until(lambda: catalog(cluster, short) is None, 45, "the ended sandbox's catalog entry to go")
 
 
 def test_one_etcd_member_down_changes_nothing(cluster: Cluster):

@@ -433,7 +433,7 @@ async fn cluster_dispatch(svc: Arc<Service>, c: Arc<crate::cluster::Cluster>, ap
         }
         if create {
             // Placed here by another node: catalogued before the answer.
-            return route::catalogued(&c, dispatch_local(svc.clone(), api, req).await).await;
+            return route::catalogued(&svc, &c, dispatch_local(svc.clone(), api, req).await).await;
         }
     } else {
         req.headers_mut().remove(crate::cluster::FORWARDED_BY);

@@ -67,7 +67,22 @@ pub use airlock_proto::api::{ClusterNode, NodeInfo};
 #[serde(rename_all = "camelCase")]
 struct CatalogEntry {
     node: String,
+    /// When the entry was written (unix ms).
     created_at: i64,
+    /// When the sandbox's timeout ends (unix ms; 0: its clock is stopped,
+    /// it is paused). Kept current by the node that holds it, so the others
+    /// can tell a lost node's sandbox that would have ended by now.
+    #[serde(default)]
+    end_at: i64,
+}
+
+/// The deadline a catalog entry records for a sandbox row.
+fn deadline(r: &crate::store::SandboxRow) -> i64 {
+    if r.state.clock_runs() {
+        r.end_at
+    } else {
+        0
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,6 +106,12 @@ pub enum Owner {
     /// The catalog names a node that is no longer in the cluster.
     Lost {
         node: String,
+    },
+    /// Its node is gone and its timeout has passed since: it has ended,
+    /// wherever its node is.
+    Ended {
+        node: String,
+        end_at: i64,
     },
 }
 
@@ -290,10 +311,9 @@ impl Cluster {
         let cached = self.owners.lock().unwrap_or_else(|p| p.into_inner()).get(id).filter(|(_, t)| t.elapsed() < OWNER_FRESH).map(|(n, _)| n.clone());
         let node = match cached {
             Some(n) => n,
-            None => match self.etcd.get(&key("sandboxes", id)).await? {
+            None => match self.entry(id).await? {
                 None => return Ok(Owner::Here),
-                Some(kv) => {
-                    let e: CatalogEntry = serde_json::from_slice(&kv.value).map_err(|e| EtcdError::Protocol(format!("catalog entry of {id}: {e}")))?;
+                Some(e) => {
                     let mut m = self.owners.lock().unwrap_or_else(|p| p.into_inner());
                     if m.len() > 100_000 {
                         m.clear();
@@ -311,15 +331,36 @@ impl Cluster {
         }
         // Gone from a read up to a second old: a fresh one before saying
         // lost (the node may have just rejoined).
-        match self.refresh_nodes().await?.0.remove(&node) {
-            Some(n) => Ok(Owner::There(n)),
-            None => Ok(Owner::Lost { node }),
+        if let Some(n) = self.refresh_nodes().await?.0.remove(&node) {
+            return Ok(Owner::There(n));
+        }
+        match self.entry(id).await? {
+            Some(e) if e.end_at > 0 && e.end_at < crate::service::now_ms() => Ok(Owner::Ended { node: e.node, end_at: e.end_at }),
+            _ => Ok(Owner::Lost { node }),
         }
     }
 
-    /// Records that this node holds `id`.
-    pub async fn register(&self, id: &str) -> Result<(), EtcdError> {
-        let v = serde_json::to_vec(&CatalogEntry { node: self.cfg.node.clone(), created_at: crate::service::now_ms() }).map_err(|e| EtcdError::Protocol(e.to_string()))?;
+    async fn entry(&self, id: &str) -> Result<Option<CatalogEntry>, EtcdError> {
+        match self.etcd.get(&key("sandboxes", id)).await? {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value).map(Some).map_err(|e| EtcdError::Protocol(format!("catalog entry of {id}: {e}"))),
+        }
+    }
+
+    /// Records that this node holds `id`, with its deadline (from the
+    /// local store); a sandbox that is gone here is not recorded.
+    pub async fn register(&self, svc: &Service, id: &str) -> Result<(), EtcdError> {
+        let store = svc.store().clone();
+        let key_id = id.to_string();
+        let Ok(Ok(Some(row))) = svc.blocking(move || store.sandbox(&key_id)).await else { return Ok(()) };
+        if !row.state.visible() {
+            return Ok(());
+        }
+        self.put_entry(id, deadline(&row)).await
+    }
+
+    async fn put_entry(&self, id: &str, end_at: i64) -> Result<(), EtcdError> {
+        let v = serde_json::to_vec(&CatalogEntry { node: self.cfg.node.clone(), created_at: crate::service::now_ms(), end_at }).map_err(|e| EtcdError::Protocol(e.to_string()))?;
         self.etcd.put(&key("sandboxes", id), &v, None).await
     }
 
@@ -423,29 +464,44 @@ impl Cluster {
     }
 
     /// Makes the catalog agree with the local store: every sandbox here is
-    /// listed as here, and entries naming this node for sandboxes it no
-    /// longer has are removed (after a restart, or a kill while etcd was away).
+    /// listed as here with its current deadline, and entries naming this
+    /// node for sandboxes it no longer has are removed (after a restart, or
+    /// a kill while etcd was away). Entries of nodes that have left, for
+    /// sandboxes whose timeout has passed by more than a lease, are removed
+    /// too: those sandboxes have ended (their node's reaper ends them if it
+    /// comes back).
     async fn reconcile(&self, svc: &Arc<Service>) -> Result<(), EtcdError> {
         let store = svc.store().clone();
         let read_at = crate::service::now_ms();
         let Ok(Ok(rows)) = svc.blocking(move || store.sandboxes()).await else { return Ok(()) };
-        let local: BTreeSet<String> = rows.into_iter().filter(|r| r.state.visible()).map(|r| r.id).collect();
+        let local: BTreeMap<String, crate::store::SandboxRow> = rows.into_iter().filter(|r| r.state.visible()).map(|r| (r.id.clone(), r)).collect();
+        let (live, _) = self.current_nodes().await?;
         let mut listed = BTreeSet::new();
         for kv in self.etcd.prefix(&format!("{PREFIX}sandboxes/")).await? {
             let Ok(e) = serde_json::from_slice::<CatalogEntry>(&kv.value) else { continue };
             let id = kv.key.rsplit('/').next().unwrap_or_default().to_string();
             if e.node == self.cfg.node {
-                if local.contains(&id) {
-                    listed.insert(id);
+                if let Some(r) = local.get(&id) {
+                    listed.insert(id.clone());
+                    // A timeout set, a pause or a resume since it was written.
+                    if (deadline(r) - e.end_at).abs() > 1000 {
+                        self.put_entry(&id, deadline(r)).await?;
+                    }
                 } else if e.created_at < read_at - 5_000 {
                     // Not one catalogued since the store was read (a create
                     // finishing meanwhile is in the catalog, not in `local`).
                     self.etcd.delete_at(&kv.key, kv.mod_revision).await?;
                 }
+            } else if !live.contains_key(&e.node) && e.end_at > 0 && e.end_at + self.cfg.lease_s * 1000 < read_at {
+                if self.etcd.delete_at(&kv.key, kv.mod_revision).await? {
+                    tracing::info!(sandbox_id = %id, node = %e.node, "catalog entry removed: its node is gone and its timeout has passed");
+                }
             }
         }
-        for id in local.difference(&listed) {
-            self.register(id).await?;
+        for (id, r) in &local {
+            if !listed.contains(id) {
+                self.put_entry(id, deadline(r)).await?;
+            }
         }
         Ok(())
     }
@@ -497,9 +553,10 @@ impl Cluster {
                 }
                 ev = events.recv() => match ev {
                     // A sandbox made here by any path (fork, import, a
-                    // pool) is catalogued; one that ended is removed.
-                    Ok(e) if e.kind == "ready" => {
-                        if let Err(err) = self.register(&e.sandbox_id).await {
+                    // pool) is catalogued, again when its deadline moves;
+                    // one that ended is removed.
+                    Ok(e) if matches!(e.kind.as_str(), "ready" | "timeout_changed" | "paused" | "resumed" | "restarted") => {
+                        if let Err(err) = self.register(&svc, &e.sandbox_id).await {
                             tracing::debug!(sandbox_id = %e.sandbox_id, error = %err, "cataloguing failed; the next repair does it");
                         }
                     }

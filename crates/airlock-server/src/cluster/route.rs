@@ -76,6 +76,13 @@ async fn owner(svc: &Arc<Service>, c: &Cluster, id: &str) -> Decision {
                 ),
             },
         )),
+        Ok(Owner::Ended { node, end_at }) => Decision::Answer(h::json(
+            404,
+            &airlock_proto::api::ApiError {
+                code: 404,
+                message: format!("sandbox {id} not found: its timeout ended at {} while its node {node} was out of the cluster", crate::service::rfc3339_ms(end_at)),
+            },
+        )),
         Err(e) => Decision::Answer(h::error(503, super::unavailable(&format!("finding the node of sandbox {id}"), &e).to_string())),
     }
 }
@@ -126,12 +133,12 @@ pub async fn create(svc: &Arc<Service>, c: &Arc<Cluster>, api: axum::Router, req
         Ok(resp) => resp.map(|b| b.map_err(|e| -> crate::http::BoxError { Box::new(e) }).boxed_unsync()),
         Err(never) => match never {},
     };
-    catalogued(c, resp).await
+    catalogued(svc, c, resp).await
 }
 
 /// A create's answer, after its sandbox is in the catalog (so that the
 /// client's next request, to any node, finds it).
-pub async fn catalogued(c: &Cluster, resp: Resp) -> Resp {
+pub async fn catalogued(svc: &Service, c: &Cluster, resp: Resp) -> Resp {
     if !resp.status().is_success() {
         return resp;
     }
@@ -142,7 +149,7 @@ pub async fn catalogued(c: &Cluster, resp: Resp) -> Resp {
         Err(e) => return h::error(500, format!("reading the create's answer: {e}")),
     };
     if let Some(id) = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v.get("sandboxID").and_then(|i| i.as_str()).map(str::to_string)) {
-        if let Err(e) = c.register(&id).await {
+        if let Err(e) = c.register(svc, &id).await {
             // Still reachable here; other nodes find it after the repair.
             tracing::warn!(sandbox_id = %id, error = %e, "cataloguing a new sandbox failed");
         }

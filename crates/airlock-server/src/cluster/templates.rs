@@ -171,15 +171,17 @@ impl Cluster {
                 )));
             }
         }
+        // A fresh read (a fetch is rare, and a cached list may predate the
+        // template): the live nodes that list it and, first, the one it was
+        // made on (whose entry may not list it yet).
         let mut sources: Vec<NodeInfo> = self
-            .current_nodes()
+            .refresh_nodes()
             .await
             .map_err(|e| super::unavailable("finding a node that has the template", &e))?
             .0
             .into_values()
-            .filter(|n| n.name != self.cfg.node && n.templates.iter().any(|t| t == name))
+            .filter(|n| n.name != self.cfg.node && (n.name == m.node || n.templates.iter().any(|t| t == name)))
             .collect();
-        // The node it was made on first; then the others.
         sources.sort_by_key(|n| n.name != m.node);
         let mut leases = Vec::new();
         let mut root_layers = Vec::new();
