@@ -492,10 +492,8 @@ impl Cluster {
                     // finishing meanwhile is in the catalog, not in `local`).
                     self.etcd.delete_at(&kv.key, kv.mod_revision).await?;
                 }
-            } else if !live.contains_key(&e.node) && e.end_at > 0 && e.end_at + self.cfg.lease_s * 1000 < read_at {
-                if self.etcd.delete_at(&kv.key, kv.mod_revision).await? {
-                    tracing::info!(sandbox_id = %id, node = %e.node, "catalog entry removed: its node is gone and its timeout has passed");
-                }
+            } else if !live.contains_key(&e.node) && e.end_at > 0 && e.end_at + self.cfg.lease_s * 1000 < read_at && self.etcd.delete_at(&kv.key, kv.mod_revision).await? {
+                tracing::info!(sandbox_id = %id, node = %e.node, "catalog entry removed: its node is gone and its timeout has passed");
             }
         }
         for (id, r) in &local {
