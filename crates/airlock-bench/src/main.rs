@@ -3110,6 +3110,30 @@ async fn cluster_bench(args: &Args, key: &str) -> Result<Value> {
             dl_direct.push(d1);
             dl_hop.push(d2);
         }
+        // A template of 64 MiB built on B, created through A with only A
+        // open: A fetches its layer from B and checks it before the create.
+        let tpl = format!("bench-move-{}", std::process::id());
+        progress(&format!("a {mib} MiB template built on {}, then created on {} (which fetches it), twice", b.name, a.name));
+        let recipe = format!("FROM base\nRUN head -c {mib}M /dev/urandom > /opt/blob\n");
+        b.call(key, "POST", "/templates", json!({"name": tpl, "recipe": recipe}), 200).await?;
+        let published = Instant::now();
+        while a.call(key, "GET", &format!("/templates/{tpl}"), Value::Null, 200).await.is_err() {
+            anyhow::ensure!(published.elapsed() < Duration::from_secs(60), "template {tpl} was not published within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        a.call(key, "POST", &format!("/nodes/{}/undrain", a.name), Value::Null, 204).await?;
+        a.call(key, "POST", &format!("/nodes/{}/drain", b.name), Value::Null, 204).await?;
+        let mut moved = Vec::new();
+        for _ in 0..2 {
+            let body = json!({"templateID": tpl, "timeout": 600, "allow_internet_access": false});
+            let (v, d) = a.call(key, "POST", "/v2/sandboxes", body, 201).await?;
+            let id = v["sandboxID"].as_str().ok_or_else(|| anyhow!("no sandboxID"))?.to_string();
+            let (where_, _) = a.call(key, "GET", &format!("/sandboxes/{id}"), Value::Null, 200).await?;
+            anyhow::ensure!(where_["clientID"] == a.name.as_str(), "the template's create went to {} instead of {}", where_["clientID"], a.name);
+            made.push((Sbx { id, token: v["envdAccessToken"].as_str().unwrap_or_default().to_string() }, a));
+            moved.push(d);
+        }
+        let _ = a.call(key, "DELETE", &format!("/templates/{tpl}?force=true"), Value::Null, 204).await;
         let per_mib = |v: &[Duration]| {
             let best = v.iter().min().copied().unwrap_or_default();
             json!({ "best_ms": ms(best), "ms_per_mib": round(ms(best) / mib as f64, 3), "mib_per_s": round(mib as f64 / best.as_secs_f64().max(1e-9), 1) })
@@ -3122,6 +3146,7 @@ async fn cluster_bench(args: &Args, key: &str) -> Result<Value> {
             "create": { "placed_here": stats(&local), "forwarded": stats(&remote) },
             "commands_run_true": { "through_its_node": stats(&direct), "through_another": stats(&hop) },
             "download_64mib": { "through_its_node": per_mib(&dl_direct), "through_another": per_mib(&dl_hop) },
+            "template_64mib": { "first_create_fetching_ms": ms(moved[0]), "next_create_ms": ms(moved[1]) },
         }))
     }
     .await;
@@ -3146,4 +3171,6 @@ fn print_cluster(r: &Value) {
         let v = &r["download_64mib"][k];
         println!("  download 64 MiB, {label:<27} {:>8.1} ms  {:>6.3} ms/MiB  {:>7.1} MiB/s", f64_at(v, "/best_ms"), f64_at(v, "/ms_per_mib"), f64_at(v, "/mib_per_s"));
     }
+    let t = &r["template_64mib"];
+    println!("  create from a 64 MiB template another node built: {:>8.1} ms (fetching and verifying it), then {:>6.1} ms", f64_at(t, "/first_create_fetching_ms"), f64_at(t, "/next_create_ms"));
 }
