@@ -226,6 +226,9 @@ def test_a_template_moves_to_a_node_without_it_checked_against_its_digest(cluste
         r = api(cluster, "n1", "POST", "/templates", json={"name": "cluster-bad", "recipe": "FROM base\nRUN echo original > /opt/bad\n"}, timeout=120)
         assert r.status_code == 200 and '"done"' in r.text.splitlines()[-1], r.text[-500:]
         wait_until(lambda: api(cluster, "n3", "GET", "/templates/cluster-bad").status_code == 200, 15, "the second template's manifest")
+        # Listed through a node that does not have it (as a load balancer
+        # in front of the nodes would need).
+        assert "cluster-bad" in {t["templateID"] for t in api(cluster, "n2", "GET", "/templates").json()}
         layers = cluster.dir / "data-n1" / "templates" / "layers"
         tampered = [p for p in layers.glob("*/root/opt/bad") if p.read_text() == "original\n"]
         assert tampered, "the built layer is not where the test looks"

@@ -3172,5 +3172,9 @@ fn print_cluster(r: &Value) {
         println!("  download 64 MiB, {label:<27} {:>8.1} ms  {:>6.3} ms/MiB  {:>7.1} MiB/s", f64_at(v, "/best_ms"), f64_at(v, "/ms_per_mib"), f64_at(v, "/mib_per_s"));
     }
     let t = &r["template_64mib"];
-    println!("  create from a 64 MiB template another node built: {:>8.1} ms (fetching and verifying it), then {:>6.1} ms", f64_at(t, "/first_create_fetching_ms"), f64_at(t, "/next_create_ms"));
+    println!(
+        "  create from a 64 MiB template another node built: {:>8.1} ms (fetching and verifying it), then {:>6.1} ms",
+        f64_at(t, "/first_create_fetching_ms"),
+        f64_at(t, "/next_create_ms")
+    );
 }

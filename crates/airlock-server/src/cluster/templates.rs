@@ -148,6 +148,11 @@ impl Cluster {
         Ok(Some((m, kv.mod_revision)))
     }
 
+    /// Every manifest in the cluster.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>, EtcdError> {
+        Ok(self.etcd.prefix(&format!("{PREFIX}templates/")).await?.into_iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+
     /// Removes the cluster's manifest of `name` (it was deleted through this
     /// node); whether there was one.
     pub async fn forget_template(&self, name: &str) -> Result<bool, EtcdError> {
@@ -299,6 +304,14 @@ impl Cluster {
                 None => self.etcd.create(&k, &v, None).await?,
                 Some(kv) => {
                     let theirs: Option<Manifest> = serde_json::from_slice(&kv.value).ok();
+                    if let Some(o) = theirs.as_ref().filter(|o| !t.digest.is_empty() && o.template.digest == t.digest) {
+                        // The same build made on another node too (a shipped
+                        // recipe built on first use on each): this copy is it.
+                        let store = svc.builder.store.clone();
+                        let t2 = Template { cluster: Some(ClusterCopy { node: o.node.clone(), revision: kv.mod_revision }), ..t.clone() };
+                        let _ = svc.blocking(move || store.save(&t2)).await;
+                        continue;
+                    }
                     if theirs.as_ref().is_some_and(|o| o.template.created_at > t.created_at) {
                         // A newer build of this name was published elsewhere.
                         self.drop_copy(svc, &t, "a newer build of it is in the cluster").await;

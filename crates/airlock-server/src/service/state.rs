@@ -145,8 +145,7 @@ impl Service {
     /// `GET /snapshots`: newest first, optionally of one sandbox or by name,
     /// paged by `limit` and the previous page's last snapshot id.
     pub async fn snapshots(&self, sandbox: Option<&str>, name: Option<&str>, limit: usize, next: Option<&str>) -> Result<(Vec<SnapshotInfo>, Option<String>), ApiError> {
-        let store = self.builder.store.clone();
-        let mut list: Vec<_> = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?.into_iter().filter(|t| t.snapshot.is_some()).collect();
+        let mut list: Vec<_> = self.known_templates().await?.into_iter().filter(|t| t.snapshot.is_some()).collect();
         list.retain(|t| sandbox.is_none_or(|s| t.snapshot.as_ref().is_some_and(|o| o.sandbox_id == s)));
         list.retain(|t| name.is_none_or(|n| t.name == template_name(n)));
         list.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.name.cmp(&b.name)));

@@ -3,9 +3,27 @@
 use super::*;
 
 impl Service {
-    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
+    /// The templates and snapshots here and, in a cluster, those only other
+    /// nodes have (from the cluster's manifests: any node makes a sandbox
+    /// of them). Without etcd, this node's own.
+    pub(crate) async fn known_templates(&self) -> Result<Vec<airlock_template::Template>, ApiError> {
         let store = self.builder.store.clone();
-        let list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut list = self.blocking(move || store.list()).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Some(c) = self.cluster() {
+            match c.manifests().await {
+                Ok(remote) => {
+                    let here: std::collections::HashSet<String> = list.iter().map(|t| t.name.clone()).collect();
+                    list.extend(remote.into_iter().map(|m| m.template).filter(|t| !here.contains(&t.name)));
+                    list.sort_by(|a, b| a.name.cmp(&b.name));
+                }
+                Err(e) => tracing::warn!(error = %e, "listing the cluster's templates failed: listing this node's"),
+            }
+        }
+        Ok(list)
+    }
+
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ApiError> {
+        let list = self.known_templates().await?;
         // Snapshots are listed by `GET /snapshots`.
         Ok(list.iter().filter(|t| t.snapshot.is_none()).map(template_info).collect())
     }
