@@ -77,6 +77,9 @@ pub struct ClusterCopy {
     pub node: String,
     /// The revision of the manifest in the cluster store this copy matches.
     pub revision: i64,
+    /// Which cluster store (etcd's cluster id) that revision is of.
+    #[serde(default)]
+    pub store: String,
 }
 
 /// Where a snapshot came from.

@@ -49,6 +49,10 @@ pub struct Etcd {
     members: Vec<String>,
     /// The member that answered last: tried first.
     current: AtomicUsize,
+    /// The etcd cluster's id, from the last answer: a new one means a new
+    /// etcd (rebuilt, or restored from a backup), which does not know what
+    /// the old one held.
+    cluster_id: std::sync::Mutex<String>,
 }
 
 fn b64(b: &[u8]) -> String {
@@ -111,7 +115,12 @@ impl Etcd {
         if members.is_empty() || members.iter().any(|m| !m.contains(':') || m.contains('/') || m.contains('@')) {
             return Err(EtcdError::Endpoint(spec.to_string()));
         }
-        Ok(Self { members, current: AtomicUsize::new(0) })
+        Ok(Self { members, current: AtomicUsize::new(0), cluster_id: std::sync::Mutex::new(String::new()) })
+    }
+
+    /// The etcd cluster's id as its last answer gave it ("" before one).
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn members(&self) -> &[String] {
@@ -129,6 +138,9 @@ impl Etcd {
             match tokio::time::timeout(REQUEST_TIMEOUT, post(m, path, body.clone())).await {
                 Ok(Ok((status, v))) if status < 500 => {
                     self.current.store(idx, Ordering::Relaxed);
+                    if let Some(id) = v.get("header").and_then(|h| h.get("cluster_id")).and_then(|i| i.as_str().map(str::to_string).or_else(|| i.as_u64().map(|n| n.to_string()))) {
+                        *self.cluster_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+                    }
                     if status >= 400 {
                         let msg = v.get("message").or_else(|| v.get("error")).and_then(Value::as_str).unwrap_or("").to_string();
                         return Err(EtcdError::Refused(format!("{path}: {status} {msg}")));

@@ -13,7 +13,9 @@
 //!
 //! Deleting a template on any node deletes the manifest; the other nodes
 //! drop their copies at their next catalog repair, as they do copies a
-//! newer build of the same name superseded.
+//! newer build of the same name superseded. A copy records which etcd it
+//! was published to (its cluster id): a rebuilt etcd has lost the
+//! manifests rather than deleted them, and the nodes publish theirs again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -212,7 +214,7 @@ impl Cluster {
                 });
             }
         }
-        let t = Template { root_layers, usr_layers, cluster: Some(ClusterCopy { node: m.node.clone(), revision }), ..m.template.clone() };
+        let t = Template { root_layers, usr_layers, cluster: Some(ClusterCopy { node: m.node.clone(), revision, store: self.etcd.cluster_id() }), ..m.template.clone() };
         let store = svc.builder.store.clone();
         let t2 = t.clone();
         svc.blocking(move || store.save(&t2)).await?.map_err(|e| ApiError::Internal(format!("saving template {name}: {e}")))?;
@@ -249,6 +251,9 @@ impl Cluster {
         tokio::fs::create_dir_all(&layers).await.map_err(|e| format!("creating {}: {e}", layers.display()))?;
         let token = crate::ids::sandbox_id().map_err(|e| e.to_string())?;
         let (file, tmp) = (layers.join(format!(".fetch-{token}.zst")), layers.join(format!(".fetch-{token}")));
+        // Whatever happens (an error, or the create's client going away and
+        // the create with it), nothing of the fetch stays.
+        let _aside = Aside(vec![file.clone(), tmp.clone()]);
         let req = http::Request::get(format!("{LAYER_PATH}{sha256}")).body(h::full(Bytes::new())).map_err(|e| e.to_string())?;
         let resp = self.forward(node, req).await;
         let status = resp.status();
@@ -276,10 +281,6 @@ impl Cluster {
                 svc.blocking(move || install(&f2, &t2, &final_dir, &sha, limit)).await.map_err(|e| e.to_string()).and_then(|r| r)
             }
         };
-        let _ = tokio::fs::remove_file(&file).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_dir_all(&tmp).await;
-        }
         result
     }
 
@@ -308,7 +309,7 @@ impl Cluster {
                         // The same build made on another node too (a shipped
                         // recipe built on first use on each): this copy is it.
                         let store = svc.builder.store.clone();
-                        let t2 = Template { cluster: Some(ClusterCopy { node: o.node.clone(), revision: kv.mod_revision }), ..t.clone() };
+                        let t2 = Template { cluster: Some(ClusterCopy { node: o.node.clone(), revision: kv.mod_revision, store: self.etcd.cluster_id() }), ..t.clone() };
                         let _ = svc.blocking(move || store.save(&t2)).await;
                         continue;
                     }
@@ -326,12 +327,14 @@ impl Cluster {
             let revision = self.etcd.get(&k).await?.map_or(0, |kv| kv.mod_revision);
             let store = svc.builder.store.clone();
             let me = self.cfg.node.clone();
+            let etcd_id = self.etcd.cluster_id();
             let name = t.name.clone();
             let saved = svc
                 .blocking(move || {
                     // Unless it was rebuilt meanwhile (then that build is published next).
                     let now = store.get(&t.name).ok()?;
-                    (now.created_at == t.created_at && now.digest == t.digest).then(|| store.save(&Template { cluster: Some(ClusterCopy { node: me, revision }), ..now }))
+                    (now.created_at == t.created_at && now.digest == t.digest)
+                        .then(|| store.save(&Template { cluster: Some(ClusterCopy { node: me, revision, store: etcd_id }), ..now }))
                 })
                 .await;
             if matches!(saved, Ok(Some(Ok(())))) {
@@ -348,8 +351,19 @@ impl Cluster {
         let remote: HashMap<String, i64> = self.etcd.prefix_keys(&prefix).await?.into_iter().map(|kv| (kv.key[prefix.len()..].to_string(), kv.mod_revision)).collect();
         let store = svc.builder.store.clone();
         let Ok(Ok(list)) = svc.blocking(move || store.list()).await else { return Ok(()) };
+        let etcd_id = self.etcd.cluster_id();
         for t in list {
             let Some(copy) = t.cluster.clone() else { continue };
+            if !etcd_id.is_empty() && copy.store != etcd_id {
+                // Another etcd than the one this copy was published to (it
+                // was rebuilt): it has lost the manifests, not deleted
+                // them. The copy is published again, as made here.
+                tracing::info!(template = %t.name, "the cluster store is new: publishing the template again");
+                let store = svc.builder.store.clone();
+                let t2 = Template { cluster: None, ..t.clone() };
+                let _ = svc.blocking(move || store.save(&t2)).await;
+                continue;
+            }
             match remote.get(&t.name) {
                 Some(&rev) if rev == copy.revision => {}
                 None => self.drop_copy(svc, &t, "it was deleted from the cluster").await,
@@ -357,7 +371,7 @@ impl Cluster {
                     // Published again unchanged (by a node that had the same build).
                     Some((m, rev)) if !t.digest.is_empty() && m.template.digest == t.digest => {
                         let store = svc.builder.store.clone();
-                        let t2 = Template { cluster: Some(ClusterCopy { node: m.node, revision: rev }), ..t.clone() };
+                        let t2 = Template { cluster: Some(ClusterCopy { node: m.node, revision: rev, store: self.etcd.cluster_id() }), ..t.clone() };
                         let _ = svc.blocking(move || store.save(&t2)).await;
                     }
                     Some(_) => self.drop_copy(svc, &t, "a newer build of it is in the cluster").await,
@@ -390,6 +404,18 @@ impl Cluster {
             }
             Ok(Err(e)) => tracing::warn!(template = %t.name, error = %e, "dropping this node's copy of the template failed"),
             Err(_) => {}
+        }
+    }
+}
+
+/// Paths removed when the fetch that made them ends (the layer, once
+/// installed, is no longer at its temporary path).
+struct Aside(Vec<PathBuf>);
+
+impl Drop for Aside {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir_all(p));
         }
     }
 }

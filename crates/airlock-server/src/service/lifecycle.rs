@@ -306,8 +306,10 @@ impl Service {
             let _ = std::fs::remove_dir_all(&uploads);
             for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if [".export-", ".import-", ".snap-"].iter().any(|p| n.starts_with(p)) {
-                    let _ = std::fs::remove_dir_all(e.path());
+                // `.fetch-`: a layer being fetched from another node (an
+                // archive file and the directory it unpacks to).
+                if [".export-", ".import-", ".snap-", ".fetch-"].iter().any(|p| n.starts_with(p)) {
+                    let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
         })
