@@ -246,7 +246,7 @@ def test_a_template_moves_to_a_node_without_it_checked_against_its_digest(cluste
         r = api(cluster, "n2", "DELETE", "/templates/cluster-bad")
         assert r.status_code == 204, r.text
         assert api(cluster, "n3", "GET", "/templates/cluster-bad").status_code == 404
-        wait_until(lambda: api(cluster, "n1", "GET", "/templates/cluster-bad").status_code == 404, 30, "node 1 to drop its copy")
+        wait_until(lambda: api(cluster, "n1", "GET", "/templates/cluster-bad").status_code == 404, 45, "node 1 to drop its copy")
     finally:
         assert api(cluster, "n2", "POST", "/nodes/n1/undrain").status_code == 204
 

@@ -144,6 +144,8 @@ pub struct Cluster {
     placed: Mutex<Vec<(String, i64, u64, f64)>>,
     /// Whether template publication (or pruning) is running.
     templates_busy: AtomicBool,
+    /// Whether a catalog repair's template pruning is waiting to run.
+    prune_due: AtomicBool,
 }
 
 fn key(kind: &str, name: &str) -> String {
@@ -170,6 +172,7 @@ impl Cluster {
             keys: Mutex::new(HashMap::new()),
             placed: Mutex::new(Vec::new()),
             templates_busy: AtomicBool::new(false),
+            prune_due: AtomicBool::new(false),
         }))
     }
 
@@ -523,13 +526,17 @@ impl Cluster {
                         }
                         // Aside: a first publication hashes the template's
                         // layers, which must not hold up the lease.
+                        if n.is_multiple_of(10) {
+                            // Kept until a task runs it (one may be busy now).
+                            self.prune_due.store(true, Ordering::Release);
+                        }
                         if !self.templates_busy.swap(true, Ordering::AcqRel) {
-                            let (me, svc, prune) = (self.clone(), svc.clone(), n.is_multiple_of(10));
+                            let (me, svc) = (self.clone(), svc.clone());
                             tokio::spawn(async move {
                                 if let Err(e) = me.publish_templates(&svc).await {
                                     tracing::warn!(error = %e, "publishing templates to the cluster failed");
                                 }
-                                if prune {
+                                if me.prune_due.swap(false, Ordering::AcqRel) {
                                     if let Err(e) = me.prune_templates(&svc).await {
                                         tracing::warn!(error = %e, "dropping templates the cluster no longer has failed");
                                     }
