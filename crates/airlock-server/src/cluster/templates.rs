@@ -214,7 +214,7 @@ impl Cluster {
                 });
             }
         }
-        let t = Template { root_layers, usr_layers, cluster: Some(ClusterCopy { node: m.node.clone(), revision, store: self.etcd.cluster_id() }), ..m.template.clone() };
+        let t = Template { root_layers, usr_layers, cluster: Some(self.copy_of(&m.node, revision)), ..m.template.clone() };
         let store = svc.builder.store.clone();
         let t2 = t.clone();
         svc.blocking(move || store.save(&t2)).await?.map_err(|e| ApiError::Internal(format!("saving template {name}: {e}")))?;
@@ -308,9 +308,7 @@ impl Cluster {
                     if let Some(o) = theirs.as_ref().filter(|o| !t.digest.is_empty() && o.template.digest == t.digest) {
                         // The same build made on another node too (a shipped
                         // recipe built on first use on each): this copy is it.
-                        let store = svc.builder.store.clone();
-                        let t2 = Template { cluster: Some(ClusterCopy { node: o.node.clone(), revision: kv.mod_revision, store: self.etcd.cluster_id() }), ..t.clone() };
-                        let _ = svc.blocking(move || store.save(&t2)).await;
+                        self.mark(svc, &t, Some(self.copy_of(&o.node, kv.mod_revision))).await;
                         continue;
                     }
                     if theirs.as_ref().is_some_and(|o| o.template.created_at > t.created_at) {
@@ -326,15 +324,13 @@ impl Cluster {
             }
             let revision = self.etcd.get(&k).await?.map_or(0, |kv| kv.mod_revision);
             let store = svc.builder.store.clone();
-            let me = self.cfg.node.clone();
-            let etcd_id = self.etcd.cluster_id();
+            let copy = self.copy_of(&self.cfg.node, revision);
             let name = t.name.clone();
             let saved = svc
                 .blocking(move || {
                     // Unless it was rebuilt meanwhile (then that build is published next).
                     let now = store.get(&t.name).ok()?;
-                    (now.created_at == t.created_at && now.digest == t.digest)
-                        .then(|| store.save(&Template { cluster: Some(ClusterCopy { node: me, revision, store: etcd_id }), ..now }))
+                    (now.created_at == t.created_at && now.digest == t.digest).then(|| store.save(&Template { cluster: Some(copy), ..now }))
                 })
                 .await;
             if matches!(saved, Ok(Some(Ok(())))) {
@@ -359,9 +355,7 @@ impl Cluster {
                 // was rebuilt): it has lost the manifests, not deleted
                 // them. The copy is published again, as made here.
                 tracing::info!(template = %t.name, "the cluster store is new: publishing the template again");
-                let store = svc.builder.store.clone();
-                let t2 = Template { cluster: None, ..t.clone() };
-                let _ = svc.blocking(move || store.save(&t2)).await;
+                self.mark(svc, &t, None).await;
                 continue;
             }
             match remote.get(&t.name) {
@@ -370,9 +364,7 @@ impl Cluster {
                 Some(_) => match self.manifest(&t.name).await? {
                     // Published again unchanged (by a node that had the same build).
                     Some((m, rev)) if !t.digest.is_empty() && m.template.digest == t.digest => {
-                        let store = svc.builder.store.clone();
-                        let t2 = Template { cluster: Some(ClusterCopy { node: m.node, revision: rev, store: self.etcd.cluster_id() }), ..t.clone() };
-                        let _ = svc.blocking(move || store.save(&t2)).await;
+                        self.mark(svc, &t, Some(self.copy_of(&m.node, rev))).await;
                     }
                     Some(_) => self.drop_copy(svc, &t, "a newer build of it is in the cluster").await,
                     None => self.drop_copy(svc, &t, "it was deleted from the cluster").await,
@@ -380,6 +372,22 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// What a copy of a manifest `node` published, at `revision` of this
+    /// etcd, records.
+    fn copy_of(&self, node: &str, revision: i64) -> ClusterCopy {
+        ClusterCopy { node: node.to_string(), revision, store: self.etcd.cluster_id() }
+    }
+
+    /// Saves this node's copy of `t` as standing so to the cluster's
+    /// manifest (`None`: made here, to be published).
+    async fn mark(&self, svc: &Service, t: &Template, cluster: Option<ClusterCopy>) {
+        let store = svc.builder.store.clone();
+        let t = Template { cluster, ..t.clone() };
+        if let Ok(Err(e)) = svc.blocking(move || store.save(&t)).await {
+            tracing::warn!(error = %e, "recording a template's standing in the cluster failed");
+        }
     }
 
     /// Removes this node's copy of `t` (its layers go once no sandbox runs
